@@ -1,0 +1,32 @@
+"""Input checks that run on the host, before anything is traced or compiled."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def check_finite(name: str, value) -> None:
+    if not np.all(np.isfinite(np.asarray(value))):
+        raise ValueError(f"{name} has non-finite entries (NaN or inf)")
+
+
+def check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+
+
+def check_positive(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number; got {value!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
