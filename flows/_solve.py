@@ -121,12 +121,12 @@ def _failure_message(result, t_reached, t1, stats, max_steps, rtol) -> str:
     steps = int(stats["num_steps"])
     rejected = int(stats["num_rejected_steps"])
     if result == diffrax.RESULTS.max_steps_reached and rejected < steps // 2:
-        return (f"the solver reached max_steps = {max_steps} at t = {t_reached:.6g} of t1 = {t1:.6g} "
+        return (f"the solver reached max_steps = {max_steps} at t = {t_reached:.8g} of t1 = {t1:.6g} "
                 f"({steps} steps). Raise max_steps, shorten t1, set stop_loss, or use a stiff solver "
                 "for the convergence tail.")
-    return (f"the solve failed at t = {t_reached:.6g} of t1 = {t1:.6g} after {steps} steps, {rejected} of "
-            f"them rejected: the state is likely non-finite or blowing up there ({result}). Check the "
-            f"problem scale and init, shorten t1, or loosen rtol = {rtol:g}.")
+    return (f"the solve failed at t = {t_reached:.8g} of t1 = {t1:.6g}: {rejected} of {steps} steps were "
+            "rejected as the step size collapsed, so the state is non-finite or blowing up there. Check "
+            f"the problem scale and init, shorten t1, or loosen rtol = {rtol:g}.")
 
 
 @eqx.filter_jit

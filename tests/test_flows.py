@@ -1,0 +1,202 @@
+"""Flows under gradient flow: exact solutions, equivalences between parameterizations, invariants."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import analysis
+import flows
+
+RTOL, ATOL = 1e-8, 1e-12
+
+
+@pytest.fixture(scope="module")
+def sensing():
+    return flows.sensing(n=5, m=8, rank=1, seed=0)
+
+
+def _rel(a, b):
+    return np.linalg.norm(a - b, axis=(-2, -1)) / np.linalg.norm(b, axis=(-2, -1))
+
+
+@pytest.mark.parametrize("kind, init", [("sensing", "zero"), ("sensing", "gaussian"), ("completion", "identity")])
+def test_direct_flow_matches_closed_form(kind, init):
+    """W(t) = W0 - A*(G^+ (I - e^{-Gt}) r0): the integrator's relative error stays within 100 x rtol."""
+    problem = flows.sensing(n=5, m=8, rank=1, seed=1) if kind == "sensing" else flows.completion(
+        n=5, m=8, rank=1, seed=1)
+    flow = flows.Direct(problem)
+    W0 = flow.init(scale=0.3, kind=init, seed=2)
+    ts = np.array([0.0, 1e-3, 1e-2, 0.1, 1.0, 10.0, 50.0])
+    traj = flows.solve(flow, W0, t1=50.0, ts=ts, rtol=RTOL, atol=ATOL)
+    exact = np.asarray(analysis.closed_form.direct_flow(problem, W0, ts))
+    assert _rel(traj.W[1:], exact[1:]).max() <= 100 * RTOL
+    assert traj.loss[-1] < 1e-12  # converged: the tail of the comparison is the limit itself
+
+
+def test_symmetric_is_factored_from_equal_factors_at_twice_the_time(sensing):
+    """For symmetric A_i, U U^T's flow U' = -2 S U is the U V^T flow from V = U at time 2t."""
+    U0 = flows.Symmetric(sensing).init(scale=0.1, kind="gaussian", seed=3)
+    ts = np.array([0.0, 0.05, 0.2, 1.0, 3.0])
+    sym = flows.solve(flows.Symmetric(sensing), U0, t1=3.0, ts=ts, rtol=RTOL, atol=ATOL)
+    fac = flows.solve(flows.Factored(sensing), (U0, U0), t1=6.0, ts=2 * ts, rtol=RTOL, atol=ATOL)
+    assert _rel(sym.W[1:], fac.W[1:]).max() <= 100 * RTOL
+    np.testing.assert_allclose(fac.states[0], fac.states[1], rtol=0, atol=1e-14)  # U stays equal to V
+
+
+def test_deep_depth_one_is_direct_and_depth_two_is_factored():
+    problem = flows.sensing(n=4, m=6, rank=1, seed=4, symmetric=False)
+    ts = np.array([0.0, 0.1, 1.0, 5.0])
+    W0 = flows.Direct(problem).init(scale=0.2, kind="gaussian", seed=1)
+    direct = flows.solve(flows.Direct(problem), W0, t1=5.0, ts=ts, rtol=RTOL, atol=ATOL)
+    deep1 = flows.solve(flows.Deep(problem, depth=1), (W0,), t1=5.0, ts=ts, rtol=RTOL, atol=ATOL)
+    assert _rel(deep1.W[1:], direct.W[1:]).max() <= 100 * RTOL
+
+    U0, V0 = flows.Factored(problem).init(scale=0.3, kind="gaussian", seed=2)
+    fac = flows.solve(flows.Factored(problem), (U0, V0), t1=5.0, ts=ts, rtol=RTOL, atol=ATOL)
+    deep2 = flows.solve(flows.Deep(problem, depth=2), (V0.T, U0), t1=5.0, ts=ts, rtol=RTOL, atol=ATOL)
+    assert _rel(deep2.W[1:], fac.W[1:]).max() <= 100 * RTOL
+
+
+@pytest.mark.parametrize("make, init", [
+    (lambda p: flows.Factored(p), "gaussian"),
+    (lambda p: flows.Factored(p, width=3), "balanced"),
+    (lambda p: flows.Deep(p, depth=3), "balanced"),
+    (lambda p: flows.Deep(p, depth=4, width=(3, 6, 4)), "gaussian"),
+])
+def test_conserved_quantities_drift_below_1e7_over_a_run_to_convergence(sensing, make, init):
+    flow = make(sensing)
+    traj = flows.solve(flow, flow.init(scale=0.5, kind=init, seed=0), t1=1e4, stop_loss=1e-14,
+                       rtol=1e-10, atol=1e-12)
+    assert traj.stats["stopped_by_loss"] and traj.loss[-1] < 1e-14
+    drift = traj.conserved_drift()
+    assert drift and max(d.max() for d in drift.values()) <= 1e-7
+
+
+def test_inits_have_their_stated_form(sensing):
+    np.testing.assert_allclose(flows.Symmetric(sensing).product(flows.Symmetric(sensing).init(1e-2)),
+                               1e-4 * np.eye(5), atol=1e-18)
+    deep = flows.Deep(sensing, depth=3, width=(4, 7))
+    factors = deep.init(scale=0.5, kind="balanced", seed=1)
+    assert [f.shape for f in factors] == [(4, 5), (7, 4), (5, 7)]
+    for P, Q in deep.conserved(factors).values():
+        np.testing.assert_allclose(P, Q, atol=1e-14)
+    U, V = flows.Factored(sensing).init(scale=0.5, kind="balanced", seed=1)
+    np.testing.assert_allclose(U.T @ U, V.T @ V, atol=1e-14)
+    U = flows.Symmetric(sensing).init(scale=2.0, kind="orthogonal", seed=1)
+    np.testing.assert_allclose(U.T @ U, 4.0 * np.eye(5), atol=1e-13)
+
+
+def test_stop_loss_ends_the_trajectory_at_the_stop(sensing):
+    flow = flows.Symmetric(sensing)
+    ts = flows.default_ts(1e3, 50)
+    traj = flows.solve(flow, flow.init(1e-2), t1=1e3, ts=ts, stop_loss=1e-6)
+    assert traj.stats["stopped_by_loss"]
+    t_stop = traj.ts[-1]
+    assert t_stop < 1e3 and traj.loss[-1] < 1e-6 and traj.loss[-2] >= 1e-6
+    np.testing.assert_array_equal(traj.ts[:-1], ts[ts < t_stop])
+    assert traj.W.shape == (len(traj.ts), 5, 5) and jax.tree.leaves(traj.states)[0].shape[0] == len(traj.ts)
+    np.testing.assert_allclose(traj.W[-1], flow.product(traj.states[-1]))
+
+
+def test_memory_is_set_by_saved_times_not_steps(sensing):
+    flow = flows.Symmetric(sensing)
+    traj = flows.solve(flow, flow.init(1e-2), t1=50.0, ts=np.linspace(0, 50.0, 4))
+    assert traj.stats["num_steps"] > 100 and traj.W.shape[0] == 4
+
+
+def test_trajectory_metrics_on_known_matrices():
+    """Effective rank exp(entropy of sigma / sum sigma): n for I, 1 for rank one, 2 for two equal values."""
+    W = np.stack([np.eye(5), np.outer(np.arange(5.0), np.ones(5)), np.diag([3.0, 3.0, 0, 0, 0]), np.zeros((5, 5))])
+    truth = np.diag([3.0, 3.0, 0, 0, 0])
+    traj = flows.Trajectory(ts=np.arange(4.0), states=W, W=W, loss=np.zeros(4), truth=truth)
+    np.testing.assert_allclose(traj.effective_rank[:3], [5.0, 1.0, 2.0], rtol=1e-12)
+    assert np.isnan(traj.effective_rank[3])
+    np.testing.assert_allclose(traj.nuclear_norm, [5.0, np.linalg.norm(W[1]), 6.0, 0.0], rtol=1e-12)
+    np.testing.assert_allclose(traj.relative_error, np.linalg.norm(W - truth, axis=(1, 2)) / np.sqrt(18.0))
+
+
+def test_trajectory_records_the_flow(sensing):
+    flow = flows.Symmetric(sensing)
+    traj = flows.solve(flow, flow.init(1e-3), t1=10.0, ts=np.array([0.0, 10.0]))
+    np.testing.assert_allclose(traj.W, [flow.product(U) for U in traj.states], rtol=1e-14)
+    np.testing.assert_allclose(traj.loss, [sensing.loss(W) for W in traj.W], rtol=1e-12)
+
+
+def test_save_load_roundtrip_and_corruption(tmp_path, sensing):
+    flow = flows.Deep(sensing, depth=3)
+    traj = flows.solve(flow, flow.init(0.3, "balanced"), t1=1.0, ts=np.array([0.0, 0.5, 1.0]))
+    path = traj.save(tmp_path / "run")
+    loaded = flows.Trajectory.load(path)
+    for name in ("ts", "W", "loss", "truth"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(traj, name))
+    assert isinstance(loaded.states, tuple) and len(loaded.states) == 3
+    for a, b in zip(loaded.states, traj.states):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.conserved_drift().keys() == traj.conserved_drift().keys()
+    meta = (path / "meta.json").read_text()
+    assert '"Deep"' in meta and '"diffrax"' in meta and '"rtol"' in meta
+    (path / "arrays.npz").write_bytes((path / "arrays.npz").read_bytes()[:-10])
+    with pytest.raises(flows.CorruptTrajectoryError):
+        flows.Trajectory.load(path)
+
+
+class _BlowUp(flows.Direct):
+    """W' = W^2 entrywise: from W = 1 it blows up at t = 1."""
+
+    def vector_field(self, t, state, args):
+        return state**2
+
+
+def test_solver_failures_name_the_time_reached(sensing):
+    flow = flows.Symmetric(sensing)
+    with pytest.raises(flows.SolverError, match=r"max_steps = 20 at t = .* Raise max_steps"):
+        flows.solve(flow, flow.init(1e-2), t1=100.0, max_steps=20)
+    blow = _BlowUp(sensing)
+    with pytest.raises(flows.SolverError, match=r"failed at t = \S+ of t1 = 2: .*non-finite or blowing up") as err:
+        flows.solve(blow, jnp.ones((5, 5)), t1=2.0, max_steps=5000)
+    assert abs(err.value.t_reached - 1.0) < 1e-3
+
+
+def _no_compile(*args, **kwargs):
+    raise AssertionError("the solve was compiled before the input was checked")
+
+
+BAD_SOLVES = [
+    (lambda f, s: flows.solve(f, s, t1=-1.0), "t1"),
+    (lambda f, s: flows.solve(f, s, t1=1.0, rtol=0.0), "rtol"),
+    (lambda f, s: flows.solve(f, s, t1=1.0, ts=[0.0, 2.0]), "ts"),
+    (lambda f, s: flows.solve(f, s, t1=1.0, ts=[0.5, 0.1]), "ts"),
+    (lambda f, s: flows.solve(f, s, t1=1.0, stop_loss=-1.0), "stop_loss"),
+    (lambda f, s: flows.solve(f, s[:, :3], t1=1.0), "state0"),
+    (lambda f, s: flows.solve(f, s.at[0, 0].set(jnp.nan), t1=1.0), "non-finite"),
+    (lambda f, s: flows.solve(f, (s, s), t1=1.0), "state0"),
+    (lambda f, s: flows.solve(f, s, t1=1.0, max_steps=0), "max_steps"),
+    (lambda f, s: f.init(scale=0.0), "scale"),
+    (lambda f, s: f.init(scale=-1e-3), "scale"),
+    (lambda f, s: f.init(scale=float("nan")), "scale"),
+    (lambda f, s: f.init(kind="spiral"), "unknown init kind"),
+    (lambda f, s: f.init(kind="balanced"), "does not apply"),
+    (lambda f, s: flows.solver_by_name("euler-maruyama"), "unknown solver"),
+    (lambda f, s: flows.Deep(f.problem, depth=0), "depth"),
+    (lambda f, s: flows.Deep(f.problem, depth=3, width=(2,)), "hidden widths"),
+    (lambda f, s: flows.Symmetric(f.problem, width=0), "width"),
+    (lambda f, s: flows.Symmetric(flows.sensing(n=3, m=2, rank=1, symmetric=False, n2=4)), "square"),
+]
+
+
+@pytest.mark.parametrize("call, message", BAD_SOLVES)
+def test_bad_input_is_refused_before_compiling(monkeypatch, sensing, call, message):
+    monkeypatch.setattr(flows._solve, "_integrate", _no_compile)
+    flow = flows.Symmetric(sensing)
+    with pytest.raises(ValueError, match=message):
+        call(flow, flow.init(1e-2))
+
+
+def test_other_solvers_agree(sensing):
+    flow = flows.Symmetric(sensing)
+    ts = np.array([0.0, 0.5, 2.0])
+    ref = flows.solve(flow, flow.init(0.1), t1=2.0, ts=ts, rtol=1e-10, atol=1e-12)
+    alt = flows.solve(flow, flow.init(0.1), t1=2.0, ts=ts, rtol=1e-10, atol=1e-12, solver=diffrax.Dopri8())
+    assert _rel(alt.W[1:], ref.W[1:]).max() < 1e-8
