@@ -200,3 +200,16 @@ def test_other_solvers_agree(sensing):
     ref = flows.solve(flow, flow.init(0.1), t1=2.0, ts=ts, rtol=1e-10, atol=1e-12)
     alt = flows.solve(flow, flow.init(0.1), t1=2.0, ts=ts, rtol=1e-10, atol=1e-12, solver=diffrax.Dopri8())
     assert _rel(alt.W[1:], ref.W[1:]).max() < 1e-8
+
+
+def test_changing_tolerances_times_and_data_does_not_recompile(caplog, sensing):
+    flow = flows.Symmetric(sensing)
+    ts = np.array([0.0, 1.0, 2.0])
+    flows.solve(flow, flow.init(1e-2), t1=2.0, ts=ts, rtol=1e-8, stop_loss=1e-3)
+    other = flows.Symmetric(flows.sensing(n=5, m=8, rank=1, seed=9))
+    with jax.log_compiles(), caplog.at_level("WARNING"):
+        flows.solve(other, other.init(1e-1), t1=3.0, ts=ts + 0.5, rtol=1e-6, atol=1e-9, stop_loss=1e-5)
+    assert not [r for r in caplog.records if "Compiling" in r.getMessage() and "_integrate" in r.getMessage()]
+    with jax.log_compiles(), caplog.at_level("WARNING"):
+        flows.solve(other, other.init(1e-1), t1=3.0, ts=np.array([0.0, 1.0]))  # new shapes must compile
+    assert [r for r in caplog.records if "Compiling" in r.getMessage() and "_integrate" in r.getMessage()]
