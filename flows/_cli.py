@@ -133,7 +133,8 @@ def cmd_run(args) -> int:
     title = f"{args.flow} flow, {args.problem} n={args.n} m={args.m} rank={args.rank}, alpha={args.scale:g}"
     plot_trajectory(traj, figure, title=title)
     summary = {"t_final": traj.ts[-1], "loss": traj.loss[-1], "steps": traj.stats["num_steps"],
-               "rejected": traj.stats["num_rejected_steps"], "effective_rank": traj.effective_rank[-1]}
+               "rejected": traj.stats["num_rejected_steps"],
+               "vf_evaluations": traj.stats["vf_evaluations"] or float("nan"), "effective_rank": traj.effective_rank[-1]}
     if traj.truth is not None:
         summary["relative_error"] = traj.relative_error[-1]
     print(json.dumps({k: float(v) for k, v in summary.items()}, indent=1))

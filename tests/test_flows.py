@@ -213,3 +213,22 @@ def test_changing_tolerances_times_and_data_does_not_recompile(caplog, sensing):
     with jax.log_compiles(), caplog.at_level("WARNING"):
         flows.solve(other, other.init(1e-1), t1=3.0, ts=np.linspace(0.0, 1.0, 7))  # shapes no other test uses
     assert [r for r in caplog.records if "Compiling" in r.getMessage() and "_integrate" in r.getMessage()]
+
+
+class _Counted(flows.Symmetric):
+    """Counts its vector-field evaluations on the host, exactly."""
+
+    calls = [0]
+
+    def vector_field(self, t, U, args):
+        jax.debug.callback(lambda: self.calls.__setitem__(0, self.calls[0] + 1))
+        return super().vector_field(t, U, args)
+
+
+@pytest.mark.parametrize("name", ["tsit5", "dopri8", "heun"])
+def test_vf_evaluation_count_matches_an_exact_count(sensing, name):
+    _Counted.calls[0] = 0
+    flow = _Counted(sensing)
+    traj = flows.solve(flow, flow.init(1e-2), t1=20.0, ts=np.array([0.0, 20.0]), solver=flows.solver_by_name(name))
+    assert traj.stats["num_rejected_steps"] > 0  # rejected steps are counted too
+    assert 0 <= _Counted.calls[0] - traj.stats["vf_evaluations"] <= 3  # start-up evaluations left out
