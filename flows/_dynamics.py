@@ -192,7 +192,9 @@ class Adam(AbstractAdaptive):
     The 0/0 of the bias correction at t = 0 is evaluated as its limit (see `_debiased`):
     $\hat m(0) = g(\theta_0)$, $\hat v(0) = g(\theta_0)^2$, so the flow starts at $-g/(|g| + \epsilon)$.
     Limits: `RMSProp` (a -> infinity), `Sign` (a, b -> infinity), and with eps -> infinity a
-    time-rescaled `Momentum`. With eps -> 0 the flow is invariant to scaling the loss.
+    time-rescaled `Momentum`. With eps -> 0 the flow is invariant to scaling the loss (scaling L by
+    c is the same as eps -> eps / c). The defaults a = 100, b = 1 are optax.adam's b1 = 0.9,
+    b2 = 0.999 at step 1e-3. eps > 0 is required (at eps = 0 a coordinate with g = 0 is 0/0).
     """
 
     flow: AbstractParameterization
@@ -203,7 +205,7 @@ class Adam(AbstractAdaptive):
     rate_names: ClassVar[tuple[str, ...]] = ("a", "b")
     constant_names: ClassVar[tuple[str, ...]] = ("a", "b", "eps")
 
-    def __init__(self, flow: AbstractParameterization, a: float = 10.0, b: float = 1.0, eps: float = 1e-8):
+    def __init__(self, flow: AbstractParameterization, a: float = 100.0, b: float = 1.0, eps: float = 1e-8):
         _check_inner("Adam", flow)
         self.flow = flow
         self.a = _scalar(check_positive("a", a))
@@ -276,7 +278,7 @@ class Momentum(AbstractAdaptive):
     rate_names: ClassVar[tuple[str, ...]] = ("a",)
     constant_names: ClassVar[tuple[str, ...]] = ("a",)
 
-    def __init__(self, flow: AbstractParameterization, a: float = 10.0):
+    def __init__(self, flow: AbstractParameterization, a: float = 100.0):
         _check_inner("Momentum", flow)
         self.flow = flow
         self.a = _scalar(check_positive("a", a))
