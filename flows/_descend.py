@@ -13,7 +13,7 @@ from ._dynamics import AbstractAdaptive, Modified
 from ._flows import AbstractFlow, AbstractParameterization, State
 from ._solve import SolverError, _check_state, default_ts
 from ._trajectory import Trajectory
-from ._validate import check_finite, check_positive, check_positive_int
+from ._validate import check_positive, check_positive_int, check_times
 
 
 def descend(flow: AbstractFlow, state0: State, step: float, t1: float, ts=None, *, chunk: int = 10_000,
@@ -91,12 +91,7 @@ def descend(flow: AbstractFlow, state0: State, step: float, t1: float, ts=None, 
 
 def _save_steps(ts, step: float, t1: float) -> np.ndarray:
     """The step indices of the save times: ts / step rounded to the nearest integer, duplicates once."""
-    ts = default_ts(t1) if ts is None else np.asarray(ts, dtype=np.float64)
-    if ts.ndim != 1 or ts.size == 0:
-        raise ValueError(f"ts must be a non-empty 1-d array of times; got shape {ts.shape}")
-    check_finite("ts", ts)
-    if np.any(np.diff(ts) <= 0) or ts[0] < 0 or ts[-1] > t1:
-        raise ValueError(f"ts must be strictly increasing and within [0, t1 = {t1}]")
+    ts = check_times(default_ts(t1) if ts is None else ts, t1)
     return np.unique(np.rint(ts / step).astype(np.int64))
 
 

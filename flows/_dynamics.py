@@ -41,7 +41,23 @@ def _check_inner(wrapper: str, flow) -> None:
             "Adam(Penalized(Symmetric(problem), penalty, strength), ...)")
 
 
-class Penalized(AbstractParameterization):
+class _SameState(AbstractFlow):
+    """A wrapper whose state is its inner flow's state: problem, init and product are the inner flow's."""
+
+    flow: eqx.AbstractVar[AbstractParameterization]
+
+    @property
+    def problem(self) -> AbstractProblem:
+        return self.flow.problem
+
+    def init(self, scale=1e-3, kind="identity", seed=0):
+        return self.flow.init(scale=scale, kind=kind, seed=seed)
+
+    def product(self, state):
+        return self.flow.product(state)
+
+
+class Penalized(_SameState, AbstractParameterization):
     r"""Gradient flow of $L(W) + \lambda R(W)$ through the inner parameterization $W = \phi(\theta)$.
 
     $\theta' = -\phi'(\theta)^* \big(\nabla L(W) + \lambda \nabla R(W)\big)$: the inner flow's
@@ -68,16 +84,6 @@ class Penalized(AbstractParameterization):
         self.flow = flow
         self.penalty = penalty
         self.strength = _scalar(_check_nonnegative("strength", strength))
-
-    @property
-    def problem(self) -> AbstractProblem:
-        return self.flow.problem
-
-    def init(self, scale=1e-3, kind="identity", seed=0):
-        return self.flow.init(scale=scale, kind=kind, seed=seed)
-
-    def product(self, state):
-        return self.flow.product(state)
 
     def pullback(self, state, G):
         return self.flow.pullback(state, G)
@@ -174,6 +180,16 @@ class AbstractAdaptive(AbstractFlow):
                 **{name: float(getattr(self, name)) for name in self.constant_names}}
 
 
+def _root(vhat):
+    """sqrt(vhat), read as 0 where vhat <= 0, with derivative 0 there instead of inf * 0 = NaN.
+
+    The exact v is >= 0, but Runge-Kutta stages combine slopes with negative weights and can land a
+    tiny v slightly below 0; coordinates whose gradient vanishes identically keep v = 0 exactly.
+    """
+    positive = vhat > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, vhat, 1.0)), 0.0)
+
+
 def _ema_field(rate, target, moment):
     return jax.tree.map(lambda x, m: rate * (x - m), target, moment)
 
@@ -216,7 +232,7 @@ class Adam(AbstractAdaptive):
         g2 = _square(g)
         mhat = jax.tree.map(lambda m, x: _debiased(m, self.a, t, x), state["m"], g)
         vhat = jax.tree.map(lambda v, x: _debiased(v, self.b, t, x), state["v"], g2)
-        return {"params": jax.tree.map(lambda m, v: -m / (jnp.sqrt(v) + self.eps), mhat, vhat),
+        return {"params": jax.tree.map(lambda m, v: -m / (_root(v) + self.eps), mhat, vhat),
                 "m": _ema_field(self.a, g, state["m"]), "v": _ema_field(self.b, g2, state["v"])}
 
 
@@ -250,7 +266,7 @@ class RMSProp(AbstractAdaptive):
     def field(self, t, state, g):
         g2 = _square(g)
         vhat = jax.tree.map(lambda v, x: _debiased(v, self.b, t, x), state["v"], g2)
-        return {"params": jax.tree.map(lambda x, v: -x / (jnp.sqrt(v) + self.eps), g, vhat),
+        return {"params": jax.tree.map(lambda x, v: -x / (_root(v) + self.eps), g, vhat),
                 "v": _ema_field(self.b, g2, state["v"])}
 
 
@@ -328,7 +344,7 @@ class Sign(AbstractAdaptive):
 # -- finite steps ---------------------------------------------------------------------------------
 
 
-class Modified(AbstractFlow):
+class Modified(_SameState):
     r"""The modified flow of gradient descent with step $\eta$: gradient flow on $\tilde L = L + \tfrac{\eta}{4} \|\nabla_\theta L\|^2$.
 
     $\theta' = -\nabla_\theta \tilde L = -\big(g + \tfrac{\eta}{2} H g\big)$, $g = \nabla_\theta L$,
@@ -351,16 +367,6 @@ class Modified(AbstractFlow):
         _check_inner("Modified", flow)
         self.flow = flow
         self.eta = _scalar(check_positive("eta", eta))
-
-    @property
-    def problem(self) -> AbstractProblem:
-        return self.flow.problem
-
-    def init(self, scale=1e-3, kind="identity", seed=0):
-        return self.flow.init(scale=scale, kind=kind, seed=seed)
-
-    def product(self, state):
-        return self.flow.product(state)
 
     def vector_field(self, t, state, args):
         g, hessian_times = jax.linearize(self.flow.gradient, state)

@@ -94,6 +94,16 @@ def test_bias_correction_at_t0_is_the_limit_not_nan(make):
     np.testing.assert_allclose(flow.vector_field(jnp.asarray(t), nudged, None)["params"], expected, rtol=1e-6)
 
 
+def test_adam_field_and_its_jacobian_are_finite_where_v_vanishes_or_dips_below_zero():
+    """Coordinates with g = 0 keep v = 0 exactly, and Runge-Kutta stages can dip a tiny v below 0."""
+    for flow in (flows.RMSProp(SYMMETRIC, b=1.0, eps=1e-8), flows.Adam(SYMMETRIC, a=10.0, b=1.0, eps=1e-8)):
+        state = flow.init(scale=0.5, kind="gaussian", seed=1)
+        state["v"] = state["v"].at[0].set(-1e-30).at[1].set(0.0)
+        field = flow.vector_field(jnp.asarray(1.0), state, None)
+        jacobian = jax.jacfwd(lambda s: flow.vector_field(jnp.asarray(1.0), s, None))(state)  # noqa: B023
+        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves((field, jacobian)))
+
+
 def test_adam_with_tiny_eps_is_invariant_to_scaling_the_loss_and_gradient_flow_rescales_time():
     # A and y times 10 multiply L by exactly 100.
     scaled = flows.Problem.from_matrices(10 * np.asarray(PROBLEM.A), 10 * np.asarray(PROBLEM.y), truth=PROBLEM.truth)
