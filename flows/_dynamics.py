@@ -235,7 +235,6 @@ class Adam(AbstractAdaptive):
         return {"params": jax.tree.map(lambda m, v: -m / (_root(v) + self.eps), mhat, vhat),
                 "m": _ema_field(self.a, g, state["m"]), "v": _ema_field(self.b, g2, state["v"])}
 
-
     def optimizer(self, step):
         return optax.adam(step, b1=1 - self.a * step, b2=1 - self.b * step, eps=self.eps)
 
@@ -268,7 +267,6 @@ class RMSProp(AbstractAdaptive):
         vhat = jax.tree.map(lambda v, x: _debiased(v, self.b, t, x), state["v"], g2)
         return {"params": jax.tree.map(lambda x, v: -x / (_root(v) + self.eps), g, vhat),
                 "v": _ema_field(self.b, g2, state["v"])}
-
 
     def optimizer(self, step):
         return optax.rmsprop(step, decay=1 - self.b * step, eps=self.eps, eps_in_sqrt=False, bias_correction=True)
@@ -303,7 +301,6 @@ class Momentum(AbstractAdaptive):
         mhat = jax.tree.map(lambda m, x: _debiased(m, self.a, t, x), state["m"], g)
         return {"params": jax.tree.map(jnp.negative, mhat), "m": _ema_field(self.a, g, state["m"])}
 
-
     def optimizer(self, step):
         return optax.chain(optax.ema(1 - self.a * step, debias=True), optax.scale(-step))
 
@@ -332,7 +329,6 @@ class Sign(AbstractAdaptive):
 
     def field(self, t, state, g):
         return {"params": jax.tree.map(lambda x: -x / (jnp.abs(x) + self.eps), g)}
-
 
     def optimizer(self, step):
         return optax.stateless(lambda g, params: jax.tree.map(lambda x: -step * x / (jnp.abs(x) + self.eps), g))
