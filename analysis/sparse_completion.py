@@ -7,7 +7,17 @@ uniformly, `flows.completion(n=30, m=180, rank=2, seed=0)`). For each parameteri
 and the depth-3 product W = W_3 W_2 W_1), each dynamics (gradient flow; the Adam flow with
 a = 100, b = 1, eps = 1e-8, i.e. optax.adam's defaults at step 1e-3) and each penalty (none; the
 smoothed nuclear norm; the ratio ||W||_*/||W||_F) it integrates the flow from W_0 = 1e-6 I and
-reports ||W - W*||_F / ||W*||_F at t1, with the data loss there. Settings are in `SETTINGS`.
+reports ||W - W*||_F / ||W*||_F at t1, with the data loss and ||W||_F there. Settings are in
+`SETTINGS`: t1 = 1e5 for gradient flow (the depth-3 flow escapes W_0 only near t ~ 500 and its
+tail is slow), t1 = 10 for the Adam flow (its sign-like start fits the data by t ~ 1; the tail with
+eps = 1e-8 is stiff, so longer runs cost many steps).
+
+Reading the ratio column: in completion L + lambda ||W||_* / ||W||_F has no minimizer. Adding
+c e_i e_j^T at an unobserved entry (i, j) leaves L unchanged and sends the ratio to 1 as c grows,
+below its value ~1.3 at the rank-2 truth. A flow that finds that direction drifts to infinity
+slowly (the ratio's gradient is O(lambda / ||W||)); the Adam flow, which normalises each
+coordinate, finds it fast. Such a cell reports where the drift has got to at t1 (the norm column
+shows it), not a limit, and the drifting trajectory is sensitive to the solver tolerance.
 """
 
 from __future__ import annotations
