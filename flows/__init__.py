@@ -18,6 +18,9 @@ from ._flows import (  # noqa: E402
     Factored,
     Symmetric,
 )
+from ._descend import descend  # noqa: E402
+from ._dynamics import AbstractAdaptive, Adam, Modified, Momentum, Penalized, RMSProp, Sign  # noqa: E402
+from ._penalties import AbstractPenalty, Frobenius, Nuclear, Ratio  # noqa: E402
 from ._problems import (  # noqa: E402
     AbstractProblem,
     CommutingProblem,
@@ -36,4 +39,7 @@ __all__ = [
     "AbstractFlow", "AbstractParameterization", "AbstractProblem", "CommutingProblem", "CorruptTrajectoryError",
     "Deep", "DenseProblem", "SOLVERS", "Direct", "EntryProblem", "Factored", "Problem", "SolverError", "Symmetric",
     "Trajectory", "commuting", "completion", "default_ts", "plot_trajectory", "sensing", "solve", "solver_by_name",
+    # penalties, dynamics and finite steps
+    "AbstractAdaptive", "AbstractPenalty", "Adam", "Frobenius", "Modified", "Momentum", "Nuclear", "Penalized",
+    "RMSProp", "Ratio", "Sign", "descend",
 ]

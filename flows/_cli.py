@@ -13,12 +13,16 @@ from pathlib import Path
 
 PROBLEMS = ("sensing", "completion", "commuting")
 FLOWS = ("direct", "symmetric", "factored", "deep")
+PENALTY_CHOICES = ("none", "nuclear", "ratio", "frobenius")
+DYNAMICS = ("gradient", "adam", "rmsprop", "momentum", "sign", "modified")
 
 RUN_EPILOG = """\
 examples:
   gradflow run --problem sensing --n 30 --m 180 --rank 2 --flow symmetric --scale 1e-3 --t1 100
   gradflow run --problem completion --n 30 --m 180 --rank 2 --flow deep --depth 3 --init balanced \\
       --scale 0.3 --t1 1e4 --stop-loss 1e-10 --out runs/deep3
+  gradflow run --problem completion --n 30 --m 180 --flow symmetric --penalty ratio --strength 1e-3 \
+      --dynamics adam --a 10 --b 1 --t1 100
 
 Writes OUT/arrays.npz + OUT/meta.json (the trajectory and its full configuration; load it with
 flows.Trajectory.load(OUT)) and a figure (loss, singular values, error to the truth against time).
@@ -50,6 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale", type=float, default=1e-3, help="init scale alpha per factor (default: 1e-3)")
     g.add_argument("--init", default="identity", choices=("identity", "orthogonal", "gaussian", "balanced", "zero"),
                    help="init kind (default: identity; zero is for the direct flow)")
+    g = run.add_argument_group("objective and dynamics")
+    g.add_argument("--penalty", choices=PENALTY_CHOICES, default="none",
+                   help="penalty R on the end-to-end W: smoothed nuclear norm, the ratio ||W||_*/||W||_F, "
+                        "or 1/2 ||W||_F^2 (default: none)")
+    g.add_argument("--strength", type=float, default=1e-2, help="lambda in L + lambda R (default: 1e-2)")
+    g.add_argument("--penalty-eps", type=float, default=1e-3,
+                   help="smoothing of the nuclear norm (nuclear, ratio; default: 1e-3)")
+    g.add_argument("--penalty-delta", type=float, default=1e-3,
+                   help="smoothing of ||W||_F in the ratio; 0 keeps it exactly scale invariant (default: 1e-3)")
+    g.add_argument("--dynamics", choices=DYNAMICS, default="gradient",
+                   help="gradient flow, the Adam flow, its RMSProp / momentum-only / sign limits, or the "
+                        "modified flow of gradient descent with step --eta (default: gradient)")
+    g.add_argument("--a", type=float, default=100.0, help="first-moment rate: 1 - beta1 = a * step (default: 100)")
+    g.add_argument("--b", type=float, default=1.0, help="second-moment rate: 1 - beta2 = b * step (default: 1)")
+    g.add_argument("--eps", type=float, default=1e-8, help="Adam / RMSProp / sign-flow eps (default: 1e-8)")
+    g.add_argument("--eta", type=float, default=1e-2, help="gradient-descent step the modified flow models (default: 1e-2)")
     g = run.add_argument_group("integration")
     g.add_argument("--t1", type=float, default=100.0, help="final time (default: 100)")
     g.add_argument("--rtol", type=float, default=1e-8, help="relative tolerance (default: 1e-8)")
@@ -111,12 +131,35 @@ def make_flow(args, problem):
     return flows.Deep(problem, depth=args.depth, width=args.width)
 
 
+def wrap_flow(args, flow):
+    """The penalty (objective) inside, then the dynamics outside."""
+    import flows
+
+    if args.penalty == "nuclear":
+        flow = flows.Penalized(flow, flows.Nuclear(eps=args.penalty_eps), strength=args.strength)
+    elif args.penalty == "ratio":
+        flow = flows.Penalized(flow, flows.Ratio(eps=args.penalty_eps, delta=args.penalty_delta), strength=args.strength)
+    elif args.penalty == "frobenius":
+        flow = flows.Penalized(flow, flows.Frobenius(), strength=args.strength)
+    if args.dynamics == "adam":
+        return flows.Adam(flow, a=args.a, b=args.b, eps=args.eps)
+    if args.dynamics == "rmsprop":
+        return flows.RMSProp(flow, b=args.b, eps=args.eps)
+    if args.dynamics == "momentum":
+        return flows.Momentum(flow, a=args.a)
+    if args.dynamics == "sign":
+        return flows.Sign(flow, eps=args.eps)
+    if args.dynamics == "modified":
+        return flows.Modified(flow, eta=args.eta)
+    return flow
+
+
 def cmd_run(args) -> int:
     import flows
     from flows._plot import plot_trajectory
 
     problem = make_problem(args)
-    flow = make_flow(args, problem)
+    flow = wrap_flow(args, make_flow(args, problem))
     state0 = flow.init(scale=args.scale, kind=args.init, seed=args.seed)
     solver = flows.solver_by_name(args.solver)
     if args.points < 2:
@@ -131,6 +174,8 @@ def cmd_run(args) -> int:
     figure = Path(args.figure) if args.figure else out / "figure.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     title = f"{args.flow} flow, {args.problem} n={args.n} m={args.m} rank={args.rank}, alpha={args.scale:g}"
+    if args.penalty != "none" or args.dynamics != "gradient":
+        title += f", {args.dynamics} dynamics, penalty {args.penalty}"
     plot_trajectory(traj, figure, title=title)
     summary = {"t_final": traj.ts[-1], "loss": traj.loss[-1], "steps": traj.stats["num_steps"],
                "rejected": traj.stats["num_rejected_steps"],

@@ -10,7 +10,7 @@ import numpy as np
 
 from ._flows import AbstractFlow, State
 from ._trajectory import Trajectory
-from ._validate import check_choice, check_finite, check_positive, check_positive_int
+from ._validate import check_choice, check_finite, check_positive, check_positive_int, check_times
 
 
 class SolverError(RuntimeError):
@@ -82,12 +82,7 @@ def solve(flow: AbstractFlow, state0: State, t1: float, ts=None, *, rtol: float 
     check_positive_int("max_steps", max_steps)
     if stop_loss is not None:
         stop_loss = check_positive("stop_loss", stop_loss)
-    ts = default_ts(t1) if ts is None else np.asarray(ts, dtype=np.float64)
-    if ts.ndim != 1 or ts.size == 0:
-        raise ValueError(f"ts must be a non-empty 1-d array of times; got shape {ts.shape}")
-    check_finite("ts", ts)
-    if np.any(np.diff(ts) <= 0) or ts[0] < 0 or ts[-1] > t1:
-        raise ValueError(f"ts must be strictly increasing and within [0, t1 = {t1}]")
+    ts = check_times(default_ts(t1) if ts is None else ts, t1)
     _check_state(flow, state0)
     solver = diffrax.Tsit5() if solver is None else solver
     if stepsize_controller is None:

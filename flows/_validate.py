@@ -30,3 +30,14 @@ def check_positive(name: str, value) -> float:
 def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
+
+
+def check_times(ts, t1: float) -> np.ndarray:
+    """Save times: a non-empty, finite, strictly increasing 1-d array within [0, t1]."""
+    ts = np.asarray(ts, dtype=np.float64)
+    if ts.ndim != 1 or ts.size == 0:
+        raise ValueError(f"ts must be a non-empty 1-d array of times; got shape {ts.shape}")
+    check_finite("ts", ts)
+    if np.any(np.diff(ts) <= 0) or ts[0] < 0 or ts[-1] > t1:
+        raise ValueError(f"ts must be strictly increasing and within [0, t1 = {t1}]")
+    return ts
