@@ -118,9 +118,10 @@ def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: f
     with tqdm(total=len(configs), initial=len(runs), disable=not progress, unit="run", desc="sweep") as bar:
         mesh = Mesh(np.asarray(devices), ("runs",))
         for group in pending.values():
-            for start in range(0, len(group), batch_size):
-                batch = group[start:start + batch_size]
-                for (i, flow, _), outcome in zip(batch, _solve_batch(plan, batch, mesh)):
+            width = min(batch_size, -(-len(group) // len(devices)) * len(devices))
+            for start in range(0, len(group), width):
+                batch = group[start:start + width]
+                for (i, flow, _), outcome in zip(batch, _solve_batch(plan, batch, width, mesh)):
                     runs[i] = _record(configs[i], keys[i], out / keys[i], flow, plan, outcome)
                 bar.update(len(batch))
     return [runs[i] for i in range(len(configs))]
@@ -162,14 +163,16 @@ def _signature(flow, state0):
     return treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves)
 
 
-def _solve_batch(plan: Plan, batch, mesh: Mesh) -> list:
-    """Solve a batch with vmap, sharded over the mesh; one host-side result (or exception) per run."""
-    size = mesh.devices.size
+def _solve_batch(plan: Plan, batch, width: int, mesh: Mesh) -> list:
+    """Solve a batch with vmap, sharded over the mesh; one host-side result per run.
+
+    The batch is padded to `width` runs (a multiple of the device count) by repeating its last run,
+    so every batch of a group reuses one compiled solve and every device gets the same share.
+    """
     flows_ = [flow for _, flow, _ in batch]
     states = [state for _, _, state in batch]
-    padded = len(batch) + (-len(batch)) % size  # repeat the last run to fill every device
-    flows_ += [flows_[-1]] * (padded - len(batch))
-    states += [states[-1]] * (padded - len(batch))
+    flows_ += [flows_[-1]] * (width - len(batch))
+    states += [states[-1]] * (width - len(batch))
     raw = _batched(_stack(flows_), _stack(states), plan.arrays(), plan.static(), mesh=mesh)
     raw = jax.device_get(raw)
     return [jax.tree.map(lambda x: x[k], raw) for k in range(len(batch))]
