@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import diffrax
 import equinox as eqx
 import jax
@@ -76,43 +78,80 @@ def solve(flow: AbstractFlow, state0: State, t1: float, ts=None, *, rtol: float 
     """
     if not isinstance(flow, AbstractFlow):
         raise ValueError(f"flow must be a flows flow (Direct, Symmetric, ...); got {type(flow).__name__}")
-    t1 = check_positive("t1", t1)
-    rtol = check_positive("rtol", rtol)
-    atol = check_positive("atol", atol)
-    check_positive_int("max_steps", max_steps)
-    if stop_loss is not None:
-        stop_loss = check_positive("stop_loss", stop_loss)
-    ts = check_times(default_ts(t1) if ts is None else ts, t1)
+    plan = Plan.make(t1, ts, rtol=rtol, atol=atol, stop_loss=stop_loss, solver=solver,
+                     stepsize_controller=stepsize_controller, max_steps=max_steps, dt0=dt0)
     _check_state(flow, state0)
-    solver = diffrax.Tsit5() if solver is None else solver
-    if stepsize_controller is None:
-        stepsize_controller = diffrax.PIDController(rtol=jnp.asarray(rtol), atol=jnp.asarray(atol))
+    return plan.finish(flow, jax.device_get(_integrate(flow, state0, *plan.arrays(), **plan.static(progress))))
 
-    sol = _integrate(flow, state0, jnp.asarray(t1), jnp.asarray(ts), dt0,
-                     None if stop_loss is None else jnp.asarray(stop_loss), solver=solver,
-                     controller=stepsize_controller, max_steps=max_steps, progress=progress)
-    ts_out, states, stats, result = jax.device_get(sol)
-    stopped = bool(result == diffrax.RESULTS.event_occurred)
-    n_saved = len(ts)
-    if result != diffrax.RESULTS.successful and not stopped:
-        finite = np.isfinite(ts_out)
-        t_reached = float(ts_out[finite][-1])
-        raise SolverError(_failure_message(result, t_reached, t1, stats, max_steps, rtol), t_reached, stats)
-    if stopped:
-        # Saved times before the stop, then the stopping state itself (SaveAt's t1 entry).
-        keep = np.flatnonzero(np.isfinite(ts_out))
-        if len(keep) >= 2 and ts_out[keep[-2]] == ts_out[keep[-1]]:
-            keep = np.delete(keep, -2)
-    else:
-        keep = np.arange(n_saved)
-    states = jax.tree.map(lambda x: x[keep], states)
-    stats = {k: int(v) for k, v in stats.items()}
-    per_step = evaluations_per_step(solver)
-    stats |= {"vf_evaluations": None if per_step is None else per_step * stats["num_steps"],
-              "stopped_by_loss": stopped, "t_final": float(ts_out[keep[-1]])}
-    config = {"flow": flow.describe(), "solver": type(solver).__name__, "rtol": rtol, "atol": atol,
-              "t1": t1, "stop_loss": stop_loss, "max_steps": max_steps}
-    return Trajectory.from_states(flow, ts_out[keep], states, stats=stats, config=config)
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A validated solve, everything but the flow and its initial state: what `solve` and `sweep` share."""
+
+    t1: float
+    ts: np.ndarray
+    rtol: float
+    atol: float
+    stop_loss: float | None
+    solver: diffrax.AbstractSolver
+    controller: diffrax.AbstractStepSizeController
+    max_steps: int
+    dt0: float | None
+
+    @classmethod
+    def make(cls, t1, ts=None, *, rtol=1e-8, atol=1e-10, stop_loss=None, solver=None, stepsize_controller=None,
+             max_steps=1_000_000, dt0=None) -> "Plan":
+        """Check every argument (ValueError naming it) and fill in the defaults of `solve`."""
+        t1 = check_positive("t1", t1)
+        rtol = check_positive("rtol", rtol)
+        atol = check_positive("atol", atol)
+        check_positive_int("max_steps", max_steps)
+        if stop_loss is not None:
+            stop_loss = check_positive("stop_loss", stop_loss)
+        ts = check_times(default_ts(t1) if ts is None else ts, t1)
+        solver = diffrax.Tsit5() if solver is None else solver
+        if stepsize_controller is None:
+            stepsize_controller = diffrax.PIDController(rtol=jnp.asarray(rtol), atol=jnp.asarray(atol))
+        return cls(t1=t1, ts=ts, rtol=rtol, atol=atol, stop_loss=stop_loss, solver=solver,
+                   controller=stepsize_controller, max_steps=max_steps, dt0=dt0)
+
+    def arrays(self) -> tuple:
+        """The traced arguments of `integrate` after (flow, state0)."""
+        return (jnp.asarray(self.t1), jnp.asarray(self.ts), self.dt0,
+                None if self.stop_loss is None else jnp.asarray(self.stop_loss))
+
+    def static(self, progress: bool = False) -> dict:
+        """The keyword arguments of `integrate`."""
+        return dict(solver=self.solver, controller=self.controller, max_steps=self.max_steps, progress=progress)
+
+    def describe(self) -> dict:
+        """The JSON-able solve options (saved with trajectories, part of a sweep run's key)."""
+        return {"solver": type(self.solver).__name__, "rtol": self.rtol, "atol": self.atol, "t1": self.t1,
+                "stop_loss": self.stop_loss, "max_steps": self.max_steps}
+
+    def finish(self, flow: AbstractFlow, raw) -> Trajectory:
+        """The Trajectory of one host-side `integrate` result, or SolverError if it failed."""
+        ts_out, states, stats, result = raw
+        stopped = bool(result == diffrax.RESULTS.event_occurred)
+        if result != diffrax.RESULTS.successful and not stopped:
+            finite = np.isfinite(ts_out)
+            t_reached = float(ts_out[finite][-1]) if finite.any() else 0.0
+            raise SolverError(_failure_message(result, t_reached, self.t1, stats, self.max_steps, self.rtol),
+                              t_reached, stats)
+        if stopped:
+            # Saved times before the stop, then the stopping state itself (SaveAt's t1 entry).
+            keep = np.flatnonzero(np.isfinite(ts_out))
+            if len(keep) >= 2 and ts_out[keep[-2]] == ts_out[keep[-1]]:
+                keep = np.delete(keep, -2)
+        else:
+            keep = np.arange(len(self.ts))
+        states = jax.tree.map(lambda x: x[keep], states)
+        stats = {k: int(v) for k, v in stats.items()}
+        per_step = evaluations_per_step(self.solver)
+        stats |= {"vf_evaluations": None if per_step is None else per_step * stats["num_steps"],
+                  "stopped_by_loss": stopped, "t_final": float(ts_out[keep[-1]])}
+        config = {"flow": flow.describe()} | self.describe()
+        return Trajectory.from_states(flow, ts_out[keep], states, stats=stats, config=config)
 
 
 def _check_state(flow: AbstractFlow, state0: State) -> None:
@@ -138,8 +177,9 @@ def _failure_message(result, t_reached, t1, stats, max_steps, rtol) -> str:
             f"the problem scale and init, shorten t1, or loosen rtol = {rtol:g}.")
 
 
-@eqx.filter_jit
-def _integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_steps, progress):
+def integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_steps, progress):
+    """diffrax.diffeqsolve of one flow: (saved times, saved states, statistics, result code); traceable, so
+    `sweep` can vmap it."""
     event = None
     if stop_loss is not None:
         event = diffrax.Event(cond_fn=lambda t, y, args, **kwargs: flow.loss(y) < args)
@@ -149,3 +189,6 @@ def _integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_
         event=event, max_steps=max_steps, throw=False, adjoint=diffrax.ForwardMode(),
         progress_meter=diffrax.TqdmProgressMeter(refresh_steps=5000) if progress else diffrax.NoProgressMeter())
     return sol.ts, sol.ys, sol.stats, sol.result
+
+
+_integrate = eqx.filter_jit(integrate)

@@ -1,0 +1,311 @@
+"""Shared pieces of the benchmarks: the settings, timing, scipy and gradient-descent runners, the
+tight-tolerance reference, and exact counts of vector-field evaluations.
+
+Import this module before numpy or jax anywhere in a benchmark: it pins BLAS and XLA to one thread
+each. The machine the numbers come from is shared (2 cores, several jobs); threaded BLAS under that
+contention made a 180 x 180 eigendecomposition ten times slower, and every method here, scipy's
+included, then runs on one core. Set GRADFLOW_BENCH_THREADS=keep to leave the environment alone.
+"""
+
+from __future__ import annotations
+
+import os
+
+if os.environ.get("GRADFLOW_BENCH_THREADS") != "keep":
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+
+import dataclasses  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import diffrax  # noqa: E402
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.experimental  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
+
+import flows  # noqa: E402
+import flows._stiff  # noqa: E402
+
+STOP_LOSS = 1e-10
+RTOL, ATOL = 1e-8, 1e-10
+T_MAX = 1e6  # the runs end at STOP_LOSS, long before this
+CACHE = Path(__file__).parent / ".cache"
+
+
+# -- settings --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """A named flow and initial state (what every method integrates)."""
+
+    name: str
+    flow: Any
+    state0: Any
+
+    @property
+    def key(self) -> str:
+        return self.name.replace(" ", "_").replace("=", "")
+
+
+def sensing_setting(alpha: float, n: int = 30, m: int = 180, rank: int = 2, seed: int = 0) -> Setting:
+    """Issue 2's setting: symmetric Gaussian sensing, W = U U^T from U_0 = alpha I."""
+    flow = flows.Symmetric(flows.sensing(n=n, m=m, rank=rank, seed=seed))
+    return Setting(f"sensing n={n} m={m} r={rank} alpha={alpha:g}", flow, flow.init(scale=alpha))
+
+
+def completion_setting(alpha: float, n: int = 100, m: int = 2000, rank: int = 5, depth: int = 3,
+                       truth_norm: float = 1.0, seed: int = 0) -> Setting:
+    """Arora et al.'s completion setting: a depth-N product from W_j(0) = alpha I."""
+    flow = flows.Deep(flows.completion(n=n, m=m, rank=rank, seed=seed, truth_norm=truth_norm), depth=depth)
+    return Setting(f"completion n={n} m={m} r={rank} depth={depth} norm={truth_norm:g} alpha={alpha:g}",
+                   flow, flow.init(scale=alpha))
+
+
+# -- timing ----------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Timing:
+    """Wall times of one method: the first call (compile + run) and the repeats after it."""
+
+    first: float
+    runs: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+    @property
+    def compile(self) -> float:
+        return max(self.first - self.median, 0.0)
+
+    def spread(self) -> str:
+        return f"{min(self.runs):.3g}-{max(self.runs):.3g}"
+
+
+def clock(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return out, time.perf_counter() - start
+
+
+# -- the flow's own solver -------------------------------------------------------------------------
+@dataclasses.dataclass
+class Outcome:
+    """What a method reached: its final time and state, steps and evaluation counts."""
+
+    t_final: float
+    W_final: np.ndarray
+    loss_final: float
+    steps: int
+    rejected: int | None = None
+    evaluations: int | None = None
+    jacobians: int | None = None
+    solves: int | None = None
+    note: str = ""
+
+
+def run_flows(setting: Setting, solver=None, rtol: float = RTOL, atol: float = ATOL, **kwargs) -> Outcome:
+    traj = flows.solve(setting.flow, setting.state0, t1=T_MAX, rtol=rtol, atol=atol, stop_loss=STOP_LOSS,
+                       solver=solver, max_steps=kwargs.pop("max_steps", 3_000_000), **kwargs)
+    return Outcome(t_final=float(traj.ts[-1]), W_final=traj.W[-1], loss_final=float(traj.loss[-1]),
+                   steps=traj.stats["num_steps"], rejected=traj.stats["num_rejected_steps"])
+
+
+class Counter:
+    """Host-side counters bumped from inside jitted code (ordered io_callback: exact, but slow)."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+
+    def bump(self, name: str) -> None:
+        jax.experimental.io_callback(lambda: self._add(name), None, ordered=True)
+
+    def _add(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+
+def counting_flow(flow, counter: Counter):
+    """The same flow (same fields, same class behaviour) whose vector field bumps counter 'vf'."""
+    cls = type(flow)
+
+    def vector_field(self, t, state, args):
+        counter.bump("vf")
+        return cls.vector_field(self, t, state, args)
+
+    counted = object.__new__(type(f"Counting{cls.__name__}", (cls,), {"vector_field": vector_field}))
+    for field in dataclasses.fields(flow):
+        object.__setattr__(counted, field.name, getattr(flow, field.name))
+    return counted
+
+
+def count_flows(setting: Setting, solver=None, **kwargs) -> dict[str, int]:
+    """Run flows.solve once with instrumented vector field and Gauss-Newton kernel: exact counts."""
+    counter = Counter()
+    kernel = flows._stiff.kernel_matrix
+
+    def counted_kernel(flow, state):
+        counter.bump("jacobian")
+        return kernel(flow, state)
+
+    flows._stiff.kernel_matrix = counted_kernel
+    try:
+        flows.solve(counting_flow(setting.flow, counter), setting.state0, t1=T_MAX, rtol=RTOL, atol=ATOL,
+                    stop_loss=STOP_LOSS, solver=solver, max_steps=3_000_000, **kwargs)
+    finally:
+        flows._stiff.kernel_matrix = kernel
+    return counter.counts
+
+
+# -- scipy -----------------------------------------------------------------------------------------
+class FlatField:
+    """The flow's vector field on a flat vector, jitted, as scipy.integrate.solve_ivp wants it."""
+
+    def __init__(self, setting: Setting):
+        flow = setting.flow
+        x0, unravel = ravel_pytree(setting.state0)
+        self.x0 = np.asarray(x0)
+        self.unravel = unravel
+        field = lambda x: ravel_pytree(flow.vector_field(0.0, unravel(x), None))[0]  # noqa: E731
+        self._f = jax.jit(field)
+        self._jac = jax.jit(jax.jacfwd(field))
+        self._loss = jax.jit(lambda x: flow.loss(unravel(x)))
+        self._product = jax.jit(lambda x: flow.product(unravel(x)))
+
+    def compile(self) -> float:
+        """Compile the vector field, its Jacobian and the loss; returns the seconds it took."""
+        start = time.perf_counter()
+        jax.block_until_ready((self._f(self.x0), self._jac(self.x0), self._loss(self.x0)))
+        return time.perf_counter() - start
+
+    def f(self, t, x):
+        return np.asarray(self._f(x))
+
+    def jac(self, t, x):
+        return np.asarray(self._jac(x))
+
+    def loss(self, x) -> float:
+        return float(self._loss(x))
+
+    def product(self, x) -> np.ndarray:
+        return np.asarray(self._product(x))
+
+
+def run_scipy(field: FlatField, method: str, jac: bool = False, time_limit: float | None = None) -> Outcome:
+    """solve_ivp at RTOL/ATOL until the loss falls below STOP_LOSS (a terminal event)."""
+    from scipy.integrate import solve_ivp
+
+    deadline = None if time_limit is None else time.perf_counter() + time_limit
+
+    class TooSlow(Exception):
+        pass
+
+    def f(t, x):
+        if deadline is not None and time.perf_counter() > deadline:
+            raise TooSlow
+        return field.f(t, x)
+
+    def converged(t, x):
+        return field.loss(x) - STOP_LOSS
+
+    converged.terminal = True
+    extra = {"jac": field.jac} if jac else {}
+    try:
+        sol = solve_ivp(f, (0.0, T_MAX), field.x0, method=method, rtol=RTOL, atol=ATOL, events=converged, **extra)
+    except TooSlow:
+        return Outcome(t_final=float("nan"), W_final=np.full((1, 1), np.nan), loss_final=float("nan"), steps=-1,
+                       note=f"stopped at the {time_limit:g} s limit")
+    x = sol.y[:, -1]
+    return Outcome(t_final=float(sol.t[-1]), W_final=field.product(x), loss_final=field.loss(x), steps=len(sol.t) - 1,
+                   evaluations=int(sol.nfev), jacobians=int(sol.njev), note="" if sol.status == 1 else sol.message)
+
+
+# -- the reference ---------------------------------------------------------------------------------
+def reference(setting: Setting, times: np.ndarray, rtol: float = 1e-12, atol: float = 1e-14) -> dict[float, np.ndarray]:
+    """W at `times` from Dopri8 at tight tolerances, cached in benchmarks/.cache (keyed by setting)."""
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"reference_{_digest(setting)}.npz"
+    known: dict[float, np.ndarray] = {}
+    if path.exists():
+        with np.load(path) as data:
+            known = dict(zip(data["ts"].tolist(), data["W"]))
+    missing = sorted({float(t) for t in times if np.isfinite(t)} - set(known))
+    if missing:
+        traj = flows.solve(setting.flow, setting.state0, t1=missing[-1], ts=np.asarray(missing), rtol=rtol, atol=atol,
+                           solver=diffrax.Dopri8(), max_steps=50_000_000)
+        known.update(zip(missing, traj.W))
+        ts = sorted(known)
+        np.savez(path, ts=np.asarray(ts), W=np.stack([known[t] for t in ts]))
+    return {float(t): known[float(t)] for t in times if np.isfinite(t)}
+
+
+def _digest(setting: Setting) -> str:
+    leaves = [np.asarray(x) for x in jax.tree.leaves((setting.flow, setting.state0)) if eqx.is_array(x)]
+    h = hashlib.sha256(json.dumps(setting.flow.describe(), sort_keys=True).encode())
+    for leaf in leaves:
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return f"{setting.key}_{h.hexdigest()[:12]}"
+
+
+def relative_error(W: np.ndarray, W_ref: np.ndarray) -> float:
+    return float(np.linalg.norm(W - W_ref) / np.linalg.norm(W_ref))
+
+
+# -- unit costs ------------------------------------------------------------------------------------
+def unit_costs(setting: Setting, repeats: int = 2000) -> dict[str, float]:
+    """Seconds per jitted vector-field evaluation, Gauss-Newton linearisation and Gauss-Newton solve,
+    each timed inside one compiled loop (no dispatch cost), at the initial state."""
+    flow = setting.flow
+    point, unravel = ravel_pytree(setting.state0)
+
+    @eqx.filter_jit
+    def evaluations(flow, point, k):
+        field = lambda i, x: x + 1e-12 * ravel_pytree(flow.vector_field(0.0, unravel(x), None))[0]  # noqa: E731
+        return jax.lax.fori_loop(0, k, field, point)
+
+    @eqx.filter_jit
+    def linearisations(flow, point, k):
+        body = lambda i, x: x + 1e-12 * flows._stiff.GaussNewton.at(flow, x, unravel).eigenvalues.sum()  # noqa: E731
+        return jax.lax.fori_loop(0, k, body, point)
+
+    @eqx.filter_jit
+    def solves(linear, point, k):
+        return jax.lax.fori_loop(0, k, lambda i, x: linear.solve(0.5, x, unravel), point)
+
+    linear = flows._stiff.GaussNewton.at(flow, point, unravel)
+    out = {}
+    for name, fn, args, k in (("vf", evaluations, (flow, point), repeats),
+                              ("jacobian", linearisations, (flow, point), max(repeats // 200, 3)),
+                              ("solve", solves, (linear, point), repeats)):
+        jax.block_until_ready(fn(*args, 2))
+        best = min(clock(lambda: fn(*args, k))[1] for _ in range(3))
+        out[name] = best / k
+    return out
+
+
+# -- gradient descent ------------------------------------------------------------------------------
+@eqx.filter_jit
+def _descend(flow, state0, step, segments):
+    """Gradient descent theta <- theta - step * grad = theta + step * F(theta) (explicit Euler on the
+    flow), `segments[k]` steps between checkpoints; returns W at each checkpoint and the last state."""
+    def segment(state, count):
+        state = jax.lax.fori_loop(
+            0, count, lambda i, s: jax.tree.map(lambda a, g: a + step * g, s, flow.vector_field(0.0, s, None)), state)
+        return state, flow.product(state)
+
+    return jax.lax.scan(segment, state0, segments)
+
+
+def descend(setting: Setting, step: float, iterations: np.ndarray):
+    """W after each of the increasing iteration counts `iterations`, and the final state."""
+    segments = np.diff(np.concatenate([[0], iterations])).astype(np.int64)
+    state, Ws = _descend(setting.flow, setting.state0, jnp.asarray(step), jnp.asarray(segments))
+    return np.asarray(Ws), state

@@ -1,0 +1,215 @@
+"""flows.solve against scipy's solve_ivp and gradient descent, side by side in one process (issues 2 and 5).
+
+Every method integrates the same ODE from the same state at rtol 1e-8, atol 1e-10 until the data
+loss falls below 1e-10; each final W is compared with a tight-tolerance reference (Dopri8, rtol 1e-12,
+atol 1e-14) at that method's own final time. The repeats are interleaved (method A, B, C, A, B, C, ...)
+so load on the shared machine hits every method alike; wall times are medians, compile time is the
+first call's excess over the median and is reported apart.
+
+    python benchmarks/vs_scipy.py --setting sensing --alpha 1e-3            # the issue-2 table
+    python benchmarks/vs_scipy.py --setting sensing --alpha 1e-3 --descent  # plus gradient descent
+    python benchmarks/vs_scipy.py --setting completion --alpha 0.1 --skip RK45 DOP853
+
+See benchmarks/README.md for what each column means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
+import diffrax
+import numpy as np
+
+import flows
+
+FAST = "flows extrapolation"
+
+
+def methods(setting: H.Setting, field: H.FlatField, time_limit: float) -> dict:
+    """Each method: a zero-argument callable returning an Outcome."""
+    fast = flows.LinearlyImplicitExtrapolation()
+    return {
+        "flows Tsit5": lambda: H.run_flows(setting, diffrax.Tsit5()),
+        FAST: lambda: H.run_flows(setting, fast),
+        "scipy RK45": lambda: H.run_scipy(field, "RK45", time_limit=time_limit),
+        "scipy DOP853": lambda: H.run_scipy(field, "DOP853", time_limit=time_limit),
+        "scipy LSODA": lambda: H.run_scipy(field, "LSODA", time_limit=time_limit),
+        "scipy LSODA+jac": lambda: H.run_scipy(field, "LSODA", jac=True, time_limit=time_limit),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setting", choices=("sensing", "completion"), default="sensing")
+    parser.add_argument("--alpha", type=float, default=1e-3, help="init scale (default 1e-3)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method after the first")
+    parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out (e.g. RK45 DOP853)")
+    parser.add_argument("--slow-repeats", type=int, default=1,
+                        help="timed runs for methods slower than --slow seconds (default 1)")
+    parser.add_argument("--slow", type=float, default=30.0)
+    parser.add_argument("--time-limit", type=float, default=900.0, help="give up on a scipy run after this")
+    parser.add_argument("--descent", action="store_true", help="also find gradient descent's tracking step")
+    parser.add_argument("--json", type=Path, default=None, help="write every number here too")
+    args = parser.parse_args(argv)
+
+    setting = (H.sensing_setting(args.alpha) if args.setting == "sensing" else H.completion_setting(args.alpha))
+    print(f"# {setting.name}: rtol {H.RTOL:g}, atol {H.ATOL:g}, until loss < {H.STOP_LOSS:g}", flush=True)
+    field = H.FlatField(setting)
+    scipy_compile = field.compile()
+    todo = {name: fn for name, fn in methods(setting, field, args.time_limit).items()
+            if not any(skip in name for skip in args.skip)}
+
+    outcomes, timings = {}, {}
+    for name, fn in todo.items():  # the first call of each: compile + run
+        outcome, first = H.clock(fn)
+        outcomes[name], timings[name] = outcome, H.Timing(first=first, runs=[])
+        print(f"  first call {name}: {first:.3f} s", flush=True)
+    for rep in range(args.repeats):
+        for name, fn in todo.items():
+            if rep >= args.slow_repeats and timings[name].runs and timings[name].median > args.slow:
+                continue
+            outcome, seconds = H.clock(fn)
+            timings[name].runs.append(seconds)
+    for name in todo:  # scipy has nothing to compile inside the call: its compile is the field's
+        if name.startswith("scipy"):
+            timings[name].runs = timings[name].runs or [timings[name].first]
+
+    counts = {name: H.count_flows(setting, solver)
+              for name, solver in (("flows Tsit5", diffrax.Tsit5()), (FAST, flows.LinearlyImplicitExtrapolation()))
+              if name in todo}
+    for name, c in counts.items():
+        outcomes[name].evaluations = c.get("vf")
+        outcomes[name].jacobians = c.get("jacobian")
+
+    final_times = np.array([o.t_final for o in outcomes.values()])
+    print("  reference (Dopri8, rtol 1e-12) at the final times ...", flush=True)
+    start = time.perf_counter()
+    ref = H.reference(setting, final_times)
+    print(f"  reference took {time.perf_counter() - start:.1f} s (0 when cached)", flush=True)
+
+    report = _table(setting, outcomes, timings, ref, scipy_compile)
+    if FAST in todo:
+        report["near_limit"] = _near_limit(setting, outcomes[FAST], timings[FAST])
+        report["near_limit_tsit5"] = _near_limit(setting, outcomes["flows Tsit5"], timings["flows Tsit5"]) \
+            if "flows Tsit5" in todo else None
+    if args.descent:
+        report["descent"] = _descent(setting, outcomes, timings)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=float))
+    return 0
+
+
+def _table(setting, outcomes, timings, ref, scipy_compile) -> dict:
+    baseline = "scipy LSODA+jac" if "scipy LSODA+jac" in outcomes else None
+    print()
+    print(f"{'method':<22}{'wall s':>9}{'spread':>15}{'compile s':>10}{'steps':>9}{'rejected':>9}{'f evals':>10}"
+          f"{'jacs':>6}{'t final':>9}{'loss':>10}{'W err':>10}  ok  {'LSODA+jac/this':>14}")
+    rows = {}
+    for name, o in outcomes.items():
+        t = timings[name]
+        err = H.relative_error(o.W_final, ref[o.t_final]) if np.isfinite(o.t_final) else float("nan")
+        ok = bool(o.loss_final < H.STOP_LOSS and err < 1e-6)
+        compile_s = scipy_compile if name.startswith("scipy") else t.compile
+        speedup = timings[baseline].median / t.median if baseline else float("nan")
+        rows[name] = dict(wall=t.median, runs=t.runs, compile=compile_s, steps=o.steps, rejected=o.rejected,
+                          evaluations=o.evaluations, jacobians=o.jacobians, t_final=o.t_final,
+                          loss=o.loss_final, W_error=err, ok=ok, speedup_vs_lsoda_jac=speedup, note=o.note)
+        print(f"{name:<22}{t.median:9.3f}{t.spread():>15}{compile_s:10.2f}{o.steps:9d}{_fmt(o.rejected):>9}"
+              f"{_fmt(o.evaluations):>10}{_fmt(o.jacobians):>6}{o.t_final:9.1f}{o.loss_final:10.2e}{err:10.2e}"
+              f"  {'yes' if ok else 'NO ':<3} {speedup:14.1f}  {o.note}")
+    lsoda = [n for n in ("scipy LSODA", "scipy LSODA+jac") if n in outcomes]
+    if FAST in outcomes and lsoda:
+        best = min(lsoda, key=lambda n: timings[n].median)
+        print(f"\n{FAST} is {timings[best].median / timings[FAST].median:.1f}x faster than the faster LSODA "
+              f"({best}, {timings[best].median:.2f} s vs {timings[FAST].median:.3f} s)")
+    return {"setting": setting.name, "methods": rows}
+
+
+def _near_limit(setting, outcome, timing) -> dict:
+    """Goal 3: wall time / (evaluations x t_eval + linearisations x t_lin + solves x t_solve)."""
+    unit = H.unit_costs(setting)
+    jacobians = outcome.jacobians or 0
+    solves = 0
+    if jacobians:  # every step attempt runs columns (columns + 1) / 2 Gauss-Newton solves
+        columns = flows.LinearlyImplicitExtrapolation().columns
+        solves = outcome.steps * columns * (columns + 1) // 2
+    ideal = outcome.evaluations * unit["vf"] + jacobians * unit["jacobian"] + solves * unit["solve"]
+    ratio = timing.median / ideal
+    print(f"near the limit: {outcome.evaluations} evaluations x {unit['vf'] * 1e6:.1f} us + {jacobians} linearisations "
+          f"x {unit['jacobian'] * 1e3:.2f} ms + {solves} solves x {unit['solve'] * 1e6:.1f} us = {ideal:.3f} s; "
+          f"wall {timing.median:.3f} s; ratio {ratio:.2f}")
+    return dict(unit=unit, evaluations=outcome.evaluations, jacobians=jacobians, solves=solves, ideal=ideal,
+                wall=timing.median, ratio=ratio)
+
+
+def _descent(setting, outcomes, timings, tolerance: float = 1e-3) -> dict:
+    """Goal 2: the largest gradient-descent step whose iterates stay within `tolerance` (relative,
+    Frobenius) of the flow at every checkpoint, and what running it to the flow's final time costs.
+
+    Tracking error e(eta) = max_k ||W_gd(t_k) - W(t_k)||_F / ||W(t_k)||_F over checkpoints t_k that
+    are multiples of every step tried (steps eta_0 / 2^j), W from the reference. GD is first order,
+    so e(eta) / eta tends to a constant c; eta* = tolerance / c is found from the measured sequence
+    and then checked directly: e(eta*) <= tolerance < e(1.25 eta*) on the window holding the peak.
+    """
+    t_final = outcomes[FAST].t_final
+    eta0 = 2.0 ** -10
+    full = np.unique(np.round(np.geomspace(1, t_final / eta0, 60)).astype(np.int64))
+    ref = H.reference(setting, full * eta0)
+    W_ref = np.stack([ref[float(t)] for t in full * eta0])
+
+    def errors(eta, iterations, W_at):
+        Ws, _ = H.descend(setting, eta, iterations)
+        return np.linalg.norm(Ws - W_at, axis=(1, 2)) / np.linalg.norm(W_at, axis=(1, 2))
+
+    print(f"\ngradient descent (checkpoints: {len(full)} times in [{eta0:.3g}, {t_final:.4g}])", flush=True)
+    err_full = errors(eta0, full, W_ref)
+    peak = full[np.argmax(err_full)] * eta0
+    print(f"  eta {eta0:.3g} over the whole run: max error {err_full.max():.3g} at t = {peak:.3g}; "
+          f"error at the end {err_full[-1]:.3g}", flush=True)
+    window = full[full * eta0 <= 4 * peak]
+    ratios = []
+    for j in range(1, 9):
+        eta = eta0 / 2 ** j
+        e = errors(eta, window * 2 ** j, W_ref[: len(window)]).max()
+        ratios.append((eta, e / eta))
+        print(f"  eta {eta:.3g} on [0, {window[-1] * eta0:.3g}]: max error {e:.3g}, error / eta {e / eta:.4g}", flush=True)
+    (e1, c1), (e2, c2) = ratios[-2], ratios[-1]
+    c = c2 + (c2 - c1) * e2 / (e1 - e2)  # c(eta) = c + c' eta: extrapolate to eta -> 0
+    eta_star = tolerance / c
+    checks = {}
+    for factor in (1.0, 1.25):
+        eta = eta_star * factor
+        last = peak * 4
+        iters = np.unique(np.round(np.geomspace(1, last / eta, 200)).astype(np.int64))
+        times = iters * eta
+        ref_w = H.reference(setting, times)
+        Ws_ref = np.stack([ref_w[float(t)] for t in times])
+        start = time.perf_counter()
+        e = errors(eta, iters, Ws_ref).max()
+        seconds = time.perf_counter() - start
+        checks[factor] = dict(eta=eta, error=e, seconds=seconds, steps=int(iters[-1]))
+        print(f"  check eta {eta:.3g} on [0, {last:.3g}] ({iters[-1]} steps, {seconds:.1f} s): max error {e:.3g}", flush=True)
+    per_step = checks[1.0]["seconds"] / checks[1.0]["steps"]
+    steps = int(np.ceil(t_final / eta_star))
+    wall = steps * per_step
+    fast = timings[FAST].median
+    print(f"  largest tracking step eta* = {eta_star:.3g} (e(eta*) = {checks[1.0]['error']:.3g}, "
+          f"e(1.25 eta*) = {checks[1.25]['error']:.3g}); to t = {t_final:.4g}: {steps:.3g} steps x "
+          f"{per_step * 1e6:.1f} us = {wall:.3g} s (extrapolated from the measured time per step)")
+    print(f"  {FAST} ({fast:.3f} s) is {wall / fast:.3g}x faster than gradient descent at matched accuracy")
+    return dict(eta0=eta0, error_full_run=float(err_full.max()), peak_time=float(peak), ratios=ratios,
+                eta_star=eta_star, checks=checks, steps=steps, seconds_per_step=per_step, wall=wall,
+                speedup=wall / fast)
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else str(x)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+r"""Sweeps: a grid of configurations solved as batched, sharded solves that resume where they stopped.
+
+    runs = flows.sweep(build, flows.grid(alpha=[1e-2, 1e-3], seed=[0, 1, 2]), out="runs/alpha", t1=1e3)
+
+`build(config) -> (flow, state0)` turns one configuration (a dict of JSON values) into what
+`flows.solve` integrates, so anything a flow can be built from (init scale, seed, depth, size, a
+penalty's strength) is a sweep axis. Configurations whose flows and states have the same structure
+and shapes are solved together: stacked, `vmap`-ed and split across every JAX device with
+`jax.shard_map` (each device runs its own share, with no synchronisation between steps). Each finished
+run is saved with `Trajectory.save` (atomic, checksummed) under `out/<key>`, the key a hash of the
+configuration and the solve options, so re-running a sweep loads what finished and computes the rest;
+a killed sweep loses only the batch in flight, and a partial or corrupt save fails its checksum and
+is recomputed. A run whose solve fails is recorded (`out/<key>/failed.json`) without touching the
+others of its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+
+from ._flows import AbstractFlow
+from ._solve import Plan, SolverError, _check_state, integrate
+from ._trajectory import CorruptTrajectoryError, Trajectory, _atomic_write
+from ._validate import check_positive_int
+
+FAILED = "failed.json"
+
+
+def grid(**axes) -> list[dict[str, Any]]:
+    """Every combination of the given axes: `grid(alpha=[1e-2, 1e-3], seed=[0, 1])` has 4 configurations."""
+    for name, values in axes.items():
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise ValueError(f"grid axis {name!r} must be a sequence of values; got {values!r}")
+    names = list(axes)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(list(axes[n]) for n in names))]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One configuration of a sweep: where it is saved and how it ended.
+
+    status: "done" (computed now), "cached" (found complete on disk) or "failed" (`message` says why).
+    """
+
+    config: dict[str, Any]
+    key: str
+    path: Path
+    status: str
+    message: str = ""
+
+    def load(self) -> Trajectory:
+        """The saved trajectory (checked against its checksum)."""
+        if self.status == "failed":
+            raise ValueError(f"run {self.key} ({self.config}) failed: {self.message}")
+        return Trajectory.load(self.path)
+
+
+def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: float, ts=None, *,
+          rtol: float = 1e-8, atol: float = 1e-10, stop_loss: float | None = None, solver=None,
+          stepsize_controller=None, max_steps: int = 1_000_000, dt0: float | None = None,
+          batch_size: int | None = None, devices=None, progress: bool = True) -> list[Run]:
+    """Solve `build(config)` for every configuration, as `flows.solve` would with these options.
+
+    Args:
+        build: configuration -> (flow, initial state).
+        configs: a list of dicts of JSON values (numbers, strings, booleans, lists), e.g. from `grid`.
+        out: the folder holding one sub-folder per run.
+        batch_size: runs solved together per compiled call (default 8 per device); a kill loses
+            at most one batch. Rounded up to a multiple of the number of devices.
+        devices: the JAX devices to shard over (default all of `jax.devices()`).
+        progress: a tqdm bar over runs.
+
+    Returns:
+        One `Run` per configuration, in order.
+    """
+    plan = Plan.make(t1, ts, rtol=rtol, atol=atol, stop_loss=stop_loss, solver=solver,
+                     stepsize_controller=stepsize_controller, max_steps=max_steps, dt0=dt0)
+    configs = list(configs)
+    if not configs:
+        raise ValueError("configs is empty: nothing to sweep")
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices is empty")
+    batch_size = 8 * len(devices) if batch_size is None else batch_size
+    check_positive_int("batch_size", batch_size)
+    batch_size = -(-batch_size // len(devices)) * len(devices)
+    out = Path(out)
+    keys = [run_key(config, plan) for config in configs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("configs holds the same configuration twice")
+
+    runs: dict[int, Run] = {}
+    pending: dict[Any, list[tuple[int, AbstractFlow, Any]]] = {}
+    for i, (config, key) in enumerate(zip(configs, keys)):
+        finished = _finished(config, key, out / key)
+        if finished is not None:
+            runs[i] = finished
+            continue
+        flow, state0 = build(config)
+        if not isinstance(flow, AbstractFlow):
+            raise ValueError(f"build({config}) must return (flow, state0); got a {type(flow).__name__} first")
+        _check_state(flow, state0)
+        pending.setdefault(_signature(flow, state0), []).append((i, flow, state0))
+
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(configs), initial=len(runs), disable=not progress, unit="run", desc="sweep") as bar:
+        mesh = Mesh(np.asarray(devices), ("runs",))
+        for group in pending.values():
+            width = min(batch_size, -(-len(group) // len(devices)) * len(devices))
+            for start in range(0, len(group), width):
+                batch = group[start:start + width]
+                for (i, flow, _), outcome in zip(batch, _solve_batch(plan, batch, width, mesh)):
+                    runs[i] = _record(configs[i], keys[i], out / keys[i], flow, plan, outcome)
+                bar.update(len(batch))
+    return [runs[i] for i in range(len(configs))]
+
+
+def run_key(config: dict, plan: Plan) -> str:
+    """The folder name of a run: a hash of its configuration and the solve options."""
+    try:
+        text = json.dumps({"config": config, "solve": plan.describe(), "ts": plan.ts.tolist()}, sort_keys=True,
+                          allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"a sweep configuration must hold JSON values only; {config!r}: {err}") from None
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _finished(config: dict, key: str, path: Path) -> Run | None:
+    """The run already on disk, if complete: a valid trajectory or a failure record of this key."""
+    failed = path / FAILED
+    if failed.exists():
+        try:
+            record = json.loads(failed.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if record.get("key") == key:
+            return Run(config, key, path, "failed", record.get("message", ""))
+        return None
+    try:
+        traj = Trajectory.load(path)
+    except CorruptTrajectoryError:
+        return None
+    if traj.config.get("sweep_key") != key:
+        return None
+    return Run(config, key, path, "cached")
+
+
+def _signature(flow, state0):
+    """Runs batch together when their flows and states agree in structure, shapes and static fields."""
+    leaves, treedef = jax.tree.flatten((flow, state0))
+    return treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves)
+
+
+def _solve_batch(plan: Plan, batch, width: int, mesh: Mesh) -> list:
+    """Solve a batch with vmap, sharded over the mesh; one host-side result per run.
+
+    The batch is padded to `width` runs (a multiple of the device count) by repeating its last run,
+    so every batch of a group reuses one compiled solve and every device gets the same share.
+    """
+    flows_ = [flow for _, flow, _ in batch]
+    states = [state for _, _, state in batch]
+    flows_ += [flows_[-1]] * (width - len(batch))
+    states += [states[-1]] * (width - len(batch))
+    raw = _batched(_stack(flows_), _stack(states), plan.arrays(), plan.static(), mesh=mesh)
+    raw = jax.device_get(raw)
+    return [jax.tree.map(lambda x: x[k], raw) for k in range(len(batch))]
+
+
+def _stack(trees):
+    arrays = [eqx.filter(t, eqx.is_array) for t in trees]
+    static = eqx.filter(trees[0], eqx.is_array, inverse=True)
+    return eqx.combine(jax.tree.map(lambda *xs: jnp.stack(xs), *arrays), static)
+
+
+@eqx.filter_jit
+def _batched(flows_, states, arrays, options, *, mesh):
+    """vmap of `integrate` over the leading axis of (flows_, states), that axis split over the mesh."""
+    batched, batched_static = eqx.partition((flows_, states), eqx.is_array)
+    shared, shared_static = eqx.partition((arrays, options), eqx.is_array)
+
+    def local(batched, shared):
+        arrays, options = eqx.combine(shared, shared_static)
+
+        def one(batched):
+            flow, state0 = eqx.combine(batched, batched_static)
+            return integrate(flow, state0, *arrays, **options)
+
+        return jax.vmap(one)(batched)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec("runs"), PartitionSpec()),
+                         out_specs=PartitionSpec("runs"), check_vma=False)(batched, shared)
+
+
+def _record(config, key, path: Path, flow, plan: Plan, raw) -> Run:
+    try:
+        traj = plan.finish(flow, raw)
+    except SolverError as err:
+        path.mkdir(parents=True, exist_ok=True)
+        record = {"key": key, "config": config, "message": str(err), "t_reached": err.t_reached}
+        _atomic_write(path / FAILED, json.dumps(record, indent=2).encode())
+        return Run(config, key, path, "failed", str(err))
+    (path / FAILED).unlink(missing_ok=True)
+    traj = dataclasses.replace(traj, config=traj.config | {"sweep_key": key, "sweep_config": config})
+    traj.save(path)
+    return Run(config, key, path, "done")

@@ -1,0 +1,124 @@
+"""The Gauss-Newton linear algebra and the linearly implicit extrapolation solver (flows._stiff)."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import flows
+from analysis.closed_form import direct_flow
+
+
+def _sensing():
+    return flows.sensing(n=6, m=12, rank=1, seed=0)
+
+
+def _completion():
+    return flows.completion(n=6, m=15, rank=1, seed=0)
+
+
+FLOWS = {
+    "symmetric-sensing": lambda: flows.Symmetric(_sensing()),
+    "deep-sensing": lambda: flows.Deep(_sensing(), depth=3),
+    "direct-completion": lambda: flows.Direct(_completion()),
+    "symmetric-completion": lambda: flows.Symmetric(_completion()),
+    "factored-completion": lambda: flows.Factored(_completion(), width=4),
+    "deep-completion": lambda: flows.Deep(_completion(), depth=3, width=(5, 4)),
+}
+
+
+def _dense_M(flow, state):
+    """M = A o phi'(theta) as a dense m x p matrix, by forward-mode autodiff (the independent reference)."""
+    point, unravel = ravel_pytree(state)
+    return jax.jacfwd(lambda x: flow.problem.measure(flow.product(unravel(x))))(point), point, unravel
+
+
+@pytest.mark.parametrize("name", FLOWS)
+def test_kernel_and_solve_match_dense_gauss_newton(name):
+    # kernel_matrix (the completion ones by their sandwich/gather form) is M M^T, and GaussNewton.solve
+    # inverts I + h M^T M: residuals at round-off, relative to the size of the terms.
+    flow = FLOWS[name]()
+    state = flow.init(scale=0.7, kind="gaussian", seed=3)
+    M, point, unravel = _dense_M(flow, state)
+    theta = flows.kernel_matrix(flow, state)
+    np.testing.assert_allclose(theta, M @ M.T, rtol=1e-12, atol=1e-12 * np.abs(M @ M.T).max())
+    linear = flows.GaussNewton.at(flow, point, unravel)
+    b = jnp.sin(jnp.arange(point.size, dtype=jnp.float64))
+    for h in (1e-3, 0.4, 1e4):
+        x = linear.solve(h, b, unravel)
+        residual = x + h * M.T @ (M @ x) - b
+        assert jnp.linalg.norm(residual) <= 1e-9 * (jnp.linalg.norm(b) + h * jnp.linalg.norm(M.T @ (M @ x)))
+
+
+def test_order_holds_with_a_frozen_jacobian():
+    # Fixed steps dt = T/4, T/8 on a short non-stiff stretch: the error falls like dt^columns, also when
+    # the Gauss-Newton matrix is never re-linearised (refresh = inf): the W-method property.
+    columns = 4
+    flow = flows.Symmetric(_sensing())
+    state0 = flow.init(scale=0.3, kind="gaussian", seed=1)
+    T = 0.02
+    exact = flows.solve(flow, state0, t1=T, ts=[T], rtol=1e-13, atol=1e-15).W[-1]
+    for refresh in (1e-3, float("inf")):
+        errors = []
+        for n in (4, 8):
+            traj = flows.solve(flow, state0, t1=T, ts=[T], stepsize_controller=diffrax.ConstantStepSize(), dt0=T / n,
+                               solver=flows.LinearlyImplicitExtrapolation(columns=columns, refresh=refresh))
+            errors.append(np.linalg.norm(traj.W[-1] - exact) / np.linalg.norm(exact))
+        assert np.log2(errors[0] / errors[1]) > columns - 0.4, (refresh, errors)
+
+
+def test_direct_flow_matches_closed_form():
+    # The direct flow is linear and its Gauss-Newton matrix is its exact Jacobian; rtol 1e-8 per step
+    # over a run whose residual decays: W within 1e-6 (relative to ||W||) of the closed form everywhere.
+    problem = _sensing()
+    flow = flows.Direct(problem)
+    W0 = flow.init(scale=0.1)
+    ts = flows.default_ts(50.0, num=30)
+    traj = flows.solve(flow, W0, t1=50.0, ts=ts, solver=flows.LinearlyImplicitExtrapolation())
+    exact = np.asarray(direct_flow(problem, W0, ts))
+    scale = np.linalg.norm(exact, axis=(1, 2))
+    assert np.max(np.linalg.norm(traj.W - exact, axis=(1, 2)) / scale) < 1e-6
+
+
+def test_symmetric_tail_matches_explicit_and_is_stiff():
+    # Into the stiff tail (loss < 1e-10): the final state of Tsit5 at rtol 1e-11 (an explicit method,
+    # its steps bounded by stability there), to 1e-6, in a tenth of its steps.
+    flow = flows.Symmetric(_sensing())
+    state0 = flow.init(scale=1e-2)
+    fast = flows.solve(flow, state0, t1=1e5, stop_loss=1e-10, solver=flows.LinearlyImplicitExtrapolation())
+    t_final = fast.ts[-1]
+    exact = flows.solve(flow, state0, t1=t_final, ts=[t_final], rtol=1e-11, atol=1e-13)
+    assert fast.loss[-1] < 1e-10
+    assert np.linalg.norm(fast.W[-1] - exact.W[-1]) < 1e-6 * np.linalg.norm(exact.W[-1])
+    assert fast.stats["num_steps"] * 10 < exact.stats["num_steps"]
+
+
+@pytest.mark.parametrize("make", [lambda: flows.Factored(_completion(), width=4),
+                                  lambda: flows.Deep(_sensing(), depth=3)])
+def test_conserved_quantities(make):
+    # U^T U - V^T V and W_{j+1}^T W_{j+1} - W_j W_j^T are constants of the exact flow; the linearly
+    # implicit steps do not conserve them exactly, but to the solver's tolerance (rtol 1e-8, drift < 1e-6).
+    flow = make()
+    traj = flows.solve(flow, flow.init(scale=0.5, kind="gaussian", seed=0), t1=100.0,
+                       solver=flows.LinearlyImplicitExtrapolation())
+    for name, drift in traj.conserved_drift().items():
+        assert drift.max() < 1e-6, name
+
+
+def test_rejects_a_flow_it_cannot_linearise():
+    class Shifted(flows.AbstractFlow):
+        problem: flows.AbstractProblem
+
+        def init(self, scale=1e-3, kind="identity", seed=0):
+            return jnp.zeros(self.problem.shape)
+
+        def product(self, state):
+            return state
+
+        def vector_field(self, t, state, args):
+            return -self.problem.grad(state)
+
+    with pytest.raises(ValueError, match="parameterization"):
+        flows.solve(Shifted(_sensing()), jnp.zeros((6, 6)), t1=1.0, solver=flows.LinearlyImplicitExtrapolation())

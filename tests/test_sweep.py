@@ -1,0 +1,172 @@
+"""flows.sweep: batched and sharded solves of a grid, saved per run, resumable after a kill."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import flows
+
+ROOT = Path(__file__).resolve().parents[1]
+T1 = 5.0
+
+
+def build(config):
+    """Symmetric sensing, n = config['n'] (default 5), init scale alpha; depth > 1 makes it a deep product."""
+    n = config.get("n", 5)
+    problem = flows.sensing(n=n, m=2 * n, rank=1, seed=config.get("seed", 0))
+    depth = config.get("depth", 1)
+    flow = flows.Symmetric(problem) if depth == 1 else flows.Deep(problem, depth=depth)
+    return flow, flow.init(scale=config["alpha"])
+
+
+def assert_matches_solve(run, **options):
+    # Same solver, same options, one run at a time: the batched solve takes the same steps, so the two
+    # agree to round-off (vmap may sum in another order; 1e-9 is that, grown over the run, and still
+    # a tenth of the solver's rtol).
+    traj = run.load()
+    flow, state0 = build(run.config)
+    alone = flows.solve(flow, state0, t1=T1, **options)
+    np.testing.assert_allclose(traj.ts, alone.ts, rtol=1e-12)
+    np.testing.assert_allclose(traj.W, alone.W, rtol=1e-9, atol=1e-9 * np.abs(alone.W).max())
+    assert traj.stats["num_steps"] == alone.stats["num_steps"]
+
+
+def mtimes(runs):
+    return {run.key: (run.path / "arrays.npz").stat().st_mtime_ns for run in runs if run.status != "failed"}
+
+
+def test_sweep_solves_saves_and_resumes(tmp_path):
+    configs = flows.grid(alpha=[1e-2, 1e-1], seed=[0, 1, 2])
+    runs = flows.sweep(build, configs, tmp_path, t1=T1, stop_loss=1e-6, batch_size=4, progress=False)
+    assert [r.config for r in runs] == configs
+    assert {r.status for r in runs} == {"done"}
+    for run in runs:
+        assert_matches_solve(run, stop_loss=1e-6)
+    before = mtimes(runs)
+
+    again = flows.sweep(build, configs, tmp_path, t1=T1, stop_loss=1e-6, batch_size=4, progress=False)
+    assert {r.status for r in again} == {"cached"}
+    assert mtimes(again) == before
+
+    # A corrupt array file and a half-written run (arrays without meta) are found and recomputed.
+    corrupt, partial = runs[1], runs[4]
+    data = (corrupt.path / "arrays.npz").read_bytes()
+    (corrupt.path / "arrays.npz").write_bytes(data[: len(data) // 2])
+    (partial.path / "meta.json").unlink()
+    third = flows.sweep(build, configs, tmp_path, t1=T1, stop_loss=1e-6, batch_size=4, progress=False)
+    assert [r.status for r in third] == ["cached", "done", "cached", "cached", "done", "cached"]
+    assert_matches_solve(third[1], stop_loss=1e-6)
+    assert_matches_solve(third[4], stop_loss=1e-6)
+
+    # Other solve options are other runs: nothing is reused across them.
+    other = flows.sweep(build, configs[:2], tmp_path, t1=T1, rtol=1e-7, progress=False)
+    assert {r.status for r in other} == {"done"}
+    assert not {r.key for r in other} & {r.key for r in runs}
+
+
+def test_shapes_batch_apart(tmp_path):
+    # Depth and size change the state's structure and shapes: one batch each, same answers as solve.
+    configs = [{"alpha": 0.3, "depth": 1, "n": 4}, {"alpha": 0.3, "depth": 3, "n": 5}]
+    runs = flows.sweep(build, configs, tmp_path, t1=T1, progress=False)
+    assert {r.status for r in runs} == {"done"}
+    for run in runs:
+        assert_matches_solve(run)
+
+
+def test_a_failed_run_does_not_sink_its_batch(tmp_path):
+    # alpha = 1e80 makes W = 1e160 I: the residual overflows and the solve cannot proceed.
+    configs = flows.grid(alpha=[0.1, 1e80, 0.2])
+    runs = flows.sweep(build, configs, tmp_path, t1=T1, max_steps=3000, progress=False)
+    assert [r.status for r in runs] == ["done", "failed", "done"]
+    assert "of t1 = 5" in runs[1].message
+    record = json.loads((runs[1].path / "failed.json").read_text())
+    assert record["config"] == {"alpha": 1e80} and record["t_reached"] < T1
+    with pytest.raises(ValueError, match="failed"):
+        runs[1].load()
+    assert_matches_solve(runs[0], max_steps=3000)
+    assert_matches_solve(runs[2], max_steps=3000)
+    again = flows.sweep(build, configs, tmp_path, t1=T1, max_steps=3000, progress=False)
+    assert [r.status for r in again] == ["cached", "failed", "cached"]
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        flows.sweep(build, [], tmp_path, t1=T1)
+    with pytest.raises(ValueError, match="JSON"):
+        flows.sweep(build, [{"alpha": object()}], tmp_path, t1=T1)
+    with pytest.raises(ValueError, match="twice"):
+        flows.sweep(build, [{"alpha": 0.1}, {"alpha": 0.1}], tmp_path, t1=T1)
+    with pytest.raises(ValueError, match="batch_size"):
+        flows.sweep(build, [{"alpha": 0.1}], tmp_path, t1=T1, batch_size=0)
+    with pytest.raises(ValueError, match="t1"):
+        flows.sweep(build, [{"alpha": 0.1}], tmp_path, t1=-1.0)
+    with pytest.raises(ValueError, match="flow"):
+        flows.sweep(lambda c: (None, None), [{"alpha": 0.1}], tmp_path, t1=T1)
+    with pytest.raises(ValueError, match="sequence"):
+        flows.grid(alpha=0.1)
+
+
+def _run_child(script: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_killed_sweep_resumes(tmp_path):
+    # A child process runs a sweep one run per batch and is killed (SIGKILL, from inside, so the moment is
+    # known) in the middle of saving its fourth run: arrays written, meta not. Resuming here recomputes
+    # that run and the unstarted ones and leaves the three finished ones untouched.
+    configs = flows.grid(alpha=[0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
+    child = _run_child(f"""
+        import os, signal
+        import flows, flows._trajectory as trajectory
+        from tests.test_sweep import build
+        write, calls = trajectory._atomic_write, [0]
+        def dying_write(target, payload):
+            write(target, payload)
+            calls[0] += 1
+            if calls[0] == 7:  # runs 1-3 wrote arrays + meta; this is run 4's arrays
+                os.kill(os.getpid(), signal.SIGKILL)
+        trajectory._atomic_write = dying_write
+        flows.sweep(build, {configs!r}, {str(tmp_path)!r}, t1={T1}, batch_size=1, progress=False)
+    """)
+    assert child.returncode == -9, child.stderr
+    survivors = {}
+    for config in configs:
+        path = tmp_path / flows._sweep.run_key(config, flows._solve.Plan.make(T1))
+        if (path / "meta.json").exists():
+            survivors[str(path)] = (path / "arrays.npz").stat().st_mtime_ns
+    assert len(survivors) == 3
+    runs = flows.sweep(build, configs, tmp_path, t1=T1, batch_size=1, progress=False)
+    assert [r.status for r in runs] == ["cached"] * 3 + ["done"] * 3
+    for run in runs:
+        if str(run.path) in survivors:
+            assert (run.path / "arrays.npz").stat().st_mtime_ns == survivors[str(run.path)]
+        assert_matches_solve(run)
+
+
+def test_sharded_over_four_devices_matches_one(tmp_path):
+    # XLA_FLAGS must be set before jax is imported, hence the child process. Six runs over four devices
+    # (padded to eight) against the same six on one device.
+    child = _run_child(f"""
+        import jax, numpy as np, flows
+        from tests.test_sweep import build
+        assert len(jax.devices()) == 4, jax.devices()
+        configs = flows.grid(alpha=[0.05, 0.1, 0.2], seed=[0, 1])
+        sharded = flows.sweep(build, configs, {str(tmp_path / "four")!r}, t1={T1}, progress=False)
+        single = flows.sweep(build, configs, {str(tmp_path / "one")!r}, t1={T1}, devices=jax.devices()[:1],
+                             progress=False)
+        for a, b in zip(sharded, single):
+            ta, tb = a.load(), b.load()
+            np.testing.assert_allclose(ta.W, tb.W, rtol=1e-9, atol=1e-12)
+            assert ta.stats["num_steps"] == tb.stats["num_steps"]
+        print("ok", len(sharded))
+    """, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert child.returncode == 0, child.stderr
+    assert "ok 6" in child.stdout
