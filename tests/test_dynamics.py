@@ -72,7 +72,8 @@ def test_nonsensical_wrapping_orders_are_refused():
     with pytest.raises(ValueError, match="penalty"):
         flows.Penalized(SYMMETRIC, "ratio", 1e-2)
     for make in (lambda: flows.Adam(SYMMETRIC, a=0.0), lambda: flows.Adam(SYMMETRIC, eps=0.0),
-                 lambda: flows.Penalized(SYMMETRIC, flows.Ratio(), -1.0), lambda: flows.Modified(SYMMETRIC, eta=-1)):
+                 lambda: flows.Penalized(SYMMETRIC, flows.Ratio(), -1.0), lambda: flows.Penalized(SYMMETRIC, flows.Ratio(), None),
+                 lambda: flows.Modified(SYMMETRIC, eta=-1)):
         with pytest.raises(ValueError, match="a must|eps must|strength must|eta must"):
             make()
 
