@@ -95,6 +95,14 @@ def test_bias_correction_at_t0_is_the_limit_not_nan(make):
     np.testing.assert_allclose(flow.vector_field(jnp.asarray(t), nudged, None)["params"], expected, rtol=1e-6)
 
 
+def test_solve_refuses_nonzero_initial_moments():
+    """The bias correction's t = 0 limit assumes m(0) = v(0) = 0 (descend refuses the same)."""
+    adam = flows.Adam(SYMMETRIC, a=10.0, b=1.0)
+    state0 = adam.init(scale=0.5, kind="gaussian", seed=1)
+    with pytest.raises(ValueError, match="moments must be zero"):
+        flows.solve(adam, {**state0, "v": state0["v"] + 1.0}, t1=1.0)
+
+
 def test_adam_field_and_its_jacobian_are_finite_where_v_vanishes_or_dips_below_zero():
     """Coordinates with g = 0 keep v = 0 exactly, and Runge-Kutta stages can dip a tiny v below 0."""
     for flow in (flows.RMSProp(SYMMETRIC, b=1.0, eps=1e-8), flows.Adam(SYMMETRIC, a=10.0, b=1.0, eps=1e-8)):
