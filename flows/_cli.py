@@ -21,7 +21,7 @@ examples:
   gradflow run --problem sensing --n 30 --m 180 --rank 2 --flow symmetric --scale 1e-3 --t1 100
   gradflow run --problem completion --n 30 --m 180 --rank 2 --flow deep --depth 3 --init balanced \\
       --scale 0.3 --t1 1e4 --stop-loss 1e-10 --out runs/deep3
-  gradflow run --problem completion --n 30 --m 180 --flow symmetric --penalty ratio --strength 1e-3 \
+  gradflow run --problem completion --n 30 --m 180 --flow symmetric --penalty ratio --strength 1e-3 \\
       --dynamics adam --a 10 --b 1 --t1 100
 
 Writes OUT/arrays.npz + OUT/meta.json (the trajectory and its full configuration; load it with

@@ -59,11 +59,8 @@ def descend(flow: AbstractFlow, state0: State, step: float, t1: float, ts=None, 
                 raise ValueError(f"step * {name} = {step * float(rate):g} must be < 1 "
                                  f"(the optimizer's decay is 1 - {name} * step); use a smaller step")
     save_steps = _save_steps(ts, step, t1)
-    _check_state(flow, state0)
+    _check_state(flow, state0)  # also: an adaptive flow's moments start at zero, as the optimizer's do
     adaptive = isinstance(flow, AbstractAdaptive)
-    if adaptive and any(np.any(np.asarray(leaf) != 0) for name in flow.moment_names
-                        for leaf in jax.tree.leaves(state0[name])):
-        raise ValueError("state0's moments must be zero (as flow.init makes them): the optimizer starts from zero")
 
     step_ = jnp.asarray(step)
     params = state0["params"] if adaptive else state0

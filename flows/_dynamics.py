@@ -24,9 +24,9 @@ import optax
 from jaxtyping import Array, Float
 
 from ._flows import AbstractFlow, AbstractParameterization
-from ._penalties import AbstractPenalty, _check_nonnegative
+from ._penalties import AbstractPenalty
 from ._problems import AbstractProblem
-from ._validate import check_positive
+from ._validate import check_nonnegative, check_positive
 
 
 def _scalar(value: float) -> Float[Array, ""]:
@@ -83,7 +83,7 @@ class Penalized(_SameState, AbstractParameterization):
             raise ValueError(f"penalty must be a flows penalty (Nuclear, Ratio, Frobenius); got {type(penalty).__name__}")
         self.flow = flow
         self.penalty = penalty
-        self.strength = _scalar(_check_nonnegative("strength", strength))
+        self.strength = _scalar(check_nonnegative("strength", strength))
 
     def pullback(self, state, G):
         return self.flow.pullback(state, G)

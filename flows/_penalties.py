@@ -22,10 +22,9 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
-from ._validate import check_positive
+from ._validate import check_nonnegative, check_positive
 
 
 class AbstractPenalty(eqx.Module):
@@ -99,7 +98,7 @@ class Ratio(AbstractPenalty):
 
     def __init__(self, eps: float = 1e-3, delta: float = 1e-3):
         self.eps = jnp.asarray(check_positive("eps", eps), dtype=jnp.float64)
-        self.delta = jnp.asarray(_check_nonnegative("delta", delta), dtype=jnp.float64)
+        self.delta = jnp.asarray(check_nonnegative("delta", delta), dtype=jnp.float64)
 
     def _normalise(self, W):
         # sqrt of the sum of squares, not jnp.linalg.norm: its derivative is finite at W = 0 when delta > 0.
@@ -121,13 +120,6 @@ class Ratio(AbstractPenalty):
 
 PENALTIES = {"nuclear": Nuclear, "ratio": Ratio, "frobenius": Frobenius}
 """Penalties by the names the command line accepts."""
-
-
-def _check_nonnegative(name: str, value) -> float:
-    value = float(value)
-    if not (np.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a non-negative finite number; got {value!r}")
-    return value
 
 
 # -- the smoothed nuclear norm and its gradient, with exact derivatives ---------------------------

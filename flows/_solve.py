@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._dynamics import AbstractAdaptive
 from ._flows import AbstractFlow, State
 from ._trajectory import Trajectory
 from ._validate import check_choice, check_finite, check_positive, check_positive_int, check_times
@@ -163,6 +164,11 @@ def _check_state(flow: AbstractFlow, state0: State) -> None:
                          f"got {jax.tree.map(jnp.shape, state0)}")
     for leaf in got:
         check_finite("state0", leaf)
+    # The bias correction 1 / (1 - e^{-rate t}) and its t = 0 limit assume moments that start at 0.
+    if isinstance(flow, AbstractAdaptive) and any(np.any(np.asarray(leaf) != 0) for name in flow.moment_names
+                                                  for leaf in jax.tree.leaves(state0[name])):
+        raise ValueError("state0's moments must be zero (as flow.init makes them): the bias correction "
+                         "assumes moments that start from zero at t = 0")
 
 
 def _failure_message(result, t_reached, t1, stats, max_steps, rtol) -> str:

@@ -72,7 +72,8 @@ def test_nonsensical_wrapping_orders_are_refused():
     with pytest.raises(ValueError, match="penalty"):
         flows.Penalized(SYMMETRIC, "ratio", 1e-2)
     for make in (lambda: flows.Adam(SYMMETRIC, a=0.0), lambda: flows.Adam(SYMMETRIC, eps=0.0),
-                 lambda: flows.Penalized(SYMMETRIC, flows.Ratio(), -1.0), lambda: flows.Modified(SYMMETRIC, eta=-1)):
+                 lambda: flows.Penalized(SYMMETRIC, flows.Ratio(), -1.0), lambda: flows.Penalized(SYMMETRIC, flows.Ratio(), None),
+                 lambda: flows.Modified(SYMMETRIC, eta=-1)):
         with pytest.raises(ValueError, match="a must|eps must|strength must|eta must"):
             make()
 
@@ -92,6 +93,14 @@ def test_bias_correction_at_t0_is_the_limit_not_nan(make):
     t = 1e-9
     nudged = jax.tree.map(lambda x, dx: x + t * dx, state, field)
     np.testing.assert_allclose(flow.vector_field(jnp.asarray(t), nudged, None)["params"], expected, rtol=1e-6)
+
+
+def test_solve_refuses_nonzero_initial_moments():
+    """The bias correction's t = 0 limit assumes m(0) = v(0) = 0 (descend refuses the same)."""
+    adam = flows.Adam(SYMMETRIC, a=10.0, b=1.0)
+    state0 = adam.init(scale=0.5, kind="gaussian", seed=1)
+    with pytest.raises(ValueError, match="moments must be zero"):
+        flows.solve(adam, {**state0, "v": state0["v"] + 1.0}, t1=1.0)
 
 
 def test_adam_field_and_its_jacobian_are_finite_where_v_vanishes_or_dips_below_zero():

@@ -119,7 +119,8 @@ def test_ratio_matches_the_exact_ratio_and_is_scale_invariant():
 
 @pytest.mark.parametrize("make", [lambda: flows.Nuclear(eps=0.0), lambda: flows.Nuclear(eps=-1.0),
                                   lambda: flows.Ratio(eps=0.0), lambda: flows.Ratio(delta=-1e-3),
-                                  lambda: flows.Ratio(delta=float("nan"))])
+                                  lambda: flows.Ratio(delta=float("nan")), lambda: flows.Ratio(delta=None),
+                                  lambda: flows.Ratio(delta="abc")])
 def test_bad_parameters_are_refused(make):
     with pytest.raises(ValueError, match="eps|delta"):
         make()
