@@ -1,13 +1,22 @@
-"""Exact solutions of flows, to check the integrator against."""
+r"""Exact solutions of flows, to check the integrator against.
+
+* `direct_flow`: the direct flow $W' = -\mathcal{A}^*(r)$, solved in the eigenbasis of the Gram matrix.
+* `CommutingReduced` / `commuting_flow`: the symmetric flow $U' = -(S + S^T) U$ on commuting measurements,
+  collapsed to an m-dimensional ODE.
+* `riccati`: the symmetric flow on a fully observed symmetric target H, in closed form.
+* `trajectory_difference`: how far a flow's trajectory is from one of these, over all saved times.
+"""
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
 import flows
+from flows._validate import check_finite
 
 
 def direct_flow(problem: flows.AbstractProblem, W0: Float[Array, "n1 n2"], ts) -> Float[Array, "T n1 n2"]:
@@ -29,3 +38,123 @@ def direct_flow(problem: flows.AbstractProblem, W0: Float[Array, "n1 n2"], ts) -
         return W0 - problem.adjoint(V @ (phi * coeffs))
 
     return jax.vmap(at)(jnp.asarray(ts))
+
+
+class CommutingReduced(flows.AbstractFlow):
+    r"""The symmetric flow on commuting measurements, reduced to $s(t) = \int_0^t r(\tau)\,d\tau \in \mathbb{R}^m$.
+
+    With $A_i = Q \operatorname{diag}(d_i) Q^T$ every $S(t) = \mathcal{A}^*(r(t))$ is diagonal in Q, so the
+    $S(t)$ commute and $U' = -(S + S^T) U = -2 S U$ integrates to $U(t) = E(t) U_0$ with
+    $E(t) = \exp(-2 \sum_i s_i(t) A_i) = Q \operatorname{diag}(e^{-2 D^T s}) Q^T$ ($D$ = `spectra`, m x n).
+    Then $W(t) = E W_0 E$ and, with $\hat W_0 = Q^T W_0 Q$,
+
+        $s_i' = r_i = \langle A_i, E W_0 E \rangle - y_i = \sum_k d_{ik}\, e^{-4 (D^T s)_k}\, (\hat W_0)_{kk} - y_i$,
+
+    an m-dimensional ODE (the exponential is taken in the common eigenbasis, never as a dense expm).
+    Only the diagonal of $\hat W_0$ drives s; the whole of it enters the product. The state is s, with
+    s(0) = 0; `W0` is fixed at construction.
+    """
+
+    problem: flows.CommutingProblem
+    rotated0: Float[Array, "n n"]
+
+    def __init__(self, problem: flows.CommutingProblem, W0: Float[Array, "n n"]):
+        if not isinstance(problem, flows.CommutingProblem):
+            raise ValueError(f"problem must be a CommutingProblem; got {type(problem).__name__}")
+        W0 = np.asarray(W0, dtype=np.float64)
+        if W0.shape != problem.shape:
+            raise ValueError(f"W0 must have shape {problem.shape}; got {W0.shape}")
+        check_finite("W0", W0)
+        self.problem = problem
+        self.rotated0 = problem.basis.T @ jnp.asarray(W0) @ problem.basis
+
+    def init(self, scale=None, kind=None, seed=None):
+        """s(0) = 0. The initial matrix is `W0` of the constructor; the arguments must be left unset."""
+        if scale is not None or kind is not None or seed is not None:
+            raise ValueError("CommutingReduced starts from the W0 given at construction; init takes no arguments")
+        return jnp.zeros(self.problem.m)
+
+    def _exponent(self, s):
+        return -2.0 * (s @ self.problem.spectra)
+
+    def product(self, s):
+        e = jnp.exp(self._exponent(s))
+        Q = self.problem.basis
+        return Q @ (e[:, None] * self.rotated0 * e[None, :]) @ Q.T
+
+    def vector_field(self, t, s, args):
+        return self.problem.spectra @ (jnp.exp(2.0 * self._exponent(s)) * jnp.diagonal(self.rotated0)) - self.problem.y
+
+    def describe(self):
+        return {"flow": "CommutingReduced"}
+
+
+def commuting_flow(problem: flows.CommutingProblem, U0: Float[Array, "n k"], t1: float, ts=None,
+                   **solve_options) -> flows.Trajectory:
+    r"""The symmetric flow from $U_0$ on commuting measurements, via the reduced ODE of `CommutingReduced`.
+
+    `solve_options` go to `flows.solve` (rtol, atol, solver, stop_loss, ...). The trajectory's `states`
+    are s(t); its `W` are $E(t) U_0 U_0^T E(t)$.
+    """
+    U0 = jnp.asarray(U0)
+    reduced = CommutingReduced(problem, U0 @ U0.T)
+    return flows.solve(reduced, reduced.init(), t1=t1, ts=ts, **solve_options)
+
+
+def fully_observed(H: Float[Array, "n n"]) -> flows.EntryProblem:
+    r"""Every entry of a symmetric H observed: $L(W) = \tfrac12 \|W - H\|_F^2$, $\mathcal{A}^*(r) = W - H$."""
+    H = np.asarray(H, dtype=np.float64)
+    if H.ndim != 2 or H.shape[0] != H.shape[1] or not np.allclose(H, H.T):
+        raise ValueError(f"H must be a square symmetric matrix; got shape {H.shape}")
+    rows, cols = np.divmod(np.arange(H.size), H.shape[1])
+    return flows.Problem.from_entries(H.shape, rows, cols, H[rows, cols])
+
+
+def riccati(H: Float[Array, "n n"], U0: Float[Array, "n n"], ts) -> Float[Array, "T n n"]:
+    r"""The symmetric flow on a fully observed symmetric H, in closed form, from an invertible $U_0$.
+
+    With $L = \tfrac12 \|U U^T - H\|_F^2$ the flow is $U' = -2 (U U^T - H) U$, i.e. the matrix Riccati
+    equation $W' = 2 H W + 2 W H - 4 W^2$. With $X(t) = e^{2 t H} U_0$ and $K(t) = I + U_0^T A_t U_0$,
+    $A_t = 4 \int_0^t e^{4 s H} ds$, one has $K' = 4 X^T X$, so $W = X K^{-1} X^T$ satisfies
+    $W' = 2HW + 2WH - X K^{-1} K' K^{-1} X^T = 2HW + 2WH - 4W^2$:
+
+        $W(t) = e^{2tH} U_0 \big(I + U_0^T A_t U_0\big)^{-1} U_0^T e^{2tH}$.
+
+    (SCIENCE.md writes $e^{tH}$ and $A_t = 2\int_0^t e^{2sH} ds$: that is this formula at time t/2, i.e. the
+    loss $\tfrac14\|UU^T - H\|^2$.) Evaluated as written, K spans $e^{4 t (h_\max - h_\min)}$ and the solve
+    loses every digit within a few time units. For invertible $U_0$ the inverse $Y = W^{-1}$ obeys the
+    linear equation $Y' = 4 I - 2 (H Y + Y H)$; in the eigenbasis $H = V \operatorname{diag}(h) V^T$,
+
+        $\hat Y_{ij}(t) = e^{-2 (h_i + h_j) t} \hat Y_{ij}(0) + \delta_{ij} (1 - e^{-4 h_i t}) / h_i$
+
+    ($= 4t$ at $h_i = 0$), which is the formula above inverted. $\hat Y$ is graded (huge along $h < 0$, where
+    W decays), so it is inverted after scaling it to unit diagonal, which keeps W accurate to a few ulps
+    relative to its own scale in each eigen-direction.
+    """
+    H = jnp.asarray(H)
+    U0 = jnp.asarray(U0)
+    if U0.shape != H.shape:
+        raise ValueError(f"U0 must be square of the shape of H, {H.shape}, and invertible; got {U0.shape}")
+    h, V = jnp.linalg.eigh(H)
+    Z_inv = jnp.linalg.inv(V.T @ U0)
+    Y0 = Z_inv.T @ Z_inv
+
+    def at(t):
+        decay = jnp.exp(-2.0 * t * h)
+        source = jnp.where(h != 0, -jnp.expm1(-4.0 * t * h) / jnp.where(h != 0, h, 1.0), 4.0 * t)
+        Y = decay[:, None] * Y0 * decay[None, :] + jnp.diag(source)
+        d = 1.0 / jnp.sqrt(jnp.diagonal(Y))
+        W_hat = d[:, None] * jnp.linalg.inv(d[:, None] * Y * d[None, :]) * d[None, :]
+        return V @ W_hat @ V.T
+
+    return jax.vmap(at)(jnp.asarray(np.asarray(ts, dtype=np.float64)))
+
+
+def trajectory_difference(W: Float[Array, "T n1 n2"], reference: Float[Array, "T n1 n2"]) -> float:
+    r"""$\max_t \|W(t) - W_\text{ref}(t)\|_F / \|W_\text{ref}(t)\|_F$ over the saved times."""
+    W = np.asarray(W)
+    reference = np.asarray(reference)
+    if W.shape != reference.shape:
+        raise ValueError(f"trajectories differ in shape: {W.shape} vs {reference.shape}")
+    diff = np.linalg.norm(W - reference, axis=(-2, -1))
+    return float(np.max(diff / np.linalg.norm(reference, axis=(-2, -1))))

@@ -188,7 +188,12 @@ def cmd_run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("check", "reproduce"):
+        # Delegated commands parse their own options: argparse's REMAINDER rejects a leading "--flag".
+        args = argparse.Namespace(command=argv[0], rest=argv[1:], handler=_delegate(argv[0]))
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except ValueError as err:

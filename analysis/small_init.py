@@ -1,0 +1,193 @@
+r"""The small-initialization limit: where flows from $\alpha$-scaled inits converge, as $\alpha \to 0$.
+
+Running to convergence. The fit happens in time $O(\log(1/\alpha))$, but the last stretch is algebraic, not
+exponential: a spurious eigen-direction of $W = U U^T$ of size $\sigma$ is pulled in at a rate proportional
+to $\sigma$ itself, so it decays like 1/t, and reaching $W_\infty$ to 1e-6 takes t ~ 1e5..1e7 while the
+fitted directions keep the problem stiff (explicit steps stay ~1e-3). `converge` therefore integrates in
+two legs: an explicit solver (Tsit5) until the loss falls below `head_loss`, then an implicit one
+(Kvaerno5, L-stable, steps growing with t) out to `t1`, saving at every decade. Its estimate of how far
+the end point still is from $W_\infty$ is the change over the last decade (for a 1/t tail the remaining
+distance is a ninth of it).
+
+References (analysis.references): the minimum-trace PSD interpolant (cvxpy/Clarabel), for commuting
+problems the LP in the common eigenbasis, for the direct flow the minimum-Frobenius interpolant.
+
+The KKT certificate (seed report): $W \succeq 0$, $\mathcal{A}(W) = y$, and $\nu$ with
+$\sum_i \nu_i A_i \preceq I$ and $W = (\sum_i \nu_i A_i) W$ prove W is a minimum-trace PSD interpolant. For
+the symmetric flow on commuting measurements $W_\infty = \alpha^2 E^2$, $E = \exp(-2 \sum_i s_i A_i)$, with
+$s = \int_0^\infty r\,dt$ (see analysis.closed_form.CommutingReduced), so on W's eigenvalues $\lambda_k$
+
+    $\nu = -4 s / \log(1/\alpha^2)$ gives $(\sum_i \nu_i A_i)$ the eigenvalues $1 + \log\lambda_k / \log(1/\alpha^2)$:
+
+equal to 1 up to $O(1/\log(1/\alpha))$ where $\lambda_k$ is of order 1, and below 1 where $\lambda_k \to 0$.
+The residuals therefore vanish, slowly, like $1/\log(1/\alpha)$. `ResidualIntegral` carries s along any
+flow, so the same construction is measured on non-commuting problems, where it is only a conjecture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import flows
+
+from .references import Reference
+
+
+class ResidualIntegral(flows.AbstractFlow):
+    r"""A flow augmented with $s(t) = \int_0^t r(\tau)\,d\tau$: state (inner state, s), $s' = r(W)$."""
+
+    flow: flows.AbstractFlow
+    problem: flows.AbstractProblem
+
+    def __init__(self, flow: flows.AbstractFlow):
+        self.flow = flow
+        self.problem = flow.problem
+
+    def init(self, scale=1e-3, kind="identity", seed=0):
+        return self.flow.init(scale=scale, kind=kind, seed=seed), jnp.zeros(self.problem.m)
+
+    def product(self, state):
+        return self.flow.product(state[0])
+
+    def vector_field(self, t, state, args):
+        inner, _ = state
+        return self.flow.vector_field(t, inner, args), self.problem.residual(self.flow.product(inner))
+
+    def conserved(self, state):
+        return self.flow.conserved(state[0])
+
+    def describe(self):
+        return {"flow": "ResidualIntegral", "inner": self.flow.describe()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Converged:
+    """The end of a run to convergence and what it cost."""
+
+    W: np.ndarray
+    state: object
+    t_final: float
+    loss: float
+    last_decade_change: float
+    steps: dict[str, int]
+    seconds: float
+
+    def describe(self) -> dict:
+        return {"t_final": self.t_final, "loss": self.loss, "last_decade_change": self.last_decade_change,
+                "steps": self.steps, "seconds": self.seconds}
+
+
+def converge(flow: flows.AbstractFlow, state0, *, t1: float = 1e8, head_loss: float = 1e-6, head_t1: float = 1e4,
+             rtol: float = 1e-8, atol: float = 1e-12, head_solver: diffrax.AbstractSolver | None = None,
+             tail_solver: diffrax.AbstractSolver | None = None, max_steps: int = 1_000_000) -> Converged:
+    """Run `flow` from `state0` to t1 in two legs (see the module docstring) and return its end point.
+
+    The tail leg restarts the clock (the flows are autonomous); `t_final` is the total time.
+    """
+    head_solver = diffrax.Tsit5() if head_solver is None else head_solver
+    tail_solver = diffrax.Kvaerno5() if tail_solver is None else tail_solver
+    start = time.perf_counter()
+    head = flows.solve(flow, state0, t1=head_t1, ts=np.array([0.0]), rtol=rtol, atol=atol, stop_loss=head_loss,
+                       solver=head_solver, max_steps=max_steps)
+    if not head.stats["stopped_by_loss"]:
+        raise flows.SolverError(f"the loss did not fall below head_loss = {head_loss:g} by t = {head_t1:g} "
+                                f"(loss {head.loss[-1]:.3g}); raise head_t1 or head_loss", head_t1, head.stats)
+    t_head = head.stats["t_final"]
+    span = t1 - t_head
+    decades = np.geomspace(1.0, span, max(2, int(np.ceil(np.log10(span))) + 1))
+    tail = flows.solve(flow, _last(head.states), t1=span, ts=decades, rtol=rtol, atol=atol, solver=tail_solver,
+                       max_steps=max_steps)
+    W = tail.W
+    change = float(np.linalg.norm(W[-1] - W[-2]) / np.linalg.norm(W[-1]))
+    return Converged(W=W[-1], state=_last(tail.states), t_final=t_head + float(tail.ts[-1]), loss=float(tail.loss[-1]),
+                     last_decade_change=change,
+                     steps={"head": head.stats["num_steps"], "tail": tail.stats["num_steps"],
+                            "tail_rejected": tail.stats["num_rejected_steps"]},
+                     seconds=time.perf_counter() - start)
+
+
+def _last(states):
+    return jax.tree.map(lambda x: x[-1], states)
+
+
+@dataclasses.dataclass(frozen=True)
+class Certificate:
+    r"""Residuals of the KKT certificate $\nu = -c\, s / \log(1/\alpha^2)$ for $W$.
+
+    dual: $\max(0, \lambda_\max(\sum \nu_i A_i) - 1)$; complementarity: $\|W - (\sum \nu_i A_i) W\|_F / \|W\|_F$;
+    feasibility: $\|\mathcal{A}(W) - y\| / \|y\|$; gap: $|\operatorname{tr} W - y^T \nu| / \operatorname{tr} W$.
+    """
+
+    nu: np.ndarray
+    dual: float
+    complementarity: float
+    feasibility: float
+    gap: float
+
+
+def certificate(problem: flows.AbstractProblem, W, s, alpha: float, exponent: float = 4.0) -> Certificate:
+    r"""The seed report's certificate from $s = \int_0^\infty r$: $\nu = -\,$`exponent`$\; s / \log(1/\alpha^2)$.
+
+    `exponent` is 4 for the symmetric flow ($W = \alpha^2 e^{-4 \sum s_i A_i}$ in the commuting case).
+    """
+    W = np.asarray(W)
+    nu = -exponent * np.asarray(s) / np.log(1.0 / alpha**2)
+    M = np.asarray(problem.adjoint(jnp.asarray(nu)))
+    M = 0.5 * (M + M.T)
+    y = np.asarray(problem.y)
+    trace = float(np.trace(W))
+    return Certificate(nu=nu, dual=max(0.0, float(np.linalg.eigvalsh(M)[-1]) - 1.0),
+                       complementarity=float(np.linalg.norm(W - M @ W) / np.linalg.norm(W)),
+                       feasibility=float(np.linalg.norm(np.asarray(problem.residual(W))) / np.linalg.norm(y)),
+                       gap=abs(trace - float(y @ nu)) / trace)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """W_inf(alpha) against references over a sweep of alpha (decreasing)."""
+
+    alphas: np.ndarray
+    distances: dict[str, np.ndarray]
+    rates: dict[str, float]
+    certificates: list[Certificate]
+    runs: list[Converged]
+    references: dict[str, Reference]
+
+    def monotone(self, name: str) -> bool:
+        """Whether the distance to reference `name` decreases strictly as alpha decreases."""
+        return bool(np.all(np.diff(self.distances[name]) < 0))
+
+
+def fitted_rate(alphas, distances) -> float:
+    r"""The slope p of $\log d = p \log \alpha + c$ by least squares: $d \sim \alpha^p$."""
+    return float(np.polyfit(np.log(np.asarray(alphas)), np.log(np.asarray(distances)), 1)[0])
+
+
+def sweep(flow: flows.AbstractFlow, alphas, references: dict[str, Reference], *, kind: str = "identity",
+          exponent: float | None = 4.0, **converge_options) -> Sweep:
+    r"""Run `flow` from `flow.init(scale=alpha, kind=kind)` to convergence for each alpha.
+
+    Measures the relative distance of $W_\infty(\alpha)$ to each reference and fits its rate in alpha. With
+    `exponent` set (4 for the symmetric flow), the flow also carries $s = \int r$ and the certificate
+    of `certificate` is built at each alpha; `exponent=None` skips it (the direct flow has none).
+    """
+    alphas = np.asarray(alphas, dtype=np.float64)
+    if alphas.ndim != 1 or alphas.size < 2 or np.any(np.diff(alphas) >= 0) or np.any(alphas <= 0):
+        raise ValueError("alphas must be a decreasing 1-d array of at least two positive scales")
+    carried = ResidualIntegral(flow) if exponent is not None else flow
+    runs, certificates = [], []
+    for alpha in alphas:
+        run = converge(carried, carried.init(scale=float(alpha), kind=kind), **converge_options)
+        runs.append(run)
+        if exponent is not None:
+            certificates.append(certificate(flow.problem, run.W, run.state[1], float(alpha), exponent))
+    distances = {name: np.array([ref.distance(run.W) for run in runs]) for name, ref in references.items()}
+    rates = {name: fitted_rate(alphas, d) for name, d in distances.items()}
+    return Sweep(alphas=alphas, distances=distances, rates=rates, certificates=certificates, runs=runs,
+                 references=references)
