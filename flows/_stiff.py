@@ -133,11 +133,12 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
     $h_j = \Delta t / j$, for j = 1..`columns`, and extrapolates (Aitken-Neville) to order `columns`;
     the difference to order `columns` - 1 is the error estimate. $H_J$ is re-linearised when the
     state has moved by more than `refresh` (relative, in the 2-norm) since it was last taken.
-    Dense output is cubic Hermite. Costs per step: columns (columns - 1) / 2 + 1 vector-field
+    Dense output is cubic Hermite, far less accurate than the steps: `flows.solve` makes the steps
+    land on the save times (diffrax's `step_ts`) unless given a step-size controller. Costs per step: columns (columns - 1) / 2 + 1 vector-field
     evaluations and columns (columns + 1) / 2 Gauss-Newton solves.
     """
 
-    columns: int = eqx.field(static=True, default=4)
+    columns: int = eqx.field(static=True, default=8)
     refresh: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-3)
 
     term_structure = diffrax.ODETerm

@@ -122,3 +122,13 @@ def test_rejects_a_flow_it_cannot_linearise():
 
     with pytest.raises(ValueError, match="parameterization"):
         flows.solve(Shifted(_sensing()), jnp.zeros((6, 6)), t1=1.0, solver=flows.LinearlyImplicitExtrapolation())
+
+
+def test_default_solver_is_the_stiff_one_only_into_the_tail_of_plain_flows():
+    flow = flows.Symmetric(_sensing())
+    assert isinstance(flows.default_solver(flow, stop_loss=1e-10), flows.LinearlyImplicitExtrapolation)
+    assert isinstance(flows.default_solver(flow, stop_loss=None), diffrax.Tsit5)
+    many = flows.Symmetric(flows.completion(n=40, m=flows._solve.STIFF_MAX_MEASUREMENTS + 1, rank=1))
+    assert isinstance(flows.default_solver(many, stop_loss=1e-10), diffrax.Tsit5)
+    traj = flows.solve(flow, flow.init(scale=1e-2), t1=1e5, stop_loss=1e-10)
+    assert traj.config["solver"] == "LinearlyImplicitExtrapolation" and traj.loss[-1] < 1e-10
