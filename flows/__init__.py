@@ -29,7 +29,7 @@ from ._problems import (  # noqa: E402
     sensing,
 )
 from ._plot import plot_trajectory  # noqa: E402
-from ._stiff import GaussNewton, LinearlyImplicitExtrapolation, kernel_matrix  # noqa: E402
+from ._stiff import GaussNewton, LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation, kernel_matrix  # noqa: E402
 from ._solve import SOLVERS, SolverError, default_solver, default_ts, solve, solver_by_name  # noqa: E402
 from ._sweep import Run, grid, sweep  # noqa: E402
 from ._trajectory import CorruptTrajectoryError, Trajectory  # noqa: E402
@@ -37,5 +37,5 @@ from ._trajectory import CorruptTrajectoryError, Trajectory  # noqa: E402
 __all__ = [
     "AbstractFlow", "AbstractParameterization", "AbstractProblem", "CommutingProblem", "CorruptTrajectoryError",
     "Deep", "DenseProblem", "GaussNewton", "LinearlyImplicitExtrapolation", "SOLVERS", "Direct", "EntryProblem", "Factored", "Problem", "Run", "SolverError", "Symmetric",
-    "Trajectory", "commuting", "completion", "default_solver", "default_ts", "grid", "kernel_matrix", "plot_trajectory", "sensing", "solve", "solver_by_name", "sweep",
+    "Trajectory", "Tsit5ThenExtrapolation", "commuting", "completion", "default_solver", "default_ts", "grid", "kernel_matrix", "plot_trajectory", "sensing", "solve", "solver_by_name", "sweep",
 ]

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._flows import AbstractFlow, Deep, Direct, Factored, State, Symmetric
-from ._stiff import LinearlyImplicitExtrapolation
+from ._stiff import LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation
 from ._trajectory import Trajectory
 from ._validate import check_choice, check_finite, check_positive, check_positive_int
 
@@ -28,7 +28,7 @@ class SolverError(RuntimeError):
 SOLVERS = {
     "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8, "bosh3": diffrax.Bosh3,
     "heun": diffrax.Heun, "kvaerno3": diffrax.Kvaerno3, "kvaerno5": diffrax.Kvaerno5,
-    "extrapolation": LinearlyImplicitExtrapolation,
+    "extrapolation": LinearlyImplicitExtrapolation, "switching": Tsit5ThenExtrapolation,
 }
 """Diffrax solvers by the names the command line accepts."""
 
@@ -60,8 +60,9 @@ def solve(flow: AbstractFlow, state0: State, t1: float, ts=None, *, rtol: float 
             time is the last entry, so `traj.W[-1]` is always the final state.
         solver: any Diffrax solver; default `default_solver(flow, stop_loss)`: Tsit5 (explicit,
             5th order, adaptive), or for runs into the stiff convergence tail (stop_loss set) of
-            plain gradient flows with few measurements `flows.LinearlyImplicitExtrapolation()`.
-            With the default controller, the latter's steps land on `ts` (its dense output is cubic).
+            plain gradient flows with few measurements `flows.Tsit5ThenExtrapolation()`. With the
+            default controller, the stiff solvers' steps land on `ts` (their stiff steps
+            interpolate only cubically).
         max_steps: the step budget. Memory does not grow with it: only the states at `ts` are kept.
         progress: show a tqdm progress bar over t.
 
@@ -120,7 +121,7 @@ class Plan:
         if controller is None:
             # The extrapolation's steps are accurate to high order but its dense output is cubic: let
             # its steps land on the save times instead of interpolating there.
-            landing = jnp.asarray(self.ts) if isinstance(solver, LinearlyImplicitExtrapolation) else None
+            landing = jnp.asarray(self.ts) if isinstance(solver, STIFF) else None
             controller = diffrax.PIDController(rtol=jnp.asarray(self.rtol), atol=jnp.asarray(self.atol),
                                                step_ts=landing)
         return dataclasses.replace(self, solver=solver, controller=controller)
@@ -163,6 +164,9 @@ class Plan:
         return Trajectory.from_states(flow, ts_out[keep], states, stats=stats, config=config)
 
 
+STIFF = (LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation)
+"""The solvers whose stiff steps interpolate only cubically: the default controller lands them on `ts`."""
+
 STIFF_MAX_MEASUREMENTS = 1000
 """`default_solver` picks the stiff solver only up to this many measurements: each re-linearisation
 costs an m x m eigendecomposition."""
@@ -171,14 +175,15 @@ costs an m x m eigendecomposition."""
 def default_solver(flow: AbstractFlow, stop_loss: float | None) -> diffrax.AbstractSolver:
     """The solver `solve` uses when given none.
 
-    `LinearlyImplicitExtrapolation` for a run into the convergence tail (`stop_loss` set, where these
-    flows turn stiff) of a plain gradient flow (Direct, Symmetric, Factored, Deep: its Gauss-Newton
-    linearisation is then the Hessian up to the residual term) with at most `STIFF_MAX_MEASUREMENTS`
-    measurements; Tsit5 otherwise.
+    `Tsit5ThenExtrapolation` (Tsit5 until the run turns stiff, then the linearly implicit
+    extrapolation) for a run into the convergence tail (`stop_loss` set, where these flows turn stiff)
+    of a plain gradient flow (Direct, Symmetric, Factored, Deep: its Gauss-Newton linearisation is
+    then the Hessian up to the residual term) with at most `STIFF_MAX_MEASUREMENTS` measurements;
+    Tsit5 otherwise.
     """
     plain = type(flow) in (Direct, Symmetric, Factored, Deep)
     if stop_loss is not None and plain and flow.problem.m <= STIFF_MAX_MEASUREMENTS:
-        return LinearlyImplicitExtrapolation()
+        return Tsit5ThenExtrapolation()
     return diffrax.Tsit5()
 
 
