@@ -114,14 +114,21 @@ class Outcome:
     evaluations: int | None = None
     jacobians: int | None = None
     solves: int | None = None
+    saved: int | None = None
     note: str = ""
 
 
-def run_flows(setting: Setting, solver=None, rtol: float = RTOL, atol: float = ATOL, **kwargs) -> Outcome:
-    traj = flows.solve(setting.flow, setting.state0, t1=T_MAX, rtol=rtol, atol=atol, stop_loss=STOP_LOSS,
+FINAL_ONLY = [0.0]
+"""Save times for the timed runs: the start, and (stop_loss) the final state, as scipy returns it."""
+
+
+def run_flows(setting: Setting, solver=None, rtol: float = RTOL, atol: float = ATOL, ts=FINAL_ONLY,
+              **kwargs) -> Outcome:
+    """flows.solve until STOP_LOSS; by default saving only the final state (`ts=None`: its 200 default times)."""
+    traj = flows.solve(setting.flow, setting.state0, t1=T_MAX, ts=ts, rtol=rtol, atol=atol, stop_loss=STOP_LOSS,
                        solver=solver, max_steps=kwargs.pop("max_steps", 3_000_000), **kwargs)
     return Outcome(t_final=float(traj.ts[-1]), W_final=traj.W[-1], loss_final=float(traj.loss[-1]),
-                   steps=traj.stats["num_steps"], rejected=traj.stats["num_rejected_steps"])
+                   steps=traj.stats["num_steps"], rejected=traj.stats["num_rejected_steps"], saved=len(traj.ts))
 
 
 class Counter:
@@ -151,21 +158,27 @@ def counting_flow(flow, counter: Counter):
     return counted
 
 
-def count_flows(setting: Setting, solver=None, **kwargs) -> dict[str, int]:
-    """Run flows.solve once with instrumented vector field and Gauss-Newton kernel: exact counts."""
+def count_flows(setting: Setting, solver=None, ts=FINAL_ONLY, **kwargs) -> dict[str, int]:
+    """Run flows.solve once with the vector field, the Gauss-Newton kernel and the Gauss-Newton solve
+    instrumented: exact counts of 'vf', 'jacobian' and 'solve' (rejected steps included)."""
     counter = Counter()
-    kernel = flows._stiff.kernel_matrix
+    kernel, linear = flows._stiff.kernel_matrix, flows._stiff.GaussNewton
 
     def counted_kernel(flow, state):
         counter.bump("jacobian")
         return kernel(flow, state)
 
-    flows._stiff.kernel_matrix = counted_kernel
+    class CountedGaussNewton(linear):
+        def solve(self, h, b, unravel):
+            counter.bump("solve")
+            return super().solve(h, b, unravel)
+
+    flows._stiff.kernel_matrix, flows._stiff.GaussNewton = counted_kernel, CountedGaussNewton
     try:
-        flows.solve(counting_flow(setting.flow, counter), setting.state0, t1=T_MAX, rtol=RTOL, atol=ATOL,
+        flows.solve(counting_flow(setting.flow, counter), setting.state0, t1=T_MAX, ts=ts, rtol=RTOL, atol=ATOL,
                     stop_loss=STOP_LOSS, solver=solver, max_steps=3_000_000, **kwargs)
     finally:
-        flows._stiff.kernel_matrix = kernel
+        flows._stiff.kernel_matrix, flows._stiff.GaussNewton = kernel, linear
     return counter.counts
 
 

@@ -27,7 +27,10 @@ import numpy as np
 
 import flows
 
-FAST = "flows extrapolation"
+FAST = "flows switching"
+SAVED = "flows switching, saved"
+FLOWS_SOLVERS = {"flows Tsit5": diffrax.Tsit5, "flows extrapolation": flows.LinearlyImplicitExtrapolation,
+                 FAST: flows.Tsit5ThenExtrapolation}
 
 
 def methods(setting: H.Setting, field: H.FlatField | None, time_limit: float) -> dict:
@@ -35,7 +38,9 @@ def methods(setting: H.Setting, field: H.FlatField | None, time_limit: float) ->
 
     With `field` None the scipy runs go to child processes (`run_scipy_apart`), timed inside them.
     """
-    fast = flows.LinearlyImplicitExtrapolation()
+    def ours(name, ts=H.FINAL_ONLY):
+        solver = FLOWS_SOLVERS[name]()
+        return lambda: (H.run_flows(setting, solver, ts=ts), None)
 
     def scipy(method, jac=False):
         if field is None:
@@ -43,8 +48,8 @@ def methods(setting: H.Setting, field: H.FlatField | None, time_limit: float) ->
         return lambda: (H.run_scipy(field, method, jac=jac, time_limit=time_limit), None)
 
     return {
-        "flows Tsit5": lambda: (H.run_flows(setting, diffrax.Tsit5()), None),
-        FAST: lambda: (H.run_flows(setting, fast), None),
+        **{name: ours(name) for name in FLOWS_SOLVERS},
+        SAVED: ours(FAST, ts=None),
         "scipy RK45": scipy("RK45"),
         "scipy DOP853": scipy("DOP853"),
         "scipy LSODA": scipy("LSODA"),
@@ -105,12 +110,13 @@ def main(argv=None) -> int:
             timings[name].runs = timings[name].runs or [timings[name].first]
     todo = {name: fn for name, fn in todo.items() if np.isfinite(timings[name].first)}
 
-    counts = {name: H.count_flows(setting, solver)
-              for name, solver in (("flows Tsit5", diffrax.Tsit5()), (FAST, flows.LinearlyImplicitExtrapolation()))
-              if name in todo}
-    for name, c in counts.items():
-        outcomes[name].evaluations = c.get("vf")
-        outcomes[name].jacobians = c.get("jacobian")
+    for name in todo:
+        if name.startswith("flows"):
+            counts = H.count_flows(setting, FLOWS_SOLVERS[FAST if name == SAVED else name](),
+                                   ts=None if name == SAVED else H.FINAL_ONLY)
+            outcomes[name].evaluations = counts.get("vf")
+            outcomes[name].jacobians = counts.get("jacobian", 0)
+            outcomes[name].solves = counts.get("solve", 0)
 
     final_times = np.array([o.t_final for o in outcomes.values()])
     print("  reference (Dopri8, rtol 1e-12) at the final times ...", flush=True)
@@ -121,7 +127,7 @@ def main(argv=None) -> int:
     report = _table(setting, outcomes, timings, ref, scipy_compile)
     report["unit_costs"] = unit
     report["near_limit"] = {name: _near_limit(name, outcomes[name], timings[name], unit)
-                            for name in (FAST, "flows Tsit5") if name in todo}
+                            for name in todo if name.startswith("flows")}
     if args.descent:
         report["descent"] = _descent(setting, outcomes, timings, unit)
     if args.json:
@@ -132,8 +138,8 @@ def main(argv=None) -> int:
 def _table(setting, outcomes, timings, ref, scipy_compile) -> dict:
     baseline = "scipy LSODA+jac" if "scipy LSODA+jac" in outcomes else None
     print()
-    print(f"{'method':<22}{'wall s':>9}{'spread':>15}{'compile s':>10}{'steps':>9}{'rejected':>9}{'f evals':>10}"
-          f"{'jacs':>6}{'t final':>9}{'loss':>10}{'W err':>10}  ok  {'LSODA+jac/this':>14}")
+    print(f"{'method':<25}{'wall s':>9}{'spread':>15}{'compile s':>10}{'steps':>9}{'rejected':>9}{'f evals':>10}"
+          f"{'jacs':>6}{'saved':>6}{'t final':>9}{'loss':>10}{'W err':>10}  ok  {'LSODA+jac/this':>14}")
     rows = {}
     for name, o in outcomes.items():
         t = timings[name]
@@ -142,13 +148,14 @@ def _table(setting, outcomes, timings, ref, scipy_compile) -> dict:
         compile_s = scipy_compile if name.startswith("scipy") else t.compile
         speedup = timings[baseline].median / t.median if baseline else float("nan")
         rows[name] = dict(wall=t.median, runs=t.runs, compile=compile_s, steps=o.steps, rejected=o.rejected,
-                          evaluations=o.evaluations, jacobians=o.jacobians, t_final=o.t_final,
+                          evaluations=o.evaluations, jacobians=o.jacobians, solves=o.solves, saved=o.saved,
+                          t_final=o.t_final,
                           loss=o.loss_final, W_error=err, ok=ok, speedup_vs_lsoda_jac=speedup, note=o.note)
-        print(f"{name:<22}{t.median:9.3f}{t.spread():>15}{compile_s:10.2f}{o.steps:9d}{_fmt(o.rejected):>9}"
-              f"{_fmt(o.evaluations):>10}{_fmt(o.jacobians):>6}{o.t_final:9.1f}{o.loss_final:10.2e}{err:10.2e}"
+        print(f"{name:<25}{t.median:9.3f}{t.spread():>15}{compile_s:10.2f}{o.steps:9d}{_fmt(o.rejected):>9}"
+              f"{_fmt(o.evaluations):>10}{_fmt(o.jacobians):>6}{_fmt(o.saved):>6}{o.t_final:9.1f}{o.loss_final:10.2e}{err:10.2e}"
               f"  {'yes' if ok else 'NO ':<3} {speedup:14.1f}  {o.note}")
     lsoda = [n for n in ("scipy LSODA", "scipy LSODA+jac") if n in outcomes and np.isfinite(timings[n].median)]
-    ours = [n for n in ("flows Tsit5", FAST) if n in outcomes and rows[n]["ok"]]
+    ours = [n for n in FLOWS_SOLVERS if n in outcomes and rows[n]["ok"]]
     if ours:
         fastest = min(ours, key=lambda n: timings[n].median)
         if lsoda:
@@ -163,11 +170,7 @@ def _table(setting, outcomes, timings, ref, scipy_compile) -> dict:
 
 def _near_limit(name, outcome, timing, unit) -> dict:
     """Goal 3: wall time / (evaluations x t_eval + linearisations x t_lin + solves x t_solve)."""
-    jacobians = outcome.jacobians or 0
-    solves = 0
-    if jacobians:  # every step attempt runs columns (columns + 1) / 2 Gauss-Newton solves
-        columns = flows.LinearlyImplicitExtrapolation().columns
-        solves = outcome.steps * columns * (columns + 1) // 2
+    jacobians, solves = outcome.jacobians, outcome.solves
     ideal = outcome.evaluations * unit["vf"] + jacobians * unit["jacobian"] + solves * unit["solve"]
     ratio = timing.median / ideal
     print(f"near the limit, {name}: {outcome.evaluations} evaluations x {unit['vf'] * 1e6:.1f} us + {jacobians} linearisations "
