@@ -46,11 +46,13 @@ CACHE = Path(__file__).parent / ".cache"
 # -- settings --------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """A named flow and initial state (what every method integrates)."""
+    """A named flow and initial state (what every method integrates); `spec` rebuilds it elsewhere:
+    (name of a setting function here, its keyword arguments)."""
 
     name: str
     flow: Any
     state0: Any
+    spec: tuple[str, dict] = ("", {})
 
     @property
     def key(self) -> str:
@@ -60,7 +62,8 @@ class Setting:
 def sensing_setting(alpha: float, n: int = 30, m: int = 180, rank: int = 2, seed: int = 0) -> Setting:
     """Issue 2's setting: symmetric Gaussian sensing, W = U U^T from U_0 = alpha I."""
     flow = flows.Symmetric(flows.sensing(n=n, m=m, rank=rank, seed=seed))
-    return Setting(f"sensing n={n} m={m} r={rank} alpha={alpha:g}", flow, flow.init(scale=alpha))
+    return Setting(f"sensing n={n} m={m} r={rank} alpha={alpha:g}", flow, flow.init(scale=alpha),
+                   ("sensing_setting", dict(alpha=alpha, n=n, m=m, rank=rank, seed=seed)))
 
 
 def completion_setting(alpha: float, n: int = 100, m: int = 2000, rank: int = 5, depth: int = 3,
@@ -68,7 +71,8 @@ def completion_setting(alpha: float, n: int = 100, m: int = 2000, rank: int = 5,
     """Arora et al.'s completion setting: a depth-N product from W_j(0) = alpha I."""
     flow = flows.Deep(flows.completion(n=n, m=m, rank=rank, seed=seed, truth_norm=truth_norm), depth=depth)
     return Setting(f"completion n={n} m={m} r={rank} depth={depth} norm={truth_norm:g} alpha={alpha:g}",
-                   flow, flow.init(scale=alpha))
+                   flow, flow.init(scale=alpha), ("completion_setting", dict(alpha=alpha, n=n, m=m, rank=rank,
+                                                                            depth=depth, truth_norm=truth_norm, seed=seed)))
 
 
 # -- timing ----------------------------------------------------------------------------------------
@@ -110,14 +114,21 @@ class Outcome:
     evaluations: int | None = None
     jacobians: int | None = None
     solves: int | None = None
+    saved: int | None = None
     note: str = ""
 
 
-def run_flows(setting: Setting, solver=None, rtol: float = RTOL, atol: float = ATOL, **kwargs) -> Outcome:
-    traj = flows.solve(setting.flow, setting.state0, t1=T_MAX, rtol=rtol, atol=atol, stop_loss=STOP_LOSS,
+FINAL_ONLY = [0.0]
+"""Save times for the timed runs: the start, and (stop_loss) the final state, as scipy returns it."""
+
+
+def run_flows(setting: Setting, solver=None, rtol: float = RTOL, atol: float = ATOL, ts=FINAL_ONLY,
+              **kwargs) -> Outcome:
+    """flows.solve until STOP_LOSS; by default saving only the final state (`ts=None`: its 200 default times)."""
+    traj = flows.solve(setting.flow, setting.state0, t1=T_MAX, ts=ts, rtol=rtol, atol=atol, stop_loss=STOP_LOSS,
                        solver=solver, max_steps=kwargs.pop("max_steps", 3_000_000), **kwargs)
     return Outcome(t_final=float(traj.ts[-1]), W_final=traj.W[-1], loss_final=float(traj.loss[-1]),
-                   steps=traj.stats["num_steps"], rejected=traj.stats["num_rejected_steps"])
+                   steps=traj.stats["num_steps"], rejected=traj.stats["num_rejected_steps"], saved=len(traj.ts))
 
 
 class Counter:
@@ -147,21 +158,27 @@ def counting_flow(flow, counter: Counter):
     return counted
 
 
-def count_flows(setting: Setting, solver=None, **kwargs) -> dict[str, int]:
-    """Run flows.solve once with instrumented vector field and Gauss-Newton kernel: exact counts."""
+def count_flows(setting: Setting, solver=None, ts=FINAL_ONLY, **kwargs) -> dict[str, int]:
+    """Run flows.solve once with the vector field, the Gauss-Newton kernel and the Gauss-Newton solve
+    instrumented: exact counts of 'vf', 'jacobian' and 'solve' (rejected steps included)."""
     counter = Counter()
-    kernel = flows._stiff.kernel_matrix
+    kernel, linear = flows._stiff.kernel_matrix, flows._stiff.GaussNewton
 
     def counted_kernel(flow, state):
         counter.bump("jacobian")
         return kernel(flow, state)
 
-    flows._stiff.kernel_matrix = counted_kernel
+    class CountedGaussNewton(linear):
+        def solve(self, h, b, unravel):
+            counter.bump("solve")
+            return super().solve(h, b, unravel)
+
+    flows._stiff.kernel_matrix, flows._stiff.GaussNewton = counted_kernel, CountedGaussNewton
     try:
-        flows.solve(counting_flow(setting.flow, counter), setting.state0, t1=T_MAX, rtol=RTOL, atol=ATOL,
+        flows.solve(counting_flow(setting.flow, counter), setting.state0, t1=T_MAX, ts=ts, rtol=RTOL, atol=ATOL,
                     stop_loss=STOP_LOSS, solver=solver, max_steps=3_000_000, **kwargs)
     finally:
-        flows._stiff.kernel_matrix = kernel
+        flows._stiff.kernel_matrix, flows._stiff.GaussNewton = kernel, linear
     return counter.counts
 
 
@@ -180,10 +197,12 @@ class FlatField:
         self._loss = jax.jit(lambda x: flow.loss(unravel(x)))
         self._product = jax.jit(lambda x: flow.product(unravel(x)))
 
-    def compile(self) -> float:
-        """Compile the vector field, its Jacobian and the loss; returns the seconds it took."""
+    def compile(self, jacobian: bool = True) -> float:
+        """Compile the vector field, the loss and (if asked) the dense Jacobian; returns the seconds taken."""
         start = time.perf_counter()
-        jax.block_until_ready((self._f(self.x0), self._jac(self.x0), self._loss(self.x0)))
+        jax.block_until_ready((self._f(self.x0), self._loss(self.x0), self._product(self.x0)))
+        if jacobian:
+            jax.block_until_ready(self._jac(self.x0))
         return time.perf_counter() - start
 
     def f(self, t, x):
@@ -214,7 +233,8 @@ def run_scipy(field: FlatField, method: str, jac: bool = False, time_limit: floa
         return field.f(t, x)
 
     def converged(t, x):
-        return field.loss(x) - STOP_LOSS
+        # A hair under STOP_LOSS: the event is root-found, so the run ends *at* this loss, not past it.
+        return field.loss(x) - STOP_LOSS * (1 - 1e-6)
 
     converged.terminal = True
     extra = {"jac": field.jac} if jac else {}
@@ -226,6 +246,39 @@ def run_scipy(field: FlatField, method: str, jac: bool = False, time_limit: floa
     x = sol.y[:, -1]
     return Outcome(t_final=float(sol.t[-1]), W_final=field.product(x), loss_final=field.loss(x), steps=len(sol.t) - 1,
                    evaluations=int(sol.nfev), jacobians=int(sol.njev), note="" if sol.status == 1 else sol.message)
+
+
+def run_scipy_apart(setting: Setting, method: str, jac: bool = False, time_limit: float = 900.0) -> tuple[Outcome, float]:
+    """`run_scipy` in a child process, killed at `time_limit` seconds; returns (outcome, seconds of the solve).
+
+    For systems too large for scipy's stiff methods: LSODA's dense LU runs inside Fortran, where no
+    Python-level check can stop it.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        job = json.dumps(dict(spec=setting.spec, method=method, jac=jac, out=tmp))
+        try:
+            subprocess.run([sys.executable, __file__, job], check=True, capture_output=True, timeout=time_limit + 60)
+        except subprocess.TimeoutExpired:
+            return Outcome(t_final=float("nan"), W_final=np.full((1, 1), np.nan), loss_final=float("nan"), steps=-1,
+                           note=f"killed at the {time_limit:g} s limit"), float("nan")
+        result = json.loads((Path(tmp) / "outcome.json").read_text())
+        W = np.load(Path(tmp) / "W.npy")
+    seconds = result.pop("seconds")
+    return Outcome(W_final=W, **result), seconds
+
+
+def _scipy_child(job: dict) -> None:
+    setting = globals()[job["spec"][0]](**job["spec"][1])
+    field = FlatField(setting)
+    field.compile(jacobian=job["jac"])
+    outcome, seconds = clock(lambda: run_scipy(field, job["method"], jac=job["jac"]))
+    np.save(Path(job["out"]) / "W.npy", outcome.W_final)
+    fields = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(outcome) if f.name != "W_final"}
+    (Path(job["out"]) / "outcome.json").write_text(json.dumps(fields | {"seconds": seconds}))
 
 
 # -- the reference ---------------------------------------------------------------------------------
@@ -262,7 +315,10 @@ def relative_error(W: np.ndarray, W_ref: np.ndarray) -> float:
 # -- unit costs ------------------------------------------------------------------------------------
 def unit_costs(setting: Setting, repeats: int = 2000) -> dict[str, float]:
     """Seconds per jitted vector-field evaluation, Gauss-Newton linearisation and Gauss-Newton solve,
-    each timed inside one compiled loop (no dispatch cost), at the initial state."""
+    each timed inside one compiled loop (no dispatch cost), at the initial state.
+
+    The evaluation loop x <- x + c F(x) is also exactly a gradient-descent step (c = the step).
+    """
     flow = setting.flow
     point, unravel = ravel_pytree(setting.state0)
 
@@ -283,11 +339,10 @@ def unit_costs(setting: Setting, repeats: int = 2000) -> dict[str, float]:
     linear = flows._stiff.GaussNewton.at(flow, point, unravel)
     out = {}
     for name, fn, args, k in (("vf", evaluations, (flow, point), repeats),
-                              ("jacobian", linearisations, (flow, point), max(repeats // 200, 3)),
+                              ("jacobian", linearisations, (flow, point), 3),
                               ("solve", solves, (linear, point), repeats)):
-        jax.block_until_ready(fn(*args, 2))
-        best = min(clock(lambda: fn(*args, k))[1] for _ in range(3))
-        out[name] = best / k
+        jax.block_until_ready(fn(*args, jnp.asarray(2)))  # compile: the count is traced, not static
+        out[name] = clock(lambda: fn(*args, jnp.asarray(k)))[1] / k
     return out
 
 
@@ -309,3 +364,9 @@ def descend(setting: Setting, step: float, iterations: np.ndarray):
     segments = np.diff(np.concatenate([[0], iterations])).astype(np.int64)
     state, Ws = _descend(setting.flow, setting.state0, jnp.asarray(step), jnp.asarray(segments))
     return np.asarray(Ws), state
+
+
+if __name__ == "__main__":  # the child of run_scipy_apart
+    import sys
+
+    _scipy_child(json.loads(sys.argv[1]))

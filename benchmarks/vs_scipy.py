@@ -27,20 +27,39 @@ import numpy as np
 
 import flows
 
-FAST = "flows extrapolation"
+FAST = "flows switching"
+SAVED = "flows switching, saved"
+FLOWS_SOLVERS = {"flows Tsit5": diffrax.Tsit5, "flows extrapolation": flows.LinearlyImplicitExtrapolation,
+                 FAST: flows.Tsit5ThenExtrapolation}
 
 
-def methods(setting: H.Setting, field: H.FlatField, time_limit: float) -> dict:
-    """Each method: a zero-argument callable returning an Outcome."""
-    fast = flows.LinearlyImplicitExtrapolation()
+def methods(setting: H.Setting, field: H.FlatField | None, time_limit: float) -> dict:
+    """Each method: a zero-argument callable returning (Outcome, seconds or None: then timed around it).
+
+    With `field` None the scipy runs go to child processes (`run_scipy_apart`), timed inside them.
+    """
+    def ours(name, ts=H.FINAL_ONLY):
+        solver = FLOWS_SOLVERS[name]()
+        return lambda: (H.run_flows(setting, solver, ts=ts), None)
+
+    def scipy(method, jac=False):
+        if field is None:
+            return lambda: H.run_scipy_apart(setting, method, jac=jac, time_limit=time_limit)
+        return lambda: (H.run_scipy(field, method, jac=jac, time_limit=time_limit), None)
+
     return {
-        "flows Tsit5": lambda: H.run_flows(setting, diffrax.Tsit5()),
-        FAST: lambda: H.run_flows(setting, fast),
-        "scipy RK45": lambda: H.run_scipy(field, "RK45", time_limit=time_limit),
-        "scipy DOP853": lambda: H.run_scipy(field, "DOP853", time_limit=time_limit),
-        "scipy LSODA": lambda: H.run_scipy(field, "LSODA", time_limit=time_limit),
-        "scipy LSODA+jac": lambda: H.run_scipy(field, "LSODA", jac=True, time_limit=time_limit),
+        **{name: ours(name) for name in FLOWS_SOLVERS},
+        SAVED: ours(FAST, ts=None),
+        "scipy RK45": scipy("RK45"),
+        "scipy DOP853": scipy("DOP853"),
+        "scipy LSODA": scipy("LSODA"),
+        "scipy LSODA+jac": scipy("LSODA", jac=True),
     }
+
+
+def timed(fn):
+    (outcome, inside), outside = H.clock(fn)
+    return outcome, outside if inside is None else inside
 
 
 def main(argv=None) -> int:
@@ -53,38 +72,51 @@ def main(argv=None) -> int:
                         help="timed runs for methods slower than --slow seconds (default 1)")
     parser.add_argument("--slow", type=float, default=30.0)
     parser.add_argument("--time-limit", type=float, default=900.0, help="give up on a scipy run after this")
+    parser.add_argument("--apart", action="store_true",
+                        help="run scipy in child processes killed at --time-limit (default for completion, "
+                             "whose 30,000 unknowns put LSODA's dense Jacobian at 7 GB)")
     parser.add_argument("--descent", action="store_true", help="also find gradient descent's tracking step")
     parser.add_argument("--json", type=Path, default=None, help="write every number here too")
     args = parser.parse_args(argv)
 
     setting = (H.sensing_setting(args.alpha) if args.setting == "sensing" else H.completion_setting(args.alpha))
     print(f"# {setting.name}: rtol {H.RTOL:g}, atol {H.ATOL:g}, until loss < {H.STOP_LOSS:g}", flush=True)
-    field = H.FlatField(setting)
-    scipy_compile = field.compile()
+    apart = args.apart or args.setting == "completion"
+    field = None if apart else H.FlatField(setting)
+    scipy_compile = float("nan") if apart else field.compile()
     todo = {name: fn for name, fn in methods(setting, field, args.time_limit).items()
             if not any(skip in name for skip in args.skip)}
 
     outcomes, timings = {}, {}
     for name, fn in todo.items():  # the first call of each: compile + run
-        outcome, first = H.clock(fn)
+        outcome, first = timed(fn)
         outcomes[name], timings[name] = outcome, H.Timing(first=first, runs=[])
         print(f"  first call {name}: {first:.3f} s", flush=True)
+    units = []  # unit costs, measured between the repeats so they see the same load
+    H.unit_costs(setting, repeats=10)  # compile
     for rep in range(args.repeats):
         for name, fn in todo.items():
             if rep >= args.slow_repeats and timings[name].runs and timings[name].median > args.slow:
                 continue
-            outcome, seconds = H.clock(fn)
+            if not np.isfinite(timings[name].first):
+                continue
+            outcome, seconds = timed(fn)
             timings[name].runs.append(seconds)
+        units.append(H.unit_costs(setting))
+    unit = {k: float(np.median([u[k] for u in units])) for k in units[0]}
+    print(f"  unit costs (median of {len(units)}): " + ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in unit.items()))
     for name in todo:  # scipy has nothing to compile inside the call: its compile is the field's
         if name.startswith("scipy"):
             timings[name].runs = timings[name].runs or [timings[name].first]
+    todo = {name: fn for name, fn in todo.items() if np.isfinite(timings[name].first)}
 
-    counts = {name: H.count_flows(setting, solver)
-              for name, solver in (("flows Tsit5", diffrax.Tsit5()), (FAST, flows.LinearlyImplicitExtrapolation()))
-              if name in todo}
-    for name, c in counts.items():
-        outcomes[name].evaluations = c.get("vf")
-        outcomes[name].jacobians = c.get("jacobian")
+    for name in todo:
+        if name.startswith("flows"):
+            counts = H.count_flows(setting, FLOWS_SOLVERS[FAST if name == SAVED else name](),
+                                   ts=None if name == SAVED else H.FINAL_ONLY)
+            outcomes[name].evaluations = counts.get("vf")
+            outcomes[name].jacobians = counts.get("jacobian", 0)
+            outcomes[name].solves = counts.get("solve", 0)
 
     final_times = np.array([o.t_final for o in outcomes.values()])
     print("  reference (Dopri8, rtol 1e-12) at the final times ...", flush=True)
@@ -93,12 +125,11 @@ def main(argv=None) -> int:
     print(f"  reference took {time.perf_counter() - start:.1f} s (0 when cached)", flush=True)
 
     report = _table(setting, outcomes, timings, ref, scipy_compile)
-    if FAST in todo:
-        report["near_limit"] = _near_limit(setting, outcomes[FAST], timings[FAST])
-        report["near_limit_tsit5"] = _near_limit(setting, outcomes["flows Tsit5"], timings["flows Tsit5"]) \
-            if "flows Tsit5" in todo else None
+    report["unit_costs"] = unit
+    report["near_limit"] = {name: _near_limit(name, outcomes[name], timings[name], unit)
+                            for name in todo if name.startswith("flows")}
     if args.descent:
-        report["descent"] = _descent(setting, outcomes, timings)
+        report["descent"] = _descent(setting, outcomes, timings, unit)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=float))
     return 0
@@ -107,8 +138,8 @@ def main(argv=None) -> int:
 def _table(setting, outcomes, timings, ref, scipy_compile) -> dict:
     baseline = "scipy LSODA+jac" if "scipy LSODA+jac" in outcomes else None
     print()
-    print(f"{'method':<22}{'wall s':>9}{'spread':>15}{'compile s':>10}{'steps':>9}{'rejected':>9}{'f evals':>10}"
-          f"{'jacs':>6}{'t final':>9}{'loss':>10}{'W err':>10}  ok  {'LSODA+jac/this':>14}")
+    print(f"{'method':<25}{'wall s':>9}{'spread':>15}{'compile s':>10}{'steps':>9}{'rejected':>9}{'f evals':>10}"
+          f"{'jacs':>6}{'saved':>6}{'t final':>9}{'loss':>10}{'W err':>10}  ok  {'LSODA+jac/this':>14}")
     rows = {}
     for name, o in outcomes.items():
         t = timings[name]
@@ -117,37 +148,39 @@ def _table(setting, outcomes, timings, ref, scipy_compile) -> dict:
         compile_s = scipy_compile if name.startswith("scipy") else t.compile
         speedup = timings[baseline].median / t.median if baseline else float("nan")
         rows[name] = dict(wall=t.median, runs=t.runs, compile=compile_s, steps=o.steps, rejected=o.rejected,
-                          evaluations=o.evaluations, jacobians=o.jacobians, t_final=o.t_final,
+                          evaluations=o.evaluations, jacobians=o.jacobians, solves=o.solves, saved=o.saved,
+                          t_final=o.t_final,
                           loss=o.loss_final, W_error=err, ok=ok, speedup_vs_lsoda_jac=speedup, note=o.note)
-        print(f"{name:<22}{t.median:9.3f}{t.spread():>15}{compile_s:10.2f}{o.steps:9d}{_fmt(o.rejected):>9}"
-              f"{_fmt(o.evaluations):>10}{_fmt(o.jacobians):>6}{o.t_final:9.1f}{o.loss_final:10.2e}{err:10.2e}"
+        print(f"{name:<25}{t.median:9.3f}{t.spread():>15}{compile_s:10.2f}{o.steps:9d}{_fmt(o.rejected):>9}"
+              f"{_fmt(o.evaluations):>10}{_fmt(o.jacobians):>6}{_fmt(o.saved):>6}{o.t_final:9.1f}{o.loss_final:10.2e}{err:10.2e}"
               f"  {'yes' if ok else 'NO ':<3} {speedup:14.1f}  {o.note}")
-    lsoda = [n for n in ("scipy LSODA", "scipy LSODA+jac") if n in outcomes]
-    if FAST in outcomes and lsoda:
-        best = min(lsoda, key=lambda n: timings[n].median)
-        print(f"\n{FAST} is {timings[best].median / timings[FAST].median:.1f}x faster than the faster LSODA "
-              f"({best}, {timings[best].median:.2f} s vs {timings[FAST].median:.3f} s)")
+    lsoda = [n for n in ("scipy LSODA", "scipy LSODA+jac") if n in outcomes and np.isfinite(timings[n].median)]
+    ours = [n for n in FLOWS_SOLVERS if n in outcomes and rows[n]["ok"]]
+    if ours:
+        fastest = min(ours, key=lambda n: timings[n].median)
+        if lsoda:
+            best = min(lsoda, key=lambda n: timings[n].median)
+            print(f"\nfastest flows.solve ({fastest}, {timings[fastest].median:.3f} s) is "
+                  f"{timings[best].median / timings[fastest].median:.1f}x faster than the faster LSODA "
+                  f"({best}, {timings[best].median:.3f} s)")
+        elif any(n.startswith("scipy LSODA") for n in outcomes):
+            print(f"\nLSODA did not finish; fastest flows.solve: {fastest}, {timings[fastest].median:.3f} s")
     return {"setting": setting.name, "methods": rows}
 
 
-def _near_limit(setting, outcome, timing) -> dict:
+def _near_limit(name, outcome, timing, unit) -> dict:
     """Goal 3: wall time / (evaluations x t_eval + linearisations x t_lin + solves x t_solve)."""
-    unit = H.unit_costs(setting)
-    jacobians = outcome.jacobians or 0
-    solves = 0
-    if jacobians:  # every step attempt runs columns (columns + 1) / 2 Gauss-Newton solves
-        columns = flows.LinearlyImplicitExtrapolation().columns
-        solves = outcome.steps * columns * (columns + 1) // 2
+    jacobians, solves = outcome.jacobians, outcome.solves
     ideal = outcome.evaluations * unit["vf"] + jacobians * unit["jacobian"] + solves * unit["solve"]
     ratio = timing.median / ideal
-    print(f"near the limit: {outcome.evaluations} evaluations x {unit['vf'] * 1e6:.1f} us + {jacobians} linearisations "
+    print(f"near the limit, {name}: {outcome.evaluations} evaluations x {unit['vf'] * 1e6:.1f} us + {jacobians} linearisations "
           f"x {unit['jacobian'] * 1e3:.2f} ms + {solves} solves x {unit['solve'] * 1e6:.1f} us = {ideal:.3f} s; "
           f"wall {timing.median:.3f} s; ratio {ratio:.2f}")
     return dict(unit=unit, evaluations=outcome.evaluations, jacobians=jacobians, solves=solves, ideal=ideal,
                 wall=timing.median, ratio=ratio)
 
 
-def _descent(setting, outcomes, timings, tolerance: float = 1e-3) -> dict:
+def _descent(setting, outcomes, timings, unit, tolerance: float = 1e-3) -> dict:
     """Goal 2: the largest gradient-descent step whose iterates stay within `tolerance` (relative,
     Frobenius) of the flow at every checkpoint, and what running it to the flow's final time costs.
 
@@ -189,18 +222,18 @@ def _descent(setting, outcomes, timings, tolerance: float = 1e-3) -> dict:
         times = iters * eta
         ref_w = H.reference(setting, times)
         Ws_ref = np.stack([ref_w[float(t)] for t in times])
-        start = time.perf_counter()
         e = errors(eta, iters, Ws_ref).max()
-        seconds = time.perf_counter() - start
-        checks[factor] = dict(eta=eta, error=e, seconds=seconds, steps=int(iters[-1]))
-        print(f"  check eta {eta:.3g} on [0, {last:.3g}] ({iters[-1]} steps, {seconds:.1f} s): max error {e:.3g}", flush=True)
-    per_step = checks[1.0]["seconds"] / checks[1.0]["steps"]
+        checks[factor] = dict(eta=eta, error=e, steps=int(iters[-1]))
+        print(f"  check eta {eta:.3g} on [0, {last:.3g}] ({iters[-1]} steps): max error {e:.3g}", flush=True)
+    # One descent step is x <- x - eta grad = x + eta F(x): the evaluation loop of the unit costs,
+    # timed between the repeats of the other methods.
+    per_step = unit["vf"]
     steps = int(np.ceil(t_final / eta_star))
     wall = steps * per_step
     fast = timings[FAST].median
     print(f"  largest tracking step eta* = {eta_star:.3g} (e(eta*) = {checks[1.0]['error']:.3g}, "
           f"e(1.25 eta*) = {checks[1.25]['error']:.3g}); to t = {t_final:.4g}: {steps:.3g} steps x "
-          f"{per_step * 1e6:.1f} us = {wall:.3g} s (extrapolated from the measured time per step)")
+          f"{per_step * 1e6:.1f} us = {wall:.3g} s (steps x measured time per step; not run to the end)")
     print(f"  {FAST} ({fast:.3f} s) is {wall / fast:.3g}x faster than gradient descent at matched accuracy")
     return dict(eta0=eta0, error_full_run=float(err_full.max()), peak_time=float(peak), ratios=ratios,
                 eta_star=eta_star, checks=checks, steps=steps, seconds_per_step=per_step, wall=wall,

@@ -32,16 +32,17 @@ from ._problems import (  # noqa: E402
     sensing,
 )
 from ._plot import plot_trajectory  # noqa: E402
-from ._stiff import GaussNewton, LinearlyImplicitExtrapolation, kernel_matrix  # noqa: E402
-from ._solve import SOLVERS, SolverError, default_ts, solve, solver_by_name  # noqa: E402
+from ._stiff import GaussNewton, LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation, kernel_matrix  # noqa: E402
+from ._solve import SOLVERS, SolverError, default_solver, default_ts, solve, solver_by_name  # noqa: E402
 from ._sweep import Run, grid, sweep  # noqa: E402
 from ._trajectory import CorruptTrajectoryError, Trajectory  # noqa: E402
 
 __all__ = [
     "AbstractFlow", "AbstractParameterization", "AbstractProblem", "CommutingProblem", "CorruptTrajectoryError",
     "Deep", "DenseProblem", "Direct", "EntryProblem", "Factored", "GaussNewton", "LinearlyImplicitExtrapolation",
-    "Problem", "Run", "SOLVERS", "SolverError", "Symmetric", "Trajectory", "commuting", "completion", "default_ts",
-    "grid", "kernel_matrix", "plot_trajectory", "sensing", "solve", "solver_by_name", "sweep",
+    "Problem", "Run", "SOLVERS", "SolverError", "Symmetric", "Trajectory", "Tsit5ThenExtrapolation", "commuting",
+    "completion", "default_solver", "default_ts", "grid", "kernel_matrix", "plot_trajectory", "sensing", "solve",
+    "solver_by_name", "sweep",
     # penalties, dynamics and finite steps
     "AbstractAdaptive", "AbstractPenalty", "Adam", "Frobenius", "Modified", "Momentum", "Nuclear", "Penalized",
     "RMSProp", "Ratio", "Sign", "descend",

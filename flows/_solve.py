@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._dynamics import AbstractAdaptive
-from ._flows import AbstractFlow, State
+from ._flows import AbstractFlow, Deep, Direct, Factored, State, Symmetric
+from ._stiff import LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation
 from ._trajectory import Trajectory
 from ._validate import check_choice, check_finite, check_positive, check_positive_int, check_times
 
@@ -28,6 +29,7 @@ class SolverError(RuntimeError):
 SOLVERS = {
     "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8, "bosh3": diffrax.Bosh3,
     "heun": diffrax.Heun, "kvaerno3": diffrax.Kvaerno3, "kvaerno5": diffrax.Kvaerno5,
+    "extrapolation": LinearlyImplicitExtrapolation, "switching": Tsit5ThenExtrapolation,
 }
 """Diffrax solvers by the names the command line accepts."""
 
@@ -69,7 +71,11 @@ def solve(flow: AbstractFlow, state0: State, t1: float, ts=None, *, rtol: float 
         stop_loss: end the run at the end of the first step where the data loss falls below it.
             The trajectory then ends there: save times past the stop are dropped and the stopping
             time is the last entry, so `traj.W[-1]` is always the final state.
-        solver: any Diffrax solver; default Tsit5 (explicit, 5th order, adaptive).
+        solver: any Diffrax solver; default `default_solver(flow, stop_loss)`: Tsit5 (explicit,
+            5th order, adaptive), or for runs into the stiff convergence tail (stop_loss set) of
+            plain gradient flows with few measurements `flows.Tsit5ThenExtrapolation()`. With the
+            default controller, the stiff solvers' steps land on `ts` (their stiff steps
+            interpolate only cubically).
         max_steps: the step budget. Memory does not grow with it: only the states at `ts` are kept.
         progress: show a tqdm progress bar over t.
 
@@ -80,22 +86,25 @@ def solve(flow: AbstractFlow, state0: State, t1: float, ts=None, *, rtol: float 
     if not isinstance(flow, AbstractFlow):
         raise ValueError(f"flow must be a flows flow (Direct, Symmetric, ...); got {type(flow).__name__}")
     plan = Plan.make(t1, ts, rtol=rtol, atol=atol, stop_loss=stop_loss, solver=solver,
-                     stepsize_controller=stepsize_controller, max_steps=max_steps, dt0=dt0)
+                     stepsize_controller=stepsize_controller, max_steps=max_steps, dt0=dt0).resolve(flow)
     _check_state(flow, state0)
     return plan.finish(flow, jax.device_get(_integrate(flow, state0, *plan.arrays(), **plan.static(progress))))
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """A validated solve, everything but the flow and its initial state: what `solve` and `sweep` share."""
+    """A validated solve, everything but the flow and its initial state: what `solve` and `sweep` share.
+
+    `solver` and `controller` may be None (the defaults, which depend on the flow) until `resolve`.
+    """
 
     t1: float
     ts: np.ndarray
     rtol: float
     atol: float
     stop_loss: float | None
-    solver: diffrax.AbstractSolver
-    controller: diffrax.AbstractStepSizeController
+    solver: diffrax.AbstractSolver | None
+    controller: diffrax.AbstractStepSizeController | None
     max_steps: int
     dt0: float | None
 
@@ -110,11 +119,20 @@ class Plan:
         if stop_loss is not None:
             stop_loss = check_positive("stop_loss", stop_loss)
         ts = check_times(default_ts(t1) if ts is None else ts, t1)
-        solver = diffrax.Tsit5() if solver is None else solver
-        if stepsize_controller is None:
-            stepsize_controller = diffrax.PIDController(rtol=jnp.asarray(rtol), atol=jnp.asarray(atol))
         return cls(t1=t1, ts=ts, rtol=rtol, atol=atol, stop_loss=stop_loss, solver=solver,
                    controller=stepsize_controller, max_steps=max_steps, dt0=dt0)
+
+    def resolve(self, flow: AbstractFlow) -> "Plan":
+        """Fill in the default solver (`default_solver`) and controller for this flow."""
+        solver = default_solver(flow, self.stop_loss) if self.solver is None else self.solver
+        controller = self.controller
+        if controller is None:
+            # The extrapolation's steps are accurate to high order but its dense output is cubic: let
+            # its steps land on the save times instead of interpolating there.
+            landing = jnp.asarray(self.ts) if isinstance(solver, STIFF) else None
+            controller = diffrax.PIDController(rtol=jnp.asarray(self.rtol), atol=jnp.asarray(self.atol),
+                                               step_ts=landing)
+        return dataclasses.replace(self, solver=solver, controller=controller)
 
     def arrays(self) -> tuple:
         """The traced arguments of `integrate` after (flow, state0)."""
@@ -127,7 +145,8 @@ class Plan:
 
     def describe(self) -> dict:
         """The JSON-able solve options (saved with trajectories, part of a sweep run's key)."""
-        return {"solver": type(self.solver).__name__, "rtol": self.rtol, "atol": self.atol, "t1": self.t1,
+        solver = "default" if self.solver is None else type(self.solver).__name__
+        return {"solver": solver, "rtol": self.rtol, "atol": self.atol, "t1": self.t1,
                 "stop_loss": self.stop_loss, "max_steps": self.max_steps}
 
     def finish(self, flow: AbstractFlow, raw) -> Trajectory:
@@ -153,6 +172,29 @@ class Plan:
                   "stopped_by_loss": stopped, "t_final": float(ts_out[keep[-1]])}
         config = {"flow": flow.describe()} | self.describe()
         return Trajectory.from_states(flow, ts_out[keep], states, stats=stats, config=config)
+
+
+STIFF = (LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation)
+"""The solvers whose stiff steps interpolate only cubically: the default controller lands them on `ts`."""
+
+STIFF_MAX_MEASUREMENTS = 1000
+"""`default_solver` picks the stiff solver only up to this many measurements: each re-linearisation
+costs an m x m eigendecomposition."""
+
+
+def default_solver(flow: AbstractFlow, stop_loss: float | None) -> diffrax.AbstractSolver:
+    """The solver `solve` uses when given none.
+
+    `Tsit5ThenExtrapolation` (Tsit5 until the run turns stiff, then the linearly implicit
+    extrapolation) for a run into the convergence tail (`stop_loss` set, where these flows turn stiff)
+    of a plain gradient flow (Direct, Symmetric, Factored, Deep: its Gauss-Newton linearisation is
+    then the Hessian up to the residual term) with at most `STIFF_MAX_MEASUREMENTS` measurements;
+    Tsit5 otherwise.
+    """
+    plain = type(flow) in (Direct, Symmetric, Factored, Deep)
+    if stop_loss is not None and plain and flow.problem.m <= STIFF_MAX_MEASUREMENTS:
+        return Tsit5ThenExtrapolation()
+    return diffrax.Tsit5()
 
 
 def _check_state(flow: AbstractFlow, state0: State) -> None:

@@ -1,4 +1,4 @@
-r"""A linearly implicit solver for the stiff convergence tails of gradient flows.
+r"""Linearly implicit solvers for the stiff convergence tails of gradient flows.
 
 Near its limit a gradient flow $\theta' = -\nabla_\theta L$ is stiff: the Hessian there has a few
 large eigenvalues (the directions the data pin down) and many near zero (the directions it does not),
@@ -21,6 +21,10 @@ $j = 1..k$ (Deuflhard's LIMEX / Hairer & Wanner's SEULEX family). Its $h$-expans
 fixed matrix $H_J$, so the extrapolated result has order k whether or not $H_J$ is the exact
 Hessian at the current state (it is a W-method): the Gauss-Newton matrix, and one kept over many
 steps while the state barely moves, cost stability margin, never accuracy.
+
+`Tsit5ThenExtrapolation` runs Tsit5 through the transient (where the Jacobian changes fast and
+explicit steps are cheap) and switches to the extrapolation once stiffness holds Tsit5's step.
+Measurements against scipy and gradient descent: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
@@ -133,11 +138,12 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
     $h_j = \Delta t / j$, for j = 1..`columns`, and extrapolates (Aitken-Neville) to order `columns`;
     the difference to order `columns` - 1 is the error estimate. $H_J$ is re-linearised when the
     state has moved by more than `refresh` (relative, in the 2-norm) since it was last taken.
-    Dense output is cubic Hermite. Costs per step: columns (columns - 1) / 2 + 1 vector-field
+    Dense output is cubic Hermite, far less accurate than the steps: `flows.solve` makes the steps
+    land on the save times (diffrax's `step_ts`) unless given a step-size controller. Costs per step: columns (columns - 1) / 2 + 1 vector-field
     evaluations and columns (columns + 1) / 2 Gauss-Newton solves.
     """
 
-    columns: int = eqx.field(static=True, default=4)
+    columns: int = eqx.field(static=True, default=8)
     refresh: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-3)
 
     term_structure = diffrax.ODETerm
@@ -185,6 +191,91 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
         f1 = vf(t1, y1)
         dense_info = dict(y0=y0, y1=unravel(y1), k0=unravel(dt * f0), k1=unravel(dt * f1))
         return unravel(y1), unravel(error), dense_info, (f1, linear, count), diffrax.RESULTS.successful
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+
+class _SwitchingInterpolation(diffrax.AbstractLocalInterpolation):
+    """Tsit5's own interpolant for explicit steps, cubic Hermite (k[0], k[-1]) for stiff ones."""
+
+    t0: Float[Array, ""]
+    t1: Float[Array, ""]
+    explicit: diffrax.AbstractLocalInterpolation
+    hermite: diffrax.ThirdOrderHermitePolynomialInterpolation
+    stiff: Array
+
+    def __init__(self, *, t0, t1, y0, y1, k, stiff):
+        self.t0, self.t1, self.stiff = t0, t1, stiff
+        self.explicit = diffrax.Tsit5.interpolation_cls(t0=t0, t1=t1, y0=y0, y1=y1, k=k)
+        self.hermite = diffrax.ThirdOrderHermitePolynomialInterpolation(
+            t0=t0, t1=t1, y0=y0, y1=y1, k0=jax.tree.map(lambda x: x[0], k), k1=jax.tree.map(lambda x: x[-1], k))
+
+    def evaluate(self, t0, t1=None, left=True):
+        return jax.tree.map(lambda a, b: jnp.where(self.stiff, b, a), self.explicit.evaluate(t0, t1, left),
+                            self.hermite.evaluate(t0, t1, left))
+
+
+class Tsit5ThenExtrapolation(diffrax.AbstractAdaptiveSolver):
+    r"""Tsit5 while the flow is not stiff, `LinearlyImplicitExtrapolation` from the moment it is.
+
+    Stiffness is detected as in Hairer & Wanner's DOPRI5: Tsit5's sixth and seventh stages both sit
+    at the step's end, so $\rho = \|f(y_7) - f(y_6)\| / \|y_7 - y_6\|$ estimates the dominant
+    eigenvalue along the step; when $h\rho$ exceeds `threshold` (Tsit5 is stable up to 3.5 on the
+    negative axis) for `patience` accepted steps in a row, the step size is held by stability, not
+    accuracy, and the run switches for good. The transient, where the Jacobian changes fast and
+    explicit steps are cheap, then costs no linearisations.
+
+    The step-size controller sees Tsit5's order (5) in both phases.
+    """
+
+    stiff_solver: LinearlyImplicitExtrapolation = LinearlyImplicitExtrapolation()
+    threshold: float = eqx.field(static=True, default=3.0)
+    patience: int = eqx.field(static=True, default=15)
+
+    term_structure = diffrax.ODETerm
+    interpolation_cls = _SwitchingInterpolation
+
+    def order(self, terms):
+        return 5
+
+    def init(self, terms, t0, t1, y0, args):
+        flow = _flow_of(terms)
+        point, _ = ravel_pytree(y0)
+        m = flow.problem.m
+        # No linearisation yet: an infinitely distant point makes the first stiff step take one.
+        linear = GaussNewton(flow=flow, point=jnp.full_like(point, jnp.inf), basis=jnp.zeros((m, m)),
+                             eigenvalues=jnp.zeros(m))
+        explicit = diffrax.Tsit5().init(terms, t0, t1, y0, args)
+        f0 = ravel_pytree(terms.vf(t0, y0, args))[0]
+        return jnp.array(False), jnp.array(0), explicit, (f0, linear, jnp.array(0))
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        stiff, streak, explicit_state, implicit_state = solver_state
+        tableau = diffrax.Tsit5.tableau
+        # y_7 - y_6 = sum_j (a_7j - a_6j) k_j: stage 7 is the solution (first same as last).
+        weights = np.asarray(tableau.a_lower[5]) - np.append(tableau.a_lower[4], 0.0)
+
+        def explicit():
+            y1, error, dense, new_explicit, result = diffrax.Tsit5().step(
+                terms, t0, t1, y0, args, explicit_state, made_jump)
+            k = ravel_pytree(dense["k"])[0].reshape(7, -1)
+            h_rho = jnp.linalg.norm(k[6] - k[5]) / jnp.linalg.norm(weights @ k[:6])
+            run = jnp.where(h_rho > self.threshold, streak + 1, 0)
+            implicit = (k[6] / (t1 - t0), *implicit_state[1:])
+            dense = dict(y0=y0, y1=y1, k=dense["k"], stiff=jnp.array(False))
+            return y1, error, dense, (run >= self.patience, run, new_explicit, implicit), result
+
+        def implicit():
+            y1, error, dense, new_implicit, result = self.stiff_solver.step(
+                terms, t0, t1, y0, args, implicit_state, made_jump)
+            k = jax.tree.map(lambda a, b: jnp.stack([a, *([jnp.zeros_like(a)] * 5), b]), dense["k0"], dense["k1"])
+            _, unravel = ravel_pytree(y0)
+            new_explicit = (explicit_state[0], unravel(new_implicit[0]))
+            dense = dict(y0=y0, y1=y1, k=k, stiff=jnp.array(True))
+            return y1, error, dense, (jnp.array(True), streak, new_explicit, new_implicit), result
+
+        return jax.lax.cond(stiff, implicit, explicit)
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)

@@ -121,8 +121,9 @@ def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: f
             width = min(batch_size, -(-len(group) // len(devices)) * len(devices))
             for start in range(0, len(group), width):
                 batch = group[start:start + width]
-                for (i, flow, _), outcome in zip(batch, _solve_batch(plan, batch, width, mesh)):
-                    runs[i] = _record(configs[i], keys[i], out / keys[i], flow, plan, outcome)
+                resolved = plan.resolve(batch[0][1])  # one solver per group: same flow type and sizes
+                for (i, flow, _), outcome in zip(batch, _solve_batch(resolved, batch, width, mesh)):
+                    runs[i] = _record(configs[i], keys[i], out / keys[i], flow, resolved, outcome)
                 bar.update(len(batch))
     return [runs[i] for i in range(len(configs))]
 
