@@ -135,8 +135,17 @@ def singular_value_report(traj: flows.Trajectory) -> SingularValueReport:
                                min_relative_gap=float(np.min(gaps)))
 
 
-def effective_rank_by_depth(problem: flows.AbstractProblem, depths, scale: float, t1: float, ts=None,
+def effective_rank_by_depth(problem: flows.AbstractProblem, depths, end_to_end_scale: float, t1: float, ts=None,
                             **solve_options) -> dict[int, flows.Trajectory]:
-    """Deep flows of each depth from `scale` * identity factors; their trajectories carry `effective_rank`."""
-    return {depth: flows.solve(flows.Deep(problem, depth=depth), flows.Deep(problem, depth=depth).init(scale=scale),
-                               t1=t1, ts=ts, **solve_options) for depth in depths}
+    r"""Deep flows of each depth from identity factors $\alpha^{1/N} I$, so every depth starts at $W_0 = \alpha I$
+    ($\alpha$ = `end_to_end_scale`); their trajectories carry `effective_rank` over time.
+
+    Depth sharpens the bias towards low rank (Arora, Cohen, Hu, Luo 2019): singular values are picked up
+    one at a time, and the deeper the product, the lower the effective rank where it lands.
+    """
+    runs = {}
+    for depth in depths:
+        flow = flows.Deep(problem, depth=depth)
+        runs[depth] = flows.solve(flow, flow.init(scale=end_to_end_scale ** (1.0 / depth)), t1=t1, ts=ts,
+                                  **solve_options)
+    return runs
