@@ -122,9 +122,9 @@ class Plan:
         return cls(t1=t1, ts=ts, rtol=rtol, atol=atol, stop_loss=stop_loss, solver=solver,
                    controller=stepsize_controller, max_steps=max_steps, dt0=dt0)
 
-    def resolve(self, flow: AbstractFlow) -> "Plan":
+    def resolve(self, flow: AbstractFlow, batched: bool = False) -> "Plan":
         """Fill in the default solver (`default_solver`) and controller for this flow."""
-        solver = default_solver(flow, self.stop_loss) if self.solver is None else self.solver
+        solver = default_solver(flow, self.stop_loss, batched) if self.solver is None else self.solver
         controller = self.controller
         if controller is None:
             # The extrapolation's steps are accurate to high order but its dense output is cubic: let
@@ -182,18 +182,20 @@ STIFF_MAX_MEASUREMENTS = 1000
 costs an m x m eigendecomposition."""
 
 
-def default_solver(flow: AbstractFlow, stop_loss: float | None) -> diffrax.AbstractSolver:
-    """The solver `solve` uses when given none.
+def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = False) -> diffrax.AbstractSolver:
+    """The solver `solve` (and `sweep`) uses when given none.
 
     `Tsit5ThenExtrapolation` (Tsit5 until the run turns stiff, then the linearly implicit
     extrapolation) for a run into the convergence tail (`stop_loss` set, where these flows turn stiff)
     of a plain gradient flow (Direct, Symmetric, Factored, Deep: its Gauss-Newton linearisation is
     then the Hessian up to the residual term) with at most `STIFF_MAX_MEASUREMENTS` measurements;
-    Tsit5 otherwise.
+    Tsit5 otherwise. `batched` (runs under vmap, as in `sweep`): `LinearlyImplicitExtrapolation`
+    instead of the switching solver, since vmap turns its lax.cond into running both solvers at
+    every step.
     """
     plain = type(flow) in (Direct, Symmetric, Factored, Deep)
     if stop_loss is not None and plain and flow.problem.m <= STIFF_MAX_MEASUREMENTS:
-        return Tsit5ThenExtrapolation()
+        return LinearlyImplicitExtrapolation() if batched else Tsit5ThenExtrapolation()
     return diffrax.Tsit5()
 
 

@@ -121,7 +121,8 @@ def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: f
             width = min(batch_size, -(-len(group) // len(devices)) * len(devices))
             for start in range(0, len(group), width):
                 batch = group[start:start + width]
-                resolved = plan.resolve(batch[0][1])  # one solver per group: same flow type and sizes
+                # One solver per group (same flow type and sizes); the default depends on batching.
+                resolved = plan.resolve(batch[0][1], batched=width > 1)
                 for (i, flow, _), outcome in zip(batch, _solve_batch(resolved, batch, width, mesh)):
                     runs[i] = _record(configs[i], keys[i], out / keys[i], flow, resolved, outcome)
                 bar.update(len(batch))

@@ -31,7 +31,8 @@ def assert_matches_solve(run, **options):
     # a tenth of the solver's rtol).
     traj = run.load()
     flow, state0 = build(run.config)
-    alone = flows.solve(flow, state0, t1=T1, **options)
+    solver = {cls.__name__: cls for cls in flows.SOLVERS.values()}[traj.config["solver"]]()
+    alone = flows.solve(flow, state0, t1=T1, solver=solver, **options)
     np.testing.assert_allclose(traj.ts, alone.ts, rtol=1e-12)
     np.testing.assert_allclose(traj.W, alone.W, rtol=1e-9, atol=1e-9 * np.abs(alone.W).max())
     assert traj.stats["num_steps"] == alone.stats["num_steps"]
@@ -46,6 +47,8 @@ def test_sweep_solves_saves_and_resumes(tmp_path):
     runs = flows.sweep(build, configs, tmp_path, t1=T1, stop_loss=1e-6, batch_size=4, progress=False)
     assert [r.config for r in runs] == configs
     assert {r.status for r in runs} == {"done"}
+    # A batch into the tail (stop_loss) gets the stiff solver without the switch (see default_solver).
+    assert runs[0].load().config["solver"] == "LinearlyImplicitExtrapolation"
     for run in runs:
         assert_matches_solve(run, stop_loss=1e-6)
     before = mtimes(runs)
