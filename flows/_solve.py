@@ -136,7 +136,7 @@ class Plan:
 
     def arrays(self) -> tuple:
         """The traced arguments of `integrate` after (flow, state0)."""
-        return (jnp.asarray(self.t1), jnp.asarray(self.ts), self.dt0,
+        return (jnp.asarray(self.t1), jnp.asarray(self.ts), None if self.dt0 is None else jnp.asarray(self.dt0),
                 None if self.stop_loss is None else jnp.asarray(self.stop_loss))
 
     def static(self, progress: bool = False) -> dict:
