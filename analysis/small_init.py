@@ -4,8 +4,9 @@ Running to convergence. The fit happens in time $O(\log(1/\alpha))$, but the las
 exponential: a spurious eigen-direction of $W = U U^T$ of size $\sigma$ is pulled in at a rate proportional
 to $\sigma$ itself, so it decays like 1/t, and reaching $W_\infty$ to 1e-6 takes t ~ 1e5..1e7 while the
 fitted directions keep the problem stiff (explicit steps stay ~1e-3). `converge` therefore integrates in
-two legs: an explicit solver (Tsit5) until the loss falls below `head_loss`, then an implicit one
-(Kvaerno5, L-stable, steps growing with t) out to `t1`, saving at every decade. Its estimate of how far
+two legs: flows' default solver into a tail (Tsit5 switching to the linearly implicit extrapolation) until
+the loss falls below `head_loss`, then a stiff one (that extrapolation; Kvaerno5 for flows it cannot
+linearise) out to `t1`, steps growing with t, saving at every decade. Its estimate of how far
 the end point still is from $W_\infty$ is the change over the last decade (for a 1/t tail the remaining
 distance is a ninth of it).
 
@@ -36,6 +37,7 @@ import numpy as np
 
 import flows
 
+from .closed_form import CommutingReduced
 from .references import Reference
 
 
@@ -88,10 +90,14 @@ def converge(flow: flows.AbstractFlow, state0, *, t1: float = 1e8, head_loss: fl
              tail_solver: diffrax.AbstractSolver | None = None, max_steps: int = 1_000_000) -> Converged:
     """Run `flow` from `state0` to t1 in two legs (see the module docstring) and return its end point.
 
-    The tail leg restarts the clock (the flows are autonomous); `t_final` is the total time.
+    The tail leg restarts the clock (the flows are autonomous); `t_final` is the total time. Default
+    solvers: `flows.default_solver(flow, head_loss)` for the head; for the tail its stiff half where it
+    has one (plain gradient flows), else Kvaerno5 (a dense Jacobian: fine for small states only).
     """
-    head_solver = diffrax.Tsit5() if head_solver is None else head_solver
-    tail_solver = diffrax.Kvaerno5() if tail_solver is None else tail_solver
+    default = flows.default_solver(flow, head_loss)
+    head_solver = default if head_solver is None else head_solver
+    if tail_solver is None:
+        tail_solver = default.stiff_solver if isinstance(default, flows.Tsit5ThenExtrapolation) else diffrax.Kvaerno5()
     start = time.perf_counter()
     head = flows.solve(flow, state0, t1=head_t1, ts=np.array([0.0]), rtol=rtol, atol=atol, stop_loss=head_loss,
                        solver=head_solver, max_steps=max_steps)
@@ -170,23 +176,51 @@ def fitted_rate(alphas, distances) -> float:
 
 
 def sweep(flow: flows.AbstractFlow, alphas, references: dict[str, Reference], *, kind: str = "identity",
-          exponent: float | None = 4.0, **converge_options) -> Sweep:
+          certificate_exponent: float | None = None, **converge_options) -> Sweep:
     r"""Run `flow` from `flow.init(scale=alpha, kind=kind)` to convergence for each alpha.
 
     Measures the relative distance of $W_\infty(\alpha)$ to each reference and fits its rate in alpha. With
-    `exponent` set (4 for the symmetric flow), the flow also carries $s = \int r$ and the certificate
-    of `certificate` is built at each alpha; `exponent=None` skips it (the direct flow has none).
+    `certificate_exponent` set (4 for the symmetric flow), the flow carries $s = \int r$ (`ResidualIntegral`)
+    and the certificate of `certificate` is built at each alpha. That makes the tail's implicit solves
+    larger (state + m); for commuting problems `commuting_certificates` gets s far more cheaply.
     """
-    alphas = np.asarray(alphas, dtype=np.float64)
-    if alphas.ndim != 1 or alphas.size < 2 or np.any(np.diff(alphas) >= 0) or np.any(alphas <= 0):
-        raise ValueError("alphas must be a decreasing 1-d array of at least two positive scales")
-    carried = ResidualIntegral(flow) if exponent is not None else flow
+    alphas = _check_alphas(alphas)
+    carried = flow if certificate_exponent is None else ResidualIntegral(flow)
     runs, certificates = [], []
     for alpha in alphas:
         run = converge(carried, carried.init(scale=float(alpha), kind=kind), **converge_options)
         runs.append(run)
-        if exponent is not None:
-            certificates.append(certificate(flow.problem, run.W, run.state[1], float(alpha), exponent))
+        if certificate_exponent is not None:
+            certificates.append(certificate(flow.problem, run.W, run.state[1], float(alpha), certificate_exponent))
+    return _measure(alphas, runs, certificates, references)
+
+
+def commuting_certificates(problem: flows.CommutingProblem, alphas, references: dict[str, Reference] | None = None,
+                           **converge_options) -> Sweep:
+    r"""The symmetric flow from $\alpha^2 I$ on commuting measurements through its reduced ODE.
+
+    `closed_form.CommutingReduced` integrates $s = \int_0^t r$ itself (m numbers), so $s(\infty)$ and the
+    certificate come with the run at the cost of an m-dimensional solve; its $W_\infty = E W_0 E$ can be
+    compared with the full flow's.
+    """
+    alphas = _check_alphas(alphas)
+    runs, certificates = [], []
+    for alpha in alphas:
+        reduced = CommutingReduced(problem, float(alpha) ** 2 * np.eye(problem.shape[0]))
+        run = converge(reduced, reduced.init(), **converge_options)
+        runs.append(run)
+        certificates.append(certificate(problem, run.W, run.state, float(alpha), 4.0))
+    return _measure(alphas, runs, certificates, references or {})
+
+
+def _check_alphas(alphas) -> np.ndarray:
+    alphas = np.asarray(alphas, dtype=np.float64)
+    if alphas.ndim != 1 or alphas.size < 2 or np.any(np.diff(alphas) >= 0) or np.any(alphas <= 0):
+        raise ValueError("alphas must be a decreasing 1-d array of at least two positive scales")
+    return alphas
+
+
+def _measure(alphas, runs, certificates, references) -> Sweep:
     distances = {name: np.array([ref.distance(run.W) for run in runs]) for name, ref in references.items()}
     rates = {name: fitted_rate(alphas, d) for name, d in distances.items()}
     return Sweep(alphas=alphas, distances=distances, rates=rates, certificates=certificates, runs=runs,

@@ -98,19 +98,22 @@ def kernel_matrix(flow: AbstractParameterization, state: State) -> Float[Array, 
 class GaussNewton(eqx.Module):
     r"""The Gauss-Newton Hessian $H_J = M^T M$ at a linearisation point, ready to solve $(I + h H_J) x = b$.
 
-    `basis`, `eigenvalues`: $\Theta = Q \Lambda Q^T$; `point`: the flat state it was taken at.
+    `basis`, `eigenvalues`: $\Theta = Q \Lambda Q^T$; `point`: the flat state it was taken at; `step`: the
+    step size it was taken for.
     """
 
     flow: AbstractParameterization
     point: Float[Array, " p"]
     basis: Float[Array, "m m"]
     eigenvalues: Float[Array, " m"]
+    step: Float[Array, ""]
 
     @classmethod
-    def at(cls, flow: AbstractParameterization, point: Float[Array, " p"], unravel) -> "GaussNewton":
+    def at(cls, flow: AbstractParameterization, point: Float[Array, " p"], unravel, step=jnp.inf) -> "GaussNewton":
         eigenvalues, basis = jnp.linalg.eigh(kernel_matrix(flow, unravel(point)))
         # Theta is PSD; clip round-off so 1 + h lambda > 0 for every h.
-        return cls(flow=flow, point=point, basis=basis, eigenvalues=jnp.maximum(eigenvalues, 0.0))
+        return cls(flow=flow, point=point, basis=basis, eigenvalues=jnp.maximum(eigenvalues, 0.0),
+                   step=jnp.asarray(step, point.dtype))
 
     def solve(self, h, b: Float[Array, " p"], unravel) -> Float[Array, " p"]:
         r"""$(I + h M^T M)^{-1} b = b - M^T Q \,\mathrm{diag}(h / (1 + h\lambda))\, Q^T M b$."""
@@ -137,14 +140,19 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
     Each step of size $\Delta t$ runs j substeps of $(I + h_j H_J)(y_{i+1} - y_i) = h_j F(y_i)$,
     $h_j = \Delta t / j$, for j = 1..`columns`, and extrapolates (Aitken-Neville) to order `columns`;
     the difference to order `columns` - 1 is the error estimate. $H_J$ is re-linearised when the
-    state has moved by more than `refresh` (relative, in the 2-norm) since it was last taken.
+    state has moved by more than `refresh` (relative, in the 2-norm) since it was last taken, or when
+    $\Delta t$ has grown by more than the factor `growth` since then: the W-method stays stable while
+    $\Delta t \,\|H - H_J\|$ is small, and in an algebraic tail the small curvatures drift by large
+    factors while the state moves by far less than `refresh` (a Hessian eigenvalue of 1e-4 falling to
+    1e-5 moves the state by ~1e-4) as the steps grow with t.
     Dense output is cubic Hermite, far less accurate than the steps: `flows.solve` makes the steps
     land on the save times (diffrax's `step_ts`) unless given a step-size controller. Costs per step: columns (columns - 1) / 2 + 1 vector-field
     evaluations and columns (columns + 1) / 2 Gauss-Newton solves.
     """
 
     columns: int = eqx.field(static=True, default=8)
-    refresh: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-3)
+    refresh: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-4)
+    growth: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=2.0)
 
     term_structure = diffrax.ODETerm
     interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation
@@ -156,7 +164,7 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
         flow = _flow_of(terms)
         point, unravel = ravel_pytree(y0)
         f0 = ravel_pytree(terms.vf(t0, y0, args))[0]
-        return f0, GaussNewton.at(flow, point, unravel), jnp.array(1)
+        return f0, GaussNewton.at(flow, point, unravel, t1 - t0), jnp.array(1)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         flow = _flow_of(terms)
@@ -164,14 +172,14 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
         y0_flat, unravel = ravel_pytree(y0)
         if made_jump is not False:
             f0 = jax.lax.cond(made_jump, lambda: ravel_pytree(terms.vf(t0, y0, args))[0], lambda: f0)
-        moved = jnp.linalg.norm(y0_flat - linear.point) > self.refresh * jnp.linalg.norm(y0_flat)
-        linear, count = jax.lax.cond(moved, lambda: (GaussNewton.at(flow, y0_flat, unravel), count + 1),
+        dt = t1 - t0
+        stale = (jnp.linalg.norm(y0_flat - linear.point) > self.refresh * jnp.linalg.norm(y0_flat)) | (
+            dt > self.growth * linear.step)
+        linear, count = jax.lax.cond(stale, lambda: (GaussNewton.at(flow, y0_flat, unravel, dt), count + 1),
                                      lambda: (linear, count))
 
         def vf(t, y):
             return ravel_pytree(terms.vf(t, unravel(y), args))[0]
-
-        dt = t1 - t0
 
         def column(j, previous):
             """Row j of the Aitken-Neville tableau from j substeps of size dt / j and row j - 1."""
@@ -245,7 +253,7 @@ class Tsit5ThenExtrapolation(diffrax.AbstractAdaptiveSolver):
         m = flow.problem.m
         # No linearisation yet: an infinitely distant point makes the first stiff step take one.
         linear = GaussNewton(flow=flow, point=jnp.full_like(point, jnp.inf), basis=jnp.zeros((m, m)),
-                             eigenvalues=jnp.zeros(m))
+                             eigenvalues=jnp.zeros(m), step=jnp.asarray(jnp.inf, point.dtype))
         explicit = diffrax.Tsit5().init(terms, t0, t1, y0, args)
         f0 = ravel_pytree(terms.vf(t0, y0, args))[0]
         return jnp.array(False), jnp.array(0), explicit, (f0, linear, jnp.array(0))
