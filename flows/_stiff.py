@@ -115,6 +115,13 @@ class GaussNewton(eqx.Module):
         return cls(flow=flow, point=point, basis=basis, eigenvalues=jnp.maximum(eigenvalues, 0.0),
                    step=jnp.asarray(step, point.dtype))
 
+    @classmethod
+    def pending(cls, flow: AbstractParameterization, point: Float[Array, " p"]) -> "GaussNewton":
+        """No linearisation yet (its step is NaN): the first step takes one."""
+        m = flow.problem.m
+        return cls(flow=flow, point=point, basis=jnp.zeros((m, m), point.dtype),
+                   eigenvalues=jnp.zeros(m, point.dtype), step=jnp.asarray(jnp.nan, point.dtype))
+
     def solve(self, h, b: Float[Array, " p"], unravel) -> Float[Array, " p"]:
         r"""$(I + h M^T M)^{-1} b = b - M^T Q \,\mathrm{diag}(h / (1 + h\lambda))\, Q^T M b$."""
         flow = self.flow
@@ -161,22 +168,20 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
         return self.columns
 
     def init(self, terms, t0, t1, y0, args):
-        flow = _flow_of(terms)
-        point, unravel = ravel_pytree(y0)
+        point, _ = ravel_pytree(y0)
         f0 = ravel_pytree(terms.vf(t0, y0, args))[0]
-        return f0, GaussNewton.at(flow, point, unravel, t1 - t0), jnp.array(1)
+        return f0, GaussNewton.pending(_flow_of(terms), point)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         flow = _flow_of(terms)
-        f0, linear, count = solver_state
+        f0, linear = solver_state
         y0_flat, unravel = ravel_pytree(y0)
         if made_jump is not False:
             f0 = jax.lax.cond(made_jump, lambda: ravel_pytree(terms.vf(t0, y0, args))[0], lambda: f0)
         dt = t1 - t0
-        stale = (jnp.linalg.norm(y0_flat - linear.point) > self.refresh * jnp.linalg.norm(y0_flat)) | (
-            dt > self.growth * linear.step)
-        linear, count = jax.lax.cond(stale, lambda: (GaussNewton.at(flow, y0_flat, unravel, dt), count + 1),
-                                     lambda: (linear, count))
+        stale = (jnp.isnan(linear.step) | (dt > self.growth * linear.step)
+                 | (jnp.linalg.norm(y0_flat - linear.point) > self.refresh * jnp.linalg.norm(y0_flat)))
+        linear = jax.lax.cond(stale, lambda: GaussNewton.at(flow, y0_flat, unravel, dt), lambda: linear)
 
         def vf(t, y):
             return ravel_pytree(terms.vf(t, unravel(y), args))[0]
@@ -198,7 +203,7 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
         error = table[-1] - table[-2]
         f1 = vf(t1, y1)
         dense_info = dict(y0=y0, y1=unravel(y1), k0=unravel(dt * f0), k1=unravel(dt * f1))
-        return unravel(y1), unravel(error), dense_info, (f1, linear, count), diffrax.RESULTS.successful
+        return unravel(y1), unravel(error), dense_info, (f1, linear), diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
@@ -248,15 +253,9 @@ class Tsit5ThenExtrapolation(diffrax.AbstractAdaptiveSolver):
         return 5
 
     def init(self, terms, t0, t1, y0, args):
-        flow = _flow_of(terms)
-        point, _ = ravel_pytree(y0)
-        m = flow.problem.m
-        # No linearisation yet: an infinitely distant point makes the first stiff step take one.
-        linear = GaussNewton(flow=flow, point=jnp.full_like(point, jnp.inf), basis=jnp.zeros((m, m)),
-                             eigenvalues=jnp.zeros(m), step=jnp.asarray(jnp.inf, point.dtype))
         explicit = diffrax.Tsit5().init(terms, t0, t1, y0, args)
-        f0 = ravel_pytree(terms.vf(t0, y0, args))[0]
-        return jnp.array(False), jnp.array(0), explicit, (f0, linear, jnp.array(0))
+        implicit = self.stiff_solver.init(terms, t0, t1, y0, args)
+        return jnp.array(False), jnp.array(0), explicit, implicit
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         stiff, streak, explicit_state, implicit_state = solver_state

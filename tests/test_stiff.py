@@ -54,17 +54,17 @@ def test_kernel_and_solve_match_dense_gauss_newton(name):
 
 def test_order_holds_with_a_frozen_jacobian():
     # Fixed steps dt = T/4, T/8 on a short non-stiff stretch: the error falls like dt^columns, also when
-    # the Gauss-Newton matrix is never re-linearised (refresh = inf): the W-method property.
+    # the Gauss-Newton matrix is never re-linearised (refresh = growth = inf): the W-method property.
     columns = 4
     flow = flows.Symmetric(_sensing())
     state0 = flow.init(scale=0.3, kind="gaussian", seed=1)
     T = 0.02
     exact = flows.solve(flow, state0, t1=T, ts=[T], rtol=1e-13, atol=1e-15).W[-1]
-    for refresh in (1e-3, float("inf")):
+    for refresh, growth in ((1e-3, 2.0), (float("inf"), float("inf"))):
         errors = []
         for n in (4, 8):
             traj = flows.solve(flow, state0, t1=T, ts=[T], stepsize_controller=diffrax.ConstantStepSize(), dt0=T / n,
-                               solver=flows.LinearlyImplicitExtrapolation(columns=columns, refresh=refresh))
+                               solver=flows.LinearlyImplicitExtrapolation(columns=columns, refresh=refresh, growth=growth))
             errors.append(np.linalg.norm(traj.W[-1] - exact) / np.linalg.norm(exact))
         assert np.log2(errors[0] / errors[1]) > columns - 0.4, (refresh, errors)
 
