@@ -87,3 +87,13 @@ def test_direct_flow_limit_is_linear_in_alpha(direct_problem):
 def test_sweep_rejects_bad_alphas(direct_problem):
     with pytest.raises(ValueError, match="alphas"):
         small_init.sweep(flows.Direct(direct_problem), [1e-3, 1e-2], {})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sensing_limit_on_other_draws(seed):
+    """Not a property of one draw: the same setting with other seeds, alpha = 1e-2 and 1e-6."""
+    problem = flows.sensing(n=30, m=180, rank=2, seed=seed)
+    sweep = small_init.sweep(flows.Symmetric(problem), [1e-2, 1e-6], {"nuclear": references.min_nuclear_psd(problem)})
+    distances = sweep.distances["nuclear"]
+    assert distances[1] <= 1e-4 and distances[1] < distances[0], distances
