@@ -35,6 +35,11 @@ import numpy as np
 import flows
 
 
+# A SolverError: past --max-steps. A TypeError: the matrix-free Kvaerno5 does not trace with these
+# versions (diffrax 0.7.2's VeryChord applies stop_gradient to lineax GMRES's state, which holds a jaxpr).
+UNUSABLE = (flows.SolverError, TypeError)
+
+
 def candidates() -> dict:
     gmres = diffrax.VeryChord(rtol=1e-8, atol=1e-10, linear_solver=lx.GMRES(rtol=1e-10, atol=1e-12, restart=50))
     out = {
@@ -69,8 +74,8 @@ def main(argv=None) -> int:
             try:
                 budget = 100 * args.max_steps if name == "Tsit5" else args.max_steps
                 outcome, seconds = H.clock(lambda: H.run_flows(setting, solver, max_steps=budget))
-            except flows.SolverError as err:
-                print(f"{name:<40} failed: {str(err)[:100]}", flush=True)
+            except UNUSABLE as err:
+                print(f"{name:<40} failed: {type(err).__name__}: {str(err)[:100]}", flush=True)
                 del todo[name]
                 continue
             outcomes[name] = outcome
@@ -104,8 +109,8 @@ def tail(args) -> int:
         run = lambda: flows.solve(flow, start, t1=t1, ts=[t1], solver=solver, max_steps=args.max_steps, **tol)  # noqa: E731
         try:
             traj, first = H.clock(run)
-        except flows.SolverError:
-            print(f"{name:<44}{'-':>9}{'> ' + str(args.max_steps):>8}", flush=True)
+        except UNUSABLE as err:
+            print(f"{name:<44} failed: {type(err).__name__}: {str(err)[:100]}", flush=True)
             continue
         seconds = min(H.clock(run)[1] for _ in range(args.repeats)) if first < 60 else first
         print(f"{name:<44}{seconds:9.3f}{traj.stats['num_steps']:8d}{traj.stats['num_rejected_steps']:9d}"
