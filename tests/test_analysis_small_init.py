@@ -56,6 +56,9 @@ def test_sensing_limit_is_min_nuclear():
     sweep = small_init.sweep(flows.Symmetric(problem), ALPHAS, {"nuclear": nuclear})
     for run in sweep.runs:
         assert run.last_decade_change < 1e-9 and run.loss < 1e-20, run.describe()
+        # ~100 steps from loss 1e-6 to t = 1e8; a stale Gauss-Newton matrix (the extrapolation's
+        # re-linearisation rule broken) takes 1e3..1e4 here (benchmarks/README.md, the small-init tail).
+        assert run.steps["tail"] < 1000, run.describe()
     assert sweep.monotone("nuclear"), sweep.distances["nuclear"]
     assert sweep.distances["nuclear"][at(sweep, 1e-6)] <= 1e-4
     assert sweep.rates["nuclear"] > 0.5
