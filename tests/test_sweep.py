@@ -73,6 +73,19 @@ def test_sweep_solves_saves_and_resumes(tmp_path):
     assert not {r.key for r in other} & {r.key for r in runs}
 
 
+def test_cpu_default_is_one_run_at_a_time_without_vmap(tmp_path):
+    """On one CPU device the default batch is one run, solved as `solve` solves it: the switching
+    solver (which batched runs do not get) and the same result to the last bit."""
+    configs = flows.grid(alpha=[1e-2, 1e-1])
+    runs = flows.sweep(build, configs, tmp_path, t1=T1, stop_loss=1e-6, progress=False)
+    for run in runs:
+        traj = run.load()
+        assert traj.config["solver"] == "Tsit5ThenExtrapolation"
+        flow, state0 = build(run.config)
+        alone = flows.solve(flow, state0, t1=T1, stop_loss=1e-6)
+        np.testing.assert_array_equal(traj.W, alone.W)
+
+
 def test_shapes_batch_apart(tmp_path):
     # Depth and size change the state's structure and shapes: one batch each, same answers as solve.
     configs = [{"alpha": 0.3, "depth": 1, "n": 4}, {"alpha": 0.3, "depth": 3, "n": 5}]
