@@ -189,7 +189,7 @@ def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = 
     extrapolation) for a run into the convergence tail (`stop_loss` set, where these flows turn stiff)
     of a plain gradient flow (Direct, Symmetric, Factored, Deep: its Gauss-Newton linearisation is
     then the Hessian up to the residual term) with at most `STIFF_MAX_MEASUREMENTS` measurements;
-    Tsit5 otherwise. `batched` (runs under vmap, as in `sweep`): `LinearlyImplicitExtrapolation`
+    Tsit5 otherwise. `batched` (runs under vmap: `sweep`'s batches of several): `LinearlyImplicitExtrapolation`
     instead of the switching solver, since vmap turns its lax.cond into running both solvers at
     every step.
     """
