@@ -25,6 +25,8 @@ from jaxtyping import Array, Float
 import flows
 from flows._validate import check_finite, check_positive_int
 
+from ._carried import AbstractCarried
+
 
 def _psd_power(M, p):
     r"""$M^p$ for symmetric PSD M via eigh (round-off negatives clipped; $M^0 = I$)."""
@@ -72,7 +74,7 @@ class EndToEnd(flows.AbstractFlow):
         return {"flow": "EndToEnd", "depth": self.depth}
 
 
-class WithSingularValues(flows.AbstractFlow):
+class WithSingularValues(AbstractCarried):
     r"""The deep factor flow with the singular-value ODE integrated alongside: state (factors, sigma).
 
     $\sigma_k' = -N \sigma_k^{2-2/N} \langle \nabla L(W), u_k v_k^T \rangle$, with $u_k, v_k$ the singular
@@ -80,14 +82,9 @@ class WithSingularValues(flows.AbstractFlow):
     distinct; sigma starts at the singular values of the initial product, in descending order.
     """
 
-    flow: flows.Deep
-    problem: flows.AbstractProblem
-
-    def __init__(self, flow: flows.Deep):
-        if not isinstance(flow, flows.Deep):
-            raise ValueError(f"flow must be a Deep flow; got {type(flow).__name__}")
-        self.flow = flow
-        self.problem = flow.problem
+    def __check_init__(self):
+        if not isinstance(self.flow, flows.Deep):
+            raise ValueError(f"flow must be a Deep flow; got {type(self.flow).__name__}")
 
     def init(self, scale=1e-3, kind="balanced", seed=0):
         return self.state(self.flow.init(scale=scale, kind=kind, seed=seed))
@@ -96,22 +93,11 @@ class WithSingularValues(flows.AbstractFlow):
         """The joint state of given factors: sigma from the singular values of their product."""
         return factors, jnp.linalg.svd(self.flow.product(factors), compute_uv=False)
 
-    def product(self, state):
-        return self.flow.product(state[0])
-
-    def vector_field(self, t, state, args):
-        factors, sigma = state
-        W = self.flow.product(factors)
+    def carried_field(self, W, sigma):
         U, _, Vt = jnp.linalg.svd(W, full_matrices=False)
         drive = jnp.einsum("ik,ij,kj->k", U, self.problem.grad(W), Vt)
         N = self.flow.depth
-        return self.flow.vector_field(t, factors, args), -N * sigma ** (2.0 - 2.0 / N) * drive
-
-    def conserved(self, state):
-        return self.flow.conserved(state[0])
-
-    def describe(self):
-        return {"flow": "WithSingularValues", "inner": self.flow.describe()}
+        return -N * sigma ** (2.0 - 2.0 / N) * drive
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,35 +37,19 @@ import numpy as np
 
 import flows
 
+from ._carried import AbstractCarried
 from .closed_form import CommutingReduced
 from .references import Reference
 
 
-class ResidualIntegral(flows.AbstractFlow):
+class ResidualIntegral(AbstractCarried):
     r"""A flow augmented with $s(t) = \int_0^t r(\tau)\,d\tau$: state (inner state, s), $s' = r(W)$."""
-
-    flow: flows.AbstractFlow
-    problem: flows.AbstractProblem
-
-    def __init__(self, flow: flows.AbstractFlow):
-        self.flow = flow
-        self.problem = flow.problem
 
     def init(self, scale=1e-3, kind="identity", seed=0):
         return self.flow.init(scale=scale, kind=kind, seed=seed), jnp.zeros(self.problem.m)
 
-    def product(self, state):
-        return self.flow.product(state[0])
-
-    def vector_field(self, t, state, args):
-        inner, _ = state
-        return self.flow.vector_field(t, inner, args), self.problem.residual(self.flow.product(inner))
-
-    def conserved(self, state):
-        return self.flow.conserved(state[0])
-
-    def describe(self):
-        return {"flow": "ResidualIntegral", "inner": self.flow.describe()}
+    def carried_field(self, W, s):
+        return self.problem.residual(W)
 
 
 @dataclasses.dataclass(frozen=True)
