@@ -17,7 +17,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/gradflow run --problem sensing --n 20 --m 120 --rank 2 --flow symmetric \
+	$(BIN)/gradflow run --problem sensing --n 20 --m 120 --rank 2 --parameterization symmetric \
 	    --scale 1e-3 --t1 100 --quiet --out runs/demo --figure figures/demo.png
 
 test: $(STAMP)

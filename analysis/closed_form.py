@@ -16,7 +16,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 import flows
-from flows._validate import check_finite
+
+from ._bases import AbstractFromMatrix, checked_matrix
 
 
 def direct_flow(problem: flows.AbstractProblem, W0: Float[Array, "n1 n2"], ts) -> Float[Array, "T n1 n2"]:
@@ -40,7 +41,7 @@ def direct_flow(problem: flows.AbstractProblem, W0: Float[Array, "n1 n2"], ts) -
     return jax.vmap(at)(jnp.asarray(ts))
 
 
-class CommutingReduced(flows.AbstractFlow):
+class CommutingReduced(AbstractFromMatrix):
     r"""The symmetric flow on commuting measurements, reduced to $s(t) = \int_0^t r(\tau)\,d\tau \in \mathbb{R}^m$.
 
     With $A_i = Q \operatorname{diag}(d_i) Q^T$ every $S(t) = \mathcal{A}^*(r(t))$ is diagonal in Q, so the
@@ -61,17 +62,12 @@ class CommutingReduced(flows.AbstractFlow):
     def __init__(self, problem: flows.CommutingProblem, W0: Float[Array, "n n"]):
         if not isinstance(problem, flows.CommutingProblem):
             raise ValueError(f"problem must be a CommutingProblem; got {type(problem).__name__}")
-        W0 = np.asarray(W0, dtype=np.float64)
-        if W0.shape != problem.shape:
-            raise ValueError(f"W0 must have shape {problem.shape}; got {W0.shape}")
-        check_finite("W0", W0)
+        W0 = checked_matrix("W0", W0, problem.shape)
         self.problem = problem
         self.rotated0 = problem.basis.T @ jnp.asarray(W0) @ problem.basis
 
-    def init(self, scale=None, kind=None, seed=None):
-        """s(0) = 0. The initial matrix is `W0` of the constructor; the arguments must be left unset."""
-        if scale is not None or kind is not None or seed is not None:
-            raise ValueError("CommutingReduced starts from the W0 given at construction; init takes no arguments")
+    def start(self):
+        """s(0) = 0 (the initial matrix is the constructor's W0)."""
         return jnp.zeros(self.problem.m)
 
     def _exponent(self, s):
@@ -82,7 +78,7 @@ class CommutingReduced(flows.AbstractFlow):
         Q = self.problem.basis
         return Q @ (e[:, None] * self.rotated0 * e[None, :]) @ Q.T
 
-    def vector_field(self, t, s, args):
+    def vector_field(self, t, s):
         return self.problem.spectra @ (jnp.exp(2.0 * self._exponent(s)) * jnp.diagonal(self.rotated0)) - self.problem.y
 
     def describe(self):

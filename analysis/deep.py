@@ -23,22 +23,17 @@ import numpy as np
 from jaxtyping import Array, Float
 
 import flows
-from flows._validate import check_finite, check_positive_int
 
-from ._carried import AbstractCarried
-
-
-def _psd_power(M, p):
-    r"""$M^p$ for symmetric PSD M via eigh (round-off negatives clipped; $M^0 = I$)."""
-    lam, V = jnp.linalg.eigh(M)
-    return (V * jnp.power(jnp.clip(lam, 0.0), p)) @ V.T
+from ._bases import AbstractCarried, AbstractFromMatrix, checked_matrix
+from ._linalg import psd_power
 
 
-class EndToEnd(flows.AbstractFlow):
+class EndToEnd(AbstractFromMatrix):
     r"""The end-to-end ODE of a depth-N product from a balanced start; the state is W, from `W0`.
 
-    $W' = -\sum_{j=1}^N (W W^T)^{(j-1)/N} \nabla L(W) (W^T W)^{(N-j)/N}$ (fractional powers by eigh, which
-    needs no derivative: the ODE is integrated with explicit solvers). Depth 1 is the direct flow.
+    $W' = -\sum_{j=1}^N (W W^T)^{(j-1)/N} \nabla L(W) (W^T W)^{(N-j)/N}$ (fractional powers by eigh with the
+    round-off eigenvalues of a singular W set to exact zeros, `psd_power`; no derivative is needed: the ODE
+    is integrated with explicit solvers). Depth 1 is the direct flow.
     """
 
     problem: flows.AbstractProblem
@@ -46,29 +41,25 @@ class EndToEnd(flows.AbstractFlow):
     depth: int = eqx.field(static=True)
 
     def __init__(self, problem: flows.AbstractProblem, depth: int, W0: Float[Array, "n1 n2"]):
-        check_positive_int("depth", depth)
-        W0 = np.asarray(W0, dtype=np.float64)
-        if W0.shape != problem.shape:
-            raise ValueError(f"W0 must have shape {problem.shape}; got {W0.shape}")
-        check_finite("W0", W0)
+        if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+            raise ValueError(f"depth must be a positive integer; got {depth!r}")
+        W0 = checked_matrix("W0", W0, problem.shape)
         self.problem = problem
         self.W0 = jnp.asarray(W0)
         self.depth = depth
 
-    def init(self, scale=None, kind=None, seed=None):
-        """W0 of the constructor (the product of a balanced factor state); the arguments must be left unset."""
-        if scale is not None or kind is not None or seed is not None:
-            raise ValueError("EndToEnd starts from the W0 given at construction; init takes no arguments")
+    def start(self):
+        """W0 of the constructor (the product of a balanced factor state)."""
         return self.W0
 
     def product(self, W):
         return W
 
-    def vector_field(self, t, W, args):
+    def vector_field(self, t, W):
         G = self.problem.grad(W)
         N = self.depth
         left, right = W @ W.T, W.T @ W
-        return -sum(_psd_power(left, (j - 1) / N) @ G @ _psd_power(right, (N - j) / N) for j in range(1, N + 1))
+        return -sum(psd_power(left, (j - 1) / N) @ G @ psd_power(right, (N - j) / N) for j in range(1, N + 1))
 
     def describe(self):
         return {"flow": "EndToEnd", "depth": self.depth}
@@ -83,20 +74,23 @@ class WithSingularValues(AbstractCarried):
     """
 
     def __check_init__(self):
-        if not isinstance(self.flow, flows.Deep):
-            raise ValueError(f"flow must be a Deep flow; got {type(self.flow).__name__}")
+        # The ODE is that of gradient flow of the data loss through a deep product.
+        if not (isinstance(self.flow, flows.Flow) and isinstance(self.flow.parameterization, flows.Deep)
+                and self.flow.linearisable):
+            raise ValueError("flow must be the gradient flow of a Deep product without a penalty; got "
+                             f"{self.flow.describe() if isinstance(self.flow, flows.Flow) else type(self.flow).__name__}")
 
     def init(self, scale=1e-3, kind="balanced", seed=0):
-        return self.state(self.flow.init(scale=scale, kind=kind, seed=seed))
+        return super().init(scale=scale, kind=kind, seed=seed)
 
-    def state(self, factors):
-        """The joint state of given factors: sigma from the singular values of their product."""
-        return factors, jnp.linalg.svd(self.flow.product(factors), compute_uv=False)
+    def carried_init(self, factors):
+        """sigma(0): the singular values of the initial product."""
+        return jnp.linalg.svd(self.flow.product(factors), compute_uv=False)
 
     def carried_field(self, W, sigma):
         U, _, Vt = jnp.linalg.svd(W, full_matrices=False)
         drive = jnp.einsum("ik,ij,kj->k", U, self.problem.grad(W), Vt)
-        N = self.flow.depth
+        N = self.flow.parameterization.depth
         return -N * sigma ** (2.0 - 2.0 / N) * drive
 
 
@@ -131,7 +125,7 @@ def effective_rank_by_depth(problem: flows.AbstractProblem, depths, end_to_end_s
     """
     runs = {}
     for depth in depths:
-        flow = flows.Deep(problem, depth=depth)
+        flow = flows.Flow(problem, flows.Deep(depth=depth))
         runs[depth] = flows.solve(flow, flow.init(scale=end_to_end_scale ** (1.0 / depth)), t1=t1, ts=ts,
                                   **solve_options)
     return runs

@@ -37,9 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import flows
-from flows._problems import _low_rank_truth
 
 from . import references
+from ._linalg import psd_power
 
 
 def weights(problem: flows.AbstractProblem) -> tuple[np.ndarray, np.ndarray]:
@@ -51,12 +51,8 @@ def weights(problem: flows.AbstractProblem) -> tuple[np.ndarray, np.ndarray]:
         cols = np.bincount(np.asarray(problem.cols), minlength=d2)
         return np.diag(np.sqrt(rows / (m * d2))), np.diag(np.sqrt(cols / (m * d1)))
     A = np.asarray(problem.matrices())
-    return _sqrtm(np.einsum("mij,mkj->ik", A, A) / (m * d2)), _sqrtm(np.einsum("mji,mjk->ik", A, A) / (m * d1))
-
-
-def _sqrtm(M):
-    lam, V = np.linalg.eigh(M)
-    return (V * np.sqrt(np.clip(lam, 0.0, None))) @ V.T
+    return (np.asarray(psd_power(jnp.asarray(np.einsum("mij,mkj->ik", A, A) / (m * d2)), 0.5)),
+            np.asarray(psd_power(jnp.asarray(np.einsum("mji,mjk->ik", A, A) / (m * d1)), 0.5)))
 
 
 def _objective(problem):
@@ -133,7 +129,7 @@ def nonuniform_completion(n: int, m: int, rank: int, seed: int = 0, skew: float 
     without replacement with probability proportional to p_j q_k, p and q rising geometrically by a factor
     `skew` from the first to the last row (column). skew = 1 is uniform sampling."""
     rng = np.random.default_rng(seed)
-    truth = _low_rank_truth(rng, n, n, rank, symmetric=False, truth_norm=1.0)
+    truth = flows.low_rank_truth(rng, n, n, rank, symmetric=False, truth_norm=1.0)
     rate = np.geomspace(1.0, skew, n)
     p = np.outer(rate, rate).ravel()
     flat = np.sort(rng.choice(n * n, size=m, replace=False, p=p / p.sum()))

@@ -37,7 +37,7 @@ import numpy as np
 
 import flows
 
-from ._carried import AbstractCarried
+from ._bases import AbstractCarried
 from .closed_form import CommutingReduced
 from .references import Reference
 
@@ -45,8 +45,9 @@ from .references import Reference
 class ResidualIntegral(AbstractCarried):
     r"""A flow augmented with $s(t) = \int_0^t r(\tau)\,d\tau$: state (inner state, s), $s' = r(W)$."""
 
-    def init(self, scale=1e-3, kind="identity", seed=0):
-        return self.flow.init(scale=scale, kind=kind, seed=seed), jnp.zeros(self.problem.m)
+    def carried_init(self, inner_state):
+        """s(0) = 0."""
+        return jnp.zeros(self.problem.m)
 
     def carried_field(self, W, s):
         return self.problem.residual(W)

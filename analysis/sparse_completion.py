@@ -63,17 +63,14 @@ PENALTY_NAMES = ("none", "nuclear", "ratio")
 def build(settings: Settings, parameterization: str, dynamics: str, penalty: str):
     """The flow and its initial state for one cell of the table."""
     problem = flows.completion(n=settings.n, m=settings.m, rank=settings.rank, seed=settings.seed)
-    if parameterization == "UU^T":
-        flow, scale = flows.Symmetric(problem), settings.symmetric_scale
-    else:
-        flow, scale = flows.Deep(problem, depth=settings.depth), settings.deep_scale
-    if penalty == "nuclear":
-        flow = flows.Penalized(flow, flows.Nuclear(eps=settings.nuclear_eps), settings.strength)
-    elif penalty == "ratio":
-        flow = flows.Penalized(flow, flows.Ratio(eps=settings.ratio_eps, delta=settings.ratio_delta), settings.strength)
-    if dynamics == "Adam flow":
-        flow = flows.Adam(flow, a=settings.a, b=settings.b, eps=settings.adam_eps)
-    return flow, flow.init(scale=scale, kind="identity")
+    deep = parameterization != "UU^T"
+    penalties = {"none": None, "nuclear": flows.Nuclear(eps=settings.nuclear_eps),
+                 "ratio": flows.Ratio(eps=settings.ratio_eps, delta=settings.ratio_delta)}
+    flow = flows.Flow(problem, flows.Deep(depth=settings.depth) if deep else flows.Symmetric(),
+                      penalty=penalties[penalty], strength=None if penalty == "none" else settings.strength,
+                      dynamics=flows.Adam(a=settings.a, b=settings.b, eps=settings.adam_eps)
+                      if dynamics == "Adam flow" else flows.GradientFlow())
+    return flow, flow.init(scale=settings.deep_scale if deep else settings.symmetric_scale, kind="identity")
 
 
 def run(settings: Settings = SETTINGS, log=sys.stderr) -> list[dict]:

@@ -61,7 +61,7 @@ class Setting:
 
 def sensing_setting(alpha: float, n: int = 30, m: int = 180, rank: int = 2, seed: int = 0) -> Setting:
     """Issue 2's setting: symmetric Gaussian sensing, W = U U^T from U_0 = alpha I."""
-    flow = flows.Symmetric(flows.sensing(n=n, m=m, rank=rank, seed=seed))
+    flow = flows.Flow(flows.sensing(n=n, m=m, rank=rank, seed=seed), flows.Symmetric())
     return Setting(f"sensing n={n} m={m} r={rank} alpha={alpha:g}", flow, flow.init(scale=alpha),
                    ("sensing_setting", dict(alpha=alpha, n=n, m=m, rank=rank, seed=seed)))
 
@@ -69,7 +69,7 @@ def sensing_setting(alpha: float, n: int = 30, m: int = 180, rank: int = 2, seed
 def completion_setting(alpha: float, n: int = 100, m: int = 2000, rank: int = 5, depth: int = 3,
                        truth_norm: float = 1.0, seed: int = 0) -> Setting:
     """Arora et al.'s completion setting: a depth-N product from W_j(0) = alpha I."""
-    flow = flows.Deep(flows.completion(n=n, m=m, rank=rank, seed=seed, truth_norm=truth_norm), depth=depth)
+    flow = flows.Flow(flows.completion(n=n, m=m, rank=rank, seed=seed, truth_norm=truth_norm), flows.Deep(depth=depth))
     return Setting(f"completion n={n} m={m} r={rank} depth={depth} norm={truth_norm:g} alpha={alpha:g}",
                    flow, flow.init(scale=alpha), ("completion_setting", dict(alpha=alpha, n=n, m=m, rank=rank,
                                                                             depth=depth, truth_norm=truth_norm, seed=seed)))
@@ -144,18 +144,19 @@ class Counter:
         self.counts[name] = self.counts.get(name, 0) + 1
 
 
-def counting_flow(flow, counter: Counter):
-    """The same flow (same fields, same class behaviour) whose vector field bumps counter 'vf'."""
-    cls = type(flow)
+class _CountingGradientFlow(flows.GradientFlow):
+    """Gradient flow whose vector field bumps the counter's 'vf' (the counter rides along as a static field)."""
 
-    def vector_field(self, t, state, args):
-        counter.bump("vf")
-        return cls.vector_field(self, t, state, args)
+    counter: Counter = eqx.field(static=True)
 
-    counted = object.__new__(type(f"Counting{cls.__name__}", (cls,), {"vector_field": vector_field}))
-    for field in dataclasses.fields(flow):
-        object.__setattr__(counted, field.name, getattr(flow, field.name))
-    return counted
+    def vector_field(self, t, state, gradient):
+        self.counter.bump("vf")
+        return super().vector_field(t, state, gradient)
+
+
+def counting_flow(flow: flows.Flow, counter: Counter) -> flows.Flow:
+    """The same gradient flow with its vector-field evaluations counted."""
+    return flows.Flow(flow.problem, flow.parameterization, dynamics=_CountingGradientFlow(counter))
 
 
 def count_flows(setting: Setting, solver=None, ts=FINAL_ONLY, **kwargs) -> dict[str, int]:
@@ -191,7 +192,7 @@ class FlatField:
         x0, unravel = ravel_pytree(setting.state0)
         self.x0 = np.asarray(x0)
         self.unravel = unravel
-        field = lambda x: ravel_pytree(flow.vector_field(0.0, unravel(x), None))[0]  # noqa: E731
+        field = lambda x: ravel_pytree(flow.vector_field(0.0, unravel(x)))[0]  # noqa: E731
         self._f = jax.jit(field)
         self._jac = jax.jit(jax.jacfwd(field))
         self._loss = jax.jit(lambda x: flow.loss(unravel(x)))
@@ -324,7 +325,7 @@ def unit_costs(setting: Setting, repeats: int = 2000) -> dict[str, float]:
 
     @eqx.filter_jit
     def evaluations(flow, point, k):
-        field = lambda i, x: x + 1e-12 * ravel_pytree(flow.vector_field(0.0, unravel(x), None))[0]  # noqa: E731
+        field = lambda i, x: x + 1e-12 * ravel_pytree(flow.vector_field(0.0, unravel(x)))[0]  # noqa: E731
         return jax.lax.fori_loop(0, k, field, point)
 
     @eqx.filter_jit
@@ -347,23 +348,13 @@ def unit_costs(setting: Setting, repeats: int = 2000) -> dict[str, float]:
 
 
 # -- gradient descent ------------------------------------------------------------------------------
-@eqx.filter_jit
-def _descend(flow, state0, step, segments):
-    """Gradient descent theta <- theta - step * grad = theta + step * F(theta) (explicit Euler on the
-    flow), `segments[k]` steps between checkpoints; returns W at each checkpoint and the last state."""
-    def segment(state, count):
-        state = jax.lax.fori_loop(
-            0, count, lambda i, s: jax.tree.map(lambda a, g: a + step * g, s, flow.vector_field(0.0, s, None)), state)
-        return state, flow.product(state)
-
-    return jax.lax.scan(segment, state0, segments)
-
-
 def descend(setting: Setting, step: float, iterations: np.ndarray):
-    """W after each of the increasing iteration counts `iterations`, and the final state."""
-    segments = np.diff(np.concatenate([[0], iterations])).astype(np.int64)
-    state, Ws = _descend(setting.flow, setting.state0, jnp.asarray(step), jnp.asarray(segments))
-    return np.asarray(Ws), state
+    """Gradient descent (`flows.descend`): W after each of the increasing iteration counts `iterations`, and
+    the final state."""
+    iterations = np.asarray(iterations)
+    traj = flows.descend(setting.flow, setting.state0, step=step, t1=float(iterations[-1] * step),
+                         ts=iterations * step, chunk=10_000_000)
+    return traj.W, jax.tree.map(lambda x: x[-1], traj.states)
 
 
 if __name__ == "__main__":  # the child of run_scipy_apart

@@ -40,7 +40,7 @@ def one(n: int, t1: float, stop_loss: float | None, max_steps: int, solver: str)
 
     import flows
 
-    flow = flows.Symmetric(flows.completion(n=n, m=measurements(n), rank=RANK, seed=0))
+    flow = flows.Flow(flows.completion(n=n, m=measurements(n), rank=RANK, seed=0), flows.Symmetric())
     state0 = flow.init(scale=1e-3)
     kwargs = dict(t1=t1, stop_loss=stop_loss, max_steps=max_steps, ts=[0.0, t1],
                   solver=None if solver == "default" else flows.solver_by_name(solver))

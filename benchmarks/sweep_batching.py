@@ -25,7 +25,7 @@ ALPHAS = (5e-3, 1e-2, 2e-2, 3e-2)
 
 
 def build(config):
-    flow = flows.Symmetric(flows.sensing(n=30, m=180, rank=2, seed=0))
+    flow = flows.Flow(flows.sensing(n=30, m=180, rank=2, seed=0), flows.Symmetric())
     return flow, flow.init(scale=config["alpha"])
 
 

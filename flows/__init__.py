@@ -1,7 +1,11 @@
 """gradflow's simulator: gradient-flow ODEs of matrix factorization, integrated with Diffrax in float64.
 
+A flow is a problem's objective x a parameterization x dynamics:
+
     problem = flows.sensing(n=30, m=180, rank=2, seed=0)
-    flow = flows.Symmetric(problem)
+    flow = flows.Flow(problem, flows.Symmetric())                       # gradient flow of W = U U^T
+    flow = flows.Flow(problem, flows.Deep(depth=3), penalty=flows.Ratio(), strength=1e-3,
+                      dynamics=flows.Adam(a=100.0, b=1.0, eps=1e-8))
     traj = flows.solve(flow, flow.init(scale=1e-3), t1=1e3, stop_loss=1e-10)
 """
 
@@ -10,17 +14,29 @@ import jax
 # float64 throughout: switched on once, here, before any array is made.
 jax.config.update("jax_enable_x64", True)
 
-from ._flows import (  # noqa: E402
-    AbstractFlow,
+from ._descend import descend  # noqa: E402
+from ._dynamics import (  # noqa: E402
+    DYNAMICS,
+    AbstractAdaptive,
+    AbstractDynamics,
+    Adam,
+    GradientFlow,
+    Modified,
+    Momentum,
+    RMSProp,
+    Sign,
+)
+from ._flow import AbstractFlow, Flow  # noqa: E402
+from ._parameterizations import (  # noqa: E402
+    PARAMETERIZATIONS,
     AbstractParameterization,
     Deep,
     Direct,
     Factored,
     Symmetric,
 )
-from ._descend import descend  # noqa: E402
-from ._dynamics import AbstractAdaptive, Adam, Modified, Momentum, Penalized, RMSProp, Sign  # noqa: E402
-from ._penalties import AbstractPenalty, Frobenius, Nuclear, Ratio  # noqa: E402
+from ._penalties import PENALTIES, AbstractMatrixPenalty, AbstractPenalty, EachFactor, Frobenius, Nuclear, Ratio  # noqa: E402
+from ._plot import plot_trajectory  # noqa: E402
 from ._problems import (  # noqa: E402
     AbstractProblem,
     CommutingProblem,
@@ -29,21 +45,29 @@ from ._problems import (  # noqa: E402
     Problem,
     commuting,
     completion,
+    low_rank_truth,
     sensing,
 )
-from ._plot import plot_trajectory  # noqa: E402
-from ._stiff import GaussNewton, LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation, kernel_matrix  # noqa: E402
 from ._solve import SOLVERS, SolverError, default_solver, default_ts, solve, solver_by_name  # noqa: E402
+from ._stiff import GaussNewton, LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation, kernel_matrix  # noqa: E402
+from ._store import CorruptRecordError, read_record, write_json, write_record  # noqa: E402
 from ._sweep import Run, grid, sweep  # noqa: E402
 from ._trajectory import CorruptTrajectoryError, Trajectory  # noqa: E402
 
 __all__ = [
-    "AbstractFlow", "AbstractParameterization", "AbstractProblem", "CommutingProblem", "CorruptTrajectoryError",
-    "Deep", "DenseProblem", "Direct", "EntryProblem", "Factored", "GaussNewton", "LinearlyImplicitExtrapolation",
-    "Problem", "Run", "SOLVERS", "SolverError", "Symmetric", "Trajectory", "Tsit5ThenExtrapolation", "commuting",
-    "completion", "default_solver", "default_ts", "grid", "kernel_matrix", "plot_trajectory", "sensing", "solve",
-    "solver_by_name", "sweep",
-    # penalties, dynamics and finite steps
-    "AbstractAdaptive", "AbstractPenalty", "Adam", "Frobenius", "Modified", "Momentum", "Nuclear", "Penalized",
-    "RMSProp", "Ratio", "Sign", "descend",
+    # the flow and its three families
+    "AbstractFlow", "Flow",
+    "AbstractParameterization", "Direct", "Symmetric", "Factored", "Deep", "PARAMETERIZATIONS",
+    "AbstractPenalty", "AbstractMatrixPenalty", "Nuclear", "Ratio", "Frobenius", "EachFactor", "PENALTIES",
+    "AbstractDynamics", "AbstractAdaptive", "GradientFlow", "Adam", "RMSProp", "Momentum", "Sign", "Modified",
+    "DYNAMICS",
+    # problems
+    "AbstractProblem", "Problem", "DenseProblem", "EntryProblem", "CommutingProblem", "sensing", "completion",
+    "commuting", "low_rank_truth",
+    # solving, finite steps, sweeps
+    "solve", "descend", "sweep", "grid", "Run", "SolverError", "default_solver", "default_ts", "SOLVERS",
+    "solver_by_name", "GaussNewton", "LinearlyImplicitExtrapolation", "Tsit5ThenExtrapolation", "kernel_matrix",
+    # results
+    "Trajectory", "CorruptTrajectoryError", "CorruptRecordError", "read_record", "write_record", "write_json",
+    "plot_trajectory",
 ]

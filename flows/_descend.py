@@ -9,26 +9,26 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ._dynamics import AbstractAdaptive, Modified
-from ._flows import AbstractFlow, AbstractParameterization, State
-from ._solve import SolverError, _check_state, default_ts
+from ._flow import Flow, State
+from ._solve import SolverError, default_ts
 from ._trajectory import Trajectory
 from ._validate import check_positive, check_positive_int, check_times
 
 
-def descend(flow: AbstractFlow, state0: State, step: float, t1: float, ts=None, *, chunk: int = 10_000,
+def descend(flow: Flow, state0: State, step: float, t1: float, ts=None, *, chunk: int = 10_000,
             progress: bool = False) -> Trajectory:
-    r"""Run the discrete counterpart of `flow` with step `step` from `state0`, saving at times `ts`.
+    r"""Run the discrete counterpart of `flow`'s dynamics with step `step` from `state0`, saving at times `ts`.
 
-    Step k is time t = k * step, so the result is directly comparable with `flows.solve`:
-    * a gradient flow (any parameterization, penalized or not): gradient descent, optax.sgd(step);
+    Step k is time t = k * step, so the result is directly comparable with `flows.solve`. The method is
+    `flow.dynamics.optimizer(step)` applied to the objective's parameter gradient (penalty included):
+    * `GradientFlow()`: gradient descent, optax.sgd(step);
     * `Adam(a, b, eps)`: optax.adam(step, b1 = 1 - a step, b2 = 1 - b step, eps);
     * `RMSProp(b, eps)`: optax.rmsprop(step, decay = 1 - b step, eps, eps_in_sqrt=False, bias_correction=True);
     * `Momentum(a)`: the debiased EMA of gradients times -step (see `Momentum`);
     * `Sign(eps)`: theta -= step * g / (|g| + eps).
-    The moments of the optimizer are stored under the flow's names ("m", "v"), so the states and
-    the `Trajectory` have exactly the flow's form. `Modified` is refused: it is the model *of*
-    gradient descent on its inner flow (descend that one).
+    The optimizer's moments are stored under the flow's names ("m", "v"), so the states and the
+    `Trajectory` have exactly the flow's form. `Modified` is refused: it is the model *of* gradient
+    descent (descend the gradient flow).
 
     Args:
         step: the step size eta; for the adaptive family rate * step < 1 for each rate (a, b).
@@ -44,26 +44,17 @@ def descend(flow: AbstractFlow, state0: State, step: float, t1: float, ts=None, 
         ValueError: bad input, before anything compiles.
         SolverError: the iterates became non-finite (the step is too large), with the time reached.
     """
-    if isinstance(flow, Modified):
-        raise ValueError("Modified is the modified flow *of* gradient descent on its inner flow; "
-                         "to compare, call descend(flow.flow, ...) with step = flow.eta")
-    if not isinstance(flow, (AbstractParameterization, AbstractAdaptive)):
-        raise ValueError(f"descend needs a gradient flow or an adaptive flow (Adam, RMSProp, Momentum, Sign); "
-                         f"got {type(flow).__name__}")
+    if not isinstance(flow, Flow):
+        raise ValueError(f"descend runs a flows.Flow's discrete counterpart; got {type(flow).__name__}")
     step = check_positive("step", step)
     t1 = check_positive("t1", t1)
     check_positive_int("chunk", chunk)
-    if isinstance(flow, AbstractAdaptive):
-        for name, rate in flow.rates().items():
-            if not float(rate) * step < 1:
-                raise ValueError(f"step * {name} = {step * float(rate):g} must be < 1 "
-                                 f"(the optimizer's decay is 1 - {name} * step); use a smaller step")
+    flow.dynamics.check_step(step)
     save_steps = _save_steps(ts, step, t1)
-    _check_state(flow, state0)  # also: an adaptive flow's moments start at zero, as the optimizer's do
-    adaptive = isinstance(flow, AbstractAdaptive)
+    flow.check_state(state0)  # also: an adaptive flow's moments start at zero, as the optimizer's do
 
     step_ = jnp.asarray(step)
-    params = state0["params"] if adaptive else state0
+    params = flow.params(state0)
     opt_state = _init(flow, params, step_)
     saved = []
     k = 0
@@ -79,7 +70,7 @@ def descend(flow: AbstractFlow, state0: State, step: float, t1: float, ts=None, 
                                       f"(step {k}) with step = {step:g}: the step is too large for this "
                                       "problem; use a smaller step or a smaller init", k * step,
                                       {"num_steps": k})
-            saved.append(_flow_state(flow, params, opt_state))
+            saved.append(flow.dynamics.state_of(params, opt_state))
     states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *saved)
     stats = {"num_steps": k, "t_final": float(save_steps[-1] * step)}
     config = {"flow": flow.describe(), "method": "descend", "step": step, "t1": t1}
@@ -92,33 +83,18 @@ def _save_steps(ts, step: float, t1: float) -> np.ndarray:
     return np.unique(np.rint(ts / step).astype(np.int64))
 
 
-def _optimizer(flow, step) -> optax.GradientTransformation:
-    return flow.optimizer(step) if isinstance(flow, AbstractAdaptive) else optax.sgd(step)
-
-
-def _parameterization(flow) -> AbstractParameterization:
-    return flow.flow if isinstance(flow, AbstractAdaptive) else flow
-
-
-def _flow_state(flow, params, opt_state):
-    if isinstance(flow, AbstractAdaptive):
-        return {"params": params, **flow.moments(opt_state)}
-    return params
-
-
 @eqx.filter_jit
 def _init(flow, params, step):
-    return _optimizer(flow, step).init(params)
+    return flow.dynamics.optimizer(step).init(params)
 
 
 @eqx.filter_jit
 def _advance(flow, params, opt_state, step, n):
-    optimizer = _optimizer(flow, step)
-    gradient = _parameterization(flow).gradient
+    optimizer = flow.dynamics.optimizer(step)
 
     def one_step(_, carry):
         params, opt_state = carry
-        updates, opt_state = optimizer.update(gradient(params), opt_state, params)
+        updates, opt_state = optimizer.update(flow.gradient(params), opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
     return jax.lax.fori_loop(0, n, one_step, (params, opt_state))

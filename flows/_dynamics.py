@@ -1,13 +1,11 @@
-r"""Wrappers around a parameterization: a penalized objective, adaptive dynamics, the modified flow.
+r"""Dynamics: how the parameter gradient $g = \nabla_\theta f$ becomes a vector field.
 
-Order of wrapping: dynamics outside, objective inside,
-
-    flows.Adam(flows.Penalized(flows.Symmetric(problem), flows.Ratio(), strength=1e-2), a=10, b=1, eps=1e-8)
-
-`Penalized` is itself a parameterization (gradient flow of a different objective through the same
-W(theta)), so it can be wrapped by `Adam`, `RMSProp`, `Momentum`, `Sign` or `Modified`; those
-change the dynamics and accept only a parameterization inside (a penalty on an Adam flow, or Adam
-of Adam, is refused with a ValueError).
+Gradient flow $\theta' = -g$; the Adam flow and its limits (RMSProp: no momentum; `Momentum`: no
+normalisation; `Sign`: both rates infinite), which carry moment states; the modified flow of gradient
+descent. Each dynamics owns its state (the parameters, plus moments), its vector field, and its
+discrete counterpart: the finite-step method it is the small-step limit of, as an optax
+transformation (`optimizer`), whose state reads back in the flow's form (`state_of`), so that
+`flows.descend` and `flows.solve` give trajectories of one form.
 
 Every rate and constant is a float64 array field, so changing it does not recompile a solve.
 """
@@ -15,98 +13,115 @@ Every rate and constant is a float64 array field, so changing it does not recomp
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PyTree
 
-from ._flows import AbstractFlow, AbstractParameterization
-from ._penalties import AbstractPenalty
-from ._problems import AbstractProblem
-from ._validate import check_nonnegative, check_positive
+from ._validate import check_positive
+
+Params = PyTree[Float[Array, "..."]]
+Gradient = Callable[[Params], Params]
 
 
 def _scalar(value: float) -> Float[Array, ""]:
     return jnp.asarray(value, dtype=jnp.float64)
 
 
-def _check_inner(wrapper: str, flow) -> None:
-    if not isinstance(flow, AbstractParameterization):
-        raise ValueError(
-            f"{wrapper} wraps a parameterization (Direct, Symmetric, Factored, Deep, or a Penalized one); "
-            f"got {type(flow).__name__}. Wrap dynamics outside the penalty: "
-            "Adam(Penalized(Symmetric(problem), penalty, strength), ...)")
+class AbstractDynamics(eqx.Module):
+    """Turns the parameter gradient into a vector field, and knows its finite-step counterpart.
 
-
-class _SameState(AbstractFlow):
-    """A wrapper whose state is its inner flow's state: problem, init and product are the inner flow's."""
-
-    flow: eqx.AbstractVar[AbstractParameterization]
-
-    @property
-    def problem(self) -> AbstractProblem:
-        return self.flow.problem
-
-    def init(self, scale=1e-3, kind="identity", seed=0):
-        return self.flow.init(scale=scale, kind=kind, seed=seed)
-
-    def product(self, state):
-        return self.flow.product(state)
-
-
-class Penalized(_SameState, AbstractParameterization):
-    r"""Gradient flow of $L(W) + \lambda R(W)$ through the inner parameterization $W = \phi(\theta)$.
-
-    $\theta' = -\phi'(\theta)^* \big(\nabla L(W) + \lambda \nabla R(W)\big)$: the inner flow's
-    pullback applied to the penalized gradient on W. Penalties nest (a Penalized flow may wrap
-    another), adding up.
-
-    Conserved quantities of the inner flow stay conserved: they come from the invariance of
-    $W = \phi(\theta)$ under a group acting on $\theta$, not from the loss. For $W = UV^T$ and any
-    G on W, $U' = -GV$, $V' = -G^T U$ give $(U^T U)' = -U^T G V - V^T G^T U = (V^T V)'$; for deep
-    products the same computation holds at each junction. So `conserved` delegates.
-
-    `loss` stays the data loss (what trajectories record and `stop_loss` watches); the penalized
-    objective is `objective(W)`.
+    `follows_gradient`: the field is exactly $-g$, so the Gauss-Newton matrix of the objective linearises it
+    (the stiff solver relies on it). `keeps_symmetry`: the parameterization's conserved quantities stay
+    conserved (true for any field $-\\phi'^* G$; a per-coordinate preconditioner or the modified flow's
+    extra term breaks them).
     """
 
-    flow: AbstractParameterization
-    penalty: AbstractPenalty
-    strength: Float[Array, ""]
+    follows_gradient: ClassVar[bool] = False
+    keeps_symmetry: ClassVar[bool] = False
 
-    def __init__(self, flow: AbstractParameterization, penalty: AbstractPenalty, strength: float):
-        _check_inner("Penalized", flow)
-        if not isinstance(penalty, AbstractPenalty):
-            raise ValueError(f"penalty must be a flows penalty (Nuclear, Ratio, Frobenius); got {type(penalty).__name__}")
-        self.flow = flow
-        self.penalty = penalty
-        self.strength = _scalar(check_nonnegative("strength", strength))
+    def init(self, params: Params) -> Any:
+        """The state at t = 0 from the initial parameters."""
+        return params
 
-    def pullback(self, state, G):
-        return self.flow.pullback(state, G)
+    def params(self, state) -> Params:
+        """The parameters of a state."""
+        return state
 
-    def objective(self, W: Float[Array, "n1 n2"]) -> Float[Array, ""]:
-        r"""$L(W) + \lambda R(W)$ (plus the penalties of inner Penalized flows)."""
-        inner = self.flow.objective(W) if isinstance(self.flow, Penalized) else self.problem.loss(W)
-        return inner + self.strength * self.penalty(W)
+    @abc.abstractmethod
+    def vector_field(self, t, state, gradient: Gradient):
+        """The right-hand side at time t, given the objective's parameter gradient as a function."""
 
-    def objective_grad(self, W: Float[Array, "n1 n2"]) -> Float[Array, "n1 n2"]:
-        r"""$\nabla L(W) + \lambda \nabla R(W)$ (plus the penalties of inner Penalized flows)."""
-        inner = self.flow.objective_grad(W) if isinstance(self.flow, Penalized) else self.problem.grad(W)
-        return inner + self.strength * self.penalty.grad(W)
+    def check_state(self, state) -> None:
+        """Raise ValueError for an initial state these dynamics cannot start from (host-side)."""
 
-    def gradient(self, state):
-        return self.pullback(state, self.objective_grad(self.product(state)))
+    def check_step(self, step: float) -> None:
+        """Raise ValueError if the discrete counterpart cannot take steps of this size."""
 
-    def conserved(self, state):
-        return self.flow.conserved(state)
+    @abc.abstractmethod
+    def optimizer(self, step: Float[Array, ""]) -> optax.GradientTransformation:
+        """The discrete method whose step-to-zero limit these dynamics are (time t = k * step)."""
+
+    def state_of(self, params: Params, opt_state) -> Any:
+        """The flow state of the discrete method's parameters and optimizer state."""
+        return params
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description (saved with trajectories)."""
+        return {"name": type(self).__name__}
+
+
+class GradientFlow(AbstractDynamics):
+    r"""$\theta' = -g$; its discrete counterpart is gradient descent, optax.sgd(step)."""
+
+    follows_gradient = True
+    keeps_symmetry = True
+
+    def vector_field(self, t, state, gradient):
+        return jax.tree.map(jnp.negative, gradient(state))
+
+    def optimizer(self, step):
+        return optax.sgd(step)
+
+
+class Modified(AbstractDynamics):
+    r"""The modified flow of gradient descent with step $\eta$: gradient flow on $\tilde f = f + \tfrac{\eta}{4} \|\nabla_\theta f\|^2$.
+
+    $\theta' = -\nabla_\theta \tilde f = -\big(g + \tfrac{\eta}{2} H g\big)$, $g = \nabla_\theta f$,
+    $H = \nabla^2_\theta f$, f the flow's objective (penalty included). Derivation (backward error
+    analysis, Barrett & Dherin 2021): seek $\theta' = f_0 + \eta f_1$ whose time-$\eta$ flow equals one
+    step $\theta - \eta g$ up to $O(\eta^3)$. The flow's Taylor expansion is
+    $\theta + \eta f_0 + \eta^2 (f_1 + \tfrac12 f_0' f_0) + O(\eta^3)$, so $f_0 = -g$ and
+    $f_1 = -\tfrac12 f_0' f_0 = -\tfrac12 H g$. $Hg$ is the JVP of the gradient in the direction g
+    (no dense Hessian). Gradient descent tracks this flow to $O(\eta^2)$, gradient flow only to $O(\eta)$.
+
+    It is a model *of* gradient descent, so it has no discrete counterpart of its own: run
+    `flows.descend` on the gradient flow with step $\eta$. The extra term is not a function of W alone,
+    so the parameterization's conserved quantities are not conserved.
+    """
+
+    eta: Float[Array, ""]
+
+    def __init__(self, eta: float):
+        self.eta = _scalar(check_positive("eta", eta))
+
+    def vector_field(self, t, state, gradient):
+        g, hessian_times = jax.linearize(gradient, state)
+        return jax.tree.map(lambda x, h: -(x + 0.5 * self.eta * h), g, hessian_times(g))
+
+    def check_step(self, step):
+        raise ValueError("Modified is the modified flow *of* gradient descent; to compare, descend the same flow "
+                         f"with dynamics=GradientFlow() and step = eta = {float(self.eta):g}")
+
+    def optimizer(self, step):
+        raise ValueError("Modified has no discrete counterpart of its own (see check_step)")
 
     def describe(self):
-        return {"flow": "Penalized", "inner": self.flow.describe(), **self.penalty.describe(),
-                "strength": float(self.strength)}
+        return {"name": "Modified", "eta": float(self.eta)}
 
 
 # -- adaptive (per-coordinate preconditioned) dynamics -------------------------------------------
@@ -123,61 +138,6 @@ def _debiased(moment, rate, t, limit):
     """
     c = -jnp.expm1(-rate * t)
     return jnp.where(c > 0, moment / jnp.where(c > 0, c, 1.0), limit)
-
-
-class AbstractAdaptive(AbstractFlow):
-    r"""Per-coordinate preconditioned dynamics on the parameters of a gradient flow.
-
-    The state is a dict: "params" (the inner flow's state) and the moment states named in
-    `moment_names`, each a pytree like "params" that starts at zero (the bias correction assumes
-    it; `init` does so). $g = \nabla_\theta$ of the inner flow's objective. `product` and `loss`
-    read "params". No conserved quantities: a per-coordinate preconditioner breaks the symmetry
-    behind them.
-
-    `optimizer(step)` is the finite-step counterpart (an optax transformation, used by
-    `flows.descend`) with $1 - \beta = \text{rate} \cdot \text{step}$, and `moments(opt_state)`
-    reads its moments back in this flow's names, so both give states of the same form.
-    """
-
-    flow: eqx.AbstractVar[AbstractParameterization]
-    moment_names: ClassVar[tuple[str, ...]]
-    rate_names: ClassVar[tuple[str, ...]]
-    constant_names: ClassVar[tuple[str, ...]]
-
-    @property
-    def problem(self) -> AbstractProblem:
-        return self.flow.problem
-
-    def init(self, scale=1e-3, kind="identity", seed=0):
-        params = self.flow.init(scale=scale, kind=kind, seed=seed)
-        return {"params": params, **{name: jax.tree.map(jnp.zeros_like, params) for name in self.moment_names}}
-
-    def product(self, state):
-        return self.flow.product(state["params"])
-
-    def vector_field(self, t, state, args):
-        g = self.flow.gradient(state["params"])
-        return self.field(t, state, g)
-
-    @abc.abstractmethod
-    def field(self, t, state: dict, g) -> dict:
-        """The right-hand side given the parameter gradient g."""
-
-    def rates(self) -> dict[str, Float[Array, ""]]:
-        """The moment rates by name; a finite step needs rate * step < 1."""
-        return {name: getattr(self, name) for name in self.rate_names}
-
-    @abc.abstractmethod
-    def optimizer(self, step: Float[Array, ""]) -> optax.GradientTransformation:
-        """The discrete method whose step-to-zero limit this flow is."""
-
-    @abc.abstractmethod
-    def moments(self, opt_state) -> dict:
-        """The optimizer's moment states under this flow's names."""
-
-    def describe(self):
-        return {"flow": type(self).__name__, "inner": self.flow.describe(),
-                **{name: float(getattr(self, name)) for name in self.constant_names}}
 
 
 def _root(vhat):
@@ -198,6 +158,56 @@ def _square(tree):
     return jax.tree.map(jnp.square, tree)
 
 
+class AbstractAdaptive(AbstractDynamics):
+    r"""Per-coordinate preconditioned dynamics: the state is a dict of "params" and the moments.
+
+    The moment states named in `moment_names` are pytrees like "params" that start at zero (the
+    bias correction assumes it; `init` does so and `check_state` insists). The finite-step
+    counterpart has $1 - \beta = \text{rate} \cdot \text{step}$ for each rate in `rate_names`;
+    `moments(opt_state)` reads its moments back under this flow's names.
+    """
+
+    moment_names: ClassVar[tuple[str, ...]]
+    rate_names: ClassVar[tuple[str, ...]]
+    constant_names: ClassVar[tuple[str, ...]]
+
+    def init(self, params):
+        return {"params": params, **{name: jax.tree.map(jnp.zeros_like, params) for name in self.moment_names}}
+
+    def params(self, state):
+        return state["params"]
+
+    def vector_field(self, t, state, gradient):
+        return self.field(t, state, gradient(state["params"]))
+
+    @abc.abstractmethod
+    def field(self, t, state: dict, g) -> dict:
+        """The right-hand side given the parameter gradient g."""
+
+    @abc.abstractmethod
+    def moments(self, opt_state) -> dict:
+        """The optimizer's moment states under this flow's names."""
+
+    def state_of(self, params, opt_state):
+        return {"params": params, **self.moments(opt_state)}
+
+    def check_state(self, state):
+        # The bias correction 1 / (1 - e^{-rate t}) and its t = 0 limit assume moments that start at 0.
+        if any(np.any(np.asarray(leaf) != 0) for name in self.moment_names for leaf in jax.tree.leaves(state[name])):
+            raise ValueError("state0's moments must be zero (as flow.init makes them): the bias correction "
+                             "assumes moments that start from zero at t = 0")
+
+    def check_step(self, step):
+        for name in self.rate_names:
+            rate = float(getattr(self, name))
+            if not rate * step < 1:
+                raise ValueError(f"step * {name} = {step * rate:g} must be < 1 (the optimizer's decay is "
+                                 f"1 - {name} * step); use a smaller step")
+
+    def describe(self):
+        return {"name": type(self).__name__, **{name: float(getattr(self, name)) for name in self.constant_names}}
+
+
 class Adam(AbstractAdaptive):
     r"""The continuous Adam flow (Barakat & Bianchi 2021), per coordinate of the parameters:
 
@@ -207,23 +217,25 @@ class Adam(AbstractAdaptive):
     It is the small-step limit of optax.adam(eta, 1 - a eta, 1 - b eta, eps), with an O(eta) gap.
     The 0/0 of the bias correction at t = 0 is evaluated as its limit (see `_debiased`):
     $\hat m(0) = g(\theta_0)$, $\hat v(0) = g(\theta_0)^2$, so the flow starts at $-g/(|g| + \epsilon)$.
-    Limits: `RMSProp` (a -> infinity), `Sign` (a, b -> infinity), and with eps -> infinity a
-    time-rescaled `Momentum`. With eps -> 0 the flow is invariant to scaling the loss (scaling L by
-    c is the same as eps -> eps / c). The defaults a = 100, b = 1 are optax.adam's b1 = 0.9,
+
+    Limits. a -> infinity: `RMSProp` ($\hat m$ follows g at once). a, b -> infinity: `Sign`.
+    eps -> infinity: time-rescaled gradient flow. In the slow time $\tau = t / \epsilon$ the field is
+    $d\theta/d\tau = -\hat m / (\sqrt{\hat v}/\epsilon + 1)$ while the moments relax at the rates
+    $a\epsilon$ and $b\epsilon$, which go to infinity: $\hat m \to g$ and $\sqrt{\hat v}/\epsilon \to 0$, so
+    $\theta_\text{Adam}(t) \to \theta_\text{GF}(t / \epsilon)$, with a gap of order $1/\epsilon$ (not
+    `Momentum`: its moment keeps its finite rate). eps -> 0: invariant to scaling the loss (scaling L
+    by c is the same as eps -> eps / c). The defaults a = 100, b = 1 are optax.adam's b1 = 0.9,
     b2 = 0.999 at step 1e-3. eps > 0 is required (at eps = 0 a coordinate with g = 0 is 0/0).
     """
 
-    flow: AbstractParameterization
     a: Float[Array, ""]
     b: Float[Array, ""]
     eps: Float[Array, ""]
-    moment_names: ClassVar[tuple[str, ...]] = ("m", "v")
-    rate_names: ClassVar[tuple[str, ...]] = ("a", "b")
-    constant_names: ClassVar[tuple[str, ...]] = ("a", "b", "eps")
+    moment_names = ("m", "v")
+    rate_names = ("a", "b")
+    constant_names = ("a", "b", "eps")
 
-    def __init__(self, flow: AbstractParameterization, a: float = 100.0, b: float = 1.0, eps: float = 1e-8):
-        _check_inner("Adam", flow)
-        self.flow = flow
+    def __init__(self, a: float = 100.0, b: float = 1.0, eps: float = 1e-8):
         self.a = _scalar(check_positive("a", a))
         self.b = _scalar(check_positive("b", b))
         self.eps = _scalar(check_positive("eps", eps))
@@ -249,16 +261,13 @@ class RMSProp(AbstractAdaptive):
     optax.rmsprop(eta, decay=1 - b eta, eps, eps_in_sqrt=False, bias_correction=True).
     """
 
-    flow: AbstractParameterization
     b: Float[Array, ""]
     eps: Float[Array, ""]
-    moment_names: ClassVar[tuple[str, ...]] = ("v",)
-    rate_names: ClassVar[tuple[str, ...]] = ("b",)
-    constant_names: ClassVar[tuple[str, ...]] = ("b", "eps")
+    moment_names = ("v",)
+    rate_names = ("b",)
+    constant_names = ("b", "eps")
 
-    def __init__(self, flow: AbstractParameterization, b: float = 1.0, eps: float = 1e-8):
-        _check_inner("RMSProp", flow)
-        self.flow = flow
+    def __init__(self, b: float = 1.0, eps: float = 1e-8):
         self.b = _scalar(check_positive("b", b))
         self.eps = _scalar(check_positive("eps", eps))
 
@@ -286,15 +295,12 @@ class Momentum(AbstractAdaptive):
     As a -> infinity this is gradient flow.
     """
 
-    flow: AbstractParameterization
     a: Float[Array, ""]
-    moment_names: ClassVar[tuple[str, ...]] = ("m",)
-    rate_names: ClassVar[tuple[str, ...]] = ("a",)
-    constant_names: ClassVar[tuple[str, ...]] = ("a",)
+    moment_names = ("m",)
+    rate_names = ("a",)
+    constant_names = ("a",)
 
-    def __init__(self, flow: AbstractParameterization, a: float = 100.0):
-        _check_inner("Momentum", flow)
-        self.flow = flow
+    def __init__(self, a: float = 100.0):
         self.a = _scalar(check_positive("a", a))
 
     def field(self, t, state, g):
@@ -316,15 +322,12 @@ class Sign(AbstractAdaptive):
     is {"params": theta}, with no moments, to match the rest of the family.
     """
 
-    flow: AbstractParameterization
     eps: Float[Array, ""]
-    moment_names: ClassVar[tuple[str, ...]] = ()
-    rate_names: ClassVar[tuple[str, ...]] = ()
-    constant_names: ClassVar[tuple[str, ...]] = ("eps",)
+    moment_names = ()
+    rate_names = ()
+    constant_names = ("eps",)
 
-    def __init__(self, flow: AbstractParameterization, eps: float = 1e-8):
-        _check_inner("Sign", flow)
-        self.flow = flow
+    def __init__(self, eps: float = 1e-8):
         self.eps = _scalar(check_positive("eps", eps))
 
     def field(self, t, state, g):
@@ -337,37 +340,6 @@ class Sign(AbstractAdaptive):
         return {}
 
 
-# -- finite steps ---------------------------------------------------------------------------------
-
-
-class Modified(_SameState):
-    r"""The modified flow of gradient descent with step $\eta$: gradient flow on $\tilde L = L + \tfrac{\eta}{4} \|\nabla_\theta L\|^2$.
-
-    $\theta' = -\nabla_\theta \tilde L = -\big(g + \tfrac{\eta}{2} H g\big)$, $g = \nabla_\theta L$,
-    $H = \nabla^2_\theta L$, with L the inner flow's objective as a function of its parameters
-    (penalty included). Derivation (backward error analysis, Barrett & Dherin 2021): seek
-    $\theta' = f_0 + \eta f_1$ whose time-$\eta$ flow equals one step
-    $\theta - \eta g$ up to $O(\eta^3)$. The flow's Taylor expansion is
-    $\theta + \eta f_0 + \eta^2 (f_1 + \tfrac12 f_0' f_0) + O(\eta^3)$, so $f_0 = -g$ and
-    $f_1 = -\tfrac12 f_0' f_0 = -\tfrac12 H g$. $Hg$ is the JVP of the gradient in the direction g
-    (no dense Hessian). Gradient descent tracks this flow to $O(\eta^2)$, gradient flow only to $O(\eta)$.
-
-    The extra term is not a function of W alone, so the inner flow's conserved quantities are not
-    conserved here (the objective keeps only the orthogonal part of their symmetry).
-    """
-
-    flow: AbstractParameterization
-    eta: Float[Array, ""]
-
-    def __init__(self, flow: AbstractParameterization, eta: float):
-        _check_inner("Modified", flow)
-        self.flow = flow
-        self.eta = _scalar(check_positive("eta", eta))
-
-    def vector_field(self, t, state, args):
-        g, hessian_times = jax.linearize(self.flow.gradient, state)
-        Hg = hessian_times(g)
-        return jax.tree.map(lambda x, h: -(x + 0.5 * self.eta * h), g, Hg)
-
-    def describe(self):
-        return {"flow": "Modified", "inner": self.flow.describe(), "eta": float(self.eta)}
+DYNAMICS = {"gradient": GradientFlow, "adam": Adam, "rmsprop": RMSProp, "momentum": Momentum, "sign": Sign,
+            "modified": Modified}
+"""Dynamics by the names the command line accepts."""

@@ -1,4 +1,4 @@
-r"""Penalties R(W) on the end-to-end matrix: smoothed nuclear norm, the ratio $\|W\|_* / \|W\|_F$, Frobenius.
+r"""Penalties: smoothed nuclear norm, the ratio $\|W\|_* / \|W\|_F$ and Frobenius on W, or on each factor.
 
 Values and gradients come in closed form from one symmetric eigendecomposition of the smaller Gram
 matrix ($W^T W$ or $W W^T$). Autodiff through `eigh`/`svd` is NaN at repeated eigenvalues, and
@@ -17,7 +17,7 @@ sit above that level to be meaningful (it does by default).
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -28,7 +28,34 @@ from ._validate import check_nonnegative, check_positive
 
 
 class AbstractPenalty(eqx.Module):
+    r"""A penalty $R(\theta)$ on the parameters, added to the data loss: $f = L(W) + \lambda R$.
+
+    What a flow needs of it: its value and the fused gradient of the whole objective with respect to the
+    parameters, given the data loss's gradient G on W (`objective_gradient`), so that a penalty on W
+    costs one pullback, not two. `keeps_symmetry` says whether the parameterization's conserved
+    quantities survive the penalty (they do for any function of W alone).
+    """
+
+    keeps_symmetry: ClassVar[bool]
+
+    @abc.abstractmethod
+    def value(self, parameterization, theta) -> Float[Array, ""]:
+        r"""$R(\theta)$."""
+
+    @abc.abstractmethod
+    def objective_gradient(self, parameterization, theta, W: Float[Array, "n1 n2"], G: Float[Array, "n1 n2"],
+                           strength: Float[Array, ""]):
+        r"""$\nabla_\theta \big(\langle G, \phi(\theta)\rangle + \lambda R(\theta)\big)$ at $W = \phi(\theta)$."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description (saved with trajectories)."""
+        return {"name": type(self).__name__}
+
+
+class AbstractMatrixPenalty(AbstractPenalty):
     """A penalty R(W) on the end-to-end matrix: `penalty(W)` is its value, `penalty.grad(W)` its gradient."""
+
+    keeps_symmetry = True
 
     @abc.abstractmethod
     def __call__(self, W: Float[Array, "n1 n2"]) -> Float[Array, ""]:
@@ -38,12 +65,41 @@ class AbstractPenalty(eqx.Module):
     def grad(self, W: Float[Array, "n1 n2"]) -> Float[Array, "n1 n2"]:
         r"""$\nabla R(W)$, in closed form (differentiable again: see the module docstring)."""
 
-    def describe(self) -> dict[str, Any]:
-        """A JSON-able description (saved with trajectories)."""
-        return {"penalty": type(self).__name__}
+    def value(self, parameterization, theta):
+        return self(parameterization.product(theta))
+
+    def objective_gradient(self, parameterization, theta, W, G, strength):
+        return parameterization.pullback(theta, G + strength * self.grad(W))
 
 
-class Frobenius(AbstractPenalty):
+class EachFactor(AbstractPenalty):
+    r"""A matrix penalty applied to each parameter array: $R(\theta) = \sum_j R_0(W_j)$ (seed 004's question).
+
+    For the deep product $\theta = (W_1, \dots, W_N)$ it penalises every factor; for W = U V^T both U and V;
+    for the direct parameterization it is $R_0(W)$ itself. The gradient is $\nabla R_0$ on each array.
+    Not a function of W alone, so the parameterization's conserved quantities do not survive it.
+    """
+
+    penalty: AbstractMatrixPenalty
+    keeps_symmetry = False
+
+    def __check_init__(self):
+        if not isinstance(self.penalty, AbstractMatrixPenalty):
+            raise ValueError("EachFactor applies a matrix penalty (Nuclear, Ratio, Frobenius) to each factor; "
+                             f"got {type(self.penalty).__name__}")
+
+    def value(self, parameterization, theta):
+        return sum(self.penalty(leaf) for leaf in jax.tree.leaves(theta))
+
+    def objective_gradient(self, parameterization, theta, W, G, strength):
+        return jax.tree.map(lambda g, x: g + strength * self.penalty.grad(x), parameterization.pullback(theta, G),
+                            theta)
+
+    def describe(self):
+        return {"name": "EachFactor", "penalty": self.penalty.describe()}
+
+
+class Frobenius(AbstractMatrixPenalty):
     r"""$R(W) = \tfrac12 \|W\|_F^2$, $\nabla R = W$ (weight decay on the end-to-end matrix)."""
 
     def __call__(self, W):
@@ -53,7 +109,7 @@ class Frobenius(AbstractPenalty):
         return W
 
 
-class Nuclear(AbstractPenalty):
+class Nuclear(AbstractMatrixPenalty):
     r"""The smoothed nuclear norm $R(W) = \sum_k \big(\sqrt{\sigma_k^2 + \epsilon^2} - \epsilon\big)$.
 
     $\nabla R = W (W^T W + \epsilon^2 I)^{-1/2}$, which is $U V^T$ on singular values $\gg \epsilon$
@@ -74,10 +130,10 @@ class Nuclear(AbstractPenalty):
         return smoothed_nuclear_grad(W, self.eps)
 
     def describe(self):
-        return {"penalty": "Nuclear", "eps": float(self.eps)}
+        return {"name": "Nuclear", "eps": float(self.eps)}
 
 
-class Ratio(AbstractPenalty):
+class Ratio(AbstractMatrixPenalty):
     r"""The ratio $\|W\|_* / \|W\|_F$ (the seed's $L_{*/F}$), smoothed so that it stays scale invariant.
 
     $R(W) = N_\epsilon(W / s)$ with $N_\epsilon$ the smoothed nuclear norm of `Nuclear` and
@@ -115,10 +171,10 @@ class Ratio(AbstractPenalty):
         return (G - jnp.vdot(G, Z) * Z) / s
 
     def describe(self):
-        return {"penalty": "Ratio", "eps": float(self.eps), "delta": float(self.delta)}
+        return {"name": "Ratio", "eps": float(self.eps), "delta": float(self.delta)}
 
 
-PENALTIES = {"nuclear": Nuclear, "ratio": Ratio, "frobenius": Frobenius}
+PENALTIES = {"nuclear": Nuclear, "ratio": Ratio, "frobenius": Frobenius, "each-factor": EachFactor}
 """Penalties by the names the command line accepts."""
 
 

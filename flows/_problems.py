@@ -5,9 +5,13 @@ from __future__ import annotations
 import abc
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int
+
+from ._random import orthonormal_columns
 
 from ._validate import check_finite, check_positive_int
 
@@ -55,6 +59,15 @@ class AbstractProblem(eqx.Module):
         r"""$\nabla L(W) = \mathcal{A}^*(\mathcal{A}(W) - y)$."""
         return self.adjoint(self.residual(W))
 
+    def kernel(self, pullback, terms) -> Float[Array, "m m"]:
+        r"""$\Theta_{ik} = \langle \phi'^* A_i, \phi'^* A_k \rangle$ given `pullback` $G \mapsto \phi'^* G$.
+
+        `terms` is the parameterization's sandwich form of $\phi'\phi'^*$ (or None), for problems that can
+        use it; this default forms the m pullbacks of the dense $A_i$, $O(m^2 p)$.
+        """
+        rows = jax.vmap(lambda A: ravel_pytree(pullback(A))[0])(self.matrices())
+        return rows @ rows.T
+
     def gram(self) -> Float[Array, "m m"]:
         r"""$G_{ij} = \langle A_i, A_j \rangle$; the residual of the direct flow obeys $r' = -G r$."""
         A = self.matrices().reshape(self.m, -1)
@@ -98,8 +111,7 @@ class AbstractProblem(eqx.Module):
             raise ValueError("rows and cols must be integer indices")
         if rows.min() < 0 or rows.max() >= shape[0] or cols.min() < 0 or cols.max() >= shape[1]:
             raise ValueError(f"entry indices out of range for shape {shape}")
-        if m > shape[0] * shape[1]:
-            raise ValueError(f"m = {m} observations exceed the {shape[0] * shape[1]} entries of the matrix")
+        _check_entry_count(m, shape)
         if len(np.unique(rows * shape[1] + cols)) != m:
             raise ValueError("an entry is observed twice; pass each (row, col) once")
         check_finite("values", values)
@@ -156,6 +168,19 @@ class EntryProblem(AbstractProblem):
     def matrices(self):
         return jnp.zeros((self.m, *self.shape)).at[jnp.arange(self.m), self.rows, self.cols].set(1.0)
 
+    def kernel(self, pullback, terms):
+        r"""From the sandwich form by gathers, $O(m^2)$: $\Theta_{ik} = \sum (L\,\mathrm{op}(E_k)\,R)_{a_i b_i}$."""
+        if terms is None:
+            return super().kernel(pullback, terms)
+        a, b = self.rows, self.cols
+        theta = 0.0
+        for L, R, transposed in terms:
+            if transposed:
+                theta = theta + L[a[:, None], b[None, :]] * R[a[None, :], b[:, None]]
+            else:
+                theta = theta + L[a[:, None], a[None, :]] * R[b[None, :], b[:, None]]
+        return theta
+
     def gram(self):
         # Distinct entries are orthonormal: G = I without forming the m x n1 x n2 stack.
         return jnp.eye(self.m)
@@ -185,7 +210,9 @@ def _as_truth(truth, shape):
     return jnp.asarray(truth)
 
 
-def _check_sizes(n: int, m: int, rank: int, n2: int | None = None) -> tuple[int, int]:
+def check_sizes(kind: str, n: int, m: int, rank: int, n2: int | None = None, symmetric: bool = True,
+                truth_norm: float = 1.0) -> tuple[int, int]:
+    """The shared checks of the random problem constructors; returns the shape (n1, n2)."""
     check_positive_int("n", n)
     n2 = n if n2 is None else n2
     check_positive_int("n2", n2)
@@ -193,14 +220,22 @@ def _check_sizes(n: int, m: int, rank: int, n2: int | None = None) -> tuple[int,
     check_positive_int("rank", rank)
     if rank > min(n, n2):
         raise ValueError(f"rank = {rank} exceeds min(n1, n2) = {min(n, n2)}")
+    if symmetric and n2 != n:
+        raise ValueError(f"symmetric {kind} needs a square matrix (n2 = n)")
+    if not (np.isfinite(truth_norm) and truth_norm > 0):
+        raise ValueError(f"truth_norm must be a positive finite number; got {truth_norm}")
     return n, n2
 
 
-def _low_rank_truth(rng: np.random.Generator, n1: int, n2: int, rank: int, symmetric: bool,
-                    truth_norm: float) -> np.ndarray:
+def _check_entry_count(m: int, shape: tuple[int, int]) -> None:
+    if m > shape[0] * shape[1]:
+        raise ValueError(f"m = {m} observations exceed the {shape[0] * shape[1]} entries of a "
+                         f"{shape[0]} x {shape[1]} matrix")
+
+
+def low_rank_truth(rng: np.random.Generator, n1: int, n2: int, rank: int, symmetric: bool,
+                   truth_norm: float) -> np.ndarray:
     """W* = Z Z^T (PSD) or Z1 Z2^T with Gaussian factors, scaled to ||W*||_F = truth_norm."""
-    if not (np.isfinite(truth_norm) and truth_norm > 0):
-        raise ValueError(f"truth_norm must be a positive finite number; got {truth_norm}")
     Z1 = rng.standard_normal((n1, rank))
     Z2 = Z1 if symmetric else rng.standard_normal((n2, rank))
     W = Z1 @ Z2.T
@@ -216,13 +251,11 @@ def sensing(n: int, m: int, rank: int, seed: int = 0, symmetric: bool = True, n2
     (n, n2). $y = \mathcal{A}(W^*) + \text{noise} \cdot \xi$. More measurements than unknowns is allowed
     (an over-determined problem is still a valid one).
     """
-    n1, n2 = _check_sizes(n, m, rank, n2)
-    if symmetric and n2 != n1:
-        raise ValueError("symmetric sensing needs a square matrix (n2 = n)")
+    n1, n2 = check_sizes("sensing", n, m, rank, n2, symmetric, truth_norm)
     if not (np.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a non-negative finite number; got {noise}")
     rng = np.random.default_rng(seed)
-    truth = _low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
+    truth = low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
     G = rng.standard_normal((m, n1, n2))
     A = 0.5 * (G + G.transpose(0, 2, 1)) if symmetric else G
     y = np.einsum("mij,ij->m", A, truth) + noise * rng.standard_normal(m)
@@ -237,13 +270,10 @@ def completion(n: int, m: int, rank: int, seed: int = 0, symmetric: bool = True,
     The truth is PSD (Z Z^T) when `symmetric`, else Z1 Z2^T of shape (n, n2); ||W*||_F = `truth_norm`.
     Stored as index lists, so n = 1000 with 10^4 observations costs O(m) per measurement.
     """
-    n1, n2 = _check_sizes(n, m, rank, n2)
-    if symmetric and n2 != n1:
-        raise ValueError("symmetric completion needs a square matrix (n2 = n)")
-    if m > n1 * n2:
-        raise ValueError(f"m = {m} observations exceed the {n1 * n2} entries of a {n1} x {n2} matrix")
+    n1, n2 = check_sizes("completion", n, m, rank, n2, symmetric, truth_norm)
+    _check_entry_count(m, (n1, n2))
     rng = np.random.default_rng(seed)
-    truth = _low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
+    truth = low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
     flat = np.sort(rng.choice(n1 * n2, size=m, replace=False))
     rows, cols = np.divmod(flat, n2)
     return EntryProblem(rows=jnp.asarray(rows, dtype=jnp.int32), cols=jnp.asarray(cols, dtype=jnp.int32),
@@ -257,12 +287,9 @@ def commuting(n: int, m: int, rank: int, seed: int = 0, truth_norm: float = 1.0)
     $d_i$ has i.i.d. N(0, 1) entries; the truth is PSD of rank `rank`, $W^* = Q_r D Q_r^T$ in the same
     eigenbasis (a generic PSD truth would only be seen through its diagonal in that basis).
     """
-    _check_sizes(n, m, rank)
-    if not (np.isfinite(truth_norm) and truth_norm > 0):
-        raise ValueError(f"truth_norm must be a positive finite number; got {truth_norm}")
+    check_sizes("commuting", n, m, rank, truth_norm=truth_norm)
     rng = np.random.default_rng(seed)
-    Q, R = np.linalg.qr(rng.standard_normal((n, n)))
-    Q = Q * np.sign(np.diag(R))
+    Q = orthonormal_columns(rng, n, n)
     spectra = rng.standard_normal((m, n))
     eig = np.zeros(n)
     eig[rng.choice(n, size=rank, replace=False)] = rng.uniform(0.5, 1.5, size=rank)

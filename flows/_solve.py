@@ -10,8 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._dynamics import AbstractAdaptive
-from ._flows import AbstractFlow, Deep, Direct, Factored, State, Symmetric
+from ._flow import AbstractFlow, FlowArgs, State
 from ._stiff import LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation
 from ._trajectory import Trajectory
 from ._validate import check_choice, check_finite, check_positive, check_positive_int, check_times
@@ -83,11 +82,10 @@ def solve(flow: AbstractFlow, state0: State, t1: float, ts=None, *, rtol: float 
         ValueError: bad input, before anything compiles.
         SolverError: max_steps reached or a non-finite state, with the time reached.
     """
-    if not isinstance(flow, AbstractFlow):
-        raise ValueError(f"flow must be a flows flow (Direct, Symmetric, ...); got {type(flow).__name__}")
+    check_flow(flow)
     plan = Plan.make(t1, ts, rtol=rtol, atol=atol, stop_loss=stop_loss, solver=solver,
                      stepsize_controller=stepsize_controller, max_steps=max_steps, dt0=dt0).resolve(flow)
-    _check_state(flow, state0)
+    flow.check_state(state0)
     return plan.finish(flow, jax.device_get(_integrate(flow, state0, *plan.arrays(), **plan.static(progress))))
 
 
@@ -187,32 +185,21 @@ def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = 
 
     `Tsit5ThenExtrapolation` (Tsit5 until the run turns stiff, then the linearly implicit
     extrapolation) for a run into the convergence tail (`stop_loss` set, where these flows turn stiff)
-    of a plain gradient flow (Direct, Symmetric, Factored, Deep: its Gauss-Newton linearisation is
-    then the Hessian up to the residual term) with at most `STIFF_MAX_MEASUREMENTS` measurements;
+    of a gradient flow of the data loss (`flow.linearisable`: its Gauss-Newton linearisation is then
+    the Hessian up to the residual term) with at most `STIFF_MAX_MEASUREMENTS` measurements;
     Tsit5 otherwise. `batched` (runs under vmap: `sweep`'s batches of several): `LinearlyImplicitExtrapolation`
     instead of the switching solver, since vmap turns its lax.cond into running both solvers at
     every step.
     """
-    plain = type(flow) in (Direct, Symmetric, Factored, Deep)
-    if stop_loss is not None and plain and flow.problem.m <= STIFF_MAX_MEASUREMENTS:
+    if stop_loss is not None and flow.linearisable and flow.problem.m <= STIFF_MAX_MEASUREMENTS:
         return LinearlyImplicitExtrapolation() if batched else Tsit5ThenExtrapolation()
     return diffrax.Tsit5()
 
 
-def _check_state(flow: AbstractFlow, state0: State) -> None:
-    expected, expected_def = jax.tree.flatten(jax.eval_shape(flow.init))
-    got, got_def = jax.tree.flatten(state0)
-    if got_def != expected_def or any(jnp.shape(g) != e.shape for g, e in zip(got, expected)):
-        raise ValueError(f"state0 does not match {type(flow).__name__}: expected shapes "
-                         f"{jax.tree.map(lambda x: x.shape, jax.eval_shape(flow.init))}, "
-                         f"got {jax.tree.map(jnp.shape, state0)}")
-    for leaf in got:
-        check_finite("state0", leaf)
-    # The bias correction 1 / (1 - e^{-rate t}) and its t = 0 limit assume moments that start at 0.
-    if isinstance(flow, AbstractAdaptive) and any(np.any(np.asarray(leaf) != 0) for name in flow.moment_names
-                                                  for leaf in jax.tree.leaves(state0[name])):
-        raise ValueError("state0's moments must be zero (as flow.init makes them): the bias correction "
-                         "assumes moments that start from zero at t = 0")
+def check_flow(flow) -> None:
+    """ValueError unless `flow` is something `solve` integrates."""
+    if not isinstance(flow, AbstractFlow):
+        raise ValueError(f"flow must be a flows.Flow (or another flows.AbstractFlow); got {type(flow).__name__}")
 
 
 def _failure_message(result, t_reached, t1, stats, max_steps, rtol) -> str:
@@ -227,15 +214,20 @@ def _failure_message(result, t_reached, t1, stats, max_steps, rtol) -> str:
             f"the problem scale and init, shorten t1, or loosen rtol = {rtol:g}.")
 
 
+def _field(t, state, args: FlowArgs):
+    return args.flow.vector_field(t, state)
+
+
 def integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_steps, progress):
     """diffrax.diffeqsolve of one flow: (saved times, saved states, statistics, result code); traceable, so
-    `sweep` can vmap it."""
+    `sweep` can vmap it. The flow travels in Diffrax's `args` (`FlowArgs`): that is how the stiff solvers reach the
+    structure they linearise (its parameterization and problem)."""
     event = None
     if stop_loss is not None:
-        event = diffrax.Event(cond_fn=lambda t, y, args, **kwargs: flow.loss(y) < args)
+        event = diffrax.Event(cond_fn=lambda t, y, args, **kwargs: args.flow.loss(y) < args.stop_loss)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(flow.vector_field), solver, t0=jnp.zeros_like(t1), t1=t1, dt0=dt0, y0=state0,
-        args=stop_loss, saveat=diffrax.SaveAt(ts=ts, t1=True), stepsize_controller=controller,
+        diffrax.ODETerm(_field), solver, t0=jnp.zeros_like(t1), t1=t1, dt0=dt0, y0=state0,
+        args=FlowArgs(flow, stop_loss), saveat=diffrax.SaveAt(ts=ts, t1=True), stepsize_controller=controller,
         event=event, max_steps=max_steps, throw=False, adjoint=diffrax.ForwardMode(),
         progress_meter=diffrax.TqdmProgressMeter(refresh_steps=5000) if progress else diffrax.NoProgressMeter())
     return sol.ts, sol.ys, sol.stats, sol.result

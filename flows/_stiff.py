@@ -37,62 +37,17 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
-from ._flows import AbstractParameterization, Deep, Direct, Factored, Symmetric, State
-from ._problems import EntryProblem
+from ._flow import Flow, FlowArgs, State
 
 
-def _ntk_terms(flow, state):
-    r"""$K = \phi'(\theta)\phi'(\theta)^*$ as a sum of sandwiches $G \mapsto L\,\mathrm{op}(G)\,R$.
-
-    Returns (L, R, transposed) triples, op the transpose where `transposed`; None where the
-    parameterization has no such form here.
-    """
-    if isinstance(flow, Direct):
-        n1, n2 = flow.problem.shape
-        return [(jnp.eye(n1), jnp.eye(n2), False)]
-    if isinstance(flow, Symmetric):
-        # phi'(U)[dU] = dU U^T + U dU^T, phi'^*(G) = (G + G^T) U: K(G) = (G + G^T) W + W (G + G^T).
-        W = state @ state.T
-        eye = jnp.eye(W.shape[0])
-        return [(eye, W, False), (W, eye, False), (eye, W, True), (W, eye, True)]
-    if isinstance(flow, Factored):
-        U, V = state
-        return [(jnp.eye(U.shape[0]), V @ V.T, False), (U @ U.T, jnp.eye(V.shape[0]), False)]
-    if isinstance(flow, Deep):
-        # W = W_N ... W_1: phi'^*(G)_j = P_{>j}^T G P_{<j}^T, so K(G) = sum_j P_{>j} P_{>j}^T G P_{<j}^T P_{<j}.
-        factors = state
-        terms = []
-        for j in range(len(factors)):
-            left = jnp.eye(flow.problem.shape[0])
-            for Wk in reversed(factors[j + 1:]):
-                left = left @ Wk
-            right = jnp.eye(flow.problem.shape[1])
-            for Wk in factors[:j]:
-                right = Wk @ right
-            terms.append((left @ left.T, right.T @ right, False))
-        return terms
-    return None
-
-
-def kernel_matrix(flow: AbstractParameterization, state: State) -> Float[Array, "m m"]:
+def kernel_matrix(flow: Flow, state: State) -> Float[Array, "m m"]:
     r"""$\Theta = M M^T$, $\Theta_{ik} = \langle \phi'(\theta)^* A_i, \phi'(\theta)^* A_k \rangle$ (m x m).
 
-    For completion ($A_i = e_{a_i} e_{b_i}^T$) from the sandwich form of $\phi'\phi'^*$ by gathers,
-    $O(m^2)$; otherwise from the m pullbacks of the dense $A_i$, $O(m^2 p)$.
+    The problem forms it (`AbstractProblem.kernel`): completion from the parameterization's sandwich form
+    of $\phi'\phi'^*$ by gathers, $O(m^2)$; otherwise from the m pullbacks of the $A_i$, $O(m^2 p)$.
     """
-    problem = flow.problem
-    terms = _ntk_terms(flow, state) if isinstance(problem, EntryProblem) else None
-    if terms is not None:
-        a, b = problem.rows, problem.cols
-        theta = 0.0
-        for L, R, transposed in terms:
-            if transposed:
-                theta = theta + L[a[:, None], b[None, :]] * R[a[None, :], b[:, None]]
-            else:
-                theta = theta + L[a[:, None], a[None, :]] * R[b[None, :], b[:, None]]
-        return theta
-    rows = jax.vmap(lambda A: ravel_pytree(flow.pullback(state, A))[0])(problem.matrices())
-    return rows @ rows.T
+    parameterization = flow.parameterization
+    return flow.problem.kernel(lambda G: parameterization.pullback(state, G), parameterization.kernel_terms(state))
 
 
 class GaussNewton(eqx.Module):
@@ -102,21 +57,21 @@ class GaussNewton(eqx.Module):
     step size it was taken for.
     """
 
-    flow: AbstractParameterization
+    flow: Flow
     point: Float[Array, " p"]
     basis: Float[Array, "m m"]
     eigenvalues: Float[Array, " m"]
     step: Float[Array, ""]
 
     @classmethod
-    def at(cls, flow: AbstractParameterization, point: Float[Array, " p"], unravel, step=jnp.inf) -> "GaussNewton":
+    def at(cls, flow: Flow, point: Float[Array, " p"], unravel, step=jnp.inf) -> "GaussNewton":
         eigenvalues, basis = jnp.linalg.eigh(kernel_matrix(flow, unravel(point)))
         # Theta is PSD; clip round-off so 1 + h lambda > 0 for every h.
         return cls(flow=flow, point=point, basis=basis, eigenvalues=jnp.maximum(eigenvalues, 0.0),
                    step=jnp.asarray(step, point.dtype))
 
     @classmethod
-    def pending(cls, flow: AbstractParameterization, point: Float[Array, " p"]) -> "GaussNewton":
+    def pending(cls, flow: Flow, point: Float[Array, " p"]) -> "GaussNewton":
         """No linearisation yet (its step is NaN): the first step takes one."""
         m = flow.problem.m
         return cls(flow=flow, point=point, basis=jnp.zeros((m, m), point.dtype),
@@ -124,20 +79,22 @@ class GaussNewton(eqx.Module):
 
     def solve(self, h, b: Float[Array, " p"], unravel) -> Float[Array, " p"]:
         r"""$(I + h M^T M)^{-1} b = b - M^T Q \,\mathrm{diag}(h / (1 + h\lambda))\, Q^T M b$."""
-        flow = self.flow
+        parameterization, problem = self.flow.parameterization, self.flow.problem
         point = unravel(self.point)
-        Mb = flow.problem.measure(jax.jvp(flow.product, (point,), (unravel(b),))[1])
+        Mb = problem.measure(parameterization.pushforward(point, unravel(b)))
         w = self.basis @ (h / (1.0 + h * self.eigenvalues) * (self.basis.T @ Mb))
-        return b - ravel_pytree(flow.pullback(point, flow.problem.adjoint(w)))[0]
+        return b - ravel_pytree(parameterization.pullback(point, problem.adjoint(w)))[0]
 
 
-def _flow_of(terms) -> AbstractParameterization:
-    while not isinstance(terms, diffrax.ODETerm) and hasattr(terms, "term"):
-        terms = terms.term  # diffrax wraps the term (diffrax.WrapTerm) for the direction of time
-    flow = getattr(getattr(terms, "vector_field", None), "__self__", None)
-    if not isinstance(flow, AbstractParameterization):
-        raise ValueError("LinearlyImplicitExtrapolation integrates a flow's own vector field: use it through "
-                         "flows.solve, with a parameterization (Direct, Symmetric, Factored, Deep)")
+def _flow_of(args) -> Flow:
+    """The flow being integrated: `flows.solve` passes it in Diffrax's `args` (`FlowArgs`)."""
+    flow = args.flow if isinstance(args, FlowArgs) else None
+    if not isinstance(flow, Flow) or not flow.linearisable:
+        raise ValueError("the linearly implicit solvers linearise a gradient flow of the data loss: use them through "
+                         "flows.solve with a Flow whose dynamics is GradientFlow() and which has no penalty "
+                         f"(got {type(flow).__name__}" + (f" with {type(flow.dynamics).__name__} dynamics and penalty "
+                                                          f"{type(flow.penalty).__name__}" if isinstance(flow, Flow) else "")
+                         + ")")
     return flow
 
 
@@ -172,10 +129,10 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
     def init(self, terms, t0, t1, y0, args):
         point, _ = ravel_pytree(y0)
         f0 = ravel_pytree(terms.vf(t0, y0, args))[0]
-        return f0, GaussNewton.pending(_flow_of(terms), point)
+        return f0, GaussNewton.pending(_flow_of(args), point)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        flow = _flow_of(terms)
+        flow = _flow_of(args)
         f0, linear = solver_state
         y0_flat, unravel = ravel_pytree(y0)
         if made_jump is not False:

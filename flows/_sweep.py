@@ -29,9 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from ._flows import AbstractFlow
-from ._solve import Plan, SolverError, _check_state, _integrate, integrate
-from ._trajectory import CorruptTrajectoryError, Trajectory, _atomic_write
+from ._flow import AbstractFlow
+from ._solve import Plan, SolverError, _integrate, integrate
+from ._store import write_json
+from ._trajectory import CorruptTrajectoryError, Trajectory
 from ._validate import check_positive_int
 
 FAILED = "failed.json"
@@ -115,7 +116,7 @@ def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: f
         flow, state0 = build(config)
         if not isinstance(flow, AbstractFlow):
             raise ValueError(f"build({config}) must return (flow, state0); got a {type(flow).__name__} first")
-        _check_state(flow, state0)
+        flow.check_state(state0)
         pending.setdefault(_signature(flow, state0), []).append((i, flow, state0))
 
     from tqdm.auto import tqdm
@@ -221,7 +222,7 @@ def _record(config, key, path: Path, flow, plan: Plan, raw) -> Run:
     except SolverError as err:
         path.mkdir(parents=True, exist_ok=True)
         record = {"key": key, "config": config, "message": str(err), "t_reached": err.t_reached}
-        _atomic_write(path / FAILED, json.dumps(record, indent=2).encode())
+        write_json(path / FAILED, record)
         return Run(config, key, path, "failed", str(err))
     (path / FAILED).unlink(missing_ok=True)
     traj = dataclasses.replace(traj, config=traj.config | {"sweep_key": key, "sweep_config": config})

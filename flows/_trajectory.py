@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import io
-import json
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -18,13 +14,13 @@ import equinox as eqx
 import jax
 import numpy as np
 
-ARRAYS = "arrays.npz"
-META = "meta.json"
+from ._store import CorruptRecordError, decode_tree, encode_tree, read_record, write_record
+
 _VERSIONED = ("jax", "jaxlib", "diffrax", "equinox", "optax", "lineax", "numpy", "scipy")
 
 
-class CorruptTrajectoryError(ValueError):
-    """A saved trajectory is incomplete or does not match its checksum."""
+CorruptTrajectoryError = CorruptRecordError
+"""A saved trajectory is incomplete or does not match its checksum (`flows._store.CorruptRecordError`)."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -100,95 +96,38 @@ class Trajectory:
         """Write `path/arrays.npz` and `path/meta.json` atomically (meta last, holding the arrays' hash).
 
         A reader sees either the previous complete save or the new one; an interrupted write leaves
-        a checksum mismatch that `load` reports as `CorruptTrajectoryError`.
+        a checksum mismatch that `load` reports as `CorruptTrajectoryError`. States of any pytree form
+        `flows._store` encodes (tuples, dicts, NamedTuples, Equinox modules) round-trip.
         """
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        leaves_with_paths, _ = jax.tree_util.tree_flatten_with_path(self.states)
+        leaves, structure = encode_tree(self.states)
         arrays = {"ts": self.ts, "W": self.W, "loss": self.loss}
         if self.truth is not None:
             arrays["truth"] = self.truth
-        state_paths = []
-        for i, (key_path, leaf) in enumerate(leaves_with_paths):
-            arrays[f"state_{i}"] = np.asarray(leaf)
-            state_paths.append([_key_to_json(k) for k in key_path])
-        for i, (name, (P, Q)) in enumerate(self.conserved.items()):
+        arrays |= {f"state_{i}": leaf for i, leaf in enumerate(leaves)}
+        for i, (P, Q) in enumerate(self.conserved.values()):
             arrays[f"conserved_{i}_P"], arrays[f"conserved_{i}_Q"] = P, Q
-        payload = _npz_bytes(arrays)
-        meta = {"format": 1, "sha256": hashlib.sha256(payload).hexdigest(), "config": self.config,
-                "stats": self.stats, "state_paths": state_paths, "conserved": list(self.conserved),
-                "versions": _versions()}
-        _atomic_write(path / ARRAYS, payload)
-        _atomic_write(path / META, json.dumps(meta, indent=2, default=_json_default).encode())
-        return path
+        meta = {"format": 2, "config": self.config, "stats": self.stats, "state_structure": structure,
+                "conserved": list(self.conserved), "versions": _versions()}
+        return write_record(path, arrays, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Trajectory":
         """Read a saved trajectory, checking it is complete and matches its checksum."""
-        path = Path(path)
-        try:
-            meta = json.loads((path / META).read_text())
-            payload = (path / ARRAYS).read_bytes()
-        except (OSError, json.JSONDecodeError) as err:
-            raise CorruptTrajectoryError(f"no complete trajectory at {path}: {err}") from err
-        if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
-            raise CorruptTrajectoryError(f"{path / ARRAYS} does not match the checksum in {META}")
-        with np.load(io.BytesIO(payload)) as data:
-            arrays = dict(data)
-        states = _build_tree(meta["state_paths"], [arrays[f"state_{i}"] for i in range(len(meta["state_paths"]))])
+        arrays, meta = read_record(path)
+        structure = meta.get("state_structure")
+        if structure is None:
+            raise CorruptTrajectoryError(f"{path} holds no state structure (format {meta.get('format')}, not 2)")
+        leaves = [arrays[f"state_{i}"] for i in range(sum(k.startswith("state_") for k in arrays))]
         conserved = {name: (arrays[f"conserved_{i}_P"], arrays[f"conserved_{i}_Q"])
                      for i, name in enumerate(meta["conserved"])}
-        return cls(ts=arrays["ts"], states=states, W=arrays["W"], loss=arrays["loss"], truth=arrays.get("truth"),
-                   conserved=conserved, stats=meta["stats"], config=meta["config"])
+        return cls(ts=arrays["ts"], states=decode_tree(structure, leaves), W=arrays["W"], loss=arrays["loss"],
+                   truth=arrays.get("truth"), conserved=conserved, stats=meta["stats"], config=meta["config"])
 
 
 @eqx.filter_jit
 def _record(flow, states):
     conserved = jax.vmap(flow.conserved)(states)
     return jax.vmap(flow.product)(states), jax.vmap(flow.loss)(states), conserved
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def _atomic_write(target: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _key_to_json(key) -> list:
-    if isinstance(key, jax.tree_util.SequenceKey):
-        return ["seq", key.idx]
-    if isinstance(key, jax.tree_util.DictKey):
-        return ["dict", key.key]
-    raise TypeError(f"flow states must be built from tuples, dicts and arrays; got key {key!r}")
-
-
-def _build_tree(paths: list[list], leaves: list):
-    """Rebuild a pytree of tuples and dicts from the key paths written by `save`."""
-    if len(paths) == 1 and not paths[0]:
-        return leaves[0]
-    groups: dict = {}
-    kind = paths[0][0][0]
-    for path, leaf in zip(paths, leaves):
-        groups.setdefault(path[0][1], ([], []))
-        groups[path[0][1]][0].append(path[1:])
-        groups[path[0][1]][1].append(leaf)
-    children = {k: _build_tree(p, l) for k, (p, l) in groups.items()}
-    if kind == "seq":
-        return tuple(children[i] for i in sorted(children))
-    return children
 
 
 def _versions() -> dict[str, str]:
@@ -199,11 +138,3 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

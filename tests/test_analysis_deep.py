@@ -1,4 +1,5 @@
-"""Deep products from a balanced start: end-to-end ODE, singular-value ODE, conserved quantities."""
+"""Deep products: where the end-to-end and singular-value ODEs apply and where they do not (the agreement
+itself is a row of analysis.checks.deep_checks)."""
 
 import numpy as np
 import pytest
@@ -9,8 +10,6 @@ from analysis import closed_form, deep
 DEPTH = 3
 T1 = 20.0
 TS = flows.default_ts(T1, 40)
-# rtol 1e-10 (atol 1e-12 on O(0.1..1) entries): each side carries ~1e-10-level error over these runs,
-# so agreement to the issue's 1e-7 has three orders to spare, while a wrong power or factor fails by O(1).
 OPTIONS = dict(rtol=1e-10, atol=1e-12)
 
 
@@ -19,51 +18,37 @@ def problem():
     return flows.sensing(n=6, m=20, rank=2, seed=0, symmetric=False)
 
 
-def run_both(problem, factors0):
+def run_both(problem, factors0, depth=DEPTH, width=None, **options):
     """The factor flow (with the singular-value ODE alongside) and the end-to-end ODE from its product."""
-    flow = deep.WithSingularValues(flows.Deep(problem, depth=DEPTH))
-    traj = flows.solve(flow, flow.state(factors0), t1=T1, ts=TS, **OPTIONS)
-    end_to_end = deep.EndToEnd(problem, DEPTH, flow.product(flow.state(factors0)))
-    return traj, flows.solve(end_to_end, end_to_end.init(), t1=T1, ts=TS, **OPTIONS)
-
-
-@pytest.fixture(scope="module")
-def balanced(problem):
-    return run_both(problem, flows.Deep(problem, depth=DEPTH).init(scale=0.5, kind="balanced", seed=1))
-
-
-def test_end_to_end_ode_matches_factor_flow(balanced):
-    traj, reference = balanced
-    assert traj.loss[-1] < 1e-3 * traj.loss[0]
-    assert closed_form.trajectory_difference(traj.W, reference.W) <= 1e-7
-
-
-def test_balancedness_is_conserved(balanced):
-    traj, _ = balanced
-    drift = traj.conserved_drift()
-    assert len(drift) == DEPTH - 1
-    assert max(d.max() for d in drift.values()) <= 1e-7
-
-
-def test_singular_value_ode(balanced):
-    report = deep.singular_value_report(balanced[0])
-    assert report.min_relative_gap > 1e-2  # distinct throughout: the ODE applies
-    assert report.max_relative_error <= 1e-7
+    flow = deep.WithSingularValues(flows.Flow(problem, flows.Deep(depth=depth, width=width)))
+    traj = flows.solve(flow, flow.state(factors0), t1=T1, ts=TS, **(OPTIONS | options))
+    end_to_end = deep.EndToEnd(problem, depth, flow.product(flow.state(factors0)))
+    return traj, flows.solve(end_to_end, end_to_end.init(), t1=T1, ts=TS, **(OPTIONS | options))
 
 
 def test_unbalanced_start_breaks_the_end_to_end_ode(problem):
     """Both ODEs need balancedness: from an unbalanced start with the same product they are wrong."""
-    W1, W2, W3 = flows.Deep(problem, depth=DEPTH).init(scale=0.5, kind="balanced", seed=1)
+    W1, W2, W3 = flows.Flow(problem, flows.Deep(depth=DEPTH)).init(scale=0.5, kind="balanced", seed=1)
     traj, reference = run_both(problem, (2.0 * W1, W2, 0.5 * W3))
     assert closed_form.trajectory_difference(traj.W, reference.W) > 1e-2
     assert deep.singular_value_report(traj).max_relative_error > 1e-2
 
 
-def test_conserved_quantity_of_factored_flow(problem):
-    flow = flows.Factored(problem)
-    traj = flows.solve(flow, flow.init(scale=0.5, kind="gaussian", seed=1), t1=T1, ts=TS, **OPTIONS)
-    assert traj.loss[-1] < 1e-3 * traj.loss[0]
-    assert traj.conserved_drift()["U^T U - V^T V"].max() <= 1e-7
+def test_end_to_end_ode_at_a_singular_product():
+    """A 4 x 5 product through hidden width 3 has rank <= 3: W W^T has a zero eigenvalue, whose fractional
+    powers must be exact zeros (round-off 1e-16 to the power 1/3 is 5e-6, an error in the field)."""
+    problem = flows.sensing(n=4, n2=5, m=12, rank=2, seed=1, symmetric=False)
+    factors0 = flows.Flow(problem, flows.Deep(depth=3, width=3)).init(scale=0.6, kind="balanced", seed=2)
+    # At rtol 1e-12 the run finishes (with round-off powers it hit max_steps at t = 0.13) and agrees with the
+    # factor flow to a few rtol (measured 3.4e-12).
+    traj, reference = run_both(problem, factors0, width=3, rtol=1e-12, atol=1e-14)
+    assert np.linalg.svd(traj.W[-1], compute_uv=False)[-1] < 1e-12 * np.abs(traj.W[-1]).max()  # singular
+    assert reference.ts[-1] == T1
+    assert closed_form.trajectory_difference(traj.W, reference.W) <= 1e-10
+    # At rtol 1e-10 the end-to-end solve is less accurate than the factor flow's (measured 1.5e-7, growing
+    # smoothly in t; it was 2.6e-6 with round-off powers).
+    traj, reference = run_both(problem, factors0, width=3)
+    assert closed_form.trajectory_difference(traj.W, reference.W) <= 1e-6
 
 
 def test_bad_input(problem):
@@ -71,5 +56,9 @@ def test_bad_input(problem):
         deep.EndToEnd(problem, 2, np.eye(5))
     with pytest.raises(ValueError, match="depth"):
         deep.EndToEnd(problem, 0, np.eye(6))
+    with pytest.raises(ValueError, match="init takes no arguments"):
+        deep.EndToEnd(problem, 2, np.eye(6)).init(scale=0.1)
     with pytest.raises(ValueError, match="Deep"):
-        deep.WithSingularValues(flows.Direct(problem))
+        deep.WithSingularValues(flows.Flow(problem, flows.Direct()))
+    with pytest.raises(ValueError, match="Deep"):
+        deep.WithSingularValues(flows.Flow(problem, flows.Deep(depth=2), dynamics=flows.Adam()))

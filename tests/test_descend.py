@@ -6,8 +6,12 @@ import pytest
 import flows
 
 PROBLEM = flows.sensing(n=5, m=12, rank=2, seed=0)
-SYMMETRIC = flows.Symmetric(PROBLEM)
+SYMMETRIC = flows.Flow(PROBLEM, flows.Symmetric())
 U0 = SYMMETRIC.init(scale=0.5, kind="gaussian", seed=1)
+
+
+def symmetric(dynamics):
+    return flows.Flow(PROBLEM, flows.Symmetric(), dynamics=dynamics)
 T, TS = 2.0, np.linspace(0, 2.0, 5)
 ETAS = np.array([1e-2, 1e-3, 1e-4])
 # Reference flows to rtol = 1e-12: their error is far below the smallest gap measured (~1e-8).
@@ -30,7 +34,7 @@ def test_gradient_descent_tracks_the_flow_to_first_order_and_the_modified_flow_t
     for eta in ETAS:
         steps = flows.descend(SYMMETRIC, U0, step=eta, t1=T, ts=TS)
         to_flow.append(_gap(flow, steps))
-        to_modified.append(_gap(flows.solve(flows.Modified(SYMMETRIC, eta=eta), U0, t1=T, ts=TS, **TIGHT), steps))
+        to_modified.append(_gap(flows.solve(symmetric(flows.Modified(eta=eta)), U0, t1=T, ts=TS, **TIGHT), steps))
     assert 0.8 <= _slope(to_flow) <= 1.2, to_flow
     assert 1.8 <= _slope(to_modified) <= 2.2, to_modified
     assert all(m < f for m, f in zip(to_modified, to_flow))
@@ -39,10 +43,10 @@ def test_gradient_descent_tracks_the_flow_to_first_order_and_the_modified_flow_t
 # Without momentum the steps are pre-asymptotic at eta = 1e-2 (sign-like steps overshoot by ~eta
 # where the field is steep, |d field / d g| up to 1 / eps), so those two are measured one decade lower.
 @pytest.mark.parametrize("flow, etas", [
-    (flows.Adam(SYMMETRIC, a=10.0, b=1.0, eps=1e-8), ETAS),
-    (flows.Momentum(SYMMETRIC, a=10.0), ETAS),
-    (flows.RMSProp(SYMMETRIC, b=2.0, eps=1e-8), ETAS / 10),
-    (flows.Sign(SYMMETRIC, eps=0.1), ETAS / 10),
+    (symmetric(flows.Adam(a=10.0, b=1.0, eps=1e-8)), ETAS),
+    (symmetric(flows.Momentum(a=10.0)), ETAS),
+    (symmetric(flows.RMSProp(b=2.0, eps=1e-8)), ETAS / 10),
+    (symmetric(flows.Sign(eps=0.1)), ETAS / 10),
 ], ids=["adam", "momentum", "rmsprop", "sign"])
 def test_adaptive_flows_are_the_small_step_limit_of_their_optimizers(flow, etas):
     """optax.adam / EMA momentum / rmsprop / sign descent at 1 - beta = rate * eta: the gap is O(eta)."""
@@ -53,7 +57,7 @@ def test_adaptive_flows_are_the_small_step_limit_of_their_optimizers(flow, etas)
 
 
 def test_gradient_descent_on_the_direct_flow_matches_a_numpy_loop():
-    direct = flows.Direct(PROBLEM)
+    direct = flows.Flow(PROBLEM, flows.Direct())
     W0 = direct.init(scale=0.1, kind="gaussian", seed=3)
     A, y, eta = np.asarray(PROBLEM.A), np.asarray(PROBLEM.y), 5e-3
     W, expected = np.asarray(W0).copy(), []
@@ -68,7 +72,7 @@ def test_gradient_descent_on_the_direct_flow_matches_a_numpy_loop():
 
 def test_adam_steps_match_a_numpy_adam_and_keep_the_flow_state_form(tmp_path):
     a, b, eps, eta = 10.0, 1.0, 1e-8, 1e-2
-    flow = flows.Adam(SYMMETRIC, a=a, b=b, eps=eps)
+    flow = symmetric(flows.Adam(a=a, b=b, eps=eps))
     state0 = flow.init(scale=0.5, kind="gaussian", seed=1)
     traj = flows.descend(flow, state0, step=eta, t1=0.5, ts=[0.0, 0.5])
     b1, b2 = 1 - a * eta, 1 - b * eta
@@ -97,10 +101,10 @@ def test_save_times_round_to_the_nearest_step_once_each():
 
 
 def test_bad_input_and_divergence():
-    adam = flows.Adam(SYMMETRIC, a=10.0, b=1.0)
+    adam = symmetric(flows.Adam(a=10.0, b=1.0))
     state0 = adam.init(scale=0.5, kind="gaussian", seed=1)
     with pytest.raises(ValueError, match="Modified"):
-        flows.descend(flows.Modified(SYMMETRIC, eta=0.01), U0, step=0.01, t1=1.0)
+        flows.descend(symmetric(flows.Modified(eta=0.01)), U0, step=0.01, t1=1.0)
     with pytest.raises(ValueError, match="step \\* a"):
         flows.descend(adam, state0, step=0.1, t1=1.0)
     with pytest.raises(ValueError, match="moments must be zero"):

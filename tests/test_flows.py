@@ -1,13 +1,16 @@
 """Flows under gradient flow: exact solutions, equivalences between parameterizations, invariants."""
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import analysis
 import flows
+from flows._solve import Plan, integrate
 
 RTOL, ATOL = 1e-8, 1e-12
 
@@ -26,7 +29,7 @@ def test_direct_flow_matches_closed_form(kind, init):
     """W(t) = W0 - A*(G^+ (I - e^{-Gt}) r0): the integrator's relative error stays within 100 x rtol."""
     problem = flows.sensing(n=5, m=8, rank=1, seed=1) if kind == "sensing" else flows.completion(
         n=5, m=8, rank=1, seed=1)
-    flow = flows.Direct(problem)
+    flow = flows.Flow(problem, flows.Direct())
     W0 = flow.init(scale=0.3, kind=init, seed=2)
     ts = np.array([0.0, 1e-3, 1e-2, 0.1, 1.0, 10.0, 50.0])
     traj = flows.solve(flow, W0, t1=50.0, ts=ts, rtol=RTOL, atol=ATOL)
@@ -37,10 +40,10 @@ def test_direct_flow_matches_closed_form(kind, init):
 
 def test_symmetric_is_factored_from_equal_factors_at_twice_the_time(sensing):
     """For symmetric A_i, U U^T's flow U' = -2 S U is the U V^T flow from V = U at time 2t."""
-    U0 = flows.Symmetric(sensing).init(scale=0.1, kind="gaussian", seed=3)
+    U0 = flows.Flow(sensing, flows.Symmetric()).init(scale=0.1, kind="gaussian", seed=3)
     ts = np.array([0.0, 0.05, 0.2, 1.0, 3.0])
-    sym = flows.solve(flows.Symmetric(sensing), U0, t1=3.0, ts=ts, rtol=RTOL, atol=ATOL)
-    fac = flows.solve(flows.Factored(sensing), (U0, U0), t1=6.0, ts=2 * ts, rtol=RTOL, atol=ATOL)
+    sym = flows.solve(flows.Flow(sensing, flows.Symmetric()), U0, t1=3.0, ts=ts, rtol=RTOL, atol=ATOL)
+    fac = flows.solve(flows.Flow(sensing, flows.Factored()), (U0, U0), t1=6.0, ts=2 * ts, rtol=RTOL, atol=ATOL)
     assert _rel(sym.W[1:], fac.W[1:]).max() <= 100 * RTOL
     np.testing.assert_allclose(fac.states[0], fac.states[1], rtol=0, atol=1e-14)  # U stays equal to V
 
@@ -48,22 +51,22 @@ def test_symmetric_is_factored_from_equal_factors_at_twice_the_time(sensing):
 def test_deep_depth_one_is_direct_and_depth_two_is_factored():
     problem = flows.sensing(n=4, m=6, rank=1, seed=4, symmetric=False)
     ts = np.array([0.0, 0.1, 1.0, 5.0])
-    W0 = flows.Direct(problem).init(scale=0.2, kind="gaussian", seed=1)
-    direct = flows.solve(flows.Direct(problem), W0, t1=5.0, ts=ts, rtol=RTOL, atol=ATOL)
-    deep1 = flows.solve(flows.Deep(problem, depth=1), (W0,), t1=5.0, ts=ts, rtol=RTOL, atol=ATOL)
+    W0 = flows.Flow(problem, flows.Direct()).init(scale=0.2, kind="gaussian", seed=1)
+    direct = flows.solve(flows.Flow(problem, flows.Direct()), W0, t1=5.0, ts=ts, rtol=RTOL, atol=ATOL)
+    deep1 = flows.solve(flows.Flow(problem, flows.Deep(depth=1)), (W0,), t1=5.0, ts=ts, rtol=RTOL, atol=ATOL)
     assert _rel(deep1.W[1:], direct.W[1:]).max() <= 100 * RTOL
 
-    U0, V0 = flows.Factored(problem).init(scale=0.3, kind="gaussian", seed=2)
-    fac = flows.solve(flows.Factored(problem), (U0, V0), t1=5.0, ts=ts, rtol=RTOL, atol=ATOL)
-    deep2 = flows.solve(flows.Deep(problem, depth=2), (V0.T, U0), t1=5.0, ts=ts, rtol=RTOL, atol=ATOL)
+    U0, V0 = flows.Flow(problem, flows.Factored()).init(scale=0.3, kind="gaussian", seed=2)
+    fac = flows.solve(flows.Flow(problem, flows.Factored()), (U0, V0), t1=5.0, ts=ts, rtol=RTOL, atol=ATOL)
+    deep2 = flows.solve(flows.Flow(problem, flows.Deep(depth=2)), (V0.T, U0), t1=5.0, ts=ts, rtol=RTOL, atol=ATOL)
     assert _rel(deep2.W[1:], fac.W[1:]).max() <= 100 * RTOL
 
 
 @pytest.mark.parametrize("make, init", [
-    (lambda p: flows.Factored(p), "gaussian"),
-    (lambda p: flows.Factored(p, width=3), "balanced"),
-    (lambda p: flows.Deep(p, depth=3), "balanced"),
-    (lambda p: flows.Deep(p, depth=4, width=(3, 6, 4)), "gaussian"),
+    (lambda p: flows.Flow(p, flows.Factored()), "gaussian"),
+    (lambda p: flows.Flow(p, flows.Factored(width=3)), "balanced"),
+    (lambda p: flows.Flow(p, flows.Deep(depth=3)), "balanced"),
+    (lambda p: flows.Flow(p, flows.Deep(depth=4, width=(3, 6, 4))), "gaussian"),
 ])
 def test_conserved_quantities_drift_below_1e7_over_a_run_to_convergence(sensing, make, init):
     flow = make(sensing)
@@ -75,21 +78,21 @@ def test_conserved_quantities_drift_below_1e7_over_a_run_to_convergence(sensing,
 
 
 def test_inits_have_their_stated_form(sensing):
-    np.testing.assert_allclose(flows.Symmetric(sensing).product(flows.Symmetric(sensing).init(1e-2)),
+    np.testing.assert_allclose(flows.Flow(sensing, flows.Symmetric()).product(flows.Flow(sensing, flows.Symmetric()).init(1e-2)),
                                1e-4 * np.eye(5), atol=1e-18)
-    deep = flows.Deep(sensing, depth=3, width=(4, 7))
+    deep = flows.Flow(sensing, flows.Deep(depth=3, width=(4, 7)))
     factors = deep.init(scale=0.5, kind="balanced", seed=1)
     assert [f.shape for f in factors] == [(4, 5), (7, 4), (5, 7)]
     for P, Q in deep.conserved(factors).values():
         np.testing.assert_allclose(P, Q, atol=1e-14)
-    U, V = flows.Factored(sensing).init(scale=0.5, kind="balanced", seed=1)
+    U, V = flows.Flow(sensing, flows.Factored()).init(scale=0.5, kind="balanced", seed=1)
     np.testing.assert_allclose(U.T @ U, V.T @ V, atol=1e-14)
-    U = flows.Symmetric(sensing).init(scale=2.0, kind="orthogonal", seed=1)
+    U = flows.Flow(sensing, flows.Symmetric()).init(scale=2.0, kind="orthogonal", seed=1)
     np.testing.assert_allclose(U.T @ U, 4.0 * np.eye(5), atol=1e-13)
 
 
 def test_stop_loss_ends_the_trajectory_at_the_stop(sensing):
-    flow = flows.Symmetric(sensing)
+    flow = flows.Flow(sensing, flows.Symmetric())
     ts = flows.default_ts(1e3, 50)
     traj = flows.solve(flow, flow.init(1e-2), t1=1e3, ts=ts, stop_loss=1e-6)
     assert traj.stats["stopped_by_loss"]
@@ -100,10 +103,31 @@ def test_stop_loss_ends_the_trajectory_at_the_stop(sensing):
     np.testing.assert_allclose(traj.W[-1], flow.product(traj.states[-1]))
 
 
+def _compiled_memory(flow, state0, ts, max_steps):
+    """XLA's memory analysis of the compiled solve: (temporaries, outputs) in bytes."""
+    plan = Plan.make(float(ts[-1]), ts, max_steps=max_steps).resolve(flow)
+    arrays, static = eqx.partition((flow, state0, plan.arrays()), eqx.is_array)
+
+    def run(arrays):
+        flow, state0, traced = eqx.combine(arrays, static)
+        return integrate(flow, state0, *traced, **plan.static())
+
+    analysis = jax.jit(run).lower(arrays).compile().memory_analysis()
+    return analysis.temp_size_in_bytes, analysis.output_size_in_bytes
+
+
 def test_memory_is_set_by_saved_times_not_steps(sensing):
-    flow = flows.Symmetric(sensing)
-    traj = flows.solve(flow, flow.init(1e-2), t1=50.0, ts=np.linspace(0, 50.0, 4))
-    assert traj.stats["num_steps"] > 100 and traj.W.shape[0] == 4
+    # Compiled memory does not grow with the step budget (1e3 vs 1e6 steps), and the output grows with the
+    # saved times only. Saving every step (SaveAt(steps=True)) would make both grow with max_steps.
+    flow = flows.Flow(sensing, flows.Symmetric())
+    state0 = flow.init(1e-2)
+    few = _compiled_memory(flow, state0, np.linspace(0, 50.0, 4), max_steps=1_000)
+    many_steps = _compiled_memory(flow, state0, np.linspace(0, 50.0, 4), max_steps=1_000_000)
+    assert many_steps == few
+    more_times = _compiled_memory(flow, state0, np.linspace(0, 50.0, 104), max_steps=1_000)
+    state_bytes = state0.size * 8
+    assert more_times[1] - few[1] >= 100 * state_bytes  # the 100 extra saved states
+    assert more_times[1] - few[1] <= 100 * (state_bytes + 64)  # and little besides
 
 
 def test_trajectory_metrics_on_known_matrices():
@@ -118,14 +142,23 @@ def test_trajectory_metrics_on_known_matrices():
 
 
 def test_trajectory_records_the_flow(sensing):
-    flow = flows.Symmetric(sensing)
-    traj = flows.solve(flow, flow.init(1e-3), t1=10.0, ts=np.array([0.0, 10.0]))
-    np.testing.assert_allclose(traj.W, [flow.product(U) for U in traj.states], rtol=1e-14)
-    np.testing.assert_allclose(traj.loss, [sensing.loss(W) for W in traj.W], rtol=1e-12)
+    # W, the loss and the conserved pair recomputed in numpy from the saved states and the dense A_i: a
+    # trajectory that recorded another state's product, or the penalized objective as the loss, fails.
+    flow = flows.Flow(sensing, flows.Factored(), penalty=flows.Frobenius(), strength=0.1)
+    traj = flows.solve(flow, flow.init(0.3, kind="gaussian"), t1=10.0, ts=np.array([0.0, 1.0, 10.0]))
+    U, V = (np.asarray(x) for x in traj.states)
+    W = np.einsum("tik,tjk->tij", U, V)
+    np.testing.assert_allclose(traj.W, W, rtol=1e-13, atol=1e-15)
+    A, y = np.asarray(sensing.A), np.asarray(sensing.y)
+    residual = np.einsum("mij,tij->tm", A, W) - y
+    np.testing.assert_allclose(traj.loss, 0.5 * np.sum(residual**2, axis=1), rtol=1e-12)
+    P, Q = traj.conserved["U^T U - V^T V"]
+    np.testing.assert_allclose(P, np.einsum("tki,tkj->tij", U, U), rtol=1e-13)
+    np.testing.assert_allclose(Q, np.einsum("tki,tkj->tij", V, V), rtol=1e-13)
 
 
 def test_save_load_roundtrip_and_corruption(tmp_path, sensing):
-    flow = flows.Deep(sensing, depth=3)
+    flow = flows.Flow(sensing, flows.Deep(depth=3))
     traj = flows.solve(flow, flow.init(0.3, "balanced"), t1=1.0, ts=np.array([0.0, 0.5, 1.0]))
     path = traj.save(tmp_path / "run")
     loaded = flows.Trajectory.load(path)
@@ -142,18 +175,21 @@ def test_save_load_roundtrip_and_corruption(tmp_path, sensing):
         flows.Trajectory.load(path)
 
 
-class _BlowUp(flows.Direct):
+class _BlowUp(flows.AbstractDynamics):
     """W' = W^2 entrywise: from W = 1 it blows up at t = 1."""
 
-    def vector_field(self, t, state, args):
+    def vector_field(self, t, state, gradient):
         return state**2
+
+    def optimizer(self, step):
+        return optax.sgd(step)
 
 
 def test_solver_failures_name_the_time_reached(sensing):
-    flow = flows.Symmetric(sensing)
+    flow = flows.Flow(sensing, flows.Symmetric())
     with pytest.raises(flows.SolverError, match=r"max_steps = 20 at t = .* Raise max_steps"):
         flows.solve(flow, flow.init(1e-2), t1=100.0, max_steps=20)
-    blow = _BlowUp(sensing)
+    blow = flows.Flow(sensing, flows.Direct(), dynamics=_BlowUp())
     with pytest.raises(flows.SolverError, match=r"failed at t = \S+ of t1 = 2: .*non-finite or blowing up") as err:
         flows.solve(blow, jnp.ones((5, 5)), t1=2.0, max_steps=5000)
     assert abs(err.value.t_reached - 1.0) < 1e-3
@@ -179,23 +215,23 @@ BAD_SOLVES = [
     (lambda f, s: f.init(kind="spiral"), "unknown init kind"),
     (lambda f, s: f.init(kind="balanced"), "does not apply"),
     (lambda f, s: flows.solver_by_name("euler-maruyama"), "unknown solver"),
-    (lambda f, s: flows.Deep(f.problem, depth=0), "depth"),
-    (lambda f, s: flows.Deep(f.problem, depth=3, width=(2,)), "hidden widths"),
-    (lambda f, s: flows.Symmetric(f.problem, width=0), "width"),
-    (lambda f, s: flows.Symmetric(flows.sensing(n=3, m=2, rank=1, symmetric=False, n2=4)), "square"),
+    (lambda f, s: flows.Flow(f.problem, flows.Deep(depth=0)), "depth"),
+    (lambda f, s: flows.Flow(f.problem, flows.Deep(depth=3, width=(2,))), "hidden widths"),
+    (lambda f, s: flows.Flow(f.problem, flows.Symmetric(width=0)), "width"),
+    (lambda f, s: flows.Flow(flows.sensing(n=3, m=2, rank=1, symmetric=False, n2=4), flows.Symmetric()), "square"),
 ]
 
 
 @pytest.mark.parametrize("call, message", BAD_SOLVES)
 def test_bad_input_is_refused_before_compiling(monkeypatch, sensing, call, message):
     monkeypatch.setattr(flows._solve, "_integrate", _no_compile)
-    flow = flows.Symmetric(sensing)
+    flow = flows.Flow(sensing, flows.Symmetric())
     with pytest.raises(ValueError, match=message):
         call(flow, flow.init(1e-2))
 
 
 def test_other_solvers_agree(sensing):
-    flow = flows.Symmetric(sensing)
+    flow = flows.Flow(sensing, flows.Symmetric())
     ts = np.array([0.0, 0.5, 2.0])
     ref = flows.solve(flow, flow.init(0.1), t1=2.0, ts=ts, rtol=1e-10, atol=1e-12)
     alt = flows.solve(flow, flow.init(0.1), t1=2.0, ts=ts, rtol=1e-10, atol=1e-12, solver=diffrax.Dopri8())
@@ -203,10 +239,10 @@ def test_other_solvers_agree(sensing):
 
 
 def test_changing_tolerances_times_and_data_does_not_recompile(caplog, sensing):
-    flow = flows.Symmetric(sensing)
+    flow = flows.Flow(sensing, flows.Symmetric())
     ts = np.array([0.0, 1.0, 2.0])
     flows.solve(flow, flow.init(1e-2), t1=2.0, ts=ts, rtol=1e-8, stop_loss=1e-3)
-    other = flows.Symmetric(flows.sensing(n=5, m=8, rank=1, seed=9))
+    other = flows.Flow(flows.sensing(n=5, m=8, rank=1, seed=9), flows.Symmetric())
     with jax.log_compiles(), caplog.at_level("WARNING"):
         flows.solve(other, other.init(1e-1), t1=3.0, ts=ts + 0.5, rtol=1e-6, atol=1e-9, stop_loss=1e-5)
     assert not [r for r in caplog.records if "Compiling" in r.getMessage() and "integrate" in r.getMessage()]
@@ -215,20 +251,20 @@ def test_changing_tolerances_times_and_data_does_not_recompile(caplog, sensing):
     assert [r for r in caplog.records if "Compiling" in r.getMessage() and "integrate" in r.getMessage()]
 
 
-class _Counted(flows.Symmetric):
-    """Counts its vector-field evaluations on the host, exactly."""
+class _Counted(flows.GradientFlow):
+    """Gradient flow that counts its vector-field evaluations on the host, exactly."""
 
     calls = [0]
 
-    def vector_field(self, t, U, args):
+    def vector_field(self, t, U, gradient):
         jax.debug.callback(lambda: self.calls.__setitem__(0, self.calls[0] + 1))
-        return super().vector_field(t, U, args)
+        return super().vector_field(t, U, gradient)
 
 
 @pytest.mark.parametrize("name", ["tsit5", "dopri8", "heun"])
 def test_vf_evaluation_count_matches_an_exact_count(sensing, name):
     _Counted.calls[0] = 0
-    flow = _Counted(sensing)
+    flow = flows.Flow(sensing, flows.Symmetric(), dynamics=_Counted())
     traj = flows.solve(flow, flow.init(1e-2), t1=2.0, ts=np.array([0.0, 2.0]), solver=flows.solver_by_name(name))
     assert traj.stats["num_rejected_steps"] > 0  # rejected steps are counted too
     assert 0 <= _Counted.calls[0] - traj.stats["vf_evaluations"] <= 3  # start-up evaluations left out

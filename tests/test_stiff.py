@@ -20,12 +20,12 @@ def _completion():
 
 
 FLOWS = {
-    "symmetric-sensing": lambda: flows.Symmetric(_sensing()),
-    "deep-sensing": lambda: flows.Deep(_sensing(), depth=3),
-    "direct-completion": lambda: flows.Direct(_completion()),
-    "symmetric-completion": lambda: flows.Symmetric(_completion()),
-    "factored-completion": lambda: flows.Factored(_completion(), width=4),
-    "deep-completion": lambda: flows.Deep(_completion(), depth=3, width=(5, 4)),
+    "symmetric-sensing": lambda: flows.Flow(_sensing(), flows.Symmetric()),
+    "deep-sensing": lambda: flows.Flow(_sensing(), flows.Deep(depth=3)),
+    "direct-completion": lambda: flows.Flow(_completion(), flows.Direct()),
+    "symmetric-completion": lambda: flows.Flow(_completion(), flows.Symmetric()),
+    "factored-completion": lambda: flows.Flow(_completion(), flows.Factored(width=4)),
+    "deep-completion": lambda: flows.Flow(_completion(), flows.Deep(depth=3, width=(5, 4))),
 }
 
 
@@ -56,7 +56,7 @@ def test_order_holds_with_a_frozen_jacobian():
     # Fixed steps dt = T/4, T/8 on a short non-stiff stretch: the error falls like dt^columns, also when
     # the Gauss-Newton matrix is never re-linearised (refresh = growth = inf): the W-method property.
     columns = 4
-    flow = flows.Symmetric(_sensing())
+    flow = flows.Flow(_sensing(), flows.Symmetric())
     state0 = flow.init(scale=0.3, kind="gaussian", seed=1)
     T = 0.02
     exact = flows.solve(flow, state0, t1=T, ts=[T], rtol=1e-13, atol=1e-15).W[-1]
@@ -73,7 +73,7 @@ def test_direct_flow_matches_closed_form():
     # The direct flow is linear and its Gauss-Newton matrix is its exact Jacobian; rtol 1e-8 per step
     # over a run whose residual decays: W within 1e-6 (relative to ||W||) of the closed form everywhere.
     problem = _sensing()
-    flow = flows.Direct(problem)
+    flow = flows.Flow(problem, flows.Direct())
     W0 = flow.init(scale=0.1)
     ts = flows.default_ts(50.0, num=30)
     traj = flows.solve(flow, W0, t1=50.0, ts=ts, solver=flows.LinearlyImplicitExtrapolation())
@@ -87,7 +87,7 @@ def test_direct_flow_matches_closed_form():
 def test_symmetric_tail_matches_explicit_and_is_stiff(solver):
     # Into the stiff tail (loss < 1e-10): the states of Tsit5 at rtol 1e-11 (an explicit method, its
     # steps bounded by stability there) at every saved time, to 1e-6, in far fewer steps.
-    flow = flows.Symmetric(_sensing())
+    flow = flows.Flow(_sensing(), flows.Symmetric())
     state0 = flow.init(scale=1e-2)
     fast = flows.solve(flow, state0, t1=1e5, stop_loss=1e-10, solver=solver, ts=flows.default_ts(1e5, num=40))
     exact = flows.solve(flow, state0, t1=fast.ts[-1], ts=fast.ts, rtol=1e-11, atol=1e-13)
@@ -97,8 +97,8 @@ def test_symmetric_tail_matches_explicit_and_is_stiff(solver):
     assert fast.stats["num_steps"] * 5 < exact.stats["num_steps"]
 
 
-@pytest.mark.parametrize("make", [lambda: flows.Factored(_completion(), width=4),
-                                  lambda: flows.Deep(_sensing(), depth=3)], ids=["factored", "deep"])
+@pytest.mark.parametrize("make", [lambda: flows.Flow(_completion(), flows.Factored(width=4)),
+                                  lambda: flows.Flow(_sensing(), flows.Deep(depth=3))], ids=["factored", "deep"])
 def test_conserved_quantities(make):
     # U^T U - V^T V and W_{j+1}^T W_{j+1} - W_j W_j^T are constants of the exact flow; the linearly
     # implicit steps do not conserve them exactly, but to the solver's tolerance (rtol 1e-8, drift < 1e-6),
@@ -110,28 +110,36 @@ def test_conserved_quantities(make):
         assert drift.max() < 1e-6, name
 
 
-def test_rejects_a_flow_it_cannot_linearise():
-    class Shifted(flows.AbstractFlow):
-        problem: flows.AbstractProblem
+class _Shifted(flows.AbstractFlow):
+    problem: flows.AbstractProblem
 
-        def init(self, scale=1e-3, kind="identity", seed=0):
-            return jnp.zeros(self.problem.shape)
+    def init(self, scale=1e-3, kind="identity", seed=0):
+        return jnp.zeros(self.problem.shape)
 
-        def product(self, state):
-            return state
+    def product(self, state):
+        return state
 
-        def vector_field(self, t, state, args):
-            return -self.problem.grad(state)
+    def vector_field(self, t, state):
+        return -self.problem.grad(state)
 
-    with pytest.raises(ValueError, match="parameterization"):
-        flows.solve(Shifted(_sensing()), jnp.zeros((6, 6)), t1=1.0, solver=flows.LinearlyImplicitExtrapolation())
+
+@pytest.mark.parametrize("flow", [
+    _Shifted(_sensing()),  # no parameterization to linearise through
+    flows.Flow(_sensing(), flows.Direct(), dynamics=flows.Adam()),  # not -grad: Gauss-Newton does not linearise it
+    flows.Flow(_sensing(), flows.Direct(), penalty=flows.Nuclear(), strength=1.0),  # curvature beyond Gauss-Newton
+], ids=["abstract-flow", "adam", "penalized"])
+def test_rejects_a_flow_it_cannot_linearise(flow):
+    state0 = flow.init(scale=0.1)
+    with pytest.raises(ValueError, match="linearise a gradient flow of the data loss"):
+        flows.solve(flow, state0, t1=1.0, solver=flows.LinearlyImplicitExtrapolation())
+    assert isinstance(flows.default_solver(flow, stop_loss=1e-10), diffrax.Tsit5)
 
 
 def test_default_solver_is_the_stiff_one_only_into_the_tail_of_plain_flows():
-    flow = flows.Symmetric(_sensing())
+    flow = flows.Flow(_sensing(), flows.Symmetric())
     assert isinstance(flows.default_solver(flow, stop_loss=1e-10), flows.Tsit5ThenExtrapolation)
     assert isinstance(flows.default_solver(flow, stop_loss=None), diffrax.Tsit5)
-    many = flows.Symmetric(flows.completion(n=40, m=flows._solve.STIFF_MAX_MEASUREMENTS + 1, rank=1))
+    many = flows.Flow(flows.completion(n=40, m=flows._solve.STIFF_MAX_MEASUREMENTS + 1, rank=1), flows.Symmetric())
     assert isinstance(flows.default_solver(many, stop_loss=1e-10), diffrax.Tsit5)
     traj = flows.solve(flow, flow.init(scale=1e-2), t1=1e5, stop_loss=1e-10)
     assert traj.config["solver"] == "Tsit5ThenExtrapolation" and traj.loss[-1] < 1e-10

@@ -21,7 +21,7 @@ def build(config):
     n = config.get("n", 5)
     problem = flows.sensing(n=n, m=2 * n, rank=1, seed=config.get("seed", 0))
     depth = config.get("depth", 1)
-    flow = flows.Symmetric(problem) if depth == 1 else flows.Deep(problem, depth=depth)
+    flow = flows.Flow(problem, flows.Symmetric()) if depth == 1 else flows.Flow(problem, flows.Deep(depth=depth))
     return flow, flow.init(scale=config["alpha"])
 
 
@@ -141,15 +141,15 @@ def test_killed_sweep_resumes(tmp_path):
     configs = flows.grid(alpha=[0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
     child = _run_child(f"""
         import os, signal
-        import flows, flows._trajectory as trajectory
+        import flows, flows._store as store
         from tests.test_sweep import build
-        write, calls = trajectory._atomic_write, [0]
+        write, calls = store.atomic_write, [0]
         def dying_write(target, payload):
             write(target, payload)
             calls[0] += 1
             if calls[0] == 7:  # runs 1-3 wrote arrays + meta; this is run 4's arrays
                 os.kill(os.getpid(), signal.SIGKILL)
-        trajectory._atomic_write = dying_write
+        store.atomic_write = dying_write
         flows.sweep(build, {configs!r}, {str(tmp_path)!r}, t1={T1}, batch_size=1, progress=False)
     """)
     assert child.returncode == -9, child.stderr

@@ -1,0 +1,224 @@
+r"""A flow = a problem's objective x a parameterization x dynamics: the ODE that `flows.solve` integrates.
+
+    flow = flows.Flow(problem, flows.Deep(depth=3), penalty=flows.Ratio(), strength=1e-3,
+                      dynamics=flows.Adam(a=100.0, b=1.0, eps=1e-8))
+
+The objective is $f(\theta) = L(\phi(\theta)) + \lambda R(\theta)$ with $L(W) = \tfrac12\|\mathcal{A}(W) - y\|^2$
+the problem's data loss, $\phi$ the parameterization and R the penalty (none by default); its
+parameter gradient is $g = \phi'(\theta)^* \nabla L(W)$ plus the penalty's part, and the dynamics turn
+g into the vector field. Every flow is an `eqx.Module` whose array fields (the problem's data, the
+strength, the dynamics' rates) are traced, so one compiled solve serves every problem and setting of
+the same shapes.
+
+`AbstractFlow` is what `flows.solve` integrates: anything with an initial state, a product W(state),
+a vector field and the problem whose loss it records (the analysis package defines reduced ODEs on it).
+`Flow` is the one concrete flow of the three families.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PyTree
+
+from ._dynamics import DYNAMICS, AbstractDynamics, GradientFlow
+from ._parameterizations import PARAMETERIZATIONS, AbstractParameterization
+from ._penalties import PENALTIES, AbstractPenalty
+from ._problems import AbstractProblem
+from ._validate import check_finite, check_nonnegative
+
+State = PyTree[Float[Array, "..."]]
+
+
+class AbstractFlow(eqx.Module):
+    """An ODE $s' = F(t, s)$ on a state s whose end-to-end matrix is `product(s)`, for a measurement problem."""
+
+    problem: eqx.AbstractVar[AbstractProblem]
+
+    @abc.abstractmethod
+    def init(self, scale: float = 1e-3, kind: str = "identity", seed: int = 0) -> State:
+        """The initial state; validated on the host before anything compiles."""
+
+    @abc.abstractmethod
+    def product(self, state: State) -> Float[Array, "n1 n2"]:
+        """The end-to-end matrix W of a state."""
+
+    @abc.abstractmethod
+    def vector_field(self, t, state: State) -> State:
+        """The right-hand side F(t, state)."""
+
+    def loss(self, state: State) -> Float[Array, ""]:
+        """The data loss L(W) of the state (what trajectories record and `stop_loss` watches)."""
+        return self.problem.loss(self.product(state))
+
+    def conserved(self, state: State) -> dict[str, tuple[Array, Array]]:
+        """Conserved quantities as pairs (P, Q): P - Q is constant along the exact flow."""
+        return {}
+
+    @property
+    def linearisable(self) -> bool:
+        r"""Whether the field is $-\phi'^*\nabla L$, so the Gauss-Newton matrix linearises it (the stiff solvers)."""
+        return False
+
+    def check_state(self, state0: State) -> None:
+        """ValueError unless state0 has the structure and shapes of `init()`'s and is finite (host-side)."""
+        expected = jax.eval_shape(self.init)
+        expected_leaves, expected_def = jax.tree.flatten(expected)
+        got, got_def = jax.tree.flatten(state0)
+        if got_def != expected_def or any(jnp.shape(g) != e.shape for g, e in zip(got, expected_leaves)):
+            raise ValueError(f"state0 does not match this flow: expected shapes "
+                             f"{jax.tree.map(lambda x: x.shape, expected)}, got {jax.tree.map(jnp.shape, state0)}")
+        for leaf in got:
+            check_finite("state0", leaf)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description (saved with trajectories)."""
+        return {"flow": type(self).__name__}
+
+
+class Flow(AbstractFlow):
+    """The flow of `dynamics` on the objective L(W) + strength * penalty through `parameterization`.
+
+    Args:
+        problem: the measurement problem (its data loss is the objective's first term).
+        parameterization: `Direct()`, `Symmetric(width)`, `Factored(width)`, `Deep(depth, width)`, or any
+            `AbstractParameterization`.
+        penalty: a penalty (`Nuclear`, `Ratio`, `Frobenius`, `EachFactor(...)`) or None (default).
+        strength: lambda >= 0; required with a penalty, refused without one.
+        dynamics: `GradientFlow()` (default), `Adam`, `RMSProp`, `Momentum`, `Sign`, `Modified`.
+    """
+
+    problem: AbstractProblem
+    parameterization: AbstractParameterization
+    penalty: AbstractPenalty | None
+    strength: Float[Array, ""] | None
+    dynamics: AbstractDynamics
+
+    def __init__(self, problem: AbstractProblem, parameterization: AbstractParameterization, *,
+                 penalty: AbstractPenalty | None = None, strength: float | None = None,
+                 dynamics: AbstractDynamics | None = None):
+        for name, value, kind in (("problem", problem, AbstractProblem),
+                                  ("parameterization", parameterization, AbstractParameterization)):
+            if not isinstance(value, kind):
+                raise ValueError(f"{name} must be a flows {kind.__name__.removeprefix('Abstract').lower()}; "
+                                 f"got {type(value).__name__}")
+        dynamics = GradientFlow() if dynamics is None else dynamics
+        if not isinstance(dynamics, AbstractDynamics):
+            raise ValueError(f"dynamics must be a flows dynamics (GradientFlow, Adam, ...); got {type(dynamics).__name__}")
+        if penalty is None:
+            if strength is not None:
+                raise ValueError("strength is given but there is no penalty; pass penalty=... or drop strength")
+        else:
+            if not isinstance(penalty, AbstractPenalty):
+                raise ValueError(f"penalty must be a flows penalty (Nuclear, Ratio, Frobenius, EachFactor); "
+                                 f"got {type(penalty).__name__}")
+            if strength is None:
+                raise ValueError("a penalty needs its strength: pass strength=lambda (>= 0)")
+            strength = jnp.asarray(check_nonnegative("strength", strength), dtype=jnp.float64)
+        parameterization.check_shape(problem.shape)
+        self.problem = problem
+        self.parameterization = parameterization
+        self.penalty = penalty
+        self.strength = strength
+        self.dynamics = dynamics
+
+    @classmethod
+    def from_description(cls, problem: AbstractProblem, description: dict[str, Any]) -> "Flow":
+        """The flow that `describe()` gave, on `problem`: the inverse of `describe`.
+
+        Each family member is a dict {"name": ..., **constructor arguments}, its name a key of
+        `flows.PARAMETERIZATIONS`, `PENALTIES` or `DYNAMICS` or the class name (case-insensitive):
+
+            Flow.from_description(problem, {"parameterization": {"name": "deep", "depth": 3},
+                                            "penalty": {"name": "ratio", "eps": 1e-3}, "strength": 1e-2,
+                                            "dynamics": {"name": "adam", "a": 10.0}})
+
+        Missing entries take the constructor's defaults (no penalty, gradient flow).
+        """
+        if not isinstance(description, dict) or "parameterization" not in description:
+            raise ValueError(f"a flow description is a dict with a 'parameterization' entry; got {description!r}")
+        unknown = set(description) - {"flow", "parameterization", "penalty", "strength", "dynamics"}
+        if unknown:
+            raise ValueError(f"unknown entries in the flow description: {sorted(unknown)}")
+        penalty, dynamics = description.get("penalty"), description.get("dynamics")
+        return cls(problem, _member("parameterization", PARAMETERIZATIONS, description["parameterization"]),
+                   penalty=None if penalty is None else _member("penalty", PENALTIES, penalty),
+                   strength=description.get("strength"),
+                   dynamics=None if dynamics is None else _member("dynamics", DYNAMICS, dynamics))
+
+    def init(self, scale=1e-3, kind="identity", seed=0):
+        """The parameterization's init of `kind` at `scale` (see its `params`), and the dynamics' moments at 0."""
+        return self.dynamics.init(self.parameterization.init(self.problem.shape, scale, kind, seed))
+
+    def params(self, state: State) -> State:
+        """The parameters theta of a state (the state itself, or its "params" under adaptive dynamics)."""
+        return self.dynamics.params(state)
+
+    def product(self, state):
+        return self.parameterization.product(self.params(state))
+
+    def gradient(self, theta: State) -> State:
+        r"""$\nabla_\theta f$: $\phi'(\theta)^* \nabla L(W)$, plus the penalty's part."""
+        W = self.parameterization.product(theta)
+        G = self.problem.grad(W)
+        if self.penalty is None:
+            return self.parameterization.pullback(theta, G)
+        return self.penalty.objective_gradient(self.parameterization, theta, W, G, self.strength)
+
+    def objective(self, state: State) -> Float[Array, ""]:
+        r"""$f = L(W) + \lambda R$ at a state (`loss` is the data loss alone)."""
+        theta = self.params(state)
+        value = self.problem.loss(self.parameterization.product(theta))
+        if self.penalty is None:
+            return value
+        return value + self.strength * self.penalty.value(self.parameterization, theta)
+
+    def vector_field(self, t, state):
+        return self.dynamics.vector_field(t, state, self.gradient)
+
+    def conserved(self, state):
+        if not self.dynamics.keeps_symmetry or (self.penalty is not None and not self.penalty.keeps_symmetry):
+            return {}
+        return self.parameterization.conserved(self.params(state))
+
+    @property
+    def linearisable(self) -> bool:
+        return self.dynamics.follows_gradient and self.penalty is None
+
+    def check_state(self, state0):
+        super().check_state(state0)
+        self.dynamics.check_state(state0)
+
+    def describe(self):
+        return {"flow": "Flow", "parameterization": self.parameterization.describe(),
+                "penalty": None if self.penalty is None else self.penalty.describe(),
+                "strength": None if self.strength is None else float(self.strength),
+                "dynamics": self.dynamics.describe()}
+
+
+def _member(family: str, table: dict[str, type], description):
+    """One family member from {"name": ..., **arguments}; nested descriptions (EachFactor's) built alike."""
+    if not isinstance(description, dict) or "name" not in description:
+        raise ValueError(f"a {family} description is a dict with a 'name'; got {description!r}")
+    name = str(description["name"]).lower()
+    matches = [c for key, c in table.items() if name in (key, c.__name__.lower())]
+    if not matches:
+        raise ValueError(f"unknown {family} {description['name']!r}; choose one of {', '.join(map(repr, table))}")
+    arguments = {k: _member(family, table, v) if isinstance(v, dict) else v
+                 for k, v in description.items() if k != "name"}
+    try:
+        return matches[0](**arguments)
+    except TypeError as err:
+        raise ValueError(f"bad arguments for {family} {description['name']!r}: {err}") from None
+
+
+class FlowArgs(eqx.Module):
+    """What `flows.solve` passes as Diffrax's `args`: the flow (its structure is what the stiff solvers
+    linearise) and the `stop_loss` threshold its event watches (None: no event)."""
+
+    flow: AbstractFlow
+    stop_loss: Float[Array, ""] | None

@@ -1,0 +1,184 @@
+"""Atomic, checksummed storage of arrays with JSON metadata, and of state pytrees of any common form.
+
+A record is a folder holding `arrays.npz` and `meta.json`; the metadata is written last and holds the
+arrays' SHA-256, so a reader sees either the previous complete record or the new one, and an interrupted
+write is caught as a checksum mismatch (`CorruptRecordError`). Both `Trajectory` and `flows.sweep` store
+through here.
+
+State pytrees are stored as their leaves plus a JSON description of the structure: tuples, lists, dicts,
+None, NamedTuples and Equinox modules (static fields kept as JSON values). NamedTuple and module
+classes are re-imported by name on reading, so a state of a class defined anywhere importable round-trips
+without pickling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import numpy as np
+
+ARRAYS = "arrays.npz"
+META = "meta.json"
+
+
+class CorruptRecordError(ValueError):
+    """A stored record is incomplete, does not match its checksum, or cannot be decoded."""
+
+
+def atomic_write(target: Path, payload: bytes) -> None:
+    """Write `payload` to `target` through a temporary file in the same folder and an atomic rename."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(target: Path, value: Any) -> None:
+    """`value` as indented JSON, written atomically (NumPy scalars and arrays converted)."""
+    atomic_write(target, json.dumps(value, indent=2, default=_json_default).encode())
+
+
+def write_record(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+    """Write `path/arrays.npz`, then `path/meta.json` (= `meta` plus the arrays' sha256), each atomically."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    payload = buffer.getvalue()
+    atomic_write(path / ARRAYS, payload)
+    write_json(path / META, {**meta, "sha256": hashlib.sha256(payload).hexdigest()})
+    return path
+
+
+def read_record(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays and metadata of a complete record; CorruptRecordError otherwise."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / META).read_text())
+        payload = (path / ARRAYS).read_bytes()
+    except (OSError, json.JSONDecodeError) as err:
+        raise CorruptRecordError(f"no complete record at {path}: {err}") from err
+    if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+        raise CorruptRecordError(f"{path / ARRAYS} does not match the checksum in {META}")
+    with np.load(io.BytesIO(payload)) as data:
+        return dict(data), meta
+
+
+def encode_tree(tree) -> tuple[list[np.ndarray], dict]:
+    """The leaves of a state pytree (host arrays, in order) and a JSON description of its structure."""
+    leaves: list[np.ndarray] = []
+    return leaves, _encode(tree, leaves)
+
+
+def decode_tree(structure: dict, leaves: list[np.ndarray]):
+    """The pytree that `encode_tree` described, rebuilt around `leaves`."""
+    try:
+        return _decode(structure, leaves)
+    except (KeyError, IndexError, TypeError, ValueError, ImportError, AttributeError) as err:
+        raise CorruptRecordError(f"cannot rebuild the stored state structure: {err!r}") from err
+
+
+def _encode(node, leaves: list) -> dict:
+    if node is None:
+        return {"none": True}
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return {"namedtuple": _class_name(type(node)),
+                "fields": {name: _encode(getattr(node, name), leaves) for name in node._fields}}
+    if isinstance(node, (tuple, list)):
+        return {type(node).__name__: [_encode(child, leaves) for child in node]}
+    if isinstance(node, dict):
+        if not all(isinstance(k, str) for k in node):
+            raise TypeError(f"state dicts must have string keys; got {list(node)!r}")
+        return {"dict": {k: _encode(v, leaves) for k, v in node.items()}}
+    if isinstance(node, eqx.Module):
+        fields = {}
+        for field in dataclasses.fields(node):
+            value = getattr(node, field.name)
+            fields[field.name] = ({"static": _static_json(field.name, value)} if field.metadata.get("static")
+                                  else _encode(value, leaves))
+        return {"module": _class_name(type(node)), "fields": fields}
+    if isinstance(node, (np.ndarray, np.generic, int, float)) or hasattr(node, "__array__"):
+        leaves.append(np.asarray(node))
+        return {"leaf": len(leaves) - 1}
+    raise TypeError(f"cannot store a state node of type {type(node).__name__}: use tuples, lists, dicts, "
+                    "NamedTuples, Equinox modules and arrays")
+
+
+def _decode(node: dict, leaves: list):
+    if "none" in node:
+        return None
+    if "leaf" in node:
+        return leaves[node["leaf"]]
+    if "tuple" in node:
+        return tuple(_decode(child, leaves) for child in node["tuple"])
+    if "list" in node:
+        return [_decode(child, leaves) for child in node["list"]]
+    if "dict" in node:
+        return {k: _decode(v, leaves) for k, v in node["dict"].items()}
+    if "namedtuple" in node:
+        cls = _import_class(node["namedtuple"])
+        if not (issubclass(cls, tuple) and hasattr(cls, "_fields")):
+            raise TypeError(f"{node['namedtuple']} is not a NamedTuple")
+        return cls(**{name: _decode(child, leaves) for name, child in node["fields"].items()})
+    cls = _import_class(node["module"])
+    if not issubclass(cls, eqx.Module):
+        raise TypeError(f"{node['module']} is not an Equinox module")
+    # As Equinox itself unflattens a module: no __init__ (its converters and checks ran when it was made).
+    module = object.__new__(cls)
+    for name, child in node["fields"].items():
+        object.__setattr__(module, name, _from_static(child["static"]) if "static" in child else _decode(child, leaves))
+    return module
+
+
+def _class_name(cls: type) -> str:
+    if "<locals>" in cls.__qualname__:
+        raise TypeError(f"cannot store an instance of {cls.__qualname__}: define its class at module level")
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _import_class(name: str) -> type:
+    module, qualname = name.split(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, type):
+        raise TypeError(f"{name} is not a class")
+    return obj
+
+
+def _static_json(name: str, value):
+    """A static field as JSON; tuples are tagged so that they come back as tuples (hashable, as static needs)."""
+    if isinstance(value, tuple):
+        return {"tuple": [_static_json(name, v) for v in value]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"static field {name!r} holds a {type(value).__name__}; only JSON values and tuples are stored")
+
+
+def _from_static(value):
+    if isinstance(value, dict):
+        return tuple(_from_static(v) for v in value["tuple"])
+    return value
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
