@@ -149,7 +149,7 @@ class Plan:
 
     def finish(self, flow: AbstractFlow, raw) -> Trajectory:
         """The Trajectory of one host-side `integrate` result, or SolverError if it failed."""
-        ts_out, states, stats, result = raw
+        ts_out, states, stats, result, solver_state = raw
         stopped = bool(result == diffrax.RESULTS.event_occurred)
         if result != diffrax.RESULTS.successful and not stopped:
             finite = np.isfinite(ts_out)
@@ -168,6 +168,8 @@ class Plan:
         per_step = evaluations_per_step(self.solver)
         stats |= {"vf_evaluations": None if per_step is None else per_step * stats["num_steps"],
                   "stopped_by_loss": stopped, "t_final": float(ts_out[keep[-1]])}
+        if isinstance(self.solver, STIFF):
+            stats |= self.solver.report(solver_state)
         config = {"flow": flow.describe()} | self.describe()
         return Trajectory.from_states(flow, ts_out[keep], states, stats=stats, config=config)
 
@@ -219,7 +221,8 @@ def _field(t, state, args: FlowArgs):
 
 
 def integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_steps, progress):
-    """diffrax.diffeqsolve of one flow: (saved times, saved states, statistics, result code); traceable, so
+    """diffrax.diffeqsolve of one flow: (saved times, saved states, statistics, result code, final solver state);
+    traceable, so
     `sweep` can vmap it. The flow travels in Diffrax's `args` (`FlowArgs`): that is how the stiff solvers reach the
     structure they linearise (its parameterization and problem)."""
     event = None
@@ -227,10 +230,10 @@ def integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_s
         event = diffrax.Event(cond_fn=lambda t, y, args, **kwargs: args.flow.loss(y) < args.stop_loss)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(_field), solver, t0=jnp.zeros_like(t1), t1=t1, dt0=dt0, y0=state0,
-        args=FlowArgs(flow, stop_loss), saveat=diffrax.SaveAt(ts=ts, t1=True), stepsize_controller=controller,
+        args=FlowArgs(flow, stop_loss), saveat=diffrax.SaveAt(ts=ts, t1=True, solver_state=True), stepsize_controller=controller,
         event=event, max_steps=max_steps, throw=False, adjoint=diffrax.ForwardMode(),
         progress_meter=diffrax.TqdmProgressMeter(refresh_steps=5000) if progress else diffrax.NoProgressMeter())
-    return sol.ts, sol.ys, sol.stats, sol.result
+    return sol.ts, sol.ys, sol.stats, sol.result, sol.solver_state
 
 
 _integrate = eqx.filter_jit(integrate)

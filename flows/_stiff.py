@@ -129,11 +129,15 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
     def init(self, terms, t0, t1, y0, args):
         point, _ = ravel_pytree(y0)
         f0 = ravel_pytree(terms.vf(t0, y0, args))[0]
-        return f0, GaussNewton.pending(_flow_of(args), point)
+        return f0, GaussNewton.pending(_flow_of(args), point), jnp.array(0)
+
+    def report(self, solver_state) -> dict:
+        """What the run's final solver state says about it (host-side): the number of linearisations."""
+        return {"linearisations": int(solver_state[2])}
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         flow = _flow_of(args)
-        f0, linear = solver_state
+        f0, linear, linearisations = solver_state
         y0_flat, unravel = ravel_pytree(y0)
         if made_jump is not False:
             f0 = jax.lax.cond(made_jump, lambda: ravel_pytree(terms.vf(t0, y0, args))[0], lambda: f0)
@@ -141,6 +145,7 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
         stale = (jnp.isnan(linear.step) | (dt > self.growth * linear.step)
                  | (jnp.linalg.norm(y0_flat - linear.point) > self.refresh * jnp.linalg.norm(y0_flat)))
         linear = jax.lax.cond(stale, lambda: GaussNewton.at(flow, y0_flat, unravel, dt), lambda: linear)
+        linearisations = linearisations + stale
 
         def vf(t, y):
             return ravel_pytree(terms.vf(t, unravel(y), args))[0]
@@ -162,7 +167,7 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
         error = table[-1] - table[-2]
         f1 = vf(t1, y1)
         dense_info = dict(y0=y0, y1=unravel(y1), k0=unravel(dt * f0), k1=unravel(dt * f1))
-        return unravel(y1), unravel(error), dense_info, (f1, linear), diffrax.RESULTS.successful
+        return unravel(y1), unravel(error), dense_info, (f1, linear, linearisations), diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
@@ -214,10 +219,16 @@ class Tsit5ThenExtrapolation(diffrax.AbstractAdaptiveSolver):
     def init(self, terms, t0, t1, y0, args):
         explicit = diffrax.Tsit5().init(terms, t0, t1, y0, args)
         implicit = self.stiff_solver.init(terms, t0, t1, y0, args)
-        return jnp.array(False), jnp.array(0), explicit, implicit
+        return jnp.array(False), jnp.array(0), jnp.asarray(jnp.inf, dtype=jnp.result_type(t0)), explicit, implicit
+
+    def report(self, solver_state) -> dict:
+        """Whether and when the run switched, and the extrapolation's linearisations (host-side)."""
+        stiff, _, t_switch, _, implicit = solver_state
+        return {"switched": bool(stiff), "t_switch": float(t_switch) if bool(stiff) else None,
+                **self.stiff_solver.report(implicit)}
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        stiff, streak, explicit_state, implicit_state = solver_state
+        stiff, streak, t_switch, explicit_state, implicit_state = solver_state
         tableau = diffrax.Tsit5.tableau
         # y_7 - y_6 = sum_j (a_7j - a_6j) k_j: stage 7 is the solution (first same as last).
         weights = np.asarray(tableau.a_lower[5]) - np.append(tableau.a_lower[4], 0.0)
@@ -225,21 +236,24 @@ class Tsit5ThenExtrapolation(diffrax.AbstractAdaptiveSolver):
         def explicit():
             y1, error, dense, new_explicit, result = diffrax.Tsit5().step(
                 terms, t0, t1, y0, args, explicit_state, made_jump)
-            k = ravel_pytree(dense["k"])[0].reshape(7, -1)
+            # The stages k_j of every leaf (each leaf's k has the stage axis first), laid side by side in the
+            # order of ravel_pytree(y): row j is stage j of the whole state.
+            k = jnp.concatenate([x.reshape(x.shape[0], -1) for x in jax.tree.leaves(dense["k"])], axis=1)
             h_rho = jnp.linalg.norm(k[6] - k[5]) / jnp.linalg.norm(weights @ k[:6])
             run = jnp.where(h_rho > self.threshold, streak + 1, 0)
+            switch = run >= self.patience
+            # The last stage is dt f(y1): the slope the extrapolation starts from if the run switches now.
             implicit = (k[6] / (t1 - t0), *implicit_state[1:])
             dense = dict(y0=y0, y1=y1, k=dense["k"], stiff=jnp.array(False))
-            return y1, error, dense, (run >= self.patience, run, new_explicit, implicit), result
+            return y1, error, dense, (switch, run, jnp.where(switch, t1, t_switch), new_explicit, implicit), result
 
         def implicit():
             y1, error, dense, new_implicit, result = self.stiff_solver.step(
                 terms, t0, t1, y0, args, implicit_state, made_jump)
             k = jax.tree.map(lambda a, b: jnp.stack([a, *([jnp.zeros_like(a)] * 5), b]), dense["k0"], dense["k1"])
-            _, unravel = ravel_pytree(y0)
-            new_explicit = (explicit_state[0], unravel(new_implicit[0]))
             dense = dict(y0=y0, y1=y1, k=k, stiff=jnp.array(True))
-            return y1, error, dense, (jnp.array(True), streak, new_explicit, new_implicit), result
+            # The switch is for good: Tsit5's state is carried along unused.
+            return y1, error, dense, (jnp.array(True), streak, t_switch, explicit_state, new_implicit), result
 
         return jax.lax.cond(stiff, implicit, explicit)
 
