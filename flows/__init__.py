@@ -43,9 +43,11 @@ from ._problems import (  # noqa: E402
     DenseProblem,
     EntryProblem,
     Problem,
+    RankOneProblem,
     commuting,
     completion,
     low_rank_truth,
+    rank_one_sensing,
     sensing,
 )
 from ._solve import SOLVERS, SolverError, default_solver, default_ts, solve, solver_by_name  # noqa: E402
@@ -62,8 +64,8 @@ __all__ = [
     "AbstractDynamics", "AbstractAdaptive", "GradientFlow", "Adam", "RMSProp", "Momentum", "Sign", "Modified",
     "DYNAMICS",
     # problems
-    "AbstractProblem", "Problem", "DenseProblem", "EntryProblem", "CommutingProblem", "sensing", "completion",
-    "commuting", "low_rank_truth",
+    "AbstractProblem", "Problem", "DenseProblem", "EntryProblem", "CommutingProblem", "RankOneProblem", "sensing",
+    "completion", "commuting", "rank_one_sensing", "low_rank_truth",
     # solving, finite steps, sweeps
     "solve", "descend", "sweep", "grid", "Run", "SolverError", "default_solver", "default_ts", "SOLVERS",
     "solver_by_name", "GaussNewton", "LinearlyImplicitExtrapolation", "Tsit5ThenExtrapolation", "kernel_matrix",

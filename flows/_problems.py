@@ -1,4 +1,9 @@
-"""Measurement problems: the linear operator A, the data y and the loss L(W) = 1/2 ||A(W) - y||^2."""
+"""Measurement problems: the linear operator A, the data y and the loss L(W) = 1/2 ||A(W) - y||^2.
+
+Every constructor estimates the memory it is about to allocate and, beyond what the machine has
+available, refuses before allocating anything: a ValueError with the size in GiB and what to use
+instead (`check_fits`).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,14 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int
 
 from ._random import orthonormal_columns
+from ._validate import check_finite, check_fits, check_nonnegative, check_positive_int
 
-from ._validate import check_finite, check_positive_int
+FLOAT = 8
+"""Bytes per float64 entry, for the memory estimates the constructors check before allocating."""
+
+DENSE_ALTERNATIVE = ("use flows.rank_one_sensing (rank-one measurements a_i b_i^T, O(m n) memory) or "
+                     "flows.completion (index lists) instead")
+"""What to use instead of a dense measurement stack that does not fit."""
 
 
 class AbstractProblem(eqx.Module):
@@ -77,6 +88,12 @@ class AbstractProblem(eqx.Module):
     @staticmethod
     def from_matrices(A, y, truth=None, symmetric: bool | None = None) -> "DenseProblem":
         """A problem from dense measurement matrices A (m, n1, n2) and data y (m,)."""
+        shape = np.shape(A)
+        if len(shape) == 3:
+            # A float64 copy unless A is one already, and the finiteness check's mask of one byte per entry.
+            copy = 0 if getattr(A, "dtype", None) == np.float64 else FLOAT
+            check_fits(f"Problem.from_matrices of {shape[0]} dense {shape[1]} x {shape[2]} matrices",
+                       np.prod(shape, dtype=np.int64) * (copy + 1), DENSE_ALTERNATIVE)
         A = np.asarray(A, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         if A.ndim != 3:
@@ -88,8 +105,8 @@ class AbstractProblem(eqx.Module):
         check_finite("A", A)
         check_finite("y", y)
         if symmetric is None:
-            symmetric = A.shape[1] == A.shape[2] and bool(np.allclose(A, A.transpose(0, 2, 1)))
-        elif symmetric and (A.shape[1] != A.shape[2] or not np.allclose(A, A.transpose(0, 2, 1))):
+            symmetric = _symmetric_stack(A)
+        elif symmetric and not _symmetric_stack(A):
             raise ValueError("symmetric=True needs square, symmetric A_i")
         return DenseProblem(A=jnp.asarray(A), y=jnp.asarray(y), truth=_as_truth(truth, A.shape[1:]),
                             shape=(A.shape[1], A.shape[2]), symmetric=symmetric)
@@ -112,7 +129,11 @@ class AbstractProblem(eqx.Module):
         if rows.min() < 0 or rows.max() >= shape[0] or cols.min() < 0 or cols.max() >= shape[1]:
             raise ValueError(f"entry indices out of range for shape {shape}")
         _check_entry_count(m, shape)
-        if len(np.unique(rows * shape[1] + cols)) != m:
+        # The flat indices and np.unique's sorted copy and flags, the stored arrays; a dense truth if given.
+        truth_bytes = 0 if truth is None else _truth_bytes(*shape)
+        check_fits(f"Problem.from_entries of {m} entries", 6 * FLOAT * m + truth_bytes, "use fewer entries")
+        # int64: rows * n2 overflows int32 indices once n1 n2 > 2^31.
+        if len(np.unique(rows.astype(np.int64) * shape[1] + cols)) != m:
             raise ValueError("an entry is observed twice; pass each (row, col) once")
         check_finite("values", values)
         return EntryProblem(rows=jnp.asarray(rows, dtype=jnp.int32), cols=jnp.asarray(cols, dtype=jnp.int32),
@@ -186,6 +207,55 @@ class EntryProblem(AbstractProblem):
         return jnp.eye(self.m)
 
 
+class RankOneProblem(AbstractProblem):
+    r"""Rank-one measurements $A_i = a_i b_i^T$, stored as the vectors: $O(m (n_1 + n_2))$ memory, never m x n1 x n2.
+
+    With the $a_i$, $b_i$ the rows of `left` (m, n1) and `right` (m, n2):
+    $\mathcal{A}(W)_i = a_i^T W b_i$ and $\mathcal{A}^*(r) = \sum_i r_i a_i b_i^T = A^T \operatorname{diag}(r) B$,
+    each $O(m n_1 n_2)$ time as with the dense stack, from $n_1 n_2 / (n_1 + n_2)$ times less memory.
+    `right` is None for the symmetric kind $A_i = a_i a_i^T$ (then `symmetric`)."""
+
+    left: Float[Array, "m n1"]
+    right: Float[Array, "m n2"] | None
+
+    @property
+    def vectors(self) -> tuple[Float[Array, "m n1"], Float[Array, "m n2"]]:
+        """(A, B): the $a_i$ and the $b_i$ as rows (B is A for the symmetric kind)."""
+        return self.left, self.left if self.right is None else self.right
+
+    def measure(self, W):
+        a, b = self.vectors
+        return jnp.einsum("mj,mj->m", a @ W, b)
+
+    def adjoint(self, r):
+        a, b = self.vectors
+        return (a.T * r) @ b
+
+    def matrices(self):
+        a, b = self.vectors
+        return a[:, :, None] * b[:, None, :]
+
+    def kernel(self, pullback, terms):
+        r"""From the sandwich form, $O(m n^2 + m^2 n)$ per term: $L A_k R = (L a_k)(R^T b_k)^T$ gives
+        $\Theta_{ik} = \sum (a_i^T L a_k)(b_k^T R b_i)$, and a transposed term ($\mathrm{op}(A_k) = b_k a_k^T$)
+        $(a_i^T L b_k)(a_k^T R b_i)$."""
+        if terms is None:
+            return super().kernel(pullback, terms)
+        a, b = self.vectors
+        theta = 0.0
+        for L, R, transposed in terms:
+            if transposed:
+                theta = theta + (a @ L @ b.T) * (a @ R @ b.T).T
+            else:
+                theta = theta + (a @ L @ a.T) * (b @ R.T @ b.T)
+        return theta
+
+    def gram(self):
+        # <a_i b_i^T, a_j b_j^T> = (a_i . a_j)(b_i . b_j), without the dense stack.
+        a, b = self.vectors
+        return (a @ a.T) * (b @ b.T)
+
+
 Problem = AbstractProblem
 """The public name of the problem type; `Problem.from_matrices` and `Problem.from_entries` build one."""
 
@@ -198,6 +268,12 @@ def _check_shape(shape) -> tuple[int, int]:
     check_positive_int("shape[0]", n1)
     check_positive_int("shape[1]", n2)
     return n1, n2
+
+
+def _symmetric_stack(A: np.ndarray) -> bool:
+    """Whether every A_i is square and symmetric, one at a time (np.allclose of the whole stack would
+    hold several copies of it)."""
+    return A.shape[1] == A.shape[2] and all(np.allclose(Ai, Ai.T) for Ai in A)
 
 
 def _as_truth(truth, shape):
@@ -233,6 +309,11 @@ def _check_entry_count(m: int, shape: tuple[int, int]) -> None:
                          f"{shape[0]} x {shape[1]} matrix")
 
 
+def _truth_bytes(n1: int, n2: int) -> int:
+    """The peak of `low_rank_truth` and `_as_truth`: the product and two scaled copies of it."""
+    return 3 * FLOAT * n1 * n2
+
+
 def low_rank_truth(rng: np.random.Generator, n1: int, n2: int, rank: int, symmetric: bool,
                    truth_norm: float) -> np.ndarray:
     """W* = Z Z^T (PSD) or Z1 Z2^T with Gaussian factors, scaled to ||W*||_F = truth_norm."""
@@ -249,15 +330,22 @@ def sensing(n: int, m: int, rank: int, seed: int = 0, symmetric: bool = True, n2
     $A_i$ has i.i.d. N(0, 1) entries, symmetrised to $(G + G^T)/2$ when `symmetric` (then the truth is
     PSD, $W^* = Z Z^T$ scaled to $\|W^*\|_F$ = `truth_norm`); otherwise $W^* = Z_1 Z_2^T$ of shape
     (n, n2). $y = \mathcal{A}(W^*) + \text{noise} \cdot \xi$. More measurements than unknowns is allowed
-    (an over-determined problem is still a valid one).
+    (an over-determined problem is still a valid one). The m dense $n_1 \times n_2$ matrices take
+    $8 m n_1 n_2$ bytes (n = 1000, m = 20,000: 149 GiB, refused where it does not fit):
+    `rank_one_sensing` is the $O(m n)$ alternative.
     """
     n1, n2 = check_sizes("sensing", n, m, rank, n2, symmetric, truth_norm)
-    if not (np.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be a non-negative finite number; got {noise}")
+    noise = check_nonnegative("noise", noise)
+    check_fits(f"Gaussian sensing with m = {m} dense {n1} x {n2} measurement matrices",
+               FLOAT * m * n1 * n2 + _truth_bytes(n1, n2), DENSE_ALTERNATIVE)
     rng = np.random.default_rng(seed)
     truth = low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
-    G = rng.standard_normal((m, n1, n2))
-    A = 0.5 * (G + G.transpose(0, 2, 1)) if symmetric else G
+    A = rng.standard_normal((m, n1, n2))
+    if symmetric:
+        # (G + G^T) / 2 in place, one n x n temporary at a time (the same values as out of place).
+        for Ai in A:
+            Ai += Ai.T
+        A *= 0.5
     y = np.einsum("mij,ij->m", A, truth) + noise * rng.standard_normal(m)
     return DenseProblem(A=jnp.asarray(A), y=jnp.asarray(y), truth=jnp.asarray(truth), shape=(n1, n2),
                         symmetric=symmetric)
@@ -272,6 +360,9 @@ def completion(n: int, m: int, rank: int, seed: int = 0, symmetric: bool = True,
     """
     n1, n2 = check_sizes("completion", n, m, rank, n2, symmetric, truth_norm)
     _check_entry_count(m, (n1, n2))
+    # The dense truth, the index draw (a permutation of all n1 n2 entries once m > n1 n2 / 50) and the index lists.
+    check_fits(f"completion of a dense {n1} x {n2} truth", _truth_bytes(n1, n2) + FLOAT * (n1 * n2 + 6 * m),
+               "use a smaller n (the truth is a dense n1 x n2 matrix)")
     rng = np.random.default_rng(seed)
     truth = low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
     flat = np.sort(rng.choice(n1 * n2, size=m, replace=False))
@@ -288,6 +379,9 @@ def commuting(n: int, m: int, rank: int, seed: int = 0, truth_norm: float = 1.0)
     eigenbasis (a generic PSD truth would only be seen through its diagonal in that basis).
     """
     check_sizes("commuting", n, m, rank, truth_norm=truth_norm)
+    # The spectra, and the basis with its QR's workspace and the truth.
+    check_fits(f"commuting measurements with m = {m} spectra of length {n}", FLOAT * (m * n + 6 * n * n + 2 * m),
+               "use a smaller n or m")
     rng = np.random.default_rng(seed)
     Q = orthonormal_columns(rng, n, n)
     spectra = rng.standard_normal((m, n))
@@ -297,3 +391,29 @@ def commuting(n: int, m: int, rank: int, seed: int = 0, truth_norm: float = 1.0)
     truth = (Q * eig) @ Q.T
     return CommutingProblem(basis=jnp.asarray(Q), spectra=jnp.asarray(spectra), y=jnp.asarray(spectra @ eig),
                             truth=jnp.asarray(truth), shape=(n, n), symmetric=True)
+
+
+def rank_one_sensing(n: int, m: int, rank: int, seed: int = 0, symmetric: bool = True, n2: int | None = None,
+                     truth_norm: float = 1.0, noise: float = 0.0) -> RankOneProblem:
+    r"""Rank-one sensing: $A_i = a_i b_i^T$, or $a_i a_i^T$ when `symmetric`, $a_i, b_i$ with i.i.d. N(0, 1) entries.
+
+    Stored as the vectors (`RankOneProblem`): $O(m (n_1 + n_2))$ memory where `sensing`'s dense stack
+    takes $O(m n_1 n_2)$; at n = 1000, m = 20,000 that is 0.15 GiB against 149 GiB. The truth is drawn
+    as in `sensing` (PSD $Z Z^T$ when `symmetric`, else $Z_1 Z_2^T$ of shape (n, n2), $\|W^*\|_F$ =
+    `truth_norm`) and $y = \mathcal{A}(W^*) + \text{noise} \cdot \xi$. For independent $a_i, b_i$,
+    $\mathbb{E} \langle A_i, W \rangle^2 = \|W\|_F^2$, as for Gaussian sensing; for $a_i a_i^T$ it is
+    $(\operatorname{tr} W)^2 + 2 \|W\|_F^2$.
+    """
+    n1, n2 = check_sizes("rank-one sensing", n, m, rank, n2, symmetric, truth_norm)
+    noise = check_nonnegative("noise", noise)
+    vectors = m * (n1 if symmetric else n1 + n2)
+    # The vectors, the m x n2 product A W* that measures the truth, and the truth.
+    check_fits(f"rank-one sensing with m = {m} measurements of {n1} x {n2} matrices",
+               FLOAT * (vectors + m * n2 + 2 * m) + _truth_bytes(n1, n2), "use a smaller m or n")
+    rng = np.random.default_rng(seed)
+    truth = low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
+    left = rng.standard_normal((m, n1))
+    right = None if symmetric else rng.standard_normal((m, n2))
+    y = np.einsum("mj,mj->m", left @ truth, left if symmetric else right) + noise * rng.standard_normal(m)
+    return RankOneProblem(left=jnp.asarray(left), right=None if symmetric else jnp.asarray(right), y=jnp.asarray(y),
+                          truth=jnp.asarray(truth), shape=(n1, n2), symmetric=symmetric)

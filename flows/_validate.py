@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -51,3 +52,35 @@ def check_times(ts, t1: float) -> np.ndarray:
     if np.any(np.diff(ts) <= 0) or ts[0] < 0 or ts[-1] > t1:
         raise ValueError(f"ts must be strictly increasing and within [0, t1 = {t1}]")
     return ts
+
+
+GIB = 2**30
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can have now: Linux's MemAvailable (free plus reclaimable
+    caches), else the free pages POSIX reports; None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(what: str, nbytes: int, alternative: str) -> None:
+    """ValueError, before anything is allocated, if `what` needs more than the available memory.
+
+    `nbytes` is the caller's estimate of the host memory it is about to allocate at its peak (JAX on CPU
+    adopts NumPy's buffers without copying them); `alternative` says what to do instead. Nothing is
+    refused where the available memory cannot be read.
+    """
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise ValueError(f"{what} needs {nbytes / GIB:.3g} GiB of memory and {available / GIB:.3g} GiB is "
+                         f"available: {alternative}")

@@ -1,5 +1,7 @@
 """Measurement problems: adjointness, storage forms against dense references, and bad input."""
 
+import time
+
 import hypothesis.strategies as st
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 
 import flows
+import flows._validate
 
 SETTINGS = settings(max_examples=20, deadline=None)
 
@@ -20,6 +23,10 @@ def _problem(kind: str, n: int, m: int, seed: int):
         return flows.completion(n=n, m=min(m, n * n), rank=1, seed=seed, symmetric=False, n2=n + 2)
     if kind == "commuting":
         return flows.commuting(n=n, m=m, rank=1, seed=seed)
+    if kind == "rank-one":
+        return flows.rank_one_sensing(n=n, m=m, rank=1, seed=seed)
+    if kind == "rank-one-asymmetric":
+        return flows.rank_one_sensing(n=n, m=m, rank=1, seed=seed, symmetric=False, n2=n + 1)
     rng = np.random.default_rng(seed)
     if kind == "matrices":
         return flows.Problem.from_matrices(rng.standard_normal((m, n, n + 1)), rng.standard_normal(m))
@@ -27,7 +34,8 @@ def _problem(kind: str, n: int, m: int, seed: int):
     return flows.Problem.from_entries((n, n), rows, cols, rng.standard_normal(len(rows)))
 
 
-KINDS = ["sensing", "sensing-asymmetric", "completion", "commuting", "matrices", "entries"]
+KINDS = ["sensing", "sensing-asymmetric", "completion", "commuting", "rank-one", "rank-one-asymmetric", "matrices",
+         "entries"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -58,10 +66,10 @@ def test_operator_matches_dense_matrices(kind):
     np.testing.assert_allclose(problem.grad(W), np.einsum("m,mij->ij", problem.residual(W), A), atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["sensing", "completion", "commuting"])
+@pytest.mark.parametrize("kind", ["sensing", "completion", "commuting", "rank-one"])
 def test_truth_interpolates_and_has_its_rank(kind):
-    problem = {"sensing": flows.sensing, "completion": flows.completion, "commuting": flows.commuting}[kind](
-        n=8, m=30, rank=2, seed=5)
+    problem = {"sensing": flows.sensing, "completion": flows.completion, "commuting": flows.commuting,
+               "rank-one": flows.rank_one_sensing}[kind](n=8, m=30, rank=2, seed=5)
     truth = np.asarray(problem.truth)
     assert problem.loss(problem.truth) <= 1e-25
     s = np.linalg.svd(truth, compute_uv=False)
@@ -88,6 +96,101 @@ def test_seeds_reproduce_and_differ():
     assert not np.allclose(a.A, c.A)
 
 
+def _rank_one_and_dense(symmetric: bool, n: int = 5, m: int = 12, seed: int = 2):
+    """A rank-one sensing problem and the dense problem of the same A_i, y and truth."""
+    problem = flows.rank_one_sensing(n=n, m=m, rank=1, seed=seed, symmetric=symmetric)
+    dense = flows.Problem.from_matrices(problem.matrices(), problem.y, truth=problem.truth)
+    return problem, dense
+
+
+def test_rank_one_is_stored_as_vectors():
+    symmetric = flows.rank_one_sensing(n=6, m=9, rank=2, seed=0)
+    assert symmetric.symmetric and symmetric.right is None and symmetric.left.shape == (9, 6)
+    A = np.asarray(symmetric.matrices())
+    np.testing.assert_array_equal(A, A.transpose(0, 2, 1))
+    assert np.all(np.linalg.eigvalsh(A)[:, :-1] > -1e-12)  # a_i a_i^T: PSD of rank one
+    asymmetric = flows.rank_one_sensing(n=6, m=9, rank=2, seed=0, symmetric=False, n2=4)
+    assert not asymmetric.symmetric and asymmetric.left.shape == (9, 6) and asymmetric.right.shape == (9, 4)
+    assert np.linalg.matrix_rank(np.asarray(asymmetric.matrices())[0]) == 1
+    np.testing.assert_array_equal(flows.rank_one_sensing(n=6, m=9, rank=2, seed=0).left, symmetric.left)
+    noisy = flows.rank_one_sensing(n=6, m=9, rank=2, seed=0, noise=0.1)
+    assert 0 < np.abs(np.asarray(noisy.y) - np.asarray(symmetric.y)).max() < 1.0
+
+
+FLOWS_ON_RANK_ONE = {
+    "direct": (False, flows.Direct),
+    "symmetric": (True, flows.Symmetric),
+    "symmetric, square a_i b_i^T": (False, flows.Symmetric),  # the transposed sandwich terms with a_i != b_i
+    "factored": (False, flows.Factored),
+    "deep": (False, lambda: flows.Deep(depth=3)),
+}
+
+
+@pytest.mark.parametrize("name", FLOWS_ON_RANK_ONE)
+def test_rank_one_kernel_matches_dense(name):
+    """The kernel from the sandwich form against the default dense path (m pullbacks of the dense A_i),
+    at a generic state; both are sums of the same products, so they agree to round-off."""
+    symmetric, parameterization = FLOWS_ON_RANK_ONE[name]
+    problem, dense = _rank_one_and_dense(symmetric)
+    flow, dense_flow = flows.Flow(problem, parameterization()), flows.Flow(dense, parameterization())
+    state = flow.init(scale=0.7, kind="gaussian", seed=3)
+    theta = flows.kernel_matrix(flow, state)
+    reference = flows.kernel_matrix(dense_flow, state)
+    assert theta.shape == (problem.m, problem.m)
+    np.testing.assert_allclose(theta, reference, rtol=1e-12, atol=1e-12 * np.abs(reference).max())
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_rank_one_flow_matches_dense(symmetric):
+    """The same flow on both storages: at rtol 1e-10 each solve is ~1e-10 accurate, so they agree to 1e-8
+    relative; a wrong operator would change W at O(1). (The stiff solver's kernel: the test above.)"""
+    problem, dense = _rank_one_and_dense(symmetric, m=14)
+    parameterization = flows.Symmetric() if symmetric else flows.Factored()
+    rank_one, reference = (flows.solve(flows.Flow(p, parameterization), flows.Flow(p, parameterization).init(scale=0.1),
+                                       t1=2.0, ts=np.linspace(0.0, 2.0, 9), rtol=1e-10, atol=1e-12)
+                           for p in (problem, dense))
+    scale = np.abs(reference.W).max()
+    np.testing.assert_allclose(rank_one.W, reference.W, rtol=1e-8, atol=1e-8 * scale)
+    assert rank_one.loss[-1] < 1e-2 * rank_one.loss[0]  # the flow moved: the comparison is not of two inits
+
+
+def test_too_large_for_memory_is_refused_at_once():
+    """n = 1000, m = 20,000 Gaussian sensing would take 149 GiB: refused before the generator draws anything."""
+    available = flows._validate.available_memory()
+    if available is not None and available > 160 * 2**30:
+        pytest.skip("this machine has room for the 149 GiB")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"149 GiB.*rank_one_sensing"):
+        flows.sensing(n=1000, m=20_000, rank=2)
+    assert time.perf_counter() - start < 1.0
+
+
+MAKERS = {
+    "sensing": lambda: flows.sensing(n=4, m=6, rank=1),
+    "rank-one": lambda: flows.rank_one_sensing(n=4, m=6, rank=1),
+    "completion": lambda: flows.completion(n=4, m=6, rank=1),
+    "commuting": lambda: flows.commuting(n=4, m=6, rank=1),
+    "from_matrices": lambda: flows.Problem.from_matrices(np.ones((6, 4, 4)), np.ones(6)),
+    "from_entries": lambda: flows.Problem.from_entries((4, 4), [0, 1], [2, 3], [1.0, 2.0]),
+}
+
+
+@pytest.mark.parametrize("kind", MAKERS)
+def test_every_constructor_checks_memory(kind, monkeypatch):
+    """With almost no memory available every constructor refuses, naming the size and an alternative."""
+    MAKERS[kind]()
+    monkeypatch.setattr(flows._validate, "available_memory", lambda: 1)
+    with pytest.raises(ValueError, match=r"needs \S+ GiB of memory and 9.31e-10 GiB is available: use"):
+        MAKERS[kind]()
+
+
+def test_entries_of_a_large_matrix_are_told_apart():
+    # (65536, 5) and (0, 5) in a 70000 x 65536 matrix: as int32 flat indices both are 5 (65536^2 = 2^32).
+    rows = np.asarray([65536, 0], dtype=np.int32)
+    problem = flows.Problem.from_entries((70_000, 65_536), rows, np.asarray([5, 5], dtype=np.int32), [1.0, 2.0])
+    assert problem.m == 2
+
+
 BAD_PROBLEMS = [
     (lambda: flows.sensing(n=4, m=6, rank=5), "rank"),
     (lambda: flows.sensing(n=4, m=0, rank=1), "m must be"),
@@ -96,6 +199,10 @@ BAD_PROBLEMS = [
     (lambda: flows.completion(n=3, m=10, rank=1), "exceed"),
     (lambda: flows.completion(n=3, m=2.5, rank=1), "m must be"),
     (lambda: flows.commuting(n=3, m=2, rank=4), "rank"),
+    (lambda: flows.rank_one_sensing(n=3, m=2, rank=4), "rank"),
+    (lambda: flows.rank_one_sensing(n=3, m=2, rank=1, n2=4), "square"),
+    (lambda: flows.rank_one_sensing(n=3, m=2, rank=1, noise=-1.0), "noise"),
+    (lambda: flows.sensing(n=3, m=2, rank=1, noise=np.nan), "noise"),
     (lambda: flows.Problem.from_matrices(np.ones((2, 3)), np.ones(2)), "shape"),
     (lambda: flows.Problem.from_matrices(np.ones((2, 3, 3)), np.ones(3)), "y must have shape"),
     (lambda: flows.Problem.from_matrices(np.full((2, 3, 3), np.nan), np.ones(2)), "non-finite"),
