@@ -12,10 +12,26 @@ configuration and the solve options, so re-running a sweep loads what finished a
 a killed sweep loses only the batch in flight, and a partial or corrupt save fails its checksum and
 is recomputed. A run whose solve fails is recorded (`out/<key>/failed.json`) without touching the
 others of its batch.
+
+With `executor=` the pending runs are farmed out instead, one task per run, to a Dask cluster or any
+`concurrent.futures` executor:
+
+    with dask.distributed.Client(cluster) as client:
+        runs = flows.sweep(build, configs, out="/shared/runs/alpha", t1=1e3, executor=client)
+
+Each worker builds, solves and saves its run into the same store (`out` must be a path every worker
+sees: a shared filesystem), under the same key and in the same files as the local sweep, so local and
+distributed sweeps resume each other. The driver accepts a run only once its files pass their
+checksum. Dask reschedules the task of a worker that dies, so a killed worker loses only its run in
+flight; closing the client (or interrupting the driver) stops the sweep, and running it again
+computes only what is missing. Each run is solved as the local sweep solves a batch of one (its
+default on CPUs), so the two give the same arrays to the last bit on the same hardware.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -70,7 +86,7 @@ class Run:
 def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: float, ts=None, *,
           rtol: float = 1e-8, atol: float = 1e-10, stop_loss: float | None = None, solver=None,
           stepsize_controller=None, max_steps: int = 1_000_000, dt0: float | None = None,
-          batch_size: int | None = None, devices=None, progress: bool = True) -> list[Run]:
+          batch_size: int | None = None, devices=None, executor=None, progress: bool = True) -> list[Run]:
     """Solve `build(config)` for every configuration, as `flows.solve` would with these options.
 
     Args:
@@ -84,7 +100,12 @@ def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: f
             1.7 s, where a batched lax.cond runs both branches and the stiff solver re-linearises at
             every step); 8 per device on accelerators.
         devices: the JAX devices to shard over (default all of `jax.devices()`).
-        progress: a tqdm bar over runs.
+        executor: farm the runs out, one task each, instead of solving them here: a
+            `dask.distributed.Client` (the way to a cluster), a Dask scheduler's address (a client is
+            connected for the sweep), or any `concurrent.futures.Executor`. `build` must then be
+            picklable (a module-level function; Dask's cloudpickle also takes closures), and `out` a
+            path every worker can write. Not with `batch_size` or `devices`, which shape local batches.
+        progress: a tqdm bar over runs (finished runs, also with an executor).
 
     Returns:
         One `Run` per configuration, in order.
@@ -94,13 +115,17 @@ def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: f
     configs = list(configs)
     if not configs:
         raise ValueError("configs is empty: nothing to sweep")
-    devices = list(jax.devices() if devices is None else devices)
-    if not devices:
-        raise ValueError("devices is empty")
-    if batch_size is None:
-        batch_size = len(devices) * (1 if all(d.platform == "cpu" for d in devices) else 8)
-    check_positive_int("batch_size", batch_size)
-    batch_size = -(-batch_size // len(devices)) * len(devices)
+    if executor is None:
+        devices = list(jax.devices() if devices is None else devices)
+        if not devices:
+            raise ValueError("devices is empty")
+        if batch_size is None:
+            batch_size = len(devices) * (1 if all(d.platform == "cpu" for d in devices) else 8)
+        check_positive_int("batch_size", batch_size)
+        batch_size = -(-batch_size // len(devices)) * len(devices)
+    elif batch_size is not None or devices is not None:
+        raise ValueError("batch_size and devices shape the local sweep's batches; with an executor each run is "
+                         "one task")
     out = Path(out)
     keys = [run_key(config, plan) for config in configs]
     if len(set(keys)) != len(keys):
@@ -108,30 +133,34 @@ def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: f
 
     runs: dict[int, Run] = {}
     pending: dict[Any, list[tuple[int, AbstractFlow, Any]]] = {}
+    farmed: list[tuple[int, dict, str]] = []
     for i, (config, key) in enumerate(zip(configs, keys)):
         finished = _finished(config, key, out / key)
         if finished is not None:
             runs[i] = finished
-            continue
-        flow, state0 = build(config)
-        if not isinstance(flow, AbstractFlow):
-            raise ValueError(f"build({config}) must return (flow, state0); got a {type(flow).__name__} first")
-        flow.check_state(state0)
-        pending.setdefault(_signature(flow, state0), []).append((i, flow, state0))
+        elif executor is not None:
+            farmed.append((i, config, key))
+        else:
+            flow, state0 = _built(build, config)
+            pending.setdefault(_signature(flow, state0), []).append((i, flow, state0))
 
     from tqdm.auto import tqdm
 
     with tqdm(total=len(configs), initial=len(runs), disable=not progress, unit="run", desc="sweep") as bar:
-        mesh = Mesh(np.asarray(devices), ("runs",))
-        for group in pending.values():
-            width = min(batch_size, -(-len(group) // len(devices)) * len(devices))
-            for start in range(0, len(group), width):
-                batch = group[start:start + width]
-                # One solver per group (same flow type and sizes); the default depends on batching.
-                resolved = plan.resolve(batch[0][1], batched=width > 1)
-                for (i, flow, _), outcome in zip(batch, _solve_batch(resolved, batch, width, mesh)):
-                    runs[i] = _record(configs[i], keys[i], out / keys[i], flow, resolved, outcome)
-                bar.update(len(batch))
+        if executor is not None:
+            with _executor(executor) as executor:
+                _farm_out(executor, build, plan, farmed, out, runs, bar)
+        else:
+            mesh = Mesh(np.asarray(devices), ("runs",))
+            for group in pending.values():
+                width = min(batch_size, -(-len(group) // len(devices)) * len(devices))
+                for start in range(0, len(group), width):
+                    batch = group[start:start + width]
+                    # One solver per group (same flow type and sizes); the default depends on batching.
+                    resolved = plan.resolve(batch[0][1], batched=width > 1)
+                    for (i, flow, _), outcome in zip(batch, _solve_batch(resolved, batch, width, mesh)):
+                        runs[i] = _record(configs[i], keys[i], out / keys[i], flow, resolved, outcome)
+                    bar.update(len(batch))
     return [runs[i] for i in range(len(configs))]
 
 
@@ -165,6 +194,15 @@ def _finished(config: dict, key: str, path: Path) -> Run | None:
     return Run(config, key, path, "cached")
 
 
+def _built(build, config: dict) -> tuple[AbstractFlow, Any]:
+    """`build(config)`, checked: a flow and a valid initial state of it."""
+    flow, state0 = build(config)
+    if not isinstance(flow, AbstractFlow):
+        raise ValueError(f"build({config}) must return (flow, state0); got a {type(flow).__name__} first")
+    flow.check_state(state0)
+    return flow, state0
+
+
 def _signature(flow, state0):
     """Runs batch together when their flows and states agree in structure, shapes and static fields."""
     leaves, treedef = jax.tree.flatten((flow, state0))
@@ -181,7 +219,7 @@ def _solve_batch(plan: Plan, batch, width: int, mesh: Mesh) -> list:
     """
     if width == 1:
         (_, flow, state), = batch
-        return [jax.device_get(_integrate(flow, state, *plan.arrays(), **plan.static()))]
+        return [_solve_alone(plan, flow, state)]
     flows_ = [flow for _, flow, _ in batch]
     states = [state for _, _, state in batch]
     flows_ += [flows_[-1]] * (width - len(batch))
@@ -189,6 +227,11 @@ def _solve_batch(plan: Plan, batch, width: int, mesh: Mesh) -> list:
     raw = _batched(_stack(flows_), _stack(states), plan.arrays(), plan.static(), mesh=mesh)
     raw = jax.device_get(raw)
     return [jax.tree.map(lambda x: x[k], raw) for k in range(len(batch))]
+
+
+def _solve_alone(plan: Plan, flow, state):
+    """One run's host-side result, solved as `solve` solves it (sharing its compiled function)."""
+    return jax.device_get(_integrate(flow, state, *plan.arrays(), **plan.static()))
 
 
 def _stack(trees):
@@ -228,3 +271,67 @@ def _record(config, key, path: Path, flow, plan: Plan, raw) -> Run:
     traj = dataclasses.replace(traj, config=traj.config | {"sweep_key": key, "sweep_config": config})
     traj.save(path)
     return Run(config, key, path, "done")
+
+
+ATTEMPTS = 3
+"""Times an executor's run is submitted before its files failing their checksum is an error."""
+
+
+@contextlib.contextmanager
+def _executor(executor):
+    """The `concurrent.futures` executor of what `sweep` accepts: a Dask client's (tasks not to be
+    deduplicated: pure=False), a client connected to a scheduler address for the sweep, or the executor itself."""
+    if isinstance(executor, str):
+        from distributed import Client
+
+        with Client(executor) as client:
+            yield client.get_executor(pure=False)
+    elif hasattr(executor, "get_executor"):
+        yield executor.get_executor(pure=False)
+    elif callable(getattr(executor, "submit", None)):
+        yield executor
+    else:
+        raise ValueError("executor must be a dask.distributed.Client, a Dask scheduler address or a "
+                         f"concurrent.futures.Executor; got {type(executor).__name__}")
+
+
+def _farm_out(executor, build, plan: Plan, work: list[tuple[int, dict, str]], out: Path, runs: dict[int, Run],
+              bar) -> None:
+    """Submit each run as one task (`_run_task`) and record it in `runs` as it finishes.
+
+    A run counts only once its files on disk pass their checksum; one that does not (a second writer
+    of the same run, a worker presumed dead that was not) is submitted again, at most `ATTEMPTS` times.
+    Whatever stops the loop (a task's exception, a closed client, an interrupt) cancels the rest.
+    """
+    def submit(i, config, key):
+        # Workers may run elsewhere (another working directory): they get the absolute path.
+        return executor.submit(_run_task, build, config, key, (out / key).absolute(), plan)
+
+    futures = {submit(*job): job for job in work}
+    attempts = {i: 1 for i, _, _ in work}
+    try:
+        while futures:
+            finished, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                i, config, key = job = futures.pop(future)
+                run = dataclasses.replace(future.result(), path=out / key)
+                if _finished(config, key, run.path) is None:
+                    if attempts[i] == ATTEMPTS:
+                        raise RuntimeError(f"run {key} ({config}) was saved {ATTEMPTS} times and its files at "
+                                           f"{run.path} failed their checksum every time")
+                    attempts[i] += 1
+                    futures[submit(*job)] = job
+                    continue
+                runs[i] = run
+                bar.update()
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _run_task(build, config: dict, key: str, path: Path, plan: Plan) -> Run:
+    """One run on an executor's worker: build it, solve it alone (as the local sweep's batches of one)
+    and save it under `path`."""
+    flow, state0 = _built(build, config)
+    resolved = plan.resolve(flow)
+    return _record(config, key, path, flow, resolved, _solve_alone(resolved, flow, state0))

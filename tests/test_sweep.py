@@ -1,5 +1,7 @@
 """flows.sweep: batched and sharded solves of a grid, saved per run, resumable after a kill."""
 
+import collections
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -126,6 +128,51 @@ def test_bad_input(tmp_path):
         flows.sweep(lambda c: (None, None), [{"alpha": 0.1}], tmp_path, t1=T1)
     with pytest.raises(ValueError, match="sequence"):
         flows.grid(alpha=0.1)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with pytest.raises(ValueError, match="batch_size and devices"):
+            flows.sweep(build, [{"alpha": 0.1}], tmp_path, t1=T1, executor=pool, batch_size=2)
+        with pytest.raises(ValueError, match="flow"):  # raised on the worker, re-raised here
+            flows.sweep(lambda c: (None, None), [{"alpha": 0.1}], tmp_path, t1=T1, executor=pool)
+    with pytest.raises(ValueError, match="executor must be"):
+        flows.sweep(build, [{"alpha": 0.1}], tmp_path, t1=T1, executor=object())
+
+
+class CorruptingSaves(concurrent.futures.ThreadPoolExecutor):
+    """Runs each task, then spoils the arrays file of its run for the first `times` saves of that run, as
+    a second writer of the same run (a worker presumed dead that was not) could leave it."""
+
+    def __init__(self, times: int):
+        super().__init__(max_workers=2)
+        self.times = times
+        self.saves = collections.Counter()
+
+    def submit(self, fn, *args):
+        def task():
+            run = fn(*args)
+            self.saves[run.key] += 1
+            if run.status == "done" and self.saves[run.key] <= self.times:
+                data = (run.path / "arrays.npz").read_bytes()
+                (run.path / "arrays.npz").write_bytes(data[: len(data) // 2])
+            return run
+
+        return super().submit(task)
+
+
+def test_executor_sweep_accepts_only_checked_files(tmp_path):
+    """Farmed out to a thread pool: same keys and arrays as the local sweep; a run whose files fail their
+    checksum is submitted again (at most 3 times), and a failed run is recorded as locally."""
+    configs = flows.grid(alpha=[0.1, 1e80, 0.2])
+    with CorruptingSaves(times=2) as pool:
+        runs = flows.sweep(build, configs, tmp_path / "pool", t1=T1, max_steps=3000, executor=pool, progress=False)
+    assert [r.status for r in runs] == ["done", "failed", "done"]
+    assert pool.saves == {runs[0].key: 3, runs[1].key: 1, runs[2].key: 3}
+    local = flows.sweep(build, configs, tmp_path / "local", t1=T1, max_steps=3000, progress=False)
+    assert [r.key for r in runs] == [r.key for r in local]
+    for run, ref in zip(runs[::2], local[::2]):
+        np.testing.assert_array_equal(run.load().W, ref.load().W)
+    assert runs[1].message == local[1].message
+    with CorruptingSaves(times=3) as pool, pytest.raises(RuntimeError, match="checksum"):
+        flows.sweep(build, configs[:1], tmp_path / "spoiled", t1=T1, max_steps=3000, executor=pool, progress=False)
 
 
 def _run_child(script: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
