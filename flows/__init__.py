@@ -14,6 +14,7 @@ import jax
 # float64 throughout: switched on once, here, before any array is made.
 jax.config.update("jax_enable_x64", True)
 
+from ._control import ArraywiseRelative  # noqa: E402
 from ._descend import descend  # noqa: E402
 from ._dynamics import (  # noqa: E402
     DYNAMICS,
@@ -50,7 +51,7 @@ from ._problems import (  # noqa: E402
     rank_one_sensing,
     sensing,
 )
-from ._solve import SOLVERS, SolverError, default_solver, default_ts, solve, solver_by_name  # noqa: E402
+from ._solve import SOLVERS, FaithfulnessWarning, SolverError, default_solver, default_ts, solve, solver_by_name  # noqa: E402
 from ._stiff import GaussNewton, LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation, kernel_matrix  # noqa: E402
 from ._store import CorruptRecordError, read_record, write_json, write_record  # noqa: E402
 from ._sweep import Run, grid, sweep  # noqa: E402
@@ -67,8 +68,8 @@ __all__ = [
     "AbstractProblem", "Problem", "DenseProblem", "EntryProblem", "CommutingProblem", "RankOneProblem", "sensing",
     "completion", "commuting", "rank_one_sensing", "low_rank_truth",
     # solving, finite steps, sweeps
-    "solve", "descend", "sweep", "grid", "Run", "SolverError", "default_solver", "default_ts", "SOLVERS",
-    "solver_by_name", "GaussNewton", "LinearlyImplicitExtrapolation", "Tsit5ThenExtrapolation", "kernel_matrix",
+    "solve", "descend", "sweep", "grid", "Run", "SolverError", "FaithfulnessWarning", "default_solver", "default_ts", "SOLVERS",
+    "solver_by_name", "ArraywiseRelative", "GaussNewton", "LinearlyImplicitExtrapolation", "Tsit5ThenExtrapolation", "kernel_matrix",
     # results
     "Trajectory", "CorruptTrajectoryError", "CorruptRecordError", "read_record", "write_record", "write_json",
     "plot_trajectory",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import diffrax
 import equinox as eqx
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._control import ArraywiseRelative
 from ._flow import AbstractFlow, FlowArgs, State
 from ._stiff import LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation
 from ._trajectory import Trajectory
@@ -57,7 +59,7 @@ def default_ts(t1: float, num: int = 200, t0: float = 0.0) -> np.ndarray:
     return np.concatenate([[t0], t0 + np.geomspace(span * 1e-6, span, num - 1)])
 
 
-def solve(flow: AbstractFlow, state0: State, t1: float, ts=None, *, rtol: float = 1e-8, atol: float = 1e-10,
+def solve(flow: AbstractFlow, state0: State, t1: float, ts=None, *, rtol: float = 1e-8, atol: float | None = None,
           stop_loss: float | None = None, solver: diffrax.AbstractSolver | None = None,
           stepsize_controller: diffrax.AbstractStepSizeController | None = None, max_steps: int = 1_000_000,
           dt0: float | None = None, progress: bool = False) -> Trajectory:
@@ -65,8 +67,11 @@ def solve(flow: AbstractFlow, state0: State, t1: float, ts=None, *, rtol: float 
 
     Args:
         ts: increasing save times in [0, t1]; default `default_ts(t1)` (0, then log-spaced).
-        rtol, atol: the step-size controller's tolerances (an adaptive PID controller by default).
-            They are passed as arrays, so changing them does not recompile.
+        rtol, atol: the step-size controller's tolerances, passed as arrays (changing them does not
+            recompile). atol None (the default): the error of each state array is measured relative to
+            that array's running size (`flows.ArraywiseRelative`), which delivers ~rtol relative accuracy
+            on W at every scale of initialization; a number: Diffrax's PID controller with that absolute
+            tolerance.
         stop_loss: end the run at the end of the first step where the data loss falls below it.
             The trajectory then ends there: save times past the stop are dropped and the stopping
             time is the last entry, so `traj.W[-1]` is always the final state.
@@ -99,7 +104,7 @@ class Plan:
     t1: float
     ts: np.ndarray
     rtol: float
-    atol: float
+    atol: float | None
     stop_loss: float | None
     solver: diffrax.AbstractSolver | None
     controller: diffrax.AbstractStepSizeController | None
@@ -107,12 +112,13 @@ class Plan:
     dt0: float | None
 
     @classmethod
-    def make(cls, t1, ts=None, *, rtol=1e-8, atol=1e-10, stop_loss=None, solver=None, stepsize_controller=None,
+    def make(cls, t1, ts=None, *, rtol=1e-8, atol=None, stop_loss=None, solver=None, stepsize_controller=None,
              max_steps=1_000_000, dt0=None) -> "Plan":
         """Check every argument (ValueError naming it) and fill in the defaults of `solve`."""
         t1 = check_positive("t1", t1)
         rtol = check_positive("rtol", rtol)
-        atol = check_positive("atol", atol)
+        if atol is not None:
+            atol = check_positive("atol", atol)
         check_positive_int("max_steps", max_steps)
         if stop_loss is not None:
             stop_loss = check_positive("stop_loss", stop_loss)
@@ -125,11 +131,16 @@ class Plan:
         solver = default_solver(flow, self.stop_loss, batched) if self.solver is None else self.solver
         controller = self.controller
         if controller is None:
-            # The extrapolation's steps are accurate to high order but its dense output is cubic: let
-            # its steps land on the save times instead of interpolating there.
-            landing = jnp.asarray(self.ts) if isinstance(solver, STIFF) else None
-            controller = diffrax.PIDController(rtol=jnp.asarray(self.rtol), atol=jnp.asarray(self.atol),
-                                               step_ts=landing)
+            controller = (ArraywiseRelative.make(self.rtol) if self.atol is None
+                          else diffrax.PIDController(rtol=jnp.asarray(self.rtol), atol=jnp.asarray(self.atol)))
+        if isinstance(solver, STIFF):
+            # The extrapolation's steps are accurate to high order but its dense output is cubic: its steps
+            # land on the save times instead of interpolating there, whatever controller was given.
+            if not isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
+                raise ValueError(f"{type(solver).__name__} needs an adaptive step-size controller, so that its steps "
+                                 f"land on the save times (its dense output is only cubic); got "
+                                 f"{type(controller).__name__}")
+            controller = diffrax.ClipStepSizeController(controller, step_ts=jnp.asarray(self.ts))
         return dataclasses.replace(self, solver=solver, controller=controller)
 
     def arrays(self) -> tuple:
@@ -144,7 +155,8 @@ class Plan:
     def describe(self) -> dict:
         """The JSON-able solve options (saved with trajectories, part of a sweep run's key)."""
         solver = "default" if self.solver is None else type(self.solver).__name__
-        return {"solver": solver, "rtol": self.rtol, "atol": self.atol, "t1": self.t1,
+        return {"solver": solver, "rtol": self.rtol, "atol": "arraywise relative" if self.atol is None else self.atol,
+                "t1": self.t1,
                 "stop_loss": self.stop_loss, "max_steps": self.max_steps}
 
     def finish(self, flow: AbstractFlow, raw) -> Trajectory:
@@ -170,8 +182,25 @@ class Plan:
                   "stopped_by_loss": stopped, "t_final": float(ts_out[keep[-1]])}
         if isinstance(self.solver, STIFF):
             stats |= self.solver.report(solver_state)
+        # Steps land on the save times when the controller clips to them (always for the stiff solvers,
+        # whose dense output is only cubic); otherwise the solver's own dense output interpolates there.
+        stats["saved_times"] = "landed" if isinstance(self.controller, diffrax.ClipStepSizeController) else "interpolated"
         config = {"flow": flow.describe()} | self.describe()
-        return Trajectory.from_states(flow, ts_out[keep], states, stats=stats, config=config)
+        traj = Trajectory.from_states(flow, ts_out[keep], states, stats=stats, config=config)
+        drift = {name: float(d.max()) for name, d in traj.conserved_drift().items()}
+        traj.stats["conserved_drift"] = drift
+        bound = 100 * self.rtol
+        drifted = {name: d for name, d in drift.items() if d > bound}
+        if drifted:
+            warnings.warn(f"conserved quantities drifted by more than 100 x rtol = {bound:.1e}: "
+                          + ", ".join(f"{name}: {d:.2e}" for name, d in drifted.items())
+                          + "; the trajectory is less faithful than its tolerance (tighten rtol, or check the "
+                          "solver)", FaithfulnessWarning, stacklevel=3)
+        return traj
+
+
+class FaithfulnessWarning(UserWarning):
+    """A solve finished, but a conserved quantity drifted by more than 100 x rtol."""
 
 
 STIFF = (LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation)

@@ -91,6 +91,16 @@ class Trajectory:
             drift[name] = np.linalg.norm(C - C[0], axis=(-2, -1)) / scale
         return drift
 
+    def faithfulness(self) -> dict[str, Any]:
+        """How far to trust this trajectory: the solver and whether (and when) it switched to its stiff
+        phase, steps / rejected / evaluations, whether saved points were landed on or interpolated, the
+        largest drift of each conserved quantity (`conserved_drift`), and rtol to read them against."""
+        keys = ("num_steps", "num_rejected_steps", "vf_evaluations", "switched", "t_switch", "linearisations",
+                "saved_times", "stopped_by_loss", "t_final")
+        return {"solver": self.config.get("solver", self.config.get("method")), "rtol": self.config.get("rtol"),
+                **{k: self.stats[k] for k in keys if k in self.stats},
+                "conserved_drift": {name: float(d.max()) for name, d in self.conserved_drift().items()}}
+
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write `path/arrays.npz` and `path/meta.json` atomically (meta last, holding the arrays' hash).

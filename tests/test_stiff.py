@@ -185,3 +185,34 @@ def test_the_slope_handed_over_is_the_vector_field_at_the_step_end(name):
     handed = state[-1][0]
     expected = ravel_pytree(flow.vector_field(0.1, y1))[0]
     np.testing.assert_allclose(handed, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+
+
+def test_save_times_are_landed_on_whatever_the_controller():
+    # A user's PID controller without step_ts: the stiff solvers' steps still land on the save times (their
+    # dense output is only cubic: 1.3e-3 off at the saved times before). Error <= 100 rtol against a tight run.
+    flow = flows.Flow(_sensing(), flows.Symmetric())
+    state0 = flow.init(scale=0.3, kind="gaussian", seed=1)
+    ts = np.linspace(0.0, 20.0, 9)
+    reference = flows.solve(flow, state0, t1=20.0, ts=ts, rtol=1e-12, solver=flows.solver_by_name("dopri8"))
+    for solver in (flows.LinearlyImplicitExtrapolation(), flows.Tsit5ThenExtrapolation()):
+        traj = flows.solve(flow, state0, t1=20.0, ts=ts, solver=solver,
+                           stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10))
+        assert traj.stats["saved_times"] == "landed"
+        error = np.linalg.norm(traj.W - reference.W, axis=(1, 2)) / np.linalg.norm(reference.W, axis=(1, 2))
+        assert error.max() <= 100 * 1e-8, (type(solver).__name__, error.max())
+    with pytest.raises(ValueError, match="adaptive step-size controller"):
+        flows.solve(flow, state0, t1=1.0, solver=flows.LinearlyImplicitExtrapolation(),
+                    stepsize_controller=diffrax.ConstantStepSize(), dt0=0.1)
+
+
+def test_a_drifting_conserved_quantity_is_reported_and_warned():
+    flow = flows.Flow(flows.completion(n=6, m=15, rank=1, seed=0, symmetric=False), flows.Factored())
+    state0 = flow.init(scale=0.5, kind="gaussian", seed=0)
+    faithful = flows.solve(flow, state0, t1=5.0, rtol=1e-10)
+    drift = faithful.faithfulness()["conserved_drift"]["U^T U - V^T V"]
+    assert drift <= 100 * 1e-10 and faithful.stats["conserved_drift"]["U^T U - V^T V"] == drift
+    # Fixed Euler steps conserve U^T U - V^T V only to O(h): the run says so.
+    with pytest.warns(flows.FaithfulnessWarning, match="drifted by more than 100 x rtol"):
+        loose = flows.solve(flow, state0, t1=5.0, solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSize(),
+                            dt0=0.05)
+    assert loose.faithfulness()["conserved_drift"]["U^T U - V^T V"] > 1e-6
