@@ -1,11 +1,11 @@
-# Two entry points for a fresh clone:  `make demo` (the main job) and `make test`.
+# Two entry points for a fresh clone:  `make quick` (the main job: the quick reproduction) and `make test`.
 # Both bootstrap .venv from requirements.lock first; the bootstrap is idempotent.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow bench clean
+.PHONY: venv quick reproduce paper test test-slow clean
 
 venv: $(STAMP)
 
@@ -16,9 +16,17 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/gradflow run --problem sensing --n 20 --m 120 --rank 2 --parameterization symmetric \
-	    --scale 1e-3 --t1 100 --quiet --out runs/demo --figure figures/demo.png
+quick: $(STAMP)
+	$(BIN)/gradflow reproduce --quick
+
+reproduce: $(STAMP)
+	$(BIN)/gradflow reproduce
+
+# The paper: Debian's latexmk, texlive-latex-recommended, texlive-science and texlive-fonts-recommended.
+paper:
+	@command -v latexmk >/dev/null || { echo "make paper needs latexmk and TeX Live: apt-get install latexmk \
+texlive-latex-recommended texlive-science texlive-fonts-recommended" >&2; exit 2; }
+	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -jobname=gradflow main.tex
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--out", default=None,
                            help="write OUT/figures and OUT/generated (default: figures/ and paper/generated/, "
                                 "or runs/quick/... with --quick)")
+    reproduce.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                           help="solve the runs on a Dask cluster: its scheduler's address (e.g. tcp://host:8786); "
+                                "the store must be on a filesystem every worker shares")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
     reproduce.set_defaults(handler=cmd_reproduce)
     return parser
@@ -237,7 +240,7 @@ def cmd_reproduce(args) -> int:
         return 0
     out = None if args.out is None else _writable_folder(args.out)
     tally, seconds = experiments.reproduce(args.only, quick=args.quick, store=args.store, out=out,
-                                           progress=not args.quiet)
+                                           progress=not args.quiet, executor=args.scheduler)
     folders = sorted({str(p.parent) for p in tally.figures + tally.generated})
     print(f"reproduce{' --quick' if args.quick else ''}: {tally.done} runs done, {tally.reused} reused, "
           f"{tally.failed} failed in {seconds:.0f} s; {len(tally.figures)} figure files and "

@@ -1,0 +1,73 @@
+"""Performance, drawn from the benchmarks' saved results (reproduce does not rerun the benchmarks).
+
+`benchmarks/vs_scipy.py --json benchmarks/results/vs_scipy-<setting>.json` times flows.solve against scipy's
+LSODA (with the jitted Jacobian) on the same ODE to the same accuracy; `benchmarks/scaling.py` writes
+benchmarks/scaling.json (wall time and steps against n). This experiment draws both and writes the ratios
+as macros; the benchmarks' own README says how each number is measured.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ._base import Context, Experiment, new_figure, slope, tex_number
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _vs_scipy() -> list[dict]:
+    """Each saved vs_scipy report: the setting, the fastest accurate flows method, and LSODA+jac."""
+    reports = []
+    for path in sorted((BENCHMARKS / "results").glob("vs_scipy-*.json")):
+        report = json.loads(path.read_text())
+        methods = report["methods"]
+        ours = {k: v for k, v in methods.items() if k.startswith("flows") and v["ok"] and "saved" not in k}
+        if not ours or "scipy LSODA+jac" not in methods:
+            continue
+        best = min(ours, key=lambda k: ours[k]["wall"])
+        reports.append({"setting": report["setting"], "method": best, "wall": ours[best]["wall"],
+                        "lsoda": methods["scipy LSODA+jac"]["wall"], "speedup": ours[best]["speedup_vs_lsoda_jac"]})
+    return reports
+
+
+class Performance(Experiment):
+    name = "performance"
+    title = "speed against scipy LSODA and scaling with n (from the saved benchmark results)"
+
+    def run(self, ctx: Context) -> None:
+        comparisons = _vs_scipy()
+        scaling = json.loads((BENCHMARKS / "scaling.json").read_text())
+        fig, (left, right) = new_figure(2, width=3.4, height=2.8)
+        if comparisons:
+            labels = [c["setting"].replace(" r=", "\nr=").replace(" alpha", "\nalpha") for c in comparisons]
+            x = np.arange(len(comparisons))
+            left.bar(x - 0.2, [c["lsoda"] for c in comparisons], 0.4, label="scipy LSODA + jitted Jacobian")
+            left.bar(x + 0.2, [c["wall"] for c in comparisons], 0.4, label="flows.solve (default solver)")
+            for xi, c in zip(x, comparisons):
+                left.annotate(f"{c['speedup']:.1f}x", (xi + 0.2, c["wall"]), ha="center", va="bottom", fontsize=7)
+            left.set_xticks(x, labels, fontsize=6)
+            left.set_yscale("log")
+            left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3))
+        left.set(ylabel="wall time to loss $< 10^{-10}$ (s)", title="against scipy (same accuracy)")
+        ns = np.array([r["n"] for r in scaling])
+        for key, label, marker in (("seconds", "wall time (s)", "o"), ("steps", "steps", "s")):
+            ys = np.array([r[key] for r in scaling])
+            right.loglog(ns, ys, marker=marker, label=f"{label}: slope {slope(ns, ys):.2f}")
+        right.set(xlabel="$n$ (completion of an $n \\times n$ matrix, $U U^T$)", ylabel="wall time (s) / steps",
+                  title=f"scaling ({scaling[0]['solver']}, $t \\in [0, {scaling[0]['t_final']:g}]$)")
+        right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3))
+        ctx.figure(fig, "performance")
+
+        macros = {"PerfScalingSlope": tex_number(slope(ns, [r["seconds"] for r in scaling]), 2),
+                  "PerfScalingMaxN": str(int(ns.max())),
+                  "PerfSettings": str(len(comparisons))}
+        if comparisons:
+            speedups = [c["speedup"] for c in comparisons]
+            macros |= {"PerfSpeedupMin": tex_number(min(speedups), 2), "PerfSpeedupMax": tex_number(max(speedups), 2)}
+            ctx.table(self.name, "vs-scipy", "lrrr", ["setting", "LSODA+jac (s)", "flows (s)", "speed-up"],
+                      [[c["setting"].replace("alpha", "$\\alpha$"), f"{c['lsoda']:.2f}", f"{c['wall']:.2f}",
+                        f"{c['speedup']:.1f}"] for c in comparisons])
+        ctx.macros(self.name, macros)
