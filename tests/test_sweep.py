@@ -2,6 +2,7 @@
 
 import collections
 import concurrent.futures
+import inspect
 import json
 import os
 import subprocess
@@ -16,6 +17,8 @@ import flows
 
 ROOT = Path(__file__).resolve().parents[1]
 T1 = 5.0
+ATOL = inspect.signature(flows.sweep).parameters["atol"].default
+"""sweep's default absolute tolerance, given to `solve` and `Plan` here so that they solve what sweep solves."""
 
 
 def build(config):
@@ -34,7 +37,7 @@ def assert_matches_solve(run, **options):
     traj = run.load()
     flow, state0 = build(run.config)
     solver = {cls.__name__: cls for cls in flows.SOLVERS.values()}[traj.config["solver"]]()
-    alone = flows.solve(flow, state0, t1=T1, solver=solver, **options)
+    alone = flows.solve(flow, state0, t1=T1, solver=solver, **{"atol": ATOL} | options)
     np.testing.assert_allclose(traj.ts, alone.ts, rtol=1e-12)
     np.testing.assert_allclose(traj.W, alone.W, rtol=1e-9, atol=1e-9 * np.abs(alone.W).max())
     assert traj.stats["num_steps"] == alone.stats["num_steps"]
@@ -84,7 +87,7 @@ def test_cpu_default_is_one_run_at_a_time_without_vmap(tmp_path):
         traj = run.load()
         assert traj.config["solver"] == "Tsit5ThenExtrapolation"
         flow, state0 = build(run.config)
-        alone = flows.solve(flow, state0, t1=T1, stop_loss=1e-6)
+        alone = flows.solve(flow, state0, t1=T1, stop_loss=1e-6, atol=ATOL)
         np.testing.assert_array_equal(traj.W, alone.W)
 
 
@@ -202,7 +205,7 @@ def test_killed_sweep_resumes(tmp_path):
     assert child.returncode == -9, child.stderr
     survivors = {}
     for config in configs:
-        path = tmp_path / flows._sweep.run_key(config, flows._solve.Plan.make(T1))
+        path = tmp_path / flows._sweep.run_key(config, flows._solve.Plan.make(T1, atol=ATOL))
         if (path / "meta.json").exists():
             survivors[str(path)] = (path / "arrays.npz").stat().st_mtime_ns
     assert len(survivors) == 3
