@@ -84,7 +84,7 @@ class Run:
 
 
 def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: float, ts=None, *,
-          rtol: float = 1e-8, atol: float = 1e-10, stop_loss: float | None = None, solver=None,
+          rtol: float = 1e-8, atol: float | None = None, stop_loss: float | None = None, solver=None,
           stepsize_controller=None, max_steps: int = 1_000_000, dt0: float | None = None,
           batch_size: int | None = None, devices=None, executor=None, progress: bool = True) -> list[Run]:
     """Solve `build(config)` for every configuration, as `flows.solve` would with these options.
