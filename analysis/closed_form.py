@@ -9,7 +9,6 @@ r"""Exact solutions of flows, to check the integrator against.
 
 from __future__ import annotations
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -19,7 +19,6 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-import matplotlib.style
 import numpy as np
 from matplotlib.figure import Figure
 

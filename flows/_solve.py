@@ -15,7 +15,7 @@ from ._control import ArraywiseRelative
 from ._flow import AbstractFlow, FlowArgs, State
 from ._stiff import LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation
 from ._trajectory import Trajectory
-from ._validate import check_choice, check_finite, check_positive, check_positive_int, check_times
+from ._validate import check_choice, check_fits, check_positive, check_positive_int, check_times
 
 
 class SolverError(RuntimeError):
@@ -91,6 +91,8 @@ def solve(flow: AbstractFlow, state0: State, t1: float, ts=None, *, rtol: float 
     plan = Plan.make(t1, ts, rtol=rtol, atol=atol, stop_loss=stop_loss, solver=solver,
                      stepsize_controller=stepsize_controller, max_steps=max_steps, dt0=dt0).resolve(flow)
     flow.check_state(state0)
+    check_fits(f"saving {len(plan.ts)} states", saved_bytes(flow, state0, len(plan.ts)),
+               "save fewer times (ts), or a smaller problem")
     return plan.finish(flow, jax.device_get(_integrate(flow, state0, *plan.arrays(), **plan.static(progress))))
 
 
@@ -225,6 +227,14 @@ def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = 
     if stop_loss is not None and flow.linearisable and flow.problem.m <= STIFF_MAX_MEASUREMENTS:
         return LinearlyImplicitExtrapolation() if batched else Tsit5ThenExtrapolation()
     return diffrax.Tsit5()
+
+
+def saved_bytes(flow: AbstractFlow, state0: State, times: int) -> int:
+    """Host memory of a trajectory of `times` saved states: the states, their products W (twice: on the device
+    and the host) and the conserved pairs (at most two n x n matrices per state array)."""
+    n1, n2 = flow.problem.shape
+    state = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(state0))
+    return 8 * times * (2 * state + 2 * n1 * n2 + 2 * len(jax.tree.leaves(state0)) * max(n1, n2) ** 2)
 
 
 def check_flow(flow) -> None:

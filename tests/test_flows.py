@@ -268,3 +268,12 @@ def test_vf_evaluation_count_matches_an_exact_count(sensing, name):
     traj = flows.solve(flow, flow.init(1e-2), t1=2.0, ts=np.array([0.0, 2.0]), solver=flows.solver_by_name(name))
     assert traj.stats["num_rejected_steps"] > 0  # rejected steps are counted too
     assert 0 <= _Counted.calls[0] - traj.stats["vf_evaluations"] <= 3  # start-up evaluations left out
+
+
+def test_a_trajectory_that_cannot_fit_is_refused_before_solving(monkeypatch):
+    # 100,000 saved states of a 200 x 200 flow need ~180 GiB: refused with the size and the alternative,
+    # before anything is compiled (a compile here would fail the monkeypatched _integrate).
+    flow = flows.Flow(flows.completion(n=200, m=2000, rank=2), flows.Symmetric())
+    monkeypatch.setattr(flows._solve, "_integrate", _no_compile)
+    with pytest.raises(ValueError, match=r"saving 100000 states needs \d+ GiB .* save fewer times"):
+        flows.solve(flow, flow.init(1e-3), t1=1.0, ts=np.linspace(0, 1, 100_000))
