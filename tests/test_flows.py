@@ -277,3 +277,25 @@ def test_a_trajectory_that_cannot_fit_is_refused_before_solving(monkeypatch):
     monkeypatch.setattr(flows._solve, "_integrate", _no_compile)
     with pytest.raises(ValueError, match=r"saving 100000 states needs \d+ GiB .* save fewer times"):
         flows.solve(flow, flow.init(1e-3), t1=1.0, ts=np.linspace(0, 1, 100_000))
+
+
+class _ModuleState(eqx.Module):
+    """A state of an Equinox module with a static field: the store rebuilds both."""
+
+    U: jax.Array
+    moments: tuple
+    label: str = eqx.field(static=True)
+    widths: tuple = eqx.field(static=True)
+
+
+def test_store_round_trips_module_states(tmp_path):
+    states = _ModuleState(U=np.arange(18.0).reshape(2, 3, 3), moments=(np.ones((2, 3)), {"v": np.zeros((2, 1))}),
+                          label="adam", widths=(3, (1, 2)))
+    W = np.zeros((2, 3, 3))
+    traj = flows.Trajectory(ts=np.array([0.0, 1.0]), states=states, W=W, loss=np.zeros(2))
+    loaded = flows.Trajectory.load(traj.save(tmp_path / "module"))
+    assert type(loaded.states) is _ModuleState
+    assert loaded.states.label == "adam" and loaded.states.widths == (3, (1, 2))
+    np.testing.assert_array_equal(loaded.states.U, states.U)
+    assert isinstance(loaded.states.moments, tuple) and set(loaded.states.moments[1]) == {"v"}
+    assert jax.tree.structure(loaded.states) == jax.tree.structure(states)
