@@ -138,12 +138,20 @@ class Plan:
         if isinstance(solver, STIFF):
             # The extrapolation's steps are accurate to high order but its dense output is cubic: its steps
             # land on the save times instead of interpolating there, whatever controller was given.
-            if not isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
-                raise ValueError(f"{type(solver).__name__} needs an adaptive step-size controller, so that its steps "
-                                 f"land on the save times (its dense output is only cubic); got "
-                                 f"{type(controller).__name__}")
-            controller = diffrax.ClipStepSizeController(controller, step_ts=jnp.asarray(self.ts))
+            if isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
+                controller = diffrax.ClipStepSizeController(controller, step_ts=jnp.asarray(self.ts))
+            elif not self.on_step_grid(controller):
+                raise ValueError(f"{type(solver).__name__}'s dense output is only cubic, so its steps must land on the "
+                                 f"save times: use an adaptive step-size controller, or fixed steps dt0 of which every "
+                                 f"save time is a multiple (got {type(controller).__name__}, dt0 = {self.dt0})")
         return dataclasses.replace(self, solver=solver, controller=controller)
+
+    def on_step_grid(self, controller) -> bool:
+        """Whether fixed steps of dt0 from t = 0 pass through every save time."""
+        if not isinstance(controller, diffrax.ConstantStepSize) or self.dt0 is None:
+            return False
+        steps = self.ts / self.dt0
+        return bool(np.all(np.abs(steps - np.rint(steps)) <= 1e-9 * np.maximum(1.0, steps)))
 
     def arrays(self) -> tuple:
         """The traced arguments of `integrate` after (flow, state0)."""
@@ -186,7 +194,8 @@ class Plan:
             stats |= self.solver.report(solver_state)
         # Steps land on the save times when the controller clips to them (always for the stiff solvers,
         # whose dense output is only cubic); otherwise the solver's own dense output interpolates there.
-        stats["saved_times"] = "landed" if isinstance(self.controller, diffrax.ClipStepSizeController) else "interpolated"
+        landed = isinstance(self.controller, diffrax.ClipStepSizeController) or self.on_step_grid(self.controller)
+        stats["saved_times"] = "landed" if landed else "interpolated"
         config = {"flow": flow.describe()} | self.describe()
         traj = Trajectory.from_states(flow, ts_out[keep], states, stats=stats, config=config)
         drift = {name: float(d.max()) for name, d in traj.conserved_drift().items()}

@@ -244,6 +244,12 @@ def test_changing_tolerances_times_and_data_does_not_recompile(caplog, sensing):
     flows.solve(flow, flow.init(1e-2), t1=2.0, ts=ts, rtol=1e-8, stop_loss=1e-3)
     other = flows.Flow(flows.sensing(n=5, m=8, rank=1, seed=9), flows.Symmetric())
     with jax.log_compiles(), caplog.at_level("WARNING"):
+        flows.solve(other, other.init(1e-1), t1=3.0, ts=ts + 0.5, rtol=1e-6, stop_loss=1e-5)
+    assert not [r for r in caplog.records if "Compiling" in r.getMessage() and "integrate" in r.getMessage()]
+    # An absolute tolerance is another controller (one compile), then its value is data too.
+    flows.solve(flow, flow.init(1e-2), t1=2.0, ts=ts, rtol=1e-8, atol=1e-10, stop_loss=1e-3)
+    caplog.clear()
+    with jax.log_compiles(), caplog.at_level("WARNING"):
         flows.solve(other, other.init(1e-1), t1=3.0, ts=ts + 0.5, rtol=1e-6, atol=1e-9, stop_loss=1e-5)
     assert not [r for r in caplog.records if "Compiling" in r.getMessage() and "integrate" in r.getMessage()]
     with jax.log_compiles(), caplog.at_level("WARNING"):

@@ -200,9 +200,12 @@ def test_save_times_are_landed_on_whatever_the_controller():
         assert traj.stats["saved_times"] == "landed"
         error = np.linalg.norm(traj.W - reference.W, axis=(1, 2)) / np.linalg.norm(reference.W, axis=(1, 2))
         assert error.max() <= 100 * 1e-8, (type(solver).__name__, error.max())
-    with pytest.raises(ValueError, match="adaptive step-size controller"):
-        flows.solve(flow, state0, t1=1.0, solver=flows.LinearlyImplicitExtrapolation(),
+    with pytest.raises(ValueError, match="adaptive step-size controller, or fixed steps"):
+        flows.solve(flow, state0, t1=1.0, ts=[0.0, 0.25, 1.0], solver=flows.LinearlyImplicitExtrapolation(),
                     stepsize_controller=diffrax.ConstantStepSize(), dt0=0.1)
+    fixed = flows.solve(flow, state0, t1=1.0, ts=[0.0, 0.5, 1.0], solver=flows.LinearlyImplicitExtrapolation(),
+                        stepsize_controller=diffrax.ConstantStepSize(), dt0=0.1)
+    assert fixed.stats["saved_times"] == "landed"
 
 
 def test_a_drifting_conserved_quantity_is_reported_and_warned():
