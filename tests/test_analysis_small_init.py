@@ -7,6 +7,7 @@ import pytest
 import flows
 from analysis import references, small_init
 
+@pytest.mark.slow  # ~20 s alone; ResidualIntegral is also a row of analysis.checks.closed_form_checks
 def test_carried_residual_integral_matches_the_reduced_ode():
     """`ResidualIntegral` (s = int r carried along the full flow, any problem) against the commuting
     reduced ODE, whose state is s itself: two computations of the same certificate."""

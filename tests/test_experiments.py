@@ -13,7 +13,7 @@ PAPER = ROOT / "paper" / "main.tex"
 GREEK = {"Delta", "Gamma", "Lambda", "Omega", "Phi", "Pi", "Psi", "Sigma", "Theta", "Upsilon", "Xi"}
 # Run in the default suite: the experiments whose quick grids take seconds. The rest are run quick by
 # `test_the_whole_quick_reproduction` (slow) and at full scale by `gradflow reproduce`.
-CHEAP = ["closed_forms", "finite_steps", "performance"]
+CHEAP = ["closed_forms", "performance"]
 
 
 def generated_names(text: str) -> set[str]:
