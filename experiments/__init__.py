@@ -18,13 +18,15 @@ import matplotlib.style
 
 from ._base import STYLE, Context, Experiment, Tally
 from .closed_forms import ClosedForms
+from .depth import Depth
 from .finite_steps import FiniteSteps
 from .flatness import Flatness
+from .norms import Norms
 from .performance import Performance
 from .small_init import SmallInit
 
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ClosedForms(), SmallInit(), FiniteSteps(), Flatness(),
-                                                          Performance())}
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ClosedForms(), SmallInit(), Depth(), Norms(), FiniteSteps(),
+                                                          Flatness(), Performance())}
 """The experiments by name, in the paper's order."""
 
 

@@ -1,0 +1,264 @@
+r"""Where norms fail: Razin & Cohen 2020 (claim 9 of SCIENCE.md: completion is where the nuclear-norm
+picture breaks).
+
+Claim. Complete $\begin{pmatrix} * & 1 \\ 1 & 0 \end{pmatrix}$ from $W_{12} = W_{21} = 1$, $W_{22} = 0$: every
+completion has $\det W = -1$, and the minimum-nuclear-norm and minimum-Frobenius completions are
+$W_{11} = 0$ ($\|W\|_* = 2$, $\|W\|_F = \sqrt 2$). For a deep product $W = W_N \cdots W_1$ ($N \ge 2$, width
+2) from a balanced start ($W_{j+1}^T W_{j+1} = W_j W_j^T$), $\det W$ never changes sign: with
+$W = U S V^T$ the end-to-end flow gives
+$\frac{d}{dt} \log \det W = -N \operatorname{tr}(S^{(N-2)/N} U^T \nabla L(W) V)$, bounded. So from
+$\det W(0) > 0$ the loss cannot reach 0, and as it falls, $\det W > 0$ gives
+$|W_{11}| \ge W_{12} W_{21} / |W_{22}|$, while $L = \frac12 ((W_{12} - 1)^2 + (W_{21} - 1)^2 + W_{22}^2)
+\ge \frac12 W_{22}^2$ gives $|W_{22}| \le \sqrt{2L}$: $|W_{11}| \ge W_{12} W_{21} / \sqrt{2L} \to 1/\sqrt{2L}$
+(70.7 at $L = 10^{-4}$). The unobserved entry, and with it every norm, diverges, and the effective rank
+tends to 1: the implicit bias is towards low rank, not small norm.
+
+Without balancedness the invariance is gone: for $N = 2$,
+$\frac{d}{dt} \det W = -\det W_2 \operatorname{tr}(\operatorname{adj}(W_1) W_2^T \nabla L)
+- \det W_1 \operatorname{tr}(W_1^T \operatorname{adj}(W_2) \nabla L)$, which is not zero when one factor is
+singular and the other is not, so $\det W$ can cross zero; afterwards nothing stops the flow from reaching a
+completion ($\det = -1$) with a finite $W_{11}$.
+
+Setting. `flows.Problem.from_entries` with the three observations; `flows.Deep(depth, width=2)`, depths 2
+and 3. Two inits, each redrawn (seed 0, 1, ...) until $\det W(0) > 0$, `DRAWS` draws each: *balanced*
+(`kind="balanced"`: the theorem's hypothesis, exact up to round-off) and *Gaussian* (i.i.d. factor entries
+$N(0, 0.008^2)$, Razin's code, which is not balanced: the factors' imbalance is as large as the factors).
+flows' Gaussian factors have entries $N(0, \text{scale}^2 / 2)$, so scale $= 0.008 \sqrt 2$ (`SCALE`, both
+inits). Gradient flow to the loss `STOP_LOSS` (the default solver, `flows.Tsit5ThenExtrapolation`, relative
+tolerance `RTOL` per state array), saved at `SAVES` log-spaced times. $\det W = \prod_j \det W_j$, from the
+factors. Every run whose $\det W$ changes sign is solved again at `CHECK_RTOL`: a crossing at the same loss
+(within the factor `SAME_LOSS`) is not the integrator's error.
+
+Measured along each run, against the loss: $|W_{11}|$, the bound $W_{12} W_{21} / |W_{22}|$ and
+$1/\sqrt{2L}$, $\|W\|_*$, $\|W\|_F$, the effective rank, $\det W$; at the stop their values (medians over
+draws), the number of draws whose $\det W$ changed sign, the loss where it did and $|\det W|$ just before.
+The minimum-norm completions by `analysis.references` (cvxpy/Clarabel, numpy).
+
+Verdicts per (init, depth): "det never changes sign" *holds* when no draw's does, else *fails*; "$|W_{11}|$
+follows the bound and the norms diverge" *holds* when every draw whose sign did not change ends with
+$|W_{11}| \ge W_{12} W_{21} / |W_{22}|$ and $\|W\|_* \ge$ `NORM_GROWTH` times the minimum nuclear norm,
+*fails* when no draw does, *depends* in between.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+import flows
+from analysis import references
+
+from ._base import Context, Experiment, new_figure, tex_number
+
+ROWS, COLS, VALUES = np.array([0, 1, 1]), np.array([1, 0, 1]), np.array([1.0, 1.0, 0.0])
+"""The observations: W_12 = W_21 = 1, W_22 = 0 (zero-based indices)."""
+SCALE = 0.008 * np.sqrt(2.0)
+"""Razin's factor entries N(0, 0.008^2): flows' Gaussian init has entries N(0, scale^2 / 2) for width 2."""
+DEPTHS = (2, 3)
+INITS = ("balanced", "gaussian")
+SCALES = {False: dict(draws=10, stop_loss=1e-8, t1=1e11), True: dict(draws=3, stop_loss=1e-6, t1=1e9)}
+"""Draws per (init, depth), the stopping loss and the time limit, by `ctx.quick`. The slowest run, balanced
+depth 3, needs t ~ 2e9 to reach L = 1e-8 (|W_11| grows like a power of t)."""
+RTOL = 1e-10
+"""Tighter than the project's 1e-8: at 1e-8 the balanced depth-3 runs' det W changed sign at L ~ 2e-8, at
+1e-6 at L ~ 1e-7, at 1e-10 and 1e-12 not at all (measured while building this experiment)."""
+CHECK_RTOL = 1e-12
+SAME_LOSS = 2.0
+SAVES = 400
+FIRST_SAVE = 1e-2
+NORM_GROWTH = 10.0
+NAMES = {2: "Two", 3: "Three", "balanced": "Balanced", "gaussian": "Gaussian"}
+
+
+def problem() -> flows.EntryProblem:
+    """The 2 x 2 completion of [[*, 1], [1, 0]]."""
+    return flows.Problem.from_entries((2, 2), ROWS, COLS, VALUES)
+
+
+def start(flow: flows.Flow, kind: str, draw: int):
+    """The `draw`-th initial state (counting from 0, over seeds 0, 1, ...) whose product has det > 0."""
+    found, seed = -1, -1
+    while found < draw:
+        seed += 1
+        state = flow.init(scale=SCALE, kind=kind, seed=seed)
+        found += int(np.linalg.det(np.asarray(flow.parameterization.product(state))) > 0)
+    return state
+
+
+def build(config: dict):
+    flow = flows.Flow(problem(), flows.Deep(depth=config["depth"], width=2))
+    return flow, start(flow, config["init"], config["draw"])
+
+
+def determinant(traj: flows.Trajectory) -> np.ndarray:
+    """det W(t) as the product of the factors' determinants (each factor is O(1) where W is small)."""
+    return np.prod([np.linalg.det(np.asarray(factor)) for factor in traj.states], axis=0)
+
+
+def crossing(traj: flows.Trajectory) -> int | None:
+    """The first saved index where det W <= 0 (it is > 0 at t = 0), or None."""
+    nonpositive = np.flatnonzero(determinant(traj) <= 0)
+    return int(nonpositive[0]) if nonpositive.size else None
+
+
+def bound(W: np.ndarray) -> np.ndarray:
+    """W_12 W_21 / |W_22|: what det W > 0 forces |W_11| to exceed."""
+    return W[..., 0, 1] * W[..., 1, 0] / np.abs(W[..., 1, 1])
+
+
+def final_row(traj: flows.Trajectory) -> dict[str, float]:
+    """The end of one run: loss, |W_11|, the bound, 1/sqrt(2L), norms and effective rank."""
+    W = traj.W[-1]
+    s = traj.singular_values[-1]
+    return {"loss": float(traj.loss[-1]), "w11": float(abs(W[0, 0])), "bound": float(bound(W)),
+            "loss_bound": float(1.0 / np.sqrt(2.0 * traj.loss[-1])), "nuclear": float(s.sum()),
+            "frobenius": float(np.linalg.norm(s)), "erank": float(traj.effective_rank[-1])}
+
+
+def imbalance(traj: flows.Trajectory) -> list[float]:
+    r"""The factors' imbalance at t = 0 relative to their size: $\|W_{j+1}^T W_{j+1} - W_j W_j^T\|_F /
+    (\|W_{j+1}\|_F^2 + \|W_j\|_F^2)$ for each j (round-off for a balanced init, O(1) for Gaussian factors)."""
+    return [float(np.linalg.norm(P[0] - Q[0]) / (np.linalg.norm(P[0]) + np.linalg.norm(Q[0])))
+            for P, Q in traj.conserved.values()]
+
+
+def same_crossing(traj: flows.Trajectory, check: flows.Trajectory) -> bool:
+    """Whether the check run (tighter tolerance) changes det W's sign at a loss within `SAME_LOSS` of the run's."""
+    i, j = crossing(traj), crossing(check)
+    return i is not None and j is not None and abs(np.log(check.loss[j] / traj.loss[i])) <= np.log(SAME_LOSS)
+
+
+class Norms(Experiment):
+    name = "norms"
+    title = "where norms fail (Razin & Cohen 2020): the 2 x 2 completion, |W_11| and the norms against the loss"
+
+    def run(self, ctx: Context) -> None:
+        scale = SCALES[ctx.quick]
+        options = dict(t1=scale["t1"], ts=np.concatenate([[0.0], np.geomspace(FIRST_SAVE, scale["t1"], SAVES)]),
+                       stop_loss=scale["stop_loss"])
+        configs = [{"init": i, "depth": d, "draw": k} for i in INITS for d in DEPTHS for k in range(scale["draws"])]
+        runs = {(r.config["init"], r.config["depth"], r.config["draw"]): r.load()
+                for r in ctx.sweep(self.name, build, configs, rtol=RTOL, **options)}
+        crossings = {key: crossing(traj) for key, traj in runs.items()}
+        crossed = [dict(zip(("init", "depth", "draw"), key)) for key, i in crossings.items() if i is not None]
+        checks = {} if not crossed else {
+            (r.config["init"], r.config["depth"], r.config["draw"]): r.load()
+            for r in ctx.sweep(self.name, build, crossed, rtol=CHECK_RTOL, **options)}
+
+        p = problem()
+        stored = ctx.cached(self.name, {"reference": "min-norm completions"}, lambda: {
+            "nuclear": references.min_weighted_nuclear(p, np.eye(2), np.eye(2)).X,
+            "frobenius": references.min_frobenius(p).X})
+        min_nuclear = float(np.linalg.svd(stored["nuclear"], compute_uv=False).sum())
+        min_frobenius = float(np.linalg.norm(stored["frobenius"]))
+
+        summary = {}
+        for init in INITS:
+            for depth in DEPTHS:
+                keys = [(init, depth, k) for k in range(scale["draws"])]
+                rows = {key: final_row(runs[key]) for key in keys}
+                changed = [key for key in keys if crossings[key] is not None]
+                follows = [rows[key]["w11"] >= rows[key]["bound"] and rows[key]["nuclear"] >= NORM_GROWTH * min_nuclear
+                           for key in keys if crossings[key] is None]
+                summary[init, depth] = {
+                    "median": {name: float(np.median([row[name] for row in rows.values()])) for name in rows[keys[0]]},
+                    "changed": len(changed), "draws": len(keys),
+                    "robust": sum(same_crossing(runs[key], checks[key]) for key in changed),
+                    "cross_loss": [float(runs[key].loss[crossings[key]]) for key in changed],
+                    "det_before": [float(abs(determinant(runs[key])[crossings[key] - 1])) for key in changed],
+                    "imbalance": float(np.median([max(imbalance(runs[key])) for key in keys])),
+                    "sign_verdict": "holds" if not changed else "fails",
+                    "bound_verdict": ("holds" if follows and all(follows) else "depends" if any(follows) else "fails"),
+                }
+
+        self._figure(ctx, runs, crossings, summary, min_nuclear, min_frobenius)
+        macros = {"NormsDraws": str(scale["draws"]), "NormsStopLoss": tex_number(scale["stop_loss"]),
+                  "NormsRtol": tex_number(RTOL), "NormsCheckRtol": tex_number(CHECK_RTOL),
+                  "NormsScale": tex_number(SCALE / np.sqrt(2.0)),
+                  "NormsMinNuclear": tex_number(min_nuclear), "NormsMinFrobenius": tex_number(min_frobenius),
+                  "NormsMinNuclearWOneOne": tex_number(abs(float(stored["nuclear"][0, 0]))),
+                  "NormsLossBoundAtFourth": tex_number(1.0 / np.sqrt(2.0 * 1e-4))}
+        for (init, depth), s in summary.items():
+            key = "Norms" + NAMES[init] + NAMES[depth]
+            m = s["median"]
+            macros |= {key + "FinalLoss": tex_number(m["loss"]), key + "WOneOne": tex_number(m["w11"]),
+                       key + "Bound": tex_number(m["bound"]), key + "LossBound": tex_number(m["loss_bound"]),
+                       key + "Nuclear": tex_number(m["nuclear"]), key + "Frobenius": tex_number(m["frobenius"]),
+                       key + "EffRank": tex_number(m["erank"]),
+                       key + "SignChanged": "never" if not s["changed"] else f"{s['changed']} of {s['draws']}",
+                       key + "SignRobust": f"{s['robust']} of {s['changed']}",
+                       key + "CrossLoss": tex_number(float(np.median(s["cross_loss"]))) if s["changed"] else "n/a",
+                       key + "DetBefore": tex_number(float(np.median(s["det_before"]))) if s["changed"] else "n/a",
+                       key + "Imbalance": tex_number(s["imbalance"]),
+                       key + "VerdictSign": s["sign_verdict"], key + "VerdictBound": s["bound_verdict"]}
+        ctx.macros(self.name, macros)
+        ctx.table(self.name, "summary", "llrrrrrrrl",
+                  ["init", "depth", "final $L$", r"$|W_{11}|$", r"$\frac{W_{12} W_{21}}{|W_{22}|}$",
+                   r"$\frac{1}{\sqrt{2L}}$", r"$\|W\|_*$", "eff.\\ rank", r"$\det W$ changed sign",
+                   "verdicts (sign; bound)"],
+                  [[init, str(depth), tex_number(s["median"]["loss"]), tex_number(s["median"]["w11"]),
+                    tex_number(s["median"]["bound"]), tex_number(s["median"]["loss_bound"]),
+                    tex_number(s["median"]["nuclear"]), tex_number(s["median"]["erank"]),
+                    f"{s['changed']} of {s['draws']}", f"{s['sign_verdict']}; {s['bound_verdict']}"]
+                   for (init, depth), s in summary.items()])
+
+    @staticmethod
+    def _figure(ctx, runs, crossings, summary, min_nuclear, min_frobenius) -> None:
+        fig, axes = new_figure(6, width=3.0, height=2.6, rows=2)
+        colours = {(i, d): f"C{2 * INITS.index(i) + DEPTHS.index(d)}" for i in INITS for d in DEPTHS}
+        label = {key: f"{key[0].capitalize()} init, depth {key[1]}" for key in colours}
+        loss_grid = np.geomspace(min(t.loss[-1] for t in runs.values()), 1.0, 100)
+        for ax, init in zip(axes[:2], INITS):
+            for (i, d, k), traj in runs.items():
+                if i != init:
+                    continue
+                ax.loglog(traj.loss, np.abs(traj.W[:, 0, 0]), color=colours[i, d], lw=1.0)
+                if k == 0:
+                    ax.loglog(traj.loss, bound(traj.W), color=colours[i, d], ls="--", lw=0.9)
+                j = crossings[i, d, k]
+                if j is not None:
+                    ax.plot(traj.loss[j], abs(traj.W[j, 0, 0]), "x", color="k", ms=5)
+            ax.loglog(loss_grid, 1.0 / np.sqrt(2.0 * loss_grid), ":", color="k")
+            ax.set(xlabel="loss $L$", ylabel=r"$|W_{11}|$ (the unobserved entry)",
+                   title=f"{init.capitalize()} init, all {summary[init, DEPTHS[0]]['draws']} draws")
+            ax.legend(handles=[Line2D([], [], color="k", label=r"$|W_{11}|$"),
+                               Line2D([], [], color="k", ls="--", label=r"$W_{12} W_{21} / |W_{22}|$ (draw 0)"),
+                               Line2D([], [], color="k", ls=":", label=r"$1/\sqrt{2L}$"),
+                               Line2D([], [], color="k", ls="", marker="x", label=r"$\det W$ changes sign")],
+                      loc="lower right")
+        norms, erank, det, bars = axes[2:]
+        for (i, d), colour in colours.items():
+            traj = runs[i, d, 0]
+            s = traj.singular_values
+            norms.loglog(traj.loss, s.sum(axis=1), color=colour)
+            norms.loglog(traj.loss, np.linalg.norm(s, axis=1), color=colour, ls="--", lw=0.9)
+            erank.semilogx(traj.loss, traj.effective_rank, color=colour, label=label[i, d])
+            value = determinant(traj)
+            det.loglog(traj.loss, np.where(value > 0, value, np.nan), color=colour)
+            det.loglog(traj.loss, np.where(value < 0, -value, np.nan), color=colour, ls=":")
+        norms.axhline(min_nuclear, color="0.5", lw=0.8)
+        norms.axhline(min_frobenius, color="0.5", lw=0.8, ls="--")
+        norms.set(xlabel="loss $L$", ylabel="norm of $W$", title="norms (draw 0)")
+        norms.legend(handles=[Line2D([], [], color="k", label=r"$\|W\|_*$"),
+                              Line2D([], [], color="k", ls="--", label=r"$\|W\|_F$"),
+                              Line2D([], [], color="0.5", label=r"min.\ $\|W\|_*$ completion"),
+                              Line2D([], [], color="0.5", ls="--", label=r"min.\ $\|W\|_F$ completion")],
+                     loc="lower right")
+        erank.set(xlabel="loss $L$", ylabel="effective rank of $W$", title="effective rank (draw 0)")
+        det.set(xlabel="loss $L$", ylabel=r"$|\det W|$", title=r"$\det W$ (draw 0)")
+        det.legend(handles=[Line2D([], [], color="k", label=r"$\det W > 0$"),
+                            Line2D([], [], color="k", ls=":", label=r"$\det W < 0$")], loc="lower right")
+        keys = list(summary)
+        positions = np.arange(len(keys))
+        bars.bar(positions, [summary[k]["changed"] for k in keys], color=[colours[k] for k in keys])
+        bars.bar(positions, [summary[k]["robust"] for k in keys], fill=False, hatch="//", edgecolor="k", lw=0)
+        bars.set_xticks(positions, [f"{i}\ndepth {d}" for i, d in keys], fontsize=7)
+        bars.yaxis.set_major_locator(MaxNLocator(integer=True))
+        bars.set(ylabel="draws", ylim=(0, max(s["draws"] for s in summary.values())),
+                 xlabel=f"hatched: the same crossing at rtol {CHECK_RTOL:g}", title=r"draws where $\det W$ changed sign")
+        for ax in axes[:5]:
+            ax.invert_xaxis()
+        fig.legend(*erank.get_legend_handles_labels(), loc="outside lower center", ncols=4)
+        ctx.figure(fig, "norms")
+
