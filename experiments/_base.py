@@ -157,6 +157,8 @@ def tex_number(x: float, digits: int = 2) -> str:
         decimals = max(0, digits - 1 - exponent)
         return f"\\ensuremath{{{x:.{decimals}f}}}"
     mantissa = x / 10**exponent
+    if abs(round(mantissa, digits - 1)) >= 10:  # 9.99e-9 rounds to 10.0: write 1.0e-8
+        mantissa, exponent = mantissa / 10, exponent + 1
     return f"\\ensuremath{{{mantissa:.{digits - 1}f}\\times 10^{{{exponent}}}}}"
 
 

@@ -58,24 +58,17 @@ REPORT_ALPHA = 1e-6
 HOLDS_BELOW = 1e-3
 STALL_RATIO = 0.8
 
-SETTINGS = {
-    False: {
-        "commuting": dict(problem="commuting", flow="symmetric", n=12, m=5),
-        "sensing": dict(problem="sensing", flow="symmetric", n=30, m=180),
-        "sensing-sparse": dict(problem="sensing", flow="symmetric", n=30, m=90),
-        "completion": dict(problem="completion", flow="symmetric", n=20, m=120),
-        "completion-sparse": dict(problem="completion", flow="symmetric", n=20, m=80),
-        "direct": dict(problem="sensing", flow="direct", n=8, m=20),
-    },
-    True: {
-        "commuting": dict(problem="commuting", flow="symmetric", n=12, m=5),
-        "sensing": dict(problem="sensing", flow="symmetric", n=16, m=64),
-        "sensing-sparse": dict(problem="sensing", flow="symmetric", n=30, m=90),
-        "completion": dict(problem="completion", flow="symmetric", n=10, m=40),
-        "completion-sparse": dict(problem="completion", flow="symmetric", n=20, m=80),
-        "direct": dict(problem="sensing", flow="direct", n=8, m=20),
-    },
+FULL = {
+    "commuting": dict(problem="commuting", flow="symmetric", n=12, m=5),
+    "sensing": dict(problem="sensing", flow="symmetric", n=30, m=180),
+    "sensing-sparse": dict(problem="sensing", flow="symmetric", n=30, m=90),
+    "completion": dict(problem="completion", flow="symmetric", n=20, m=120),
+    "completion-sparse": dict(problem="completion", flow="symmetric", n=20, m=80),
+    "direct": dict(problem="sensing", flow="direct", n=8, m=20),
 }
+# Quick: the two dense problems smaller; the rest as at full scale.
+SETTINGS = {False: FULL, True: FULL | {"sensing": dict(problem="sensing", flow="symmetric", n=16, m=64),
+                                      "completion": dict(problem="completion", flow="symmetric", n=10, m=40)}}
 """Problem settings by `ctx.quick` (rank 2, seed 0 for all)."""
 RANK, SEED = 2, 0
 
