@@ -6,14 +6,18 @@ tolerance either admits errors of the state's own size (atol above a 1e-6 state:
 in the small-initialization runs, which moves the escape times of incremental learning) or, with atol near
 zero, demands pure relative accuracy of every entry, which collapses the step where an entry crosses zero.
 
-`ArraywiseRelative` measures the error of each state array relative to that array's current size:
-entry i of array a passes when
+`ArraywiseRelative` measures the error of each state entry i of array a against that array's current size:
+it passes when
 
-    $|e_i| \le \text{rtol}\,(|y_i| + \|y_a\|_\infty)$,   $\|y_a\|_\infty = \max(\|y_{a}(t_0)\|_\infty, \|y_{a}(t_1)\|_\infty)$,
+    $|e_i| \le \text{rtol}\,(|y_i| + 10^{-2} s_a)$,   $s_a = \max(\|y_{a}(t_0)\|_\infty, \|y_{a}(t_1)\|_\infty)$,
 
-so W is delivered to about rtol relative accuracy whatever its scale. It is a wrapper: it rescales each
-array by its size and hands the rescaled step to a PID controller with `atol = rtol`, through Diffrax's
-public controller interface (as `diffrax.ClipStepSizeController` wraps one).
+so W is delivered to about rtol relative accuracy whatever its scale. The flow's dynamics may replace
+$s_a$ by sizes entry by entry, and the root-mean-square norm over entries by another
+(`AbstractDynamics.error_sizes`, `error_norm`: the Adam flow's moments are measured by the error they
+cause in its field, in the max norm). It is a wrapper: it divides each entry by its size and hands the
+rescaled step to a PID controller with `atol = 1e-2 rtol`, through Diffrax's public controller interface
+(as `diffrax.ClipStepSizeController` wraps one); the flow reaches it through Diffrax's `args`
+(`flows.solve` passes `FlowArgs`).
 """
 
 from __future__ import annotations
@@ -24,20 +28,16 @@ import jax
 import jax.numpy as jnp
 
 
-def _sizes(y0, y1):
-    """max(|y0|_inf, |y1|_inf) per array; 1 for an array that is zero at both ends (its error is zero too)."""
-    def size(a, b):
-        s = jnp.maximum(jnp.max(jnp.abs(a), initial=0.0), jnp.max(jnp.abs(jnp.where(jnp.isnan(b), a, b)), initial=0.0))
-        return jnp.where(s > 0, s, 1.0)
-
-    return jax.tree.map(size, y0, y1)
+def _magnitude(y0, y1):
+    """max(|y0|, |y1|) entry by entry; y0 where y1 is NaN (a step into a region where the field is undefined)."""
+    return jax.tree.map(lambda a, b: jnp.maximum(jnp.abs(a), jnp.abs(jnp.where(jnp.isnan(b), a, b))), y0, y1)
 
 
 class ArraywiseRelative(diffrax.AbstractAdaptiveStepSizeController):
     """Error control relative to each state array's running size (see the module docstring).
 
     `controller` is the PID controller that takes the decisions on the rescaled step; its atol is the
-    relative floor (rtol by default, `ArraywiseRelative.make`).
+    relative floor (1e-2 rtol, `ArraywiseRelative.make`).
     """
 
     controller: diffrax.PIDController
@@ -69,7 +69,16 @@ class ArraywiseRelative(diffrax.AbstractAdaptiveStepSizeController):
         return self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
-        sizes = _sizes(y0, y1_candidate)
+        magnitude = _magnitude(y0, y1_candidate)
+        sizes = jax.tree.map(lambda x: jnp.max(x, initial=0.0), magnitude)
+        controller = self.controller
+        dynamics = getattr(getattr(args, "flow", None), "dynamics", None)  # a `flows.Flow`'s
+        if dynamics is not None:
+            sizes = dynamics.error_sizes(t1, magnitude, sizes)
+            if dynamics.error_norm is not None:
+                controller = eqx.tree_at(lambda c: c.norm, controller, dynamics.error_norm)
+        # A size 0: the entry is 0 at both ends of the step, and so is its error.
+        sizes = jax.tree.map(lambda s: jnp.where(s > 0, s, 1.0), sizes)
         scaled = lambda tree: jax.tree.map(lambda x, s: x / s, tree, sizes)  # noqa: E731
-        return self.controller.adapt_step_size(t0, t1, scaled(y0), scaled(y1_candidate), args, scaled(y_error),
-                                               error_order, controller_state)
+        return controller.adapt_step_size(t0, t1, scaled(y0), scaled(y1_candidate), args, scaled(y_error),
+                                          error_order, controller_state)
