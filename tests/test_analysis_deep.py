@@ -36,19 +36,21 @@ def test_unbalanced_start_breaks_the_end_to_end_ode(problem):
 
 def test_end_to_end_ode_at_a_singular_product():
     """A 4 x 5 product through hidden width 3 has rank <= 3: W W^T has a zero eigenvalue, whose fractional
-    powers must be exact zeros (round-off 1e-16 to the power 1/3 is 5e-6, an error in the field)."""
+    powers must be exact zeros (round-off 1e-16 to the power 1/3 is 5e-6, an error in the field), and stay
+    zeros when the solver's truncation errors lift it above round-off."""
     problem = flows.sensing(n=4, n2=5, m=12, rank=2, seed=1, symmetric=False)
     factors0 = flows.Flow(problem, flows.Deep(depth=3, width=3)).init(scale=0.6, kind="balanced", seed=2)
     # At rtol 1e-12 the run finishes (with round-off powers it hit max_steps at t = 0.13) and agrees with the
-    # factor flow to a few rtol (measured 3.4e-12).
+    # factor flow to a few rtol (measured 2e-12 each against a 1e-13 reference).
     traj, reference = run_both(problem, factors0, width=3, rtol=1e-12, atol=1e-14)
     assert np.linalg.svd(traj.W[-1], compute_uv=False)[-1] < 1e-12 * np.abs(traj.W[-1]).max()  # singular
     assert reference.ts[-1] == T1
-    assert closed_form.trajectory_difference(traj.W, reference.W) <= 1e-10
-    # At rtol 1e-10 the end-to-end solve is less accurate than the factor flow's (measured 1.5e-7, growing
-    # smoothly in t; it was 2.6e-6 with round-off powers).
+    assert closed_form.trajectory_difference(traj.W, reference.W) <= 100 * 1e-12
+    # At rtol 1e-10 both solves are accurate to a few rtol (measured 1.8e-10 and 2.8e-10 against that reference);
+    # with the zero eigenvalues left to a round-off threshold, W's null singular value, lifted by truncation
+    # errors past it, entered the field as sigma^(2/3) and the end-to-end solve drifted 1.5e-7 off.
     traj, reference = run_both(problem, factors0, width=3)
-    assert closed_form.trajectory_difference(traj.W, reference.W) <= 1e-6
+    assert closed_form.trajectory_difference(traj.W, reference.W) <= 100 * OPTIONS["rtol"]
 
 
 def test_bad_input(problem):
