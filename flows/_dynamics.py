@@ -163,7 +163,7 @@ def _root(vhat):
 
 
 def _denominator(b, eps, t, v):
-    r"""$\sqrt{v} + \epsilon \sqrt{c_b}$, $c_b = 1 - e^{-bt}$: the field's denominator $\sqrt{\hat v} + \epsilon$ in v's units.
+    r"""$\sqrt{v} + \epsilon \sqrt{c_b}$, $c_b = 1 - e^{-bt}$: the field's denominator in v's units.
 
     It is $\sqrt{c_b}\,(\sqrt{\hat v} + \epsilon)$, finite at every t > 0 (no bias correction to divide by).
     """
@@ -286,7 +286,8 @@ class Adam(AbstractAdaptive):
         while $\max \hat v \sim 10$: an error relative to the array's size leaves its $v_i$, hence its
         $F_i$, unresolved, and the trajectory leaves that ridge at the wrong time (2e-4 off at rtol 1e-8).
 
-        With $D = \sqrt{v} + \epsilon \sqrt{c_b} = \sqrt{c_b}(\sqrt{\hat v} + \epsilon)$ (`_denominator`), $c_r = 1 - e^{-rt}$:
+        With $c_r = 1 - e^{-rt}$ and $D = \sqrt{v} + \epsilon \sqrt{c_b} = \sqrt{c_b}(\sqrt{\hat v} + \epsilon)$
+        (`_denominator`):
         * $\partial F_i / \partial m_i = -\sqrt{c_b} / (c_a D_i)$. An error in m relaxes at rate a, so it
           moves $\theta$ by $\delta F / a$, while $\theta$ itself is of size $\|\theta\|_\infty + \|F\|_\infty / a$
           over that time: m is measured against $(c_a / \sqrt{c_b})\, D_i\, (\|F\|_\infty + a \|\theta\|_\infty)$
