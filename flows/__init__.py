@@ -52,7 +52,15 @@ from ._problems import (  # noqa: E402
     sensing,
 )
 from ._solve import SOLVERS, FaithfulnessWarning, SolverError, default_solver, default_ts, solve, solver_by_name  # noqa: E402
-from ._stiff import GaussNewton, LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation, kernel_matrix  # noqa: E402
+from ._stiff import (  # noqa: E402
+    ConjugateGradient,
+    GaussNewton,
+    LinearlyImplicitExtrapolation,
+    MatrixFreeGaussNewton,
+    Tsit5ThenExtrapolation,
+    Woodbury,
+    kernel_matrix,
+)
 from ._store import CorruptRecordError, read_record, write_json, write_record  # noqa: E402
 from ._sweep import Run, grid, sweep  # noqa: E402
 from ._trajectory import CorruptTrajectoryError, Trajectory  # noqa: E402
@@ -70,6 +78,7 @@ __all__ = [
     # solving, finite steps, sweeps
     "solve", "descend", "sweep", "grid", "Run", "SolverError", "FaithfulnessWarning", "default_solver", "default_ts", "SOLVERS",
     "solver_by_name", "ArraywiseRelative", "GaussNewton", "LinearlyImplicitExtrapolation", "Tsit5ThenExtrapolation", "kernel_matrix",
+    "Woodbury", "ConjugateGradient", "MatrixFreeGaussNewton",
     # results
     "Trajectory", "CorruptTrajectoryError", "CorruptRecordError", "read_record", "write_record", "write_json",
     "plot_trajectory",

@@ -219,7 +219,11 @@ STIFF = (LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation)
 
 STIFF_MAX_MEASUREMENTS = 1000
 """`default_solver` picks the stiff solver only up to this many measurements: each re-linearisation
-costs an m x m eigendecomposition."""
+costs an m x m eigendecomposition (`flows.Woodbury`), and the matrix-free solve that avoids it
+(`flows.ConjugateGradient`) is slower than Tsit5 there. Measured side by side (benchmarks/stiff_tail.py,
+deep completion n = 100, m = 2000, alpha 0.1, into loss < 1e-10; benchmarks/README.md): Tsit5 22 s
+(2889 steps), the switch with the Woodbury solve 67 s and with CG 68 s (the same 224 steps; 9 stiff
+steps, 29,878 CG iterations)."""
 
 
 def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = False) -> diffrax.AbstractSolver:
@@ -228,10 +232,11 @@ def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = 
     `Tsit5ThenExtrapolation` (Tsit5 until the run turns stiff, then the linearly implicit
     extrapolation) for a run into the convergence tail (`stop_loss` set, where these flows turn stiff)
     of a gradient flow of the data loss (`flow.linearisable`: its Gauss-Newton linearisation is then
-    the Hessian up to the residual term) with at most `STIFF_MAX_MEASUREMENTS` measurements;
-    Tsit5 otherwise. `batched` (runs under vmap: `sweep`'s batches of several): `LinearlyImplicitExtrapolation`
-    instead of the switching solver, since vmap turns its lax.cond into running both solvers at
-    every step.
+    the Hessian up to the residual term) with at most `STIFF_MAX_MEASUREMENTS` measurements, its
+    linear solves dense (`flows.Woodbury`); Tsit5 otherwise, which measured faster than the stiff
+    solver with either its dense or its matrix-free solves beyond that (`STIFF_MAX_MEASUREMENTS`).
+    `batched` (runs under vmap: `sweep`'s batches of several): `LinearlyImplicitExtrapolation` instead
+    of the switching solver, since vmap turns its lax.cond into running both solvers at every step.
     """
     if stop_loss is not None and flow.linearisable and flow.problem.m <= STIFF_MAX_MEASUREMENTS:
         return LinearlyImplicitExtrapolation() if batched else Tsit5ThenExtrapolation()

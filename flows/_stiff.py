@@ -15,6 +15,18 @@ $\Theta = M M^T$, $\Theta_{ik} = \langle \phi'^* A_i, \phi'^* A_k \rangle$. One 
 $\Theta = Q \Lambda Q^T$ serves every step size h, and applying the inverse costs one JVP, one VJP
 (about one vector-field evaluation) and two m x m products, never an n^2 x n^2 matrix.
 
+That eigendecomposition costs $O(m^3)$ and its basis $m^2$ memory, so beyond a few thousand
+measurements the solve goes matrix-free (`ConjugateGradient`): conjugate gradients (lineax) on
+$(I + h M^T M) x = b$ in parameter space, each iteration one product $x \mapsto M x$ (a pushforward
+and a measurement) and one $M^T w$ (an adjoint and a pullback), about one vector-field evaluation,
+with nothing of size m x m. The matrix is symmetric with eigenvalues $1 + h\lambda \ge 1$, so CG
+needs no preconditioner to be safe and the residual bounds the error: $\|x - x_*\| \le \|b - (I +
+h M^T M) x\|$. Its iterations grow like $\sqrt{1 + h\lambda_{\max}}$, and the extrapolation needs
+many solves per step: measured on deep completion (n = 100, m = 2000; benchmarks/README.md,
+`stiff_tail.py`) it takes the dense solve's steps at the dense solve's speed, both three times slower
+than Tsit5 there (30,000 CG iterations for 9 stiff steps), so `flows.default_solver` keeps Tsit5 for
+large m.
+
 The integrator is extrapolation of the linearly implicit Euler method
 $(I + h_j H_J)(y_{i+1} - y_i) = h_j F(y_i)$ over the harmonic sequence $h_j = \Delta t / j$,
 $j = 1..k$ (Deuflhard's LIMEX / Hairer & Wanner's SEULEX family). Its $h$-expansion holds for any
@@ -29,10 +41,13 @@ Measurements against scipy and gradient descent: benchmarks/README.md.
 
 from __future__ import annotations
 
+import abc
+
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
@@ -50,12 +65,31 @@ def kernel_matrix(flow: Flow, state: State) -> Float[Array, "m m"]:
     return flow.problem.kernel(lambda G: parameterization.pullback(state, G), parameterization.kernel_terms(state))
 
 
-class GaussNewton(eqx.Module):
-    r"""The Gauss-Newton Hessian $H_J = M^T M$ at a linearisation point, ready to solve $(I + h H_J) x = b$.
+def _apply(flow: Flow, point: Float[Array, " p"], x: Float[Array, " p"], unravel) -> Float[Array, " m"]:
+    r"""$M x = \mathcal{A}(\phi'(\theta)[x])$ at the flat state `point`: a pushforward and a measurement."""
+    return flow.problem.measure(flow.parameterization.pushforward(unravel(point), unravel(x)))
 
-    `basis`, `eigenvalues`: $\Theta = Q \Lambda Q^T$; `point`: the flat state it was taken at; `step`: the
-    step size it was taken for.
-    """
+
+def _transpose(flow: Flow, point: Float[Array, " p"], w: Float[Array, " m"], unravel) -> Float[Array, " p"]:
+    r"""$M^T w = \phi'(\theta)^* \mathcal{A}^*(w)$ at the flat state `point`: an adjoint and a pullback."""
+    return ravel_pytree(flow.parameterization.pullback(unravel(point), flow.problem.adjoint(w)))[0]
+
+
+class AbstractGaussNewton(eqx.Module):
+    r"""The Gauss-Newton Hessian $H_J = M^T M$ taken at `point` (flat) for steps near `step`: solves
+    $(I + h H_J) x = b$. `step` NaN: no linearisation yet (the first step takes one)."""
+
+    flow: eqx.AbstractVar[Flow]
+    point: eqx.AbstractVar[Float[Array, " p"]]
+    step: eqx.AbstractVar[Float[Array, ""]]
+
+    @abc.abstractmethod
+    def solve(self, h, b: Float[Array, " p"], unravel) -> Float[Array, " p"]:
+        r"""$(I + h M^T M)^{-1} b$; NaN where the solve failed (the step is then rejected and shrinks)."""
+
+
+class GaussNewton(AbstractGaussNewton):
+    r"""$H_J$ through the m x m kernel (Woodbury): `basis`, `eigenvalues` are $\Theta = Q \Lambda Q^T$."""
 
     flow: Flow
     point: Float[Array, " p"]
@@ -79,11 +113,70 @@ class GaussNewton(eqx.Module):
 
     def solve(self, h, b: Float[Array, " p"], unravel) -> Float[Array, " p"]:
         r"""$(I + h M^T M)^{-1} b = b - M^T Q \,\mathrm{diag}(h / (1 + h\lambda))\, Q^T M b$."""
-        parameterization, problem = self.flow.parameterization, self.flow.problem
-        point = unravel(self.point)
-        Mb = problem.measure(parameterization.pushforward(point, unravel(b)))
-        w = self.basis @ (h / (1.0 + h * self.eigenvalues) * (self.basis.T @ Mb))
-        return b - ravel_pytree(parameterization.pullback(point, problem.adjoint(w)))[0]
+        w = self.basis @ (h / (1.0 + h * self.eigenvalues) * (self.basis.T @ _apply(self.flow, self.point, b, unravel)))
+        return b - _transpose(self.flow, self.point, w, unravel)
+
+
+class MatrixFreeGaussNewton(AbstractGaussNewton):
+    r"""$H_J$ applied, never formed: conjugate gradients (lineax) on $(I + h M^T M) x = b$.
+
+    Stops when the residual and the last update are both below `tolerance` $\|b\|$ (2-norms; lineax's
+    rule). Since $I + h M^T M \succeq I$, the error is at most the residual: $\|x - x_*\| \le$
+    `tolerance` $\|b\|$. At most `max_steps` iterations, else NaN.
+    """
+
+    flow: Flow
+    point: Float[Array, " p"]
+    step: Float[Array, ""]
+    tolerance: Float[Array, ""]
+    max_steps: int = eqx.field(static=True)
+
+    def conjugate_gradients(self, h, b: Float[Array, " p"], unravel) -> lx.Solution:
+        """The lineax solution of $(I + h M^T M) x = b$ (its `stats["num_steps"]`: the iterations)."""
+        # Linearised once per solve, so what depends on the state alone (a deep product's partial products)
+        # is computed once, not at every iteration (n = 300: from 2.0 to 1.7 vector-field evaluations each).
+        _, apply = jax.linearize(lambda x: _apply(self.flow, self.point, x, unravel), b)
+        _, transpose = jax.linearize(lambda w: _transpose(self.flow, self.point, w, unravel), apply(b))
+        operator = lx.FunctionLinearOperator(lambda x: x + h * transpose(apply(x)), jax.eval_shape(lambda: b),
+                                             tags=lx.positive_semidefinite_tag)
+        cg = lx.CG(rtol=0.0, atol=self.tolerance * jnp.linalg.norm(b), norm=jnp.linalg.norm, max_steps=self.max_steps)
+        return lx.linear_solve(operator, b, cg, throw=False)
+
+    def solve(self, h, b: Float[Array, " p"], unravel) -> Float[Array, " p"]:
+        solution = self.conjugate_gradients(h, b, unravel)
+        return jnp.where(solution.result == lx.RESULTS.successful, solution.value, jnp.nan)
+
+
+class Woodbury(eqx.Module):
+    """The extrapolation's linear solves through the m x m kernel (`GaussNewton`): an $O(m^3)$
+    eigendecomposition per linearisation, then cheap solves; for up to a few thousand measurements."""
+
+    def linearise(self, flow: Flow, point: Float[Array, " p"], unravel, step) -> GaussNewton:
+        return GaussNewton.at(flow, point, unravel, step)
+
+    def pending(self, flow: Flow, point: Float[Array, " p"]) -> GaussNewton:
+        return GaussNewton.pending(flow, point)
+
+
+class ConjugateGradient(eqx.Module):
+    r"""The extrapolation's linear solves matrix-free (`MatrixFreeGaussNewton`), for any m.
+
+    `tolerance` bounds each solve's error relative to its right-hand side $h_j F(y_i)$. Measured on
+    deep completion (n = 100, m = 2000) over a step of $\Delta t = 1280$ in the tail: the extrapolated
+    step is off the exact-solve step by 4.7e-11 (relative to the state) at 1e-10, 3.5e-9 at 1e-8 (about
+    25 times the solves' own errors: the tableau amplifies them), so 1e-10 keeps the solves' part of
+    the error well under rtol = 1e-8, and the run takes the dense solve's steps exactly.
+    """
+
+    tolerance: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-10)
+    max_steps: int = eqx.field(static=True, default=2000)
+
+    def linearise(self, flow: Flow, point: Float[Array, " p"], unravel, step) -> MatrixFreeGaussNewton:
+        return MatrixFreeGaussNewton(flow=flow, point=point, step=jnp.asarray(step, point.dtype),
+                                     tolerance=self.tolerance, max_steps=self.max_steps)
+
+    def pending(self, flow: Flow, point: Float[Array, " p"]) -> MatrixFreeGaussNewton:
+        return self.linearise(flow, point, None, jnp.nan)
 
 
 def _flow_of(args) -> Flow:
@@ -113,12 +206,14 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
     Dense output is cubic Hermite, far less accurate than the steps: `flows.solve` makes the steps
     land on the save times (diffrax's `step_ts`) unless given a step-size controller. Costs per step:
     columns (columns - 1) / 2 + 1 vector-field evaluations and columns (columns + 1) / 2 Gauss-Newton
-    solves.
+    solves, made by `linear_solver`: `Woodbury()` (dense through the m x m kernel, the default) or
+    `ConjugateGradient()` (matrix-free, any m).
     """
 
     columns: int = eqx.field(static=True, default=8)
     refresh: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-4)
     growth: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=2.0)
+    linear_solver: Woodbury | ConjugateGradient = Woodbury()
 
     term_structure = diffrax.ODETerm
     interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation
@@ -129,7 +224,7 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
     def init(self, terms, t0, t1, y0, args):
         point, _ = ravel_pytree(y0)
         f0 = ravel_pytree(terms.vf(t0, y0, args))[0]
-        return f0, GaussNewton.pending(_flow_of(args), point), jnp.array(0)
+        return f0, self.linear_solver.pending(_flow_of(args), point), jnp.array(0)
 
     def report(self, solver_state) -> dict:
         """What the run's final solver state says about it (host-side): the number of linearisations."""
@@ -144,7 +239,7 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
         dt = t1 - t0
         stale = (jnp.isnan(linear.step) | (dt > self.growth * linear.step)
                  | (jnp.linalg.norm(y0_flat - linear.point) > self.refresh * jnp.linalg.norm(y0_flat)))
-        linear = jax.lax.cond(stale, lambda: GaussNewton.at(flow, y0_flat, unravel, dt), lambda: linear)
+        linear = jax.lax.cond(stale, lambda: self.linear_solver.linearise(flow, y0_flat, unravel, dt), lambda: linear)
         linearisations = linearisations + stale
 
         def vf(t, y):

@@ -1,6 +1,7 @@
 """The Gauss-Newton linear algebra and the linearly implicit extrapolation solver (flows._stiff)."""
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,6 +53,34 @@ def test_kernel_and_solve_match_dense_gauss_newton(name):
         assert jnp.linalg.norm(residual) <= 1e-9 * (jnp.linalg.norm(b) + h * jnp.linalg.norm(M.T @ (M @ x)))
 
 
+@pytest.mark.parametrize("tolerance", [1e-6, 1e-10])
+@pytest.mark.parametrize("name", ["symmetric-sensing", "deep-completion"])
+def test_matrix_free_solve_matches_dense_gauss_newton(name, tolerance):
+    # CG stops once its residual is below tolerance ||b||; since I + h M^T M >= I, an error is at most its
+    # residual, so ||x_cg - x_dense|| <= ||r_cg|| + ||r_dense||: within tolerance ||b|| plus the dense solve's
+    # round-off. The residuals are recomputed here from the dense M (lineax updates its own by recurrence).
+    flow = FLOWS[name]()
+    state = flow.init(scale=0.7, kind="gaussian", seed=3)
+    M, point, unravel = _dense_M(flow, state)
+    dense = flows.GaussNewton.at(flow, point, unravel)
+    free = flows.ConjugateGradient(tolerance=tolerance).linearise(flow, point, unravel, 1.0)
+    b = jnp.sin(jnp.arange(point.size, dtype=jnp.float64))
+    solve = eqx.filter_jit(lambda linear, h: linear.solve(h, b, unravel))
+    for h in (1e-3, 0.4, 1e4):
+        x, x_dense = solve(free, h), solve(dense, h)
+        residual, residual_dense = (jnp.linalg.norm(y + h * M.T @ (M @ y) - b) for y in (x, x_dense))
+        assert residual <= 1.01 * tolerance * jnp.linalg.norm(b), (h, residual)
+        assert jnp.linalg.norm(x - x_dense) <= residual + residual_dense, h
+
+
+def test_matrix_free_solve_past_its_iteration_budget_is_nan():
+    # A failed solve returns NaN, which the step-size controller rejects (the step shrinks), never a wrong value.
+    flow = FLOWS["deep-completion"]()
+    point, unravel = ravel_pytree(flow.init(scale=0.7, kind="gaussian", seed=3))
+    b = jnp.sin(jnp.arange(point.size, dtype=jnp.float64))
+    assert jnp.isnan(flows.ConjugateGradient(max_steps=2).linearise(flow, point, unravel, 1.0).solve(1e4, b, unravel)).all()
+
+
 def test_order_holds_with_a_frozen_jacobian():
     # Fixed steps dt = T/4, T/8 on a short non-stiff stretch: the error falls like dt^columns, also when
     # the Gauss-Newton matrix is never re-linearised (refresh = growth = inf): the W-method property.
@@ -82,8 +111,10 @@ def test_direct_flow_matches_closed_form():
     assert np.max(np.linalg.norm(traj.W - exact, axis=(1, 2)) / scale) < 1e-6
 
 
-@pytest.mark.parametrize("solver", [flows.LinearlyImplicitExtrapolation(), flows.Tsit5ThenExtrapolation()],
-                         ids=["extrapolation", "switching"])
+@pytest.mark.parametrize("solver", [
+    flows.LinearlyImplicitExtrapolation(), flows.Tsit5ThenExtrapolation(),
+    flows.Tsit5ThenExtrapolation(stiff_solver=flows.LinearlyImplicitExtrapolation(linear_solver=flows.ConjugateGradient())),
+], ids=["extrapolation", "switching", "switching-matrix-free"])
 def test_symmetric_tail_matches_explicit_and_is_stiff(solver):
     # Into the stiff tail (loss < 1e-10): the states of Tsit5 at rtol 1e-11 (an explicit method, its
     # steps bounded by stability there) at every saved time, to 1e-6, in far fewer steps.
@@ -139,6 +170,8 @@ def test_default_solver_is_the_stiff_one_only_into_the_tail_of_plain_flows():
     flow = flows.Flow(_sensing(), flows.Symmetric())
     assert isinstance(flows.default_solver(flow, stop_loss=1e-10), flows.Tsit5ThenExtrapolation)
     assert isinstance(flows.default_solver(flow, stop_loss=None), diffrax.Tsit5)
+    assert isinstance(flows.default_solver(flow, stop_loss=1e-10).stiff_solver.linear_solver, flows.Woodbury)
+    # Beyond STIFF_MAX_MEASUREMENTS Tsit5, also over the matrix-free solve (measured slower: benchmarks/stiff_tail.py).
     many = flows.Flow(flows.completion(n=40, m=flows._solve.STIFF_MAX_MEASUREMENTS + 1, rank=1), flows.Symmetric())
     assert isinstance(flows.default_solver(many, stop_loss=1e-10), diffrax.Tsit5)
     traj = flows.solve(flow, flow.init(scale=1e-2), t1=1e5, stop_loss=1e-10)
