@@ -1,0 +1,174 @@
+"""The stiff tail at large m (issue 12, item 4): Tsit5 against the extrapolation with dense and matrix-free solves.
+
+Deep completion (n = 100, rank 5, depth 3, W_j(0) = alpha I, alpha = 0.1 as in vs_scipy.py) until the
+loss falls below 1e-10, rtol 1e-8, atol 1e-10, saving the final state only. Rows, interleaved
+(A, B, C, A, B, C, ...): Tsit5; the switching solver (Tsit5, then the linearly implicit extrapolation)
+with the dense Woodbury solve (`flows.Woodbury`) and with matrix-free conjugate gradients
+(`flows.ConjugateGradient`); `flows.solve`'s default. W err: against Dopri8 at rtol 1e-12, atol 1e-14 at
+each row's own final time. CG iterations and linearisations come from a separate, counted run.
+
+    python benchmarks/stiff_tail.py                 # m = 2000 (the issue's setting), ~10 min
+    python benchmarks/stiff_tail.py --m 1000        # where the default turns to the stiff solver
+    python benchmarks/stiff_tail.py --large         # n = 1000, m = 50,000: costs, then the run (1 h budget)
+
+See benchmarks/README.md ("The stiff tail at large m").
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+import flows
+
+ITERATIONS: dict[str, int] = {"cg": 0}
+
+
+class _CountedMatrixFree(flows.MatrixFreeGaussNewton):
+    """Adds each solve's CG iterations to ITERATIONS (an ordered io_callback: the counted run only)."""
+
+    def conjugate_gradients(self, h, b, unravel):
+        solution = super().conjugate_gradients(h, b, unravel)
+        jax.experimental.io_callback(_add, None, solution.stats["num_steps"], ordered=True)
+        return solution
+
+
+def _add(n) -> None:
+    ITERATIONS["cg"] += int(n)
+
+
+class _Counted(flows.ConjugateGradient):
+    def linearise(self, flow, point, unravel, step):
+        return _CountedMatrixFree(flow=flow, point=point, step=jnp.asarray(step, point.dtype),
+                                  tolerance=self.tolerance, max_steps=self.max_steps)
+
+
+def switching(linear_solver) -> flows.Tsit5ThenExtrapolation:
+    return flows.Tsit5ThenExtrapolation(stiff_solver=flows.LinearlyImplicitExtrapolation(linear_solver=linear_solver))
+
+
+METHODS = {
+    "Tsit5": lambda: diffrax.Tsit5(),
+    "switching, Woodbury": lambda: switching(flows.Woodbury()),
+    "switching, CG": lambda: switching(flows.ConjugateGradient()),
+    "default": lambda: None,
+}
+
+
+def counted(setting: H.Setting, name: str) -> dict:
+    """Stats of one untimed run: the solver's report, and CG iterations for the matrix-free row."""
+    solver = switching(_Counted()) if name == "switching, CG" else METHODS[name]()
+    ITERATIONS["cg"] = 0
+    traj = flows.solve(setting.flow, setting.state0, t1=H.T_MAX, ts=H.FINAL_ONLY, rtol=H.RTOL, atol=H.ATOL,
+                       stop_loss=H.STOP_LOSS, solver=solver, max_steps=3_000_000)
+    stats = traj.stats | {"solver": traj.config["solver"]}
+    if name == "switching, CG":
+        stats["cg_iterations"] = ITERATIONS["cg"]
+    return stats
+
+
+def table(setting: H.Setting, repeats: int, skip: list[str]) -> None:
+    names = [name for name in METHODS if name not in skip]
+    timings: dict[str, H.Timing] = {}
+    outcomes: dict[str, H.Outcome] = {}
+    for name in names:  # first calls: compile + run
+        outcomes[name], first = H.clock(lambda: H.run_flows(setting, METHODS[name]()))
+        timings[name] = H.Timing(first=first, runs=[])
+        print(f"  first call {name}: {first:.2f} s", flush=True)
+    for _ in range(repeats):
+        for name in names:
+            outcomes[name], seconds = H.clock(lambda: H.run_flows(setting, METHODS[name]()))
+            timings[name].runs.append(seconds)
+    stats = {name: counted(setting, name) for name in names}
+    reference = H.reference(setting, np.array([o.t_final for o in outcomes.values()]))
+    tsit5 = timings["Tsit5"].median if "Tsit5" in timings else float("nan")
+    print(f"\n{setting.name}: rtol {H.RTOL:g}, atol {H.ATOL:g}, until loss < {H.STOP_LOSS:g}; "
+          f"{repeats} timed repeats, interleaved\n")
+    print("| method | solver | wall s | spread | compile s | steps | rejected | switch at t | linearisations | "
+          "CG iterations | t final | loss | W err | Tsit5 / this |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        o, t, s = outcomes[name], timings[name], stats[name]
+        err = H.relative_error(o.W_final, reference[o.t_final])
+        t_switch = s.get("t_switch")
+        print(f"| {name} | {s['solver']} | {t.median:.3g} | {t.spread()} | {t.compile:.3g} | {o.steps} | {o.rejected} | "
+              f"{'-' if t_switch is None else f'{t_switch:.4g}'} | {s.get('linearisations', '-')} | "
+              f"{s.get('cg_iterations', '-')} | {o.t_final:.5g} | {o.loss_final:.2e} | {err:.1e} | "
+              f"{tsit5 / t.median:.2f} |", flush=True)
+
+
+def large(n: int, m: int, depth: int, alpha: float, repeats: int) -> None:
+    """Per-evaluation costs at scale: one vector-field evaluation, one CG iteration (x -> x + h M^T M x)."""
+    setting = H.completion_setting(alpha, n=n, m=m, depth=depth)
+    flow = setting.flow
+    point, unravel = ravel_pytree(setting.state0)
+    # Exactly 10 CG iterations: a tolerance never met, max_steps 10.
+    linear = flows.MatrixFreeGaussNewton(flow=flow, point=point, step=jnp.asarray(1.0), tolerance=jnp.asarray(1e-300),
+                                         max_steps=10)
+
+    @eqx.filter_jit
+    def evaluation(flow, x):
+        return ravel_pytree(flow.vector_field(0.0, unravel(x)))[0]
+
+    @eqx.filter_jit
+    def iterations(linear, b):
+        return linear.conjugate_gradients(1.0, b, unravel).value
+
+    b = evaluation(flow, point)
+    jax.block_until_ready(iterations(linear, b))
+    vf = min(H.clock(lambda: evaluation(flow, point))[1] for _ in range(repeats))
+    cg = min(H.clock(lambda: iterations(linear, b))[1] for _ in range(repeats)) / 10
+    print(f"{setting.name}: {point.size} parameters; one vector-field evaluation {vf:.3g} s, one CG iteration "
+          f"{cg:.3g} s ({cg / vf:.2f} evaluations)", flush=True)
+
+
+def drive(n: int, m: int, depth: int, alpha: float, budget: float) -> None:
+    """The default solver toward loss < 1e-10 in chunks t in [T, 2T] (the flow is autonomous, so each chunk
+    restarts from the last one's final state), reporting each, until the loss or the wall-time budget is met."""
+    setting = H.completion_setting(alpha, n=n, m=m, depth=depth)
+    flow, state, t, horizon = setting.flow, setting.state0, 0.0, 25.0
+    start = time.perf_counter()
+    print(f"{setting.name}, default solver ({type(flows.default_solver(flow, H.STOP_LOSS)).__name__}), "
+          f"loss {float(flow.loss(state)):.3e} at t = 0", flush=True)
+    while time.perf_counter() - start < budget:
+        chunk = time.perf_counter()
+        traj = flows.solve(flow, state, t1=horizon - t, ts=[horizon - t], rtol=H.RTOL, atol=H.ATOL, stop_loss=H.STOP_LOSS,
+                           max_steps=3_000_000)
+        state, t = jax.tree.map(lambda x: x[-1], traj.states), t + float(traj.ts[-1])
+        print(f"  t = {t:.6g}: loss {traj.loss[-1]:.3e}, {traj.stats['num_steps']} steps, "
+              f"{time.perf_counter() - chunk:.0f} s (total {time.perf_counter() - start:.0f} s)", flush=True)
+        if traj.loss[-1] < H.STOP_LOSS:
+            return
+        horizon *= 2
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--m", type=int, default=2000, help="observed entries (default 2000)")
+    parser.add_argument("--alpha", type=float, default=0.1)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per method after the first")
+    parser.add_argument("--skip", nargs="*", default=[], help="rows to leave out")
+    parser.add_argument("--large", action="store_true",
+                        help="n = 1000, m = 50,000: per-evaluation costs, then the default solver toward the loss")
+    parser.add_argument("--budget", type=float, default=3600.0, help="--large: wall seconds for the run (default 3600)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    if args.large:
+        large(1000, 50_000, 3, args.alpha, args.repeats + 1)
+        drive(1000, 50_000, 3, args.alpha, args.budget)
+    else:
+        table(H.completion_setting(args.alpha, m=args.m), args.repeats, args.skip)
+    print(f"\n({time.perf_counter() - start:.0f} s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
