@@ -9,6 +9,8 @@ first call's excess over the median and is reported apart.
     python benchmarks/vs_scipy.py --setting sensing --alpha 1e-3            # the issue-2 table
     python benchmarks/vs_scipy.py --setting sensing --alpha 1e-3 --descent  # plus gradient descent
     python benchmarks/vs_scipy.py --setting completion --alpha 0.1 --skip RK45 DOP853
+    python benchmarks/vs_scipy.py --setting factored --alpha 1e-2 --skip RK45 DOP853  # W = U V^T
+    python benchmarks/vs_scipy.py --setting deep3 --alpha 0.1 --skip RK45 DOP853      # W = W_3 W_2 W_1
 
 See benchmarks/README.md for what each column means.
 """
@@ -31,6 +33,23 @@ FAST = "flows switching"
 SAVED = "flows switching, saved"
 FLOWS_SOLVERS = {"flows Tsit5": diffrax.Tsit5, "flows extrapolation": flows.LinearlyImplicitExtrapolation,
                  FAST: flows.Tsit5ThenExtrapolation}
+
+
+def factored_setting(alpha: float, n: int = 30, m: int = 180, rank: int = 2, seed: int = 0) -> H.Setting:
+    """Asymmetric Gaussian sensing (issue 2's sizes), the flow of W = U V^T from U_0 = V_0 = alpha I."""
+    flow = flows.Flow(flows.sensing(n=n, m=m, rank=rank, seed=seed, symmetric=False), flows.Factored())
+    return H.Setting(f"factored sensing n={n} m={m} r={rank} alpha={alpha:g}", flow, flow.init(scale=alpha))
+
+
+def deep_setting(alpha: float, depth: int = 3, n: int = 30, m: int = 180, rank: int = 2, seed: int = 0) -> H.Setting:
+    """Asymmetric Gaussian sensing (issue 2's sizes), the flow of W = W_N ... W_1 from W_j(0) = alpha I."""
+    flow = flows.Flow(flows.sensing(n=n, m=m, rank=rank, seed=seed, symmetric=False), flows.Deep(depth=depth))
+    return H.Setting(f"deep sensing n={n} m={m} r={rank} depth={depth} alpha={alpha:g}", flow, flow.init(scale=alpha))
+
+
+SETTINGS = {"sensing": H.sensing_setting, "completion": H.completion_setting, "factored": factored_setting,
+            "deep3": deep_setting}
+"""--setting: the harness's two (scipy may run apart for them) and the multi-array states of issue 10."""
 
 
 def methods(setting: H.Setting, field: H.FlatField | None, time_limit: float) -> dict:
@@ -64,7 +83,7 @@ def timed(fn):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--setting", choices=("sensing", "completion"), default="sensing")
+    parser.add_argument("--setting", choices=tuple(SETTINGS), default="sensing")
     parser.add_argument("--alpha", type=float, default=1e-3, help="init scale (default 1e-3)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per method after the first")
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out (e.g. RK45 DOP853)")
@@ -79,9 +98,12 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write every number here too")
     args = parser.parse_args(argv)
 
-    setting = (H.sensing_setting(args.alpha) if args.setting == "sensing" else H.completion_setting(args.alpha))
+    setting = SETTINGS[args.setting](args.alpha)
     print(f"# {setting.name}: rtol {H.RTOL:g}, atol {H.ATOL:g}, until loss < {H.STOP_LOSS:g}", flush=True)
     apart = args.apart or args.setting == "completion"
+    if apart and not setting.spec[0]:
+        parser.error(f"--apart rebuilds the setting in a child process from the harness's settings; "
+                     f"{args.setting} runs in this process")
     field = None if apart else H.FlatField(setting)
     scipy_compile = float("nan") if apart else field.compile()
     todo = {name: fn for name, fn in methods(setting, field, args.time_limit).items()
