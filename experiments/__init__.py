@@ -17,16 +17,20 @@ from pathlib import Path
 import matplotlib.style
 
 from ._base import STYLE, Context, Experiment, Tally
+from .adam_steps import AdamSteps
 from .closed_forms import ClosedForms
 from .depth import Depth
 from .finite_steps import FiniteSteps
 from .flatness import Flatness
 from .norms import Norms
+from .penalties import Penalties
+from .span import Span
 from .performance import Performance
 from .small_init import SmallInit
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ClosedForms(), SmallInit(), Depth(), Norms(), FiniteSteps(),
-                                                          Flatness(), Performance())}
+                                                          Flatness(), Penalties(), Span(), AdamSteps(),
+                                                          Performance())}
 """The experiments by name, in the paper's order."""
 
 

@@ -36,7 +36,8 @@ from ._parameterizations import (  # noqa: E402
     Factored,
     Symmetric,
 )
-from ._penalties import PENALTIES, AbstractMatrixPenalty, AbstractPenalty, EachFactor, Frobenius, Nuclear, Ratio  # noqa: E402
+from ._penalties import (PENALTIES, AbstractMatrixPenalty, AbstractPenalty, EachFactor, Frobenius,  # noqa: E402
+                         HoyerSquare, Nuclear, Ratio)
 from ._plot import plot_trajectory  # noqa: E402
 from ._problems import (  # noqa: E402
     AbstractProblem,
@@ -69,7 +70,8 @@ __all__ = [
     # the flow and its three families
     "AbstractFlow", "Flow",
     "AbstractParameterization", "Direct", "Symmetric", "Factored", "Deep", "PARAMETERIZATIONS",
-    "AbstractPenalty", "AbstractMatrixPenalty", "Nuclear", "Ratio", "Frobenius", "EachFactor", "PENALTIES",
+    "AbstractPenalty", "AbstractMatrixPenalty", "Nuclear", "Ratio", "HoyerSquare", "Frobenius", "EachFactor",
+    "PENALTIES",
     "AbstractDynamics", "AbstractAdaptive", "GradientFlow", "Adam", "RMSProp", "Momentum", "Sign", "Modified",
     "DYNAMICS",
     # problems

@@ -174,7 +174,29 @@ class Ratio(AbstractMatrixPenalty):
         return {"name": "Ratio", "eps": float(self.eps), "delta": float(self.delta)}
 
 
-PENALTIES = {"nuclear": Nuclear, "ratio": Ratio, "frobenius": Frobenius, "each-factor": EachFactor}
+class HoyerSquare(AbstractMatrixPenalty):
+    r"""The squared ratio $R(W)^2$, $R$ = `Ratio` (DeepHoyer's Hoyer-square, on singular values): $\nabla R^2 = 2 R \nabla R$.
+
+    Scale invariant like the ratio; its gradient is the ratio's times $2R \in [2, 2\sqrt{\operatorname{rank}}]$,
+    so the two differ only in how much harder the squared one pushes where $W$ is far from rank one.
+    """
+
+    ratio: Ratio
+
+    def __init__(self, eps: float = 1e-3, delta: float = 1e-3):
+        self.ratio = Ratio(eps=eps, delta=delta)
+
+    def __call__(self, W):
+        return self.ratio(W) ** 2
+
+    def grad(self, W):
+        return 2 * self.ratio(W) * self.ratio.grad(W)
+
+    def describe(self):
+        return {"name": "HoyerSquare", "eps": float(self.ratio.eps), "delta": float(self.ratio.delta)}
+
+
+PENALTIES = {"nuclear": Nuclear, "ratio": Ratio, "hoyer-square": HoyerSquare, "frobenius": Frobenius, "each-factor": EachFactor}
 """Penalties by the names the command line accepts."""
 
 

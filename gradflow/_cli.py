@@ -16,7 +16,7 @@ from pathlib import Path
 
 PROBLEMS = ("sensing", "completion", "commuting")
 PARAMETERIZATION_CHOICES = ("direct", "symmetric", "factored", "deep")
-PENALTY_CHOICES = ("none", "nuclear", "ratio", "frobenius")
+PENALTY_CHOICES = ("none", "nuclear", "ratio", "hoyer-square", "frobenius")
 DYNAMICS_CHOICES = ("gradient", "adam", "rmsprop", "momentum", "sign", "modified")
 
 RUN_EPILOG = """\
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="init kind (default: identity; zero is for the direct parameterization)")
     g = run.add_argument_group("objective: the data loss plus strength x penalty")
     g.add_argument("--penalty", choices=PENALTY_CHOICES, default="none",
-                   help="penalty R: smoothed nuclear norm, the ratio ||W||_*/||W||_F, or 1/2 ||W||_F^2 (default: none)")
+                   help="penalty R: smoothed nuclear norm, the ratio ||W||_*/||W||_F, its square (Hoyer-square), or "
+                        "1/2 ||W||_F^2 (default: none)")
     g.add_argument("--on-factors", action="store_true",
                    help="apply the penalty to each factor (sum_j R(W_j)) instead of the product W")
     g.add_argument("--strength", type=float, default=1e-2, help="lambda in L + lambda R (default: 1e-2)")
@@ -146,7 +147,8 @@ def flow_description(args) -> dict:
         "momentum": {"a": args.a}, "sign": {"eps": args.eps}, "modified": {"eta": args.eta}}.get(args.dynamics, {})}}
     if args.penalty != "none":
         penalty = {"name": args.penalty, **{"nuclear": {"eps": args.penalty_eps},
-                                            "ratio": {"eps": args.penalty_eps, "delta": args.penalty_delta}
+                                            "ratio": {"eps": args.penalty_eps, "delta": args.penalty_delta},
+                                            "hoyer-square": {"eps": args.penalty_eps, "delta": args.penalty_delta},
                                             }.get(args.penalty, {})}
         description |= {"penalty": {"name": "each-factor", "penalty": penalty} if args.on_factors else penalty,
                         "strength": args.strength}

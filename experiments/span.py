@@ -1,0 +1,140 @@
+r"""The span claim (seed 001; SCIENCE.md claim 4): does the penalty keep W in its row and column spaces?
+
+Claim. The gradients of the nuclear norm and of the ratio lie in the span of W (its row and column spaces), so
+gradient descent on the penalty cannot leave them; Adam's per-coordinate normalisation can.
+
+What is invariant (derived). Any spectral penalty $R(W) = f(\sigma(W))$ has $\nabla R = U \operatorname{diag}(
+\partial f / \partial \sigma) V^T$ in W's own singular frame. So the pure-penalty gradient flow
+$W' = -\lambda \nabla R(W)$ is solved by $W(t) = U_0 \operatorname{diag}(\sigma(t)) V_0^T$ with
+$\sigma' = -\lambda\, \partial f/\partial\sigma$ (and by uniqueness, only by it): every singular vector of $W_0$
+is invariant, not just the column and row spaces. That is much more than the seed's claim, and also less: from
+the seeds' init $W_0 = P_\Omega(W^*)$, which is full rank, "W's row and column spaces" are all of
+$\mathbb{R}^n$ and constrain nothing; what the invariance freezes is the singular frame, in particular the top-r
+singular subspaces, which must turn from $W_0$'s to $W^*$'s for recovery. With the data loss the field gains
+$-P_\Omega(W - W^*)$, which is not spectral: nothing of the frame stays invariant, under gradient flow or
+otherwise. Under the Adam / RMSProp flows even the pure-penalty field $-\hat m / (\sqrt{\hat v} + \epsilon)$ is
+an elementwise function of $U D V^T$, not of that form: the frame turns.
+
+Measurement. The largest principal angle between the top-r left singular subspaces of $W(t)$ and $W_0$ (and the
+right ones), and between $W(t)$'s and $W^*$'s, against time: for the pure penalty (no data) and for data +
+penalty, under gradient flow, RMSProp flow and Adam flow, at the penalties experiment's setting and strength
+(its runs with data are shared with it through its store).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from jaxtyping import Float
+
+import flows
+
+from . import penalties
+from ._base import Context, Experiment, new_figure, tex_number
+
+DYNAMICS = ("gradient flow", "RMSProp", "Adam")
+SAVES = penalties.SAVES
+PURE_HORIZON = 1.0
+"""Of the pure-penalty runs (see `Span.run`)."""
+
+
+def top_subspace(W: Float[np.ndarray, "n1 n2"], k: int, side: str) -> np.ndarray:
+    """Orthonormal basis of the top-k left ("left") or right ("right") singular subspace of W."""
+    U, _, Vt = np.linalg.svd(W)
+    return U[:, :k] if side == "left" else Vt[:k].T
+
+
+def largest_angle(A: np.ndarray, B: np.ndarray) -> float:
+    r"""The largest principal angle between the column spaces of orthonormal A and B (same number of columns):
+    $\arcsin \|(I - A A^T) B\|_2$, accurate also for small angles (the arccos of the smallest cosine is not)."""
+    residual = B - A @ (A.T @ B)
+    return float(np.arcsin(min(1.0, np.linalg.norm(residual, 2))))
+
+
+def angles(Ws: np.ndarray, reference: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Largest principal angles (left and right top-k subspaces) of each W(t) against `reference`."""
+    out = {}
+    for side in ("left", "right"):
+        R = top_subspace(reference, k, side)
+        out[side] = np.array([largest_angle(R, top_subspace(W, k, side)) for W in Ws])
+    return out
+
+
+def no_data(config: dict) -> flows.Problem:
+    """A problem with no measurement (A = 0): the flow is the penalty's alone."""
+    n = config["n"]
+    return flows.Problem.from_matrices(np.zeros((1, n, n)), np.zeros(1))
+
+
+def build_pure(config: dict):
+    """The pure-penalty flow (ratio, no data) from the penalties experiment's direct init P_Omega(W*)."""
+    description = {"parameterization": {"name": "direct"}, "dynamics": penalties.DYNAMICS[config["dynamics"]],
+                   "penalty": penalties.PENALTIES["ratio"], "strength": config["strength"]}
+    flow = flows.Flow.from_description(no_data(config), description)
+    return flow, flow.dynamics.init(np.asarray(penalties.observed(penalties.problem(config))))
+
+
+class Span(Experiment):
+    name = "span"
+    title = "the span claim: principal angles of W(t)'s top singular subspaces, pure penalty and with data"
+
+    def run(self, ctx: Context) -> None:
+        grid = penalties.GRIDS[ctx.quick]
+        base = {"n": grid.n, "rank": grid.rank, "m": grid.m, "parameterization": "depth 1", "penalty": "ratio",
+                "strength": grid.strength}
+        curves = {}
+        for d in DYNAMICS:
+            configs = [{**base, "dynamics": d, "seed": s} for s in range(grid.seeds)]
+            t1 = penalties.horizon(grid, configs[0])
+            options = dict(rtol=penalties.RTOL, max_steps=penalties.MAX_STEPS)
+            with_data = ctx.sweep(penalties.Penalties.name, penalties.build, configs, t1=t1,
+                                  ts=flows.default_ts(t1, SAVES), **options)
+            # The pure penalty's frame is frozen or not from the start, so a short horizon shows it: the pure-ratio
+            # flows' tails (singular values shrinking into the smoothing eps; under RMSProp and Adam a sign-like
+            # chatter around zero) are stiff, and one RMSProp run to t = 15 had not finished after 5 minutes.
+            pure = ctx.sweep(self.name, build_pure, configs, t1=PURE_HORIZON, ts=flows.default_ts(PURE_HORIZON, SAVES),
+                             **options)
+            for kind, runs in (("data", with_data), ("pure", pure)):
+                for run in runs:
+                    if run.status == "failed":
+                        continue
+                    traj = run.load()
+                    W = np.asarray(traj.W)
+                    truth = np.asarray(penalties.problem(run.config).truth)
+                    curves[kind, d, run.config["seed"]] = {
+                        "t": np.asarray(traj.ts), **{f"init_{k}": v for k, v in angles(W, W[0], grid.rank).items()},
+                        **{f"truth_{k}": v for k, v in angles(W, truth, grid.rank).items()}}
+        self._figure(ctx, grid, curves)
+        self._macros(ctx, grid, curves)
+
+    @staticmethod
+    def _figure(ctx, grid, curves) -> None:
+        fig, axes = new_figure(3, width=3.1, height=2.7)
+        panels = ((axes[0], "pure", "init", "penalty only: vs. $W_0$"), (axes[1], "data", "init", "data + penalty: vs. $W_0$"),
+                  (axes[2], "data", "truth", r"data + penalty: vs. $W^*$"))
+        for ax, kind, against, title in panels:
+            for d in DYNAMICS:
+                group = [c for (k, dd, _), c in curves.items() if (k, dd) == (kind, d)]
+                for i, c in enumerate(group):
+                    ax.plot(c["t"][1:], np.maximum(np.maximum(c[f"{against}_left"], c[f"{against}_right"])[1:], 1e-16),
+                            color=penalties.COLOURS[d], label=d if i == 0 else None, alpha=0.8)
+            ax.set(xscale="log", yscale="log", xlabel="time $t$", title=title, xlim=(1e-3, None),
+                   ylabel=f"largest principal angle (rad), top-{grid.rank}")
+            ax.legend(fontsize="small")
+        ctx.figure(fig, "span")
+
+    @staticmethod
+    def _macros(ctx, grid, curves) -> None:
+        macros = {"SpanRank": str(grid.rank)}
+        tags = {"gradient flow": "GF", "RMSProp": "RMSProp", "Adam": "Adam"}
+        for kind, ktag in (("pure", "Pure"), ("data", "Data")):
+            for d, dtag in tags.items():
+                group = [c for (k, dd, _), c in curves.items() if (k, dd) == (kind, d)]
+                if not group:
+                    continue
+                worst = max(float(np.max(np.maximum(c["init_left"], c["init_right"]))) for c in group)
+                final_truth = float(np.mean([max(c["truth_left"][-1], c["truth_right"][-1]) for c in group]))
+                best_truth = float(np.mean([np.min(np.maximum(c["truth_left"], c["truth_right"])) for c in group]))
+                macros |= {f"Span{ktag}{dtag}MaxInit": tex_number(worst),
+                           f"Span{ktag}{dtag}BestTruth": tex_number(best_truth),
+                           f"Span{ktag}{dtag}EndTruth": tex_number(final_truth)}
+        ctx.macros("span", macros)

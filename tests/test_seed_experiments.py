@@ -1,0 +1,115 @@
+"""The machinery of the seeds' experiments (penalties, span, adam_steps): the grid, the principal angles, the
+invariance the span experiment measures, the per-run summary, and the Hoyer-square penalty."""
+
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+import flows
+from experiments import penalties, span
+
+
+def _orthonormal(rng, n, k):
+    return np.linalg.qr(rng.standard_normal((n, k)))[0]
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_grid_holds_every_contrast_the_claims_need_once(quick):
+    grid = penalties.GRIDS[quick]
+    configs = penalties.cells(grid)
+    keys = [penalties._key(c) for c in configs]
+    assert len(keys) == len(set(keys)), "a run is declared twice"
+    cells = {k[:4] for k in keys}
+    for strength in grid.strengths:  # claims 1, 2 and 7 (Hoyer): the strength sweep under both dynamics
+        for penalty, dynamics in itertools.product(("ratio", "nuclear", "Hoyer-square"), ("gradient flow", "Adam")):
+            assert ("depth 1", penalty, strength, dynamics) in cells
+    for dynamics in penalties.DYNAMICS:  # claim 3: every dynamics with the ratio at the common strength
+        assert ("depth 1", "ratio", grid.strength, dynamics) in cells
+    for param, dynamics in itertools.product(("UV^T", "depth 3"), ("gradient flow", "Adam")):  # claim 6
+        assert (param, "none", None, dynamics) in cells
+        assert ((param, "ratio", grid.strength, dynamics) in cells) == grid.factored_penalties
+    assert (("depth 3", "ratio on each factor", grid.strength, "Adam") in cells) == grid.factored_penalties  # 7
+    assert all(sum(k[:4] == cell for k in keys) == grid.seeds for cell in cells)
+    if not quick:
+        assert max(grid.strengths) / min(grid.strengths) >= 1e3  # the issue's three decades
+    # Every cell builds, and builds what it says (a spot check of the description's parts).
+    if grid.factored_penalties:
+        flow, state0 = penalties.build(next(c for c in configs if c["penalty"] == "ratio on each factor"))
+        assert isinstance(flow.parameterization, flows.Deep) and isinstance(flow.penalty, flows.EachFactor)
+    flow, state0 = penalties.build(configs[0])
+    p = penalties.problem(configs[0])
+    W0 = np.asarray(flow.product(state0))
+    np.testing.assert_array_equal(W0[np.asarray(p.rows), np.asarray(p.cols)], np.asarray(p.y))
+    assert np.count_nonzero(W0) == grid.m and float(flow.loss(state0)) == 0.0
+
+
+def test_largest_angle_is_the_known_rotation_and_agrees_with_scipy():
+    n = 6
+    e = np.eye(n)
+    for theta in (1e-9, 1e-4, 0.3, np.pi / 2):
+        A = e[:, :2]
+        B = np.column_stack([e[:, 0], np.cos(theta) * e[:, 1] + np.sin(theta) * e[:, 4]])
+        assert span.largest_angle(A, B) == pytest.approx(theta, rel=1e-12, abs=1e-15)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        A, B = _orthonormal(rng, n, 3), _orthonormal(rng, n, 3)
+        assert span.largest_angle(A, B) == pytest.approx(float(np.max(scipy.linalg.subspace_angles(A, B))), rel=1e-10)
+    # A different basis of the same subspace: angle zero.
+    A = _orthonormal(rng, n, 3)
+    assert span.largest_angle(A, A @ _orthonormal(rng, 3, 3)) <= 1e-14
+
+
+def test_top_subspace_angles_of_a_known_matrix():
+    rng = np.random.default_rng(1)
+    U, V = _orthonormal(rng, 7, 7), _orthonormal(rng, 5, 5)
+    W = U[:, :5] @ np.diag([9.0, 5.0, 1.0, 0.5, 0.1]) @ V.T
+    assert span.largest_angle(U[:, :2], span.top_subspace(W, 2, "left")) <= 1e-12
+    assert span.largest_angle(V[:, :2], span.top_subspace(W, 2, "right")) <= 1e-12
+    Ws = np.stack([W, W + 0.0, U[:, 2:4] @ V[:, :2].T])  # the last one's left top-2 space is orthogonal
+    got = span.angles(Ws, W, 2)
+    assert got["left"][0] <= 1e-12 and got["left"][2] == pytest.approx(np.pi / 2)
+
+
+def test_the_pure_penalty_gradient_flow_keeps_the_singular_frame_and_the_adam_flow_turns_it():
+    """The span experiment's derivation: W' = -grad R(W) keeps every singular vector; the Adam flow does not."""
+    config = {"n": 8, "rank": 2, "m": 20, "seed": 0, "strength": 1.0}
+    angle = {}
+    for dynamics in ("gradient flow", "Adam"):
+        flow, state0 = span.build_pure({**config, "dynamics": dynamics})
+        traj = flows.solve(flow, state0, t1=3.0, ts=np.linspace(0.0, 3.0, 7), rtol=1e-10)
+        W = np.asarray(traj.W)
+        assert np.linalg.norm(W[-1] - W[0]) > 1e-2 * np.linalg.norm(W[0])  # the penalty did move W
+        got = span.angles(W, W[0], config["rank"])
+        angle[dynamics] = max(got["left"].max(), got["right"].max())
+    # Tsit5 at rtol 1e-10 over ~30 steps: local errors not aligned with the frame add to < 1e-8.
+    assert angle["gradient flow"] <= 1e-8
+    assert angle["Adam"] >= 1e-2
+
+
+def test_summary_reads_best_window_and_budget_from_a_curve():
+    t = np.array([0.0, 1.0, 2.0, 4.0, 8.0, 16.0])
+    error = np.array([0.8, 0.5, 0.05, 0.02, 0.3, 2.0])
+    curve = {"t": t, "error": error, "erank": np.array([9.0, 7.0, 3.0, 2.0, 2.0, 1.5]),
+             "mse": np.array([0.0, 1e-3, 2e-3, 1e-3, 0.1, 0.5]), "norm": np.ones(6), "ratio": np.ones(6)}
+    row = penalties.summary(curve, nuclear_error=0.1, budget=4.0)
+    assert (row["best"], row["t_best"], row["end"]) == (0.02, 4.0, 2.0)
+    assert (row["window_start"], row["window_end"]) == (2.0, 4.0)
+    assert row["budget"] == pytest.approx(0.02) and row["mse_max_before_best"] == 2e-3
+    assert np.isnan(penalties.summary(curve, nuclear_error=0.01, budget=4.0)["window_start"])
+
+
+def test_hoyer_square_is_the_squared_ratio_with_its_gradient():
+    W = jnp.asarray(np.random.default_rng(2).standard_normal((6, 4)))
+    hoyer, ratio = flows.HoyerSquare(eps=1e-10, delta=0.0), flows.Ratio(eps=1e-10, delta=0.0)
+    U, s, Vt = np.linalg.svd(np.asarray(W), full_matrices=False)
+    F, R = np.linalg.norm(s), s.sum() / np.linalg.norm(s)
+    assert float(hoyer(W)) == pytest.approx(R**2, rel=1e-9)
+    np.testing.assert_allclose(hoyer.grad(W), 2 * R * (U @ Vt / F - s.sum() * np.asarray(W) / F**3), atol=1e-9)
+    assert float(hoyer(3.0 * W)) == pytest.approx(float(hoyer(W)), rel=1e-12)
+    assert flows.Flow.from_description(flows.completion(4, 6, 1), {"parameterization": {"name": "direct"},
+                                       "penalty": hoyer.describe(), "strength": 1.0}).penalty.describe() == \
+        hoyer.describe()
+    np.testing.assert_allclose(float(ratio(W)) ** 2, float(hoyer(W)), rtol=1e-12)
