@@ -27,6 +27,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ._flow import FlowArgs
+
 
 def _magnitude(y0, y1):
     """max(|y0|, |y1|) entry by entry; y0 where y1 is NaN (a step into a region where the field is undefined)."""
@@ -72,11 +74,10 @@ class ArraywiseRelative(diffrax.AbstractAdaptiveStepSizeController):
         magnitude = _magnitude(y0, y1_candidate)
         sizes = jax.tree.map(lambda x: jnp.max(x, initial=0.0), magnitude)
         controller = self.controller
-        dynamics = getattr(getattr(args, "flow", None), "dynamics", None)  # a `flows.Flow`'s
-        if dynamics is not None:
-            sizes = dynamics.error_sizes(t1, magnitude, sizes)
-            if dynamics.error_norm is not None:
-                controller = eqx.tree_at(lambda c: c.norm, controller, dynamics.error_norm)
+        if isinstance(args, FlowArgs):  # what `flows.solve` passes; the flow may measure some entries its own way
+            sizes, norm = args.flow.error_control(t1, magnitude, sizes)
+            if norm is not None:
+                controller = eqx.tree_at(lambda c: c.norm, controller, norm)
         # A size 0: the entry is 0 at both ends of the step, and so is its error.
         sizes = jax.tree.map(lambda s: jnp.where(s > 0, s, 1.0), sizes)
         scaled = lambda tree: jax.tree.map(lambda x, s: x / s, tree, sizes)  # noqa: E731

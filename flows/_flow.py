@@ -64,6 +64,12 @@ class AbstractFlow(eqx.Module):
         r"""Whether the field is $-\phi'^*\nabla L$, so the Gauss-Newton matrix linearises it (the stiff solvers)."""
         return False
 
+    def error_control(self, t, magnitude, sizes):
+        """The sizes each state entry's local error is measured against, and the norm of the scaled error (None:
+        the controller's root mean square), for `flows.ArraywiseRelative`. `magnitude`: max(|y(t0)|, |y(t1)|)
+        entry by entry over a step ending at t; `sizes`: each state array's largest magnitude (the default)."""
+        return sizes, None
+
     def check_state(self, state0: State) -> None:
         """ValueError unless state0 has the structure and shapes of `init()`'s and is finite (host-side)."""
         expected = jax.eval_shape(self.init)
@@ -188,6 +194,9 @@ class Flow(AbstractFlow):
     @property
     def linearisable(self) -> bool:
         return self.dynamics.follows_gradient and self.penalty is None
+
+    def error_control(self, t, magnitude, sizes):
+        return self.dynamics.error_sizes(t, magnitude, sizes), self.dynamics.error_norm
 
     def check_state(self, state0):
         super().check_state(state0)
