@@ -7,7 +7,7 @@ with the dense Woodbury solve (`flows.Woodbury`) and with matrix-free conjugate 
 (`flows.ConjugateGradient`); `flows.solve`'s default. W err: against Dopri8 at rtol 1e-12, atol 1e-14 at
 each row's own final time. CG iterations and linearisations come from a separate, counted run.
 
-    python benchmarks/stiff_tail.py                 # m = 2000 (the issue's setting), ~10 min
+    python benchmarks/stiff_tail.py                 # m = 2000 (the issue's setting), ~12 min
     python benchmarks/stiff_tail.py --m 1000        # where the default turns to the stiff solver
     python benchmarks/stiff_tail.py --large         # n = 1000, m = 50,000: costs, then the run (1 h budget)
 
