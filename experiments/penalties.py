@@ -199,14 +199,6 @@ def path(traj: flows.Trajectory, m: int) -> dict[str, np.ndarray]:
             "norm": np.linalg.norm(sigma, axis=-1), "ratio": sigma.sum(-1) / np.linalg.norm(sigma, axis=-1)}
 
 
-def at_time(curve: dict, key: str, t: float) -> float:
-    """`curve[key]` at time t, interpolated in log t between saves (the last value past a run's stop)."""
-    ts = curve["t"]
-    if t >= ts[-1]:
-        return float(curve[key][-1])
-    return float(np.interp(np.log(t), np.log(ts[1:]), curve[key][1:]))
-
-
 def summary(curve: dict, nuclear_error: float, budget: float) -> dict[str, float]:
     """Best test error and when, the window below the nuclear minimiser's error, the error at the horizon, the best
     within the time budget `budget` (the adaptive flows' horizon: a fixed budget with an oracle stopping time), and
