@@ -162,6 +162,19 @@ def tex_number(x: float, digits: int = 2) -> str:
     return f"\\ensuremath{{{mantissa:.{digits - 1}f}\\times 10^{{{exponent}}}}}"
 
 
+def tex_spread(values) -> str:
+    """Mean [min, max] over seeds as LaTeX numbers, NaN (failed runs) left out; a single value alone."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 1:
+        return tex_number(float(values[0]))
+    return f"{tex_number(np.nanmean(values))} [{tex_number(np.nanmin(values))}, {tex_number(np.nanmax(values))}]"
+
+
+def test_error(W, truth) -> np.ndarray:
+    """Arora et al.'s test error: the mean over all entries of (W - W*)^2 (per matrix of a stack)."""
+    return np.mean((np.asarray(W) - np.asarray(truth)) ** 2, axis=(-2, -1))
+
+
 def slope(x, y) -> float:
     """Least-squares slope of log y against log x."""
     return float(np.polyfit(np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float)), 1)[0])

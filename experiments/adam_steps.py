@@ -23,7 +23,7 @@ import numpy as np
 import flows
 
 from . import penalties
-from ._base import Context, Experiment, new_figure, tex_number
+from ._base import Context, Experiment, new_figure, test_error, tex_number
 
 STEPS = {"Adam": (0.05, 0.02, 0.01, 0.005, 0.002, 0.001), "gradient flow": (0.5, 0.2, 0.1, 0.05, 0.02)}
 """Step sizes by the flow they are the steps of: Adam needs a eta < 1 (a = 10); gradient descent on this problem
@@ -57,12 +57,12 @@ class AdamSteps(Experiment):
                     continue
                 traj = run.load()
                 seed = run.config["seed"]
-                results[d, None, seed] = _best(penalties.test_error(traj.W, traj.truth), np.asarray(traj.ts))
+                results[d, None, seed] = _best(test_error(traj.W, traj.truth), np.asarray(traj.ts))
                 for eta in etas:
                     def compute(config=run.config, eta=eta):
                         flow, state0 = penalties.build(config)
                         steps_traj = flows.descend(flow, state0, step=eta, t1=t1, ts=ts)
-                        return {"error": penalties.test_error(steps_traj.W, steps_traj.truth),
+                        return {"error": test_error(steps_traj.W, steps_traj.truth),
                                 "t": np.asarray(steps_traj.ts)}
                     stored = ctx.cached(self.name, {"config": run.config, "step": eta, "t1": t1, "saves": len(ts)},
                                         compute)

@@ -57,7 +57,7 @@ from matplotlib.ticker import NullFormatter
 
 import flows
 
-from ._base import Context, Experiment, new_figure, tex_number
+from ._base import Context, Experiment, new_figure, test_error, tex_number, tex_spread
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,11 +160,6 @@ def effective_rank(W: np.ndarray) -> float:
     return float(np.exp(-np.sum(p * np.log(p))))
 
 
-def test_error(W: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over all entries of (W - W*)^2."""
-    return float(np.mean((np.asarray(W) - truth) ** 2))
-
-
 def crossing_times(ts: np.ndarray, sigma: np.ndarray, fraction: float) -> np.ndarray:
     """For each column k of sigma (T, K): when sigma_k first reaches `fraction` of its final value, interpolated
     linearly in (log t, log sigma) between the saved times around the crossing (they start above t = 0)."""
@@ -201,11 +196,6 @@ def _plain_log_ticks(ax) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _cell(values: np.ndarray) -> str:
-    mean, low, high = _spread(values)
-    return f"{tex_number(mean)} [{tex_number(low)}, {tex_number(high)}]"
-
-
 class Depth(Experiment):
     name = "depth"
     title = ("depth: Arora et al. 2019 reproduced (test error and effective rank vs m and depth, init scale, "
@@ -237,7 +227,7 @@ class Depth(Experiment):
                     failed.append(key)
                     continue
                 traj = run.load()
-                error[key] = test_error(traj.W[-1], traj.truth)
+                error[key] = float(test_error(traj.W[-1], traj.truth))
                 rank[key] = float(traj.effective_rank[-1])
                 t_stop[key] = float(traj.ts[-1])
                 X = references[m, c["seed"]]["X"]
@@ -247,7 +237,8 @@ class Depth(Experiment):
             return np.array([table.get((m, depth, init, s), np.nan) for s in seeds])
 
         truths = {(m, s): np.asarray(_problem({**base, "m": m, "seed": s}).truth) for m in grid.ms for s in seeds}
-        nuclear_error = {m: np.array([test_error(references[m, s]["X"], truths[m, s]) for s in seeds]) for m in grid.ms}
+        nuclear_error = {m: np.array([float(test_error(references[m, s]["X"], truths[m, s])) for s in seeds])
+                         for m in grid.ms}
         nuclear_rank = {m: np.array([effective_rank(references[m, s]["X"]) for s in seeds]) for m in grid.ms}
 
         trajectories = self._singular_value_runs(ctx, grid, base, t_stop)
@@ -329,13 +320,13 @@ class Depth(Experiment):
 
         rows = []
         for i, m in enumerate(grid.table_ms):
-            rows.append(["nuclear (SCS)", str(m), _cell(nuclear_error[m]), tex_number(float(np.mean(nuclear_rank[m]))),
+            rows.append(["nuclear (SCS)", str(m), tex_spread(nuclear_error[m]), tex_number(float(np.mean(nuclear_rank[m]))),
                          PUBLISHED["nuclear", i]])
             for d in grid.depths:
-                rows.append([f"depth {d}", str(m), _cell(values(error, m, d)),
+                rows.append([f"depth {d}", str(m), tex_spread(values(error, m, d)),
                              tex_number(float(np.nanmean(values(rank, m, d)))), PUBLISHED[f"depth {d}", i]])
                 if d == 2 and m == m_low:
-                    rows += [[f"depth 2, init {tex_number(init)}", str(m), _cell(values(error, m, 2, init)),
+                    rows += [[f"depth 2, init {tex_number(init)}", str(m), tex_spread(values(error, m, 2, init)),
                               tex_number(float(np.nanmean(values(rank, m, 2, init)))), "see above"]
                              for init in sorted(PUBLISHED_DEPTH2, reverse=True) if init in grid.inits]
         ctx.table(self.name, "published", "lrlr|l",

@@ -51,7 +51,7 @@ from matplotlib.ticker import NullFormatter
 import flows
 from analysis import references
 
-from ._base import Context, Experiment, new_figure, tex_number
+from ._base import Context, Experiment, new_figure, test_error, tex_number, tex_spread
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,11 +186,6 @@ def build(config: dict):
     return flow, flow.init(scale=INIT ** (1.0 / depth), kind="gaussian", seed=INIT_SEED_OFFSET + config["seed"])
 
 
-def test_error(W: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Mean over all entries of (W - W*)^2, per saved time."""
-    return np.mean((np.asarray(W) - np.asarray(truth)) ** 2, axis=(-2, -1))
-
-
 def path(traj: flows.Trajectory, m: int) -> dict[str, np.ndarray]:
     """What is plotted and tabulated of one run, per saved time."""
     sigma = traj.singular_values
@@ -223,13 +218,6 @@ def _mean(rows: list[dict], key: str) -> float:
 def _stat(rows: list[dict] | None, key: str) -> str:
     """The mean over seeds as a LaTeX number, "n/a" for a cell that is not there."""
     return tex_number(_mean(rows, key)) if rows else "n/a"
-
-
-def _cell(rows: list[dict], key: str) -> str:
-    values = np.array([r[key] for r in rows], dtype=float)
-    if len(values) == 1:
-        return tex_number(values[0])
-    return f"{tex_number(values.mean())} [{tex_number(values.min())}, {tex_number(values.max())}]"
 
 
 def _verdict_same(a: float, b: float) -> str:
@@ -386,8 +374,9 @@ def _numbers(ctx, grid, cellwise, best_strength, nuclear, failed) -> None:
         window = (f"{tex_number(_mean(rows, 'window_start'))}--{tex_number(_mean(rows, 'window_end'))}"
                   if beats else "--")
         table_rows.append([param.replace("UV^T", "$UV^T$"), pen, d, "--" if s is None else tex_number(s),
-                           _cell(rows, "best"), tex_number(_mean(rows, "t_best")), _cell(rows, "budget"),
-                           _cell(rows, "end"), f"{beats}/{len(rows)}", window])
+                           tex_spread([r["best"] for r in rows]), tex_number(_mean(rows, "t_best")),
+                           tex_spread([r["budget"] for r in rows]), tex_spread([r["end"] for r in rows]),
+                           f"{beats}/{len(rows)}", window])
     ctx.table("penalties", "grid", "lllrlrllrl",
               ["param.", "penalty", "dynamics", r"$\lambda$", "best test error", r"$t_{\mathrm{best}}$",
                f"best, $t \\le {grid.fast:g}$", "at horizon", "$<$ nuc.", "window"], table_rows)
