@@ -343,7 +343,7 @@ def _figures(ctx, grid, curves, cellwise, best_strength, nuclear) -> None:
             axes[3].plot(curve["erank"][1:], np.maximum(curve["mse"][1:], 1e-16), color=COLOURS[d], alpha=0.8)
             best = int(np.argmin(curve["error"]))
             axes[3].plot(curve["erank"][best], max(curve["mse"][best], 1e-16), "o", color=COLOURS[d])
-    axes[0].axhline(np.linalg.norm(np.ones(1)) * grid.n, color="k", linestyle=":", label=r"$\|W^*\|_F$")
+    axes[0].axhline(grid.n, color="k", linestyle=":", label=r"$\|W^*\|_F$")
     axes[1].axhline(1.0, color="k", linestyle=":", label="infimum 1")
     axes[2].axhline(np.mean(nuclear), color="k", linestyle="--", label="min. nuclear norm")
     for ax, ylabel in zip(axes[:3], (r"$\|W\|_F$", r"$R = \|W\|_*/\|W\|_F$", "test error")):
