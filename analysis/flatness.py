@@ -159,7 +159,7 @@ def compare_flattest(problem: flows.AbstractProblem, factors) -> FlatnessCompari
     U, V = (np.asarray(x) for x in factors)
     D1, D2 = weights(problem)
     flattest = references.min_weighted_nuclear(problem, D1, D2)
-    nuclear = references.min_weighted_nuclear(problem, np.eye(problem.shape[0]), np.eye(problem.shape[1]))
+    nuclear = references.min_nuclear(problem)
     L, R = flattest_factors(flattest.X, D1, D2)
     W = U @ V.T
     return FlatnessComparison(str_flow=scaled_trace(problem, U, V), str_flattest=scaled_trace(problem, L, R),

@@ -20,18 +20,16 @@ init's normals are not the truth's. Their stopping rule: training MSE (mean over
 `TRAIN_MSE`, i.e. $L = \frac12 \|r\|^2 \le m\,\text{TRAIN\_MSE} / 2$ (`stop_loss`, the default solver: Tsit5, or
 `flows.Tsit5ThenExtrapolation` for $m \le 1000$), relative tolerance `RTOL` per state array. Their RMSprop
 with one global second moment is a time change of gradient flow, so the flow's path is theirs.
-The grids (`GRIDS`): the full one is what fits the 10-minute budget on two cores. m = 1000 was cut: it is
-next to the $2nr - r^2 = 975$ degrees of freedom, the tail is very stiff, and one depth-4 run took 368 s
-(34k Tsit5 steps; its test error was 12). 4 seeds, not the issue's 5: with 5 the full scale of this
-experiment and `norms` took 590 s + 45 s on two shared cores, with 4 it took 369 s + 45 s.
+The grids (`GRIDS`): m from 1000 (next to the $2nr - r^2 = 975$ degrees of freedom of the rank-5 truth) to
+5000, 5 seeds; the 25 runs added for the fifth seed and m = 1000 took 256 s on one shared core. A depth-4 run at
+m = 1000 takes 1.2-1.5 thousand steps since the default solver's switch fires for deep products (34 thousand
+Tsit5 steps and 368 s before).
 
 Measurement. Test error $\frac{1}{n^2} \sum_{jk} (W - W^*)_{jk}^2$ at the stop (= the squared relative
 Frobenius error), effective rank (Roy & Vetterli) of $W$, mean and min-max over seeds. The reference: the
-minimum-nuclear-norm completion $\min \|X\|_*$ s.t. $X_{jk} = W^*_{jk}$ on the observed entries, by cvxpy
-with SCS (eps `SCS_EPS`), cached per (m, seed). Not `analysis.references.min_weighted_nuclear` (Clarabel):
-its interior point on the 200 x 200 PSD cone of the n = 100 problem ran over 10 minutes and 20 GB before it
-was stopped; SCS takes seconds, and at m = 2000 its eps 1e-6 and 1e-9 answers gave the same test error to 8
-digits. The depth-2 init sweep runs at the smaller of the table's m (`Grid.table_ms`), where it also gives
+minimum-nuclear-norm completion $\min \|X\|_*$ s.t. $X_{jk} = W^*_{jk}$ on the observed entries,
+`analysis.references.min_nuclear` with SCS (eps `SCS_EPS`; Clarabel's interior point does not fit n = 100),
+cached per (m, seed). The depth-2 init sweep runs at the smaller of the table's m (`Grid.table_ms`), where it also gives
 $\|W - X_{\mathrm{nuc}}\|_F / \|X_{\mathrm{nuc}}\|_F$. Learning times: one run per depth (seed 0, init
 `INIT`, the same m) saved at `SV_SAVES` log-spaced times up to its stop; $t_k$ is when $\sigma_k(W(t))$ first
 reaches half its final value (interpolated in log-log between saves), and the transition width is
@@ -44,18 +42,19 @@ are citations (`PUBLISHED`, text in the table) and only the depth-3/4 and 5000-e
 numerically. (b) *holds* when depth 2's mean error differs across the init sweep by more than the factor
 `INIT_EFFECT` and its distance to the nuclear minimiser at the smallest init exceeds `NOT_NUCLEAR`.
 (c) *holds* when $t_1 < \dots < t_r$ for every depth $\ge 2$ and the mean transition width falls with depth,
-*depends* when only one of the two does, *fails* when neither does.
+*depends* when only one of the two does, *fails* when neither does. At the smallest m, depth *hurts* when every
+depth-$\ge 3$ mean error is above the lower of the nuclear and depth-2 means, *helps* when every one is below it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import cvxpy as cp
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
 import flows
+from analysis import references
 
 from ._base import Context, Experiment, new_figure, test_error, tex_number, tex_spread
 
@@ -75,12 +74,11 @@ class Grid:
     singular-value runs use the first."""
 
 
-GRIDS = {False: Grid(n=100, rank=5, ms=(1500, 2000, 5000), depths=(1, 2, 3, 4), seeds=4,
+GRIDS = {False: Grid(n=100, rank=5, ms=(1000, 1500, 2000, 5000), depths=(1, 2, 3, 4), seeds=5,
                      inits=(1e-2, 1e-3, 1e-4, 1e-5, 1e-6), table_ms=(2000, 5000)),
          True: Grid(n=30, rank=2, ms=(200, 400), depths=(1, 2, 3), seeds=2, inits=(1e-2, 1e-3, 1e-4),
                     table_ms=(200, 400))}
-"""By `ctx.quick`. Full: m = 1500 stands in for the cut m = 1000 (its depth-4 runs take 3-8 thousand Tsit5
-steps, the grid's most expensive); 3000 is left out for the budget."""
+"""By `ctx.quick`; 3000 is left out of the full grid (nothing changes between 2000 and 5000 but the error's size)."""
 INIT = 1e-3
 """The init scale of the main grid (Arora's default)."""
 TRAIN_MSE = 1e-6
@@ -89,7 +87,7 @@ RTOL = 1e-8
 T1 = 1e5
 """Never reached: every run stops by its loss (`DepthStopTimeMax` reports the latest stop)."""
 INIT_SEED_OFFSET = 10_000
-SCS_EPS = 1e-8
+SCS_EPS = references.SCS_OPTIONS["eps_abs"]
 SV_SAVES = 100
 SV_FIRST = 1e-3
 """Singular-value runs are saved from this fraction of their stopping time on (log-spaced; every
@@ -137,19 +135,11 @@ def build(config: dict):
                            seed=INIT_SEED_OFFSET + config["seed"])
 
 
-def nuclear_minimiser(problem: flows.EntryProblem) -> dict[str, np.ndarray]:
-    r"""$\min \|X\|_*$ s.t. $X_{jk} = y_{jk}$ on the observed entries (cvxpy, SCS at eps `SCS_EPS`), with SCS's
-    iteration count and the relative feasibility $\|X_\Omega - y\| / \|y\|$."""
-    rows, cols, y = (np.asarray(a) for a in (problem.rows, problem.cols, problem.y))
-    X = cp.Variable(problem.shape)
-    program = cp.Problem(cp.Minimize(cp.normNuc(X)), [X[rows, cols] == y])
-    program.solve(solver=cp.SCS, eps_abs=SCS_EPS, eps_rel=SCS_EPS, max_iters=100_000)
-    if X.value is None or program.status != cp.OPTIMAL:
-        raise RuntimeError(f"SCS did not solve the nuclear-norm completion: status {program.status}")
-    value = np.asarray(X.value)
-    return {"X": value, "objective": np.asarray(program.value),
-            "iterations": np.asarray(program.solver_stats.num_iters),
-            "feasibility": np.asarray(np.linalg.norm(value[rows, cols] - y) / np.linalg.norm(y))}
+def _nuclear_minimiser(problem: flows.EntryProblem) -> dict[str, np.ndarray]:
+    """`analysis.references.min_nuclear` by SCS, as the arrays the store caches."""
+    reference = references.min_nuclear(problem, solver="SCS")
+    return {"X": reference.X, "objective": reference.objective, "iterations": reference.iterations,
+            "feasibility": reference.feasibility}
 
 
 def effective_rank(W: np.ndarray) -> float:
@@ -211,13 +201,13 @@ class Depth(Experiment):
         configs[m_low] += [{**base, "m": m_low, "depth": 2, "init": init, "seed": s}
                            for init in grid.inits if init != INIT for s in seeds]
         error, rank, t_stop, nuclear_distance, failed = {}, {}, {}, {}, []
-        references = {}
+        minimisers = {}
         for m, group in configs.items():
             for s in seeds:
                 problem = _problem({**base, "m": m, "seed": s})
-                references[m, s] = ctx.cached(
+                minimisers[m, s] = ctx.cached(
                     self.name, {"reference": "min-nuclear", "solver": "SCS", "eps": SCS_EPS, **base, "m": m, "seed": s},
-                    lambda problem=problem: nuclear_minimiser(problem))
+                    lambda problem=problem: _nuclear_minimiser(problem))
             runs = ctx.sweep(self.name, build, group, t1=T1, ts=np.array([0.0, T1]), rtol=RTOL,
                              stop_loss=m * TRAIN_MSE / 2)
             for run in runs:
@@ -230,16 +220,16 @@ class Depth(Experiment):
                 error[key] = float(test_error(traj.W[-1], traj.truth))
                 rank[key] = float(traj.effective_rank[-1])
                 t_stop[key] = float(traj.ts[-1])
-                X = references[m, c["seed"]]["X"]
+                X = minimisers[m, c["seed"]]["X"]
                 nuclear_distance[key] = float(np.linalg.norm(traj.W[-1] - X) / np.linalg.norm(X))
 
         def values(table, m, depth, init=INIT):
             return np.array([table.get((m, depth, init, s), np.nan) for s in seeds])
 
         truths = {(m, s): np.asarray(_problem({**base, "m": m, "seed": s}).truth) for m in grid.ms for s in seeds}
-        nuclear_error = {m: np.array([float(test_error(references[m, s]["X"], truths[m, s])) for s in seeds])
+        nuclear_error = {m: np.array([float(test_error(minimisers[m, s]["X"], truths[m, s])) for s in seeds])
                          for m in grid.ms}
-        nuclear_rank = {m: np.array([effective_rank(references[m, s]["X"]) for s in seeds]) for m in grid.ms}
+        nuclear_rank = {m: np.array([effective_rank(minimisers[m, s]["X"]) for s in seeds]) for m in grid.ms}
 
         trajectories = self._singular_value_runs(ctx, grid, base, t_stop)
         learning = {}
@@ -281,8 +271,8 @@ class Depth(Experiment):
                   "DepthTrainMse": tex_number(TRAIN_MSE), "DepthScsEps": tex_number(SCS_EPS),
                   "DepthInitMax": tex_number(grid.inits[0]), "DepthInitMin": tex_number(grid.inits[-1]),
                   "DepthFailedRuns": str(len(failed)),
-                  "DepthScsFeasibilityMax": tex_number(max(float(r["feasibility"]) for r in references.values())),
-                  "DepthScsIterationsMax": str(max(int(r["iterations"]) for r in references.values())),
+                  "DepthScsFeasibilityMax": tex_number(max(float(r["feasibility"]) for r in minimisers.values())),
+                  "DepthScsIterationsMax": str(max(int(r["iterations"]) for r in minimisers.values())),
                   "DepthStopTimeMax": tex_number(max(t_stop.values())),
                   "DepthVerdictDeep": depth_verdict, "DepthVerdictHigh": high_verdict,
                   "DepthVerdictInit": init_verdict, "DepthVerdictIncremental": incremental_verdict,
@@ -292,11 +282,17 @@ class Depth(Experiment):
                   "DepthInitEffect": tex_number(float(init_means.max() / init_means.min())),
                   "DepthTwoInitLargest": tex_number(float(init_means[0])),
                   "DepthTwoInitSmallest": tex_number(float(init_means[-1])),
-                  "DepthNuclearNormLow": tex_number(float(np.mean([references[m_low, s]["objective"] for s in seeds]))),
+                  "DepthNuclearNormLow": tex_number(float(np.mean([minimisers[m_low, s]["objective"] for s in seeds]))),
                   "DepthTruthNuclearNorm": tex_number(float(np.mean(
                       [np.linalg.svd(truths[m_low, s], compute_uv=False).sum() for s in seeds])))}
+        m_min = min(grid.ms)
+        shallow_min = min(_mean(nuclear_error[m_min]), _mean(values(error, m_min, 2)))
+        deep_min = [_mean(values(error, m_min, d)) for d in deep]
+        few_verdict = ("hurts" if min(deep_min) > shallow_min else "helps" if max(deep_min) < shallow_min else "mixed")
+        macros |= {"DepthMMin": str(m_min), "DepthDegrees": str(2 * grid.n * grid.rank - grid.rank**2),
+                   "DepthVerdictFew": few_verdict}
         # The same macro names at every scale (the quick grid lacks depth 4 and some inits: "n/a").
-        for m, label in ((m_low, "Low"), (m_high, "High")):
+        for m, label in ((m_min, "Min"), (m_low, "Low"), (m_high, "High")):
             macros[f"DepthErrNuclear{label}"] = tex_number(_mean(nuclear_error[m]))
             macros[f"DepthRankNuclear{label}"] = tex_number(_mean(nuclear_rank[m]))
             for d, word in NAMES.items():

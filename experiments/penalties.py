@@ -241,7 +241,7 @@ class Penalties(Experiment):
             p = problem({**configs[0], "seed": seed})
             X = ctx.cached(self.name, {"reference": "min-nuclear", "solver": "Clarabel", "n": grid.n, "m": grid.m,
                                        "rank": grid.rank, "seed": seed},
-                           lambda p=p: {"X": references.min_weighted_nuclear(p, np.eye(grid.n), np.eye(grid.n)).X})["X"]
+                           lambda p=p: {"X": references.min_nuclear(p).X})["X"]
             nuclear_error[seed] = float(test_error(X, p.truth))
         curves, failed = {}, []
         plans = sorted({(horizon(grid, c), stop_loss(c) or 0.0) for c in configs})
