@@ -23,13 +23,14 @@ from .depth import Depth
 from .finite_steps import FiniteSteps
 from .flatness import Flatness
 from .norms import Norms
-from .penalties import Penalties
+from . import penalties
 from .span import Span
 from .performance import Performance
 from .small_init import SmallInit
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ClosedForms(), SmallInit(), Depth(), Norms(), FiniteSteps(),
-                                                          Flatness(), Penalties(), Span(), AdamSteps(),
+                                                          Flatness(), penalties.EXPERIMENT, Span(), AdamSteps(),
+                                                          penalties.ARORA_EXPERIMENT,
                                                           Performance())}
 """The experiments by name, in the paper's order."""
 

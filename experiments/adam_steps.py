@@ -50,7 +50,7 @@ class AdamSteps(Experiment):
             t1 = penalties.horizon(grid, {**base, "dynamics": d})
             ts = flows.default_ts(t1, penalties.SAVES)
             configs = [{**base, "dynamics": d, "seed": s} for s in range(grid.seeds)]
-            runs = ctx.sweep(penalties.Penalties.name, penalties.build, configs, t1=t1, ts=ts, rtol=penalties.RTOL,
+            runs = ctx.sweep(penalties.STORE, penalties.build, configs, t1=t1, ts=ts, rtol=penalties.RTOL,
                              max_steps=penalties.MAX_STEPS)
             for run in runs:
                 if run.status == "failed":

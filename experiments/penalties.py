@@ -73,6 +73,11 @@ class Grid:
     """Whether the U V^T and depth-3 cells include the penalties (the ratio on the product and on each factor):
     their adaptive runs are the grid's stiffest (depth 3 + ratio + Adam: 133 thousand steps at n = 20), so the
     quick grid keeps only their unpenalised gradient-flow and Adam runs."""
+    nuclear_strengths: tuple[float, ...] | None = None
+    """The nuclear penalty's sweep (None: `strengths`): its penalised minimiser shrinks toward 0 as lambda grows,
+    and its gradient flow's stiffness grows like lambda / `NUCLEAR_EPS`."""
+    reference_solver: str = "CLARABEL"
+    """The nuclear minimiser's solver (`analysis.references.min_nuclear`): SCS where Clarabel does not fit."""
 
 
 GRIDS = {False: Grid(n=30, rank=2, m=200, seeds=3, strengths=(0.1, 1.0, 3.0, 10.0, 100.0), strength=3.0, fast=30.0,
@@ -83,6 +88,17 @@ GRIDS = {False: Grid(n=30, rank=2, m=200, seeds=3, strengths=(0.1, 1.0, 3.0, 10.
 nuclear minimiser's test error is 0.13-0.31 over the seeds. Quick: the same contrasts at n = 15 with one seed, two
 strengths and the factored cells unpenalised; 294 thousand steps in all with strengths (3, 30), of which 120
 thousand in the gradient flows at 30, hence (1, 3)."""
+ARORA_GRIDS = {False: Grid(n=100, rank=5, m=2000, seeds=3, strengths=(0.1, 1.0, 10.0, 100.0), strength=10.0, fast=20.0,
+                           slow=3000.0, factored_penalties=False, nuclear_strengths=(0.1, 1.0, 10.0),
+                           reference_solver="SCS"),
+               True: GRIDS[True]}
+"""The Arora setting (the depth experiment's problem: n = 100, rank 5, 2000 of 10^4 entries, where the nuclear
+minimiser's test error is ~0.04 and depth 3's ~2e-5), the strengths three decades around the one that balances the
+data and the penalty at this size (R's gradient falls like 1 / ||W||_F ~ 1 / n, so ~3x n = 30's); the nuclear
+penalty's at and below it. Measured on seed 0
+before the grid was fixed: the Adam flow with the ratio at lambda = 10 is best (3.7e-4) at t ~ 6 and has drifted to
+0.03 by t = 15, gradient flow's best (4.1e-4) is at t ~ 1200 and it has drifted to 2.1 by t = 10^4. The factored
+cells keep only their unpenalised runs (time). Quick: the penalties experiment's quick grid (its runs are shared)."""
 EPS = 1e-3
 """eps of the adaptive flows (see the module docstring)."""
 EPS_CHECK = 1e-4
@@ -151,7 +167,9 @@ def cells(grid: Grid) -> list[dict]:
     """
     out = [("depth 1", "none", None, "gradient flow")]
     for s in grid.strengths:
-        out += [("depth 1", p, s, d) for p in ("ratio", "nuclear", "Hoyer-square") for d in ("gradient flow", "Adam")]
+        out += [("depth 1", p, s, d) for p in ("ratio", "Hoyer-square") for d in ("gradient flow", "Adam")]
+    out += [("depth 1", "nuclear", s, d) for s in grid.nuclear_strengths or grid.strengths
+            for d in ("gradient flow", "Adam")]
     out += [("depth 1", "ratio", grid.strength, d) for d in DYNAMICS if d not in ("gradient flow", "Adam")]
     for param in ("UV^T", "depth 3"):
         out += [(param, "none", None, d) for d in ("gradient flow", "Adam")]
@@ -225,13 +243,20 @@ def _verdict_same(a: float, b: float) -> str:
     return "same" if max(a, b) <= SAME * min(a, b) else ("lower" if a < b else "higher")
 
 
+STORE = "penalties"
+"""The store folder of every run of a penalties grid (both experiments below, span and adam_steps): runs are keyed
+by their configuration, so grids that share cells share their runs."""
+
+
 class Penalties(Experiment):
-    name = "penalties"
-    title = ("penalties x dynamics x depth in sparse completion: the ratio, Adam's two halves, drift and the "
-             "seeds' claims 1-3, 5-7")
+    """The grid at one pair of scales (`grids`, by `ctx.quick`); its figures are named after the experiment and its
+    macros carry `prefix` (the code writes them as "Pen..." and the prefix replaces that)."""
+
+    def __init__(self, name: str, title: str, grids: dict[bool, Grid], prefix: str):
+        self.name, self.title, self.grids, self.prefix = name, title, grids, prefix
 
     def run(self, ctx: Context) -> None:
-        grid = GRIDS[ctx.quick]
+        grid = self.grids[ctx.quick]
         configs = cells(grid)
         check = {**configs[0], "parameterization": "depth 1", "penalty": "ratio", "strength": grid.strength,
                  "dynamics": "Adam", "seed": 0}
@@ -239,15 +264,15 @@ class Penalties(Experiment):
         nuclear_error = {}
         for seed in range(grid.seeds):
             p = problem({**configs[0], "seed": seed})
-            X = ctx.cached(self.name, {"reference": "min-nuclear", "solver": "Clarabel", "n": grid.n, "m": grid.m,
-                                       "rank": grid.rank, "seed": seed},
-                           lambda p=p: {"X": references.min_nuclear(p).X})["X"]
+            X = ctx.cached(STORE, {"reference": "min-nuclear", "solver": grid.reference_solver, "n": grid.n,
+                                   "m": grid.m, "rank": grid.rank, "seed": seed},
+                           lambda p=p: {"X": references.min_nuclear(p, solver=grid.reference_solver).X})["X"]
             nuclear_error[seed] = float(test_error(X, p.truth))
         curves, failed = {}, []
         plans = sorted({(horizon(grid, c), stop_loss(c) or 0.0) for c in configs})
         for t1, stop in plans:
             group = [c for c in configs if (horizon(grid, c), stop_loss(c) or 0.0) == (t1, stop)]
-            for run in ctx.sweep(self.name, build, group, t1=t1, ts=flows.default_ts(t1, SAVES), rtol=RTOL,
+            for run in ctx.sweep(STORE, build, group, t1=t1, ts=flows.default_ts(t1, SAVES), rtol=RTOL,
                                  max_steps=MAX_STEPS, stop_loss=stop or None):
                 key = _key(run.config)
                 if run.status == "failed":
@@ -269,8 +294,9 @@ class Penalties(Experiment):
             return min(options, key=lambda o: o[1])[0] if options else None
 
         nuclear = list(nuclear_error.values())
-        _figures(ctx, grid, curves, cellwise, best_strength, nuclear)
-        _numbers(ctx, grid, cellwise, best_strength, nuclear, failed)
+        _figures(ctx, self.name.replace("_", "-"), grid, curves, cellwise, best_strength, nuclear)
+        macros = _numbers(ctx, self.name, grid, cellwise, best_strength, nuclear, failed)
+        ctx.macros(self.name, {self.prefix + name.removeprefix("Pen"): value for name, value in macros.items()})
 
 
 def _key(config: dict) -> tuple:
@@ -291,7 +317,7 @@ def _band(ax, runs: list[dict], key: str, colour: str, label: str, x: str = "t")
         ax.fill_between(runs[0][x], values.min(0), values.max(0), color=colour, alpha=0.2, linewidth=0)
 
 
-def _figures(ctx, grid, curves, cellwise, best_strength, nuclear) -> None:
+def _figures(ctx, stem, grid, curves, cellwise, best_strength, nuclear) -> None:
     seeds = range(grid.seeds)
 
     def runs(param, penalty, strength, dynamics):
@@ -310,7 +336,7 @@ def _figures(ctx, grid, curves, cellwise, best_strength, nuclear) -> None:
         ax.legend(fontsize="small", loc="lower left")
     axes[0].set_title("depth 1 + ratio: gradient-speed flows")
     axes[1].set_title("depth 1 + ratio: adaptive flows")
-    ctx.figure(fig, "penalties-time")
+    ctx.figure(fig, f"{stem}-time")
 
     # Best test error against strength: every dynamics with the ratio; nuclear and Hoyer-square.
     fig, (ax,) = new_figure(1, width=6.0, height=3.0)
@@ -323,10 +349,11 @@ def _figures(ctx, grid, curves, cellwise, best_strength, nuclear) -> None:
     ax.axhline(np.mean(nuclear), color="k", linestyle="--", label="min. nuclear norm")
     ax.set(xscale="log", yscale="log", xlabel=r"penalty strength $\lambda$",
            ylabel="best test error over time", title="depth 1: strength sweep (mean over seeds)")
-    ax.set_xticks(grid.strengths, [f"{v:g}" for v in grid.strengths])
+    ticks = sorted(set(grid.strengths) | set(grid.nuclear_strengths or ()))
+    ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.02, 0.5))
-    ctx.figure(fig, "penalties-strength")
+    ctx.figure(fig, f"{stem}-strength")
 
     # The drift (item 4) and the path (item 6): gradient flow and Adam with the ratio at their best strengths.
     fig, axes = new_figure(4, width=3.0, height=2.6, rows=2)
@@ -353,10 +380,11 @@ def _figures(ctx, grid, curves, cellwise, best_strength, nuclear) -> None:
     axes[2].set_yscale("log")
     axes[3].set(yscale="log", xlabel="effective rank", ylabel="data loss per observed entry",
                 title="path (dot: best test error)")
-    ctx.figure(fig, "penalties-drift")
+    ctx.figure(fig, f"{stem}-drift")
 
 
-def _numbers(ctx, grid, cellwise, best_strength, nuclear, failed) -> None:
+def _numbers(ctx, name, grid, cellwise, best_strength, nuclear, failed) -> dict[str, str]:
+    """Writes the grid's table; returns the macros (named "Pen...")."""
     def cell(param, penalty, dynamics, strength="best", override=""):
         s = best_strength(param, penalty, dynamics) if strength == "best" else strength
         return s, cellwise.get((param, penalty, s, dynamics, override))
@@ -377,7 +405,7 @@ def _numbers(ctx, grid, cellwise, best_strength, nuclear, failed) -> None:
                            tex_spread([r["best"] for r in rows]), tex_number(_mean(rows, "t_best")),
                            tex_spread([r["budget"] for r in rows]), tex_spread([r["end"] for r in rows]),
                            f"{beats}/{len(rows)}", window])
-    ctx.table("penalties", "grid", "lllrlrllrl",
+    ctx.table(name, "grid", "lllrlrllrl",
               ["param.", "penalty", "dynamics", r"$\lambda$", "best test error", r"$t_{\mathrm{best}}$",
                f"best, $t \\le {grid.fast:g}$", "at horizon", "$<$ nuc.", "window"], table_rows)
 
@@ -420,8 +448,7 @@ def _numbers(ctx, grid, cellwise, best_strength, nuclear, failed) -> None:
                "PenEpsCheckTBest": _stat(eps_check, "t_best"),
                "PenEpsDefaultBest": _stat(eps_default[:1] if eps_default else None, "best"),
                "PenEpsDefaultTBest": _stat(eps_default[:1] if eps_default else None, "t_best")}
-    macros |= _verdicts(cell, nuclear, grid.strength)
-    ctx.macros("penalties", macros)
+    return macros | _verdicts(cell, nuclear, grid.strength)
 
 
 def _verdicts(cell, nuclear, strength) -> dict[str, str]:
@@ -477,3 +504,9 @@ def _verdicts(cell, nuclear, strength) -> dict[str, str]:
         if hoyer and d in ratio:
             out[f"PenVerdictSevenHoyer{tag}"] = _verdict_same(_mean(hoyer, "best"), _mean(ratio[d], "best"))
     return out
+
+
+EXPERIMENT = Penalties("penalties", "penalties x dynamics x depth in sparse completion: the ratio, Adam's two halves, "
+                       "drift and the seeds' claims 1-3, 5-7", GRIDS, "Pen")
+ARORA_EXPERIMENT = Penalties("penalties_arora", "the penalties grid at the Arora scale (n = 100, rank 5, m = 2000): "
+                             "claims 1-3, 5-7 against depth", ARORA_GRIDS, "PenArora")

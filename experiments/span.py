@@ -86,7 +86,7 @@ class Span(Experiment):
             configs = [{**base, "dynamics": d, "seed": s} for s in range(grid.seeds)]
             t1 = penalties.horizon(grid, configs[0])
             options = dict(rtol=penalties.RTOL, max_steps=penalties.MAX_STEPS)
-            with_data = ctx.sweep(penalties.Penalties.name, penalties.build, configs, t1=t1,
+            with_data = ctx.sweep(penalties.STORE, penalties.build, configs, t1=t1,
                                   ts=flows.default_ts(t1, SAVES), **options)
             # The pure penalty's frame is frozen or not from the start, so a short horizon shows it: the pure-ratio
             # flows' tails (singular values shrinking into the smoothing eps; under RMSProp and Adam a sign-like

@@ -16,16 +16,19 @@ def _orthonormal(rng, n, k):
     return np.linalg.qr(rng.standard_normal((n, k)))[0]
 
 
-@pytest.mark.parametrize("quick", [True, False])
-def test_the_grid_holds_every_contrast_the_claims_need_once(quick):
-    grid = penalties.GRIDS[quick]
+@pytest.mark.parametrize("grids, quick", [(penalties.GRIDS, True), (penalties.GRIDS, False),
+                                          (penalties.ARORA_GRIDS, False)])
+def test_the_grid_holds_every_contrast_the_claims_need_once(grids, quick):
+    grid = grids[quick]
     configs = penalties.cells(grid)
     keys = [penalties._key(c) for c in configs]
     assert len(keys) == len(set(keys)), "a run is declared twice"
     cells = {k[:4] for k in keys}
     for strength in grid.strengths:  # claims 1, 2 and 7 (Hoyer): the strength sweep under both dynamics
-        for penalty, dynamics in itertools.product(("ratio", "nuclear", "Hoyer-square"), ("gradient flow", "Adam")):
+        for penalty, dynamics in itertools.product(("ratio", "Hoyer-square"), ("gradient flow", "Adam")):
             assert ("depth 1", penalty, strength, dynamics) in cells
+    for strength, dynamics in itertools.product(grid.nuclear_strengths or grid.strengths, ("gradient flow", "Adam")):
+        assert ("depth 1", "nuclear", strength, dynamics) in cells
     for dynamics in penalties.DYNAMICS:  # claim 3: every dynamics with the ratio at the common strength
         assert ("depth 1", "ratio", grid.strength, dynamics) in cells
     for param, dynamics in itertools.product(("UV^T", "depth 3"), ("gradient flow", "Adam")):  # claim 6
