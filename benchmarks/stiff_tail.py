@@ -63,13 +63,18 @@ METHODS = {
 }
 
 
+def counted_with(setting: H.Setting, solver) -> dict:
+    """The solver's report of one untimed run."""
+    traj = flows.solve(setting.flow, setting.state0, t1=H.T_MAX, ts=H.FINAL_ONLY, rtol=H.RTOL, atol=H.ATOL,
+                       stop_loss=H.STOP_LOSS, solver=solver, max_steps=3_000_000)
+    return traj.stats | {"solver": traj.config["solver"]}
+
+
 def counted(setting: H.Setting, name: str) -> dict:
     """Stats of one untimed run: the solver's report, and CG iterations for the matrix-free row."""
     solver = switching(_Counted()) if name == "switching, CG" else METHODS[name]()
     ITERATIONS["cg"] = 0
-    traj = flows.solve(setting.flow, setting.state0, t1=H.T_MAX, ts=H.FINAL_ONLY, rtol=H.RTOL, atol=H.ATOL,
-                       stop_loss=H.STOP_LOSS, solver=solver, max_steps=3_000_000)
-    stats = traj.stats | {"solver": traj.config["solver"]}
+    stats = counted_with(setting, solver)
     if name == "switching, CG":
         stats["cg_iterations"] = ITERATIONS["cg"]
     return stats
@@ -103,6 +108,29 @@ def table(setting: H.Setting, repeats: int, skip: list[str]) -> None:
               f"{'-' if t_switch is None else f'{t_switch:.4g}'} | {s.get('linearisations', '-')} | "
               f"{s.get('cg_iterations', '-')} | {o.t_final:.5g} | {o.loss_final:.2e} | {err:.1e} | "
               f"{tsit5 / t.median:.2f} |", flush=True)
+
+
+def variants(setting: H.Setting) -> None:
+    """The Woodbury switch's own knobs against Tsit5: extrapolation columns (order) and re-linearisation (`refresh`
+    1e-2, `growth` off: only the state's motion re-linearises), one timed run each after a compiling one."""
+    rows = {"Tsit5": lambda: diffrax.Tsit5(),
+            "switch, defaults (columns 8, refresh 1e-4, growth 2)": lambda: switching(flows.Woodbury())}
+    # refresh 1e-4 with growth off: 71 (columns 4) and 34 (columns 5) linearisations, 135 s and 69 s; not rerun.
+    for columns in (8, 5, 4):
+        rows[f"switch, columns {columns}, refresh 1e-2, growth off"] = (
+            lambda c=columns: flows.Tsit5ThenExtrapolation(
+                stiff_solver=flows.LinearlyImplicitExtrapolation(columns=c, refresh=1e-2, growth=np.inf)))
+    print(f"\n{setting.name}: rtol {H.RTOL:g}, atol {H.ATOL:g}, until loss < {H.STOP_LOSS:g}\n")
+    print("| solver | wall s | Tsit5 / this | steps | rejected | linearisations | t final | loss |")
+    print("|---|---|---|---|---|---|---|---|")
+    tsit5 = None
+    for name, make in rows.items():
+        H.clock(lambda: H.run_flows(setting, make()))
+        outcome, seconds = H.clock(lambda: H.run_flows(setting, make()))
+        stats = counted_with(setting, make())
+        tsit5 = tsit5 or seconds
+        print(f"| {name} | {seconds:.3g} | {tsit5 / seconds:.2f} | {outcome.steps} | {outcome.rejected} | "
+              f"{stats.get('linearisations', '-')} | {outcome.t_final:.5g} | {outcome.loss_final:.2e} |", flush=True)
 
 
 def large(n: int, m: int, depth: int, alpha: float, repeats: int) -> None:
@@ -156,12 +184,16 @@ def main(argv=None) -> int:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per method after the first")
     parser.add_argument("--skip", nargs="*", default=[], help="rows to leave out")
+    parser.add_argument("--variants", action="store_true",
+                        help="the Woodbury switch's columns and re-linearisation against Tsit5 (at --m)")
     parser.add_argument("--large", action="store_true",
                         help="n = 1000, m = 50,000: per-evaluation costs, then the default solver toward the loss")
     parser.add_argument("--budget", type=float, default=3600.0, help="--large: wall seconds for the run (default 3600)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    if args.large:
+    if args.variants:
+        variants(H.completion_setting(args.alpha, m=args.m))
+    elif args.large:
         large(1000, 50_000, 3, args.alpha, args.repeats + 1)
         drive(1000, 50_000, 3, args.alpha, args.budget)
     else:
