@@ -163,7 +163,10 @@ def cells(grid: Grid) -> list[dict]:
     * U V^T and depth 3: no penalty under gradient flow and Adam; (`grid.factored_penalties`) U V^T with the ratio
       under Adam at `grid.strength`. Cut, measured: depth 3 with the ratio under Adam, on the product and on each
       factor, stalled in a sign-like stiff regime (200 thousand steps reached t = 14.7-17.9 of 30, two seeds each,
-      6 minutes a run on a shared core); the penalised U V^T and depth-3 gradient-flow runs were not run (time).
+      6 minutes a run on a shared core); the penalised U V^T and depth-3 gradient-flow runs were not run: depth 3
+      with the ratio under gradient flow is stiff too (seed 0 at n = 30: 200 thousand Tsit5 steps reached t = 224
+      of 3000; at n = 15 diffrax's Kvaerno5 with a dense Jacobian took 46 s on the product, where the test error
+      grew to 1.8e3 by t = 600, and over 400 s on each factor, when it was stopped).
     """
     out = [("depth 1", "none", None, "gradient flow")]
     for s in grid.strengths:
@@ -442,7 +445,7 @@ def _numbers(ctx, name, grid, cellwise, best_strength, nuclear, failed) -> dict[
                "PenHorizonNuclear": tex_number(grid.slow * NUCLEAR_HORIZON),
                "PenNuclearMean": tex_number(float(np.mean(nuclear))), "PenNuclearMin": tex_number(float(np.min(nuclear))),
                "PenNuclearMax": tex_number(float(np.max(nuclear))), "PenSame": tex_number(SAME),
-               "PenFailed": str(len(failed)),
+               "PenFailed": str(len(failed)), "PenMaxSteps": f"{MAX_STEPS:,}".replace(",", "{,}"),
                "PenStartError": _stat(start, "end"), "PenStartERank": _stat(start, "erank_start"),
                "PenEpsCheck": tex_number(EPS_CHECK), "PenEpsCheckBest": _stat(eps_check, "best"),
                "PenEpsCheckTBest": _stat(eps_check, "t_best"),
