@@ -31,8 +31,9 @@ $\|W\|_F$ and $R$ along the path. Mean and min-max over seeds.
 
 Verdicts (numbers in the macros). (1) holds when the best ratio cell's best test error is below the nuclear
 minimiser's for every seed, and the end-of-horizon error says whether that is a limit or a transient.
-(2) fails when gradient flow with the ratio reaches a best test error within `SAME` (a factor) of the Adam flow's:
-then the difference is one of time scale (the time of the best is reported for both), not of where the flow goes.
+(2) fails when gradient flow with the ratio beats the nuclear minimiser in every seed, or reaches a best test error
+within `SAME` (a factor) of the Adam flow's: the ratio then works without Adam, and the difference is one of time
+scale (the times of the bests are reported); holds when it beats it in no seed.
 (3) holds over all times when RMSProp's best is below momentum's by more than `SAME`, and on a fixed budget when
 the same holds of their bests within the adaptive flows' horizon. (5) holds
 when along every Adam/ratio run the data loss per observed entry stays below `NEAR_MSE` up to the best time while
@@ -76,6 +77,8 @@ class Grid:
     nuclear_strengths: tuple[float, ...] | None = None
     """The nuclear penalty's sweep (None: `strengths`): its penalised minimiser shrinks toward 0 as lambda grows,
     and its gradient flow's stiffness grows like lambda / `NUCLEAR_EPS`."""
+    others: tuple[str, ...] = ("Adam a=100", "RMSProp", "momentum", "sign")
+    """The dynamics run with the ratio at `strength` besides gradient flow and Adam."""
     reference_solver: str = "CLARABEL"
     """The nuclear minimiser's solver (`analysis.references.min_nuclear`): SCS where Clarabel does not fit."""
 
@@ -90,7 +93,7 @@ strengths and the factored cells unpenalised; 294 thousand steps in all with str
 thousand in the gradient flows at 30, hence (1, 3)."""
 ARORA_GRIDS = {False: Grid(n=100, rank=5, m=2000, seeds=3, strengths=(0.1, 1.0, 10.0, 100.0), strength=10.0, fast=20.0,
                            slow=3000.0, factored_penalties=False, nuclear_strengths=(0.1, 1.0, 10.0),
-                           reference_solver="SCS"),
+                           others=("Adam a=100", "RMSProp", "sign"), reference_solver="SCS"),
                True: GRIDS[True]}
 """The Arora setting (the depth experiment's problem: n = 100, rank 5, 2000 of 10^4 entries, where the nuclear
 minimiser's test error is ~0.04 and depth 3's ~2e-5), the strengths three decades around the one that balances the
@@ -98,7 +101,8 @@ data and the penalty at this size (R's gradient falls like 1 / ||W||_F ~ 1 / n, 
 penalty's at and below it. Measured on seed 0
 before the grid was fixed: the Adam flow with the ratio at lambda = 10 is best (3.7e-4) at t ~ 6 and has drifted to
 0.03 by t = 15, gradient flow's best (4.1e-4) is at t ~ 1200 and it has drifted to 2.1 by t = 10^4. The factored
-cells keep only their unpenalised runs (time). Quick: the penalties experiment's quick grid (its runs are shared)."""
+cells keep only their unpenalised runs, and the momentum flow is cut (time: its runs took 10 and 62 thousand steps,
+the third seed had not finished after 28 minutes on a shared core). Quick: the penalties experiment's quick grid (its runs are shared)."""
 EPS = 1e-3
 """eps of the adaptive flows (see the module docstring)."""
 EPS_CHECK = 1e-4
@@ -173,7 +177,7 @@ def cells(grid: Grid) -> list[dict]:
         out += [("depth 1", p, s, d) for p in ("ratio", "Hoyer-square") for d in ("gradient flow", "Adam")]
     out += [("depth 1", "nuclear", s, d) for s in grid.nuclear_strengths or grid.strengths
             for d in ("gradient flow", "Adam")]
-    out += [("depth 1", "ratio", grid.strength, d) for d in DYNAMICS if d not in ("gradient flow", "Adam")]
+    out += [("depth 1", "ratio", grid.strength, d) for d in grid.others]
     for param in ("UV^T", "depth 3"):
         out += [(param, "none", None, d) for d in ("gradient flow", "Adam")]
     out += [("UV^T", "ratio", grid.strength, "Adam")] * grid.factored_penalties
@@ -475,8 +479,9 @@ def _verdicts(cell, nuclear, strength) -> dict[str, str]:
     if "gradient flow" in ratio and "Adam" in ratio:
         gf, adam = _mean(ratio["gradient flow"], "best"), _mean(ratio["Adam"], "best")
         gf_budget = _mean(ratio["gradient flow"], "budget")
-        out["PenVerdictTwo"] = ("fails in the flow limit" if _verdict_same(gf, adam) == "same" or gf < adam
-                                else "holds")
+        gf_beats = [r["best"] < nu for r, nu in zip(ratio["gradient flow"], nuclear)]
+        out["PenVerdictTwo"] = ("fails in the flow limit" if all(gf_beats) or _verdict_same(gf, adam) != "higher"
+                                else "depends on the seed" if any(gf_beats) else "holds")
         out["PenVerdictTwoBudget"] = "holds" if gf_budget > SAME * adam else "fails"
     if "RMSProp" in ratio and "momentum" in ratio:
         rms, mom = _mean(ratio["RMSProp"], "best"), _mean(ratio["momentum"], "best")

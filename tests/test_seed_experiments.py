@@ -29,8 +29,11 @@ def test_the_grid_holds_every_contrast_the_claims_need_once(grids, quick):
             assert ("depth 1", penalty, strength, dynamics) in cells
     for strength, dynamics in itertools.product(grid.nuclear_strengths or grid.strengths, ("gradient flow", "Adam")):
         assert ("depth 1", "nuclear", strength, dynamics) in cells
-    for dynamics in penalties.DYNAMICS:  # claim 3: every dynamics with the ratio at the common strength
+    for dynamics in ("gradient flow", "Adam", *grid.others):  # claim 3: the dynamics with the ratio at one strength
         assert ("depth 1", "ratio", grid.strength, dynamics) in cells
+    assert set(grid.others) <= set(penalties.DYNAMICS)
+    if grids is penalties.GRIDS:
+        assert {"gradient flow", "Adam", *grid.others} == set(penalties.DYNAMICS)
     for param, dynamics in itertools.product(("UV^T", "depth 3"), ("gradient flow", "Adam")):  # claim 6
         assert (param, "none", None, dynamics) in cells
     assert (("UV^T", "ratio", grid.strength, "Adam") in cells) == grid.factored_penalties
