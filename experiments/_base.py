@@ -162,6 +162,13 @@ def tex_number(x: float, digits: int = 2) -> str:
     return f"\\ensuremath{{{mantissa:.{digits - 1}f}\\times 10^{{{exponent}}}}}"
 
 
+def finite_mean(values) -> float:
+    """Mean over the finished runs (NaN marks a failed or missing one); NaN when there are none (a macro "n/a")."""
+    values = np.asarray(values, dtype=float)
+    finished = values[np.isfinite(values)]
+    return float(finished.mean()) if finished.size else float("nan")
+
+
 def tex_spread(values) -> str:
     """Mean [min, max] over seeds as LaTeX numbers, NaN (failed runs) left out; a single value alone."""
     values = np.asarray(values, dtype=float)

@@ -56,7 +56,7 @@ from matplotlib.ticker import NullFormatter
 import flows
 from analysis import references
 
-from ._base import Context, Experiment, new_figure, test_error, tex_number, tex_spread
+from ._base import Context, Experiment, finite_mean, new_figure, test_error, tex_number, tex_spread
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,12 +164,6 @@ def crossing_times(ts: np.ndarray, sigma: np.ndarray, fraction: float) -> np.nda
         weight = (np.log(target[k]) - lo) / (hi - lo)
         times[k] = np.exp(np.log(ts[i - 1]) + weight * (np.log(ts[i]) - np.log(ts[i - 1])))
     return times
-
-
-def _mean(values: np.ndarray) -> float:
-    """Mean over the finished runs; NaN (a macro "n/a") when there are none, e.g. a depth the grid lacks."""
-    finished = values[np.isfinite(values)]
-    return float(finished.mean()) if finished.size else float("nan")
 
 
 def _spread(values: np.ndarray) -> tuple[float, float, float]:
@@ -286,23 +280,23 @@ class Depth(Experiment):
                   "DepthTruthNuclearNorm": tex_number(float(np.mean(
                       [np.linalg.svd(truths[m_low, s], compute_uv=False).sum() for s in seeds])))}
         m_min = min(grid.ms)
-        shallow_min = min(_mean(nuclear_error[m_min]), _mean(values(error, m_min, 2)))
-        deep_min = [_mean(values(error, m_min, d)) for d in deep]
+        shallow_min = min(finite_mean(nuclear_error[m_min]), finite_mean(values(error, m_min, 2)))
+        deep_min = [finite_mean(values(error, m_min, d)) for d in deep]
         few_verdict = ("hurts" if min(deep_min) > shallow_min else "helps" if max(deep_min) < shallow_min else "mixed")
         macros |= {"DepthMMin": str(m_min), "DepthDegrees": str(2 * grid.n * grid.rank - grid.rank**2),
                    "DepthVerdictFew": few_verdict}
         # The same macro names at every scale (the quick grid lacks depth 4 and some inits: "n/a").
         for m, label in ((m_min, "Min"), (m_low, "Low"), (m_high, "High")):
-            macros[f"DepthErrNuclear{label}"] = tex_number(_mean(nuclear_error[m]))
-            macros[f"DepthRankNuclear{label}"] = tex_number(_mean(nuclear_rank[m]))
+            macros[f"DepthErrNuclear{label}"] = tex_number(finite_mean(nuclear_error[m]))
+            macros[f"DepthRankNuclear{label}"] = tex_number(finite_mean(nuclear_rank[m]))
             for d, word in NAMES.items():
-                macros[f"DepthErr{word}{label}"] = tex_number(_mean(values(error, m, d)))
-                macros[f"DepthRank{word}{label}"] = tex_number(_mean(values(rank, m, d)))
+                macros[f"DepthErr{word}{label}"] = tex_number(finite_mean(values(error, m, d)))
+                macros[f"DepthRank{word}{label}"] = tex_number(finite_mean(values(rank, m, d)))
         by_exponent = {int(round(-np.log10(init))): init for init in grid.inits}
         for k, word in EXPONENTS.items():
             init = by_exponent.get(k)
-            macros[f"DepthTwoInit{word}"] = tex_number(_mean(values(error, m_low, 2, init)))
-            macros[f"DepthTwoNuclearDistance{word}"] = tex_number(_mean(values(nuclear_distance, m_low, 2, init)))
+            macros[f"DepthTwoInit{word}"] = tex_number(finite_mean(values(error, m_low, 2, init)))
+            macros[f"DepthTwoNuclearDistance{word}"] = tex_number(finite_mean(values(nuclear_distance, m_low, 2, init)))
         for d, word in NAMES.items():
             if d == 1:
                 continue

@@ -52,7 +52,7 @@ from matplotlib.ticker import NullFormatter
 import flows
 from analysis import references
 
-from ._base import Context, Experiment, new_figure, test_error, tex_number, tex_spread
+from ._base import Context, Experiment, finite_mean, new_figure, test_error, tex_number, tex_spread
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,8 +236,7 @@ def summary(curve: dict, nuclear_error: float, budget: float) -> dict[str, float
 
 
 def _mean(rows: list[dict], key: str) -> float:
-    values = np.array([r[key] for r in rows], dtype=float)
-    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+    return finite_mean([r[key] for r in rows])
 
 
 def _stat(rows: list[dict] | None, key: str) -> str:
