@@ -53,11 +53,14 @@ from ._problems import (  # noqa: E402
     sensing,
 )
 from ._solve import SOLVERS, FaithfulnessWarning, SolverError, default_solver, default_ts, solve, solver_by_name  # noqa: E402
+from ._chebyshev import RungeKuttaChebyshev  # noqa: E402
 from ._stiff import (  # noqa: E402
+    AbstractTsit5Then,
     ConjugateGradient,
     GaussNewton,
     LinearlyImplicitExtrapolation,
     MatrixFreeGaussNewton,
+    Tsit5ThenChebyshev,
     Tsit5ThenExtrapolation,
     Woodbury,
     kernel_matrix,
@@ -80,7 +83,8 @@ __all__ = [
     # solving, finite steps, sweeps
     "solve", "descend", "sweep", "grid", "Run", "SolverError", "FaithfulnessWarning", "default_solver", "default_ts", "SOLVERS",
     "solver_by_name", "ArraywiseRelative", "GaussNewton", "LinearlyImplicitExtrapolation", "Tsit5ThenExtrapolation", "kernel_matrix",
-    "Woodbury", "ConjugateGradient", "MatrixFreeGaussNewton",
+    "Woodbury", "ConjugateGradient", "MatrixFreeGaussNewton", "RungeKuttaChebyshev", "AbstractTsit5Then",
+    "Tsit5ThenChebyshev",
     # results
     "Trajectory", "CorruptTrajectoryError", "CorruptRecordError", "read_record", "write_record", "write_json",
     "plot_trajectory",

@@ -13,7 +13,8 @@ import numpy as np
 
 from ._control import ArraywiseRelative
 from ._flow import AbstractFlow, FlowArgs, State
-from ._stiff import LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation
+from ._chebyshev import RungeKuttaChebyshev
+from ._stiff import AbstractTsit5Then, LinearlyImplicitExtrapolation, Tsit5ThenChebyshev, Tsit5ThenExtrapolation
 from ._trajectory import Trajectory
 from ._validate import check_choice, check_fits, check_positive, check_positive_int, check_times
 
@@ -31,6 +32,7 @@ SOLVERS = {
     "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8, "bosh3": diffrax.Bosh3,
     "heun": diffrax.Heun, "kvaerno3": diffrax.Kvaerno3, "kvaerno5": diffrax.Kvaerno5,
     "extrapolation": LinearlyImplicitExtrapolation, "switching": Tsit5ThenExtrapolation,
+    "chebyshev": RungeKuttaChebyshev, "switching-chebyshev": Tsit5ThenChebyshev,
 }
 """Diffrax solvers by the names the command line accepts."""
 
@@ -77,9 +79,9 @@ def solve(flow: AbstractFlow, state0: State, t1: float, ts=None, *, rtol: float 
             time is the last entry, so `traj.W[-1]` is always the final state.
         solver: any Diffrax solver; default `default_solver(flow, stop_loss)`: Tsit5 (explicit,
             5th order, adaptive), or for runs into the stiff convergence tail (stop_loss set) of
-            plain gradient flows with few measurements `flows.Tsit5ThenExtrapolation()`. With the
-            default controller, the stiff solvers' steps land on `ts` (their stiff steps
-            interpolate only cubically).
+            plain gradient flows `flows.Tsit5ThenExtrapolation()` (up to a thousand measurements)
+            or `flows.Tsit5ThenChebyshev()` (beyond). With the default controller, the stiff
+            solvers' steps land on `ts` (their stiff steps interpolate only cubically).
         max_steps: the step budget. Memory does not grow with it: only the states at `ts` are kept.
         progress: show a tqdm progress bar over t.
 
@@ -214,35 +216,38 @@ class FaithfulnessWarning(UserWarning):
     """A solve finished, but a conserved quantity drifted by more than 100 x rtol."""
 
 
-STIFF = (LinearlyImplicitExtrapolation, Tsit5ThenExtrapolation)
+STIFF = (LinearlyImplicitExtrapolation, RungeKuttaChebyshev, AbstractTsit5Then)
 """The solvers whose stiff steps interpolate only cubically: the default controller lands them on `ts`."""
 
 STIFF_MAX_MEASUREMENTS = 1000
-"""`default_solver` picks the stiff solver only up to this many measurements: each re-linearisation
-costs an m x m eigendecomposition (`flows.Woodbury`), and the matrix-free solve that avoids it
-(`flows.ConjugateGradient`) is slower than Tsit5 there. Measured side by side (benchmarks/stiff_tail.py,
-deep completion n = 100, m = 2000, alpha 0.1, into loss < 1e-10; benchmarks/README.md): Tsit5 22 s
-(2889 steps), the switch with the Woodbury solve 67 s and with CG 68 s (the same 224 steps; 9 stiff
-steps, 29,878 CG iterations). At m = 1000 the Woodbury solve beat CG (9.4 s against 22.1 s), but Tsit5
-took 5.7 s there: the boundary depends on how stiff the tail is, not on m alone (n = 30, m = 180 sensing:
-the switch is 15x faster than Tsit5), and stays where it was."""
+"""Up to this many measurements `default_solver` switches to the linearly implicit extrapolation with
+dense Gauss-Newton solves (`flows.Woodbury`: an m x m eigendecomposition per re-linearisation), beyond
+it to Runge-Kutta-Chebyshev, which needs no linear algebra. Measured side by side
+(benchmarks/stiff_tail.py, deep completion n = 100, rank 5, depth 3, alpha 0.1, into loss < 1e-10;
+benchmarks/README.md): at m = 2000 `Tsit5ThenChebyshev` is 4.2x faster than Tsit5 and the Woodbury
+switch 0.45x; at m = 1000 the three are within 1.4x of each other; in the stiffest tails (n = 30,
+m = 180 sensing from alpha = 1e-3) the Woodbury switch is 3x faster than the Chebyshev switch and 100x
+faster than Tsit5, its cost not growing with the stiffness. The boundary depends on the stiffness, not
+on m alone; m is what is known before the solve."""
 
 
 def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = False) -> diffrax.AbstractSolver:
     """The solver `solve` (and `sweep`) uses when given none.
 
-    `Tsit5ThenExtrapolation` (Tsit5 until the run turns stiff, then the linearly implicit
-    extrapolation) for a run into the convergence tail (`stop_loss` set, where these flows turn stiff)
-    of a gradient flow of the data loss (`flow.linearisable`: its Gauss-Newton linearisation is then
-    the Hessian up to the residual term) with at most `STIFF_MAX_MEASUREMENTS` measurements, its
-    linear solves dense (`flows.Woodbury`); Tsit5 otherwise, which measured faster than the stiff
-    solver with either its dense or its matrix-free solves beyond that (`STIFF_MAX_MEASUREMENTS`).
-    `batched` (runs under vmap: `sweep`'s batches of several): `LinearlyImplicitExtrapolation` instead
-    of the switching solver, since vmap turns its lax.cond into running both solvers at every step.
+    For a run into the convergence tail (`stop_loss` set, where these flows turn stiff) of a gradient
+    flow of the data loss (`flow.linearisable`: its Gauss-Newton linearisation is then the Hessian up
+    to the residual term): Tsit5 until the run turns stiff, then the linearly implicit extrapolation
+    with dense solves (`Tsit5ThenExtrapolation`) up to `STIFF_MAX_MEASUREMENTS` measurements and
+    Runge-Kutta-Chebyshev (`Tsit5ThenChebyshev`) beyond. Tsit5 otherwise. `batched` (runs under vmap:
+    `sweep`'s batches of several): `LinearlyImplicitExtrapolation` instead of the first switch, since
+    vmap turns its lax.cond into running both solvers at every step, and Tsit5 instead of the second
+    (not measured under vmap).
     """
-    if stop_loss is not None and flow.linearisable and flow.problem.m <= STIFF_MAX_MEASUREMENTS:
+    if stop_loss is None or not flow.linearisable:
+        return diffrax.Tsit5()
+    if flow.problem.m <= STIFF_MAX_MEASUREMENTS:
         return LinearlyImplicitExtrapolation() if batched else Tsit5ThenExtrapolation()
-    return diffrax.Tsit5()
+    return diffrax.Tsit5() if batched else Tsit5ThenChebyshev()
 
 
 def saved_bytes(flow: AbstractFlow, state0: State, times: int) -> int:

@@ -24,8 +24,8 @@ needs no preconditioner to be safe and the residual bounds the error: $\|x - x_*
 h M^T M) x\|$. Its iterations grow like $\sqrt{1 + h\lambda_{\max}}$, and the extrapolation needs
 many solves per step: measured on deep completion (n = 100, m = 2000; benchmarks/README.md,
 `stiff_tail.py`) it takes the dense solve's steps at the dense solve's speed, both three times slower
-than Tsit5 there (30,000 CG iterations for 9 stiff steps), so `flows.default_solver` keeps Tsit5 for
-large m.
+than Tsit5 there (30,000 CG iterations for 9 stiff steps), so `flows.default_solver` takes the
+stabilised explicit `RungeKuttaChebyshev` for large m instead.
 
 The integrator is extrapolation of the linearly implicit Euler method
 $(I + h_j H_J)(y_{i+1} - y_i) = h_j F(y_i)$ over the harmonic sequence $h_j = \Delta t / j$,
@@ -35,7 +35,9 @@ Hessian at the current state (it is a W-method): the Gauss-Newton matrix, and on
 steps while the state barely moves, cost stability margin, never accuracy.
 
 `Tsit5ThenExtrapolation` runs Tsit5 through the transient (where the Jacobian changes fast and
-explicit steps are cheap) and switches to the extrapolation once stiffness holds Tsit5's step.
+explicit steps are cheap) and switches to the extrapolation once stiffness holds Tsit5's step;
+`Tsit5ThenChebyshev` switches to the stabilised explicit `RungeKuttaChebyshev` instead (no linear
+algebra: the choice beyond a thousand measurements).
 Measurements against scipy and gradient descent: benchmarks/README.md.
 """
 
@@ -52,6 +54,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
+from ._chebyshev import RungeKuttaChebyshev
 from ._flow import Flow, FlowArgs, State
 
 
@@ -288,22 +291,23 @@ class _SwitchingInterpolation(diffrax.AbstractLocalInterpolation):
                             self.hermite.evaluate(t0, t1, left))
 
 
-class Tsit5ThenExtrapolation(diffrax.AbstractAdaptiveSolver):
-    r"""Tsit5 while the flow is not stiff, `LinearlyImplicitExtrapolation` from the moment it is.
+class AbstractTsit5Then(diffrax.AbstractAdaptiveSolver):
+    r"""Tsit5 while the flow is not stiff, `stiff_solver` from the moment it is.
 
     Stiffness is detected as in Hairer & Wanner's DOPRI5: Tsit5's sixth and seventh stages both sit
     at the step's end, so $\rho = \|f(y_7) - f(y_6)\| / \|y_7 - y_6\|$ estimates the dominant
     eigenvalue along the step; when $h\rho$ exceeds `threshold` (Tsit5 is stable up to 3.5 on the
     negative axis) for `patience` accepted steps in a row, the step size is held by stability, not
     accuracy, and the run switches for good. The transient, where the Jacobian changes fast and
-    explicit steps are cheap, then costs no linearisations.
+    explicit steps are cheap, then costs the stiff solver nothing.
 
-    The step-size controller sees Tsit5's order (5) in both phases.
+    The step-size controller sees Tsit5's order (5) in both phases. The stiff solver's state starts
+    with the slope $F(y)$ at its first step (first same as last), which the switch hands over.
     """
 
-    stiff_solver: LinearlyImplicitExtrapolation = LinearlyImplicitExtrapolation()
-    threshold: float = eqx.field(static=True, default=3.0)
-    patience: int = eqx.field(static=True, default=15)
+    stiff_solver: eqx.AbstractVar[diffrax.AbstractAdaptiveSolver]
+    threshold: eqx.AbstractVar[float]
+    patience: eqx.AbstractVar[int]
 
     term_structure = diffrax.ODETerm
     interpolation_cls = _SwitchingInterpolation
@@ -313,17 +317,17 @@ class Tsit5ThenExtrapolation(diffrax.AbstractAdaptiveSolver):
 
     def init(self, terms, t0, t1, y0, args):
         explicit = diffrax.Tsit5().init(terms, t0, t1, y0, args)
-        implicit = self.stiff_solver.init(terms, t0, t1, y0, args)
-        return jnp.array(False), jnp.array(0), jnp.asarray(jnp.inf, dtype=jnp.result_type(t0)), explicit, implicit
+        stiff = self.stiff_solver.init(terms, t0, t1, y0, args)
+        return jnp.array(False), jnp.array(0), jnp.asarray(jnp.inf, dtype=jnp.result_type(t0)), explicit, stiff
 
     def report(self, solver_state) -> dict:
-        """Whether and when the run switched, and the extrapolation's linearisations (host-side)."""
-        stiff, _, t_switch, _, implicit = solver_state
-        return {"switched": bool(stiff), "t_switch": float(t_switch) if bool(stiff) else None,
-                **self.stiff_solver.report(implicit)}
+        """Whether and when the run switched, and the stiff solver's report (host-side)."""
+        switched, _, t_switch, _, stiff_state = solver_state
+        return {"switched": bool(switched), "t_switch": float(t_switch) if bool(switched) else None,
+                **self.stiff_solver.report(stiff_state)}
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        stiff, streak, t_switch, explicit_state, implicit_state = solver_state
+        switched, streak, t_switch, explicit_state, stiff_state = solver_state
         tableau = diffrax.Tsit5.tableau
         # y_7 - y_6 = sum_j (a_7j - a_6j) k_j: stage 7 is the solution (first same as last).
         weights = np.asarray(tableau.a_lower[5]) - np.append(tableau.a_lower[4], 0.0)
@@ -337,20 +341,44 @@ class Tsit5ThenExtrapolation(diffrax.AbstractAdaptiveSolver):
             h_rho = jnp.linalg.norm(k[6] - k[5]) / jnp.linalg.norm(weights @ k[:6])
             run = jnp.where(h_rho > self.threshold, streak + 1, 0)
             switch = run >= self.patience
-            # The last stage is dt f(y1): the slope the extrapolation starts from if the run switches now.
-            implicit = (k[6] / (t1 - t0), *implicit_state[1:])
+            # The last stage is dt f(y1): the slope the stiff solver starts from if the run switches now.
+            handed = (k[6] / (t1 - t0), *stiff_state[1:])
             dense = dict(y0=y0, y1=y1, k=dense["k"], stiff=jnp.array(False))
-            return y1, error, dense, (switch, run, jnp.where(switch, t1, t_switch), new_explicit, implicit), result
+            return y1, error, dense, (switch, run, jnp.where(switch, t1, t_switch), new_explicit, handed), result
 
-        def implicit():
-            y1, error, dense, new_implicit, result = self.stiff_solver.step(
-                terms, t0, t1, y0, args, implicit_state, made_jump)
+        def stiff():
+            y1, error, dense, new_stiff, result = self.stiff_solver.step(
+                terms, t0, t1, y0, args, stiff_state, made_jump)
             k = jax.tree.map(lambda a, b: jnp.stack([a, *([jnp.zeros_like(a)] * 5), b]), dense["k0"], dense["k1"])
             dense = dict(y0=y0, y1=y1, k=k, stiff=jnp.array(True))
             # The switch is for good: Tsit5's state is carried along unused.
-            return y1, error, dense, (jnp.array(True), streak, t_switch, explicit_state, new_implicit), result
+            return y1, error, dense, (jnp.array(True), streak, t_switch, explicit_state, new_stiff), result
 
-        return jax.lax.cond(stiff, implicit, explicit)
+        return jax.lax.cond(switched, stiff, explicit)
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
+
+
+class Tsit5ThenExtrapolation(AbstractTsit5Then):
+    """Tsit5, then the linearly implicit extrapolation (`LinearlyImplicitExtrapolation`) once the flow is
+    stiff: for gradient flows of the data loss whose Gauss-Newton solves are cheap (`flows.Woodbury` up to
+    about a thousand measurements), and the stiffest tails (small initialisations), where its cost does not
+    grow with the stiffness."""
+
+    stiff_solver: LinearlyImplicitExtrapolation = LinearlyImplicitExtrapolation()
+    threshold: float = eqx.field(static=True, default=3.0)
+    patience: int = eqx.field(static=True, default=15)
+
+
+class Tsit5ThenChebyshev(AbstractTsit5Then):
+    """Tsit5, then the stabilised explicit `RungeKuttaChebyshev` once the flow is stiff: no linear algebra,
+    so any number of measurements and any gradient flow (penalised too); its cost grows like the square
+    root of the stiffness per step. Where the tail is only mildly stiff (Tsit5 held near $h\rho = 3$) the
+    order-2 steps are held by accuracy instead and it loses: deep completion n = 6, m = 20 from a 1e-2
+    init took 3276 steps against Tsit5's 1833 (the extrapolation: 256). Measured where it wins:
+    benchmarks/README.md (stiff_tail.py)."""
+
+    stiff_solver: RungeKuttaChebyshev = RungeKuttaChebyshev()
+    threshold: float = eqx.field(static=True, default=3.0)
+    patience: int = eqx.field(static=True, default=15)
