@@ -20,6 +20,7 @@ from ._base import STYLE, Context, Experiment, Tally
 from .adam_steps import AdamSteps
 from .closed_forms import ClosedForms
 from .depth import Depth
+from .each_factor import EachFactor
 from .finite_steps import FiniteSteps
 from .flatness import Flatness
 from .norms import Norms
@@ -30,7 +31,7 @@ from .small_init import SmallInit
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ClosedForms(), SmallInit(), Depth(), Norms(), FiniteSteps(),
                                                           Flatness(), penalties.EXPERIMENT, Span(), AdamSteps(),
-                                                          penalties.ARORA_EXPERIMENT,
+                                                          penalties.ARORA_EXPERIMENT, EachFactor(),
                                                           Performance())}
 """The experiments by name, in the paper's order."""
 

@@ -244,7 +244,7 @@ def _stat(rows: list[dict] | None, key: str) -> str:
     return tex_number(_mean(rows, key)) if rows else "n/a"
 
 
-def _verdict_same(a: float, b: float) -> str:
+def verdict_same(a: float, b: float) -> str:
     """'same' when within the factor SAME, else which is lower."""
     return "same" if max(a, b) <= SAME * min(a, b) else ("lower" if a < b else "higher")
 
@@ -479,7 +479,7 @@ def _verdicts(cell, nuclear, strength) -> dict[str, str]:
         gf, adam = _mean(ratio["gradient flow"], "best"), _mean(ratio["Adam"], "best")
         gf_budget = _mean(ratio["gradient flow"], "budget")
         gf_beats = [r["best"] < nu for r, nu in zip(ratio["gradient flow"], nuclear)]
-        out["PenVerdictTwo"] = ("fails in the flow limit" if all(gf_beats) or _verdict_same(gf, adam) != "higher"
+        out["PenVerdictTwo"] = ("fails in the flow limit" if all(gf_beats) or verdict_same(gf, adam) != "higher"
                                 else "depends on the seed" if any(gf_beats) else "holds")
         out["PenVerdictTwoBudget"] = "holds" if gf_budget > SAME * adam else "fails"
     if "RMSProp" in ratio and "momentum" in ratio:
@@ -501,15 +501,15 @@ def _verdicts(cell, nuclear, strength) -> dict[str, str]:
         _, deep = cell("depth 3", "none", "gradient flow", None)
         if deep:
             out["PenVerdictSix"] = {"same": "holds", "lower": "holds (depth 1 + ratio + Adam is better)",
-                                    "higher": "fails"}[_verdict_same(_mean(adam_rows, "best"), _mean(deep, "end"))]
+                                    "higher": "fails"}[verdict_same(_mean(adam_rows, "best"), _mean(deep, "end"))]
     for d, tag in (("gradient flow", "GF"), ("Adam", "Adam")):
         _, product = cell("depth 3", "ratio", d, strength)
         _, each = cell("depth 3", "ratio on each factor", d, strength)
         if product and each:
-            out[f"PenVerdictSevenEach{tag}"] = _verdict_same(_mean(each, "best"), _mean(product, "best"))
+            out[f"PenVerdictSevenEach{tag}"] = verdict_same(_mean(each, "best"), _mean(product, "best"))
         _, hoyer = cell("depth 1", "Hoyer-square", d)
         if hoyer and d in ratio:
-            out[f"PenVerdictSevenHoyer{tag}"] = _verdict_same(_mean(hoyer, "best"), _mean(ratio[d], "best"))
+            out[f"PenVerdictSevenHoyer{tag}"] = verdict_same(_mean(hoyer, "best"), _mean(ratio[d], "best"))
     return out
 
 

@@ -3,7 +3,7 @@ r"""A stabilised explicit solver for the stiff tails of gradient flows: Runge-Ku
 Near its limit a gradient flow $\theta' = -\nabla L(\theta)$ has the Jacobian $-\nabla^2 L$: symmetric,
 its spectrum on the negative real axis in $[-\rho, 0]$. An explicit method with a fixed tableau is
 stable for $h \rho$ up to a constant (3.5 for Tsit5), so its work grows like $\rho$ per unit time. The
-s-stage Runge-Kutta-Chebyshev method of Sommeijer, Shampine & Verwer (1997) spends its s stages on
+s-stage Runge-Kutta-Chebyshev method of Sommeijer, Shampine & Verwer (1998) spends its s stages on
 stability instead of order: its stability polynomial is a shifted, damped Chebyshev polynomial, stable on
 $[-\beta_s, 0]$ with $\beta_s \approx 0.653\, s^2$, so a step of size h costs $s \approx \sqrt{1.54\, h\rho}$
 evaluations and the work grows like $\sqrt{\rho\, \Delta t}$, with no linear algebra at all. It has order

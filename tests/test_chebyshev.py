@@ -21,7 +21,7 @@ def _one_step(field, y0, h):
 
 
 def _polynomial(s: int, z: np.ndarray) -> np.ndarray:
-    r"""The s-stage method's stability function in closed form (Sommeijer, Shampine & Verwer 1997):
+    r"""The s-stage method's stability function in closed form (Sommeijer, Shampine & Verwer 1998):
     $R_s(z) = a_s + b_s T_s(w_0 + w_1 z)$, $b_s = T_s''(w_0) / T_s'(w_0)^2$, $a_s = 1 - b_s T_s(w_0)$."""
     T = chebyshev.Chebyshev.basis(s)
     w0 = 1.0 + _DAMPING / s**2

@@ -1,5 +1,6 @@
-"""The machinery of the seeds' experiments (penalties, span, adam_steps): the grid, the principal angles, the
-invariance the span experiment measures, the per-run summary, and the Hoyer-square penalty."""
+"""The machinery of the seeds' experiments (penalties, span, adam_steps, each_factor): the grids, the principal
+angles, the invariance the span experiment measures, the per-run summary, the Hoyer-square penalty, and the
+collapse the penalty on each factor causes."""
 
 import itertools
 
@@ -9,7 +10,7 @@ import pytest
 import scipy.linalg
 
 import flows
-from experiments import penalties, span
+from experiments import each_factor, penalties, span
 
 
 def _orthonormal(rng, n, k):
@@ -118,3 +119,33 @@ def test_hoyer_square_is_the_squared_ratio_with_its_gradient():
                                        "penalty": hoyer.describe(), "strength": 1.0}).penalty.describe() == \
         hoyer.describe()
     np.testing.assert_allclose(float(ratio(W)) ** 2, float(hoyer(W)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_each_factor_grid_holds_both_placements_at_every_strength(quick):
+    grid = penalties.GRIDS[quick]
+    configs = each_factor._configs(grid)
+    keys = [(c["penalty"], c["strength"], c["seed"]) for c in configs]
+    assert len(keys) == len(set(keys))
+    for strength, placement, seed in itertools.product(each_factor.STRENGTHS, each_factor.PLACEMENTS, range(grid.seeds)):
+        assert (placement, strength, seed) in keys
+    assert all(("none", None, seed) in keys for seed in range(grid.seeds))
+    assert max(each_factor.STRENGTHS) / min(each_factor.STRENGTHS) >= 1e3
+    assert {c["parameterization"] for c in configs} == {"depth 3"} and {c["dynamics"] for c in configs} == {"gradient flow"}
+
+
+def test_the_ratio_on_each_factor_collapses_small_factors_and_on_the_product_does_not():
+    # Derived in experiments/each_factor.py: far below the smoothing delta = 1 the ratio on a factor is a nuclear
+    # norm / delta, whose pull (order lambda) beats the data's (the other factors' product, ~1e-6 here), so W -> 0;
+    # on the product the penalty's pull carries the same small factors as the data's. lambda = 1, t = 1.
+    grid = penalties.GRIDS[True]
+    config = {**each_factor._configs(grid)[0], "strength": 1.0}
+    norms = {}
+    for placement in each_factor.PLACEMENTS:
+        flow, state0 = penalties.build({**config, "penalty": placement})
+        traj = flows.solve(flow, state0, t1=1.0, ts=np.array([0.0, 1.0]), rtol=penalties.RTOL, atol=each_factor.ATOL,
+                           solver=flows.Tsit5ThenChebyshev())
+        norms[placement] = np.linalg.norm(traj.W, axis=(1, 2))
+    on_product, on_each = norms["ratio"], norms["ratio on each factor"]
+    assert on_each[-1] < 1e-8 * on_each[0], on_each
+    assert on_product[-1] > 0.5 * on_product[0], on_product
