@@ -34,6 +34,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
@@ -96,9 +97,10 @@ class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
         return f0, vector / jnp.linalg.norm(vector), jnp.asarray(jnp.nan, y.dtype), jnp.array(0)
 
     def report(self, solver_state) -> dict:
-        """What the final solver state says (host-side): the last spectral-radius estimate and the stages
-        spent on all steps, accepted and rejected."""
-        return {"spectral_radius": float(solver_state[2]), "stages": int(solver_state[3])}
+        """What the final solver state says (host-side): the last spectral-radius estimate (None before the
+        first step) and the stages spent on all steps, accepted and rejected."""
+        rho = float(solver_state[2])
+        return {"spectral_radius": None if np.isnan(rho) else rho, "stages": int(solver_state[3])}
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         f0, vector, rho, spent = solver_state
@@ -115,7 +117,8 @@ class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
             v, _ = carry
             w = jvp(v)
             norm = jnp.linalg.norm(w)
-            return w / norm, norm
+            # J v = 0 (a flat direction, or a zero Jacobian): keep v; rho = 0 then asks for the fewest stages.
+            return jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), v), norm
 
         # Each iteration's norm ||J v|| (|v| = 1) is the estimate; the last one's is kept.
         iterations = jnp.where(jnp.isnan(rho), self.initial_power_iterations, self.power_iterations)

@@ -75,6 +75,17 @@ def test_time_dependent_terms_are_integrated_to_second_order():
     assert y1[1] == pytest.approx(0.1 + 1.5 * 0.01, rel=1e-13)
 
 
+def test_a_zero_jacobian_takes_the_fewest_stages_not_a_nan():
+    # y' = 0 y + 1: J v = 0, so the power iteration has nothing to normalise (it divided by zero, and 0 x NaN made
+    # the next step's estimate NaN); rho = 0.
+    solution = diffrax.diffeqsolve(diffrax.ODETerm(lambda t, y, args: 0.0 * y + 1.0), flows.RungeKuttaChebyshev(),
+                                   0.0, 1.0, 0.1, jnp.zeros(3),
+                                   stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-8),
+                                   saveat=diffrax.SaveAt(t1=True, solver_state=True))
+    np.testing.assert_allclose(solution.ys[-1], 1.0, rtol=1e-14)
+    assert float(solution.solver_state[2]) == 0.0 and int(solution.solver_state[3]) == 2 * solution.stats["num_steps"]
+
+
 def test_the_chebyshev_switch_reaches_a_stiff_tail_in_fewer_steps_and_as_accurately():
     # Sensing from a small init into loss < 1e-10, a tail where Tsit5 is held by stability (74,657 steps measured;
     # the Chebyshev switch 1314). The run switches, takes under a tenth of Tsit5's steps, and ends within 100 rtol
