@@ -18,7 +18,7 @@ def _orthonormal(rng, n, k):
 
 
 @pytest.mark.parametrize("grids, quick", [(penalties.GRIDS, True), (penalties.GRIDS, False),
-                                          (penalties.ARORA_GRIDS, False)])
+                                          (penalties.ARORA_GRIDS, False), (penalties.ARORA_FEW_GRIDS, False)])
 def test_the_grid_holds_every_contrast_the_claims_need_once(grids, quick):
     grid = grids[quick]
     configs = penalties.cells(grid)
@@ -125,13 +125,15 @@ def test_hoyer_square_is_the_squared_ratio_with_its_gradient():
 def test_the_each_factor_grid_holds_both_placements_at_every_strength(quick):
     grid = penalties.GRIDS[quick]
     configs = each_factor._configs(grid)
-    keys = [(c["penalty"], c["strength"], c["seed"]) for c in configs]
+    keys = [(c["parameterization"], c["penalty"], c["strength"], c["seed"]) for c in configs]
     assert len(keys) == len(set(keys))
-    for strength, placement, seed in itertools.product(each_factor.STRENGTHS, each_factor.PLACEMENTS, range(grid.seeds)):
-        assert (placement, strength, seed) in keys
-    assert all(("none", None, seed) in keys for seed in range(grid.seeds))
+    for param, seed in itertools.product(("UV^T", "depth 3"), range(grid.seeds)):
+        for strength, placement in itertools.product(each_factor.STRENGTHS, each_factor.PLACEMENTS):
+            assert (param, placement, strength, seed) in keys
+        assert (param, "none", None, seed) in keys
     assert max(each_factor.STRENGTHS) / min(each_factor.STRENGTHS) >= 1e3
-    assert {c["parameterization"] for c in configs} == {"depth 3"} and {c["dynamics"] for c in configs} == {"gradient flow"}
+    assert {c["dynamics"] for c in configs} == {"gradient flow"}
+    assert set(each_factor.PARAMETERIZATIONS) <= set(penalties.PARAMETERIZATIONS)
 
 
 def test_the_ratio_on_each_factor_collapses_small_factors_and_on_the_product_does_not():
@@ -139,7 +141,7 @@ def test_the_ratio_on_each_factor_collapses_small_factors_and_on_the_product_doe
     # norm / delta, whose pull (order lambda) beats the data's (the other factors' product, ~1e-6 here), so W -> 0;
     # on the product the penalty's pull carries the same small factors as the data's. lambda = 1, t = 1.
     grid = penalties.GRIDS[True]
-    config = {**each_factor._configs(grid)[0], "strength": 1.0}
+    config = {**each_factor._configs(grid)[0], "parameterization": "depth 3", "strength": 1.0}
     norms = {}
     for placement in each_factor.PLACEMENTS:
         flow, state0 = penalties.build({**config, "penalty": placement})
