@@ -30,8 +30,9 @@ the nuclear minimiser's; the test error at the horizon (where the drift has got 
 $\|W\|_F$ and $R$ along the path. Mean and min-max over seeds.
 
 Verdicts (numbers in the macros). (1) holds when the best ratio cell's best test error is below the nuclear
-minimiser's for every seed, and the end-of-horizon error says whether that is a limit or a transient.
-(2) fails when gradient flow with the ratio beats the nuclear minimiser in every seed, or reaches a best test error
+minimiser's by more than the factor `SAME` for every seed (merely below, as at m = 1000 at n = 100 where both are
+~0.5, is no recovery), and the end-of-horizon error says whether that is a limit or a transient.
+(2) fails when gradient flow with the ratio beats the nuclear minimiser (by that factor) in every seed, or reaches a best test error
 within `SAME` (a factor) of the Adam flow's: the ratio then works without Adam, and the difference is one of time
 scale (the times of the bests are reported); holds when it beats it in no seed.
 (3) holds over all times when RMSProp's best is below momentum's by more than `SAME`, and on a fixed budget when
@@ -475,15 +476,16 @@ def _verdicts(cell, nuclear, strength) -> dict[str, str]:
         return out
     best_d = min(ratio, key=lambda d: _mean(ratio[d], "best"))
     rows = ratio[best_d]
-    every = all(r["best"] < nu for r, nu in zip(rows, nuclear))
+    # Recovery where the nuclear norm fails: below its minimiser by more than the factor SAME, not merely below.
+    recovers = [SAME * r["best"] < nu for r, nu in zip(rows, nuclear)]
     drifts = any(r["end"] > SAME * r["best"] for r in rows)
-    out["PenVerdictOne"] = ("holds as a transient" if every and drifts else "holds" if every else
-                            "depends on the seed" if any(r["best"] < nu for r, nu in zip(rows, nuclear)) else "fails")
+    out["PenVerdictOne"] = ("holds as a transient" if all(recovers) and drifts else "holds" if all(recovers) else
+                            "depends on the seed" if any(recovers) else "fails")
     out["PenBestDynamics"] = best_d
     if "gradient flow" in ratio and "Adam" in ratio:
         gf, adam = _mean(ratio["gradient flow"], "best"), _mean(ratio["Adam"], "best")
         gf_budget = _mean(ratio["gradient flow"], "budget")
-        gf_beats = [r["best"] < nu for r, nu in zip(ratio["gradient flow"], nuclear)]
+        gf_beats = [SAME * r["best"] < nu for r, nu in zip(ratio["gradient flow"], nuclear)]
         out["PenVerdictTwo"] = ("fails in the flow limit" if all(gf_beats) or verdict_same(gf, adam) != "higher"
                                 else "depends on the seed" if any(gf_beats) else "holds")
         out["PenVerdictTwoBudget"] = "holds" if gf_budget > SAME * adam else "fails"
