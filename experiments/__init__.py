@@ -31,7 +31,8 @@ from .small_init import SmallInit
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ClosedForms(), SmallInit(), Depth(), Norms(), FiniteSteps(),
                                                           Flatness(), penalties.EXPERIMENT, Span(), AdamSteps(),
-                                                          penalties.ARORA_EXPERIMENT, penalties.ARORA_FEW_EXPERIMENT, EachFactor(),
+                                                          penalties.ARORA_EXPERIMENT, penalties.ARORA_MID_EXPERIMENT,
+                                                          penalties.ARORA_FEW_EXPERIMENT, EachFactor(),
                                                           Performance())}
 """The experiments by name, in the paper's order."""
 

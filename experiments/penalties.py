@@ -104,6 +104,8 @@ before the grid was fixed: the Adam flow with the ratio at lambda = 10 is best (
 0.03 by t = 15, gradient flow's best (4.1e-4) is at t ~ 1200 and it has drifted to 2.1 by t = 10^4. The factored
 cells keep only their unpenalised runs, and the momentum flow is cut (time: its runs took 10 and 62 thousand steps,
 the third seed had not finished after 28 minutes on a shared core). Quick: the penalties experiment's quick grid (its runs are shared)."""
+ARORA_MID_GRIDS = {False: dataclasses.replace(ARORA_GRIDS[False], m=1500), True: GRIDS[True]}
+"""The Arora grid at m = 1500: between the failure at 1000 and the recoveries at 2000."""
 ARORA_FEW_GRIDS = {False: dataclasses.replace(ARORA_GRIDS[False], m=1000), True: GRIDS[True]}
 """The Arora grid at m = 1000 (next to the truth's 975 degrees of freedom): where the depth experiment finds the
 nuclear minimiser at test error ~0.5 and depth 3 worse (~1.7), the regime in which the seeds say the ratio
@@ -524,5 +526,7 @@ EXPERIMENT = Penalties("penalties", "penalties x dynamics x depth in sparse comp
                        "drift and the seeds' claims 1-3, 5-7", GRIDS, "Pen")
 ARORA_EXPERIMENT = Penalties("penalties_arora", "the penalties grid at the Arora scale (n = 100, rank 5, m = 2000): "
                              "claims 1-3, 5-7 against depth", ARORA_GRIDS, "PenArora")
+ARORA_MID_EXPERIMENT = Penalties("penalties_arora_mid", "the Arora-scale penalties grid at m = 1500",
+                                 ARORA_MID_GRIDS, "PenAroraMid")
 ARORA_FEW_EXPERIMENT = Penalties("penalties_arora_few", "the Arora-scale penalties grid with fewer entries (m = 1000), "
                                  "where the nuclear norm and depth fail", ARORA_FEW_GRIDS, "PenAroraFew")
