@@ -70,8 +70,8 @@ def _chebyshev(s, w0):
 class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
     r"""The second-order Runge-Kutta-Chebyshev method (see the module docstring), s stages chosen per step
     from the spectral radius: $s \approx \sqrt{1.54\, h\rho}$ with $\rho$ = `safety` x the power-iteration
-    estimate, at most `max_stages` (beyond $h\rho \approx 0.65\, s_{\max}^2$ a step is unstable and its error
-    estimate rejects it). `power_iterations` Jacobian-vector products per step refine $\rho$ (warm-started);
+    estimate, at most `max_stages` (a step beyond $h\rho = \beta_{s_{\max}} \approx 0.65\, s_{\max}^2$ is
+    rejected outright). `power_iterations` Jacobian-vector products per step refine $\rho$ (warm-started);
     the first step runs `initial_power_iterations`.
 
     For flows whose Jacobian has a real, non-positive spectrum (gradient flows, penalised or not); dynamics
@@ -89,6 +89,10 @@ class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
     def order(self, terms):
         return 2
 
+    def error_order(self, terms):
+        # The estimate is of the returned order-2 solution's own local error, O(h^3) (as diffrax.ImplicitEuler's).
+        return 3
+
     def init(self, terms, t0, t1, y0, args):
         y, _ = ravel_pytree(y0)
         f0 = ravel_pytree(terms.vf(t0, y0, args))[0]
@@ -98,7 +102,7 @@ class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
 
     def report(self, solver_state) -> dict:
         """What the final solver state says (host-side): the last spectral-radius estimate (None before the
-        first step) and the stages spent on all steps, accepted and rejected."""
+        first step) and the stages of the accepted steps (Diffrax keeps the state of accepted steps only)."""
         rho = float(solver_state[2])
         return {"spectral_radius": None if np.isnan(rho) else rho, "stages": int(solver_state[3])}
 
@@ -120,12 +124,19 @@ class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
             # J v = 0 (a flat direction, or a zero Jacobian): keep v; rho = 0 then asks for the fewest stages.
             return jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), v), norm
 
-        # Each iteration's norm ||J v|| (|v| = 1) is the estimate; the last one's is kept.
+        # Each iteration's norm ||J v|| (|v| = 1) is the estimate; the last one's is kept. A small fixed random
+        # component restores directions the exact products have zeroed (a decoupled Jacobian whose weak direction
+        # later turns stiffest: without it the estimate never sees it).
         iterations = jnp.where(jnp.isnan(rho), self.initial_power_iterations, self.power_iterations)
-        vector, norm = jax.lax.fori_loop(0, iterations, power, (vector, jnp.zeros_like(rho)))
+        noise = jax.random.normal(jax.random.key(1), y0_flat.shape, y0_flat.dtype)
+        vector = vector + 1e-8 * noise / jnp.linalg.norm(noise)
+        vector, norm = jax.lax.fori_loop(0, iterations, power, (vector / jnp.linalg.norm(vector), jnp.zeros_like(rho)))
         rho = self.safety * norm
         h = t1 - t0
-        s = stages(h * rho, self.max_stages)
+        # Beyond the largest stage count's interval the step cannot be stable: reject it outright (infinite error)
+        # rather than run max_stages stages into an overflow; the controller shrinks h.
+        beyond = h * rho > stability_bound(self.max_stages)
+        s = jnp.where(beyond, 2, stages(h * rho, self.max_stages))
 
         w0 = 1.0 + _DAMPING / s**2
         _, ds, es = _chebyshev(s, w0)
@@ -156,8 +167,11 @@ class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
         # Start at j = 2 with j - 1 = 1 (T_1 = w0, T_1' = 1, T_1'' = 0) and j - 2 = 0; b_1 = b_0 = b_2.
         carry = (y1, y0_flat, c1, b2, b2, (w0, one, zero), (one, zero, zero))
         y_end = jax.lax.fori_loop(2, s + 1, stage, carry)[0]
+        # An overflow to inf would slip past Diffrax's NaN check: make it NaN, which rejects the step.
+        y_end = jnp.where(jnp.isfinite(y_end), y_end, jnp.nan)
         f1 = vf(t1, y_end)
-        error = (12.0 * (y0_flat - y_end) + 6.0 * h * (f0 + f1)) / 15.0
+        error = jnp.where(beyond, jnp.inf, (12.0 * (y0_flat - y_end) + 6.0 * h * (f0 + f1)) / 15.0)
+        y_end = jnp.where(beyond, y0_flat, y_end)
         dense_info = dict(y0=y0, y1=unravel(y_end), k0=unravel(h * f0), k1=unravel(h * f1))
         new_state = (f1, vector, rho, spent + s)
         return unravel(y_end), unravel(error), dense_info, new_state, diffrax.RESULTS.successful

@@ -224,7 +224,7 @@ STIFF_MAX_MEASUREMENTS = 1000
 dense Gauss-Newton solves (`flows.Woodbury`: an m x m eigendecomposition per re-linearisation), beyond
 it to Runge-Kutta-Chebyshev, which needs no linear algebra. Measured side by side
 (benchmarks/stiff_tail.py, deep completion n = 100, rank 5, depth 3, alpha 0.1, into loss < 1e-10;
-benchmarks/README.md): at m = 2000 `Tsit5ThenChebyshev` is 4.2x faster than Tsit5 and the Woodbury
+benchmarks/README.md): at m = 2000 `Tsit5ThenChebyshev` is 3.8-4.2x faster than Tsit5 and the Woodbury
 switch 0.45x; at m = 1000 the three are within 1.4x of each other; in the stiffest tails (n = 30,
 m = 180 sensing from alpha = 1e-3) the Woodbury switch is 3x faster than the Chebyshev switch and 100x
 faster than Tsit5, its cost not growing with the stiffness. The boundary depends on the stiffness, not

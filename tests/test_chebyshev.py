@@ -34,7 +34,8 @@ def _polynomial(s: int, z: np.ndarray) -> np.ndarray:
 def test_a_step_applies_the_damped_chebyshev_polynomial(h):
     # y' = lambda y on a spread of lambda in [-100, 0]: one step multiplies each component by R_s(h lambda), with
     # s from the power iteration's estimate of 100 (x 1.2; 30 iterations at a gap of 0.8 leave 0.8^60 ~ 1e-6 in the
-    # estimate). Wrong recurrence coefficients (b_2 = 1 / w0^2 instead of 1 / (4 w0^2)) are off by O(1) here.
+    # estimate). Wrong recurrence coefficients (a_j for a_{j-1}, another damping) are off by O(1) here; the stability
+    # function does not depend on b_0 = b_1 = b_2, which the stage-time test below checks.
     lam = -np.concatenate([np.linspace(0.0, 80.0, 40), [100.0]])
     y1, _, state = _one_step(lambda t, y: lam * y, jnp.ones_like(lam), h)
     rho = float(state[2])
@@ -73,6 +74,32 @@ def test_time_dependent_terms_are_integrated_to_second_order():
     assert 4.0 < errors[0] / errors[1] < 16.0, errors
     y1, _, _ = _one_step(lambda t, y: jnp.stack([-1e4 * y[0], 1.0 + 3.0 * t]), jnp.array([1.0, 0.0]), 0.1)
     assert y1[1] == pytest.approx(0.1 + 1.5 * 0.01, rel=1e-13)
+
+
+def test_the_error_estimate_is_the_local_error_of_the_returned_solution():
+    # y' = -y^2 + cos(t) (one step from y = 1, s = 2): the estimate is O(h^3), within a factor 2 of the true local error
+    # against Dopri8 at rtol 1e-13, and the controller is told so (error order 3, not the method's order 2).
+    def field(t, y):
+        return -y**2 + jnp.cos(t)
+
+    ratios, errors = [], []
+    for h in (0.02, 0.01):
+        y1, estimate, _ = _one_step(field, jnp.array([1.0]), h)
+        exact = diffrax.diffeqsolve(diffrax.ODETerm(lambda t, y, args: field(t, y)), diffrax.Dopri8(), 0.0, h, h / 10,
+                                    jnp.array([1.0]), stepsize_controller=diffrax.PIDController(rtol=1e-13, atol=1e-15)).ys[-1]
+        errors.append(abs(float(y1[0] - exact[0])))
+        ratios.append(abs(float(estimate[0])) / errors[-1])
+    assert all(0.5 < r < 2.0 for r in ratios), ratios
+    assert 6.0 < errors[0] / errors[1] < 10.0, errors
+    assert flows.RungeKuttaChebyshev().error_order(None) == 3
+
+
+def test_a_step_beyond_the_largest_stage_count_is_rejected_outright():
+    # h rho past beta_400 ~ 1e5: no stage count is stable, so the step returns an infinite error (and its start)
+    # instead of running 400 stages into an overflow.
+    lam = -np.array([1e6, 1.0])
+    y1, error, state = _one_step(lambda t, y: lam * y, jnp.ones(2), 1.0)
+    assert np.all(np.isinf(error)) and np.array_equal(y1, np.ones(2))
 
 
 def test_a_zero_jacobian_takes_the_fewest_stages_not_a_nan():
