@@ -29,8 +29,6 @@ from __future__ import annotations
 import numpy as np
 
 import flows
-from analysis import references
-
 from . import penalties
 from ._base import Context, Experiment, finite_mean, new_figure, test_error, tex_number, tex_spread
 
@@ -59,14 +57,7 @@ class EachFactor(Experiment):
     def run(self, ctx: Context) -> None:
         grid = penalties.GRIDS[ctx.quick]
         configs = _configs(grid)
-        nuclear_error = {}
-        for seed in range(grid.seeds):
-            p = penalties.problem({**configs[0], "seed": seed})
-            # The penalties experiment's cached reference (same key), so the two share it.
-            X = ctx.cached(penalties.STORE, {"reference": "min-nuclear", "solver": grid.reference_solver, "n": grid.n,
-                                             "m": grid.m, "rank": grid.rank, "seed": seed},
-                           lambda p=p: {"X": references.min_nuclear(p, solver=grid.reference_solver).X})["X"]
-            nuclear_error[seed] = float(test_error(X, p.truth))
+        nuclear_error = penalties.nuclear_errors(ctx, grid)  # the penalties experiment's cached references
         runs = ctx.sweep(self.name, penalties.build, configs, t1=grid.slow, ts=flows.default_ts(grid.slow, penalties.SAVES),
                          rtol=penalties.RTOL, atol=ATOL, solver=flows.Tsit5ThenChebyshev(), max_steps=penalties.MAX_STEPS)
         curves, failed = {}, []

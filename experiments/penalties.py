@@ -262,6 +262,19 @@ STORE = "penalties"
 by their configuration, so grids that share cells share their runs."""
 
 
+def nuclear_errors(ctx: Context, grid: Grid) -> dict[int, float]:
+    """The minimum-nuclear-norm completion's test error per seed of `grid`, cached in `STORE` (shared by every
+    experiment on the grid's problems)."""
+    out = {}
+    for seed in range(grid.seeds):
+        p = problem({"n": grid.n, "m": grid.m, "rank": grid.rank, "seed": seed})
+        X = ctx.cached(STORE, {"reference": "min-nuclear", "solver": grid.reference_solver, "n": grid.n,
+                               "m": grid.m, "rank": grid.rank, "seed": seed},
+                       lambda p=p: {"X": references.min_nuclear(p, solver=grid.reference_solver).X})["X"]
+        out[seed] = float(test_error(X, p.truth))
+    return out
+
+
 class Penalties(Experiment):
     """The grid at one pair of scales (`grids`, by `ctx.quick`); its figures are named after the experiment and its
     macros carry `prefix` (the code writes them as "Pen..." and the prefix replaces that)."""
@@ -275,13 +288,7 @@ class Penalties(Experiment):
         check = {**configs[0], "parameterization": "depth 1", "penalty": "ratio", "strength": grid.strength,
                  "dynamics": "Adam", "seed": 0}
         configs.append({**check, "dynamics_override": {"eps": EPS_CHECK}})
-        nuclear_error = {}
-        for seed in range(grid.seeds):
-            p = problem({**configs[0], "seed": seed})
-            X = ctx.cached(STORE, {"reference": "min-nuclear", "solver": grid.reference_solver, "n": grid.n,
-                                   "m": grid.m, "rank": grid.rank, "seed": seed},
-                           lambda p=p: {"X": references.min_nuclear(p, solver=grid.reference_solver).X})["X"]
-            nuclear_error[seed] = float(test_error(X, p.truth))
+        nuclear_error = nuclear_errors(ctx, grid)
         curves, failed = {}, []
         plans = sorted({(horizon(grid, c), stop_loss(c) or 0.0) for c in configs})
         for t1, stop in plans:

@@ -96,9 +96,12 @@ class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
     def init(self, terms, t0, t1, y0, args):
         y, _ = ravel_pytree(y0)
         f0 = ravel_pytree(terms.vf(t0, y0, args))[0]
-        # A fixed start for the power iteration (not F itself: near a limit F lies in the slow directions).
+        # A fixed start for the power iteration (not F itself: near a limit F lies in the slow directions), and the
+        # fixed direction it is nudged along at every step (see `step`), drawn once here, not per step.
         vector = jax.random.normal(jax.random.key(0), y.shape, y.dtype)
-        return f0, vector / jnp.linalg.norm(vector), jnp.asarray(jnp.nan, y.dtype), jnp.array(0)
+        noise = jax.random.normal(jax.random.key(1), y.shape, y.dtype)
+        return (f0, vector / jnp.linalg.norm(vector), jnp.asarray(jnp.nan, y.dtype), jnp.array(0),
+                noise / jnp.linalg.norm(noise))
 
     def report(self, solver_state) -> dict:
         """What the final solver state says (host-side): the last spectral-radius estimate (None before the
@@ -107,7 +110,7 @@ class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
         return {"spectral_radius": None if np.isnan(rho) else rho, "stages": int(solver_state[3])}
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        f0, vector, rho, spent = solver_state
+        f0, vector, rho, spent, noise = solver_state
         y0_flat, unravel = ravel_pytree(y0)
         if made_jump is not False:
             f0 = jax.lax.cond(made_jump, lambda: ravel_pytree(terms.vf(t0, y0, args))[0], lambda: f0)
@@ -128,8 +131,7 @@ class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
         # component restores directions the exact products have zeroed (a decoupled Jacobian whose weak direction
         # later turns stiffest: without it the estimate never sees it).
         iterations = jnp.where(jnp.isnan(rho), self.initial_power_iterations, self.power_iterations)
-        noise = jax.random.normal(jax.random.key(1), y0_flat.shape, y0_flat.dtype)
-        vector = vector + 1e-8 * noise / jnp.linalg.norm(noise)
+        vector = vector + 1e-8 * noise
         vector, norm = jax.lax.fori_loop(0, iterations, power, (vector / jnp.linalg.norm(vector), jnp.zeros_like(rho)))
         rho = self.safety * norm
         h = t1 - t0
@@ -173,7 +175,7 @@ class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
         error = jnp.where(beyond, jnp.inf, (12.0 * (y0_flat - y_end) + 6.0 * h * (f0 + f1)) / 15.0)
         y_end = jnp.where(beyond, y0_flat, y_end)
         dense_info = dict(y0=y0, y1=unravel(y_end), k0=unravel(h * f0), k1=unravel(h * f1))
-        new_state = (f1, vector, rho, spent + s)
+        new_state = (f1, vector, rho, spent + s, noise)
         return unravel(y_end), unravel(error), dense_info, new_state, diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):
