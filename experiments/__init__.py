@@ -19,6 +19,7 @@ import matplotlib.style
 from ._base import STYLE, Context, Experiment, Tally
 from .adam_steps import AdamSteps
 from .closed_forms import ClosedForms
+from .denominator import Denominator
 from .depth import Depth
 from .each_factor import EachFactor
 from .finite_steps import FiniteSteps
@@ -32,7 +33,8 @@ from .small_init import SmallInit
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ClosedForms(), SmallInit(), Depth(), Norms(), FiniteSteps(),
                                                           Flatness(), penalties.EXPERIMENT, Span(), AdamSteps(),
                                                           penalties.ARORA_EXPERIMENT, penalties.ARORA_MID_EXPERIMENT,
-                                                          penalties.ARORA_FEW_EXPERIMENT, EachFactor(),
+                                                          penalties.ARORA_FEW_EXPERIMENT, Denominator(),
+                                                          EachFactor(),
                                                           Performance())}
 """The experiments by name, in the paper's order."""
 

@@ -2,8 +2,10 @@ r"""Claim 7 (seed 004): the ratio on each factor, $\sum_j R(W_j)$, against the r
 
 Setting. The penalties experiment's completion problem and factored inits (`penalties.GRIDS`: the same n, rank, m,
 seeds, the small Gaussian init of scale `penalties.INIT` per product) for $W = U V^T$ and $W = W_3 W_2 W_1$,
-gradient flow of $L + \lambda R$ with the smoothed ratio of `penalties.RATIO`, $\lambda$ over `STRENGTHS` (four
-decades), and no penalty for reference, to the penalties experiment's slow horizon.
+$L + \lambda R$ with the smoothed ratio of `penalties.RATIO`, $\lambda$ over `STRENGTHS` (four decades), and no
+penalty for reference, under two dynamics: gradient flow to the penalties experiment's slow horizon, and the Adam
+flow (`penalties.DYNAMICS["Adam"]`) to the fast one. And, under gradient flow, the ratio on each factor with
+the smoothing `DELTAS` below the product's delta = 1, down to the exact ratio (delta = 0).
 
 Solver. These flows are stiff (200 thousand Tsit5 steps covered less than a tenth of the horizon at n = 30; the
 linearly implicit extrapolation serves only the data loss): `flows.Tsit5ThenChebyshev`, the stabilised explicit
@@ -20,12 +22,31 @@ the order of one factor). From a small init the data's pull is the weaker one ab
 then $W = 0$, a critical point of every factored objective, attracts; the threshold is higher for $U V^T$, whose
 data pull carries one small factor fewer. On the product the penalty's pull on each factor carries the same small
 factors as the data's, so no such collapse.
+The smoothing decides this. With $s = \sqrt{\|W\|_F^2 + \delta^2}$ and $N_\epsilon$ homogeneous of degree 1 (up
+to $\epsilon$), the radial part of R's gradient is $\langle \nabla R(W), W \rangle = \|W\|_* \delta^2 / s^3$, so the
+penalty alone shrinks a factor of norm x at the rate $\lambda \rho\, \delta^2 / (x^2 + \delta^2)^{3/2}$ (ρ the
+factor's $\|\cdot\|_* / \|\cdot\|_F$): $\lambda \rho / \delta$ for $x \ll \delta$, $\lambda \rho \delta^2 / x^3$ for
+$x \gg \delta$, largest at $\delta = \sqrt{2} x$, and zero at $\delta = 0$, where R is invariant to scale (Euler)
+and cannot change $\|W_j\|_F$ at all: the collapse is a product of the smoothing. Against the factors' init norms
+($x \approx$ scale $\sqrt{n}$: 0.17 for $U V^T$, 0.55 for depth 3 at n = 30), delta = 1 is above the peak for both;
+delta = 0.1 is near it for $U V^T$ (1.3 times delta = 1's pull) and below it for depth 3 (a twelfth); delta = 0.01
+is far below it for both (a fiftieth and a thousandth). Expected: the threshold stays or falls for $U V^T$ at
+delta = 0.1 and rises for depth 3, and the collapse leaves the strengths' range as delta -> 0.
+
+Adam flow. Its Jacobian is far from symmetric (the moment equations make the linearisation oscillatory:
+eigenvalues $-a/2 \pm i\sqrt{a h / (\sqrt{v} + \epsilon)}$ for a curvature h), outside both the extrapolation's
+and the Chebyshev method's assumptions; Tsit5 integrates it, and its step count per unit time grows as the
+flow slows into a sign-like regime (200 thousand steps reached t = 15-18 of the penalties grid's 30 on depth 3
+with the ratio at lambda = 3; at the strengths here, up to 1, the runs to t = 10 took 1-35 thousand steps, and
+at small strengths the best test errors were still falling at t = 10, hence the penalties grid's fast horizon).
+
 Measured: best test error over time (Arora's mean squared error over all entries), its time, $\|W\|_F$ at the
 horizon, per strength, both placements, against the nuclear minimiser.
 """
 
 from __future__ import annotations
 
+import diffrax
 import numpy as np
 
 import flows
@@ -37,48 +58,72 @@ STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0)
 PARAMETERIZATIONS = {"UV^T": "Factored", "depth 3": ""}
 """The factored parameterizations (`penalties.PARAMETERIZATIONS`) and their macros' infix (depth 3: none)."""
 PLACEMENTS = {"ratio": "on the product", "ratio on each factor": "on each factor"}
+DYNAMICS = {"gradient flow": "", "Adam": "Adam"}
+"""The dynamics (`penalties.DYNAMICS`) and their macros' infix (gradient flow: none)."""
+DELTAS = {0.1: "Tenth", 0.0: "Zero"}
+"""The smoothing of the ratio on each factor below `penalties.RATIO`'s, under gradient flow, and macro names: near
+the peak of the pull for U V^T's factors, and none (the exact ratio; delta = 0.01 gave the same as 0 at n = 15)."""
 ATOL = 1e-10
 """The solver's absolute tolerance (see the module docstring), with the penalties experiment's rtol."""
 COLLAPSED = 1e-6
 r"""A run whose $\|W\|_F$ at the horizon is below this fraction of $\|W^*\|_F$ has collapsed to W = 0."""
 
 
-def _configs(grid: penalties.Grid) -> list[dict]:
-    base = {"n": grid.n, "rank": grid.rank, "m": grid.m, "dynamics": "gradient flow"}
+def _configs(grid: penalties.Grid, dynamics: str = "gradient flow") -> list[dict]:
+    """Both placements at every strength, and no penalty, under `dynamics` with the ratio's own smoothing."""
+    base = {"n": grid.n, "rank": grid.rank, "m": grid.m, "dynamics": dynamics}
     cells = [("none", None)] + [(p, s) for s in STRENGTHS for p in PLACEMENTS]
     return [{**base, "parameterization": param, "penalty": p, "strength": s, "seed": seed}
             for param in PARAMETERIZATIONS for p, s in cells for seed in range(grid.seeds)]
 
 
+def _delta_configs(grid: penalties.Grid) -> list[dict]:
+    """The ratio on each factor at every strength and smoothing of `DELTAS`, under gradient flow."""
+    return [{**c, "delta": delta} for delta in DELTAS for c in _configs(grid) if c["penalty"] == "ratio on each factor"]
+
+
+def _key(config: dict) -> tuple:
+    """(dynamics, delta, parameterization, penalty, strength, seed): one run."""
+    return (config["dynamics"], config.get("delta", penalties.RATIO["delta"]), config["parameterization"],
+            config["penalty"], config["strength"], config["seed"])
+
+
 class EachFactor(Experiment):
     name = "each_factor"
-    title = "claim 7: the ratio on each factor against the ratio on the product (U V^T and depth 3, gradient flow)"
+    title = ("claim 7: the ratio on each factor against the ratio on the product (U V^T and depth 3, gradient flow "
+             "and Adam flow, the smoothing delta)")
 
     def run(self, ctx: Context) -> None:
         grid = penalties.GRIDS[ctx.quick]
-        configs = _configs(grid)
         nuclear_error = penalties.nuclear_errors(ctx, grid)  # the penalties experiment's cached references
-        runs = ctx.sweep(self.name, penalties.build, configs, t1=grid.slow, ts=flows.default_ts(grid.slow, penalties.SAVES),
-                         rtol=penalties.RTOL, atol=ATOL, solver=flows.Tsit5ThenChebyshev(), max_steps=penalties.MAX_STEPS)
+        options = dict(rtol=penalties.RTOL, atol=ATOL, max_steps=penalties.MAX_STEPS)
+        runs = ctx.sweep(self.name, penalties.build, _configs(grid) + _delta_configs(grid), t1=grid.slow,
+                         ts=flows.default_ts(grid.slow, penalties.SAVES), solver=flows.Tsit5ThenChebyshev(), **options)
+        runs += ctx.sweep(self.name, penalties.build, _configs(grid, "Adam"), t1=grid.fast,
+                          ts=flows.default_ts(grid.fast, penalties.SAVES), solver=diffrax.Tsit5(), **options)
         curves, failed = {}, []
         for run in runs:
-            c = run.config
-            key = (c["parameterization"], c["penalty"], c["strength"], c["seed"])
             if run.status == "failed":
-                failed.append(key)
+                failed.append(_key(run.config))
                 continue
             traj = run.load()
-            curves[key] = {"t": np.asarray(traj.ts), "error": test_error(traj.W, traj.truth),
-                           "norm": np.linalg.norm(np.asarray(traj.W), axis=(1, 2)), "steps": traj.stats["num_steps"]}
+            curves[_key(run.config)] = {"t": np.asarray(traj.ts), "error": test_error(traj.W, traj.truth),
+                                        "norm": np.linalg.norm(np.asarray(traj.W), axis=(1, 2)),
+                                        "steps": traj.stats["num_steps"]}
+        # The factors' norms at init (mean over factors and seeds), against which the smoothing delta is set.
+        init_norms = {param: finite_mean([np.linalg.norm(np.asarray(factor)) for c in _configs(grid)
+                                          if c["parameterization"] == param and c["penalty"] == "none"
+                                          for factor in penalties.build(c)[1]]) for param in PARAMETERIZATIONS}
         self._figure(ctx, curves, nuclear_error)
-        self._outputs(ctx, grid, curves, nuclear_error, failed)
+        self._figure_adam_delta(ctx, grid, curves, nuclear_error)
+        self._outputs(ctx, grid, curves, nuclear_error, failed, init_norms)
 
     @staticmethod
     def _figure(ctx, curves, nuclear_error) -> None:
         fig, axes = new_figure(3, width=3.2, height=3.5)
         shades = dict(zip(STRENGTHS, ("C0", "C2", "C1", "C3")))
-        for (param, pen, s, seed), c in curves.items():
-            if (param, seed) != ("depth 3", 0):
+        for (dynamics, delta, param, pen, s, seed), c in curves.items():
+            if (dynamics, delta, param, seed) != ("gradient flow", penalties.RATIO["delta"], "depth 3", 0):
                 continue
             style = dict(color="k", ls="-", label="no penalty") if pen == "none" else dict(
                 color=shades[s], ls="-" if pen == "ratio" else "--",
@@ -90,68 +135,136 @@ class EachFactor(Experiment):
         # Collapsed runs fall to 1e-70 and below: the axis stops at 1e-10 (below it, W = 0 to the tolerance).
         axes[1].set(xscale="log", yscale="log", xlabel="time $t$", ylabel=r"$\|W\|_F$", title="depth 3, seed 0",
                     ylim=(1e-10, None))
-        for param, colour in (("depth 3", "0.25"), ("UV^T", "C5")):
-            for pen, marker in (("ratio", "-o"), ("ratio on each factor", "--s")):
-                best = [finite_mean([c["error"].min() for (q, p, s, _), c in curves.items() if (q, p, s) == (param, pen, strength)])
-                        for strength in STRENGTHS]
-                axes[2].plot(STRENGTHS, best, marker, color=colour, label=f"{param.replace('UV^T', '$UV^T$')}, {PLACEMENTS[pen]}")
-            none = finite_mean([c["error"].min() for (q, p, _, _), c in curves.items() if (q, p) == (param, "none")])
-            axes[2].axhline(none, color=colour, lw=0.8, label=f"{param.replace('UV^T', '$UV^T$')}, no penalty")
+        _best_against_strength(axes[2], curves, "gradient flow")
         axes[2].axhline(finite_mean(list(nuclear_error.values())), color="0.5", ls=":")
-        axes[2].set(xscale="log", yscale="log", xlabel=r"strength $\lambda$", ylabel="best test error (mean over seeds)",
-                    title="both, mean over seeds")
+        axes[2].set(title="both, mean over seeds")
         handles, labels = axes[0].get_legend_handles_labels()
         right = axes[2].get_legend_handles_labels()
         fig.legend(handles + right[0], labels + right[1], loc="outside lower center", ncols=4, fontsize="x-small")
         ctx.figure(fig, "each_factor")
 
     @staticmethod
-    def _outputs(ctx, grid, curves, nuclear_error, failed) -> None:
-        def cell(param, pen, s):
-            rows = [c for (q, p, st, _), c in curves.items() if (q, p, st) == (param, pen, s)]
+    def _figure_adam_delta(ctx, grid, curves, nuclear_error) -> None:
+        fig, axes = new_figure(3, width=3.2, height=3.6)
+        _best_against_strength(axes[0], curves, "Adam")
+        axes[0].axhline(finite_mean(list(nuclear_error.values())), color="0.5", ls=":", label="nuclear minimiser")
+        axes[0].set(title="Adam flow, mean over seeds")
+        floor = 1e-12  # collapsed runs end near 1e-60: drawn at the floor
+        # Thinner lines and smaller markers for smaller delta, so that coinciding curves all show.
+        smoothings = zip((penalties.RATIO["delta"], *DELTAS), ("C3", "C1", "C0"), (2.4, 1.6, 0.8))
+        for delta, colour, width in smoothings:
+            for param, marker in (("depth 3", "-o"), ("UV^T", "--s")):
+                rows = [[c for k, c in curves.items() if k[:5] == ("gradient flow", delta, param, "ratio on each factor", s)]
+                        for s in STRENGTHS]
+                style = dict(color=colour, lw=width, ms=2 + 2 * width,
+                             label=rf"{param.replace('UV^T', '$UV^T$')}, each factor, $\delta$ = {delta:g}")
+                axes[1].plot(STRENGTHS, [finite_mean([c["error"].min() for c in r]) for r in rows], marker, **style)
+                axes[2].plot(STRENGTHS, [finite_mean([max(c["norm"][-1], floor) for c in r]) for r in rows], marker,
+                             **style)
+        axes[1].axhline(finite_mean(list(nuclear_error.values())), color="0.5", ls=":")
+        axes[1].set(xscale="log", yscale="log", xlabel=r"strength $\lambda$", ylabel="best test error (mean over seeds)",
+                    title=r"gradient flow, smoothing $\delta$")
+        axes[2].set(xscale="log", yscale="log", xlabel=r"strength $\lambda$",
+                    ylabel=rf"$\|W\|_F$ at $t = {grid.slow:g}$ (floor {floor:g})", title=r"collapse: $W \to 0$")
+        left, right = axes[0].get_legend_handles_labels(), axes[2].get_legend_handles_labels()
+        fig.legend(left[0] + right[0], left[1] + right[1], loc="outside lower center", ncols=4, fontsize="x-small")
+        ctx.figure(fig, "each_factor-adam-delta")
+
+    @staticmethod
+    def _outputs(ctx, grid, curves, nuclear_error, failed, init_norms) -> None:
+        def cell(dynamics, param, pen, s, delta=penalties.RATIO["delta"]):
+            rows = [c for k, c in curves.items() if k[:5] == (dynamics, delta, param, pen, s)]
             return rows if len(rows) == grid.seeds else None
 
         def collapsed(rows):
             return all(c["norm"][-1] < COLLAPSED * grid.n for c in rows)
 
         table = []
-        for param in PARAMETERIZATIONS:
-            for pen, s in [("none", None)] + [(p, s) for s in STRENGTHS for p in PLACEMENTS]:
-                rows = cell(param, pen, s)
-                name = "no penalty" if pen == "none" else rf"{PLACEMENTS[pen]}, $\lambda = {tex_number(s)}$"
-                name = f"{param.replace('UV^T', '$UV^T$')}, {name}"
-                if rows is None:
-                    table.append([name, "n/a", "n/a", "n/a", "n/a"])
-                    continue
-                table.append([name, f"${tex_spread([c['error'].min() for c in rows])}$",
-                              f"${tex_spread([c['t'][np.argmin(c['error'])] for c in rows])}$",
-                              f"${tex_spread([c['norm'][-1] for c in rows])}$",
-                              f"${tex_spread([c['steps'] for c in rows])}$"])
-        ctx.table("each_factor", "grid", "lllll", ["penalty", "best test error", "at time", r"$\|W\|_F$ at the end",
-                                                   "steps"], table)
+        for dynamics in DYNAMICS:
+            for param in PARAMETERIZATIONS:
+                for pen, s in [("none", None)] + [(p, s) for s in STRENGTHS for p in PLACEMENTS]:
+                    rows = cell(dynamics, param, pen, s)
+                    name = "no penalty" if pen == "none" else rf"{PLACEMENTS[pen]}, $\lambda = {tex_number(s)}$"
+                    name = [dynamics, f"{param.replace('UV^T', '$UV^T$')}, {name}"]
+                    if rows is None:
+                        table.append(name + ["n/a"] * 4)
+                        continue
+                    table.append(name + [f"${tex_spread([c['error'].min() for c in rows])}$",
+                                         f"${tex_spread([c['t'][np.argmin(c['error'])] for c in rows])}$",
+                                         f"${tex_spread([c['norm'][-1] for c in rows])}$",
+                                         f"${tex_spread([c['steps'] for c in rows])}$"])
+        ctx.table("each_factor", "grid", "llllll", ["dynamics", "penalty", "best test error", "at time",
+                                                    r"$\|W\|_F$ at the end", "steps"], table)
 
+        smoothing = []
+        for param in PARAMETERIZATIONS:
+            for delta in (penalties.RATIO["delta"], *DELTAS):
+                row = [param.replace("UV^T", "$UV^T$"), f"${tex_number(delta)}$"]
+                for s in STRENGTHS:
+                    rows = cell("gradient flow", param, "ratio on each factor", s, delta)
+                    row.append("n/a" if rows is None else "collapses" if collapsed(rows)
+                               else f"${tex_spread([c['error'].min() for c in rows])}$")
+                smoothing.append(row)
+        ctx.table("each_factor", "delta", "ll" + "l" * len(STRENGTHS),
+                  ["", r"$\delta$", *(rf"$\lambda = {tex_number(s)}$" for s in STRENGTHS)], smoothing)
+
+        # Penalised Adam-flow runs whose best test error is at the horizon: still improving when the run stops.
+        adam_runs = [c for k, c in curves.items() if k[0] == "Adam" and k[3] != "none"]
+        adam_at_horizon = sum(int(np.argmin(c["error"])) == len(c["error"]) - 1 for c in adam_runs)
         macros = {"EachStrengths": ", ".join(tex_number(s) for s in STRENGTHS), "EachAtol": tex_number(ATOL),
                   "EachStrengthCount": str(len(STRENGTHS)), "EachSeeds": str(grid.seeds), "EachN": str(grid.n),
                   "EachHorizon": tex_number(grid.slow), "EachFailed": str(len(failed)),
-                  "EachNuclear": tex_number(finite_mean(list(nuclear_error.values())))}
-        for param, infix in PARAMETERIZATIONS.items():
-            def best_over_strengths(pen):
-                means = {s: finite_mean([c["error"].min() for c in cell(param, pen, s)])
-                         for s in STRENGTHS if cell(param, pen, s)}
-                return min(means.items(), key=lambda kv: kv[1]) if means else (None, np.nan)
+                  "EachNuclear": tex_number(finite_mean(list(nuclear_error.values()))),
+                  "EachAdamHorizon": tex_number(grid.fast),
+                  "EachAdamAtHorizon": str(adam_at_horizon), "EachAdamRuns": str(len(adam_runs)),
+                  "EachDeltas": ", ".join(tex_number(d) for d in DELTAS)}
 
-            each_strength, each_best = best_over_strengths("ratio on each factor")
-            product_strength, product_best = best_over_strengths("ratio")
-            collapse = [s for s in STRENGTHS if cell(param, "ratio on each factor", s)
-                        and collapsed(cell(param, "ratio on each factor", s))]
-            none = cell(param, "none", None)
-            tag = f"Each{infix}"
-            macros |= {f"{tag}None": tex_number(finite_mean([c["error"].min() for c in none])) if none else "n/a",
-                       f"{tag}BestEach": tex_number(each_best),
-                       f"{tag}BestEachStrength": tex_number(each_strength or np.nan),
-                       f"{tag}BestProduct": tex_number(product_best),
-                       f"{tag}BestProductStrength": tex_number(product_strength or np.nan),
-                       f"{tag}CollapseFrom": tex_number(min(collapse)) if collapse else "n/a",
-                       f"{tag}CollapseCount": str(len(collapse)),
-                       f"{tag}Verdict": penalties.verdict_same(each_best, product_best)}
+        def best_over_strengths(dynamics, param, pen, delta=penalties.RATIO["delta"]):
+            means = {s: finite_mean([c["error"].min() for c in cell(dynamics, param, pen, s, delta)])
+                     for s in STRENGTHS if cell(dynamics, param, pen, s, delta)}
+            return min(means.items(), key=lambda kv: kv[1]) if means else (None, np.nan)
+
+        def collapses(dynamics, param, delta=penalties.RATIO["delta"]):
+            return [s for s in STRENGTHS if cell(dynamics, param, "ratio on each factor", s, delta)
+                    and collapsed(cell(dynamics, param, "ratio on each factor", s, delta))]
+
+        for dynamics, dynamics_infix in DYNAMICS.items():
+            for param, infix in PARAMETERIZATIONS.items():
+                each_strength, each_best = best_over_strengths(dynamics, param, "ratio on each factor")
+                product_strength, product_best = best_over_strengths(dynamics, param, "ratio")
+                collapse = collapses(dynamics, param)
+                none = cell(dynamics, param, "none", None)
+                tag = f"Each{dynamics_infix}{infix}"
+                if dynamics == "gradient flow":
+                    macros[f"{tag}InitNorm"] = tex_number(init_norms[param])
+                macros |= {f"{tag}None": tex_number(finite_mean([c["error"].min() for c in none])) if none else "n/a",
+                           f"{tag}BestEach": tex_number(each_best),
+                           f"{tag}BestEachStrength": tex_number(each_strength or np.nan),
+                           f"{tag}BestProduct": tex_number(product_best),
+                           f"{tag}BestProductStrength": tex_number(product_strength or np.nan),
+                           f"{tag}CollapseFrom": tex_number(min(collapse)) if collapse else "n/a",
+                           f"{tag}CollapseCount": str(len(collapse)),
+                           f"{tag}Verdict": penalties.verdict_same(each_best, product_best)}
+        for param, infix in PARAMETERIZATIONS.items():
+            for delta, name in DELTAS.items():
+                each_strength, each_best = best_over_strengths("gradient flow", param, "ratio on each factor", delta)
+                collapse = collapses("gradient flow", param, delta)
+                tag = f"Each{infix}Delta{name}"
+                macros |= {f"{tag}BestEach": tex_number(each_best),
+                           f"{tag}BestEachStrength": tex_number(each_strength or np.nan),
+                           f"{tag}CollapseFrom": tex_number(min(collapse)) if collapse else "none",
+                           f"{tag}CollapseCount": str(len(collapse))}
         ctx.macros("each_factor", macros)
+
+
+def _best_against_strength(ax, curves, dynamics) -> None:
+    """Best test error (mean over seeds) against lambda, both placements and factorizations, and no penalty."""
+    for param, colour in (("depth 3", "0.25"), ("UV^T", "C5")):
+        name = param.replace("UV^T", "$UV^T$")
+        for pen, marker in (("ratio", "-o"), ("ratio on each factor", "--s")):
+            best = [finite_mean([c["error"].min() for k, c in curves.items()
+                                 if k[:5] == (dynamics, penalties.RATIO["delta"], param, pen, s)]) for s in STRENGTHS]
+            ax.plot(STRENGTHS, best, marker, color=colour, label=f"{name}, {PLACEMENTS[pen]}")
+        none = finite_mean([c["error"].min() for k, c in curves.items() if k[0] == dynamics and k[2:4] == (param, "none")])
+        ax.axhline(none, color=colour, lw=0.8, label=f"{name}, no penalty")
+    ax.set(xscale="log", yscale="log", xlabel=r"strength $\lambda$", ylabel="best test error (mean over seeds)")

@@ -11,7 +11,7 @@ import pytest
 import scipy.linalg
 
 import flows
-from experiments import each_factor, penalties, span
+from experiments import denominator, each_factor, penalties, span
 
 
 def _orthonormal(rng, n, k):
@@ -124,32 +124,82 @@ def test_hoyer_square_is_the_squared_ratio_with_its_gradient():
 
 
 @pytest.mark.parametrize("quick", [True, False])
-def test_the_each_factor_grid_holds_both_placements_at_every_strength(quick):
+def test_the_each_factor_grid_holds_both_placements_at_every_strength_dynamics_and_smoothing(quick):
     grid = penalties.GRIDS[quick]
-    configs = each_factor._configs(grid)
-    keys = [(c["parameterization"], c["penalty"], c["strength"], c["seed"]) for c in configs]
+    configs = each_factor._configs(grid) + each_factor._configs(grid, "Adam") + each_factor._delta_configs(grid)
+    keys = [each_factor._key(c) for c in configs]
     assert len(keys) == len(set(keys))
-    for param, seed in itertools.product(("UV^T", "depth 3"), range(grid.seeds)):
+    ratio_delta = penalties.RATIO["delta"]
+    for dynamics, param, seed in itertools.product(each_factor.DYNAMICS, ("UV^T", "depth 3"), range(grid.seeds)):
         for strength, placement in itertools.product(each_factor.STRENGTHS, each_factor.PLACEMENTS):
-            assert (param, placement, strength, seed) in keys
-        assert (param, "none", None, seed) in keys
+            assert (dynamics, ratio_delta, param, placement, strength, seed) in keys
+            for delta in each_factor.DELTAS:  # the smoothing sweep: on each factor, gradient flow
+                assert (("gradient flow", delta, param, placement, strength, seed) in keys) == (
+                    placement == "ratio on each factor")
+                assert ("Adam", delta, param, placement, strength, seed) not in keys
+        assert (dynamics, ratio_delta, param, "none", None, seed) in keys
     assert max(each_factor.STRENGTHS) / min(each_factor.STRENGTHS) >= 1e3
-    assert {c["dynamics"] for c in configs} == {"gradient flow"}
+    assert 0.0 in each_factor.DELTAS and ratio_delta not in each_factor.DELTAS
+    assert set(each_factor.DYNAMICS) <= set(penalties.DYNAMICS)
     assert set(each_factor.PARAMETERIZATIONS) <= set(penalties.PARAMETERIZATIONS)
 
 
-def test_the_ratio_on_each_factor_collapses_small_factors_and_on_the_product_does_not():
+def test_delta_reaches_the_ratio_on_each_factor_and_nothing_else():
+    config = {**each_factor._configs(penalties.GRIDS[True])[0], "parameterization": "depth 3", "strength": 1.0}
+    flow, _ = penalties.build({**config, "penalty": "ratio on each factor", "delta": 0.25})
+    assert float(flow.penalty.penalty.delta) == 0.25
+    flow, _ = penalties.build({**config, "penalty": "ratio on each factor"})
+    assert float(flow.penalty.penalty.delta) == penalties.RATIO["delta"]
+    with pytest.raises(ValueError, match="delta applies to the ratio"):
+        penalties.build({**config, "penalty": "nuclear", "delta": 0.25})
+
+
+@pytest.mark.parametrize("delta", [0.0, 0.3, 1.0])
+def test_the_ratio_shrinks_radially_as_derived_and_not_at_all_when_exact(delta):
+    # each_factor's derivation: <grad R(W), W> = (delta^2 / s^2) sum_k sigma_k^2 / sqrt(sigma_k^2 + eps^2), the
+    # sigma_k of W / s, s^2 = ||W||_F^2 + delta^2; zero at delta = 0 (R is invariant to scale).
+    eps = 1e-3
+    W = np.random.default_rng(3).standard_normal((7, 5)) * 0.2
+    s = np.sqrt(np.sum(W**2) + delta**2)
+    sigma = np.linalg.svd(W / s, compute_uv=False)
+    expected = delta**2 / s**2 * np.sum(sigma**2 / np.sqrt(sigma**2 + eps**2))
+    grad = np.asarray(flows.Ratio(eps=eps, delta=delta).grad(jnp.asarray(W)))
+    radial = float(np.sum(grad * W))
+    assert abs(radial - expected) <= 1e-12 * np.linalg.norm(grad) * np.linalg.norm(W), (radial, expected)
+    if delta > 0:
+        assert radial > 0.01 * np.linalg.norm(grad) * np.linalg.norm(W)  # a real shrinkage, not round-off
+
+
+def test_the_ratio_on_each_factor_collapses_small_factors_and_on_the_product_or_exact_does_not():
     # Derived in experiments/each_factor.py: far below the smoothing delta = 1 the ratio on a factor is a nuclear
     # norm / delta, whose pull (order lambda) beats the data's (the other factors' product, ~1e-6 here), so W -> 0;
     # on the product the penalty's pull carries the same small factors as the data's. lambda = 1, t = 1.
     grid = penalties.GRIDS[True]
     config = {**each_factor._configs(grid)[0], "parameterization": "depth 3", "strength": 1.0}
+    # With the exact ratio (delta = 0) on each factor the penalty cannot shrink a factor (its gradient is orthogonal
+    # to it), and the same run does not collapse.
     norms = {}
-    for placement in each_factor.PLACEMENTS:
-        flow, state0 = penalties.build({**config, "penalty": placement})
+    for placement, delta in [*((p, None) for p in each_factor.PLACEMENTS), ("ratio on each factor", 0.0)]:
+        flow, state0 = penalties.build({**config, "penalty": placement, **({} if delta is None else {"delta": delta})})
         traj = flows.solve(flow, state0, t1=1.0, ts=np.array([0.0, 1.0]), rtol=penalties.RTOL, atol=each_factor.ATOL,
                            solver=diffrax.Tsit5())
-        norms[placement] = np.linalg.norm(traj.W, axis=(1, 2))
-    on_product, on_each = norms["ratio"], norms["ratio on each factor"]
+        norms[placement, delta] = np.linalg.norm(traj.W, axis=(1, 2))
+    on_product, on_each, on_each_exact = norms["ratio", None], norms["ratio on each factor", None], norms[
+        "ratio on each factor", 0.0]
     assert on_each[-1] < 1e-8 * on_each[0], on_each
     assert on_product[-1] > 0.5 * on_product[0], on_product
+    assert on_each_exact[-1] > 0.5 * on_each_exact[0], on_each_exact
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_denominator_runs_are_the_penalties_grids_own_cells(quick):
+    # Claim 3 at n = 100: the RMSProp and momentum flows with the ratio, as the penalties grids declare them (so the
+    # store shares their runs); the Arora grid cuts momentum, which is what this experiment adds.
+    grid = denominator.GRIDS[quick]
+    configs = denominator._configs(grid)
+    cells = penalties.cells(grid)
+    assert {c["dynamics"] for c in configs} == {"RMSProp", "momentum"}
+    assert len(configs) == 2 * grid.seeds
+    for c in configs:
+        assert (c in cells) == (quick or c["dynamics"] == "RMSProp"), c
+        assert penalties.horizon(grid, c) == (grid.slow if c["dynamics"] == "momentum" else grid.fast)
