@@ -193,8 +193,8 @@ def test_the_ratio_on_each_factor_collapses_small_factors_and_on_the_product_or_
 
 @pytest.mark.parametrize("quick", [True, False])
 def test_the_denominator_runs_are_the_penalties_grids_own_cells(quick):
-    # Claim 3 at n = 100: the RMSProp and momentum flows with the ratio, as the penalties grids declare them (so the
-    # store shares their runs); the Arora grid cuts momentum, which is what this experiment adds.
+    # Claim 3 at n = 100: the RMSProp and momentum flows with the ratio, as the penalties grids declare them (the
+    # RMSProp runs share their keys); the Arora grid cuts momentum, which is what this experiment adds.
     grid = denominator.GRIDS[quick]
     configs = denominator._configs(grid)
     cells = penalties.cells(grid)
@@ -203,3 +203,13 @@ def test_the_denominator_runs_are_the_penalties_grids_own_cells(quick):
     for c in configs:
         assert (c in cells) == (quick or c["dynamics"] == "RMSProp"), c
         assert penalties.horizon(grid, c) == (grid.slow if c["dynamics"] == "momentum" else grid.fast)
+
+
+def test_claim_three_reads_the_budget_and_the_flow_limit():
+    def rows(best, budget):
+        return [{"best": best, "budget": budget}] * 3
+    fast_and_good, slow = rows(1e-3, 1e-3), rows(1e-1, 1.0)
+    assert penalties.verdict_three(fast_and_good, slow) == "holds"
+    assert penalties.verdict_three(rows(1e-3, 1e-3), rows(1.5e-3, 1.0)) == "holds on a fixed time budget only"
+    assert penalties.verdict_three(rows(1e-3, 1e-3), rows(1.5e-3, 1.5e-3)) == "fails"
+    assert penalties.verdict_three(slow, fast_and_good) == "fails"
