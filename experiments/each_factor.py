@@ -115,12 +115,12 @@ class EachFactor(Experiment):
         init_norms = {param: finite_mean([np.linalg.norm(np.asarray(factor)) for c in _configs(grid)
                                           if c["parameterization"] == param and c["penalty"] == "none"
                                           for factor in penalties.build(c)[1]]) for param in PARAMETERIZATIONS}
-        self._figure(ctx, curves, nuclear_error)
+        self._figure(ctx, curves, nuclear_error, grid.seeds)
         self._figure_adam_delta(ctx, grid, curves, nuclear_error)
         self._outputs(ctx, grid, curves, nuclear_error, failed, init_norms)
 
     @staticmethod
-    def _figure(ctx, curves, nuclear_error) -> None:
+    def _figure(ctx, curves, nuclear_error, seeds) -> None:
         fig, axes = new_figure(3, width=3.2, height=3.5)
         shades = dict(zip(STRENGTHS, ("C0", "C2", "C1", "C3")))
         for (dynamics, delta, param, pen, s, seed), c in curves.items():
@@ -136,7 +136,7 @@ class EachFactor(Experiment):
         # Collapsed runs fall to 1e-70 and below: the axis stops at 1e-10 (below it, W = 0 to the tolerance).
         axes[1].set(xscale="log", yscale="log", xlabel="time $t$", ylabel=r"$\|W\|_F$", title="depth 3, seed 0",
                     ylim=(1e-10, None))
-        _best_against_strength(axes[2], curves, "gradient flow")
+        _best_against_strength(axes[2], curves, "gradient flow", seeds)
         axes[2].axhline(finite_mean(list(nuclear_error.values())), color="0.5", ls=":")
         axes[2].set(title="both, mean over seeds")
         handles, labels = axes[0].get_legend_handles_labels()
@@ -147,7 +147,7 @@ class EachFactor(Experiment):
     @staticmethod
     def _figure_adam_delta(ctx, grid, curves, nuclear_error) -> None:
         fig, axes = new_figure(3, width=3.2, height=3.6)
-        _best_against_strength(axes[0], curves, "Adam")
+        _best_against_strength(axes[0], curves, "Adam", grid.seeds)
         axes[0].axhline(finite_mean(list(nuclear_error.values())), color="0.5", ls=":", label="nuclear minimiser")
         axes[0].set(title="Adam flow, mean over seeds")
         floor = 1e-12  # collapsed runs end near 1e-60: drawn at the floor
@@ -260,13 +260,17 @@ class EachFactor(Experiment):
         ctx.macros("each_factor", macros)
 
 
-def _best_against_strength(ax, curves, dynamics) -> None:
-    """Best test error (mean over seeds) against lambda, both placements and factorizations, and no penalty."""
+def _best_against_strength(ax, curves, dynamics, seeds) -> None:
+    """Best test error (mean over seeds) against lambda, both placements and factorizations, and no penalty; a
+    cell with a failed seed is left out (a gap in the line), as in the tables."""
+    def mean_best(rows):
+        return finite_mean([c["error"].min() for c in rows]) if len(rows) == seeds else np.nan
+
     for param, colour in (("depth 3", "0.25"), ("UV^T", "C5")):
         name = param.replace("UV^T", "$UV^T$")
         for pen, marker in (("ratio", "-o"), ("ratio on each factor", "--s")):
-            best = [finite_mean([c["error"].min() for k, c in curves.items()
-                                 if k[:5] == (dynamics, penalties.RATIO["delta"], param, pen, s)]) for s in STRENGTHS]
+            best = [mean_best([c for k, c in curves.items() if k[:5] == (dynamics, penalties.RATIO["delta"], param, pen, s)])
+                    for s in STRENGTHS]
             ax.plot(STRENGTHS, best, marker, color=colour, label=f"{name}, {PLACEMENTS[pen]}")
         none = finite_mean([c["error"].min() for k, c in curves.items() if k[0] == dynamics and k[2:4] == (param, "none")])
         ax.axhline(none, color=colour, lw=0.8, label=f"{name}, no penalty")
