@@ -230,7 +230,7 @@ class EachFactor(Experiment):
             collapse"), else from which strength, and at how many."""
             cells = [cell(dynamics, param, "ratio on each factor", s, delta) for s in STRENGTHS]
             if any(rows is None for rows in cells):
-                return {f"{tag}Collapses": "n/a", f"{tag}CollapseCount": "n/a"}
+                return {f"{tag}Collapses": "n/a (a strength's cell has a failed run)", f"{tag}CollapseCount": "n/a"}
             collapse = [s for s, rows in zip(STRENGTHS, cells) if collapsed(rows)]
             phrase = rf"from $\lambda = {tex_number(min(collapse))}$" if collapse else "at none of the strengths"
             return {f"{tag}Collapses": phrase, f"{tag}CollapseCount": str(len(collapse))}
