@@ -89,6 +89,23 @@ def _key(config: dict) -> tuple:
             config["penalty"], config["strength"], config["seed"])
 
 
+def _cell(curves: dict, seeds: int, dynamics: str, param: str, pen: str, s: float | None,
+          delta: float = penalties.RATIO["delta"]) -> list[dict] | None:
+    """The runs of one cell (a `_key` without its seed), or None unless every seed finished (a failed seed is
+    reported, not averaged away: an n/a in the tables, a gap in the figures)."""
+    rows = [c for k, c in curves.items() if k[:5] == (dynamics, delta, param, pen, s)]
+    return rows if len(rows) == seeds else None
+
+
+def _mean_best(rows: list[dict] | None) -> float:
+    """The mean over seeds of the best test error over time; NaN for a missing cell."""
+    return np.nan if rows is None else finite_mean([c["error"].min() for c in rows])
+
+
+def _tex_name(param: str) -> str:
+    return param.replace("UV^T", "$UV^T$")
+
+
 class EachFactor(Experiment):
     name = "each_factor"
     title = ("claim 7: the ratio on each factor against the ratio on the product (U V^T and depth 3, gradient flow "
@@ -97,6 +114,7 @@ class EachFactor(Experiment):
     def run(self, ctx: Context) -> None:
         grid = penalties.GRIDS[ctx.quick]
         nuclear_error = penalties.nuclear_errors(ctx, grid)  # the penalties experiment's cached references
+        nuclear_mean = finite_mean(list(nuclear_error.values()))
         options = dict(rtol=penalties.RTOL, atol=ATOL, max_steps=penalties.MAX_STEPS)
         runs = ctx.sweep(self.name, penalties.build, _configs(grid) + _delta_configs(grid), t1=grid.slow,
                          ts=flows.default_ts(grid.slow, penalties.SAVES), solver=flows.Tsit5ThenChebyshev(), **options)
@@ -115,12 +133,12 @@ class EachFactor(Experiment):
         init_norms = {param: finite_mean([np.linalg.norm(np.asarray(factor)) for c in _configs(grid)
                                           if c["parameterization"] == param and c["penalty"] == "none"
                                           for factor in penalties.build(c)[1]]) for param in PARAMETERIZATIONS}
-        self._figure(ctx, curves, nuclear_error, grid.seeds)
-        self._figure_adam_delta(ctx, grid, curves, nuclear_error)
-        self._outputs(ctx, grid, curves, nuclear_error, failed, init_norms)
+        self._figure(ctx, curves, nuclear_error, nuclear_mean, grid.seeds)
+        self._figure_adam_delta(ctx, grid, curves, nuclear_mean)
+        self._outputs(ctx, grid, curves, nuclear_mean, failed, init_norms)
 
     @staticmethod
-    def _figure(ctx, curves, nuclear_error, seeds) -> None:
+    def _figure(ctx, curves, nuclear_error, nuclear_mean, seeds) -> None:
         fig, axes = new_figure(3, width=3.2, height=3.5)
         shades = dict(zip(STRENGTHS, ("C0", "C2", "C1", "C3")))
         for (dynamics, delta, param, pen, s, seed), c in curves.items():
@@ -137,7 +155,7 @@ class EachFactor(Experiment):
         axes[1].set(xscale="log", yscale="log", xlabel="time $t$", ylabel=r"$\|W\|_F$", title="depth 3, seed 0",
                     ylim=(1e-10, None))
         _best_against_strength(axes[2], curves, "gradient flow", seeds)
-        axes[2].axhline(finite_mean(list(nuclear_error.values())), color="0.5", ls=":")
+        axes[2].axhline(nuclear_mean, color="0.5", ls=":")
         axes[2].set(title="both, mean over seeds")
         handles, labels = axes[0].get_legend_handles_labels()
         right = axes[2].get_legend_handles_labels()
@@ -145,24 +163,24 @@ class EachFactor(Experiment):
         ctx.figure(fig, "each_factor")
 
     @staticmethod
-    def _figure_adam_delta(ctx, grid, curves, nuclear_error) -> None:
+    def _figure_adam_delta(ctx, grid, curves, nuclear_mean) -> None:
         fig, axes = new_figure(3, width=3.2, height=3.6)
         _best_against_strength(axes[0], curves, "Adam", grid.seeds)
-        axes[0].axhline(finite_mean(list(nuclear_error.values())), color="0.5", ls=":", label="nuclear minimiser")
+        axes[0].axhline(nuclear_mean, color="0.5", ls=":", label="nuclear minimiser")
         axes[0].set(title="Adam flow, mean over seeds")
         floor = 1e-12  # collapsed runs end near 1e-60: drawn at the floor
         # Thinner lines and smaller markers for smaller delta, so that coinciding curves all show.
         smoothings = zip((penalties.RATIO["delta"], *DELTAS), ("C3", "C1", "C0"), (2.4, 1.6, 0.8), strict=True)
         for delta, colour, width in smoothings:
             for param, marker in (("depth 3", "-o"), ("UV^T", "--s")):
-                rows = [[c for k, c in curves.items() if k[:5] == ("gradient flow", delta, param, "ratio on each factor", s)]
-                        for s in STRENGTHS]
+                cells = [_cell(curves, grid.seeds, "gradient flow", param, "ratio on each factor", s, delta)
+                         for s in STRENGTHS]
                 style = dict(color=colour, lw=width, ms=2 + 2 * width,
-                             label=rf"{param.replace('UV^T', '$UV^T$')}, each factor, $\delta$ = {delta:g}")
-                axes[1].plot(STRENGTHS, [finite_mean([c["error"].min() for c in r]) for r in rows], marker, **style)
-                axes[2].plot(STRENGTHS, [finite_mean([max(c["norm"][-1], floor) for c in r]) for r in rows], marker,
-                             **style)
-        axes[1].axhline(finite_mean(list(nuclear_error.values())), color="0.5", ls=":")
+                             label=rf"{_tex_name(param)}, each factor, $\delta$ = {delta:g}")
+                axes[1].plot(STRENGTHS, [_mean_best(rows) for rows in cells], marker, **style)
+                axes[2].plot(STRENGTHS, [np.nan if rows is None else finite_mean([max(c["norm"][-1], floor) for c in rows])
+                                         for rows in cells], marker, **style)
+        axes[1].axhline(nuclear_mean, color="0.5", ls=":")
         axes[1].set(xscale="log", yscale="log", xlabel=r"strength $\lambda$", ylabel="best test error (mean over seeds)",
                     title=r"gradient flow, smoothing $\delta$")
         axes[2].set(xscale="log", yscale="log", xlabel=r"strength $\lambda$",
@@ -172,10 +190,9 @@ class EachFactor(Experiment):
         ctx.figure(fig, "each_factor-adam-delta")
 
     @staticmethod
-    def _outputs(ctx, grid, curves, nuclear_error, failed, init_norms) -> None:
+    def _outputs(ctx, grid, curves, nuclear_mean, failed, init_norms) -> None:
         def cell(dynamics, param, pen, s, delta=penalties.RATIO["delta"]):
-            rows = [c for k, c in curves.items() if k[:5] == (dynamics, delta, param, pen, s)]
-            return rows if len(rows) == grid.seeds else None
+            return _cell(curves, grid.seeds, dynamics, param, pen, s, delta)
 
         def collapsed(rows):
             return all(c["norm"][-1] < COLLAPSED * grid.n for c in rows)
@@ -186,7 +203,7 @@ class EachFactor(Experiment):
                 for pen, s in [("none", None)] + [(p, s) for s in STRENGTHS for p in PLACEMENTS]:
                     rows = cell(dynamics, param, pen, s)
                     name = "no penalty" if pen == "none" else rf"{PLACEMENTS[pen]}, $\lambda = {tex_number(s)}$"
-                    name = [dynamics, f"{param.replace('UV^T', '$UV^T$')}, {name}"]
+                    name = [dynamics, f"{_tex_name(param)}, {name}"]
                     if rows is None:
                         table.append(name + ["n/a"] * 4)
                         continue
@@ -200,7 +217,7 @@ class EachFactor(Experiment):
         smoothing = []
         for param in PARAMETERIZATIONS:
             for delta in (penalties.RATIO["delta"], *DELTAS):
-                row = [param.replace("UV^T", "$UV^T$"), f"${tex_number(delta)}$"]
+                row = [_tex_name(param), f"${tex_number(delta)}$"]
                 for s in STRENGTHS:
                     rows = cell("gradient flow", param, "ratio on each factor", s, delta)
                     row.append("n/a" if rows is None else "collapses" if collapsed(rows)
@@ -215,14 +232,14 @@ class EachFactor(Experiment):
         macros = {"EachStrengths": ", ".join(tex_number(s) for s in STRENGTHS), "EachAtol": tex_number(ATOL),
                   "EachStrengthCount": str(len(STRENGTHS)), "EachSeeds": str(grid.seeds), "EachN": str(grid.n),
                   "EachHorizon": tex_number(grid.slow), "EachFailed": str(len(failed)),
-                  "EachNuclear": tex_number(finite_mean(list(nuclear_error.values()))),
+                  "EachNuclear": tex_number(nuclear_mean),
                   "EachAdamHorizon": tex_number(grid.fast),
                   "EachAdamAtHorizon": str(adam_at_horizon), "EachAdamRuns": str(len(adam_runs)),
                   "EachDeltas": ", ".join(tex_number(d) for d in DELTAS)}
 
         def best_over_strengths(dynamics, param, pen, delta=penalties.RATIO["delta"]):
-            means = {s: finite_mean([c["error"].min() for c in cell(dynamics, param, pen, s, delta)])
-                     for s in STRENGTHS if cell(dynamics, param, pen, s, delta)}
+            means = {s: _mean_best(cell(dynamics, param, pen, s, delta)) for s in STRENGTHS
+                     if cell(dynamics, param, pen, s, delta)}
             return min(means.items(), key=lambda kv: kv[1]) if means else (None, np.nan)
 
         def collapse_macros(tag, dynamics, param, delta=penalties.RATIO["delta"]):
@@ -243,7 +260,7 @@ class EachFactor(Experiment):
                 tag = f"Each{dynamics_infix}{infix}"
                 if dynamics == "gradient flow":
                     macros[f"{tag}InitNorm"] = tex_number(init_norms[param])
-                macros |= {f"{tag}None": tex_number(finite_mean([c["error"].min() for c in none])) if none else "n/a",
+                macros |= {f"{tag}None": tex_number(_mean_best(none)) if none else "n/a",
                            f"{tag}BestEach": tex_number(each_best),
                            f"{tag}BestEachStrength": tex_number(each_strength or np.nan),
                            f"{tag}BestProduct": tex_number(product_best),
@@ -261,17 +278,12 @@ class EachFactor(Experiment):
 
 
 def _best_against_strength(ax, curves, dynamics, seeds) -> None:
-    """Best test error (mean over seeds) against lambda, both placements and factorizations, and no penalty; a
-    cell with a failed seed is left out (a gap in the line), as in the tables."""
-    def mean_best(rows):
-        return finite_mean([c["error"].min() for c in rows]) if len(rows) == seeds else np.nan
-
+    """Best test error (mean over seeds) against lambda, both placements and factorizations, and no penalty."""
     for param, colour in (("depth 3", "0.25"), ("UV^T", "C5")):
-        name = param.replace("UV^T", "$UV^T$")
+        name = _tex_name(param)
         for pen, marker in (("ratio", "-o"), ("ratio on each factor", "--s")):
-            best = [mean_best([c for k, c in curves.items() if k[:5] == (dynamics, penalties.RATIO["delta"], param, pen, s)])
-                    for s in STRENGTHS]
+            best = [_mean_best(_cell(curves, seeds, dynamics, param, pen, s)) for s in STRENGTHS]
             ax.plot(STRENGTHS, best, marker, color=colour, label=f"{name}, {PLACEMENTS[pen]}")
-        none = finite_mean([c["error"].min() for k, c in curves.items() if k[0] == dynamics and k[2:4] == (param, "none")])
+        none = _mean_best(_cell(curves, seeds, dynamics, param, "none", None))
         ax.axhline(none, color=colour, lw=0.8, label=f"{name}, no penalty")
     ax.set(xscale="log", yscale="log", xlabel=r"strength $\lambda$", ylabel="best test error (mean over seeds)")
