@@ -34,8 +34,13 @@ class Row:
         return bool(np.isfinite(self.value) and OPS[self.op](self.value, self.threshold))
 
     def as_json(self) -> dict:
-        return {"name": self.name, "value": self.value, "threshold": self.threshold, "passed": self.passed,
-                "op": self.op}
+        return {
+            "name": self.name,
+            "value": self.value,
+            "threshold": self.threshold,
+            "passed": self.passed,
+            "op": self.op,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +56,9 @@ def format_table(rows: list[Row]) -> str:
     width = max(len(r.name) for r in rows)
     lines = [f"{'check':<{width}}  {'value':>11}  {'threshold':>13}  result", "-" * (width + 37)]
     for r in rows:
-        lines.append(f"{r.name:<{width}}  {r.value:>11.3e}  {r.op:>2} {r.threshold:>10.3g}  "
-                     f"{'pass' if r.passed else 'FAIL'}")
+        lines.append(
+            f"{r.name:<{width}}  {r.value:>11.3e}  {r.op:>2} {r.threshold:>10.3g}  {'pass' if r.passed else 'FAIL'}"
+        )
     return "\n".join(lines)
 
 
@@ -73,15 +79,27 @@ def closed_form_checks() -> CheckResult:
         options = dict(rtol=rtol, atol=rtol * 1e-2, solver=flows.solver_by_name(solver))
         full = flows.solve(flow, U0, t1=t1, ts=ts, **options)
         reduced = closed_form.commuting_flow(commuting, U0, t1, ts, **options)
-        rows.append(Row(f"closed_form.commuting_reduced_ode ({solver}, rtol {rtol:g})",
-                        closed_form.trajectory_difference(full.W, reduced.W), "<=", bound))
+        rows.append(
+            Row(
+                f"closed_form.commuting_reduced_ode ({solver}, rtol {rtol:g})",
+                closed_form.trajectory_difference(full.W, reduced.W),
+                "<=",
+                bound,
+            )
+        )
     rows.append(Row("closed_form.commuting.fit (loss(T)/loss(0))", float(full.loss[-1] / full.loss[0]), "<", 1e-3))
     # The reduced state is s = int r: against the residual integrated along the full flow (ResidualIntegral).
     carried = small_init.ResidualIntegral(flow)
     along_full = flows.solve(carried, carried.state(U0), t1=t1, ts=ts, rtol=1e-10, atol=1e-12)
     s_full = np.asarray(along_full.states[1])
-    rows.append(Row("closed_form.commuting_reduced_state_is_int_r",
-                    float(np.max(np.abs(np.asarray(reduced.states) - s_full)) / np.max(np.abs(s_full))), "<=", 1e-7))
+    rows.append(
+        Row(
+            "closed_form.commuting_reduced_state_is_int_r",
+            float(np.max(np.abs(np.asarray(reduced.states) - s_full)) / np.max(np.abs(s_full))),
+            "<=",
+            1e-7,
+        )
+    )
 
     H = np.random.default_rng(3).standard_normal((7, 7))
     H = (H + H.T) / 2  # indefinite: W tends to H's positive part while the rest decays
@@ -90,19 +108,37 @@ def closed_form_checks() -> CheckResult:
     riccati_traj = flows.solve(observed, V0, t1=t1, ts=ts, rtol=1e-8, atol=1e-10)
     h, V = np.linalg.eigh(H)
     positive = (V * np.clip(h, 0, None)) @ V.T
-    rows += [Row("closed_form.riccati", closed_form.trajectory_difference(riccati_traj.W, closed_form.riccati(H, V0, ts)),
-                 "<=", 1e-6),
-             Row("closed_form.riccati.nears_positive_part",
-                 float(np.linalg.norm(riccati_traj.W[-1] - positive) / np.linalg.norm(positive)), "<", 1e-3)]
+    rows += [
+        Row(
+            "closed_form.riccati",
+            closed_form.trajectory_difference(riccati_traj.W, closed_form.riccati(H, V0, ts)),
+            "<=",
+            1e-6,
+        ),
+        Row(
+            "closed_form.riccati.nears_positive_part",
+            float(np.linalg.norm(riccati_traj.W[-1] - positive) / np.linalg.norm(positive)),
+            "<",
+            1e-3,
+        ),
+    ]
 
     sensing = flows.sensing(n=6, m=12, rank=2, seed=0)
     direct = flows.Flow(sensing, flows.Direct())
     W0 = direct.init(scale=0.5, kind="gaussian")
     direct_traj = flows.solve(direct, W0, t1=t1, ts=ts, rtol=1e-8, atol=1e-10)
-    rows.append(Row("closed_form.direct",
-                    closed_form.trajectory_difference(direct_traj.W, closed_form.direct_flow(sensing, W0, ts)), "<=", 1e-6))
-    details = {"setting": "40 saved times on [0, 30]; commuting n=12 m=5 from a Gaussian U0 (scale 0.3), "
-                          "Riccati 7x7 indefinite H, direct sensing n=6 m=12; Tsit5 at rtol 1e-8 unless named"}
+    rows.append(
+        Row(
+            "closed_form.direct",
+            closed_form.trajectory_difference(direct_traj.W, closed_form.direct_flow(sensing, W0, ts)),
+            "<=",
+            1e-6,
+        )
+    )
+    details = {
+        "setting": "40 saved times on [0, 30]; commuting n=12 m=5 from a Gaussian U0 (scale 0.3), "
+        "Riccati 7x7 indefinite H, direct sensing n=6 m=12; Tsit5 at rtol 1e-8 unless named"
+    }
     return CheckResult(rows, details)
 
 
@@ -110,23 +146,34 @@ def eigenbasis_checks() -> CheckResult:
     """The UU^T flow from alpha^2 I keeps the common eigenbasis of commuting measurements, and only those."""
     t1 = 30.0
     reports, fits = {}, {}
-    for name, problem in (("commuting", flows.commuting(n=12, m=5, rank=2, seed=0)),
-                          ("gaussian", flows.sensing(n=12, m=5, rank=2, seed=0))):
+    for name, problem in (
+        ("commuting", flows.commuting(n=12, m=5, rank=2, seed=0)),
+        ("gaussian", flows.sensing(n=12, m=5, rank=2, seed=0)),
+    ):
         flow = _symmetric(problem)
         traj = flows.solve(flow, flow.init(scale=1e-2), t1=t1, ts=flows.default_ts(t1, 40), rtol=1e-8, atol=1e-12)
         reports[name] = eigenbasis.eigenbasis_report(problem, traj)
         fits[name] = float(traj.loss[-1] / traj.loss[0])
-    details = {name: {"max_commutator": r.max_commutator, "max_misalignment": r.max_misalignment,
-                      "loss(T)/loss(0)": fits[name]} for name, r in reports.items()}
+    details = {
+        name: {
+            "max_commutator": r.max_commutator,
+            "max_misalignment": r.max_misalignment,
+            "loss(T)/loss(0)": fits[name],
+        }
+        for name, r in reports.items()
+    }
     gaussian = reports["gaussian"]
-    return CheckResult([
-        Row("eigenbasis.commuting.fit (loss(T)/loss(0))", fits["commuting"], "<", 1e-4),
-        Row("eigenbasis.commuting.commutator", reports["commuting"].max_commutator, "<=", 1e-10),
-        Row("eigenbasis.commuting.misalignment", reports["commuting"].max_misalignment, "<=", 1e-10),
-        Row("eigenbasis.gaussian.commutator_at_0", float(gaussian.commutator[0]), "<=", 1e-12),
-        Row("eigenbasis.gaussian.commutator (claim fails)", float(gaussian.commutator[-1]), ">=", 1e-2),
-        Row("eigenbasis.gaussian.misalignment (claim fails)", float(gaussian.misalignment[-1]), ">=", 1e-2),
-    ], details)
+    return CheckResult(
+        [
+            Row("eigenbasis.commuting.fit (loss(T)/loss(0))", fits["commuting"], "<", 1e-4),
+            Row("eigenbasis.commuting.commutator", reports["commuting"].max_commutator, "<=", 1e-10),
+            Row("eigenbasis.commuting.misalignment", reports["commuting"].max_misalignment, "<=", 1e-10),
+            Row("eigenbasis.gaussian.commutator_at_0", float(gaussian.commutator[0]), "<=", 1e-12),
+            Row("eigenbasis.gaussian.commutator (claim fails)", float(gaussian.commutator[-1]), ">=", 1e-2),
+            Row("eigenbasis.gaussian.misalignment (claim fails)", float(gaussian.misalignment[-1]), ">=", 1e-2),
+        ],
+        details,
+    )
 
 
 def _successive_ratio(values) -> float:
@@ -169,49 +216,76 @@ def small_init_checks() -> CheckResult:
         "sensing n=30 m=180": _sweep_details(s_sweep),
         "direct n=8 m=20": _sweep_details(d_sweep),
         "runs": "flows' default solver (rtol 1e-8, atol 1e-12) to loss 1e-6, then its linearly implicit "
-                "extrapolation (Kvaerno5 for the reduced ODE; same tolerances) to t = 1e8",
+        "extrapolation (Kvaerno5 for the reduced ODE; same tolerances) to t = 1e8",
     }
     runs = c_sweep.runs + s_sweep.runs
-    return CheckResult([
-        Row("small_init.at_the_limit (max last-decade change)", max(r.last_decade_change for r in runs), "<=", 1e-9),
-        Row("small_init.at_the_limit (max final loss)", max(r.loss for r in runs), "<", 1e-20),
-        # ~100 steps from loss 1e-6 to t = 1e8; a stale Gauss-Newton matrix takes 1e3..1e4 (benchmarks/README.md).
-        Row("small_init.sensing.tail_steps (max)", max(r.steps["tail"] for r in s_sweep.runs), "<", 1000),
-        Row("small_init.commuting.sdp_vs_lp_objective",
-            abs(refs["nuclear"].objective - refs["lp"].objective) / refs["lp"].objective, "<=", 1e-8),
-        Row("small_init.commuting.sdp_vs_lp_distance", refs["lp"].distance(refs["nuclear"].X), "<=", 1e-6),
-        Row("small_init.commuting.distance_nuclear@1e-6", c_sweep.distances["nuclear"][i6], "<=", 1e-4),
-        Row("small_init.commuting.distance_lp@1e-6", c_sweep.distances["lp"][i6], "<=", 1e-4),
-        Row("small_init.commuting.monotone (max d(a_k+1)/d(a_k))", _successive_ratio(c_sweep.distances["nuclear"]),
-            "<", 1.0),
-        # A power of alpha, not a logarithmic crawl.
-        Row("small_init.commuting.rate (d ~ alpha^p)", c_sweep.rates["nuclear"], ">", 0.5),
-        Row("small_init.commuting.reduced_ode_W_inf_vs_full", reduced_vs_full, "<=", 1e-6),
-        Row("small_init.commuting.certificate_complementarity (max ratio)", _successive_ratio(complementarity),
-            "<", 1.0),
-        Row("small_init.commuting.certificate_gap (max ratio)", _successive_ratio([c.gap for c in certs]), "<", 1.0),
-        # The 1/log(1/alpha) law of small_init's docstring: complementarity * log(1/alpha^2) about constant.
-        Row("small_init.commuting.certificate_1/log_law (max/min)", float(scaled.max() / scaled.min()), "<", 2.0),
-        Row("small_init.commuting.certificate_dual_violation", max(c.dual for c in certs), "<=", 1e-12),
-        Row("small_init.commuting.certificate_feasibility", max(c.feasibility for c in certs), "<", 1e-10),
-        Row("small_init.sensing.distance_nuclear@1e-6", s_sweep.distances["nuclear"][i6], "<=", 1e-4),
-        Row("small_init.sensing.monotone (max d(a_k+1)/d(a_k))", _successive_ratio(s_sweep.distances["nuclear"]),
-            "<", 1.0),
-        Row("small_init.sensing.rate (d ~ alpha^p)", s_sweep.rates["nuclear"], ">", 0.5),
-        Row("small_init.direct.from_zero_to_min_frobenius", frobenius.distance(from_zero.W), "<=", 1e-8),
-        # Exactly 1 in theory; the landing points carry ~1e-11 solver error, 3e-5 of d at alpha = 1e-7.
-        Row("small_init.direct.rate_minus_1 (|p - 1|)", abs(d_sweep.rates["frobenius"] - 1.0), "<=", 1e-4),
-    ], details)
+    return CheckResult(
+        [
+            Row(
+                "small_init.at_the_limit (max last-decade change)", max(r.last_decade_change for r in runs), "<=", 1e-9
+            ),
+            Row("small_init.at_the_limit (max final loss)", max(r.loss for r in runs), "<", 1e-20),
+            # ~100 steps from loss 1e-6 to t = 1e8; a stale Gauss-Newton matrix takes 1e3..1e4 (benchmarks/README.md).
+            Row("small_init.sensing.tail_steps (max)", max(r.steps["tail"] for r in s_sweep.runs), "<", 1000),
+            Row(
+                "small_init.commuting.sdp_vs_lp_objective",
+                abs(refs["nuclear"].objective - refs["lp"].objective) / refs["lp"].objective,
+                "<=",
+                1e-8,
+            ),
+            Row("small_init.commuting.sdp_vs_lp_distance", refs["lp"].distance(refs["nuclear"].X), "<=", 1e-6),
+            Row("small_init.commuting.distance_nuclear@1e-6", c_sweep.distances["nuclear"][i6], "<=", 1e-4),
+            Row("small_init.commuting.distance_lp@1e-6", c_sweep.distances["lp"][i6], "<=", 1e-4),
+            Row(
+                "small_init.commuting.monotone (max d(a_k+1)/d(a_k))",
+                _successive_ratio(c_sweep.distances["nuclear"]),
+                "<",
+                1.0,
+            ),
+            # A power of alpha, not a logarithmic crawl.
+            Row("small_init.commuting.rate (d ~ alpha^p)", c_sweep.rates["nuclear"], ">", 0.5),
+            Row("small_init.commuting.reduced_ode_W_inf_vs_full", reduced_vs_full, "<=", 1e-6),
+            Row(
+                "small_init.commuting.certificate_complementarity (max ratio)",
+                _successive_ratio(complementarity),
+                "<",
+                1.0,
+            ),
+            Row(
+                "small_init.commuting.certificate_gap (max ratio)", _successive_ratio([c.gap for c in certs]), "<", 1.0
+            ),
+            # The 1/log(1/alpha) law of small_init's docstring: complementarity * log(1/alpha^2) about constant.
+            Row("small_init.commuting.certificate_1/log_law (max/min)", float(scaled.max() / scaled.min()), "<", 2.0),
+            Row("small_init.commuting.certificate_dual_violation", max(c.dual for c in certs), "<=", 1e-12),
+            Row("small_init.commuting.certificate_feasibility", max(c.feasibility for c in certs), "<", 1e-10),
+            Row("small_init.sensing.distance_nuclear@1e-6", s_sweep.distances["nuclear"][i6], "<=", 1e-4),
+            Row(
+                "small_init.sensing.monotone (max d(a_k+1)/d(a_k))",
+                _successive_ratio(s_sweep.distances["nuclear"]),
+                "<",
+                1.0,
+            ),
+            Row("small_init.sensing.rate (d ~ alpha^p)", s_sweep.rates["nuclear"], ">", 0.5),
+            Row("small_init.direct.from_zero_to_min_frobenius", frobenius.distance(from_zero.W), "<=", 1e-8),
+            # Exactly 1 in theory; the landing points carry ~1e-11 solver error, 3e-5 of d at alpha = 1e-7.
+            Row("small_init.direct.rate_minus_1 (|p - 1|)", abs(d_sweep.rates["frobenius"] - 1.0), "<=", 1e-4),
+        ],
+        details,
+    )
 
 
 def _sweep_details(sweep) -> dict:
-    out = {"alphas": sweep.alphas.tolist(),
-           "distances": {k: v.tolist() for k, v in sweep.distances.items()}, "rates": sweep.rates,
-           "references": {k: ref.describe() for k, ref in sweep.references.items()},
-           "max_last_decade_change": max(run.last_decade_change for run in sweep.runs)}
+    out = {
+        "alphas": sweep.alphas.tolist(),
+        "distances": {k: v.tolist() for k, v in sweep.distances.items()},
+        "rates": sweep.rates,
+        "references": {k: ref.describe() for k, ref in sweep.references.items()},
+        "max_last_decade_change": max(run.last_decade_change for run in sweep.runs),
+    }
     if sweep.certificates:
-        out["certificate (dual, complementarity, gap)"] = [(c.dual, c.complementarity, c.gap)
-                                                           for c in sweep.certificates]
+        out["certificate (dual, complementarity, gap)"] = [
+            (c.dual, c.complementarity, c.gap) for c in sweep.certificates
+        ]
     return out
 
 
@@ -231,26 +305,44 @@ def deep_checks() -> CheckResult:
     f_traj = flows.solve(factored, factored.init(scale=0.5, kind="gaussian", seed=1), t1=t1, ts=ts, **options)
 
     completion = flows.completion(n=10, m=40, rank=2, seed=0, symmetric=False)
-    runs = deep.effective_rank_by_depth(completion, (1, 2, 3), end_to_end_scale=1e-3, t1=1e5,
-                                        ts=flows.default_ts(1e5, 60), stop_loss=1e-12, rtol=1e-8, atol=1e-12)
+    runs = deep.effective_rank_by_depth(
+        completion,
+        (1, 2, 3),
+        end_to_end_scale=1e-3,
+        t1=1e5,
+        ts=flows.default_ts(1e5, 60),
+        stop_loss=1e-12,
+        rtol=1e-8,
+        atol=1e-12,
+    )
     final_rank = [float(runs[d].effective_rank[-1]) for d in (1, 2, 3)]
-    details = {"sensing n=6 m=20 (asymmetric), depth 3, balanced start, rtol 1e-10": {
-        "min_relative_singular_gap": sv.min_relative_gap},
+    details = {
+        "sensing n=6 m=20 (asymmetric), depth 3, balanced start, rtol 1e-10": {
+            "min_relative_singular_gap": sv.min_relative_gap
+        },
         "completion n=10 m=40, W0 = 1e-3 I, run to loss 1e-12": {
-            f"depth {d}": {"final_effective_rank": float(runs[d].effective_rank[-1]),
-                           "min_effective_rank_over_time": float(np.nanmin(runs[d].effective_rank)),
-                           "relative_error": float(runs[d].relative_error[-1])} for d in (1, 2, 3)}}
+            f"depth {d}": {
+                "final_effective_rank": float(runs[d].effective_rank[-1]),
+                "min_effective_rank_over_time": float(np.nanmin(runs[d].effective_rank)),
+                "relative_error": float(runs[d].relative_error[-1]),
+            }
+            for d in (1, 2, 3)
+        },
+    }
     drift = traj.conserved_drift()
-    return CheckResult([
-        Row("deep.fit (loss(T)/loss(0))", float(traj.loss[-1] / traj.loss[0]), "<", 1e-3),
-        Row("deep.end_to_end_ode", closed_form.trajectory_difference(traj.W, reference.W), "<=", 1e-7),
-        Row("deep.singular_values_distinct (min relative gap)", sv.min_relative_gap, ">", 1e-2),
-        Row("deep.singular_value_ode", sv.max_relative_error, "<=", 1e-7),
-        Row("deep.conserved_quantities (count)", len(drift), ">=", depth - 1),
-        Row("deep.conserved_balancedness", max(d.max() for d in drift.values()), "<=", 1e-7),
-        Row("conserved.factored_UtU-VtV", float(f_traj.conserved_drift()["U^T U - V^T V"].max()), "<=", 1e-7),
-        Row("deep.effective_rank_falls_with_depth (max ratio)", _successive_ratio(final_rank), "<", 1.0),
-    ], details)
+    return CheckResult(
+        [
+            Row("deep.fit (loss(T)/loss(0))", float(traj.loss[-1] / traj.loss[0]), "<", 1e-3),
+            Row("deep.end_to_end_ode", closed_form.trajectory_difference(traj.W, reference.W), "<=", 1e-7),
+            Row("deep.singular_values_distinct (min relative gap)", sv.min_relative_gap, ">", 1e-2),
+            Row("deep.singular_value_ode", sv.max_relative_error, "<=", 1e-7),
+            Row("deep.conserved_quantities (count)", len(drift), ">=", depth - 1),
+            Row("deep.conserved_balancedness", max(d.max() for d in drift.values()), "<=", 1e-7),
+            Row("conserved.factored_UtU-VtV", float(f_traj.conserved_drift()["U^T U - V^T V"].max()), "<=", 1e-7),
+            Row("deep.effective_rank_falls_with_depth (max ratio)", _successive_ratio(final_rank), "<", 1.0),
+        ],
+        details,
+    )
 
 
 def flatness_checks() -> CheckResult:
@@ -260,44 +352,76 @@ def flatness_checks() -> CheckResult:
     is the converse, that the flow from a small balanced init lands within 10% of the flattest curvature."""
     rng = np.random.default_rng(0)
     worst, plain_gap = 0.0, np.inf
-    for problem in (flows.sensing(n=6, m=20, rank=2, seed=0, symmetric=False, n2=9),
-                    flatness.nonuniform_completion(8, 30, 2, seed=0)):
+    for problem in (
+        flows.sensing(n=6, m=20, rank=2, seed=0, symmetric=False, n2=9),
+        flatness.nonuniform_completion(8, 30, 2, seed=0),
+    ):
         d1, d2 = problem.shape
         identity = flatness.trace_identity(problem, rng.standard_normal((d1, 3)), rng.standard_normal((d2, 3)))
         worst = max(worst, identity.relative_error)
         # SCIENCE.md's pairing is the scaled trace; the plain trace carries the other factor's dimension.
         plain = identity.trace_LL + identity.trace_RR
         plain_gap = min(plain_gap, abs(plain - identity.formula_scaled) / plain)
-    rows = [Row("flatness.trace_identity", worst, "<=", 1e-10),
-            Row("flatness.plain_trace_differs_from_the_scaled_formula", plain_gap, ">", 1e-2)]
+    rows = [
+        Row("flatness.trace_identity", worst, "<=", 1e-10),
+        Row("flatness.plain_trace_differs_from_the_scaled_formula", plain_gap, ">", 1e-2),
+    ]
     details = {}
     for label, skew in (("uniform", 1.0), ("skewed x8", 8.0)):
         problem = flatness.nonuniform_completion(10, 45, 2, seed=0, skew=skew)
         flow = flows.Flow(problem, flows.Factored())
-        traj = flows.solve(flow, flow.init(scale=1e-3, kind="balanced"), t1=1e6, ts=np.array([0.0]), stop_loss=1e-14,
-                           rtol=1e-8, atol=1e-12)
+        traj = flows.solve(
+            flow,
+            flow.init(scale=1e-3, kind="balanced"),
+            t1=1e6,
+            ts=np.array([0.0]),
+            stop_loss=1e-14,
+            rtol=1e-8,
+            atol=1e-12,
+        )
         comparison = flatness.compare_flattest(problem, (traj.states[0][-1], traj.states[1][-1]))
         D1, D2 = flatness.weights(problem)
         formula = 4 * problem.m * np.linalg.svd(D1 @ comparison.flattest.X @ D2, compute_uv=False).sum()
-        rows += [Row(f"flatness.{label}.interpolates (final loss)", float(traj.loss[-1]), "<", 1e-14),
-                 Row(f"flatness.{label}.balanced_start_stays_balanced",
-                     float(traj.conserved_drift()["U^T U - V^T V"].max()), "<=", 1e-7),
-                 Row(f"flatness.{label}.flattest_factors_str_formula",
-                     abs(comparison.str_flattest - formula) / formula, "<=", 1e-8),
-                 Row(f"flatness.{label}.str_flow/str_flattest (flow lands near-flattest)",
-                     comparison.str_flow / comparison.str_flattest, "<=", 1.1)]
+        rows += [
+            Row(f"flatness.{label}.interpolates (final loss)", float(traj.loss[-1]), "<", 1e-14),
+            Row(
+                f"flatness.{label}.balanced_start_stays_balanced",
+                float(traj.conserved_drift()["U^T U - V^T V"].max()),
+                "<=",
+                1e-7,
+            ),
+            Row(
+                f"flatness.{label}.flattest_factors_str_formula",
+                abs(comparison.str_flattest - formula) / formula,
+                "<=",
+                1e-8,
+            ),
+            Row(
+                f"flatness.{label}.str_flow/str_flattest (flow lands near-flattest)",
+                comparison.str_flow / comparison.str_flattest,
+                "<=",
+                1.1,
+            ),
+        ]
         details[f"completion n=10 m=45 {label}, UV^T from balanced 1e-3, to loss 1e-14"] = {
-            "str_flow": comparison.str_flow, "str_flattest": comparison.str_flattest,
+            "str_flow": comparison.str_flow,
+            "str_flattest": comparison.str_flattest,
             "distance(flow, flattest)": comparison.distance_flow_flattest,
             "distance(flow, min nuclear)": comparison.distance_flow_nuclear,
             "distance(flattest, min nuclear)": comparison.distance_flattest_nuclear,
             "distance(flattest, truth)": comparison.flattest.distance(problem.truth),
             "distance(flow, truth)": float(traj.relative_error[-1]),
             "nuclear norm (flow, min nuclear)": (float(traj.nuclear_norm[-1]), comparison.nuclear.objective),
-            "reference": comparison.flattest.describe()}
+            "reference": comparison.flattest.describe(),
+        }
     return CheckResult(rows, details)
 
 
-GROUPS = {"closed_form": closed_form_checks, "eigenbasis": eigenbasis_checks, "small_init": small_init_checks,
-          "deep": deep_checks, "flatness": flatness_checks}
+GROUPS = {
+    "closed_form": closed_form_checks,
+    "eigenbasis": eigenbasis_checks,
+    "small_init": small_init_checks,
+    "deep": deep_checks,
+    "flatness": flatness_checks,
+}
 """The check groups by name, in the order `gradflow check` runs them."""

@@ -84,8 +84,9 @@ class CommutingReduced(AbstractFromMatrix):
         return {"flow": "CommutingReduced"}
 
 
-def commuting_flow(problem: flows.CommutingProblem, U0: Float[Array, "n k"], t1: float, ts=None,
-                   **solve_options) -> flows.Trajectory:
+def commuting_flow(
+    problem: flows.CommutingProblem, U0: Float[Array, "n k"], t1: float, ts=None, **solve_options
+) -> flows.Trajectory:
     r"""The symmetric flow from $U_0$ on commuting measurements, via the reduced ODE of `CommutingReduced`.
 
     `solve_options` go to `flows.solve` (rtol, atol, solver, stop_loss, ...). The trajectory's `states`

@@ -69,8 +69,10 @@ class EndToEnd(AbstractFromMatrix):
         G = self.problem.grad(W)
         N = self.depth
         left, right = W @ W.T, W.T @ W
-        return -sum(psd_power(left, (j - 1) / N, self.rank) @ G @ psd_power(right, (N - j) / N, self.rank)
-                    for j in range(1, N + 1))
+        return -sum(
+            psd_power(left, (j - 1) / N, self.rank) @ G @ psd_power(right, (N - j) / N, self.rank)
+            for j in range(1, N + 1)
+        )
 
     def describe(self):
         return {"flow": "EndToEnd", "depth": self.depth}
@@ -86,10 +88,15 @@ class WithSingularValues(AbstractCarried):
 
     def __check_init__(self):
         # The ODE is that of gradient flow of the data loss through a deep product.
-        if not (isinstance(self.flow, flows.Flow) and isinstance(self.flow.parameterization, flows.Deep)
-                and self.flow.linearisable):
-            raise ValueError("flow must be the gradient flow of a Deep product without a penalty; got "
-                             f"{self.flow.describe() if isinstance(self.flow, flows.Flow) else type(self.flow).__name__}")
+        if not (
+            isinstance(self.flow, flows.Flow)
+            and isinstance(self.flow.parameterization, flows.Deep)
+            and self.flow.linearisable
+        ):
+            raise ValueError(
+                "flow must be the gradient flow of a Deep product without a penalty; got "
+                f"{self.flow.describe() if isinstance(self.flow, flows.Flow) else type(self.flow).__name__}"
+            )
 
     def init(self, scale=1e-3, kind="balanced", seed=0):
         return super().init(scale=scale, kind=kind, seed=seed)
@@ -122,12 +129,14 @@ def singular_value_report(traj: flows.Trajectory) -> SingularValueReport:
     measured = traj.singular_values
     integrated = np.asarray(traj.states[1])
     gaps = (measured[:, :-1] - measured[:, 1:]) / measured[:, :-1]
-    return SingularValueReport(max_relative_error=float(np.max(np.abs(integrated - measured) / measured)),
-                               min_relative_gap=float(np.min(gaps)))
+    return SingularValueReport(
+        max_relative_error=float(np.max(np.abs(integrated - measured) / measured)), min_relative_gap=float(np.min(gaps))
+    )
 
 
-def effective_rank_by_depth(problem: flows.AbstractProblem, depths, end_to_end_scale: float, t1: float, ts=None,
-                            **solve_options) -> dict[int, flows.Trajectory]:
+def effective_rank_by_depth(
+    problem: flows.AbstractProblem, depths, end_to_end_scale: float, t1: float, ts=None, **solve_options
+) -> dict[int, flows.Trajectory]:
     r"""Deep flows of each depth from identity factors $\alpha^{1/N} I$, so every depth starts at $W_0 = \alpha I$
     ($\alpha$ = `end_to_end_scale`); their trajectories carry `effective_rank` over time.
 
@@ -137,6 +146,7 @@ def effective_rank_by_depth(problem: flows.AbstractProblem, depths, end_to_end_s
     runs = {}
     for depth in depths:
         flow = flows.Flow(problem, flows.Deep(depth=depth))
-        runs[depth] = flows.solve(flow, flow.init(scale=end_to_end_scale ** (1.0 / depth)), t1=t1, ts=ts,
-                                  **solve_options)
+        runs[depth] = flows.solve(
+            flow, flow.init(scale=end_to_end_scale ** (1.0 / depth)), t1=t1, ts=ts, **solve_options
+        )
     return runs

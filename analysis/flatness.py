@@ -51,14 +51,17 @@ def weights(problem: flows.AbstractProblem) -> tuple[np.ndarray, np.ndarray]:
         cols = np.bincount(np.asarray(problem.cols), minlength=d2)
         return np.diag(np.sqrt(rows / (m * d2))), np.diag(np.sqrt(cols / (m * d1)))
     A = np.asarray(problem.matrices())
-    return (np.asarray(psd_power(jnp.asarray(np.einsum("mij,mkj->ik", A, A) / (m * d2)), 0.5)),
-            np.asarray(psd_power(jnp.asarray(np.einsum("mji,mjk->ik", A, A) / (m * d1)), 0.5)))
+    return (
+        np.asarray(psd_power(jnp.asarray(np.einsum("mij,mkj->ik", A, A) / (m * d2)), 0.5)),
+        np.asarray(psd_power(jnp.asarray(np.einsum("mji,mjk->ik", A, A) / (m * d1)), 0.5)),
+    )
 
 
 def _objective(problem):
     def f(L, R):
         r = problem.residual(L @ R.T)
         return jnp.vdot(r, r)
+
     return f
 
 
@@ -72,6 +75,7 @@ def _block_traces(problem, L, R):
             tangent = (e, jnp.zeros_like(R)) if block == 0 else (jnp.zeros_like(L), e)
             _, hvp = jax.jvp(jax.grad(f, argnums=(0, 1)), (L, R), tangent)
             return jnp.vdot(e, hvp[block])
+
         basis = jnp.eye(x.size).reshape(x.size, *x.shape)
         return jnp.sum(jax.vmap(curvature)(basis))
 
@@ -92,9 +96,11 @@ class TraceIdentity:
     @property
     def relative_error(self) -> float:
         """The worst of the three relative disagreements (two blocks, and the scaled trace)."""
-        return max(abs(self.trace_LL - self.formula_LL) / abs(self.formula_LL),
-                   abs(self.trace_RR - self.formula_RR) / abs(self.formula_RR),
-                   abs(self.scaled_trace - self.formula_scaled) / abs(self.formula_scaled))
+        return max(
+            abs(self.trace_LL - self.formula_LL) / abs(self.formula_LL),
+            abs(self.trace_RR - self.formula_RR) / abs(self.formula_RR),
+            abs(self.scaled_trace - self.formula_scaled) / abs(self.formula_scaled),
+        )
 
 
 def trace_identity(problem: flows.AbstractProblem, L, R) -> TraceIdentity:
@@ -106,8 +112,14 @@ def trace_identity(problem: flows.AbstractProblem, L, R) -> TraceIdentity:
     nL = float(np.linalg.norm(D1 @ np.asarray(L)) ** 2)
     nR = float(np.linalg.norm(D2 @ np.asarray(R)) ** 2)
     m = problem.m
-    return TraceIdentity(trace_LL=tLL, trace_RR=tRR, scaled_trace=tLL / d1 + tRR / d2,
-                         formula_scaled=2 * m * (nL + nR), formula_LL=2 * m * d1 * nR, formula_RR=2 * m * d2 * nL)
+    return TraceIdentity(
+        trace_LL=tLL,
+        trace_RR=tRR,
+        scaled_trace=tLL / d1 + tRR / d2,
+        formula_scaled=2 * m * (nL + nR),
+        formula_LL=2 * m * d1 * nR,
+        formula_RR=2 * m * d2 * nL,
+    )
 
 
 def scaled_trace(problem: flows.AbstractProblem, L, R) -> float:
@@ -162,6 +174,12 @@ def compare_flattest(problem: flows.AbstractProblem, factors) -> FlatnessCompari
     nuclear = references.min_nuclear(problem)
     L, R = flattest_factors(flattest.X, D1, D2)
     W = U @ V.T
-    return FlatnessComparison(str_flow=scaled_trace(problem, U, V), str_flattest=scaled_trace(problem, L, R),
-                              distance_flow_flattest=flattest.distance(W), distance_flow_nuclear=nuclear.distance(W),
-                              distance_flattest_nuclear=nuclear.distance(flattest.X), flattest=flattest, nuclear=nuclear)
+    return FlatnessComparison(
+        str_flow=scaled_trace(problem, U, V),
+        str_flattest=scaled_trace(problem, L, R),
+        distance_flow_flattest=flattest.distance(W),
+        distance_flow_nuclear=nuclear.distance(W),
+        distance_flattest_nuclear=nuclear.distance(flattest.X),
+        flattest=flattest,
+        nuclear=nuclear,
+    )

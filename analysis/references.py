@@ -59,8 +59,14 @@ class Reference:
         return float(np.linalg.norm(np.asarray(W) - self.X) / np.linalg.norm(self.X))
 
     def describe(self) -> dict[str, Any]:
-        return {"solver": self.solver, "options": self.options, "status": self.status,
-                "objective": self.objective, "feasibility": self.feasibility, "iterations": self.iterations}
+        return {
+            "solver": self.solver,
+            "options": self.options,
+            "status": self.status,
+            "objective": self.objective,
+            "feasibility": self.feasibility,
+            "iterations": self.iterations,
+        }
 
 
 def _feasibility(problem: flows.AbstractProblem, X: np.ndarray) -> float:
@@ -88,9 +94,15 @@ def _solve_cvxpy(problem: flows.AbstractProblem, objective, X, constraints, solv
     if X.value is None or program.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
         raise RuntimeError(f"cvxpy/{solver} did not solve the reference problem: status {program.status}")
     X_value = np.asarray(X.value)
-    return Reference(X=X_value, objective=float(program.value), solver=solver, options=dict(CVXPY_OPTIONS[solver]),
-                     status=program.status, feasibility=_feasibility(problem, X_value),
-                     iterations=int(program.solver_stats.num_iters))
+    return Reference(
+        X=X_value,
+        objective=float(program.value),
+        solver=solver,
+        options=dict(CVXPY_OPTIONS[solver]),
+        status=program.status,
+        feasibility=_feasibility(problem, X_value),
+        iterations=int(program.solver_stats.num_iters),
+    )
 
 
 def min_nuclear_psd(problem: flows.AbstractProblem) -> Reference:
@@ -108,12 +120,14 @@ def min_nuclear(problem: flows.AbstractProblem, solver: str = "CLARABEL") -> Ref
     return _solve_cvxpy(problem, cp.normNuc(X), X, [_measurement_constraint(problem, X)], solver)
 
 
-def min_weighted_nuclear(problem: flows.AbstractProblem, D1: np.ndarray, D2: np.ndarray,
-                         solver: str = "CLARABEL") -> Reference:
+def min_weighted_nuclear(
+    problem: flows.AbstractProblem, D1: np.ndarray, D2: np.ndarray, solver: str = "CLARABEL"
+) -> Reference:
     r"""$\min \|D_1 X D_2\|_*$ s.t. $\mathcal{A}(X) = y$ (D1, D2 symmetric positive definite weights)."""
     X = cp.Variable(problem.shape)
-    return _solve_cvxpy(problem, cp.normNuc(np.asarray(D1) @ X @ np.asarray(D2)), X,
-                        [_measurement_constraint(problem, X)], solver)
+    return _solve_cvxpy(
+        problem, cp.normNuc(np.asarray(D1) @ X @ np.asarray(D2)), X, [_measurement_constraint(problem, X)], solver
+    )
 
 
 def commuting_lp(problem: flows.CommutingProblem) -> Reference:
@@ -121,15 +135,22 @@ def commuting_lp(problem: flows.CommutingProblem) -> Reference:
     if not isinstance(problem, flows.CommutingProblem):
         raise ValueError(f"problem must be a CommutingProblem; got {type(problem).__name__}")
     D = np.asarray(problem.spectra)
-    result = scipy.optimize.linprog(np.ones(D.shape[1]), A_eq=D, b_eq=np.asarray(problem.y), bounds=(0, None),
-                                    method="highs", options=HIGHS_OPTIONS)
+    result = scipy.optimize.linprog(
+        np.ones(D.shape[1]), A_eq=D, b_eq=np.asarray(problem.y), bounds=(0, None), method="highs", options=HIGHS_OPTIONS
+    )
     if result.status != 0:
         raise RuntimeError(f"linprog did not solve the commuting LP: {result.message}")
     Q = np.asarray(problem.basis)
     X = (Q * result.x) @ Q.T
-    return Reference(X=X, objective=float(result.fun), solver="HiGHS (scipy.optimize.linprog)",
-                     options=dict(HIGHS_OPTIONS), status=result.message, feasibility=_feasibility(problem, X),
-                     iterations=int(result.nit))
+    return Reference(
+        X=X,
+        objective=float(result.fun),
+        solver="HiGHS (scipy.optimize.linprog)",
+        options=dict(HIGHS_OPTIONS),
+        status=result.message,
+        feasibility=_feasibility(problem, X),
+        iterations=int(result.nit),
+    )
 
 
 def min_frobenius(problem: flows.AbstractProblem) -> Reference:
@@ -137,5 +158,11 @@ def min_frobenius(problem: flows.AbstractProblem) -> Reference:
     A = np.asarray(problem.matrices()).reshape(problem.m, -1)
     x, *_ = np.linalg.lstsq(A, np.asarray(problem.y), rcond=None)
     X = x.reshape(problem.shape)
-    return Reference(X=X, objective=float(np.linalg.norm(x)), solver="numpy.linalg.lstsq", options={"rcond": None},
-                     status="least-norm solution", feasibility=_feasibility(problem, X))
+    return Reference(
+        X=X,
+        objective=float(np.linalg.norm(x)),
+        solver="numpy.linalg.lstsq",
+        options={"rcond": None},
+        status="least-norm solution",
+        feasibility=_feasibility(problem, X),
+    )

@@ -66,13 +66,28 @@ class Converged:
     seconds: float
 
     def describe(self) -> dict:
-        return {"t_final": self.t_final, "loss": self.loss, "last_decade_change": self.last_decade_change,
-                "steps": self.steps, "seconds": self.seconds}
+        return {
+            "t_final": self.t_final,
+            "loss": self.loss,
+            "last_decade_change": self.last_decade_change,
+            "steps": self.steps,
+            "seconds": self.seconds,
+        }
 
 
-def converge(flow: flows.AbstractFlow, state0, *, t1: float = 1e8, head_loss: float = 1e-6, head_t1: float = 1e4,
-             rtol: float = 1e-8, atol: float = 1e-12, head_solver: diffrax.AbstractSolver | None = None,
-             tail_solver: diffrax.AbstractSolver | None = None, max_steps: int = 1_000_000) -> Converged:
+def converge(
+    flow: flows.AbstractFlow,
+    state0,
+    *,
+    t1: float = 1e8,
+    head_loss: float = 1e-6,
+    head_t1: float = 1e4,
+    rtol: float = 1e-8,
+    atol: float = 1e-12,
+    head_solver: diffrax.AbstractSolver | None = None,
+    tail_solver: diffrax.AbstractSolver | None = None,
+    max_steps: int = 1_000_000,
+) -> Converged:
     """Run `flow` from `state0` to t1 in two legs (see the module docstring) and return its end point.
 
     The tail leg restarts the clock (the flows are autonomous); `t_final` is the total time. Default
@@ -84,23 +99,45 @@ def converge(flow: flows.AbstractFlow, state0, *, t1: float = 1e8, head_loss: fl
     if tail_solver is None:
         tail_solver = default.stiff_solver if isinstance(default, flows.Tsit5ThenExtrapolation) else diffrax.Kvaerno5()
     start = time.perf_counter()
-    head = flows.solve(flow, state0, t1=head_t1, ts=np.array([0.0]), rtol=rtol, atol=atol, stop_loss=head_loss,
-                       solver=head_solver, max_steps=max_steps)
+    head = flows.solve(
+        flow,
+        state0,
+        t1=head_t1,
+        ts=np.array([0.0]),
+        rtol=rtol,
+        atol=atol,
+        stop_loss=head_loss,
+        solver=head_solver,
+        max_steps=max_steps,
+    )
     if not head.stats["stopped_by_loss"]:
-        raise flows.SolverError(f"the loss did not fall below head_loss = {head_loss:g} by t = {head_t1:g} "
-                                f"(loss {head.loss[-1]:.3g}); raise head_t1 or head_loss", head_t1, head.stats)
+        raise flows.SolverError(
+            f"the loss did not fall below head_loss = {head_loss:g} by t = {head_t1:g} "
+            f"(loss {head.loss[-1]:.3g}); raise head_t1 or head_loss",
+            head_t1,
+            head.stats,
+        )
     t_head = head.stats["t_final"]
     span = t1 - t_head
     decades = np.geomspace(1.0, span, max(2, int(np.ceil(np.log10(span))) + 1))
-    tail = flows.solve(flow, _last(head.states), t1=span, ts=decades, rtol=rtol, atol=atol, solver=tail_solver,
-                       max_steps=max_steps)
+    tail = flows.solve(
+        flow, _last(head.states), t1=span, ts=decades, rtol=rtol, atol=atol, solver=tail_solver, max_steps=max_steps
+    )
     W = tail.W
     change = float(np.linalg.norm(W[-1] - W[-2]) / np.linalg.norm(W[-1]))
-    return Converged(W=W[-1], state=_last(tail.states), t_final=t_head + float(tail.ts[-1]), loss=float(tail.loss[-1]),
-                     last_decade_change=change,
-                     steps={"head": head.stats["num_steps"], "tail": tail.stats["num_steps"],
-                            "tail_rejected": tail.stats["num_rejected_steps"]},
-                     seconds=time.perf_counter() - start)
+    return Converged(
+        W=W[-1],
+        state=_last(tail.states),
+        t_final=t_head + float(tail.ts[-1]),
+        loss=float(tail.loss[-1]),
+        last_decade_change=change,
+        steps={
+            "head": head.stats["num_steps"],
+            "tail": tail.stats["num_steps"],
+            "tail_rejected": tail.stats["num_rejected_steps"],
+        },
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _last(states):
@@ -133,10 +170,13 @@ def certificate(problem: flows.AbstractProblem, W, s, alpha: float, exponent: fl
     M = 0.5 * (M + M.T)
     y = np.asarray(problem.y)
     trace = float(np.trace(W))
-    return Certificate(nu=nu, dual=max(0.0, float(np.linalg.eigvalsh(M)[-1]) - 1.0),
-                       complementarity=float(np.linalg.norm(W - M @ W) / np.linalg.norm(W)),
-                       feasibility=float(np.linalg.norm(np.asarray(problem.residual(W))) / np.linalg.norm(y)),
-                       gap=abs(trace - float(y @ nu)) / trace)
+    return Certificate(
+        nu=nu,
+        dual=max(0.0, float(np.linalg.eigvalsh(M)[-1]) - 1.0),
+        complementarity=float(np.linalg.norm(W - M @ W) / np.linalg.norm(W)),
+        feasibility=float(np.linalg.norm(np.asarray(problem.residual(W))) / np.linalg.norm(y)),
+        gap=abs(trace - float(y @ nu)) / trace,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +200,15 @@ def fitted_rate(alphas, distances) -> float:
     return float(np.polyfit(np.log(np.asarray(alphas)), np.log(np.asarray(distances)), 1)[0])
 
 
-def sweep(flow: flows.AbstractFlow, alphas, references: dict[str, Reference], *, kind: str = "identity",
-          certificate_exponent: float | None = None, **converge_options) -> Sweep:
+def sweep(
+    flow: flows.AbstractFlow,
+    alphas,
+    references: dict[str, Reference],
+    *,
+    kind: str = "identity",
+    certificate_exponent: float | None = None,
+    **converge_options,
+) -> Sweep:
     r"""Run `flow` from `flow.init(scale=alpha, kind=kind)` to convergence for each alpha.
 
     Measures the relative distance of $W_\infty(\alpha)$ to each reference and fits its rate in alpha. With
@@ -180,8 +227,9 @@ def sweep(flow: flows.AbstractFlow, alphas, references: dict[str, Reference], *,
     return _measure(alphas, runs, certificates, references)
 
 
-def commuting_certificates(problem: flows.CommutingProblem, alphas, references: dict[str, Reference] | None = None,
-                           **converge_options) -> Sweep:
+def commuting_certificates(
+    problem: flows.CommutingProblem, alphas, references: dict[str, Reference] | None = None, **converge_options
+) -> Sweep:
     r"""The symmetric flow from $\alpha^2 I$ on commuting measurements through its reduced ODE.
 
     `closed_form.CommutingReduced` integrates $s = \int_0^t r$ itself (m numbers), so $s(\infty)$ and the
@@ -208,5 +256,6 @@ def _check_alphas(alphas) -> np.ndarray:
 def _measure(alphas, runs, certificates, references) -> Sweep:
     distances = {name: np.array([ref.distance(run.W) for run in runs]) for name, ref in references.items()}
     rates = {name: fitted_rate(alphas, d) for name, d in distances.items()}
-    return Sweep(alphas=alphas, distances=distances, rates=rates, certificates=certificates, runs=runs,
-                 references=references)
+    return Sweep(
+        alphas=alphas, distances=distances, rates=rates, certificates=certificates, runs=runs, references=references
+    )

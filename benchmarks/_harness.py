@@ -15,8 +15,9 @@ if os.environ.get("GRADFLOW_BENCH_THREADS") != "keep":
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    ).strip()
 
 import dataclasses  # noqa: E402
 import hashlib  # noqa: E402
@@ -62,17 +63,25 @@ class Setting:
 def sensing_setting(alpha: float, n: int = 30, m: int = 180, rank: int = 2, seed: int = 0) -> Setting:
     """Issue 2's setting: symmetric Gaussian sensing, W = U U^T from U_0 = alpha I."""
     flow = flows.Flow(flows.sensing(n=n, m=m, rank=rank, seed=seed), flows.Symmetric())
-    return Setting(f"sensing n={n} m={m} r={rank} alpha={alpha:g}", flow, flow.init(scale=alpha),
-                   ("sensing_setting", dict(alpha=alpha, n=n, m=m, rank=rank, seed=seed)))
+    return Setting(
+        f"sensing n={n} m={m} r={rank} alpha={alpha:g}",
+        flow,
+        flow.init(scale=alpha),
+        ("sensing_setting", dict(alpha=alpha, n=n, m=m, rank=rank, seed=seed)),
+    )
 
 
-def completion_setting(alpha: float, n: int = 100, m: int = 2000, rank: int = 5, depth: int = 3,
-                       truth_norm: float = 1.0, seed: int = 0) -> Setting:
+def completion_setting(
+    alpha: float, n: int = 100, m: int = 2000, rank: int = 5, depth: int = 3, truth_norm: float = 1.0, seed: int = 0
+) -> Setting:
     """Arora et al.'s completion setting: a depth-N product from W_j(0) = alpha I."""
     flow = flows.Flow(flows.completion(n=n, m=m, rank=rank, seed=seed, truth_norm=truth_norm), flows.Deep(depth=depth))
-    return Setting(f"completion n={n} m={m} r={rank} depth={depth} norm={truth_norm:g} alpha={alpha:g}",
-                   flow, flow.init(scale=alpha), ("completion_setting", dict(alpha=alpha, n=n, m=m, rank=rank,
-                                                                            depth=depth, truth_norm=truth_norm, seed=seed)))
+    return Setting(
+        f"completion n={n} m={m} r={rank} depth={depth} norm={truth_norm:g} alpha={alpha:g}",
+        flow,
+        flow.init(scale=alpha),
+        ("completion_setting", dict(alpha=alpha, n=n, m=m, rank=rank, depth=depth, truth_norm=truth_norm, seed=seed)),
+    )
 
 
 # -- timing ----------------------------------------------------------------------------------------
@@ -122,13 +131,30 @@ FINAL_ONLY = [0.0]
 """Save times for the timed runs: the start, and (stop_loss) the final state, as scipy returns it."""
 
 
-def run_flows(setting: Setting, solver=None, rtol: float = RTOL, atol: float = ATOL, ts=FINAL_ONLY,
-              **kwargs) -> Outcome:
+def run_flows(
+    setting: Setting, solver=None, rtol: float = RTOL, atol: float = ATOL, ts=FINAL_ONLY, **kwargs
+) -> Outcome:
     """flows.solve until STOP_LOSS; by default saving only the final state (`ts=None`: its 200 default times)."""
-    traj = flows.solve(setting.flow, setting.state0, t1=T_MAX, ts=ts, rtol=rtol, atol=atol, stop_loss=STOP_LOSS,
-                       solver=solver, max_steps=kwargs.pop("max_steps", 3_000_000), **kwargs)
-    return Outcome(t_final=float(traj.ts[-1]), W_final=traj.W[-1], loss_final=float(traj.loss[-1]),
-                   steps=traj.stats["num_steps"], rejected=traj.stats["num_rejected_steps"], saved=len(traj.ts))
+    traj = flows.solve(
+        setting.flow,
+        setting.state0,
+        t1=T_MAX,
+        ts=ts,
+        rtol=rtol,
+        atol=atol,
+        stop_loss=STOP_LOSS,
+        solver=solver,
+        max_steps=kwargs.pop("max_steps", 3_000_000),
+        **kwargs,
+    )
+    return Outcome(
+        t_final=float(traj.ts[-1]),
+        W_final=traj.W[-1],
+        loss_final=float(traj.loss[-1]),
+        steps=traj.stats["num_steps"],
+        rejected=traj.stats["num_rejected_steps"],
+        saved=len(traj.ts),
+    )
 
 
 class Counter:
@@ -176,8 +202,18 @@ def count_flows(setting: Setting, solver=None, ts=FINAL_ONLY, **kwargs) -> dict[
 
     flows._stiff.kernel_matrix, flows._stiff.GaussNewton = counted_kernel, CountedGaussNewton
     try:
-        flows.solve(counting_flow(setting.flow, counter), setting.state0, t1=T_MAX, ts=ts, rtol=RTOL, atol=ATOL,
-                    stop_loss=STOP_LOSS, solver=solver, max_steps=3_000_000, **kwargs)
+        flows.solve(
+            counting_flow(setting.flow, counter),
+            setting.state0,
+            t1=T_MAX,
+            ts=ts,
+            rtol=RTOL,
+            atol=ATOL,
+            stop_loss=STOP_LOSS,
+            solver=solver,
+            max_steps=3_000_000,
+            **kwargs,
+        )
     finally:
         flows._stiff.kernel_matrix, flows._stiff.GaussNewton = kernel, linear
     return counter.counts
@@ -242,14 +278,28 @@ def run_scipy(field: FlatField, method: str, jac: bool = False, time_limit: floa
     try:
         sol = solve_ivp(f, (0.0, T_MAX), field.x0, method=method, rtol=RTOL, atol=ATOL, events=converged, **extra)
     except TooSlow:
-        return Outcome(t_final=float("nan"), W_final=np.full((1, 1), np.nan), loss_final=float("nan"), steps=-1,
-                       note=f"stopped at the {time_limit:g} s limit")
+        return Outcome(
+            t_final=float("nan"),
+            W_final=np.full((1, 1), np.nan),
+            loss_final=float("nan"),
+            steps=-1,
+            note=f"stopped at the {time_limit:g} s limit",
+        )
     x = sol.y[:, -1]
-    return Outcome(t_final=float(sol.t[-1]), W_final=field.product(x), loss_final=field.loss(x), steps=len(sol.t) - 1,
-                   evaluations=int(sol.nfev), jacobians=int(sol.njev), note="" if sol.status == 1 else sol.message)
+    return Outcome(
+        t_final=float(sol.t[-1]),
+        W_final=field.product(x),
+        loss_final=field.loss(x),
+        steps=len(sol.t) - 1,
+        evaluations=int(sol.nfev),
+        jacobians=int(sol.njev),
+        note="" if sol.status == 1 else sol.message,
+    )
 
 
-def run_scipy_apart(setting: Setting, method: str, jac: bool = False, time_limit: float = 900.0) -> tuple[Outcome, float]:
+def run_scipy_apart(
+    setting: Setting, method: str, jac: bool = False, time_limit: float = 900.0
+) -> tuple[Outcome, float]:
     """`run_scipy` in a child process, killed at `time_limit` seconds; returns (outcome, seconds of the solve).
 
     For systems too large for scipy's stiff methods: LSODA's dense LU runs inside Fortran, where no
@@ -264,8 +314,13 @@ def run_scipy_apart(setting: Setting, method: str, jac: bool = False, time_limit
         try:
             subprocess.run([sys.executable, __file__, job], check=True, capture_output=True, timeout=time_limit + 60)
         except subprocess.TimeoutExpired:
-            return Outcome(t_final=float("nan"), W_final=np.full((1, 1), np.nan), loss_final=float("nan"), steps=-1,
-                           note=f"killed at the {time_limit:g} s limit"), float("nan")
+            return Outcome(
+                t_final=float("nan"),
+                W_final=np.full((1, 1), np.nan),
+                loss_final=float("nan"),
+                steps=-1,
+                note=f"killed at the {time_limit:g} s limit",
+            ), float("nan")
         result = json.loads((Path(tmp) / "outcome.json").read_text())
         W = np.load(Path(tmp) / "W.npy")
     seconds = result.pop("seconds")
@@ -293,8 +348,16 @@ def reference(setting: Setting, times: np.ndarray, rtol: float = 1e-12, atol: fl
             known = dict(zip(data["ts"].tolist(), data["W"]))
     missing = sorted({float(t) for t in times if np.isfinite(t)} - set(known))
     if missing:
-        traj = flows.solve(setting.flow, setting.state0, t1=missing[-1], ts=np.asarray(missing), rtol=rtol, atol=atol,
-                           solver=diffrax.Dopri8(), max_steps=50_000_000)
+        traj = flows.solve(
+            setting.flow,
+            setting.state0,
+            t1=missing[-1],
+            ts=np.asarray(missing),
+            rtol=rtol,
+            atol=atol,
+            solver=diffrax.Dopri8(),
+            max_steps=50_000_000,
+        )
         known.update(zip(missing, traj.W))
         ts = sorted(known)
         np.savez(path, ts=np.asarray(ts), W=np.stack([known[t] for t in ts]))
@@ -339,9 +402,11 @@ def unit_costs(setting: Setting, repeats: int = 2000) -> dict[str, float]:
 
     linear = flows._stiff.GaussNewton.at(flow, point, unravel)
     out = {}
-    for name, fn, args, k in (("vf", evaluations, (flow, point), repeats),
-                              ("jacobian", linearisations, (flow, point), 3),
-                              ("solve", solves, (linear, point), repeats)):
+    for name, fn, args, k in (
+        ("vf", evaluations, (flow, point), repeats),
+        ("jacobian", linearisations, (flow, point), 3),
+        ("solve", solves, (linear, point), repeats),
+    ):
         jax.block_until_ready(fn(*args, jnp.asarray(2)))  # compile: the count is traced, not static
         out[name] = clock(lambda: fn(*args, jnp.asarray(k)))[1] / k
     return out
@@ -352,8 +417,9 @@ def descend(setting: Setting, step: float, iterations: np.ndarray):
     """Gradient descent (`flows.descend`): W after each of the increasing iteration counts `iterations`, and
     the final state."""
     iterations = np.asarray(iterations)
-    traj = flows.descend(setting.flow, setting.state0, step=step, t1=float(iterations[-1] * step),
-                         ts=iterations * step, chunk=10_000_000)
+    traj = flows.descend(
+        setting.flow, setting.state0, step=step, t1=float(iterations[-1] * step), ts=iterations * step, chunk=10_000_000
+    )
     return traj.W, jax.tree.map(lambda x: x[-1], traj.states)
 
 

@@ -53,7 +53,8 @@ def candidates() -> dict:
     for refresh in (1e-3, 1e-4, float("inf")):
         for growth in (2.0, 4.0, float("inf")):
             out[f"extrapolation k=8 refresh={refresh:g} growth={growth:g}"] = flows.LinearlyImplicitExtrapolation(
-                columns=8, refresh=refresh, growth=growth)
+                columns=8, refresh=refresh, growth=growth
+            )
     return out
 
 
@@ -88,10 +89,16 @@ def main(argv=None) -> int:
     print(f"\n{'method':<40}{'wall s':>9}{'steps':>8}{'rejected':>9}{'jacs':>6}{'W err':>10}")
     for name, o in outcomes.items():
         runs = times[name][1:] or times[name]
-        jacs = H.count_flows(setting, todo.get(name) or candidates()[name]).get("jacobian", "-") \
-            if "extrapolation" in name or "switching" in name else "-"
-        print(f"{name:<40}{np.median(runs):9.3f}{o.steps:8d}{o.rejected:9d}{jacs!s:>6}"
-              f"{H.relative_error(o.W_final, ref[o.t_final]):10.2e}", flush=True)
+        jacs = (
+            H.count_flows(setting, todo.get(name) or candidates()[name]).get("jacobian", "-")
+            if "extrapolation" in name or "switching" in name
+            else "-"
+        )
+        print(
+            f"{name:<40}{np.median(runs):9.3f}{o.steps:8d}{o.rejected:9d}{jacs!s:>6}"
+            f"{H.relative_error(o.W_final, ref[o.t_final]):10.2e}",
+            flush=True,
+        )
     return 0
 
 
@@ -113,8 +120,11 @@ def tail(args) -> int:
             print(f"{name:<44} failed: {type(err).__name__}: {str(err)[:100]}", flush=True)
             continue
         seconds = min(H.clock(run)[1] for _ in range(args.repeats)) if first < 60 else first
-        print(f"{name:<44}{seconds:9.3f}{traj.stats['num_steps']:8d}{traj.stats['num_rejected_steps']:9d}"
-              f"{H.relative_error(traj.W[-1], ref):10.2e}", flush=True)
+        print(
+            f"{name:<44}{seconds:9.3f}{traj.stats['num_steps']:8d}{traj.stats['num_rejected_steps']:9d}"
+            f"{H.relative_error(traj.W[-1], ref):10.2e}",
+            flush=True,
+        )
     return 0
 
 

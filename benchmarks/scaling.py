@@ -42,22 +42,52 @@ def one(n: int, t1: float, stop_loss: float | None, max_steps: int, solver: str)
 
     flow = flows.Flow(flows.completion(n=n, m=measurements(n), rank=RANK, seed=0), flows.Symmetric())
     state0 = flow.init(scale=1e-3)
-    kwargs = dict(t1=t1, stop_loss=stop_loss, max_steps=max_steps, ts=[0.0, t1],
-                  solver=None if solver == "default" else flows.solver_by_name(solver))
+    kwargs = dict(
+        t1=t1,
+        stop_loss=stop_loss,
+        max_steps=max_steps,
+        ts=[0.0, t1],
+        solver=None if solver == "default" else flows.solver_by_name(solver),
+    )
     traj, first = H.clock(lambda: flows.solve(flow, state0, **kwargs))
     seconds, compile_s = first, float("nan")
     if first < 60:
         traj, seconds = H.clock(lambda: flows.solve(flow, state0, **kwargs))
         compile_s = first - seconds
-    return dict(n=n, m=measurements(n), solver=traj.config["solver"], seconds=seconds, compile=compile_s,
-                steps=traj.stats["num_steps"], rejected=traj.stats["num_rejected_steps"], t_final=float(traj.ts[-1]),
-                loss=float(traj.loss[-1]), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return dict(
+        n=n,
+        m=measurements(n),
+        solver=traj.config["solver"],
+        seconds=seconds,
+        compile=compile_s,
+        steps=traj.stats["num_steps"],
+        rejected=traj.stats["num_rejected_steps"],
+        t_final=float(traj.ts[-1]),
+        loss=float(traj.loss[-1]),
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
 
 
-def spawn(n: int, solver: str, t1: float, stop_loss: float | None = None, max_steps: int = 10_000_000,
-          timeout: float = 3 * 3600) -> dict:
-    cmd = [sys.executable, str(HERE / "scaling.py"), "--one", str(n), "--max-steps", str(max_steps),
-           "--solver", solver, "--t1", str(t1)]
+def spawn(
+    n: int,
+    solver: str,
+    t1: float,
+    stop_loss: float | None = None,
+    max_steps: int = 10_000_000,
+    timeout: float = 3 * 3600,
+) -> dict:
+    cmd = [
+        sys.executable,
+        str(HERE / "scaling.py"),
+        "--one",
+        str(n),
+        "--max-steps",
+        str(max_steps),
+        "--solver",
+        solver,
+        "--t1",
+        str(t1),
+    ]
     if stop_loss is not None:
         cmd += ["--stop-loss", str(stop_loss)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -88,8 +118,11 @@ def figure(rows, path: Path) -> None:
         ax.loglog(ns, np.exp(np.polyval(np.polyfit(np.log(ns), np.log(ys), 1), np.log(ns))), "k:", lw=0.8)
     ax.set_xlabel("n (matrix is n x n)")
     ax.set_ylabel("wall time (s) / steps")
-    ax.set_title(f"flows.solve ({rows[0]['solver']}), U U^T completion, rank {RANK}, "
-                 f"m = min(5nr ln n, n^2/2), t in [0, {rows[0]['t_final']:g}]", fontsize=8)
+    ax.set_title(
+        f"flows.solve ({rows[0]['solver']}), U U^T completion, rank {RANK}, "
+        f"m = min(5nr ln n, n^2/2), t in [0, {rows[0]['t_final']:g}]",
+        fontsize=8,
+    )
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -102,9 +135,12 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, nargs="*", default=[30, 100, 300, 1000])
     parser.add_argument("--figure", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=HERE / "scaling.json")
-    parser.add_argument("--solver", default="tsit5",
-                        help="tsit5 (default: one solver at every n, so the exponent means something), "
-                             "extrapolation, or default (flows.default_solver's pick)")
+    parser.add_argument(
+        "--solver",
+        default="tsit5",
+        help="tsit5 (default: one solver at every n, so the exponent means something), "
+        "extrapolation, or default (flows.default_solver's pick)",
+    )
     parser.add_argument("--memory", type=int, default=None, help="n for the memory-against-steps check")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--t1", type=float, default=1000.0, help="horizon (default 1000)")
@@ -124,17 +160,24 @@ def main(argv=None) -> int:
             print(f"{r['t_final']:10.4g}{r['steps']:10d}{r['peak_rss_mb']:13.0f}", flush=True)
         return 0
     rows = []
-    print(f"{'n':>6}{'m':>8}  {'solver':<30}{'seconds':>10}{'compile':>9}{'steps':>9}{'t final':>10}{'loss':>10}"
-          f"{'RSS MB':>8}")
+    print(
+        f"{'n':>6}{'m':>8}  {'solver':<30}{'seconds':>10}{'compile':>9}{'steps':>9}{'t final':>10}{'loss':>10}"
+        f"{'RSS MB':>8}"
+    )
     for n in args.n:
         r = spawn(n, args.solver, t1=t1, stop_loss=args.stop_loss)
         rows.append(r)
-        print(f"{r['n']:6d}{r['m']:8d}  {r['solver']:<30}{r['seconds']:10.2f}{r['compile']:9.2f}{r['steps']:9d}"
-              f"{r['t_final']:10.4g}{r['loss']:10.2e}{r['peak_rss_mb']:8.0f}", flush=True)
+        print(
+            f"{r['n']:6d}{r['m']:8d}  {r['solver']:<30}{r['seconds']:10.2f}{r['compile']:9.2f}{r['steps']:9d}"
+            f"{r['t_final']:10.4g}{r['loss']:10.2e}{r['peak_rss_mb']:8.0f}",
+            flush=True,
+        )
     if len(rows) >= 2:
         ns = [r["n"] for r in rows]
-        print(f"fitted: seconds ~ n^{fit(ns, [r['seconds'] for r in rows]):.2f}, "
-              f"steps ~ n^{fit(ns, [r['steps'] for r in rows]):.2f}")
+        print(
+            f"fitted: seconds ~ n^{fit(ns, [r['seconds'] for r in rows]):.2f}, "
+            f"steps ~ n^{fit(ns, [r['steps'] for r in rows]):.2f}"
+        )
     args.json.write_text(json.dumps(rows, indent=2))
     if args.figure:
         figure(rows, args.figure)

@@ -48,8 +48,13 @@ def _add(n) -> None:
 
 class _Counted(flows.ConjugateGradient):
     def linearise(self, flow, point, unravel, step):
-        return _CountedMatrixFree(flow=flow, point=point, step=jnp.asarray(step, point.dtype),
-                                  tolerance=self.tolerance, max_steps=self.max_steps)
+        return _CountedMatrixFree(
+            flow=flow,
+            point=point,
+            step=jnp.asarray(step, point.dtype),
+            tolerance=self.tolerance,
+            max_steps=self.max_steps,
+        )
 
 
 def switching(linear_solver) -> flows.Tsit5ThenExtrapolation:
@@ -67,8 +72,17 @@ METHODS = {
 
 def counted_with(setting: H.Setting, solver) -> dict:
     """The solver's report of one untimed run."""
-    traj = flows.solve(setting.flow, setting.state0, t1=H.T_MAX, ts=H.FINAL_ONLY, rtol=H.RTOL, atol=H.ATOL,
-                       stop_loss=H.STOP_LOSS, solver=solver, max_steps=3_000_000)
+    traj = flows.solve(
+        setting.flow,
+        setting.state0,
+        t1=H.T_MAX,
+        ts=H.FINAL_ONLY,
+        rtol=H.RTOL,
+        atol=H.ATOL,
+        stop_loss=H.STOP_LOSS,
+        solver=solver,
+        max_steps=3_000_000,
+    )
     return traj.stats | {"solver": traj.config["solver"]}
 
 
@@ -97,31 +111,40 @@ def table(setting: H.Setting, repeats: int, skip: list[str]) -> None:
     stats = {name: counted(setting, name) for name in names}
     reference = H.reference(setting, np.array([o.t_final for o in outcomes.values()]))
     tsit5 = timings["Tsit5"].median if "Tsit5" in timings else float("nan")
-    print(f"\n{setting.name}: rtol {H.RTOL:g}, atol {H.ATOL:g}, until loss < {H.STOP_LOSS:g}; "
-          f"{repeats} timed repeats, interleaved\n")
-    print("| method | solver | wall s | spread | compile s | steps | rejected | switch at t | linearisations | "
-          "CG iterations | RKC stages | t final | loss | W err | Tsit5 / this |")
+    print(
+        f"\n{setting.name}: rtol {H.RTOL:g}, atol {H.ATOL:g}, until loss < {H.STOP_LOSS:g}; "
+        f"{repeats} timed repeats, interleaved\n"
+    )
+    print(
+        "| method | solver | wall s | spread | compile s | steps | rejected | switch at t | linearisations | "
+        "CG iterations | RKC stages | t final | loss | W err | Tsit5 / this |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         o, t, s = outcomes[name], timings[name], stats[name]
         err = H.relative_error(o.W_final, reference[o.t_final])
         t_switch = s.get("t_switch")
-        print(f"| {name} | {s['solver']} | {t.median:.3g} | {t.spread()} | {t.compile:.3g} | {o.steps} | {o.rejected} | "
-              f"{'-' if t_switch is None else f'{t_switch:.4g}'} | {s.get('linearisations', '-')} | "
-              f"{s.get('cg_iterations', '-')} | {s.get('stages', '-')} | {o.t_final:.5g} | {o.loss_final:.2e} | {err:.1e} | "
-              f"{tsit5 / t.median:.2f} |", flush=True)
+        print(
+            f"| {name} | {s['solver']} | {t.median:.3g} | {t.spread()} | {t.compile:.3g} | {o.steps} | {o.rejected} | "
+            f"{'-' if t_switch is None else f'{t_switch:.4g}'} | {s.get('linearisations', '-')} | "
+            f"{s.get('cg_iterations', '-')} | {s.get('stages', '-')} | {o.t_final:.5g} | {o.loss_final:.2e} | {err:.1e} | "
+            f"{tsit5 / t.median:.2f} |",
+            flush=True,
+        )
 
 
 def variants(setting: H.Setting) -> None:
     """The Woodbury switch's own knobs against Tsit5: extrapolation columns (order) and re-linearisation (`refresh`
     1e-2, `growth` off: only the state's motion re-linearises), one timed run each after a compiling one."""
-    rows = {"Tsit5": lambda: diffrax.Tsit5(),
-            "switch, defaults (columns 8, refresh 1e-4, growth 2)": lambda: switching(flows.Woodbury())}
+    rows = {
+        "Tsit5": lambda: diffrax.Tsit5(),
+        "switch, defaults (columns 8, refresh 1e-4, growth 2)": lambda: switching(flows.Woodbury()),
+    }
     # refresh 1e-4 with growth off: 71 (columns 4) and 34 (columns 5) linearisations, 135 s and 69 s; not rerun.
     for columns in (8, 5, 4):
-        rows[f"switch, columns {columns}, refresh 1e-2, growth off"] = (
-            lambda c=columns: flows.Tsit5ThenExtrapolation(
-                stiff_solver=flows.LinearlyImplicitExtrapolation(columns=c, refresh=1e-2, growth=np.inf)))
+        rows[f"switch, columns {columns}, refresh 1e-2, growth off"] = lambda c=columns: flows.Tsit5ThenExtrapolation(
+            stiff_solver=flows.LinearlyImplicitExtrapolation(columns=c, refresh=1e-2, growth=np.inf)
+        )
     print(f"\n{setting.name}: rtol {H.RTOL:g}, atol {H.ATOL:g}, until loss < {H.STOP_LOSS:g}\n")
     print("| solver | wall s | Tsit5 / this | steps | rejected | linearisations | t final | loss |")
     print("|---|---|---|---|---|---|---|---|")
@@ -131,8 +154,11 @@ def variants(setting: H.Setting) -> None:
         outcome, seconds = H.clock(lambda: H.run_flows(setting, make()))
         stats = counted_with(setting, make())
         tsit5 = tsit5 or seconds
-        print(f"| {name} | {seconds:.3g} | {tsit5 / seconds:.2f} | {outcome.steps} | {outcome.rejected} | "
-              f"{stats.get('linearisations', '-')} | {outcome.t_final:.5g} | {outcome.loss_final:.2e} |", flush=True)
+        print(
+            f"| {name} | {seconds:.3g} | {tsit5 / seconds:.2f} | {outcome.steps} | {outcome.rejected} | "
+            f"{stats.get('linearisations', '-')} | {outcome.t_final:.5g} | {outcome.loss_final:.2e} |",
+            flush=True,
+        )
 
 
 def large(n: int, m: int, depth: int, alpha: float, repeats: int) -> None:
@@ -141,8 +167,9 @@ def large(n: int, m: int, depth: int, alpha: float, repeats: int) -> None:
     flow = setting.flow
     point, unravel = ravel_pytree(setting.state0)
     # Exactly 10 CG iterations: a tolerance never met, max_steps 10.
-    linear = flows.MatrixFreeGaussNewton(flow=flow, point=point, step=jnp.asarray(1.0), tolerance=jnp.asarray(1e-300),
-                                         max_steps=10)
+    linear = flows.MatrixFreeGaussNewton(
+        flow=flow, point=point, step=jnp.asarray(1.0), tolerance=jnp.asarray(1e-300), max_steps=10
+    )
 
     @eqx.filter_jit
     def evaluation(flow, x):
@@ -156,8 +183,11 @@ def large(n: int, m: int, depth: int, alpha: float, repeats: int) -> None:
     jax.block_until_ready(iterations(linear, b))
     vf = min(H.clock(lambda: evaluation(flow, point))[1] for _ in range(repeats))
     cg = min(H.clock(lambda: iterations(linear, b))[1] for _ in range(repeats)) / 10
-    print(f"{setting.name}: {point.size} parameters; one vector-field evaluation {vf:.3g} s, one CG iteration "
-          f"{cg:.3g} s ({cg / vf:.2f} evaluations)", flush=True)
+    print(
+        f"{setting.name}: {point.size} parameters; one vector-field evaluation {vf:.3g} s, one CG iteration "
+        f"{cg:.3g} s ({cg / vf:.2f} evaluations)",
+        flush=True,
+    )
 
 
 def drive(n: int, m: int, depth: int, alpha: float, budget: float) -> None:
@@ -166,15 +196,29 @@ def drive(n: int, m: int, depth: int, alpha: float, budget: float) -> None:
     setting = H.completion_setting(alpha, n=n, m=m, depth=depth)
     flow, state, t, horizon = setting.flow, setting.state0, 0.0, 25.0
     start = time.perf_counter()
-    print(f"{setting.name}, default solver ({type(flows.default_solver(flow, H.STOP_LOSS)).__name__}), "
-          f"loss {float(flow.loss(state)):.3e} at t = 0", flush=True)
+    print(
+        f"{setting.name}, default solver ({type(flows.default_solver(flow, H.STOP_LOSS)).__name__}), "
+        f"loss {float(flow.loss(state)):.3e} at t = 0",
+        flush=True,
+    )
     while time.perf_counter() - start < budget:
         chunk = time.perf_counter()
-        traj = flows.solve(flow, state, t1=horizon - t, ts=[horizon - t], rtol=H.RTOL, atol=H.ATOL, stop_loss=H.STOP_LOSS,
-                           max_steps=3_000_000)
+        traj = flows.solve(
+            flow,
+            state,
+            t1=horizon - t,
+            ts=[horizon - t],
+            rtol=H.RTOL,
+            atol=H.ATOL,
+            stop_loss=H.STOP_LOSS,
+            max_steps=3_000_000,
+        )
         state, t = jax.tree.map(lambda x: x[-1], traj.states), t + float(traj.ts[-1])
-        print(f"  t = {t:.6g}: loss {traj.loss[-1]:.3e}, {traj.stats['num_steps']} steps, "
-              f"{time.perf_counter() - chunk:.0f} s (total {time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"  t = {t:.6g}: loss {traj.loss[-1]:.3e}, {traj.stats['num_steps']} steps, "
+            f"{time.perf_counter() - chunk:.0f} s (total {time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
         if traj.loss[-1] < H.STOP_LOSS:
             return
         horizon *= 2
@@ -186,10 +230,16 @@ def main(argv=None) -> int:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per method after the first")
     parser.add_argument("--skip", nargs="*", default=[], help="rows to leave out")
-    parser.add_argument("--variants", action="store_true",
-                        help="the Woodbury switch's columns and re-linearisation against Tsit5 (at --m)")
-    parser.add_argument("--large", action="store_true",
-                        help="n = 1000, m = 50,000: per-evaluation costs, then the default solver toward the loss")
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="the Woodbury switch's columns and re-linearisation against Tsit5 (at --m)",
+    )
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help="n = 1000, m = 50,000: per-evaluation costs, then the default solver toward the loss",
+    )
     parser.add_argument("--budget", type=float, default=3600.0, help="--large: wall seconds for the run (default 3600)")
     args = parser.parse_args(argv)
     start = time.perf_counter()

@@ -32,8 +32,9 @@ def build(config):
 def timed_sweep(batch_size: int, options: dict) -> tuple[float, list]:
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        runs = flows.sweep(build, [{"alpha": a} for a in ALPHAS], folder, batch_size=batch_size, progress=False,
-                           **options)
+        runs = flows.sweep(
+            build, [{"alpha": a} for a in ALPHAS], folder, batch_size=batch_size, progress=False, **options
+        )
         seconds = time.perf_counter() - start
         trajs = [run.load() for run in runs]
     return seconds, trajs
@@ -43,20 +44,28 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    settings = {"Tsit5, t in [0, 20]": dict(t1=20.0, solver=flows.solver_by_name("tsit5")),
-                "default solver, until loss < 1e-10": dict(t1=1e6, stop_loss=1e-10)}
+    settings = {
+        "Tsit5, t in [0, 20]": dict(t1=20.0, solver=flows.solver_by_name("tsit5")),
+        "default solver, until loss < 1e-10": dict(t1=1e6, stop_loss=1e-10),
+    }
     for name, options in settings.items():
         times = {1: [], len(ALPHAS): []}
         for batch_size in times:
             _, trajs = timed_sweep(batch_size, options)
-            print(f"# {name}, batch {batch_size}: {trajs[0].config['solver']}, steps "
-                  f"{[t.stats['num_steps'] for t in trajs]}", flush=True)
+            print(
+                f"# {name}, batch {batch_size}: {trajs[0].config['solver']}, steps "
+                f"{[t.stats['num_steps'] for t in trajs]}",
+                flush=True,
+            )
         for _ in range(args.repeats):
             for batch_size in times:
                 times[batch_size].append(timed_sweep(batch_size, options)[0])
         one, batched = (float(np.median(times[b])) for b in times)
-        print(f"{name}: one at a time {one:.2f} s, batched x{len(ALPHAS)} {batched:.2f} s, "
-              f"batched / one {batched / one:.2f}", flush=True)
+        print(
+            f"{name}: one at a time {one:.2f} s, batched x{len(ALPHAS)} {batched:.2f} s, "
+            f"batched / one {batched / one:.2f}",
+            flush=True,
+        )
     return 0
 
 

@@ -62,22 +62,29 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         start = time.perf_counter()
-        with LocalCluster(n_workers=args.workers, processes=True, threads_per_worker=1,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=args.workers, processes=True, threads_per_worker=1, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             started = time.perf_counter() - start
             local_cold, local = timed(tmp / "local-cold")
             dask_cold, runs = timed(tmp / "dask-cold", executor=client)
-            print(f"cold: local {local_cold:.2f} s, dask {dask_cold:.2f} s (+ cluster start {started:.2f} s)",
-                  flush=True)
+            print(
+                f"cold: local {local_cold:.2f} s, dask {dask_cold:.2f} s (+ cluster start {started:.2f} s)", flush=True
+            )
             warm = {"local": [], "dask": []}
             for k in range(args.repeats):
                 warm["local"].append(timed(tmp / f"local-{k}")[0])
                 warm["dask"].append(timed(tmp / f"dask-{k}", executor=client)[0])
                 print(f"warm {k}: local {warm['local'][-1]:.2f} s, dask {warm['dask'][-1]:.2f} s", flush=True)
         local_warm, dask_warm = (float(np.median(warm[side])) for side in ("local", "dask"))
-        print(f"dask ({args.workers} workers) / local wall time, {len(runs)} runs: warm {dask_warm / local_warm:.2f} "
-              f"(medians {dask_warm:.2f} / {local_warm:.2f} s), cold {dask_cold / local_cold:.2f}, "
-              f"cold with the cluster's start {(started + dask_cold) / local_cold:.2f}")
+        print(
+            f"dask ({args.workers} workers) / local wall time, {len(runs)} runs: warm {dask_warm / local_warm:.2f} "
+            f"(medians {dask_warm:.2f} / {local_warm:.2f} s), cold {dask_cold / local_cold:.2f}, "
+            f"cold with the cluster's start {(started + dask_cold) / local_cold:.2f}"
+        )
         print(f"identical to the local sweep (keys and every array, bit for bit): {identical(runs, local)}")
     return 0
 

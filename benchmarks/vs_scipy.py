@@ -31,8 +31,11 @@ import flows
 
 FAST = "flows switching"
 SAVED = "flows switching, saved"
-FLOWS_SOLVERS = {"flows Tsit5": diffrax.Tsit5, "flows extrapolation": flows.LinearlyImplicitExtrapolation,
-                 FAST: flows.Tsit5ThenExtrapolation}
+FLOWS_SOLVERS = {
+    "flows Tsit5": diffrax.Tsit5,
+    "flows extrapolation": flows.LinearlyImplicitExtrapolation,
+    FAST: flows.Tsit5ThenExtrapolation,
+}
 
 
 def factored_setting(alpha: float, n: int = 30, m: int = 180, rank: int = 2, seed: int = 0) -> H.Setting:
@@ -47,8 +50,12 @@ def deep_setting(alpha: float, depth: int = 3, n: int = 30, m: int = 180, rank: 
     return H.Setting(f"deep sensing n={n} m={m} r={rank} depth={depth} alpha={alpha:g}", flow, flow.init(scale=alpha))
 
 
-SETTINGS = {"sensing": H.sensing_setting, "completion": H.completion_setting, "factored": factored_setting,
-            "deep3": deep_setting}
+SETTINGS = {
+    "sensing": H.sensing_setting,
+    "completion": H.completion_setting,
+    "factored": factored_setting,
+    "deep3": deep_setting,
+}
 """--setting: the harness's two (scipy may run apart for them) and the multi-array states of issue 10."""
 
 
@@ -57,6 +64,7 @@ def methods(setting: H.Setting, field: H.FlatField | None, time_limit: float) ->
 
     With `field` None the scipy runs go to child processes (`run_scipy_apart`), timed inside them.
     """
+
     def ours(name, ts=H.FINAL_ONLY):
         solver = FLOWS_SOLVERS[name]()
         return lambda: (H.run_flows(setting, solver, ts=ts), None)
@@ -87,13 +95,17 @@ def main(argv=None) -> int:
     parser.add_argument("--alpha", type=float, default=1e-3, help="init scale (default 1e-3)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per method after the first")
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out (e.g. RK45 DOP853)")
-    parser.add_argument("--slow-repeats", type=int, default=1,
-                        help="timed runs for methods slower than --slow seconds (default 1)")
+    parser.add_argument(
+        "--slow-repeats", type=int, default=1, help="timed runs for methods slower than --slow seconds (default 1)"
+    )
     parser.add_argument("--slow", type=float, default=30.0)
     parser.add_argument("--time-limit", type=float, default=900.0, help="give up on a scipy run after this")
-    parser.add_argument("--apart", action="store_true",
-                        help="run scipy in child processes killed at --time-limit (default for completion, "
-                             "whose 30,000 unknowns put LSODA's dense Jacobian at 7 GB)")
+    parser.add_argument(
+        "--apart",
+        action="store_true",
+        help="run scipy in child processes killed at --time-limit (default for completion, "
+        "whose 30,000 unknowns put LSODA's dense Jacobian at 7 GB)",
+    )
     parser.add_argument("--descent", action="store_true", help="also find gradient descent's tracking step")
     parser.add_argument("--json", type=Path, default=None, help="write every number here too")
     args = parser.parse_args(argv)
@@ -102,12 +114,17 @@ def main(argv=None) -> int:
     print(f"# {setting.name}: rtol {H.RTOL:g}, atol {H.ATOL:g}, until loss < {H.STOP_LOSS:g}", flush=True)
     apart = args.apart or args.setting == "completion"
     if apart and not setting.spec[0]:
-        parser.error(f"--apart rebuilds the setting in a child process from the harness's settings; "
-                     f"{args.setting} runs in this process")
+        parser.error(
+            f"--apart rebuilds the setting in a child process from the harness's settings; "
+            f"{args.setting} runs in this process"
+        )
     field = None if apart else H.FlatField(setting)
     scipy_compile = float("nan") if apart else field.compile()
-    todo = {name: fn for name, fn in methods(setting, field, args.time_limit).items()
-            if not any(skip in name for skip in args.skip)}
+    todo = {
+        name: fn
+        for name, fn in methods(setting, field, args.time_limit).items()
+        if not any(skip in name for skip in args.skip)
+    }
 
     outcomes, timings = {}, {}
     for name, fn in todo.items():  # the first call of each: compile + run
@@ -135,8 +152,9 @@ def main(argv=None) -> int:
 
     for name in todo:
         if name.startswith("flows"):
-            counts = H.count_flows(setting, FLOWS_SOLVERS[FAST if name == SAVED else name](),
-                                   ts=None if name == SAVED else H.FINAL_ONLY)
+            counts = H.count_flows(
+                setting, FLOWS_SOLVERS[FAST if name == SAVED else name](), ts=None if name == SAVED else H.FINAL_ONLY
+            )
             outcomes[name].evaluations = counts.get("vf")
             outcomes[name].jacobians = counts.get("jacobian", 0)
             outcomes[name].solves = counts.get("solve", 0)
@@ -149,8 +167,11 @@ def main(argv=None) -> int:
 
     report = _table(setting, outcomes, timings, ref, scipy_compile)
     report["unit_costs"] = unit
-    report["near_limit"] = {name: _near_limit(name, outcomes[name], timings[name], unit, unit_best)
-                            for name in todo if name.startswith("flows")}
+    report["near_limit"] = {
+        name: _near_limit(name, outcomes[name], timings[name], unit, unit_best)
+        for name in todo
+        if name.startswith("flows")
+    }
     if args.descent:
         report["descent"] = _descent(setting, outcomes, timings, unit)
     if args.json:
@@ -161,8 +182,10 @@ def main(argv=None) -> int:
 def _table(setting, outcomes, timings, ref, scipy_compile) -> dict:
     baseline = "scipy LSODA+jac" if "scipy LSODA+jac" in outcomes else None
     print()
-    print(f"{'method':<25}{'wall s':>9}{'spread':>15}{'compile s':>10}{'steps':>9}{'rejected':>9}{'f evals':>10}"
-          f"{'jacs':>6}{'saved':>6}{'t final':>9}{'loss':>10}{'W err':>10}  ok  {'LSODA+jac/this':>14}")
+    print(
+        f"{'method':<25}{'wall s':>9}{'spread':>15}{'compile s':>10}{'steps':>9}{'rejected':>9}{'f evals':>10}"
+        f"{'jacs':>6}{'saved':>6}{'t final':>9}{'loss':>10}{'W err':>10}  ok  {'LSODA+jac/this':>14}"
+    )
     rows = {}
     for name, o in outcomes.items():
         t = timings[name]
@@ -170,22 +193,39 @@ def _table(setting, outcomes, timings, ref, scipy_compile) -> dict:
         ok = bool(o.loss_final < H.STOP_LOSS and err < 1e-6)
         compile_s = scipy_compile if name.startswith("scipy") else t.compile
         speedup = timings[baseline].median / t.median if baseline else float("nan")
-        rows[name] = dict(wall=t.median, runs=t.runs, compile=compile_s, steps=o.steps, rejected=o.rejected,
-                          evaluations=o.evaluations, jacobians=o.jacobians, solves=o.solves, saved=o.saved,
-                          t_final=o.t_final,
-                          loss=o.loss_final, W_error=err, ok=ok, speedup_vs_lsoda_jac=speedup, note=o.note)
-        print(f"{name:<25}{t.median:9.3f}{t.spread():>15}{compile_s:10.2f}{o.steps:9d}{_fmt(o.rejected):>9}"
-              f"{_fmt(o.evaluations):>10}{_fmt(o.jacobians):>6}{_fmt(o.saved):>6}{o.t_final:9.1f}{o.loss_final:10.2e}{err:10.2e}"
-              f"  {'yes' if ok else 'NO ':<3} {speedup:14.1f}  {o.note}")
+        rows[name] = dict(
+            wall=t.median,
+            runs=t.runs,
+            compile=compile_s,
+            steps=o.steps,
+            rejected=o.rejected,
+            evaluations=o.evaluations,
+            jacobians=o.jacobians,
+            solves=o.solves,
+            saved=o.saved,
+            t_final=o.t_final,
+            loss=o.loss_final,
+            W_error=err,
+            ok=ok,
+            speedup_vs_lsoda_jac=speedup,
+            note=o.note,
+        )
+        print(
+            f"{name:<25}{t.median:9.3f}{t.spread():>15}{compile_s:10.2f}{o.steps:9d}{_fmt(o.rejected):>9}"
+            f"{_fmt(o.evaluations):>10}{_fmt(o.jacobians):>6}{_fmt(o.saved):>6}{o.t_final:9.1f}{o.loss_final:10.2e}{err:10.2e}"
+            f"  {'yes' if ok else 'NO ':<3} {speedup:14.1f}  {o.note}"
+        )
     lsoda = [n for n in ("scipy LSODA", "scipy LSODA+jac") if n in outcomes and np.isfinite(timings[n].median)]
     ours = [n for n in FLOWS_SOLVERS if n in outcomes and rows[n]["ok"]]
     if ours:
         fastest = min(ours, key=lambda n: timings[n].median)
         if lsoda:
             best = min(lsoda, key=lambda n: timings[n].median)
-            print(f"\nfastest flows.solve ({fastest}, {timings[fastest].median:.3f} s) is "
-                  f"{timings[best].median / timings[fastest].median:.1f}x faster than the faster LSODA "
-                  f"({best}, {timings[best].median:.3f} s)")
+            print(
+                f"\nfastest flows.solve ({fastest}, {timings[fastest].median:.3f} s) is "
+                f"{timings[best].median / timings[fastest].median:.1f}x faster than the faster LSODA "
+                f"({best}, {timings[best].median:.3f} s)"
+            )
         elif any(n.startswith("scipy LSODA") for n in outcomes):
             print(f"\nLSODA did not finish; fastest flows.solve: {fastest}, {timings[fastest].median:.3f} s")
     return {"setting": setting.name, "methods": rows}
@@ -200,13 +240,24 @@ def _near_limit(name, outcome, timing, unit, unit_best) -> dict:
     jacobians, solves = outcome.jacobians, outcome.solves
     ideal = outcome.evaluations * unit["vf"] + jacobians * unit["jacobian"] + solves * unit["solve"]
     ratio = timing.median / ideal
-    best = min(timing.runs) / (outcome.evaluations * unit_best["vf"] + jacobians * unit_best["jacobian"]
-                               + solves * unit_best["solve"])
-    print(f"near the limit, {name}: {outcome.evaluations} evaluations x {unit['vf'] * 1e6:.1f} us + {jacobians} linearisations "
-          f"x {unit['jacobian'] * 1e3:.2f} ms + {solves} solves x {unit['solve'] * 1e6:.1f} us = {ideal:.3f} s; "
-          f"wall {timing.median:.3f} s; ratio {ratio:.2f} (best over best {best:.2f})")
-    return dict(unit=unit, evaluations=outcome.evaluations, jacobians=jacobians, solves=solves, ideal=ideal,
-                wall=timing.median, ratio=ratio, best_ratio=best)
+    best = min(timing.runs) / (
+        outcome.evaluations * unit_best["vf"] + jacobians * unit_best["jacobian"] + solves * unit_best["solve"]
+    )
+    print(
+        f"near the limit, {name}: {outcome.evaluations} evaluations x {unit['vf'] * 1e6:.1f} us + {jacobians} linearisations "
+        f"x {unit['jacobian'] * 1e3:.2f} ms + {solves} solves x {unit['solve'] * 1e6:.1f} us = {ideal:.3f} s; "
+        f"wall {timing.median:.3f} s; ratio {ratio:.2f} (best over best {best:.2f})"
+    )
+    return dict(
+        unit=unit,
+        evaluations=outcome.evaluations,
+        jacobians=jacobians,
+        solves=solves,
+        ideal=ideal,
+        wall=timing.median,
+        ratio=ratio,
+        best_ratio=best,
+    )
 
 
 def _descent(setting, outcomes, timings, unit, tolerance: float = 1e-3) -> dict:
@@ -220,7 +271,7 @@ def _descent(setting, outcomes, timings, unit, tolerance: float = 1e-3) -> dict:
     """
     # The earliest time any accurate method reached loss < 1e-10 (the others overshoot within a step).
     t_final = min(o.t_final for name, o in outcomes.items() if np.isfinite(o.t_final) and o.loss_final < H.STOP_LOSS)
-    eta0 = 2.0 ** -10
+    eta0 = 2.0**-10
     full = np.unique(np.round(np.geomspace(1, t_final / eta0, 60)).astype(np.int64))
     ref = H.reference(setting, full * eta0)
     W_ref = np.stack([ref[float(t)] for t in full * eta0])
@@ -232,15 +283,20 @@ def _descent(setting, outcomes, timings, unit, tolerance: float = 1e-3) -> dict:
     print(f"\ngradient descent (checkpoints: {len(full)} times in [{eta0:.3g}, {t_final:.4g}])", flush=True)
     err_full = errors(eta0, full, W_ref)
     peak = full[np.argmax(err_full)] * eta0
-    print(f"  eta {eta0:.3g} over the whole run: max error {err_full.max():.3g} at t = {peak:.3g}; "
-          f"error at the end {err_full[-1]:.3g}", flush=True)
+    print(
+        f"  eta {eta0:.3g} over the whole run: max error {err_full.max():.3g} at t = {peak:.3g}; "
+        f"error at the end {err_full[-1]:.3g}",
+        flush=True,
+    )
     window = full[full * eta0 <= 4 * peak]
     ratios = []
     for j in range(1, 9):
-        eta = eta0 / 2 ** j
-        e = errors(eta, window * 2 ** j, W_ref[: len(window)]).max()
+        eta = eta0 / 2**j
+        e = errors(eta, window * 2**j, W_ref[: len(window)]).max()
         ratios.append((eta, e / eta))
-        print(f"  eta {eta:.3g} on [0, {window[-1] * eta0:.3g}]: max error {e:.3g}, error / eta {e / eta:.4g}", flush=True)
+        print(
+            f"  eta {eta:.3g} on [0, {window[-1] * eta0:.3g}]: max error {e:.3g}, error / eta {e / eta:.4g}", flush=True
+        )
     (e1, c1), (e2, c2) = ratios[-2], ratios[-1]
     c = c2 + (c2 - c1) * e2 / (e1 - e2)  # c(eta) = c + c' eta: extrapolate to eta -> 0
 
@@ -265,13 +321,24 @@ def _descent(setting, outcomes, timings, unit, tolerance: float = 1e-3) -> dict:
     steps = int(np.ceil(t_final / eta_star))
     wall = steps * per_step
     fast = timings[FAST].median
-    print(f"  largest tracking step eta* = {eta_star:.3g} (e(eta*) = {checks[1.0]['error']:.3g}, "
-          f"e(1.25 eta*) = {checks[1.25]['error']:.3g}); to t = {t_final:.4g}: {steps:.3g} steps x "
-          f"{per_step * 1e6:.1f} us = {wall:.3g} s (steps x measured time per step; not run to the end)")
+    print(
+        f"  largest tracking step eta* = {eta_star:.3g} (e(eta*) = {checks[1.0]['error']:.3g}, "
+        f"e(1.25 eta*) = {checks[1.25]['error']:.3g}); to t = {t_final:.4g}: {steps:.3g} steps x "
+        f"{per_step * 1e6:.1f} us = {wall:.3g} s (steps x measured time per step; not run to the end)"
+    )
     print(f"  {FAST} ({fast:.3f} s) is {wall / fast:.3g}x faster than gradient descent at matched accuracy")
-    return dict(eta0=eta0, error_full_run=float(err_full.max()), peak_time=float(peak), ratios=ratios,
-                eta_star=eta_star, checks=checks, steps=steps, seconds_per_step=per_step, wall=wall,
-                speedup=wall / fast)
+    return dict(
+        eta0=eta0,
+        error_full_run=float(err_full.max()),
+        peak_time=float(peak),
+        ratios=ratios,
+        eta_star=eta_star,
+        checks=checks,
+        steps=steps,
+        seconds_per_step=per_step,
+        wall=wall,
+        speedup=wall / fast,
+    )
 
 
 def _fmt(x) -> str:

@@ -30,17 +30,38 @@ from .span import Span
 from .performance import Performance
 from .small_init import SmallInit
 
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (ClosedForms(), SmallInit(), Depth(), Norms(), FiniteSteps(),
-                                                          Flatness(), penalties.EXPERIMENT, Span(), AdamSteps(),
-                                                          penalties.ARORA_EXPERIMENT, penalties.ARORA_MID_EXPERIMENT,
-                                                          penalties.ARORA_FEW_EXPERIMENT, Denominator(),
-                                                          EachFactor(),
-                                                          Performance())}
+EXPERIMENTS: dict[str, Experiment] = {
+    e.name: e
+    for e in (
+        ClosedForms(),
+        SmallInit(),
+        Depth(),
+        Norms(),
+        FiniteSteps(),
+        Flatness(),
+        penalties.EXPERIMENT,
+        Span(),
+        AdamSteps(),
+        penalties.ARORA_EXPERIMENT,
+        penalties.ARORA_MID_EXPERIMENT,
+        penalties.ARORA_FEW_EXPERIMENT,
+        Denominator(),
+        EachFactor(),
+        Performance(),
+    )
+}
 """The experiments by name, in the paper's order."""
 
 
-def reproduce(names: list[str] | None = None, *, quick: bool = False, store: Path | None = None,
-              out: Path | None = None, progress: bool = True, executor=None) -> tuple[Tally, float]:
+def reproduce(
+    names: list[str] | None = None,
+    *,
+    quick: bool = False,
+    store: Path | None = None,
+    out: Path | None = None,
+    progress: bool = True,
+    executor=None,
+) -> tuple[Tally, float]:
     """Run the named experiments (all by default); returns the tally of runs and outputs and the wall time.
 
     Full scale writes figures/ and paper/generated/ (committed); quick writes runs/quick/figures and
@@ -51,8 +72,11 @@ def reproduce(names: list[str] | None = None, *, quick: bool = False, store: Pat
     if unknown:
         raise ValueError(f"unknown experiment {unknown[0]!r}; choose from {', '.join(EXPERIMENTS)}")
     if out is None:
-        figures, generated = (Path("runs/quick/figures"), Path("runs/quick/generated")) if quick else (
-            Path("figures"), Path("paper/generated"))
+        figures, generated = (
+            (Path("runs/quick/figures"), Path("runs/quick/generated"))
+            if quick
+            else (Path("figures"), Path("paper/generated"))
+        )
     else:
         figures, generated = Path(out) / "figures", Path(out) / "generated"
     store = Path("runs/quick" if quick else "runs") if store is None else Path(store)

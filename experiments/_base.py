@@ -75,7 +75,9 @@ class Context:
             self.tally.count(run.status)
         return runs
 
-    def cached(self, experiment: str, config: dict, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    def cached(
+        self, experiment: str, config: dict, compute: Callable[[], dict[str, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
         """Arrays computed once per configuration (JSON values) and stored atomically under store/<experiment>/."""
         text = json.dumps(config, sort_keys=True, allow_nan=False)
         path = self.store / experiment / ("cached-" + hashlib.sha256(text.encode()).hexdigest()[:20])
@@ -190,4 +192,5 @@ def slope(x, y) -> float:
 def relative_difference(W, reference) -> np.ndarray:
     """||W(t) - W_ref(t)||_F / ||W_ref(t)||_F at each saved time."""
     return np.linalg.norm(np.asarray(W) - np.asarray(reference), axis=(-2, -1)) / np.linalg.norm(
-        np.asarray(reference), axis=(-2, -1))
+        np.asarray(reference), axis=(-2, -1)
+    )

@@ -43,15 +43,28 @@ class AdamSteps(Experiment):
     def run(self, ctx: Context) -> None:
         grid = penalties.GRIDS[ctx.quick]
         steps = QUICK_STEPS if ctx.quick else STEPS
-        base = {"n": grid.n, "rank": grid.rank, "m": grid.m, "parameterization": "depth 1", "penalty": "ratio",
-                "strength": grid.strength}
+        base = {
+            "n": grid.n,
+            "rank": grid.rank,
+            "m": grid.m,
+            "parameterization": "depth 1",
+            "penalty": "ratio",
+            "strength": grid.strength,
+        }
         results = {}
         for d, etas in steps.items():
             t1 = penalties.horizon(grid, {**base, "dynamics": d})
             ts = flows.default_ts(t1, penalties.SAVES)
             configs = [{**base, "dynamics": d, "seed": s} for s in range(grid.seeds)]
-            runs = ctx.sweep(penalties.STORE, penalties.build, configs, t1=t1, ts=ts, rtol=penalties.RTOL,
-                             max_steps=penalties.MAX_STEPS)
+            runs = ctx.sweep(
+                penalties.STORE,
+                penalties.build,
+                configs,
+                t1=t1,
+                ts=ts,
+                rtol=penalties.RTOL,
+                max_steps=penalties.MAX_STEPS,
+            )
             for run in runs:
                 if run.status == "failed":
                     continue
@@ -59,13 +72,15 @@ class AdamSteps(Experiment):
                 seed = run.config["seed"]
                 results[d, None, seed] = _best(test_error(traj.W, traj.truth), np.asarray(traj.ts))
                 for eta in etas:
+
                     def compute(config=run.config, eta=eta):
                         flow, state0 = penalties.build(config)
                         steps_traj = flows.descend(flow, state0, step=eta, t1=t1, ts=ts)
-                        return {"error": test_error(steps_traj.W, steps_traj.truth),
-                                "t": np.asarray(steps_traj.ts)}
-                    stored = ctx.cached(self.name, {"config": run.config, "step": eta, "t1": t1, "saves": len(ts)},
-                                        compute)
+                        return {"error": test_error(steps_traj.W, steps_traj.truth), "t": np.asarray(steps_traj.ts)}
+
+                    stored = ctx.cached(
+                        self.name, {"config": run.config, "step": eta, "t1": t1, "saves": len(ts)}, compute
+                    )
                     results[d, eta, seed] = _best(stored["error"], stored["t"])
         self._figure(ctx, grid, steps, results)
         self._macros(ctx, grid, steps, results)
@@ -82,14 +97,28 @@ class AdamSteps(Experiment):
         for d, etas in steps.items():
             colour = penalties.COLOURS[d]
             for ax, index in zip(axes, (0, 1)):
-                ax.plot(etas, [self._mean(results, d, eta, seeds, index) for eta in etas], "o-", color=colour,
-                        label=labels[d][0])
-                ax.axhline(self._mean(results, d, None, seeds, index), color=colour, linestyle="--",
-                           label=labels[d][1])
-        axes[0].set(xscale="log", yscale="log", xlabel=r"step size $\eta$", ylabel="best test error over time",
-                    title=f"depth 1 + ratio, $\\lambda$ = {grid.strength:g}")
-        axes[1].set(xscale="log", yscale="log", xlabel=r"step size $\eta$", ylabel=r"time of the best, $t = k\eta$",
-                    title="when it is reached")
+                ax.plot(
+                    etas,
+                    [self._mean(results, d, eta, seeds, index) for eta in etas],
+                    "o-",
+                    color=colour,
+                    label=labels[d][0],
+                )
+                ax.axhline(self._mean(results, d, None, seeds, index), color=colour, linestyle="--", label=labels[d][1])
+        axes[0].set(
+            xscale="log",
+            yscale="log",
+            xlabel=r"step size $\eta$",
+            ylabel="best test error over time",
+            title=f"depth 1 + ratio, $\\lambda$ = {grid.strength:g}",
+        )
+        axes[1].set(
+            xscale="log",
+            yscale="log",
+            xlabel=r"step size $\eta$",
+            ylabel=r"time of the best, $t = k\eta$",
+            title="when it is reached",
+        )
         for ax in axes:
             ax.legend(fontsize="small")
         ctx.figure(fig, "adam_steps")
@@ -104,12 +133,17 @@ class AdamSteps(Experiment):
             smallest = bests[-1]
             lower = min(bests) < flow_best / penalties.SAME
             meets = max(smallest, flow_best) <= penalties.SAME * min(smallest, flow_best)
-            macros |= {f"AdamSteps{tag}FlowBest": tex_number(flow_best),
-                       f"AdamSteps{tag}FlowTBest": tex_number(self._mean(results, d, None, seeds, 1)),
-                       f"AdamSteps{tag}LargestEta": tex_number(etas[0]), f"AdamSteps{tag}SmallestEta": tex_number(etas[-1]),
-                       f"AdamSteps{tag}LargestBest": tex_number(bests[0]), f"AdamSteps{tag}SmallestBest": tex_number(smallest),
-                       f"AdamSteps{tag}LargestTBest": tex_number(self._mean(results, d, etas[0], seeds, 1)),
-                       f"AdamSteps{tag}LargestIterations": tex_number(self._mean(results, d, etas[0], seeds, 1) / etas[0]),
-                       f"AdamSteps{tag}Verdict": ("a finite-step effect" if lower else
-                                              "a property of the flow" if meets else "neither")}
+            macros |= {
+                f"AdamSteps{tag}FlowBest": tex_number(flow_best),
+                f"AdamSteps{tag}FlowTBest": tex_number(self._mean(results, d, None, seeds, 1)),
+                f"AdamSteps{tag}LargestEta": tex_number(etas[0]),
+                f"AdamSteps{tag}SmallestEta": tex_number(etas[-1]),
+                f"AdamSteps{tag}LargestBest": tex_number(bests[0]),
+                f"AdamSteps{tag}SmallestBest": tex_number(smallest),
+                f"AdamSteps{tag}LargestTBest": tex_number(self._mean(results, d, etas[0], seeds, 1)),
+                f"AdamSteps{tag}LargestIterations": tex_number(self._mean(results, d, etas[0], seeds, 1) / etas[0]),
+                f"AdamSteps{tag}Verdict": (
+                    "a finite-step effect" if lower else "a property of the flow" if meets else "neither"
+                ),
+            }
         ctx.macros(self.name, macros)

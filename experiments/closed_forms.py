@@ -46,7 +46,11 @@ def _start(case: str):
     flow = flows.Flow(problem, flows.Symmetric())
     if case.startswith("eigen"):
         return flow, flow.init(scale=1e-2)
-    U0 = flow.init(scale=0.1, kind="gaussian", seed=2) if case == "riccati" else flow.init(scale=0.3, kind="gaussian", seed=1)
+    U0 = (
+        flow.init(scale=0.1, kind="gaussian", seed=2)
+        if case == "riccati"
+        else flow.init(scale=0.3, kind="gaussian", seed=1)
+    )
     if case == "reduced":
         reduced = closed_form.CommutingReduced(problem, U0 @ U0.T)
         return reduced, reduced.init()
@@ -69,37 +73,53 @@ class ClosedForms(Experiment):
         differences = {
             "reduced commuting ODE": relative_difference(traj["commuting"].W, traj["reduced"].W),
             "Riccati closed form": relative_difference(
-                traj["riccati"].W, closed_form.riccati(_indefinite_h(), _start("riccati")[1], ts)),
+                traj["riccati"].W, closed_form.riccati(_indefinite_h(), _start("riccati")[1], ts)
+            ),
             "direct flow closed form": relative_difference(
-                traj["direct"].W, closed_form.direct_flow(_problem("direct"), _start("direct")[1], ts)),
+                traj["direct"].W, closed_form.direct_flow(_problem("direct"), _start("direct")[1], ts)
+            ),
         }
-        reports = {name: eigenbasis.eigenbasis_report(_problem(f"eigen-{name}"), traj[f"eigen-{name}"])
-                   for name in ("commuting", "gaussian")}
+        reports = {
+            name: eigenbasis.eigenbasis_report(_problem(f"eigen-{name}"), traj[f"eigen-{name}"])
+            for name in ("commuting", "gaussian")
+        }
 
         fig, (left, right) = new_figure(2)
         positive = ts > 0
         for label, d in differences.items():
             left.loglog(ts[positive], np.maximum(d[positive], 1e-17), label=label)
         left.axhline(RTOL, color="0.5", lw=0.8, ls="--", label="rtol")
-        left.set(xlabel="time $t$", ylabel=r"$\|W - W_{\mathrm{exact}}\|_F / \|W_{\mathrm{exact}}\|_F$",
-                 title="integrated flow against exact solutions")
+        left.set(
+            xlabel="time $t$",
+            ylabel=r"$\|W - W_{\mathrm{exact}}\|_F / \|W_{\mathrm{exact}}\|_F$",
+            title="integrated flow against exact solutions",
+        )
         left.legend(loc="lower right")
         for name, report in reports.items():
-            right.loglog(ts[positive], np.maximum(report.commutator[positive], 1e-17),
-                         label=f"{'Gaussian' if name == 'gaussian' else 'commuting'} $A_i$ (max over $i$)")
-        right.set(xlabel="time $t$", ylabel=r"$\|[W, A_i]\|_F / (\|W\|_F \|A_i\|_F)$",
-                  title=r"commutators along the flow from $\alpha^2 I$")
+            right.loglog(
+                ts[positive],
+                np.maximum(report.commutator[positive], 1e-17),
+                label=f"{'Gaussian' if name == 'gaussian' else 'commuting'} $A_i$ (max over $i$)",
+            )
+        right.set(
+            xlabel="time $t$",
+            ylabel=r"$\|[W, A_i]\|_F / (\|W\|_F \|A_i\|_F)$",
+            title=r"commutators along the flow from $\alpha^2 I$",
+        )
         right.legend(loc="center right")
         ctx.figure(fig, "closed_forms")
 
         worst = {label: float(d.max()) for label, d in differences.items()}
-        ctx.macros(self.name, {
-            "ClosedRtol": tex_number(RTOL),
-            "ClosedReducedMax": tex_number(worst["reduced commuting ODE"]),
-            "ClosedRiccatiMax": tex_number(worst["Riccati closed form"]),
-            "ClosedDirectMax": tex_number(worst["direct flow closed form"]),
-            "ClosedWorstOverRtol": tex_number(max(worst.values()) / RTOL, 2),
-            "EigenCommutingMax": tex_number(reports["commuting"].max_commutator),
-            "EigenGaussianFinal": tex_number(float(reports["gaussian"].commutator[-1])),
-            "EigenGaussianMisalignment": tex_number(float(reports["gaussian"].misalignment[-1])),
-        })
+        ctx.macros(
+            self.name,
+            {
+                "ClosedRtol": tex_number(RTOL),
+                "ClosedReducedMax": tex_number(worst["reduced commuting ODE"]),
+                "ClosedRiccatiMax": tex_number(worst["Riccati closed form"]),
+                "ClosedDirectMax": tex_number(worst["direct flow closed form"]),
+                "ClosedWorstOverRtol": tex_number(max(worst.values()) / RTOL, 2),
+                "EigenCommutingMax": tex_number(reports["commuting"].max_commutator),
+                "EigenGaussianFinal": tex_number(float(reports["gaussian"].commutator[-1])),
+                "EigenGaussianMisalignment": tex_number(float(reports["gaussian"].misalignment[-1])),
+            },
+        )

@@ -32,8 +32,20 @@ t = 2944 of 3000 (the seeds took 10, 56 and over 200 thousand steps)."""
 
 
 def _configs(grid: penalties.Grid) -> list[dict]:
-    return [{"n": grid.n, "rank": grid.rank, "m": grid.m, "seed": seed, "parameterization": "depth 1",
-             "penalty": "ratio", "strength": grid.strength, "dynamics": d} for d in DYNAMICS for seed in range(grid.seeds)]
+    return [
+        {
+            "n": grid.n,
+            "rank": grid.rank,
+            "m": grid.m,
+            "seed": seed,
+            "parameterization": "depth 1",
+            "penalty": "ratio",
+            "strength": grid.strength,
+            "dynamics": d,
+        }
+        for d in DYNAMICS
+        for seed in range(grid.seeds)
+    ]
 
 
 class Denominator(Experiment):
@@ -47,34 +59,70 @@ class Denominator(Experiment):
         for dynamics in DYNAMICS:  # one sweep per dynamics: their horizons and step budgets differ
             group = [c for c in _configs(grid) if c["dynamics"] == dynamics]
             t1 = penalties.horizon(grid, group[0])
-            for run in ctx.sweep(penalties.STORE, penalties.build, group, t1=t1, ts=flows.default_ts(t1, penalties.SAVES),
-                                 rtol=penalties.RTOL, stop_loss=None,
-                                 max_steps=MOMENTUM_MAX_STEPS if dynamics == "momentum" else penalties.MAX_STEPS):
+            for run in ctx.sweep(
+                penalties.STORE,
+                penalties.build,
+                group,
+                t1=t1,
+                ts=flows.default_ts(t1, penalties.SAVES),
+                rtol=penalties.RTOL,
+                stop_loss=None,
+                max_steps=MOMENTUM_MAX_STEPS if dynamics == "momentum" else penalties.MAX_STEPS,
+            ):
                 if run.status == "failed":
                     failed.append((dynamics, run.config["seed"]))
                     continue
                 traj = run.load()
-                rows[dynamics].append(penalties.summary(penalties.path(traj, grid.m), nuclear_error[run.config["seed"]],
-                                                        grid.fast))
+                rows[dynamics].append(
+                    penalties.summary(penalties.path(traj, grid.m), nuclear_error[run.config["seed"]], grid.fast)
+                )
                 steps[dynamics].append(traj.stats["num_steps"])
         # A cell counts only with every seed finished (a failed seed is reported, not averaged away).
         complete = {d: r for d, r in rows.items() if len(r) == grid.seeds}
         table = []
         for d in DYNAMICS:
-            cells = [f"${tex_spread([r[k] for r in rows[d]])}$" if rows[d] else "n/a"
-                     for k in ("best", "t_best", "budget", "end")]
-            table.append([d, f"{len(rows[d])}/{grid.seeds}", *cells, f"${tex_spread(steps[d])}$" if steps[d] else "n/a"])
-        ctx.table(self.name, "grid", "lllllll", ["dynamics", "seeds", "best test error", "at time",
-                                                rf"best for $t \le {tex_number(grid.fast)}$", "at the horizon", "steps"],
-                  table)
-        macros = {"DenomN": str(grid.n), "DenomM": str(grid.m), "DenomSeeds": str(grid.seeds),
-                  "DenomStrength": tex_number(grid.strength), "DenomFast": tex_number(grid.fast),
-                  "DenomSlow": tex_number(grid.slow), "DenomFailed": str(len(failed)),
-                  "DenomNuclear": tex_number(finite_mean(list(nuclear_error.values()))),
-                  "DenomVerdict": (penalties.verdict_three(complete["RMSProp"], complete["momentum"])
-                                   if len(complete) == len(DYNAMICS) else "n/a")}
+            cells = [
+                f"${tex_spread([r[k] for r in rows[d]])}$" if rows[d] else "n/a"
+                for k in ("best", "t_best", "budget", "end")
+            ]
+            table.append(
+                [d, f"{len(rows[d])}/{grid.seeds}", *cells, f"${tex_spread(steps[d])}$" if steps[d] else "n/a"]
+            )
+        ctx.table(
+            self.name,
+            "grid",
+            "lllllll",
+            [
+                "dynamics",
+                "seeds",
+                "best test error",
+                "at time",
+                rf"best for $t \le {tex_number(grid.fast)}$",
+                "at the horizon",
+                "steps",
+            ],
+            table,
+        )
+        macros = {
+            "DenomN": str(grid.n),
+            "DenomM": str(grid.m),
+            "DenomSeeds": str(grid.seeds),
+            "DenomStrength": tex_number(grid.strength),
+            "DenomFast": tex_number(grid.fast),
+            "DenomSlow": tex_number(grid.slow),
+            "DenomFailed": str(len(failed)),
+            "DenomNuclear": tex_number(finite_mean(list(nuclear_error.values()))),
+            "DenomVerdict": (
+                penalties.verdict_three(complete["RMSProp"], complete["momentum"])
+                if len(complete) == len(DYNAMICS)
+                else "n/a"
+            ),
+        }
         for d, infix in DYNAMICS.items():
-            macros |= {f"Denom{infix}{name}": tex_number(finite_mean([r[key] for r in complete[d]])) if d in complete
-                       else "n/a" for name, key in (("Best", "best"), ("TBest", "t_best"), ("Budget", "budget"),
-                                                    ("End", "end"))}
+            macros |= {
+                f"Denom{infix}{name}": tex_number(finite_mean([r[key] for r in complete[d]]))
+                if d in complete
+                else "n/a"
+                for name, key in (("Best", "best"), ("TBest", "t_best"), ("Budget", "budget"), ("End", "end"))
+            }
         ctx.macros(self.name, macros)

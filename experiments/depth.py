@@ -76,10 +76,18 @@ class Grid:
     singular-value runs use the first."""
 
 
-GRIDS = {False: Grid(n=100, rank=5, ms=(1000, 1500, 2000, 5000), depths=(1, 2, 3, 4), seeds=5,
-                     inits=(1e-2, 1e-3, 1e-4, 1e-5, 1e-6), table_ms=(2000, 5000)),
-         True: Grid(n=30, rank=2, ms=(200, 400), depths=(1, 2, 3), seeds=2, inits=(1e-2, 1e-3, 1e-4),
-                    table_ms=(200, 400))}
+GRIDS = {
+    False: Grid(
+        n=100,
+        rank=5,
+        ms=(1000, 1500, 2000, 5000),
+        depths=(1, 2, 3, 4),
+        seeds=5,
+        inits=(1e-2, 1e-3, 1e-4, 1e-5, 1e-6),
+        table_ms=(2000, 5000),
+    ),
+    True: Grid(n=30, rank=2, ms=(200, 400), depths=(1, 2, 3), seeds=2, inits=(1e-2, 1e-3, 1e-4), table_ms=(200, 400)),
+}
 """By `ctx.quick`; 3000 is left out of the full grid (nothing changes between 2000 and 5000 but the error's size)."""
 INIT = 1e-3
 """The init scale of the main grid (Arora's default)."""
@@ -125,23 +133,34 @@ EXPONENTS = {2: "Two", 3: "Three", 4: "Four", 5: "Five", 6: "Six"}
 
 
 def _problem(config: dict) -> flows.EntryProblem:
-    return flows.completion(n=config["n"], m=config["m"], rank=config["rank"], seed=config["seed"],
-                            symmetric=False, truth_norm=float(config["n"]))
+    return flows.completion(
+        n=config["n"],
+        m=config["m"],
+        rank=config["rank"],
+        seed=config["seed"],
+        symmetric=False,
+        truth_norm=float(config["n"]),
+    )
 
 
 def build(config: dict):
     """Depth 1 (W itself) or a depth-N product of width n, Gaussian factors of scale init^(1/N)."""
     depth = config["depth"]
     flow = flows.Flow(_problem(config), flows.Direct() if depth == 1 else flows.Deep(depth=depth))
-    return flow, flow.init(scale=config["init"] ** (1.0 / depth), kind="gaussian",
-                           seed=INIT_SEED_OFFSET + config["seed"])
+    return flow, flow.init(
+        scale=config["init"] ** (1.0 / depth), kind="gaussian", seed=INIT_SEED_OFFSET + config["seed"]
+    )
 
 
 def _nuclear_minimiser(problem: flows.EntryProblem) -> dict[str, np.ndarray]:
     """`analysis.references.min_nuclear` by SCS, as the arrays the store caches."""
     reference = references.min_nuclear(problem, solver="SCS")
-    return {"X": reference.X, "objective": reference.objective, "iterations": reference.iterations,
-            "feasibility": reference.feasibility}
+    return {
+        "X": reference.X,
+        "objective": reference.objective,
+        "iterations": reference.iterations,
+        "feasibility": reference.feasibility,
+    }
 
 
 def effective_rank(W: np.ndarray) -> float:
@@ -176,36 +195,51 @@ def _spread(values: np.ndarray) -> tuple[float, float, float]:
 def _plain_log_ticks(ax) -> None:
     """Label a log y axis at 1, 2, 5 x 10^k in plain numbers (for quantities spanning one or two decades)."""
     low, high = ax.get_ylim()
-    ticks = [c * 10.0**k for k in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
-             for c in (1, 2, 5) if low <= c * 10.0**k <= high]
+    ticks = [
+        c * 10.0**k
+        for k in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+        for c in (1, 2, 5)
+        if low <= c * 10.0**k <= high
+    ]
     ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 class Depth(Experiment):
     name = "depth"
-    title = ("depth: Arora et al. 2019 reproduced (test error and effective rank vs m and depth, init scale, "
-             "incremental learning)")
+    title = (
+        "depth: Arora et al. 2019 reproduced (test error and effective rank vs m and depth, init scale, "
+        "incremental learning)"
+    )
 
     def run(self, ctx: Context) -> None:
         grid = GRIDS[ctx.quick]
         base = {"n": grid.n, "rank": grid.rank}
         seeds = range(grid.seeds)
         m_low = grid.table_ms[0]
-        configs = {m: [{**base, "m": m, "depth": d, "init": INIT, "seed": s} for d in grid.depths for s in seeds]
-                   for m in grid.ms}
-        configs[m_low] += [{**base, "m": m_low, "depth": 2, "init": init, "seed": s}
-                           for init in grid.inits if init != INIT for s in seeds]
+        configs = {
+            m: [{**base, "m": m, "depth": d, "init": INIT, "seed": s} for d in grid.depths for s in seeds]
+            for m in grid.ms
+        }
+        configs[m_low] += [
+            {**base, "m": m_low, "depth": 2, "init": init, "seed": s}
+            for init in grid.inits
+            if init != INIT
+            for s in seeds
+        ]
         error, rank, t_stop, nuclear_distance, failed = {}, {}, {}, {}, []
         minimisers = {}
         for m, group in configs.items():
             for s in seeds:
                 problem = _problem({**base, "m": m, "seed": s})
                 minimisers[m, s] = ctx.cached(
-                    self.name, {"reference": "min-nuclear", "solver": "SCS", "eps": SCS_EPS, **base, "m": m, "seed": s},
-                    lambda problem=problem: _nuclear_minimiser(problem))
-            runs = ctx.sweep(self.name, build, group, t1=T1, ts=np.array([0.0, T1]), rtol=RTOL,
-                             stop_loss=m * TRAIN_MSE / 2)
+                    self.name,
+                    {"reference": "min-nuclear", "solver": "SCS", "eps": SCS_EPS, **base, "m": m, "seed": s},
+                    lambda problem=problem: _nuclear_minimiser(problem),
+                )
+            runs = ctx.sweep(
+                self.name, build, group, t1=T1, ts=np.array([0.0, T1]), rtol=RTOL, stop_loss=m * TRAIN_MSE / 2
+            )
             for run in runs:
                 c = run.config
                 key = (m, c["depth"], c["init"], c["seed"])
@@ -223,16 +257,19 @@ class Depth(Experiment):
             return np.array([table.get((m, depth, init, s), np.nan) for s in seeds])
 
         truths = {(m, s): np.asarray(_problem({**base, "m": m, "seed": s}).truth) for m in grid.ms for s in seeds}
-        nuclear_error = {m: np.array([float(test_error(minimisers[m, s]["X"], truths[m, s])) for s in seeds])
-                         for m in grid.ms}
+        nuclear_error = {
+            m: np.array([float(test_error(minimisers[m, s]["X"], truths[m, s])) for s in seeds]) for m in grid.ms
+        }
         nuclear_rank = {m: np.array([effective_rank(minimisers[m, s]["X"]) for s in seeds]) for m in grid.ms}
 
         trajectories = self._singular_value_runs(ctx, grid, base, t_stop)
         learning = {}
         for d, traj in trajectories.items():
-            top = traj.singular_values[:, :grid.rank]
-            learning[d] = (crossing_times(traj.ts, top, 0.5),
-                           np.log10(crossing_times(traj.ts, top, 0.9) / crossing_times(traj.ts, top, 0.1)))
+            top = traj.singular_values[:, : grid.rank]
+            learning[d] = (
+                crossing_times(traj.ts, top, 0.5),
+                np.log10(crossing_times(traj.ts, top, 0.9) / crossing_times(traj.ts, top, 0.1)),
+            )
 
         self._error_figure(ctx, grid, values, error, rank, nuclear_error, nuclear_rank)
         self._init_figure(ctx, grid, values, error, nuclear_distance, nuclear_error[m_low])
@@ -244,8 +281,11 @@ class Depth(Experiment):
         low_shallow = np.concatenate([nuclear_error[m_low], values(error, m_low, 2)])
         if np.nanmax(low_deep) < np.nanmin(low_shallow):
             depth_verdict = "holds"
-        elif all(np.nanmean(values(error, m_low, d)) < min(np.nanmean(nuclear_error[m_low]),
-                                                          np.nanmean(values(error, m_low, 2))) for d in deep):
+        elif all(
+            np.nanmean(values(error, m_low, d))
+            < min(np.nanmean(nuclear_error[m_low]), np.nanmean(values(error, m_low, 2)))
+            for d in deep
+        ):
             depth_verdict = "depends"
         else:
             depth_verdict = "fails"
@@ -254,39 +294,60 @@ class Depth(Experiment):
         deep_mean = float(np.nanmean(low_deep))
         init_means = np.array([np.nanmean(values(error, m_low, 2, init)) for init in grid.inits])
         smallest_distance = float(np.nanmean(values(nuclear_distance, m_low, 2, grid.inits[-1])))
-        init_verdict = ("holds" if init_means.max() / init_means.min() > INIT_EFFECT and smallest_distance > NOT_NUCLEAR
-                        else "fails")
+        init_verdict = (
+            "holds"
+            if init_means.max() / init_means.min() > INIT_EFFECT and smallest_distance > NOT_NUCLEAR
+            else "fails"
+        )
         widths = [float(learning[d][1].mean()) for d in sorted(learning)]
         ordered = all(np.all(np.diff(learning[d][0]) > 0) for d in learning)
-        incremental_verdict = "holds" if ordered and np.all(np.diff(widths) < 0) else (
-            "depends" if ordered or np.all(np.diff(widths) < 0) else "fails")
+        incremental_verdict = (
+            "holds"
+            if ordered and np.all(np.diff(widths) < 0)
+            else ("depends" if ordered or np.all(np.diff(widths) < 0) else "fails")
+        )
 
-        macros = {"DepthN": str(grid.n), "DepthRank": str(grid.rank), "DepthSeeds": str(grid.seeds),
-                  "DepthMs": ", ".join(str(m) for m in grid.ms), "DepthMLow": str(m_low), "DepthMHigh": str(m_high),
-                  "DepthMaxDepth": str(max(grid.depths)), "DepthInit": tex_number(INIT),
-                  "DepthTrainMse": tex_number(TRAIN_MSE), "DepthScsEps": tex_number(SCS_EPS),
-                  "DepthInitMax": tex_number(grid.inits[0]), "DepthInitMin": tex_number(grid.inits[-1]),
-                  "DepthFailedRuns": str(len(failed)),
-                  "DepthScsFeasibilityMax": tex_number(max(float(r["feasibility"]) for r in minimisers.values())),
-                  "DepthScsIterationsMax": str(max(int(r["iterations"]) for r in minimisers.values())),
-                  "DepthStopTimeMax": tex_number(max(t_stop.values())),
-                  "DepthVerdictDeep": depth_verdict, "DepthVerdictHigh": high_verdict,
-                  "DepthVerdictInit": init_verdict, "DepthVerdictIncremental": incremental_verdict,
-                  "DepthDeepLowMean": tex_number(deep_mean),
-                  "DepthDeepOverPublished": tex_number(deep_mean / np.mean(PUBLISHED_DEEP)),
-                  "DepthHighMax": tex_number(float(np.nanmax(high))),
-                  "DepthInitEffect": tex_number(float(init_means.max() / init_means.min())),
-                  "DepthTwoInitLargest": tex_number(float(init_means[0])),
-                  "DepthTwoInitSmallest": tex_number(float(init_means[-1])),
-                  "DepthNuclearNormLow": tex_number(float(np.mean([minimisers[m_low, s]["objective"] for s in seeds]))),
-                  "DepthTruthNuclearNorm": tex_number(float(np.mean(
-                      [np.linalg.svd(truths[m_low, s], compute_uv=False).sum() for s in seeds])))}
+        macros = {
+            "DepthN": str(grid.n),
+            "DepthRank": str(grid.rank),
+            "DepthSeeds": str(grid.seeds),
+            "DepthMs": ", ".join(str(m) for m in grid.ms),
+            "DepthMLow": str(m_low),
+            "DepthMHigh": str(m_high),
+            "DepthMaxDepth": str(max(grid.depths)),
+            "DepthInit": tex_number(INIT),
+            "DepthTrainMse": tex_number(TRAIN_MSE),
+            "DepthScsEps": tex_number(SCS_EPS),
+            "DepthInitMax": tex_number(grid.inits[0]),
+            "DepthInitMin": tex_number(grid.inits[-1]),
+            "DepthFailedRuns": str(len(failed)),
+            "DepthScsFeasibilityMax": tex_number(max(float(r["feasibility"]) for r in minimisers.values())),
+            "DepthScsIterationsMax": str(max(int(r["iterations"]) for r in minimisers.values())),
+            "DepthStopTimeMax": tex_number(max(t_stop.values())),
+            "DepthVerdictDeep": depth_verdict,
+            "DepthVerdictHigh": high_verdict,
+            "DepthVerdictInit": init_verdict,
+            "DepthVerdictIncremental": incremental_verdict,
+            "DepthDeepLowMean": tex_number(deep_mean),
+            "DepthDeepOverPublished": tex_number(deep_mean / np.mean(PUBLISHED_DEEP)),
+            "DepthHighMax": tex_number(float(np.nanmax(high))),
+            "DepthInitEffect": tex_number(float(init_means.max() / init_means.min())),
+            "DepthTwoInitLargest": tex_number(float(init_means[0])),
+            "DepthTwoInitSmallest": tex_number(float(init_means[-1])),
+            "DepthNuclearNormLow": tex_number(float(np.mean([minimisers[m_low, s]["objective"] for s in seeds]))),
+            "DepthTruthNuclearNorm": tex_number(
+                float(np.mean([np.linalg.svd(truths[m_low, s], compute_uv=False).sum() for s in seeds]))
+            ),
+        }
         m_min = min(grid.ms)
         shallow_min = min(finite_mean(nuclear_error[m_min]), finite_mean(values(error, m_min, 2)))
         deep_min = [finite_mean(values(error, m_min, d)) for d in deep]
-        few_verdict = ("hurts" if min(deep_min) > shallow_min else "helps" if max(deep_min) < shallow_min else "mixed")
-        macros |= {"DepthMMin": str(m_min), "DepthDegrees": str(2 * grid.n * grid.rank - grid.rank**2),
-                   "DepthVerdictFew": few_verdict}
+        few_verdict = "hurts" if min(deep_min) > shallow_min else "helps" if max(deep_min) < shallow_min else "mixed"
+        macros |= {
+            "DepthMMin": str(m_min),
+            "DepthDegrees": str(2 * grid.n * grid.rank - grid.rank**2),
+            "DepthVerdictFew": few_verdict,
+        }
         # The same macro names at every scale (the quick grid lacks depth 4 and some inits: "n/a").
         for m, label in ((m_min, "Min"), (m_low, "Low"), (m_high, "High")):
             macros[f"DepthErrNuclear{label}"] = tex_number(finite_mean(nuclear_error[m]))
@@ -306,24 +367,51 @@ class Depth(Experiment):
             macros[f"DepthLearnFirst{word}"] = tex_number(float(times[0]))
             macros[f"DepthLearnLast{word}"] = tex_number(float(times[-1]))
             macros[f"DepthLearnWidth{word}"] = tex_number(float(width.mean()))
-            macros[f"DepthLearnOrdered{word}"] = ("n/a" if d not in learning else
-                                                  "yes" if np.all(np.diff(times) > 0) else "no")
+            macros[f"DepthLearnOrdered{word}"] = (
+                "n/a" if d not in learning else "yes" if np.all(np.diff(times) > 0) else "no"
+            )
         ctx.macros(self.name, macros)
 
         rows = []
         for i, m in enumerate(grid.table_ms):
-            rows.append(["nuclear (SCS)", str(m), tex_spread(nuclear_error[m]), tex_number(float(np.mean(nuclear_rank[m]))),
-                         PUBLISHED["nuclear", i]])
+            rows.append(
+                [
+                    "nuclear (SCS)",
+                    str(m),
+                    tex_spread(nuclear_error[m]),
+                    tex_number(float(np.mean(nuclear_rank[m]))),
+                    PUBLISHED["nuclear", i],
+                ]
+            )
             for d in grid.depths:
-                rows.append([f"depth {d}", str(m), tex_spread(values(error, m, d)),
-                             tex_number(float(np.nanmean(values(rank, m, d)))), PUBLISHED[f"depth {d}", i]])
+                rows.append(
+                    [
+                        f"depth {d}",
+                        str(m),
+                        tex_spread(values(error, m, d)),
+                        tex_number(float(np.nanmean(values(rank, m, d)))),
+                        PUBLISHED[f"depth {d}", i],
+                    ]
+                )
                 if d == 2 and m == m_low:
-                    rows += [[f"depth 2, init {tex_number(init)}", str(m), tex_spread(values(error, m, 2, init)),
-                              tex_number(float(np.nanmean(values(rank, m, 2, init)))), "see above"]
-                             for init in sorted(PUBLISHED_DEPTH2, reverse=True) if init in grid.inits]
-        ctx.table(self.name, "published", "lrlr|l",
-                  ["method", "$m$", "test error: mean [min, max]", "eff.\\ rank",
-                   "published (Arora et al.\\ 2019; cited)"], rows)
+                    rows += [
+                        [
+                            f"depth 2, init {tex_number(init)}",
+                            str(m),
+                            tex_spread(values(error, m, 2, init)),
+                            tex_number(float(np.nanmean(values(rank, m, 2, init)))),
+                            "see above",
+                        ]
+                        for init in sorted(PUBLISHED_DEPTH2, reverse=True)
+                        if init in grid.inits
+                    ]
+        ctx.table(
+            self.name,
+            "published",
+            "lrlr|l",
+            ["method", "$m$", "test error: mean [min, max]", "eff.\\ rank", "published (Arora et al.\\ 2019; cited)"],
+            rows,
+        )
 
     @staticmethod
     def _singular_value_runs(ctx: Context, grid: Grid, base: dict, t_stop: dict) -> dict[int, flows.Trajectory]:
@@ -335,8 +423,15 @@ class Depth(Experiment):
                 continue
             end = t_stop[m, d, INIT, 0]
             ts = np.geomspace(SV_FIRST * end, end, SV_SAVES)
-            (run,) = ctx.sweep(Depth.name, build, [{**base, "m": m, "depth": d, "init": INIT, "seed": 0}],
-                               t1=2 * end, ts=ts, rtol=RTOL, stop_loss=m * TRAIN_MSE / 2)
+            (run,) = ctx.sweep(
+                Depth.name,
+                build,
+                [{**base, "m": m, "depth": d, "init": INIT, "seed": 0}],
+                t1=2 * end,
+                ts=ts,
+                rtol=RTOL,
+                stop_loss=m * TRAIN_MSE / 2,
+            )
             trajectories[d] = run.load()
         return trajectories
 
@@ -344,22 +439,50 @@ class Depth(Experiment):
     def _error_figure(ctx, grid, values, error, rank, nuclear_error, nuclear_rank) -> None:
         fig, (left, right) = new_figure(2, width=3.5, height=2.9)
         ms = np.array(grid.ms, dtype=float)
-        series = [("nuclear-norm minimiser", "k", "s--", {m: nuclear_error[m] for m in grid.ms},
-                   {m: nuclear_rank[m] for m in grid.ms})]
-        series += [(f"depth {d}" + (" (direct $W$)" if d == 1 else ""), f"C{i}", "o-",
-                    {m: values(error, m, d) for m in grid.ms}, {m: values(rank, m, d) for m in grid.ms})
-                   for i, d in enumerate(grid.depths)]
+        series = [
+            (
+                "nuclear-norm minimiser",
+                "k",
+                "s--",
+                {m: nuclear_error[m] for m in grid.ms},
+                {m: nuclear_rank[m] for m in grid.ms},
+            )
+        ]
+        series += [
+            (
+                f"depth {d}" + (" (direct $W$)" if d == 1 else ""),
+                f"C{i}",
+                "o-",
+                {m: values(error, m, d) for m in grid.ms},
+                {m: values(rank, m, d) for m in grid.ms},
+            )
+            for i, d in enumerate(grid.depths)
+        ]
         for j, (label, colour, style, err, rk) in enumerate(series):
             shift = 1.0 + 0.012 * (j - len(series) / 2)  # side by side, so the bars do not hide each other
             for ax, data in ((left, err), (right, rk)):
                 stats = np.array([_spread(data[m]) for m in grid.ms])
-                ax.errorbar(ms * shift, stats[:, 0], yerr=[stats[:, 0] - stats[:, 1], stats[:, 2] - stats[:, 0]],
-                            fmt=style, color=colour, capsize=2, label=label)
-        left.set(yscale="log", xlabel="observed entries $m$",
-                 ylabel=r"test error $\frac{1}{n^2}\|W - W^*\|_F^2$",
-                 title=f"completion, $n = {grid.n}$, rank {grid.rank}")
-        right.set(yscale="log", xlabel="observed entries $m$", ylabel="effective rank of $W$",
-                  title=f"effective rank (truth: rank {grid.rank})")
+                ax.errorbar(
+                    ms * shift,
+                    stats[:, 0],
+                    yerr=[stats[:, 0] - stats[:, 1], stats[:, 2] - stats[:, 0]],
+                    fmt=style,
+                    color=colour,
+                    capsize=2,
+                    label=label,
+                )
+        left.set(
+            yscale="log",
+            xlabel="observed entries $m$",
+            ylabel=r"test error $\frac{1}{n^2}\|W - W^*\|_F^2$",
+            title=f"completion, $n = {grid.n}$, rank {grid.rank}",
+        )
+        right.set(
+            yscale="log",
+            xlabel="observed entries $m$",
+            ylabel="effective rank of $W$",
+            title=f"effective rank (truth: rank {grid.rank})",
+        )
         right.axhline(grid.rank, color="0.5", lw=0.8, ls=":")
         left.axhline(TRAIN_MSE, color="0.5", lw=0.8, ls=":", label="training MSE at the stop")
         _plain_log_ticks(right)
@@ -379,17 +502,31 @@ class Depth(Experiment):
             ax.loglog(inits, stats[:, 0], "o-", color="C1", label="depth 2 (mean, min-max band)")
             for i, d in enumerate(grid.depths):
                 if d >= 3:
-                    ax.axhline(np.nanmean(values(table, m, d)), color=f"C{i}", ls="--",
-                               label=f"depth {d} (init {INIT:g})")
+                    ax.axhline(
+                        np.nanmean(values(table, m, d)), color=f"C{i}", ls="--", label=f"depth {d} (init {INIT:g})"
+                    )
         left.axhline(np.mean(nuclear_error), color="k", ls=":", label="nuclear-norm minimiser")
         published = np.array(sorted(PUBLISHED_DEPTH2.items()))
         if not ctx.quick:
-            left.plot(published[:, 0], published[:, 1], "D", mfc="none", color="0.3", ms=6,
-                      label="depth 2, Arora et al. 2019 (cited)")
-        left.set(xlabel="init scale ($\\|W_0\\|_F \\approx$ init $\\sqrt{n}$)",
-                 ylabel=r"test error $\frac{1}{n^2}\|W - W^*\|_F^2$", title=f"depth 2 against init scale, $m = {m}$")
-        right.set(xlabel="init scale", ylabel=r"$\|W - X_{\mathrm{nuc}}\|_F / \|X_{\mathrm{nuc}}\|_F$",
-                  title="distance to the nuclear-norm minimiser")
+            left.plot(
+                published[:, 0],
+                published[:, 1],
+                "D",
+                mfc="none",
+                color="0.3",
+                ms=6,
+                label="depth 2, Arora et al. 2019 (cited)",
+            )
+        left.set(
+            xlabel="init scale ($\\|W_0\\|_F \\approx$ init $\\sqrt{n}$)",
+            ylabel=r"test error $\frac{1}{n^2}\|W - W^*\|_F^2$",
+            title=f"depth 2 against init scale, $m = {m}$",
+        )
+        right.set(
+            xlabel="init scale",
+            ylabel=r"$\|W - X_{\mathrm{nuc}}\|_F / \|X_{\mathrm{nuc}}\|_F$",
+            title="distance to the nuclear-norm minimiser",
+        )
         right.margins(y=0.1)
         _plain_log_ticks(right)
         for ax in (left, right):
@@ -402,20 +539,33 @@ class Depth(Experiment):
         fig, axes = new_figure(len(trajectories), width=2.9, height=2.7)
         shown = 2 * grid.rank
         for ax, (d, traj) in zip(axes, sorted(trajectories.items())):
-            truth = np.linalg.svd(traj.truth, compute_uv=False)[:grid.rank]
+            truth = np.linalg.svd(traj.truth, compute_uv=False)[: grid.rank]
             positive = traj.ts > 0
             for k in range(shown):
-                ax.loglog(traj.ts[positive], traj.singular_values[positive, k],
-                          color=f"C{k}" if k < grid.rank else "0.6", lw=1.2 if k < grid.rank else 0.8,
-                          label=f"$\\sigma_{{{k + 1}}}$" if k < grid.rank else (
-                              f"$\\sigma_{{{grid.rank + 1}..{shown}}}$" if k == grid.rank else None))
+                ax.loglog(
+                    traj.ts[positive],
+                    traj.singular_values[positive, k],
+                    color=f"C{k}" if k < grid.rank else "0.6",
+                    lw=1.2 if k < grid.rank else 0.8,
+                    label=f"$\\sigma_{{{k + 1}}}$"
+                    if k < grid.rank
+                    else (f"$\\sigma_{{{grid.rank + 1}..{shown}}}$" if k == grid.rank else None),
+                )
             for k, value in enumerate(truth):
                 ax.axhline(value, color=f"C{k}", ls=":", lw=0.8)
             for k, t in enumerate(learning[d][0]):
                 ax.axvline(t, color=f"C{k}", lw=0.6, alpha=0.5)
-            ax.set(xlabel="time $t$", ylabel=r"singular values of $W(t)$" if d == min(trajectories) else None,
-                   title=f"depth {d}")
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=grid.rank + 1,
-                   title=f"dotted: $\\sigma_k(W^*)$; thin vertical: $t_k$ (half of final $\\sigma_k$); "
-                         f"$m = {grid.table_ms[0]}$, init {INIT:g}", title_fontsize=7.5)
+            ax.set(
+                xlabel="time $t$",
+                ylabel=r"singular values of $W(t)$" if d == min(trajectories) else None,
+                title=f"depth {d}",
+            )
+        fig.legend(
+            *axes[0].get_legend_handles_labels(),
+            loc="outside lower center",
+            ncols=grid.rank + 1,
+            title=f"dotted: $\\sigma_k(W^*)$; thin vertical: $t_k$ (half of final $\\sigma_k$); "
+            f"$m = {grid.table_ms[0]}$, init {INIT:g}",
+            title_fontsize=7.5,
+        )
         ctx.figure(fig, "depth_singular_values")

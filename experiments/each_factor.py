@@ -74,8 +74,12 @@ def _configs(grid: penalties.Grid, dynamics: str = "gradient flow") -> list[dict
     """Both placements at every strength, and no penalty, under `dynamics` with the ratio's own smoothing."""
     base = {"n": grid.n, "rank": grid.rank, "m": grid.m, "dynamics": dynamics}
     cells = [("none", None)] + [(p, s) for s in STRENGTHS for p in PLACEMENTS]
-    return [{**base, "parameterization": param, "penalty": p, "strength": s, "seed": seed}
-            for param in PARAMETERIZATIONS for p, s in cells for seed in range(grid.seeds)]
+    return [
+        {**base, "parameterization": param, "penalty": p, "strength": s, "seed": seed}
+        for param in PARAMETERIZATIONS
+        for p, s in cells
+        for seed in range(grid.seeds)
+    ]
 
 
 def _delta_configs(grid: penalties.Grid) -> list[dict]:
@@ -85,12 +89,25 @@ def _delta_configs(grid: penalties.Grid) -> list[dict]:
 
 def _key(config: dict) -> tuple:
     """(dynamics, delta, parameterization, penalty, strength, seed): one run."""
-    return (config["dynamics"], config.get("delta", penalties.RATIO["delta"]), config["parameterization"],
-            config["penalty"], config["strength"], config["seed"])
+    return (
+        config["dynamics"],
+        config.get("delta", penalties.RATIO["delta"]),
+        config["parameterization"],
+        config["penalty"],
+        config["strength"],
+        config["seed"],
+    )
 
 
-def _cell(curves: dict, seeds: int, dynamics: str, param: str, pen: str, s: float | None,
-          delta: float = penalties.RATIO["delta"]) -> list[dict] | None:
+def _cell(
+    curves: dict,
+    seeds: int,
+    dynamics: str,
+    param: str,
+    pen: str,
+    s: float | None,
+    delta: float = penalties.RATIO["delta"],
+) -> list[dict] | None:
     """The runs of one cell (a `_key` without its seed), or None unless every seed finished (a failed seed is
     reported, not averaged away: an n/a in the tables, a gap in the figures)."""
     rows = [c for k, c in curves.items() if k[:5] == (dynamics, delta, param, pen, s)]
@@ -108,31 +125,58 @@ def _tex_name(param: str) -> str:
 
 class EachFactor(Experiment):
     name = "each_factor"
-    title = ("claim 7: the ratio on each factor against the ratio on the product (U V^T and depth 3, gradient flow "
-             "and Adam flow, the smoothing delta)")
+    title = (
+        "claim 7: the ratio on each factor against the ratio on the product (U V^T and depth 3, gradient flow "
+        "and Adam flow, the smoothing delta)"
+    )
 
     def run(self, ctx: Context) -> None:
         grid = penalties.GRIDS[ctx.quick]
         nuclear_error = penalties.nuclear_errors(ctx, grid)  # the penalties experiment's cached references
         nuclear_mean = finite_mean(list(nuclear_error.values()))
         options = dict(rtol=penalties.RTOL, atol=ATOL, max_steps=penalties.MAX_STEPS)
-        runs = ctx.sweep(self.name, penalties.build, _configs(grid) + _delta_configs(grid), t1=grid.slow,
-                         ts=flows.default_ts(grid.slow, penalties.SAVES), solver=flows.Tsit5ThenChebyshev(), **options)
-        runs += ctx.sweep(self.name, penalties.build, _configs(grid, "Adam"), t1=grid.fast,
-                          ts=flows.default_ts(grid.fast, penalties.SAVES), solver=diffrax.Tsit5(), **options)
+        runs = ctx.sweep(
+            self.name,
+            penalties.build,
+            _configs(grid) + _delta_configs(grid),
+            t1=grid.slow,
+            ts=flows.default_ts(grid.slow, penalties.SAVES),
+            solver=flows.Tsit5ThenChebyshev(),
+            **options,
+        )
+        runs += ctx.sweep(
+            self.name,
+            penalties.build,
+            _configs(grid, "Adam"),
+            t1=grid.fast,
+            ts=flows.default_ts(grid.fast, penalties.SAVES),
+            solver=diffrax.Tsit5(),
+            **options,
+        )
         curves, failed = {}, []
         for run in runs:
             if run.status == "failed":
                 failed.append(_key(run.config))
                 continue
             traj = run.load()
-            curves[_key(run.config)] = {"t": np.asarray(traj.ts), "error": test_error(traj.W, traj.truth),
-                                        "norm": np.linalg.norm(np.asarray(traj.W), axis=(1, 2)),
-                                        "steps": traj.stats["num_steps"]}
+            curves[_key(run.config)] = {
+                "t": np.asarray(traj.ts),
+                "error": test_error(traj.W, traj.truth),
+                "norm": np.linalg.norm(np.asarray(traj.W), axis=(1, 2)),
+                "steps": traj.stats["num_steps"],
+            }
         # The factors' norms at init (mean over factors and seeds), against which the smoothing delta is set.
-        init_norms = {param: finite_mean([np.linalg.norm(np.asarray(factor)) for c in _configs(grid)
-                                          if c["parameterization"] == param and c["penalty"] == "none"
-                                          for factor in penalties.build(c)[1]]) for param in PARAMETERIZATIONS}
+        init_norms = {
+            param: finite_mean(
+                [
+                    np.linalg.norm(np.asarray(factor))
+                    for c in _configs(grid)
+                    if c["parameterization"] == param and c["penalty"] == "none"
+                    for factor in penalties.build(c)[1]
+                ]
+            )
+            for param in PARAMETERIZATIONS
+        }
         self._figure(ctx, curves, nuclear_error, nuclear_mean, grid.seeds)
         self._figure_adam_delta(ctx, grid, curves, nuclear_mean)
         self._outputs(ctx, grid, curves, nuclear_mean, failed, init_norms)
@@ -144,16 +188,26 @@ class EachFactor(Experiment):
         for (dynamics, delta, param, pen, s, seed), c in curves.items():
             if (dynamics, delta, param, seed) != ("gradient flow", penalties.RATIO["delta"], "depth 3", 0):
                 continue
-            style = dict(color="k", ls="-", label="no penalty") if pen == "none" else dict(
-                color=shades[s], ls="-" if pen == "ratio" else "--",
-                label=rf"{PLACEMENTS[pen]}, $\lambda$ = {s:g}")
+            style = (
+                dict(color="k", ls="-", label="no penalty")
+                if pen == "none"
+                else dict(
+                    color=shades[s], ls="-" if pen == "ratio" else "--", label=rf"{PLACEMENTS[pen]}, $\lambda$ = {s:g}"
+                )
+            )
             axes[0].plot(c["t"][1:], c["error"][1:], **style)
             axes[1].plot(c["t"][1:], c["norm"][1:], **style)
         axes[0].axhline(nuclear_error[0], color="0.5", ls=":", label="nuclear minimiser")
         axes[0].set(xscale="log", yscale="log", xlabel="time $t$", ylabel="test error", title="depth 3, seed 0")
         # Collapsed runs fall to 1e-70 and below: the axis stops at 1e-10 (below it, W = 0 to the tolerance).
-        axes[1].set(xscale="log", yscale="log", xlabel="time $t$", ylabel=r"$\|W\|_F$", title="depth 3, seed 0",
-                    ylim=(1e-10, None))
+        axes[1].set(
+            xscale="log",
+            yscale="log",
+            xlabel="time $t$",
+            ylabel=r"$\|W\|_F$",
+            title="depth 3, seed 0",
+            ylim=(1e-10, None),
+        )
         _best_against_strength(axes[2], curves, "gradient flow", seeds)
         axes[2].axhline(nuclear_mean, color="0.5", ls=":")
         axes[2].set(title="both, mean over seeds")
@@ -173,18 +227,41 @@ class EachFactor(Experiment):
         smoothings = zip((penalties.RATIO["delta"], *DELTAS), ("C3", "C1", "C0"), (2.4, 1.6, 0.8), strict=True)
         for delta, colour, width in smoothings:
             for param, marker in (("depth 3", "-o"), ("UV^T", "--s")):
-                cells = [_cell(curves, grid.seeds, "gradient flow", param, "ratio on each factor", s, delta)
-                         for s in STRENGTHS]
-                style = dict(color=colour, lw=width, ms=2 + 2 * width,
-                             label=rf"{_tex_name(param)}, each factor, $\delta$ = {delta:g}")
+                cells = [
+                    _cell(curves, grid.seeds, "gradient flow", param, "ratio on each factor", s, delta)
+                    for s in STRENGTHS
+                ]
+                style = dict(
+                    color=colour,
+                    lw=width,
+                    ms=2 + 2 * width,
+                    label=rf"{_tex_name(param)}, each factor, $\delta$ = {delta:g}",
+                )
                 axes[1].plot(STRENGTHS, [_mean_best(rows) for rows in cells], marker, **style)
-                axes[2].plot(STRENGTHS, [np.nan if rows is None else finite_mean([max(c["norm"][-1], floor) for c in rows])
-                                         for rows in cells], marker, **style)
+                axes[2].plot(
+                    STRENGTHS,
+                    [
+                        np.nan if rows is None else finite_mean([max(c["norm"][-1], floor) for c in rows])
+                        for rows in cells
+                    ],
+                    marker,
+                    **style,
+                )
         axes[1].axhline(nuclear_mean, color="0.5", ls=":")
-        axes[1].set(xscale="log", yscale="log", xlabel=r"strength $\lambda$", ylabel="best test error (mean over seeds)",
-                    title=r"gradient flow, smoothing $\delta$")
-        axes[2].set(xscale="log", yscale="log", xlabel=r"strength $\lambda$",
-                    ylabel=rf"$\|W\|_F$ at $t = {grid.slow:g}$ (floor {floor:g})", title=r"collapse: $W \to 0$")
+        axes[1].set(
+            xscale="log",
+            yscale="log",
+            xlabel=r"strength $\lambda$",
+            ylabel="best test error (mean over seeds)",
+            title=r"gradient flow, smoothing $\delta$",
+        )
+        axes[2].set(
+            xscale="log",
+            yscale="log",
+            xlabel=r"strength $\lambda$",
+            ylabel=rf"$\|W\|_F$ at $t = {grid.slow:g}$ (floor {floor:g})",
+            title=r"collapse: $W \to 0$",
+        )
         left, right = axes[0].get_legend_handles_labels(), axes[2].get_legend_handles_labels()
         fig.legend(left[0] + right[0], left[1] + right[1], loc="outside lower center", ncols=4, fontsize="x-small")
         ctx.figure(fig, "each_factor-adam-delta")
@@ -207,12 +284,22 @@ class EachFactor(Experiment):
                     if rows is None:
                         table.append(name + ["n/a"] * 4)
                         continue
-                    table.append(name + [f"${tex_spread([c['error'].min() for c in rows])}$",
-                                         f"${tex_spread([c['t'][np.argmin(c['error'])] for c in rows])}$",
-                                         f"${tex_spread([c['norm'][-1] for c in rows])}$",
-                                         f"${tex_spread([c['steps'] for c in rows])}$"])
-        ctx.table("each_factor", "grid", "llllll", ["dynamics", "penalty", "best test error", "at time",
-                                                    r"$\|W\|_F$ at the end", "steps"], table)
+                    table.append(
+                        name
+                        + [
+                            f"${tex_spread([c['error'].min() for c in rows])}$",
+                            f"${tex_spread([c['t'][np.argmin(c['error'])] for c in rows])}$",
+                            f"${tex_spread([c['norm'][-1] for c in rows])}$",
+                            f"${tex_spread([c['steps'] for c in rows])}$",
+                        ]
+                    )
+        ctx.table(
+            "each_factor",
+            "grid",
+            "llllll",
+            ["dynamics", "penalty", "best test error", "at time", r"$\|W\|_F$ at the end", "steps"],
+            table,
+        )
 
         smoothing = []
         for param in PARAMETERIZATIONS:
@@ -220,26 +307,46 @@ class EachFactor(Experiment):
                 row = [_tex_name(param), f"${tex_number(delta)}$"]
                 for s in STRENGTHS:
                     rows = cell("gradient flow", param, "ratio on each factor", s, delta)
-                    row.append("n/a" if rows is None else "collapses" if collapsed(rows)
-                               else f"${tex_spread([c['error'].min() for c in rows])}$")
+                    row.append(
+                        "n/a"
+                        if rows is None
+                        else "collapses"
+                        if collapsed(rows)
+                        else f"${tex_spread([c['error'].min() for c in rows])}$"
+                    )
                 smoothing.append(row)
-        ctx.table("each_factor", "delta", "ll" + "l" * len(STRENGTHS),
-                  ["", r"$\delta$", *(rf"$\lambda = {tex_number(s)}$" for s in STRENGTHS)], smoothing)
+        ctx.table(
+            "each_factor",
+            "delta",
+            "ll" + "l" * len(STRENGTHS),
+            ["", r"$\delta$", *(rf"$\lambda = {tex_number(s)}$" for s in STRENGTHS)],
+            smoothing,
+        )
 
         # Penalised Adam-flow runs whose best test error is at their last save (the horizon).
         adam_runs = [c for k, c in curves.items() if k[0] == "Adam" and k[3] != "none"]
         adam_at_horizon = sum(int(np.argmin(c["error"])) == len(c["error"]) - 1 for c in adam_runs)
-        macros = {"EachStrengths": ", ".join(tex_number(s) for s in STRENGTHS), "EachAtol": tex_number(ATOL),
-                  "EachStrengthCount": str(len(STRENGTHS)), "EachSeeds": str(grid.seeds), "EachN": str(grid.n),
-                  "EachHorizon": tex_number(grid.slow), "EachFailed": str(len(failed)),
-                  "EachNuclear": tex_number(nuclear_mean),
-                  "EachAdamHorizon": tex_number(grid.fast),
-                  "EachAdamAtHorizon": str(adam_at_horizon), "EachAdamRuns": str(len(adam_runs)),
-                  "EachDeltas": ", ".join(tex_number(d) for d in DELTAS)}
+        macros = {
+            "EachStrengths": ", ".join(tex_number(s) for s in STRENGTHS),
+            "EachAtol": tex_number(ATOL),
+            "EachStrengthCount": str(len(STRENGTHS)),
+            "EachSeeds": str(grid.seeds),
+            "EachN": str(grid.n),
+            "EachHorizon": tex_number(grid.slow),
+            "EachFailed": str(len(failed)),
+            "EachNuclear": tex_number(nuclear_mean),
+            "EachAdamHorizon": tex_number(grid.fast),
+            "EachAdamAtHorizon": str(adam_at_horizon),
+            "EachAdamRuns": str(len(adam_runs)),
+            "EachDeltas": ", ".join(tex_number(d) for d in DELTAS),
+        }
 
         def best_over_strengths(dynamics, param, pen, delta=penalties.RATIO["delta"]):
-            means = {s: _mean_best(cell(dynamics, param, pen, s, delta)) for s in STRENGTHS
-                     if cell(dynamics, param, pen, s, delta)}
+            means = {
+                s: _mean_best(cell(dynamics, param, pen, s, delta))
+                for s in STRENGTHS
+                if cell(dynamics, param, pen, s, delta)
+            }
             return min(means.items(), key=lambda kv: kv[1]) if means else (None, np.nan)
 
         def collapse_macros(tag, dynamics, param, delta=penalties.RATIO["delta"]):
@@ -260,20 +367,24 @@ class EachFactor(Experiment):
                 tag = f"Each{dynamics_infix}{infix}"
                 if dynamics == "gradient flow":
                     macros[f"{tag}InitNorm"] = tex_number(init_norms[param])
-                macros |= {f"{tag}None": tex_number(_mean_best(none)) if none else "n/a",
-                           f"{tag}BestEach": tex_number(each_best),
-                           f"{tag}BestEachStrength": tex_number(each_strength or np.nan),
-                           f"{tag}BestProduct": tex_number(product_best),
-                           f"{tag}BestProductStrength": tex_number(product_strength or np.nan),
-                           f"{tag}Verdict": penalties.verdict_same(each_best, product_best),
-                           **collapse_macros(tag, dynamics, param)}
+                macros |= {
+                    f"{tag}None": tex_number(_mean_best(none)) if none else "n/a",
+                    f"{tag}BestEach": tex_number(each_best),
+                    f"{tag}BestEachStrength": tex_number(each_strength or np.nan),
+                    f"{tag}BestProduct": tex_number(product_best),
+                    f"{tag}BestProductStrength": tex_number(product_strength or np.nan),
+                    f"{tag}Verdict": penalties.verdict_same(each_best, product_best),
+                    **collapse_macros(tag, dynamics, param),
+                }
         for param, infix in PARAMETERIZATIONS.items():
             for delta, name in DELTAS.items():
                 each_strength, each_best = best_over_strengths("gradient flow", param, "ratio on each factor", delta)
                 tag = f"Each{infix}Delta{name}"
-                macros |= {f"{tag}BestEach": tex_number(each_best),
-                           f"{tag}BestEachStrength": tex_number(each_strength or np.nan),
-                           **collapse_macros(tag, "gradient flow", param, delta)}
+                macros |= {
+                    f"{tag}BestEach": tex_number(each_best),
+                    f"{tag}BestEachStrength": tex_number(each_strength or np.nan),
+                    **collapse_macros(tag, "gradient flow", param, delta),
+                }
         ctx.macros("each_factor", macros)
 
 

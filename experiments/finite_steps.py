@@ -23,8 +23,9 @@ TIGHT = dict(rtol=1e-12, solver="dopri8")
 
 
 def _flow(dynamics: dict) -> flows.Flow:
-    return flows.Flow.from_description(flows.sensing(**PROBLEM), {"parameterization": {"name": "symmetric"},
-                                                                  "dynamics": dynamics})
+    return flows.Flow.from_description(
+        flows.sensing(**PROBLEM), {"parameterization": {"name": "symmetric"}, "dynamics": dynamics}
+    )
 
 
 def build(config):
@@ -47,10 +48,13 @@ class FiniteSteps(Experiment):
         gradient, adam = {"name": "gradient"}, {"name": "adam", **ADAM}
         configs = [{"dynamics": gradient}, {"dynamics": adam}]
         configs += [{"dynamics": {"name": "modified", "eta": float(eta)}} for eta in etas]
-        runs = ctx.sweep(self.name, build, configs, t1=T1, ts=TS, rtol=TIGHT["rtol"],
-                         solver=flows.solver_by_name(TIGHT["solver"]))
-        flow_params = {f"{r.config['dynamics']['name']}{r.config['dynamics'].get('eta', '')}": _params(r.load().states)
-                       for r in runs}
+        runs = ctx.sweep(
+            self.name, build, configs, t1=T1, ts=TS, rtol=TIGHT["rtol"], solver=flows.solver_by_name(TIGHT["solver"])
+        )
+        flow_params = {
+            f"{r.config['dynamics']['name']}{r.config['dynamics'].get('eta', '')}": _params(r.load().states)
+            for r in runs
+        }
 
         def steps(dynamics, eta):
             flow, state0 = build({"dynamics": dynamics})
@@ -66,24 +70,33 @@ class FiniteSteps(Experiment):
         orders = {k: slope(etas, v) for k, v in gaps.items()}
 
         fig, (ax,) = new_figure(1, width=3.6, height=2.8)
-        labels = {"gd-flow": "gradient descent vs gradient flow", "gd-modified": "gradient descent vs modified flow",
-                  "adam": "discrete Adam vs Adam flow"}
+        labels = {
+            "gd-flow": "gradient descent vs gradient flow",
+            "gd-modified": "gradient descent vs modified flow",
+            "adam": "discrete Adam vs Adam flow",
+        }
         for (key, gap), marker in zip(gaps.items(), "osd"):
             ax.loglog(etas, gap, marker=marker, label=f"{labels[key]} (slope {orders[key]:.2f})")
-        ax.set(xlabel=r"step size $\eta$", ylabel=r"$\max_t \|\theta_\eta(t) - \theta(t)\|_\infty$",
-               title="finite steps against the flows")
+        ax.set(
+            xlabel=r"step size $\eta$",
+            ylabel=r"$\max_t \|\theta_\eta(t) - \theta(t)\|_\infty$",
+            title="finite steps against the flows",
+        )
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2))
         ctx.figure(fig, "finite_steps")
 
         at = int(np.argmin(np.abs(np.log(etas / 1e-3))))
-        ctx.macros(self.name, {
-            "StepsOrderGDFlow": tex_number(orders["gd-flow"], 3),
-            "StepsOrderGDModified": tex_number(orders["gd-modified"], 3),
-            "StepsOrderAdam": tex_number(orders["adam"], 3),
-            "StepsGapGDFlowAtMilli": tex_number(gaps["gd-flow"][at]),
-            "StepsGapGDModifiedAtMilli": tex_number(gaps["gd-modified"][at]),
-            "StepsGapAdamAtMilli": tex_number(gaps["adam"][at]),
-            "StepsEtaMin": f"\\ensuremath{{2^{{-{int(-np.log2(etas[-1]))}}}}}",
-            "StepsEtaMax": f"\\ensuremath{{2^{{-{int(-np.log2(etas[0]))}}}}}",
-            "StepsEtaMilli": f"\\ensuremath{{2^{{-{int(-np.log2(etas[at]))}}}}}",
-        })
+        ctx.macros(
+            self.name,
+            {
+                "StepsOrderGDFlow": tex_number(orders["gd-flow"], 3),
+                "StepsOrderGDModified": tex_number(orders["gd-modified"], 3),
+                "StepsOrderAdam": tex_number(orders["adam"], 3),
+                "StepsGapGDFlowAtMilli": tex_number(gaps["gd-flow"][at]),
+                "StepsGapGDModifiedAtMilli": tex_number(gaps["gd-modified"][at]),
+                "StepsGapAdamAtMilli": tex_number(gaps["adam"][at]),
+                "StepsEtaMin": f"\\ensuremath{{2^{{-{int(-np.log2(etas[-1]))}}}}}",
+                "StepsEtaMax": f"\\ensuremath{{2^{{-{int(-np.log2(etas[0]))}}}}}",
+                "StepsEtaMilli": f"\\ensuremath{{2^{{-{int(-np.log2(etas[at]))}}}}}",
+            },
+        )

@@ -60,20 +60,25 @@ DECADE_BEFORE = int(np.argmin(np.abs(np.log(TS[1:] / (T1 / 10))))) + 1
 RTOL = 1e-8
 INIT_SCALE = 1e-3
 RANK = 2
-SETTINGS = {False: dict(n=20, m=160, skews=[1.0, 4.0, 16.0], seeds=[0, 1, 2]),
-            True: dict(n=12, m=60, skews=[1.0, 4.0, 16.0], seeds=[0])}
+SETTINGS = {
+    False: dict(n=20, m=160, skews=[1.0, 4.0, 16.0], seeds=[0, 1, 2]),
+    True: dict(n=12, m=60, skews=[1.0, 4.0, 16.0], seeds=[0]),
+}
 """Completion sizes, sampling skews and seeds by `ctx.quick`."""
 CURVATURE_SLACK = 0.1
 SAME_POINT = 1e-2
 
 
 def _problem(config: dict) -> flows.EntryProblem:
-    problem = flatness.nonuniform_completion(config["n"], config["m"], config["rank"], seed=config["seed"],
-                                             skew=config["skew"])
+    problem = flatness.nonuniform_completion(
+        config["n"], config["m"], config["rank"], seed=config["seed"], skew=config["skew"]
+    )
     observed = [np.unique(np.asarray(index)).size for index in (problem.rows, problem.cols)]
     if min(observed) < config["n"]:
-        raise ValueError(f"{config}: a row or column has no observed entry, so D_1 or D_2 is singular and the "
-                         "flattest factors do not exist; choose another seed or a larger m")
+        raise ValueError(
+            f"{config}: a row or column has no observed entry, so D_1 or D_2 is singular and the "
+            "flattest factors do not exist; choose another seed or a larger m"
+        )
     return problem
 
 
@@ -93,10 +98,14 @@ class Flatness(Experiment):
 
     def run(self, ctx: Context) -> None:
         setting = SETTINGS[ctx.quick]
-        configs = [{"n": setting["n"], "m": setting["m"], "rank": RANK, "skew": skew, "seed": seed,
-                    "scale": INIT_SCALE} for skew in setting["skews"] for seed in setting["seeds"]]
-        runs = ctx.sweep(self.name, build, configs, t1=T1, ts=TS, rtol=RTOL, atol=None,
-                         solver=flows.Tsit5ThenExtrapolation())
+        configs = [
+            {"n": setting["n"], "m": setting["m"], "rank": RANK, "skew": skew, "seed": seed, "scale": INIT_SCALE}
+            for skew in setting["skews"]
+            for seed in setting["seeds"]
+        ]
+        runs = ctx.sweep(
+            self.name, build, configs, t1=T1, ts=TS, rtol=RTOL, atol=None, solver=flows.Tsit5ThenExtrapolation()
+        )
         rows = [self._measure(ctx, run) for run in runs]
         traces = {row["skew"]: row for row in rows if row["seed"] == setting["seeds"][0]}
         for row in traces.values():
@@ -104,9 +113,23 @@ class Flatness(Experiment):
 
         self._trajectory_figure(ctx, traces)
         skews = np.array(setting["skews"])
-        per_skew = {key: np.array([[r[key] for r in rows if r["skew"] == s] for s in skews])
-                    for key in ("kappa", "str_ratio", "d_flow_flat", "d_flow_nuc", "d_flat_nuc", "d_flow_truth",
-                                "norm_flat", "norm_flow", "bound7", "imbalance_flat", "bound8", "imbalance_flow")}
+        per_skew = {
+            key: np.array([[r[key] for r in rows if r["skew"] == s] for s in skews])
+            for key in (
+                "kappa",
+                "str_ratio",
+                "d_flow_flat",
+                "d_flow_nuc",
+                "d_flat_nuc",
+                "d_flow_truth",
+                "norm_flat",
+                "norm_flow",
+                "bound7",
+                "imbalance_flat",
+                "bound8",
+                "imbalance_flow",
+            )
+        }
         self._landing_figure(ctx, skews, per_skew)
         self._bounds_figure(ctx, rows)
 
@@ -116,51 +139,79 @@ class Flatness(Experiment):
         d_flow_flat = np.array([r["d_flow_flat"] for r in rows])
         nearer = sum(r["d_flow_flat"] < r["d_flow_nuc"] for r in rows)
         first, last = 0, len(skews) - 1
-        ctx.macros(self.name, {
-            "FlatN": str(setting["n"]), "FlatM": str(setting["m"]), "FlatRank": str(RANK),
-            "FlatSeeds": str(len(setting["seeds"])), "FlatRuns": str(len(rows)),
-            "FlatSkewMax": tex_number(skews[last]), "FlatInitScale": tex_number(INIT_SCALE),
-            "FlatTOne": tex_number(T1), "FlatRtol": tex_number(RTOL),
-            "FlatCurvatureSlack": tex_number(CURVATURE_SLACK), "FlatSamePoint": tex_number(SAME_POINT),
-            "FlatKappaMin": tex_number(float(per_skew["kappa"].min())),
-            "FlatKappaMax": tex_number(float(per_skew["kappa"].max())),
-            "FlatStrRatioUniform": tex_number(float(per_skew["str_ratio"][first].mean()), 3),
-            "FlatStrRatioSkewed": tex_number(float(per_skew["str_ratio"][last].mean()), 3),
-            "FlatStrRatioMax": tex_number(float(str_ratio.max()), 3),
-            "FlatDistFlattestUniform": tex_number(float(per_skew["d_flow_flat"][first].mean())),
-            "FlatDistFlattestSkewed": tex_number(float(per_skew["d_flow_flat"][last].mean())),
-            "FlatDistNuclearUniform": tex_number(float(per_skew["d_flow_nuc"][first].mean())),
-            "FlatDistNuclearSkewed": tex_number(float(per_skew["d_flow_nuc"][last].mean())),
-            "FlatDistFlattestNuclearUniform": tex_number(float(per_skew["d_flat_nuc"][first].mean())),
-            "FlatDistFlattestNuclearSkewed": tex_number(float(per_skew["d_flat_nuc"][last].mean())),
-            "FlatDistTruthUniform": tex_number(float(per_skew["d_flow_truth"][first].mean())),
-            "FlatDistTruthSkewed": tex_number(float(per_skew["d_flow_truth"][last].mean())),
-            "FlatDistFlattestMin": tex_number(float(d_flow_flat.min())),
-            "FlatNearerFlattest": str(nearer),
-            "FlatCurvatureVerdict": "holds" if str_ratio.max() <= 1 + CURVATURE_SLACK else "fails",
-            "FlatLocationVerdict": "holds" if d_flow_flat.max() <= SAME_POINT else "fails",
-            "FlatBoundSevenMax": tex_number(float(ratio7.max())),
-            "FlatBoundEightMax": tex_number(float(ratio8.max())),
-            "FlatBoundSevenVerdict": "holds" if ratio7.max() <= 1 else "fails",
-            "FlatBoundEightVerdict": "holds" if ratio8.max() <= 1 else "fails",
-            "FlatNormRatioFlattestMax": tex_number(float(max(r["norm_flat"] / r["norm_min"] for r in rows)), 3),
-            "FlatNormRatioFlowMax": tex_number(float(max(r["norm_flow"] / r["norm_min"] for r in rows)), 3),
-            "FlatFlowImbalanceMax": tex_number(float(max(r["imbalance_flow"] for r in rows))),
-            "FlatStrFormulaError": tex_number(float(max(r["formula_error"] for r in rows))),
-            "FlatLastChangeMax": tex_number(float(max(r["change"] for r in rows))),
-            "FlatFinalLossMax": tex_number(float(max(r["loss"] for r in rows))),
-        })
-        ctx.table(self.name, "summary", "rrrrrrrrr",
-                  ["skew", r"$\kappa$", r"$\mathrm{str}_{\mathrm{flow}} / \mathrm{str}_\flat$", r"$d(W, X_\flat)$",
-                   r"$d(W, X_{\mathrm{nuc}})$", r"$d(X_\flat, X_{\mathrm{nuc}})$", r"$d(W, W^*)$", "(7) ratio",
-                   "(8) ratio"],
-                  [[tex_number(s), tex_number(per_skew["kappa"][i].mean()),
-                    tex_number(per_skew["str_ratio"][i].mean(), 3), tex_number(per_skew["d_flow_flat"][i].mean()),
-                    tex_number(per_skew["d_flow_nuc"][i].mean()), tex_number(per_skew["d_flat_nuc"][i].mean()),
+        ctx.macros(
+            self.name,
+            {
+                "FlatN": str(setting["n"]),
+                "FlatM": str(setting["m"]),
+                "FlatRank": str(RANK),
+                "FlatSeeds": str(len(setting["seeds"])),
+                "FlatRuns": str(len(rows)),
+                "FlatSkewMax": tex_number(skews[last]),
+                "FlatInitScale": tex_number(INIT_SCALE),
+                "FlatTOne": tex_number(T1),
+                "FlatRtol": tex_number(RTOL),
+                "FlatCurvatureSlack": tex_number(CURVATURE_SLACK),
+                "FlatSamePoint": tex_number(SAME_POINT),
+                "FlatKappaMin": tex_number(float(per_skew["kappa"].min())),
+                "FlatKappaMax": tex_number(float(per_skew["kappa"].max())),
+                "FlatStrRatioUniform": tex_number(float(per_skew["str_ratio"][first].mean()), 3),
+                "FlatStrRatioSkewed": tex_number(float(per_skew["str_ratio"][last].mean()), 3),
+                "FlatStrRatioMax": tex_number(float(str_ratio.max()), 3),
+                "FlatDistFlattestUniform": tex_number(float(per_skew["d_flow_flat"][first].mean())),
+                "FlatDistFlattestSkewed": tex_number(float(per_skew["d_flow_flat"][last].mean())),
+                "FlatDistNuclearUniform": tex_number(float(per_skew["d_flow_nuc"][first].mean())),
+                "FlatDistNuclearSkewed": tex_number(float(per_skew["d_flow_nuc"][last].mean())),
+                "FlatDistFlattestNuclearUniform": tex_number(float(per_skew["d_flat_nuc"][first].mean())),
+                "FlatDistFlattestNuclearSkewed": tex_number(float(per_skew["d_flat_nuc"][last].mean())),
+                "FlatDistTruthUniform": tex_number(float(per_skew["d_flow_truth"][first].mean())),
+                "FlatDistTruthSkewed": tex_number(float(per_skew["d_flow_truth"][last].mean())),
+                "FlatDistFlattestMin": tex_number(float(d_flow_flat.min())),
+                "FlatNearerFlattest": str(nearer),
+                "FlatCurvatureVerdict": "holds" if str_ratio.max() <= 1 + CURVATURE_SLACK else "fails",
+                "FlatLocationVerdict": "holds" if d_flow_flat.max() <= SAME_POINT else "fails",
+                "FlatBoundSevenMax": tex_number(float(ratio7.max())),
+                "FlatBoundEightMax": tex_number(float(ratio8.max())),
+                "FlatBoundSevenVerdict": "holds" if ratio7.max() <= 1 else "fails",
+                "FlatBoundEightVerdict": "holds" if ratio8.max() <= 1 else "fails",
+                "FlatNormRatioFlattestMax": tex_number(float(max(r["norm_flat"] / r["norm_min"] for r in rows)), 3),
+                "FlatNormRatioFlowMax": tex_number(float(max(r["norm_flow"] / r["norm_min"] for r in rows)), 3),
+                "FlatFlowImbalanceMax": tex_number(float(max(r["imbalance_flow"] for r in rows))),
+                "FlatStrFormulaError": tex_number(float(max(r["formula_error"] for r in rows))),
+                "FlatLastChangeMax": tex_number(float(max(r["change"] for r in rows))),
+                "FlatFinalLossMax": tex_number(float(max(r["loss"] for r in rows))),
+            },
+        )
+        ctx.table(
+            self.name,
+            "summary",
+            "rrrrrrrrr",
+            [
+                "skew",
+                r"$\kappa$",
+                r"$\mathrm{str}_{\mathrm{flow}} / \mathrm{str}_\flat$",
+                r"$d(W, X_\flat)$",
+                r"$d(W, X_{\mathrm{nuc}})$",
+                r"$d(X_\flat, X_{\mathrm{nuc}})$",
+                r"$d(W, W^*)$",
+                "(7) ratio",
+                "(8) ratio",
+            ],
+            [
+                [
+                    tex_number(s),
+                    tex_number(per_skew["kappa"][i].mean()),
+                    tex_number(per_skew["str_ratio"][i].mean(), 3),
+                    tex_number(per_skew["d_flow_flat"][i].mean()),
+                    tex_number(per_skew["d_flow_nuc"][i].mean()),
+                    tex_number(per_skew["d_flat_nuc"][i].mean()),
                     tex_number(per_skew["d_flow_truth"][i].mean()),
                     tex_number(float((per_skew["norm_flat"][i] / per_skew["bound7"][i]).max())),
-                    tex_number(float((per_skew["imbalance_flat"][i] / per_skew["bound8"][i]).max()))]
-                   for i, s in enumerate(skews)])
+                    tex_number(float((per_skew["imbalance_flat"][i] / per_skew["bound8"][i]).max())),
+                ]
+                for i, s in enumerate(skews)
+            ],
+        )
 
     def _measure(self, ctx: Context, run: flows.Run) -> dict:
         """Everything measured on one run's end point (the convex references cached per run)."""
@@ -170,9 +221,15 @@ class Flatness(Experiment):
 
         def compare():
             c = flatness.compare_flattest(problem, (U, V))
-            return {"str_flow": c.str_flow, "str_flattest": c.str_flattest, "X_flat": c.flattest.X,
-                    "X_nuc": c.nuclear.X, "d_flow_flat": c.distance_flow_flattest,
-                    "d_flow_nuc": c.distance_flow_nuclear, "d_flat_nuc": c.distance_flattest_nuclear}
+            return {
+                "str_flow": c.str_flow,
+                "str_flattest": c.str_flattest,
+                "X_flat": c.flattest.X,
+                "X_nuc": c.nuclear.X,
+                "d_flow_flat": c.distance_flow_flattest,
+                "d_flow_nuc": c.distance_flow_nuclear,
+                "d_flat_nuc": c.distance_flattest_nuclear,
+            }
 
         c = ctx.cached(self.name, {"compare_flattest": run.config, "run": run.key}, compare)
         D1, D2 = flatness.weights(problem)
@@ -185,19 +242,30 @@ class Flatness(Experiment):
         norm_min = 2 * _nuclear(c["X_nuc"])
         truth_nuclear = _nuclear(truth)
         return {
-            "skew": run.config["skew"], "seed": run.config["seed"], "problem": problem, "ts": traj.ts,
-            "states": traj.states, "kappa": kappa, "str_flow": float(c["str_flow"]),
-            "str_flattest": float(c["str_flattest"]), "str_ratio": float(c["str_flow"] / c["str_flattest"]),
+            "skew": run.config["skew"],
+            "seed": run.config["seed"],
+            "problem": problem,
+            "ts": traj.ts,
+            "states": traj.states,
+            "kappa": kappa,
+            "str_flow": float(c["str_flow"]),
+            "str_flattest": float(c["str_flattest"]),
+            "str_ratio": float(c["str_flow"] / c["str_flattest"]),
             "formula_error": abs(float(c["str_flattest"]) - 4 * problem.m * _nuclear(D1 @ c["X_flat"] @ D2))
             / float(c["str_flattest"]),
-            "d_flow_flat": float(c["d_flow_flat"]), "d_flow_nuc": float(c["d_flow_nuc"]),
+            "d_flow_flat": float(c["d_flow_flat"]),
+            "d_flow_nuc": float(c["d_flow_nuc"]),
             "d_flat_nuc": float(c["d_flat_nuc"]),
             "d_flow_truth": float(np.linalg.norm(W - truth) / np.linalg.norm(truth)),
-            "norm_min": norm_min, "norm_flat": float(np.sum(L**2) + np.sum(R**2)),
-            "norm_flow": float(np.sum(U**2) + np.sum(V**2)), "bound7": kappa**2 * norm_min,
-            "imbalance_flat": _nuclear(L.T @ L - R.T @ R) / truth_nuclear, "bound8": 2 * (kappa**2 - 1),
+            "norm_min": norm_min,
+            "norm_flat": float(np.sum(L**2) + np.sum(R**2)),
+            "norm_flow": float(np.sum(U**2) + np.sum(V**2)),
+            "bound7": kappa**2 * norm_min,
+            "imbalance_flat": _nuclear(L.T @ L - R.T @ R) / truth_nuclear,
+            "bound8": 2 * (kappa**2 - 1),
             "imbalance_flow": _nuclear(U.T @ U - V.T @ V) / truth_nuclear,
-            "change": float(change), "loss": float(traj.loss[-1]),
+            "change": float(change),
+            "loss": float(traj.loss[-1]),
         }
 
     @staticmethod
@@ -210,13 +278,17 @@ class Flatness(Experiment):
             left.axhline(row["str_flattest"], color=colour, ls="--", lw=0.9)
             right.semilogx(row["ts"][positive], row["str_t"][positive] / row["str_flattest"], color=colour, label=label)
         left.plot([], [], color="0.4", ls="--", lw=0.9, label=r"flattest interpolant $4m\|D_1 X_\flat D_2\|_*$")
-        left.set(xlabel="time $t$", ylabel=r"$\mathrm{str}\, D^2 f(U(t), V(t))$",
-                 title="scaled Hessian trace along the flow")
+        left.set(
+            xlabel="time $t$", ylabel=r"$\mathrm{str}\, D^2 f(U(t), V(t))$", title="scaled Hessian trace along the flow"
+        )
         ends = np.array([row["str_t"][-1] / row["str_flattest"] for row in traces.values()])
         right.axhline(1.0, color="0.4", ls="--", lw=0.9)
         right.set_ylim(1.0 - 0.5 * (ends.max() - 1.0), 1.0 + 1.5 * (ends.max() - 1.0))
-        right.set(xlabel="time $t$", ylabel=r"$\mathrm{str}(t) / \mathrm{str}_\flat$",
-                  title="late times, relative to the flattest")
+        right.set(
+            xlabel="time $t$",
+            ylabel=r"$\mathrm{str}(t) / \mathrm{str}_\flat$",
+            title="late times, relative to the flattest",
+        )
         fig.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncols=3)
         ctx.figure(fig, "flatness_trajectory")
 
@@ -227,24 +299,41 @@ class Flatness(Experiment):
         # Mean over seeds, bars from the least to the largest; the right panel's series are shifted apart in x.
         def spread(ax, values, style, label, colour=None, shift=0.0):
             mean = values.mean(axis=1)
-            ax.errorbar(skews * 2.0**shift, mean, yerr=[mean - values.min(axis=1), values.max(axis=1) - mean],
-                        fmt=style, capsize=2, label=label, color=colour)
+            ax.errorbar(
+                skews * 2.0**shift,
+                mean,
+                yerr=[mean - values.min(axis=1), values.max(axis=1) - mean],
+                fmt=style,
+                capsize=2,
+                label=label,
+                color=colour,
+            )
 
         spread(left, per_skew["str_ratio"], "o-", r"$\mathrm{str}_{\mathrm{flow}} / \mathrm{str}_\flat$")
         left.axhline(1.0, color="0.4", ls="--", lw=0.9, label="flattest (= 1)")
         left.set_xscale("log", base=2)
-        left.set(xlabel="sampling skew (rate ratio, last to first row)", ylabel="scaled trace ratio",
-                 title="curvature where the flow lands")
+        left.set(
+            xlabel="sampling skew (rate ratio, last to first row)",
+            ylabel="scaled trace ratio",
+            title="curvature where the flow lands",
+        )
         left.legend(loc="best")
-        for i, (key, label) in enumerate([("d_flow_flat", r"flow to flattest $X_\flat$"),
-                                          ("d_flow_nuc", r"flow to min. nuclear $X_{\mathrm{nuc}}$"),
-                                          ("d_flat_nuc", r"$X_\flat$ to $X_{\mathrm{nuc}}$"),
-                                          ("d_flow_truth", r"flow to truth $W^*$")]):
+        for i, (key, label) in enumerate(
+            [
+                ("d_flow_flat", r"flow to flattest $X_\flat$"),
+                ("d_flow_nuc", r"flow to min. nuclear $X_{\mathrm{nuc}}$"),
+                ("d_flat_nuc", r"$X_\flat$ to $X_{\mathrm{nuc}}$"),
+                ("d_flow_truth", r"flow to truth $W^*$"),
+            ]
+        ):
             spread(right, per_skew[key], "os^v"[i] + "-", label, f"C{i}", shift=0.06 * (i - 1.5))
         right.set_xscale("log", base=2)
         right.set_yscale("log")
-        right.set(xlabel="sampling skew (rate ratio, last to first row)", ylabel="relative Frobenius distance",
-                  title="where the flow lands")
+        right.set(
+            xlabel="sampling skew (rate ratio, last to first row)",
+            ylabel="relative Frobenius distance",
+            title="where the flow lands",
+        )
         right.legend(loc="best")
         ctx.figure(fig, "flatness_landing")
 
@@ -254,22 +343,34 @@ class Flatness(Experiment):
         kappa = np.array([r["kappa"] for r in rows])
         grid = np.linspace(kappa.min() / 1.05, kappa.max() * 1.05, 100)
         left.plot(grid, grid**2, color="0.4", ls="--", label=r"bound (7): $\kappa^2$")
-        left.plot(kappa, [r["norm_flat"] / r["norm_min"] for r in rows], "o",
-                  label=r"flattest pair $(L_\flat, R_\flat)$")
+        left.plot(
+            kappa, [r["norm_flat"] / r["norm_min"] for r in rows], "o", label=r"flattest pair $(L_\flat, R_\flat)$"
+        )
         left.plot(kappa, [r["norm_flow"] / r["norm_min"] for r in rows], "s", mfc="none", label=r"flow's end $(U, V)$")
         left.set_yscale("log")
-        left.set(xlabel=r"$\kappa = \alpha_2 / \alpha_1$ of $D_1, D_2$",
-                 ylabel=r"$(\|L\|_F^2 + \|R\|_F^2) / \min_{\mathcal{S}}(\|L\|_F^2 + \|R\|_F^2)$",
-                 title="(7) near norm-minimality")
+        left.set(
+            xlabel=r"$\kappa = \alpha_2 / \alpha_1$ of $D_1, D_2$",
+            ylabel=r"$(\|L\|_F^2 + \|R\|_F^2) / \min_{\mathcal{S}}(\|L\|_F^2 + \|R\|_F^2)$",
+            title="(7) near norm-minimality",
+        )
         left.legend(loc="upper left")
         right.plot(grid, 2 * (grid**2 - 1), color="0.4", ls="--", label=r"bound (8): $2(\kappa^2 - 1)$")
         right.plot(kappa, [r["imbalance_flat"] for r in rows], "o", label=r"flattest pair $(L_\flat, R_\flat)$")
         worst_flow = max(r["imbalance_flow"] for r in rows)
         exponent = int(np.floor(np.log10(worst_flow))) + 1 if worst_flow > 0 else None
-        right.plot([], [], " ", label="flow's end: exactly balanced" if exponent is None
-                   else f"flow's end: $< 10^{{{exponent}}}$ (conserved)")
+        right.plot(
+            [],
+            [],
+            " ",
+            label="flow's end: exactly balanced"
+            if exponent is None
+            else f"flow's end: $< 10^{{{exponent}}}$ (conserved)",
+        )
         right.set_yscale("log")
-        right.set(xlabel=r"$\kappa = \alpha_2 / \alpha_1$ of $D_1, D_2$",
-                  ylabel=r"$\|L^T L - R^T R\|_* / \|M_\natural\|_*$", title="(8) near balancedness")
+        right.set(
+            xlabel=r"$\kappa = \alpha_2 / \alpha_1$ of $D_1, D_2$",
+            ylabel=r"$\|L^T L - R^T R\|_* / \|M_\natural\|_*$",
+            title="(8) near balancedness",
+        )
         right.legend(loc="best")
         ctx.figure(fig, "flatness_bounds")

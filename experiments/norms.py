@@ -121,16 +121,24 @@ def final_row(traj: flows.Trajectory) -> dict[str, float]:
     """The end of one run: loss, |W_11|, the bound, 1/sqrt(2L), norms and effective rank."""
     W = traj.W[-1]
     s = traj.singular_values[-1]
-    return {"loss": float(traj.loss[-1]), "w11": float(abs(W[0, 0])), "bound": float(bound(W)),
-            "loss_bound": float(1.0 / np.sqrt(2.0 * traj.loss[-1])), "nuclear": float(s.sum()),
-            "frobenius": float(np.linalg.norm(s)), "erank": float(traj.effective_rank[-1])}
+    return {
+        "loss": float(traj.loss[-1]),
+        "w11": float(abs(W[0, 0])),
+        "bound": float(bound(W)),
+        "loss_bound": float(1.0 / np.sqrt(2.0 * traj.loss[-1])),
+        "nuclear": float(s.sum()),
+        "frobenius": float(np.linalg.norm(s)),
+        "erank": float(traj.effective_rank[-1]),
+    }
 
 
 def imbalance(traj: flows.Trajectory) -> list[float]:
     r"""The factors' imbalance at t = 0 relative to their size: $\|W_{j+1}^T W_{j+1} - W_j W_j^T\|_F /
     (\|W_{j+1}\|_F^2 + \|W_j\|_F^2)$ for each j (round-off for a balanced init, O(1) for Gaussian factors)."""
-    return [float(np.linalg.norm(P[0] - Q[0]) / (np.linalg.norm(P[0]) + np.linalg.norm(Q[0])))
-            for P, Q in traj.conserved.values()]
+    return [
+        float(np.linalg.norm(P[0] - Q[0]) / (np.linalg.norm(P[0]) + np.linalg.norm(Q[0])))
+        for P, Q in traj.conserved.values()
+    ]
 
 
 def same_crossing(traj: flows.Trajectory, check: flows.Trajectory) -> bool:
@@ -145,21 +153,33 @@ class Norms(Experiment):
 
     def run(self, ctx: Context) -> None:
         scale = SCALES[ctx.quick]
-        options = dict(t1=scale["t1"], ts=np.concatenate([[0.0], np.geomspace(FIRST_SAVE, scale["t1"], SAVES)]),
-                       stop_loss=scale["stop_loss"])
+        options = dict(
+            t1=scale["t1"],
+            ts=np.concatenate([[0.0], np.geomspace(FIRST_SAVE, scale["t1"], SAVES)]),
+            stop_loss=scale["stop_loss"],
+        )
         configs = [{"init": i, "depth": d, "draw": k} for i in INITS for d in DEPTHS for k in range(scale["draws"])]
-        runs = {(r.config["init"], r.config["depth"], r.config["draw"]): r.load()
-                for r in ctx.sweep(self.name, build, configs, rtol=RTOL, **options)}
+        runs = {
+            (r.config["init"], r.config["depth"], r.config["draw"]): r.load()
+            for r in ctx.sweep(self.name, build, configs, rtol=RTOL, **options)
+        }
         crossings = {key: crossing(traj) for key, traj in runs.items()}
         crossed = [dict(zip(("init", "depth", "draw"), key)) for key, i in crossings.items() if i is not None]
-        checks = {} if not crossed else {
-            (r.config["init"], r.config["depth"], r.config["draw"]): r.load()
-            for r in ctx.sweep(self.name, build, crossed, rtol=CHECK_RTOL, **options)}
+        checks = (
+            {}
+            if not crossed
+            else {
+                (r.config["init"], r.config["depth"], r.config["draw"]): r.load()
+                for r in ctx.sweep(self.name, build, crossed, rtol=CHECK_RTOL, **options)
+            }
+        )
 
         p = problem()
-        stored = ctx.cached(self.name, {"reference": "min-norm completions"}, lambda: {
-            "nuclear": references.min_nuclear(p).X,
-            "frobenius": references.min_frobenius(p).X})
+        stored = ctx.cached(
+            self.name,
+            {"reference": "min-norm completions"},
+            lambda: {"nuclear": references.min_nuclear(p).X, "frobenius": references.min_frobenius(p).X},
+        )
         min_nuclear = float(np.linalg.svd(stored["nuclear"], compute_uv=False).sum())
         min_frobenius = float(np.linalg.norm(stored["frobenius"]))
 
@@ -169,11 +189,15 @@ class Norms(Experiment):
                 keys = [(init, depth, k) for k in range(scale["draws"])]
                 rows = {key: final_row(runs[key]) for key in keys}
                 changed = [key for key in keys if crossings[key] is not None]
-                follows = [rows[key]["w11"] >= rows[key]["bound"] and rows[key]["nuclear"] >= NORM_GROWTH * min_nuclear
-                           for key in keys if crossings[key] is None]
+                follows = [
+                    rows[key]["w11"] >= rows[key]["bound"] and rows[key]["nuclear"] >= NORM_GROWTH * min_nuclear
+                    for key in keys
+                    if crossings[key] is None
+                ]
                 summary[init, depth] = {
                     "median": {name: float(np.median([row[name] for row in rows.values()])) for name in rows[keys[0]]},
-                    "changed": len(changed), "draws": len(keys),
+                    "changed": len(changed),
+                    "draws": len(keys),
                     "robust": sum(same_crossing(runs[key], checks[key]) for key in changed),
                     "cross_loss": [float(runs[key].loss[crossings[key]]) for key in changed],
                     "det_before": [float(abs(determinant(runs[key])[crossings[key] - 1])) for key in changed],
@@ -183,35 +207,69 @@ class Norms(Experiment):
                 }
 
         self._figure(ctx, runs, crossings, summary, min_nuclear, min_frobenius)
-        macros = {"NormsDraws": str(scale["draws"]), "NormsStopLoss": tex_number(scale["stop_loss"]),
-                  "NormsRtol": tex_number(RTOL), "NormsCheckRtol": tex_number(CHECK_RTOL),
-                  "NormsScale": tex_number(SCALE / np.sqrt(2.0)),
-                  "NormsMinNuclear": tex_number(min_nuclear), "NormsMinFrobenius": tex_number(min_frobenius),
-                  "NormsMinNuclearWOneOne": tex_number(abs(float(stored["nuclear"][0, 0]))),
-                  "NormsLossBoundAtFourth": tex_number(1.0 / np.sqrt(2.0 * 1e-4))}
+        macros = {
+            "NormsDraws": str(scale["draws"]),
+            "NormsStopLoss": tex_number(scale["stop_loss"]),
+            "NormsRtol": tex_number(RTOL),
+            "NormsCheckRtol": tex_number(CHECK_RTOL),
+            "NormsScale": tex_number(SCALE / np.sqrt(2.0)),
+            "NormsMinNuclear": tex_number(min_nuclear),
+            "NormsMinFrobenius": tex_number(min_frobenius),
+            "NormsMinNuclearWOneOne": tex_number(abs(float(stored["nuclear"][0, 0]))),
+            "NormsLossBoundAtFourth": tex_number(1.0 / np.sqrt(2.0 * 1e-4)),
+        }
         for (init, depth), s in summary.items():
             key = "Norms" + NAMES[init] + NAMES[depth]
             m = s["median"]
-            macros |= {key + "FinalLoss": tex_number(m["loss"]), key + "WOneOne": tex_number(m["w11"]),
-                       key + "Bound": tex_number(m["bound"]), key + "LossBound": tex_number(m["loss_bound"]),
-                       key + "Nuclear": tex_number(m["nuclear"]), key + "Frobenius": tex_number(m["frobenius"]),
-                       key + "EffRank": tex_number(m["erank"]),
-                       key + "SignChanged": "never" if not s["changed"] else f"{s['changed']} of {s['draws']}",
-                       key + "SignRobust": f"{s['robust']} of {s['changed']}",
-                       key + "CrossLoss": tex_number(float(np.median(s["cross_loss"]))) if s["changed"] else "n/a",
-                       key + "DetBefore": tex_number(float(np.median(s["det_before"]))) if s["changed"] else "n/a",
-                       key + "Imbalance": tex_number(s["imbalance"]),
-                       key + "VerdictSign": s["sign_verdict"], key + "VerdictBound": s["bound_verdict"]}
+            macros |= {
+                key + "FinalLoss": tex_number(m["loss"]),
+                key + "WOneOne": tex_number(m["w11"]),
+                key + "Bound": tex_number(m["bound"]),
+                key + "LossBound": tex_number(m["loss_bound"]),
+                key + "Nuclear": tex_number(m["nuclear"]),
+                key + "Frobenius": tex_number(m["frobenius"]),
+                key + "EffRank": tex_number(m["erank"]),
+                key + "SignChanged": "never" if not s["changed"] else f"{s['changed']} of {s['draws']}",
+                key + "SignRobust": f"{s['robust']} of {s['changed']}",
+                key + "CrossLoss": tex_number(float(np.median(s["cross_loss"]))) if s["changed"] else "n/a",
+                key + "DetBefore": tex_number(float(np.median(s["det_before"]))) if s["changed"] else "n/a",
+                key + "Imbalance": tex_number(s["imbalance"]),
+                key + "VerdictSign": s["sign_verdict"],
+                key + "VerdictBound": s["bound_verdict"],
+            }
         ctx.macros(self.name, macros)
-        ctx.table(self.name, "summary", "llrrrrrrrl",
-                  ["init", "depth", "final $L$", r"$|W_{11}|$", r"$\frac{W_{12} W_{21}}{|W_{22}|}$",
-                   r"$\frac{1}{\sqrt{2L}}$", r"$\|W\|_*$", "eff.\\ rank", r"$\det W$ changed sign",
-                   "verdicts (sign; bound)"],
-                  [[init, str(depth), tex_number(s["median"]["loss"]), tex_number(s["median"]["w11"]),
-                    tex_number(s["median"]["bound"]), tex_number(s["median"]["loss_bound"]),
-                    tex_number(s["median"]["nuclear"]), tex_number(s["median"]["erank"]),
-                    f"{s['changed']} of {s['draws']}", f"{s['sign_verdict']}; {s['bound_verdict']}"]
-                   for (init, depth), s in summary.items()])
+        ctx.table(
+            self.name,
+            "summary",
+            "llrrrrrrrl",
+            [
+                "init",
+                "depth",
+                "final $L$",
+                r"$|W_{11}|$",
+                r"$\frac{W_{12} W_{21}}{|W_{22}|}$",
+                r"$\frac{1}{\sqrt{2L}}$",
+                r"$\|W\|_*$",
+                "eff.\\ rank",
+                r"$\det W$ changed sign",
+                "verdicts (sign; bound)",
+            ],
+            [
+                [
+                    init,
+                    str(depth),
+                    tex_number(s["median"]["loss"]),
+                    tex_number(s["median"]["w11"]),
+                    tex_number(s["median"]["bound"]),
+                    tex_number(s["median"]["loss_bound"]),
+                    tex_number(s["median"]["nuclear"]),
+                    tex_number(s["median"]["erank"]),
+                    f"{s['changed']} of {s['draws']}",
+                    f"{s['sign_verdict']}; {s['bound_verdict']}",
+                ]
+                for (init, depth), s in summary.items()
+            ],
+        )
 
     @staticmethod
     def _figure(ctx, runs, crossings, summary, min_nuclear, min_frobenius) -> None:
@@ -230,13 +288,20 @@ class Norms(Experiment):
                 if j is not None:
                     ax.plot(traj.loss[j], abs(traj.W[j, 0, 0]), "x", color="k", ms=5)
             ax.loglog(loss_grid, 1.0 / np.sqrt(2.0 * loss_grid), ":", color="k")
-            ax.set(xlabel="loss $L$", ylabel=r"$|W_{11}|$ (the unobserved entry)",
-                   title=f"{init.capitalize()} init, all {summary[init, DEPTHS[0]]['draws']} draws")
-            ax.legend(handles=[Line2D([], [], color="k", label=r"$|W_{11}|$"),
-                               Line2D([], [], color="k", ls="--", label=r"$W_{12} W_{21} / |W_{22}|$ (draw 0)"),
-                               Line2D([], [], color="k", ls=":", label=r"$1/\sqrt{2L}$"),
-                               Line2D([], [], color="k", ls="", marker="x", label=r"$\det W$ changes sign")],
-                      loc="lower right")
+            ax.set(
+                xlabel="loss $L$",
+                ylabel=r"$|W_{11}|$ (the unobserved entry)",
+                title=f"{init.capitalize()} init, all {summary[init, DEPTHS[0]]['draws']} draws",
+            )
+            ax.legend(
+                handles=[
+                    Line2D([], [], color="k", label=r"$|W_{11}|$"),
+                    Line2D([], [], color="k", ls="--", label=r"$W_{12} W_{21} / |W_{22}|$ (draw 0)"),
+                    Line2D([], [], color="k", ls=":", label=r"$1/\sqrt{2L}$"),
+                    Line2D([], [], color="k", ls="", marker="x", label=r"$\det W$ changes sign"),
+                ],
+                loc="lower right",
+            )
         norms, erank, det, bars = axes[2:]
         for (i, d), colour in colours.items():
             traj = runs[i, d, 0]
@@ -250,26 +315,37 @@ class Norms(Experiment):
         norms.axhline(min_nuclear, color="0.5", lw=0.8)
         norms.axhline(min_frobenius, color="0.5", lw=0.8, ls="--")
         norms.set(xlabel="loss $L$", ylabel="norm of $W$", title="norms (draw 0)")
-        norms.legend(handles=[Line2D([], [], color="k", label=r"$\|W\|_*$"),
-                              Line2D([], [], color="k", ls="--", label=r"$\|W\|_F$"),
-                              Line2D([], [], color="0.5", label=r"min.\ $\|W\|_*$ completion"),
-                              Line2D([], [], color="0.5", ls="--", label=r"min.\ $\|W\|_F$ completion")],
-                     loc="lower right")
+        norms.legend(
+            handles=[
+                Line2D([], [], color="k", label=r"$\|W\|_*$"),
+                Line2D([], [], color="k", ls="--", label=r"$\|W\|_F$"),
+                Line2D([], [], color="0.5", label=r"min.\ $\|W\|_*$ completion"),
+                Line2D([], [], color="0.5", ls="--", label=r"min.\ $\|W\|_F$ completion"),
+            ],
+            loc="lower right",
+        )
         erank.set(xlabel="loss $L$", ylabel="effective rank of $W$", title="effective rank (draw 0)")
         det.set(xlabel="loss $L$", ylabel=r"$|\det W|$", title=r"$\det W$ (draw 0)")
-        det.legend(handles=[Line2D([], [], color="k", label=r"$\det W > 0$"),
-                            Line2D([], [], color="k", ls=":", label=r"$\det W < 0$")], loc="lower right")
+        det.legend(
+            handles=[
+                Line2D([], [], color="k", label=r"$\det W > 0$"),
+                Line2D([], [], color="k", ls=":", label=r"$\det W < 0$"),
+            ],
+            loc="lower right",
+        )
         keys = list(summary)
         positions = np.arange(len(keys))
         bars.bar(positions, [summary[k]["changed"] for k in keys], color=[colours[k] for k in keys])
         bars.bar(positions, [summary[k]["robust"] for k in keys], fill=False, hatch="//", edgecolor="k", lw=0)
         bars.set_xticks(positions, [f"{i}\ndepth {d}" for i, d in keys], fontsize=7)
         bars.yaxis.set_major_locator(MaxNLocator(integer=True))
-        bars.set(ylabel="draws", ylim=(0, max(s["draws"] for s in summary.values())),
-                 xlabel=f"hatched: the same crossing at rtol {CHECK_RTOL:g}",
-                 title=r"draws where $\det W$ changed sign")
+        bars.set(
+            ylabel="draws",
+            ylim=(0, max(s["draws"] for s in summary.values())),
+            xlabel=f"hatched: the same crossing at rtol {CHECK_RTOL:g}",
+            title=r"draws where $\det W$ changed sign",
+        )
         for ax in axes[:5]:
             ax.invert_xaxis()
         fig.legend(*erank.get_legend_handles_labels(), loc="outside lower center", ncols=4)
         ctx.figure(fig, "norms")
-

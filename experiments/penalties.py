@@ -84,18 +84,43 @@ class Grid:
     """The nuclear minimiser's solver (`analysis.references.min_nuclear`): SCS where Clarabel does not fit."""
 
 
-GRIDS = {False: Grid(n=30, rank=2, m=200, seeds=3, strengths=(0.1, 1.0, 3.0, 10.0, 100.0), strength=3.0, fast=30.0,
-                     slow=3000.0, factored_penalties=True),
-         True: Grid(n=15, rank=2, m=70, seeds=1, strengths=(1.0, 3.0), strength=3.0, fast=8.0, slow=600.0,
-                    factored_penalties=False)}
+GRIDS = {
+    False: Grid(
+        n=30,
+        rank=2,
+        m=200,
+        seeds=3,
+        strengths=(0.1, 1.0, 3.0, 10.0, 100.0),
+        strength=3.0,
+        fast=30.0,
+        slow=3000.0,
+        factored_penalties=True,
+    ),
+    True: Grid(
+        n=15, rank=2, m=70, seeds=1, strengths=(1.0, 3.0), strength=3.0, fast=8.0, slow=600.0, factored_penalties=False
+    ),
+}
 """By `ctx.quick`. Full: 200 of 900 entries (22 %; the rank-2 truth has 116 degrees of freedom), where the
 nuclear minimiser's test error is 0.13-0.31 over the seeds. Quick: the same contrasts at n = 15 with one seed, two
 strengths and the factored cells unpenalised; 294 thousand steps in all with strengths (3, 30), of which 120
 thousand in the gradient flows at 30, hence (1, 3)."""
-ARORA_GRIDS = {False: Grid(n=100, rank=5, m=2000, seeds=3, strengths=(0.1, 1.0, 10.0, 100.0), strength=10.0, fast=20.0,
-                           slow=3000.0, factored_penalties=False, nuclear_strengths=(0.1, 1.0, 10.0),
-                           others=("Adam a=100", "RMSProp", "sign"), reference_solver="SCS"),
-               True: GRIDS[True]}
+ARORA_GRIDS = {
+    False: Grid(
+        n=100,
+        rank=5,
+        m=2000,
+        seeds=3,
+        strengths=(0.1, 1.0, 10.0, 100.0),
+        strength=10.0,
+        fast=20.0,
+        slow=3000.0,
+        factored_penalties=False,
+        nuclear_strengths=(0.1, 1.0, 10.0),
+        others=("Adam a=100", "RMSProp", "sign"),
+        reference_solver="SCS",
+    ),
+    True: GRIDS[True],
+}
 """The Arora setting (the depth experiment's problem: n = 100, rank 5, 2000 of 10^4 entries, where the nuclear
 minimiser's test error is ~0.04 and depth 3's ~2e-5), the strengths three decades around the one that balances the
 data and the penalty at this size (R's gradient falls like 1 / ||W||_F ~ 1 / n, so ~3x n = 30's); the nuclear
@@ -156,14 +181,24 @@ def horizon(grid: Grid, config: dict) -> float:
     if config["dynamics"] not in SLOW:
         return grid.fast
     return grid.slow * (NUCLEAR_HORIZON if config["penalty"] == "nuclear" else 1.0)
+
+
 RATIO = {"eps": 1e-3, "delta": 1.0}
 """The ratio's smoothing. delta = 1 caps its gradient at O(1) near a small init, where the exact ratio's
 gradient is O(1 / ||W||_F) (a 1e4-fold stiffness at init 1e-3 with lambda = 10, measured as a run that did not
 finish); where W has grown to ||W||_F ~ ||W*||_F = n it changes R by a factor 1 + O(1 / ||W||_F^2) (< 1e-3)."""
-PENALTIES = {"none": None, "nuclear": {"name": "nuclear", "eps": NUCLEAR_EPS}, "ratio": {"name": "ratio", **RATIO},
-             "Hoyer-square": {"name": "hoyer-square", **RATIO},
-             "ratio on each factor": {"name": "each-factor", "penalty": {"name": "ratio", **RATIO}}}
-PARAMETERIZATIONS = {"depth 1": {"name": "direct"}, "UV^T": {"name": "factored"}, "depth 3": {"name": "deep", "depth": 3}}
+PENALTIES = {
+    "none": None,
+    "nuclear": {"name": "nuclear", "eps": NUCLEAR_EPS},
+    "ratio": {"name": "ratio", **RATIO},
+    "Hoyer-square": {"name": "hoyer-square", **RATIO},
+    "ratio on each factor": {"name": "each-factor", "penalty": {"name": "ratio", **RATIO}},
+}
+PARAMETERIZATIONS = {
+    "depth 1": {"name": "direct"},
+    "UV^T": {"name": "factored"},
+    "depth 3": {"name": "deep", "depth": 3},
+}
 
 
 def cells(grid: Grid) -> list[dict]:
@@ -183,19 +218,40 @@ def cells(grid: Grid) -> list[dict]:
     out = [("depth 1", "none", None, "gradient flow")]
     for s in grid.strengths:
         out += [("depth 1", p, s, d) for p in ("ratio", "Hoyer-square") for d in ("gradient flow", "Adam")]
-    out += [("depth 1", "nuclear", s, d) for s in grid.nuclear_strengths or grid.strengths
-            for d in ("gradient flow", "Adam")]
+    out += [
+        ("depth 1", "nuclear", s, d)
+        for s in grid.nuclear_strengths or grid.strengths
+        for d in ("gradient flow", "Adam")
+    ]
     out += [("depth 1", "ratio", grid.strength, d) for d in grid.others]
     for param in ("UV^T", "depth 3"):
         out += [(param, "none", None, d) for d in ("gradient flow", "Adam")]
     out += [("UV^T", "ratio", grid.strength, "Adam")] * grid.factored_penalties
-    return [{"n": grid.n, "rank": grid.rank, "m": grid.m, "seed": seed, "parameterization": param, "penalty": pen,
-             "strength": s, "dynamics": d} for param, pen, s, d in out for seed in range(grid.seeds)]
+    return [
+        {
+            "n": grid.n,
+            "rank": grid.rank,
+            "m": grid.m,
+            "seed": seed,
+            "parameterization": param,
+            "penalty": pen,
+            "strength": s,
+            "dynamics": d,
+        }
+        for param, pen, s, d in out
+        for seed in range(grid.seeds)
+    ]
 
 
 def problem(config: dict) -> flows.EntryProblem:
-    return flows.completion(n=config["n"], m=config["m"], rank=config["rank"], seed=config["seed"], symmetric=False,
-                            truth_norm=float(config["n"]))
+    return flows.completion(
+        n=config["n"],
+        m=config["m"],
+        rank=config["rank"],
+        seed=config["seed"],
+        symmetric=False,
+        truth_norm=float(config["n"]),
+    )
 
 
 def observed(p: flows.EntryProblem) -> np.ndarray:
@@ -220,11 +276,15 @@ def build(config: dict):
     """The flow of one cell and its initial state (see the module docstring); an optional `config["delta"]` sets the
     ratio's smoothing (the each_factor experiment's sweep)."""
     p = problem(config)
-    description = {"parameterization": PARAMETERIZATIONS[config["parameterization"]],
-                   "dynamics": {**DYNAMICS[config["dynamics"]], **config.get("dynamics_override", {})}}
+    description = {
+        "parameterization": PARAMETERIZATIONS[config["parameterization"]],
+        "dynamics": {**DYNAMICS[config["dynamics"]], **config.get("dynamics_override", {})},
+    }
     if config["penalty"] != "none":
-        description |= {"penalty": _smoothed(PENALTIES[config["penalty"]], config.get("delta")),
-                        "strength": config["strength"]}
+        description |= {
+            "penalty": _smoothed(PENALTIES[config["penalty"]], config.get("delta")),
+            "strength": config["strength"],
+        }
     flow = flows.Flow.from_description(p, description)
     if config["parameterization"] == "depth 1":
         return flow, flow.dynamics.init(jnp.asarray(observed(p)))
@@ -235,9 +295,14 @@ def build(config: dict):
 def path(traj: flows.Trajectory, m: int) -> dict[str, np.ndarray]:
     """What is plotted and tabulated of one run, per saved time."""
     sigma = traj.singular_values
-    return {"t": np.asarray(traj.ts), "error": test_error(traj.W, traj.truth),
-            "mse": 2 * np.asarray(traj.loss) / m, "erank": np.asarray(traj.effective_rank),
-            "norm": np.linalg.norm(sigma, axis=-1), "ratio": sigma.sum(-1) / np.linalg.norm(sigma, axis=-1)}
+    return {
+        "t": np.asarray(traj.ts),
+        "error": test_error(traj.W, traj.truth),
+        "mse": 2 * np.asarray(traj.loss) / m,
+        "erank": np.asarray(traj.effective_rank),
+        "norm": np.linalg.norm(sigma, axis=-1),
+        "ratio": sigma.sum(-1) / np.linalg.norm(sigma, axis=-1),
+    }
 
 
 def summary(curve: dict, nuclear_error: float, budget: float) -> dict[str, float]:
@@ -247,13 +312,19 @@ def summary(curve: dict, nuclear_error: float, budget: float) -> dict[str, float
     error, ts = curve["error"], curve["t"]
     best = int(np.argmin(error))
     below = np.flatnonzero(error < nuclear_error)
-    return {"best": float(error[best]), "t_best": float(ts[best]), "end": float(error[-1]),
-            "budget": float(error[ts <= budget].min()),
-            "window_start": float(ts[below[0]]) if below.size else np.nan,
-            "window_end": float(ts[below[-1]]) if below.size else np.nan,
-            "erank_best": float(curve["erank"][best]), "erank_start": float(curve["erank"][0]),
-            "mse_max_before_best": float(curve["mse"][:best + 1].max()), "norm_end": float(curve["norm"][-1]),
-            "ratio_end": float(curve["ratio"][-1])}
+    return {
+        "best": float(error[best]),
+        "t_best": float(ts[best]),
+        "end": float(error[-1]),
+        "budget": float(error[ts <= budget].min()),
+        "window_start": float(ts[below[0]]) if below.size else np.nan,
+        "window_end": float(ts[below[-1]]) if below.size else np.nan,
+        "erank_best": float(curve["erank"][best]),
+        "erank_start": float(curve["erank"][0]),
+        "mse_max_before_best": float(curve["mse"][: best + 1].max()),
+        "norm_end": float(curve["norm"][-1]),
+        "ratio_end": float(curve["ratio"][-1]),
+    }
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -281,9 +352,18 @@ def nuclear_errors(ctx: Context, grid: Grid) -> dict[int, float]:
     out = {}
     for seed in range(grid.seeds):
         p = problem({"n": grid.n, "m": grid.m, "rank": grid.rank, "seed": seed})
-        X = ctx.cached(STORE, {"reference": "min-nuclear", "solver": grid.reference_solver, "n": grid.n,
-                               "m": grid.m, "rank": grid.rank, "seed": seed},
-                       lambda p=p: {"X": references.min_nuclear(p, solver=grid.reference_solver).X})["X"]
+        X = ctx.cached(
+            STORE,
+            {
+                "reference": "min-nuclear",
+                "solver": grid.reference_solver,
+                "n": grid.n,
+                "m": grid.m,
+                "rank": grid.rank,
+                "seed": seed,
+            },
+            lambda p=p: {"X": references.min_nuclear(p, solver=grid.reference_solver).X},
+        )["X"]
         out[seed] = float(test_error(X, p.truth))
     return out
 
@@ -298,16 +378,30 @@ class Penalties(Experiment):
     def run(self, ctx: Context) -> None:
         grid = self.grids[ctx.quick]
         configs = cells(grid)
-        check = {**configs[0], "parameterization": "depth 1", "penalty": "ratio", "strength": grid.strength,
-                 "dynamics": "Adam", "seed": 0}
+        check = {
+            **configs[0],
+            "parameterization": "depth 1",
+            "penalty": "ratio",
+            "strength": grid.strength,
+            "dynamics": "Adam",
+            "seed": 0,
+        }
         configs.append({**check, "dynamics_override": {"eps": EPS_CHECK}})
         nuclear_error = nuclear_errors(ctx, grid)
         curves, failed = {}, []
         plans = sorted({(horizon(grid, c), stop_loss(c) or 0.0) for c in configs})
         for t1, stop in plans:
             group = [c for c in configs if (horizon(grid, c), stop_loss(c) or 0.0) == (t1, stop)]
-            for run in ctx.sweep(STORE, build, group, t1=t1, ts=flows.default_ts(t1, SAVES), rtol=RTOL,
-                                 max_steps=MAX_STEPS, stop_loss=stop or None):
+            for run in ctx.sweep(
+                STORE,
+                build,
+                group,
+                t1=t1,
+                ts=flows.default_ts(t1, SAVES),
+                rtol=RTOL,
+                max_steps=MAX_STEPS,
+                stop_loss=stop or None,
+            ):
                 key = _key(run.config)
                 if run.status == "failed":
                     failed.append(key)
@@ -323,8 +417,11 @@ class Penalties(Experiment):
 
         def best_strength(param, penalty, dynamics):
             """The strength of the sweep with the lowest mean best test error (None: no finished cell)."""
-            options = [(k[2], _mean(v, "best")) for k, v in cellwise.items() if k[:2] == (param, penalty)
-                       and k[3] == dynamics and k[4] == ""]
+            options = [
+                (k[2], _mean(v, "best"))
+                for k, v in cellwise.items()
+                if k[:2] == (param, penalty) and k[3] == dynamics and k[4] == ""
+            ]
             return min(options, key=lambda o: o[1])[0] if options else None
 
         nuclear = list(nuclear_error.values())
@@ -336,8 +433,14 @@ class Penalties(Experiment):
 def _key(config: dict) -> tuple:
     """(parameterization, penalty, strength, dynamics, override, seed): one run."""
     override = ",".join(f"{k}={v:g}" for k, v in sorted(config.get("dynamics_override", {}).items()))
-    return (config["parameterization"], config["penalty"], config["strength"], config["dynamics"], override,
-            config["seed"])
+    return (
+        config["parameterization"],
+        config["penalty"],
+        config["strength"],
+        config["dynamics"],
+        override,
+        config["seed"],
+    )
 
 
 COLOURS = {"gradient flow": "C0", "Adam": "C1", "Adam a=100": "C5", "RMSProp": "C2", "momentum": "C3", "sign": "C4"}
@@ -365,8 +468,13 @@ def _figures(ctx, stem, grid, curves, cellwise, best_strength, nuclear) -> None:
             if s is not None:
                 _band(ax, runs("depth 1", "ratio", s, d), "error", COLOURS[d], f"{d}, $\\lambda$ = {s:g}")
         ax.axhline(np.mean(nuclear), color="k", linestyle="--", label="min. nuclear norm")
-        ax.set(xscale="log", yscale="log", xlabel="time $t$ (flow units)", ylabel="test error (MSE, all entries)",
-               xlim=(1e-2, None))
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="time $t$ (flow units)",
+            ylabel="test error (MSE, all entries)",
+            xlim=(1e-2, None),
+        )
         ax.legend(fontsize="small", loc="lower left")
     axes[0].set_title("depth 1 + ratio: gradient-speed flows")
     axes[1].set_title("depth 1 + ratio: adaptive flows")
@@ -374,15 +482,23 @@ def _figures(ctx, stem, grid, curves, cellwise, best_strength, nuclear) -> None:
 
     # Best test error against strength: every dynamics with the ratio; nuclear and Hoyer-square.
     fig, (ax,) = new_figure(1, width=6.0, height=3.0)
-    for (penalty, style) in (("ratio", "-o"), ("nuclear", ":s"), ("Hoyer-square", "--^")):
+    for penalty, style in (("ratio", "-o"), ("nuclear", ":s"), ("Hoyer-square", "--^")):
         for d in DYNAMICS:
-            points = sorted((k[2], _mean(v, "best")) for k, v in cellwise.items()
-                            if k[:2] == ("depth 1", penalty) and k[3] == d and k[4] == "")
+            points = sorted(
+                (k[2], _mean(v, "best"))
+                for k, v in cellwise.items()
+                if k[:2] == ("depth 1", penalty) and k[3] == d and k[4] == ""
+            )
             if points:
                 ax.plot(*zip(*points), style, color=COLOURS[d], label=f"{penalty}, {d}", markersize=4)
     ax.axhline(np.mean(nuclear), color="k", linestyle="--", label="min. nuclear norm")
-    ax.set(xscale="log", yscale="log", xlabel=r"penalty strength $\lambda$",
-           ylabel="best test error over time", title="depth 1: strength sweep (mean over seeds)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel=r"penalty strength $\lambda$",
+        ylabel="best test error over time",
+        title="depth 1: strength sweep (mean over seeds)",
+    )
     ticks = sorted(set(grid.strengths) | set(grid.nuclear_strengths or ()))
     ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -412,13 +528,18 @@ def _figures(ctx, stem, grid, curves, cellwise, best_strength, nuclear) -> None:
         ax.legend(fontsize="x-small")
     axes[0].set_yscale("log")
     axes[2].set_yscale("log")
-    axes[3].set(yscale="log", xlabel="effective rank", ylabel="data loss per observed entry",
-                title="path (dot: best test error)")
+    axes[3].set(
+        yscale="log",
+        xlabel="effective rank",
+        ylabel="data loss per observed entry",
+        title="path (dot: best test error)",
+    )
     ctx.figure(fig, f"{stem}-drift")
 
 
 def _numbers(ctx, name, grid, cellwise, best_strength, nuclear, failed) -> dict[str, str]:
     """Writes the grid's table; returns the macros (named "Pen...")."""
+
     def cell(param, penalty, dynamics, strength="best", override=""):
         s = best_strength(param, penalty, dynamics) if strength == "best" else strength
         return s, cellwise.get((param, penalty, s, dynamics, override))
@@ -426,62 +547,125 @@ def _numbers(ctx, name, grid, cellwise, best_strength, nuclear, failed) -> dict[
     table_rows, macros = [], {}
     order = [("depth 1", "none", d) for d in ("gradient flow",)]
     order += [("depth 1", pen, d) for pen in ("nuclear", "ratio", "Hoyer-square") for d in DYNAMICS]
-    order += [(param, pen, d) for param in ("UV^T", "depth 3") for pen in ("none", "ratio") for d in ("gradient flow", "Adam")]
+    order += [
+        (param, pen, d) for param in ("UV^T", "depth 3") for pen in ("none", "ratio") for d in ("gradient flow", "Adam")
+    ]
     order += [("depth 3", "ratio on each factor", d) for d in ("gradient flow", "Adam")]
     for param, pen, d in order:
         s, rows = cell(param, pen, d, "best" if pen != "none" else None)
         if rows is None:
             continue
         beats = sum(r["best"] < nuclear_r for r, nuclear_r in zip(rows, nuclear))
-        window = (f"{tex_number(_mean(rows, 'window_start'))}--{tex_number(_mean(rows, 'window_end'))}"
-                  if beats else "--")
-        table_rows.append([param.replace("UV^T", "$UV^T$"), pen, d, "--" if s is None else tex_number(s),
-                           tex_spread([r["best"] for r in rows]), tex_number(_mean(rows, "t_best")),
-                           tex_spread([r["budget"] for r in rows]), tex_spread([r["end"] for r in rows]),
-                           f"{beats}/{len(rows)}", window])
-    ctx.table(name, "grid", "lllrlrllrl",
-              ["param.", "penalty", "dynamics", r"$\lambda$", "best test error", r"$t_{\mathrm{best}}$",
-               f"best, $t \\le {grid.fast:g}$", "at horizon", "$<$ nuc.", "window"], table_rows)
+        window = (
+            f"{tex_number(_mean(rows, 'window_start'))}--{tex_number(_mean(rows, 'window_end'))}" if beats else "--"
+        )
+        table_rows.append(
+            [
+                param.replace("UV^T", "$UV^T$"),
+                pen,
+                d,
+                "--" if s is None else tex_number(s),
+                tex_spread([r["best"] for r in rows]),
+                tex_number(_mean(rows, "t_best")),
+                tex_spread([r["budget"] for r in rows]),
+                tex_spread([r["end"] for r in rows]),
+                f"{beats}/{len(rows)}",
+                window,
+            ]
+        )
+    ctx.table(
+        name,
+        "grid",
+        "lllrlrllrl",
+        [
+            "param.",
+            "penalty",
+            "dynamics",
+            r"$\lambda$",
+            "best test error",
+            r"$t_{\mathrm{best}}$",
+            f"best, $t \\le {grid.fast:g}$",
+            "at horizon",
+            "$<$ nuc.",
+            "window",
+        ],
+        table_rows,
+    )
 
-    names = {"gradient flow": "GF", "Adam": "Adam", "Adam a=100": "AdamFast", "RMSProp": "RMSProp",
-             "momentum": "Momentum", "sign": "Sign"}
+    names = {
+        "gradient flow": "GF",
+        "Adam": "Adam",
+        "Adam a=100": "AdamFast",
+        "RMSProp": "RMSProp",
+        "momentum": "Momentum",
+        "sign": "Sign",
+    }
     # Every macro is written at every scale ("n/a" for a cell the grid lacks), so the paper builds from either.
     for d, tag in names.items():
         s, rows = cell("depth 1", "ratio", d)
-        macros |= {f"Pen{tag}Strength": tex_number(s) if rows else "n/a",
-                   **{f"Pen{tag}{name}": _stat(rows, key) for name, key in (
-                       ("Best", "best"), ("TBest", "t_best"), ("End", "end"), ("Budget", "budget"),
-                       ("NormEnd", "norm_end"), ("RatioEnd", "ratio_end"))},
-                   f"Pen{tag}Beats": str(sum(r["best"] < nu for r, nu in zip(rows or [], nuclear)))}
+        macros |= {
+            f"Pen{tag}Strength": tex_number(s) if rows else "n/a",
+            **{
+                f"Pen{tag}{name}": _stat(rows, key)
+                for name, key in (
+                    ("Best", "best"),
+                    ("TBest", "t_best"),
+                    ("End", "end"),
+                    ("Budget", "budget"),
+                    ("NormEnd", "norm_end"),
+                    ("RatioEnd", "ratio_end"),
+                )
+            },
+            f"Pen{tag}Beats": str(sum(r["best"] < nu for r, nu in zip(rows or [], nuclear))),
+        }
     for pen, tag in (("nuclear", "Nuc"), ("Hoyer-square", "Hoyer")):
         for d, dtag in (("gradient flow", "GF"), ("Adam", "Adam")):
             s, rows = cell("depth 1", pen, d)
-            macros |= {f"Pen{tag}{dtag}Best": _stat(rows, "best"),
-                       f"Pen{tag}{dtag}Strength": tex_number(s) if rows else "n/a"}
+            macros |= {
+                f"Pen{tag}{dtag}Best": _stat(rows, "best"),
+                f"Pen{tag}{dtag}Strength": tex_number(s) if rows else "n/a",
+            }
     for param, ptag in (("UV^T", "Factored"), ("depth 3", "Deep")):
         for pen, etag in (("none", "None"), ("ratio", "Ratio"), ("ratio on each factor", "Each")):
             for d, dtag in (("gradient flow", "GF"), ("Adam", "Adam")):
                 _, rows = cell(param, pen, d, None if pen == "none" else grid.strength)
-                macros |= {f"Pen{ptag}{etag}{dtag}Best": _stat(rows, "best"),
-                           f"Pen{ptag}{etag}{dtag}End": _stat(rows, "end"),
-                           f"Pen{ptag}{etag}{dtag}TBest": _stat(rows, "t_best")}
+                macros |= {
+                    f"Pen{ptag}{etag}{dtag}Best": _stat(rows, "best"),
+                    f"Pen{ptag}{etag}{dtag}End": _stat(rows, "end"),
+                    f"Pen{ptag}{etag}{dtag}TBest": _stat(rows, "t_best"),
+                }
     _, start = cell("depth 1", "none", "gradient flow", None)
     _, eps_default = cell("depth 1", "ratio", "Adam", grid.strength)
     _, eps_check = cell("depth 1", "ratio", "Adam", grid.strength, f"eps={EPS_CHECK:g}")
-    macros |= {"PenN": str(grid.n), "PenRank": str(grid.rank), "PenM": str(grid.m), "PenSeeds": str(grid.seeds),
-               "PenFraction": f"{100 * grid.m / grid.n**2:.0f}", "PenEps": tex_number(EPS),
-               "PenRtol": tex_number(RTOL), "PenInit": tex_number(INIT), "PenNuclearEps": tex_number(NUCLEAR_EPS),
-               "PenStrengths": ", ".join(f"{s:g}" for s in grid.strengths), "PenStrength": tex_number(grid.strength),
-               "PenHorizonSlow": tex_number(grid.slow), "PenHorizonFast": tex_number(grid.fast),
-               "PenHorizonNuclear": tex_number(grid.slow * NUCLEAR_HORIZON),
-               "PenNuclearMean": tex_number(float(np.mean(nuclear))), "PenNuclearMin": tex_number(float(np.min(nuclear))),
-               "PenNuclearMax": tex_number(float(np.max(nuclear))), "PenSame": tex_number(SAME),
-               "PenFailed": str(len(failed)), "PenMaxSteps": f"{MAX_STEPS:,}".replace(",", "{,}"),
-               "PenStartError": _stat(start, "end"), "PenStartERank": _stat(start, "erank_start"),
-               "PenEpsCheck": tex_number(EPS_CHECK), "PenEpsCheckBest": _stat(eps_check, "best"),
-               "PenEpsCheckTBest": _stat(eps_check, "t_best"),
-               "PenEpsDefaultBest": _stat(eps_default[:1] if eps_default else None, "best"),
-               "PenEpsDefaultTBest": _stat(eps_default[:1] if eps_default else None, "t_best")}
+    macros |= {
+        "PenN": str(grid.n),
+        "PenRank": str(grid.rank),
+        "PenM": str(grid.m),
+        "PenSeeds": str(grid.seeds),
+        "PenFraction": f"{100 * grid.m / grid.n**2:.0f}",
+        "PenEps": tex_number(EPS),
+        "PenRtol": tex_number(RTOL),
+        "PenInit": tex_number(INIT),
+        "PenNuclearEps": tex_number(NUCLEAR_EPS),
+        "PenStrengths": ", ".join(f"{s:g}" for s in grid.strengths),
+        "PenStrength": tex_number(grid.strength),
+        "PenHorizonSlow": tex_number(grid.slow),
+        "PenHorizonFast": tex_number(grid.fast),
+        "PenHorizonNuclear": tex_number(grid.slow * NUCLEAR_HORIZON),
+        "PenNuclearMean": tex_number(float(np.mean(nuclear))),
+        "PenNuclearMin": tex_number(float(np.min(nuclear))),
+        "PenNuclearMax": tex_number(float(np.max(nuclear))),
+        "PenSame": tex_number(SAME),
+        "PenFailed": str(len(failed)),
+        "PenMaxSteps": f"{MAX_STEPS:,}".replace(",", "{,}"),
+        "PenStartError": _stat(start, "end"),
+        "PenStartERank": _stat(start, "erank_start"),
+        "PenEpsCheck": tex_number(EPS_CHECK),
+        "PenEpsCheckBest": _stat(eps_check, "best"),
+        "PenEpsCheckTBest": _stat(eps_check, "t_best"),
+        "PenEpsDefaultBest": _stat(eps_default[:1] if eps_default else None, "best"),
+        "PenEpsDefaultTBest": _stat(eps_default[:1] if eps_default else None, "t_best"),
+    }
     return macros | _verdicts(cell, nuclear, grid.strength)
 
 
@@ -495,11 +679,27 @@ def verdict_three(rmsprop: list[dict], momentum: list[dict]) -> str:
 
 def _verdicts(cell, nuclear, strength) -> dict[str, str]:
     """The claims' verdicts from the cells (see the module docstring for the rules); "n/a" where a cell is missing."""
-    out = dict.fromkeys(["PenVerdictOne", "PenBestDynamics", "PenVerdictTwo", "PenVerdictTwoBudget",
-                         "PenVerdictThree", "PenRMSPropBudgetBest", "PenMomentumBudgetBest", "PenConjectureMSE",
-                         "PenConjectureERankStart", "PenConjectureERankBest", "PenVerdictFive", "PenVerdictSix",
-                         "PenVerdictSevenEachGF", "PenVerdictSevenEachAdam", "PenVerdictSevenHoyerGF",
-                         "PenVerdictSevenHoyerAdam"], "n/a")
+    out = dict.fromkeys(
+        [
+            "PenVerdictOne",
+            "PenBestDynamics",
+            "PenVerdictTwo",
+            "PenVerdictTwoBudget",
+            "PenVerdictThree",
+            "PenRMSPropBudgetBest",
+            "PenMomentumBudgetBest",
+            "PenConjectureMSE",
+            "PenConjectureERankStart",
+            "PenConjectureERankBest",
+            "PenVerdictFive",
+            "PenVerdictSix",
+            "PenVerdictSevenEachGF",
+            "PenVerdictSevenEachAdam",
+            "PenVerdictSevenHoyerGF",
+            "PenVerdictSevenHoyerAdam",
+        ],
+        "n/a",
+    )
     ratio = {d: cell("depth 1", "ratio", d)[1] for d in DYNAMICS}
     ratio = {d: rows for d, rows in ratio.items() if rows}
     if not ratio:
@@ -509,15 +709,27 @@ def _verdicts(cell, nuclear, strength) -> dict[str, str]:
     # Recovery where the nuclear norm fails: below its minimiser by more than the factor SAME, not merely below.
     recovers = [SAME * r["best"] < nu for r, nu in zip(rows, nuclear)]
     drifts = any(r["end"] > SAME * r["best"] for r in rows)
-    out["PenVerdictOne"] = ("holds as a transient" if all(recovers) and drifts else "holds" if all(recovers) else
-                            "depends on the seed" if any(recovers) else "fails")
+    out["PenVerdictOne"] = (
+        "holds as a transient"
+        if all(recovers) and drifts
+        else "holds"
+        if all(recovers)
+        else "depends on the seed"
+        if any(recovers)
+        else "fails"
+    )
     out["PenBestDynamics"] = best_d
     if "gradient flow" in ratio and "Adam" in ratio:
         gf, adam = _mean(ratio["gradient flow"], "best"), _mean(ratio["Adam"], "best")
         gf_budget = _mean(ratio["gradient flow"], "budget")
         gf_beats = [SAME * r["best"] < nu for r, nu in zip(ratio["gradient flow"], nuclear)]
-        out["PenVerdictTwo"] = ("fails in the flow limit" if all(gf_beats) or verdict_same(gf, adam) != "higher"
-                                else "depends on the seed" if any(gf_beats) else "holds")
+        out["PenVerdictTwo"] = (
+            "fails in the flow limit"
+            if all(gf_beats) or verdict_same(gf, adam) != "higher"
+            else "depends on the seed"
+            if any(gf_beats)
+            else "holds"
+        )
         out["PenVerdictTwoBudget"] = "holds" if gf_budget > SAME * adam else "fails"
     if "RMSProp" in ratio and "momentum" in ratio:
         out["PenRMSPropBudgetBest"] = tex_number(_mean(ratio["RMSProp"], "budget"))
@@ -533,8 +745,11 @@ def _verdicts(cell, nuclear, strength) -> dict[str, str]:
         out["PenVerdictFive"] = "holds" if fell and near <= NEAR_MSE else "fails"
         _, deep = cell("depth 3", "none", "gradient flow", None)
         if deep:
-            out["PenVerdictSix"] = {"same": "holds", "lower": "holds (depth 1 + ratio + Adam is better)",
-                                    "higher": "fails"}[verdict_same(_mean(adam_rows, "best"), _mean(deep, "end"))]
+            out["PenVerdictSix"] = {
+                "same": "holds",
+                "lower": "holds (depth 1 + ratio + Adam is better)",
+                "higher": "fails",
+            }[verdict_same(_mean(adam_rows, "best"), _mean(deep, "end"))]
     for d, tag in (("gradient flow", "GF"), ("Adam", "Adam")):
         _, product = cell("depth 3", "ratio", d, strength)
         _, each = cell("depth 3", "ratio on each factor", d, strength)
@@ -546,11 +761,25 @@ def _verdicts(cell, nuclear, strength) -> dict[str, str]:
     return out
 
 
-EXPERIMENT = Penalties("penalties", "penalties x dynamics x depth in sparse completion: the ratio, Adam's two halves, "
-                       "drift and the seeds' claims 1-3, 5-7", GRIDS, "Pen")
-ARORA_EXPERIMENT = Penalties("penalties_arora", "the penalties grid at the Arora scale (n = 100, rank 5, m = 2000): "
-                             "claims 1-3, 5-7 against depth", ARORA_GRIDS, "PenArora")
-ARORA_MID_EXPERIMENT = Penalties("penalties_arora_mid", "the Arora-scale penalties grid at m = 1500",
-                                 ARORA_MID_GRIDS, "PenAroraMid")
-ARORA_FEW_EXPERIMENT = Penalties("penalties_arora_few", "the Arora-scale penalties grid with fewer entries (m = 1000), "
-                                 "where the nuclear norm and depth fail", ARORA_FEW_GRIDS, "PenAroraFew")
+EXPERIMENT = Penalties(
+    "penalties",
+    "penalties x dynamics x depth in sparse completion: the ratio, Adam's two halves, "
+    "drift and the seeds' claims 1-3, 5-7",
+    GRIDS,
+    "Pen",
+)
+ARORA_EXPERIMENT = Penalties(
+    "penalties_arora",
+    "the penalties grid at the Arora scale (n = 100, rank 5, m = 2000): claims 1-3, 5-7 against depth",
+    ARORA_GRIDS,
+    "PenArora",
+)
+ARORA_MID_EXPERIMENT = Penalties(
+    "penalties_arora_mid", "the Arora-scale penalties grid at m = 1500", ARORA_MID_GRIDS, "PenAroraMid"
+)
+ARORA_FEW_EXPERIMENT = Penalties(
+    "penalties_arora_few",
+    "the Arora-scale penalties grid with fewer entries (m = 1000), where the nuclear norm and depth fail",
+    ARORA_FEW_GRIDS,
+    "PenAroraFew",
+)

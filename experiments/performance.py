@@ -28,8 +28,15 @@ def _vs_scipy() -> list[dict]:
         if not ours or "scipy LSODA+jac" not in methods:
             continue
         best = min(ours, key=lambda k: ours[k]["wall"])
-        reports.append({"setting": report["setting"], "method": best, "wall": ours[best]["wall"],
-                        "lsoda": methods["scipy LSODA+jac"]["wall"], "speedup": ours[best]["speedup_vs_lsoda_jac"]})
+        reports.append(
+            {
+                "setting": report["setting"],
+                "method": best,
+                "wall": ours[best]["wall"],
+                "lsoda": methods["scipy LSODA+jac"]["wall"],
+                "speedup": ours[best]["speedup_vs_lsoda_jac"],
+            }
+        )
     return reports
 
 
@@ -56,18 +63,35 @@ class Performance(Experiment):
         for key, label, marker in (("seconds", "wall time (s)", "o"), ("steps", "steps", "s")):
             ys = np.array([r[key] for r in scaling])
             right.loglog(ns, ys, marker=marker, label=f"{label}: slope {slope(ns, ys):.2f}")
-        right.set(xlabel="$n$ (completion of an $n \\times n$ matrix, $U U^T$)", ylabel="wall time (s) / steps",
-                  title=f"scaling ({scaling[0]['solver']}, $t \\in [0, {scaling[0]['t_final']:g}]$)")
+        right.set(
+            xlabel="$n$ (completion of an $n \\times n$ matrix, $U U^T$)",
+            ylabel="wall time (s) / steps",
+            title=f"scaling ({scaling[0]['solver']}, $t \\in [0, {scaling[0]['t_final']:g}]$)",
+        )
         right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3))
         ctx.figure(fig, "performance")
 
-        macros = {"PerfScalingSlope": tex_number(slope(ns, [r["seconds"] for r in scaling]), 2),
-                  "PerfScalingMaxN": str(int(ns.max())),
-                  "PerfSettings": str(len(comparisons))}
+        macros = {
+            "PerfScalingSlope": tex_number(slope(ns, [r["seconds"] for r in scaling]), 2),
+            "PerfScalingMaxN": str(int(ns.max())),
+            "PerfSettings": str(len(comparisons)),
+        }
         if comparisons:
             speedups = [c["speedup"] for c in comparisons]
             macros |= {"PerfSpeedupMin": tex_number(min(speedups), 2), "PerfSpeedupMax": tex_number(max(speedups), 2)}
-            ctx.table(self.name, "vs-scipy", "lrrr", ["setting", "LSODA+jac (s)", "flows (s)", "speed-up"],
-                      [[c["setting"].replace("alpha", "$\\alpha$"), f"{c['lsoda']:.2f}", f"{c['wall']:.2f}",
-                        f"{c['speedup']:.1f}"] for c in comparisons])
+            ctx.table(
+                self.name,
+                "vs-scipy",
+                "lrrr",
+                ["setting", "LSODA+jac (s)", "flows (s)", "speed-up"],
+                [
+                    [
+                        c["setting"].replace("alpha", "$\\alpha$"),
+                        f"{c['lsoda']:.2f}",
+                        f"{c['wall']:.2f}",
+                        f"{c['speedup']:.1f}",
+                    ]
+                    for c in comparisons
+                ],
+            )
         ctx.macros(self.name, macros)

@@ -67,13 +67,25 @@ FULL = {
     "direct": dict(problem="sensing", flow="direct", n=8, m=20),
 }
 # Quick: the two dense problems smaller; the rest as at full scale.
-SETTINGS = {False: FULL, True: FULL | {"sensing": dict(problem="sensing", flow="symmetric", n=16, m=64),
-                                      "completion": dict(problem="completion", flow="symmetric", n=10, m=40)}}
+SETTINGS = {
+    False: FULL,
+    True: FULL
+    | {
+        "sensing": dict(problem="sensing", flow="symmetric", n=16, m=64),
+        "completion": dict(problem="completion", flow="symmetric", n=10, m=40),
+    },
+}
 """Problem settings by `ctx.quick` (rank 2, seed 0 for all)."""
 RANK, SEED = 2, 0
 
-MACRO = {"commuting": "Commuting", "sensing": "Sensing", "sensing-sparse": "SensingSparse",
-         "completion": "Completion", "completion-sparse": "CompletionSparse", "direct": "Direct"}
+MACRO = {
+    "commuting": "Commuting",
+    "sensing": "Sensing",
+    "sensing-sparse": "SensingSparse",
+    "completion": "Completion",
+    "completion-sparse": "CompletionSparse",
+    "direct": "Direct",
+}
 
 
 def _problem(config: dict) -> flows.AbstractProblem:
@@ -118,14 +130,28 @@ class SmallInit(Experiment):
     def run(self, ctx: Context) -> None:
         alphas = ALPHAS[ctx.quick]
         settings = SETTINGS[ctx.quick]
-        configs = [{"case": case, **_problem_config(s), "flow": s["flow"], "alpha": float(a)}
-                   for case, s in settings.items() for a in alphas]
-        runs = ctx.sweep(self.name, build, configs, t1=T1, ts=TS, rtol=RTOL, atol=None,
-                         solver=flows.Tsit5ThenExtrapolation())
-        reduced_configs = [{"case": "reduced", **_problem_config(settings["commuting"]), "flow": "reduced",
-                            "alpha": float(a)} for a in alphas]
-        reduced_runs = ctx.sweep(self.name, build, reduced_configs, t1=T1, ts=TS, rtol=RTOL, atol=None,
-                                 solver=flows.solver_by_name("kvaerno5"))
+        configs = [
+            {"case": case, **_problem_config(s), "flow": s["flow"], "alpha": float(a)}
+            for case, s in settings.items()
+            for a in alphas
+        ]
+        runs = ctx.sweep(
+            self.name, build, configs, t1=T1, ts=TS, rtol=RTOL, atol=None, solver=flows.Tsit5ThenExtrapolation()
+        )
+        reduced_configs = [
+            {"case": "reduced", **_problem_config(settings["commuting"]), "flow": "reduced", "alpha": float(a)}
+            for a in alphas
+        ]
+        reduced_runs = ctx.sweep(
+            self.name,
+            build,
+            reduced_configs,
+            t1=T1,
+            ts=TS,
+            rtol=RTOL,
+            atol=None,
+            solver=flows.solver_by_name("kvaerno5"),
+        )
         by_case: dict[str, list[flows.Trajectory]] = {case: [] for case in settings}
         for run in runs:  # in the order of configs: alpha decreasing within each case
             by_case[run.config["case"]].append(run.load())
@@ -137,57 +163,83 @@ class SmallInit(Experiment):
                 reference = references.min_frobenius(problem)
                 X, objective, feasibility = reference.X, reference.objective, reference.feasibility
             else:
-                stored = ctx.cached(self.name, {"reference": "min_nuclear_psd", **_problem_config(setting)},
-                                    lambda: _reference(references.min_nuclear_psd(problem)))
+                stored = ctx.cached(
+                    self.name,
+                    {"reference": "min_nuclear_psd", **_problem_config(setting)},
+                    lambda: _reference(references.min_nuclear_psd(problem)),
+                )
                 X, objective, feasibility = stored["X"], float(stored["objective"]), float(stored["feasibility"])
             W = np.array([traj.W[-1] for traj in by_case[case]])
             change = np.array([np.linalg.norm(t.W[-1] - t.W[-2]) / np.linalg.norm(t.W[-1]) for t in by_case[case]])
             truth = np.asarray(problem.truth)
             d = np.linalg.norm(W - X, axis=(1, 2)) / np.linalg.norm(X)
             results[case] = dict(
-                setting=setting, X=X, distance=d, change=change, reference_feasibility=feasibility,
+                setting=setting,
+                X=X,
+                distance=d,
+                change=change,
+                reference_feasibility=feasibility,
                 truth_distance=np.linalg.norm(W - truth, axis=(1, 2)) / np.linalg.norm(truth),
                 trace_excess=np.trace(W, axis1=1, axis2=2) / objective - 1.0,
                 reference_truth=float(np.linalg.norm(X - truth) / np.linalg.norm(truth)),
                 final_loss=np.array([t.loss[-1] for t in by_case[case]]),
-                rate=small_init.fitted_rate(alphas, d), verdict=verdict(d, change))
+                rate=small_init.fitted_rate(alphas, d),
+                verdict=verdict(d, change),
+            )
 
         commuting = _problem(_problem_config(settings["commuting"]))
-        lp = ctx.cached(self.name, {"reference": "commuting_lp", **_problem_config(settings["commuting"])},
-                        lambda: _reference(references.commuting_lp(commuting)))
+        lp = ctx.cached(
+            self.name,
+            {"reference": "commuting_lp", **_problem_config(settings["commuting"])},
+            lambda: _reference(references.commuting_lp(commuting)),
+        )
         sdp_vs_lp = float(np.linalg.norm(results["commuting"]["X"] - lp["X"]) / np.linalg.norm(lp["X"]))
         reduced = [run.load() for run in reduced_runs]
-        certificates = [small_init.certificate(commuting, t.W[-1], t.states[-1], float(a), 4.0)
-                        for t, a in zip(reduced, alphas)]
+        certificates = [
+            small_init.certificate(commuting, t.W[-1], t.states[-1], float(a), 4.0) for t, a in zip(reduced, alphas)
+        ]
         top = np.array([np.linalg.eigvalsh(np.asarray(commuting.adjoint(c.nu)))[-1] for c in certificates])
-        reduced_vs_full = max(float(np.linalg.norm(r.W[-1] - f.W[-1]) / np.linalg.norm(f.W[-1]))
-                              for r, f in zip(reduced, by_case["commuting"]))
+        reduced_vs_full = max(
+            float(np.linalg.norm(r.W[-1] - f.W[-1]) / np.linalg.norm(f.W[-1]))
+            for r, f in zip(reduced, by_case["commuting"])
+        )
         complementarity = np.array([c.complementarity for c in certificates])
         gap = np.array([c.gap for c in certificates])
         log_scale = np.log(1.0 / alphas**2)
 
         self._distance_figure(ctx, alphas, results)
-        self._certificate_figure(ctx, alphas, complementarity, gap, 1.0 - top,
-                                 np.array([c.feasibility for c in certificates]), log_scale)
+        self._certificate_figure(
+            ctx, alphas, complementarity, gap, 1.0 - top, np.array([c.feasibility for c in certificates]), log_scale
+        )
 
         report = int(np.argmin(np.abs(np.log(alphas / REPORT_ALPHA))))
-        macros = {"SmallInitAlphaMax": tex_number(alphas[0]), "SmallInitAlphaMin": tex_number(alphas[-1]),
-                  "SmallInitAlphaReport": tex_number(alphas[report]), "SmallInitTOne": tex_number(T1),
-                  "SmallInitRtol": tex_number(RTOL), "SmallInitHoldsBelow": tex_number(HOLDS_BELOW),
-                  "SmallInitStallRatio": tex_number(STALL_RATIO)}
+        macros = {
+            "SmallInitAlphaMax": tex_number(alphas[0]),
+            "SmallInitAlphaMin": tex_number(alphas[-1]),
+            "SmallInitAlphaReport": tex_number(alphas[report]),
+            "SmallInitTOne": tex_number(T1),
+            "SmallInitRtol": tex_number(RTOL),
+            "SmallInitHoldsBelow": tex_number(HOLDS_BELOW),
+            "SmallInitStallRatio": tex_number(STALL_RATIO),
+        }
         for case, res in results.items():
             key = "SmallInit" + MACRO[case]
-            macros |= {key + "N": str(res["setting"]["n"]), key + "M": str(res["setting"]["m"]),
-                       key + "Distance": tex_number(res["distance"][report]),
-                       key + "DistanceMin": tex_number(res["distance"][-1]),
-                       key + "Rate": tex_number(res["rate"]),
-                       key + "LastChange": tex_number(float(res["change"].max())),
-                       key + "LastChangeAtMin": tex_number(float(res["change"][-1])),
-                       key + "Verdict": res["verdict"]}
+            macros |= {
+                key + "N": str(res["setting"]["n"]),
+                key + "M": str(res["setting"]["m"]),
+                key + "Distance": tex_number(res["distance"][report]),
+                key + "DistanceMin": tex_number(res["distance"][-1]),
+                key + "Rate": tex_number(res["rate"]),
+                key + "LastChange": tex_number(float(res["change"].max())),
+                key + "LastChangeAtMin": tex_number(float(res["change"][-1])),
+                key + "Verdict": res["verdict"],
+            }
             if res["setting"]["flow"] == "symmetric":
-                macros |= {key + "TruthDistanceMin": tex_number(res["truth_distance"][-1]),
-                           key + "ReferenceTruth": tex_number(res["reference_truth"]),
-                           key + "TraceExcessMin": tex_number(res["trace_excess"][-1])}
+                macros |= {
+                    key + "TruthDistanceMin": tex_number(res["truth_distance"][-1]),
+                    key + "ReferenceTruth": tex_number(res["reference_truth"]),
+                    key + "TraceExcessMin": tex_number(res["trace_excess"][-1]),
+                }
         macros |= {
             "SmallInitReferenceFeasibility": tex_number(max(r["reference_feasibility"] for r in results.values())),
             "SmallInitFinalLossMax": tex_number(max(float(r["final_loss"].max()) for r in results.values())),
@@ -199,21 +251,40 @@ class SmallInit(Experiment):
             "SmallInitCertGap": tex_number(gap[report]),
             "SmallInitCertFeasibilityMax": tex_number(max(c.feasibility for c in certificates)),
             "SmallInitCertComplementarityRate": tex_number(small_init.fitted_rate(alphas, complementarity)),
-            "SmallInitCertLogLawSpread": tex_number(float((complementarity * log_scale).max()
-                                                          / (complementarity * log_scale).min())),
+            "SmallInitCertLogLawSpread": tex_number(
+                float((complementarity * log_scale).max() / (complementarity * log_scale).min())
+            ),
         }
         ctx.macros(self.name, macros)
         reported = tex_number(alphas[report])
-        ctx.table(self.name, "summary", "llrrrrrl",
-                  ["problem", "reference", f"$d(\\alpha = {reported})$",
-                   r"$d(\alpha_{\min})$", r"$d_{W^*}(\alpha_{\min})$", "rate $p$", "last-decade change (max)",
-                   "verdict"],
-                  [[_label(r["setting"]) + (" (direct)" if r["setting"]["flow"] == "direct" else ""),
+        ctx.table(
+            self.name,
+            "summary",
+            "llrrrrrl",
+            [
+                "problem",
+                "reference",
+                f"$d(\\alpha = {reported})$",
+                r"$d(\alpha_{\min})$",
+                r"$d_{W^*}(\alpha_{\min})$",
+                "rate $p$",
+                "last-decade change (max)",
+                "verdict",
+            ],
+            [
+                [
+                    _label(r["setting"]) + (" (direct)" if r["setting"]["flow"] == "direct" else ""),
                     "min. Frobenius" if r["setting"]["flow"] == "direct" else "min. trace PSD",
-                    tex_number(r["distance"][report]), tex_number(r["distance"][-1]),
+                    tex_number(r["distance"][report]),
+                    tex_number(r["distance"][-1]),
                     "" if r["setting"]["flow"] == "direct" else tex_number(r["truth_distance"][-1]),
-                    tex_number(r["rate"]), tex_number(float(r["change"].max())), r["verdict"]]
-                   for r in results.values()])
+                    tex_number(r["rate"]),
+                    tex_number(float(r["change"].max())),
+                    r["verdict"],
+                ]
+                for r in results.values()
+            ],
+        )
 
     @staticmethod
     def _distance_figure(ctx: Context, alphas, results) -> None:
@@ -221,18 +292,29 @@ class SmallInit(Experiment):
         for i, (case, res) in enumerate(results.items()):
             colour = f"C{i}"
             if res["setting"]["flow"] == "direct":
-                left.loglog(alphas, res["distance"], "s--", color=colour,
-                            label=f"direct flow from $\\alpha I$ vs min. Frobenius ({_label(res['setting'])}): "
-                                  f"{res['verdict']}")
+                left.loglog(
+                    alphas,
+                    res["distance"],
+                    "s--",
+                    color=colour,
+                    label=f"direct flow from $\\alpha I$ vs min. Frobenius ({_label(res['setting'])}): "
+                    f"{res['verdict']}",
+                )
                 continue
-            left.loglog(alphas, res["distance"], "o-", color=colour,
-                        label=f"{_label(res['setting'])}: {res['verdict']}")
+            left.loglog(
+                alphas, res["distance"], "o-", color=colour, label=f"{_label(res['setting'])}: {res['verdict']}"
+            )
             right.loglog(alphas, res["truth_distance"], "o-", color=colour, label=_label(res["setting"]))
-        left.set(xlabel=r"init scale $\alpha$ ($W_0 = \alpha^2 I$)",
-                 ylabel=r"$\|W_\infty - X\|_F / \|X\|_F$",
-                 title=r"distance to $X$ = min.-trace PSD interpolant")
-        right.set(xlabel=r"init scale $\alpha$ ($W_0 = \alpha^2 I$)", ylabel=r"$\|W_\infty - W^*\|_F / \|W^*\|_F$",
-                  title=r"distance to the rank-2 truth $W^*$")
+        left.set(
+            xlabel=r"init scale $\alpha$ ($W_0 = \alpha^2 I$)",
+            ylabel=r"$\|W_\infty - X\|_F / \|X\|_F$",
+            title=r"distance to $X$ = min.-trace PSD interpolant",
+        )
+        right.set(
+            xlabel=r"init scale $\alpha$ ($W_0 = \alpha^2 I$)",
+            ylabel=r"$\|W_\infty - W^*\|_F / \|W^*\|_F$",
+            title=r"distance to the rank-2 truth $W^*$",
+        )
         for ax in (left, right):
             ax.invert_xaxis()
         fig.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncols=2)
@@ -241,21 +323,34 @@ class SmallInit(Experiment):
     @staticmethod
     def _certificate_figure(ctx: Context, alphas, complementarity, gap, slack, feasibility, log_scale) -> None:
         fig, (left, right) = new_figure(2, width=3.6, height=3.0)
-        curves = [(complementarity, "o-", r"complementarity $\|W - MW\|_F / \|W\|_F$"),
-                  (gap, "s-", r"gap $|\mathrm{tr}\,W - y^T\nu| / \mathrm{tr}\,W$"),
-                  (slack, "^-", r"dual slack $1 - \lambda_{\max}(M)$")]
+        curves = [
+            (complementarity, "o-", r"complementarity $\|W - MW\|_F / \|W\|_F$"),
+            (gap, "s-", r"gap $|\mathrm{tr}\,W - y^T\nu| / \mathrm{tr}\,W$"),
+            (slack, "^-", r"dual slack $1 - \lambda_{\max}(M)$"),
+        ]
         for values, style, label in curves:
             left.loglog(alphas, values, style, label=label)
             right.semilogx(alphas, values * log_scale, style, label=label)
         level = float(np.exp(np.mean(np.log(complementarity * log_scale))))
         left.loglog(alphas, level / log_scale, ":", color="0.4", label=r"$c / \log(1/\alpha^2)$, $c$ fitted")
-        left.set(xlabel=r"init scale $\alpha$ ($W_0 = \alpha^2 I$)", ylabel="residual",
-                 title=r"residuals of $\nu = -4 s_\infty / \log(1/\alpha^2)$")
+        left.set(
+            xlabel=r"init scale $\alpha$ ($W_0 = \alpha^2 I$)",
+            ylabel="residual",
+            title=r"residuals of $\nu = -4 s_\infty / \log(1/\alpha^2)$",
+        )
         exponent = int(np.floor(np.log10(feasibility.max())))
-        left.text(0.03, 0.03, f"feasibility $\\|\\mathcal{{A}}(W) - y\\| / \\|y\\| < 10^{{{exponent + 1}}}$",
-                  transform=left.transAxes, fontsize=7.5)
-        right.set(xlabel=r"init scale $\alpha$ ($W_0 = \alpha^2 I$)", ylabel=r"residual $\times \log(1/\alpha^2)$",
-                  title=r"the $1/\log(1/\alpha^2)$ law (flat if it holds)")
+        left.text(
+            0.03,
+            0.03,
+            f"feasibility $\\|\\mathcal{{A}}(W) - y\\| / \\|y\\| < 10^{{{exponent + 1}}}$",
+            transform=left.transAxes,
+            fontsize=7.5,
+        )
+        right.set(
+            xlabel=r"init scale $\alpha$ ($W_0 = \alpha^2 I$)",
+            ylabel=r"residual $\times \log(1/\alpha^2)$",
+            title=r"the $1/\log(1/\alpha^2)$ law (flat if it holds)",
+        )
         right.set_ylim(bottom=0)
         for ax in (left, right):
             ax.invert_xaxis()
@@ -264,5 +359,8 @@ class SmallInit(Experiment):
 
 
 def _reference(reference: references.Reference) -> dict[str, np.ndarray]:
-    return {"X": reference.X, "objective": np.asarray(reference.objective),
-            "feasibility": np.asarray(reference.feasibility)}
+    return {
+        "X": reference.X,
+        "objective": np.asarray(reference.objective),
+        "feasibility": np.asarray(reference.feasibility),
+    }

@@ -67,8 +67,12 @@ def no_data(config: dict) -> flows.Problem:
 
 def build_pure(config: dict):
     """The pure-penalty flow (ratio, no data) from the penalties experiment's direct init P_Omega(W*)."""
-    description = {"parameterization": {"name": "direct"}, "dynamics": penalties.DYNAMICS[config["dynamics"]],
-                   "penalty": penalties.PENALTIES["ratio"], "strength": config["strength"]}
+    description = {
+        "parameterization": {"name": "direct"},
+        "dynamics": penalties.DYNAMICS[config["dynamics"]],
+        "penalty": penalties.PENALTIES["ratio"],
+        "strength": config["strength"],
+    }
     flow = flows.Flow.from_description(no_data(config), description)
     return flow, flow.dynamics.init(np.asarray(penalties.observed(penalties.problem(config))))
 
@@ -79,20 +83,28 @@ class Span(Experiment):
 
     def run(self, ctx: Context) -> None:
         grid = penalties.GRIDS[ctx.quick]
-        base = {"n": grid.n, "rank": grid.rank, "m": grid.m, "parameterization": "depth 1", "penalty": "ratio",
-                "strength": grid.strength}
+        base = {
+            "n": grid.n,
+            "rank": grid.rank,
+            "m": grid.m,
+            "parameterization": "depth 1",
+            "penalty": "ratio",
+            "strength": grid.strength,
+        }
         curves = {}
         for d in DYNAMICS:
             configs = [{**base, "dynamics": d, "seed": s} for s in range(grid.seeds)]
             t1 = penalties.horizon(grid, configs[0])
             options = dict(rtol=penalties.RTOL, max_steps=penalties.MAX_STEPS)
-            with_data = ctx.sweep(penalties.STORE, penalties.build, configs, t1=t1,
-                                  ts=flows.default_ts(t1, SAVES), **options)
+            with_data = ctx.sweep(
+                penalties.STORE, penalties.build, configs, t1=t1, ts=flows.default_ts(t1, SAVES), **options
+            )
             # The pure penalty's frame is frozen or not from the start, so a short horizon shows it: the pure-ratio
             # flows' tails (singular values shrinking into the smoothing eps; under RMSProp and Adam a sign-like
             # chatter around zero) are stiff, and one RMSProp run to t = 15 had not finished after 5 minutes.
-            pure = ctx.sweep(self.name, build_pure, configs, t1=PURE_HORIZON, ts=flows.default_ts(PURE_HORIZON, SAVES),
-                             **options)
+            pure = ctx.sweep(
+                self.name, build_pure, configs, t1=PURE_HORIZON, ts=flows.default_ts(PURE_HORIZON, SAVES), **options
+            )
             for kind, runs in (("data", with_data), ("pure", pure)):
                 for run in runs:
                     if run.status == "failed":
@@ -101,24 +113,40 @@ class Span(Experiment):
                     W = np.asarray(traj.W)
                     truth = np.asarray(penalties.problem(run.config).truth)
                     curves[kind, d, run.config["seed"]] = {
-                        "t": np.asarray(traj.ts), **{f"init_{k}": v for k, v in angles(W, W[0], grid.rank).items()},
-                        **{f"truth_{k}": v for k, v in angles(W, truth, grid.rank).items()}}
+                        "t": np.asarray(traj.ts),
+                        **{f"init_{k}": v for k, v in angles(W, W[0], grid.rank).items()},
+                        **{f"truth_{k}": v for k, v in angles(W, truth, grid.rank).items()},
+                    }
         self._figure(ctx, grid, curves)
         self._macros(ctx, grid, curves)
 
     @staticmethod
     def _figure(ctx, grid, curves) -> None:
         fig, axes = new_figure(3, width=3.1, height=2.7)
-        panels = ((axes[0], "pure", "init", "penalty only: vs. $W_0$"), (axes[1], "data", "init", "data + penalty: vs. $W_0$"),
-                  (axes[2], "data", "truth", r"data + penalty: vs. $W^*$"))
+        panels = (
+            (axes[0], "pure", "init", "penalty only: vs. $W_0$"),
+            (axes[1], "data", "init", "data + penalty: vs. $W_0$"),
+            (axes[2], "data", "truth", r"data + penalty: vs. $W^*$"),
+        )
         for ax, kind, against, title in panels:
             for d in DYNAMICS:
                 group = [c for (k, dd, _), c in curves.items() if (k, dd) == (kind, d)]
                 for i, c in enumerate(group):
-                    ax.plot(c["t"][1:], np.maximum(np.maximum(c[f"{against}_left"], c[f"{against}_right"])[1:], 1e-16),
-                            color=penalties.COLOURS[d], label=d if i == 0 else None, alpha=0.8)
-            ax.set(xscale="log", yscale="log", xlabel="time $t$", title=title, xlim=(1e-3, None),
-                   ylabel=f"largest principal angle (rad), top-{grid.rank}")
+                    ax.plot(
+                        c["t"][1:],
+                        np.maximum(np.maximum(c[f"{against}_left"], c[f"{against}_right"])[1:], 1e-16),
+                        color=penalties.COLOURS[d],
+                        label=d if i == 0 else None,
+                        alpha=0.8,
+                    )
+            ax.set(
+                xscale="log",
+                yscale="log",
+                xlabel="time $t$",
+                title=title,
+                xlim=(1e-3, None),
+                ylabel=f"largest principal angle (rad), top-{grid.rank}",
+            )
             ax.legend(fontsize="small")
         ctx.figure(fig, "span")
 
@@ -134,7 +162,9 @@ class Span(Experiment):
                 worst = max(float(np.max(np.maximum(c["init_left"], c["init_right"]))) for c in group)
                 final_truth = float(np.mean([max(c["truth_left"][-1], c["truth_right"][-1]) for c in group]))
                 best_truth = float(np.mean([np.min(np.maximum(c["truth_left"], c["truth_right"])) for c in group]))
-                macros |= {f"Span{ktag}{dtag}MaxInit": tex_number(worst),
-                           f"Span{ktag}{dtag}BestTruth": tex_number(best_truth),
-                           f"Span{ktag}{dtag}EndTruth": tex_number(final_truth)}
+                macros |= {
+                    f"Span{ktag}{dtag}MaxInit": tex_number(worst),
+                    f"Span{ktag}{dtag}BestTruth": tex_number(best_truth),
+                    f"Span{ktag}{dtag}EndTruth": tex_number(final_truth),
+                }
         ctx.macros("span", macros)

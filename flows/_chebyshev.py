@@ -100,8 +100,13 @@ class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
         # fixed direction it is nudged along at every step (see `step`), drawn once here, not per step.
         vector = jax.random.normal(jax.random.key(0), y.shape, y.dtype)
         noise = jax.random.normal(jax.random.key(1), y.shape, y.dtype)
-        return (f0, vector / jnp.linalg.norm(vector), jnp.asarray(jnp.nan, y.dtype), jnp.array(0),
-                noise / jnp.linalg.norm(noise))
+        return (
+            f0,
+            vector / jnp.linalg.norm(vector),
+            jnp.asarray(jnp.nan, y.dtype),
+            jnp.array(0),
+            noise / jnp.linalg.norm(noise),
+        )
 
     def report(self, solver_state) -> dict:
         """What the final solver state says (host-side): the last spectral-radius estimate (None before the
@@ -160,8 +165,13 @@ class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
             mu, nu = 2 * bj * w0 / b_prev, -bj / b_prev2
             mu_tilde = 2 * bj * w1 / b_prev
             gamma_tilde = -(1.0 - b_prev * t_prev) * mu_tilde
-            yj = ((1 - mu - nu) * y0_flat + mu * y_prev + nu * y_prev2
-                  + mu_tilde * h * vf(t0 + c_prev * h, y_prev) + gamma_tilde * h * f0)
+            yj = (
+                (1 - mu - nu) * y0_flat
+                + mu * y_prev
+                + nu * y_prev2
+                + mu_tilde * h * vf(t0 + c_prev * h, y_prev)
+                + gamma_tilde * h * f0
+            )
             cj = w1 * ej / dj
             return yj, y_prev, cj, bj, b_prev, (tj, dj, ej), cheb
 

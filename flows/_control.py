@@ -81,5 +81,6 @@ class ArraywiseRelative(diffrax.AbstractAdaptiveStepSizeController):
         # A size 0: the entry is 0 at both ends of the step, and so is its error.
         sizes = jax.tree.map(lambda s: jnp.where(s > 0, s, 1.0), sizes)
         scaled = lambda tree: jax.tree.map(lambda x, s: x / s, tree, sizes)  # noqa: E731
-        return controller.adapt_step_size(t0, t1, scaled(y0), scaled(y1_candidate), args, scaled(y_error),
-                                          error_order, controller_state)
+        return controller.adapt_step_size(
+            t0, t1, scaled(y0), scaled(y1_candidate), args, scaled(y_error), error_order, controller_state
+        )

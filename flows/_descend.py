@@ -15,8 +15,9 @@ from ._trajectory import Trajectory
 from ._validate import check_positive, check_positive_int, check_times
 
 
-def descend(flow: Flow, state0: State, step: float, t1: float, ts=None, *, chunk: int = 10_000,
-            progress: bool = False) -> Trajectory:
+def descend(
+    flow: Flow, state0: State, step: float, t1: float, ts=None, *, chunk: int = 10_000, progress: bool = False
+) -> Trajectory:
     r"""Run the discrete counterpart of `flow`'s dynamics with step `step` from `state0`, saving at times `ts`.
 
     Step k is time t = k * step, so the result is directly comparable with `flows.solve`. The method is
@@ -66,10 +67,13 @@ def descend(flow: Flow, state0: State, step: float, t1: float, ts=None, *, chunk
                 k += n
                 bar.update(n)
                 if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(jax.device_get(params))):
-                    raise SolverError(f"gradient-type iterates became non-finite by t = {k * step:.6g} "
-                                      f"(step {k}) with step = {step:g}: the step is too large for this "
-                                      "problem; use a smaller step or a smaller init", k * step,
-                                      {"num_steps": k})
+                    raise SolverError(
+                        f"gradient-type iterates became non-finite by t = {k * step:.6g} "
+                        f"(step {k}) with step = {step:g}: the step is too large for this "
+                        "problem; use a smaller step or a smaller init",
+                        k * step,
+                        {"num_steps": k},
+                    )
             saved.append(flow.dynamics.state_of(params, opt_state))
     states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *saved)
     stats = {"num_steps": k, "t_final": float(save_steps[-1] * step)}

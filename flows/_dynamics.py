@@ -126,8 +126,10 @@ class Modified(AbstractDynamics):
         return jax.tree.map(lambda x, h: -(x + 0.5 * self.eta * h), g, hessian_times(g))
 
     def check_step(self, step):
-        raise ValueError("Modified is the modified flow *of* gradient descent; to compare, descend the same flow "
-                         f"with dynamics=GradientFlow() and step = eta = {float(self.eta):g}")
+        raise ValueError(
+            "Modified is the modified flow *of* gradient descent; to compare, descend the same flow "
+            f"with dynamics=GradientFlow() and step = eta = {float(self.eta):g}"
+        )
 
     def optimizer(self, step):
         raise ValueError("Modified has no discrete counterpart of its own (see check_step)")
@@ -224,15 +226,19 @@ class AbstractAdaptive(AbstractDynamics):
     def check_state(self, state):
         # The bias correction 1 / (1 - e^{-rate t}) and its t = 0 limit assume moments that start at 0.
         if any(np.any(np.asarray(leaf) != 0) for name in self.moment_names for leaf in jax.tree.leaves(state[name])):
-            raise ValueError("state0's moments must be zero (as flow.init makes them): the bias correction "
-                             "assumes moments that start from zero at t = 0")
+            raise ValueError(
+                "state0's moments must be zero (as flow.init makes them): the bias correction "
+                "assumes moments that start from zero at t = 0"
+            )
 
     def check_step(self, step):
         for name in self.rate_names:
             rate = float(getattr(self, name))
             if not rate * step < 1:
-                raise ValueError(f"step * {name} = {step * rate:g} must be < 1 (the optimizer's decay is "
-                                 f"1 - {name} * step); use a smaller step")
+                raise ValueError(
+                    f"step * {name} = {step * rate:g} must be < 1 (the optimizer's decay is "
+                    f"1 - {name} * step); use a smaller step"
+                )
 
     def describe(self):
         return {"name": type(self).__name__, **{name: float(getattr(self, name)) for name in self.constant_names}}
@@ -274,8 +280,11 @@ class Adam(AbstractAdaptive):
         g2 = _square(g)
         mhat = jax.tree.map(lambda m, x: _debiased(m, self.a, t, x), state["m"], g)
         vhat = jax.tree.map(lambda v, x: _debiased(v, self.b, t, x), state["v"], g2)
-        return {"params": jax.tree.map(lambda m, v: -m / (_root(v) + self.eps), mhat, vhat),
-                "m": _ema_field(self.a, g, state["m"]), "v": _ema_field(self.b, g2, state["v"])}
+        return {
+            "params": jax.tree.map(lambda m, v: -m / (_root(v) + self.eps), mhat, vhat),
+            "m": _ema_field(self.a, g, state["m"]),
+            "v": _ema_field(self.b, g2, state["v"]),
+        }
 
     def error_sizes(self, t, magnitude, sizes):
         r"""Each moment entry measured by the error it causes in the field $F = -\hat m / (\sqrt{\hat v} + \epsilon)$.
@@ -302,8 +311,9 @@ class Adam(AbstractAdaptive):
         c_a = -jnp.expm1(-self.a * t)
         c_b = -jnp.expm1(-self.b * t)
         unit = jax.tree.map(lambda x: c_a / jnp.sqrt(c_b) * x, d)  # m_i / unit_i = -F_i
-        m = jax.tree.map(lambda u, m, p: u * (jnp.max(m / u, initial=0.0) + self.a * p),
-                         unit, magnitude["m"], sizes["params"])
+        m = jax.tree.map(
+            lambda u, m, p: u * (jnp.max(m / u, initial=0.0) + self.a * p), unit, magnitude["m"], sizes["params"]
+        )
         return {"params": sizes["params"], "m": m, "v": jax.tree.map(jnp.square, d)}
 
     def optimizer(self, step):
@@ -333,13 +343,17 @@ class RMSProp(AbstractAdaptive):
     def field(self, t, state, g):
         g2 = _square(g)
         vhat = jax.tree.map(lambda v, x: _debiased(v, self.b, t, x), state["v"], g2)
-        return {"params": jax.tree.map(lambda x, v: -x / (_root(v) + self.eps), g, vhat),
-                "v": _ema_field(self.b, g2, state["v"])}
+        return {
+            "params": jax.tree.map(lambda x, v: -x / (_root(v) + self.eps), g, vhat),
+            "v": _ema_field(self.b, g2, state["v"]),
+        }
 
     def error_sizes(self, t, magnitude, sizes):
         """v measured against the square of the field's denominator in v's units, as for `Adam` (see there)."""
-        return {"params": sizes["params"],
-                "v": jax.tree.map(lambda v: jnp.square(_denominator(self.b, self.eps, t, v)), magnitude["v"])}
+        return {
+            "params": sizes["params"],
+            "v": jax.tree.map(lambda v: jnp.square(_denominator(self.b, self.eps, t, v)), magnitude["v"]),
+        }
 
     def optimizer(self, step):
         return optax.rmsprop(step, decay=1 - self.b * step, eps=self.eps, eps_in_sqrt=False, bias_correction=True)
@@ -405,6 +419,12 @@ class Sign(AbstractAdaptive):
         return {}
 
 
-DYNAMICS = {"gradient": GradientFlow, "adam": Adam, "rmsprop": RMSProp, "momentum": Momentum, "sign": Sign,
-            "modified": Modified}
+DYNAMICS = {
+    "gradient": GradientFlow,
+    "adam": Adam,
+    "rmsprop": RMSProp,
+    "momentum": Momentum,
+    "sign": Sign,
+    "modified": Modified,
+}
 """Dynamics by the names the command line accepts."""

@@ -76,8 +76,10 @@ class AbstractFlow(eqx.Module):
         expected_leaves, expected_def = jax.tree.flatten(expected)
         got, got_def = jax.tree.flatten(state0)
         if got_def != expected_def or any(jnp.shape(g) != e.shape for g, e in zip(got, expected_leaves)):
-            raise ValueError(f"state0 does not match this flow: expected shapes "
-                             f"{jax.tree.map(lambda x: x.shape, expected)}, got {jax.tree.map(jnp.shape, state0)}")
+            raise ValueError(
+                f"state0 does not match this flow: expected shapes "
+                f"{jax.tree.map(lambda x: x.shape, expected)}, got {jax.tree.map(jnp.shape, state0)}"
+            )
         for leaf in got:
             check_finite("state0", leaf)
 
@@ -104,24 +106,38 @@ class Flow(AbstractFlow):
     strength: Float[Array, ""] | None
     dynamics: AbstractDynamics
 
-    def __init__(self, problem: AbstractProblem, parameterization: AbstractParameterization, *,
-                 penalty: AbstractPenalty | None = None, strength: float | None = None,
-                 dynamics: AbstractDynamics | None = None):
-        for name, value, kind in (("problem", problem, AbstractProblem),
-                                  ("parameterization", parameterization, AbstractParameterization)):
+    def __init__(
+        self,
+        problem: AbstractProblem,
+        parameterization: AbstractParameterization,
+        *,
+        penalty: AbstractPenalty | None = None,
+        strength: float | None = None,
+        dynamics: AbstractDynamics | None = None,
+    ):
+        for name, value, kind in (
+            ("problem", problem, AbstractProblem),
+            ("parameterization", parameterization, AbstractParameterization),
+        ):
             if not isinstance(value, kind):
-                raise ValueError(f"{name} must be a flows {kind.__name__.removeprefix('Abstract').lower()}; "
-                                 f"got {type(value).__name__}")
+                raise ValueError(
+                    f"{name} must be a flows {kind.__name__.removeprefix('Abstract').lower()}; "
+                    f"got {type(value).__name__}"
+                )
         dynamics = GradientFlow() if dynamics is None else dynamics
         if not isinstance(dynamics, AbstractDynamics):
-            raise ValueError(f"dynamics must be a flows dynamics (GradientFlow, Adam, ...); got {type(dynamics).__name__}")
+            raise ValueError(
+                f"dynamics must be a flows dynamics (GradientFlow, Adam, ...); got {type(dynamics).__name__}"
+            )
         if penalty is None:
             if strength is not None:
                 raise ValueError("strength is given but there is no penalty; pass penalty=... or drop strength")
         else:
             if not isinstance(penalty, AbstractPenalty):
-                raise ValueError(f"penalty must be a flows penalty (Nuclear, Ratio, Frobenius, EachFactor); "
-                                 f"got {type(penalty).__name__}")
+                raise ValueError(
+                    f"penalty must be a flows penalty (Nuclear, Ratio, Frobenius, EachFactor); "
+                    f"got {type(penalty).__name__}"
+                )
             if strength is None:
                 raise ValueError("a penalty needs its strength: pass strength=lambda (>= 0)")
             strength = jnp.asarray(check_nonnegative("strength", strength), dtype=jnp.float64)
@@ -151,10 +167,13 @@ class Flow(AbstractFlow):
         if unknown:
             raise ValueError(f"unknown entries in the flow description: {sorted(unknown)}")
         penalty, dynamics = description.get("penalty"), description.get("dynamics")
-        return cls(problem, _member("parameterization", PARAMETERIZATIONS, description["parameterization"]),
-                   penalty=None if penalty is None else _member("penalty", PENALTIES, penalty),
-                   strength=description.get("strength"),
-                   dynamics=None if dynamics is None else _member("dynamics", DYNAMICS, dynamics))
+        return cls(
+            problem,
+            _member("parameterization", PARAMETERIZATIONS, description["parameterization"]),
+            penalty=None if penalty is None else _member("penalty", PENALTIES, penalty),
+            strength=description.get("strength"),
+            dynamics=None if dynamics is None else _member("dynamics", DYNAMICS, dynamics),
+        )
 
     def init(self, scale=1e-3, kind="identity", seed=0):
         """The parameterization's init of `kind` at `scale` (see its `params`), and the dynamics' moments at 0."""
@@ -203,10 +222,13 @@ class Flow(AbstractFlow):
         self.dynamics.check_state(state0)
 
     def describe(self):
-        return {"flow": "Flow", "parameterization": self.parameterization.describe(),
-                "penalty": None if self.penalty is None else self.penalty.describe(),
-                "strength": None if self.strength is None else float(self.strength),
-                "dynamics": self.dynamics.describe()}
+        return {
+            "flow": "Flow",
+            "parameterization": self.parameterization.describe(),
+            "penalty": None if self.penalty is None else self.penalty.describe(),
+            "strength": None if self.strength is None else float(self.strength),
+            "dynamics": self.dynamics.describe(),
+        }
 
 
 def _member(family: str, table: dict[str, type], description):
@@ -217,8 +239,9 @@ def _member(family: str, table: dict[str, type], description):
     matches = [c for key, c in table.items() if name in (key, c.__name__.lower())]
     if not matches:
         raise ValueError(f"unknown {family} {description['name']!r}; choose one of {', '.join(map(repr, table))}")
-    arguments = {k: _member(family, table, v) if isinstance(v, dict) else v
-                 for k, v in description.items() if k != "name"}
+    arguments = {
+        k: _member(family, table, v) if isinstance(v, dict) else v for k, v in description.items() if k != "name"
+    }
     try:
         return matches[0](**arguments)
     except TypeError as err:

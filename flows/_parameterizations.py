@@ -77,8 +77,10 @@ class AbstractParameterization(eqx.Module):
         """Validated initial parameters as float64 JAX arrays (checked on the host, before anything compiles)."""
         check_choice("init kind", kind, INIT_KINDS)
         if kind not in self.init_kinds:
-            raise ValueError(f"init kind {kind!r} does not apply to {type(self).__name__}; choose one of "
-                             f"{', '.join(map(repr, self.init_kinds))}")
+            raise ValueError(
+                f"init kind {kind!r} does not apply to {type(self).__name__}; choose one of "
+                f"{', '.join(map(repr, self.init_kinds))}"
+            )
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer; got {seed!r}")
         scale = check_positive("scale", scale)
@@ -253,8 +255,7 @@ class Deep(AbstractParameterization):
         check_positive_int("depth", self.depth)
         if isinstance(self.width, tuple):
             if len(self.width) != self.depth - 1:
-                raise ValueError(f"width must give depth - 1 = {self.depth - 1} hidden widths; "
-                                 f"got {len(self.width)}")
+                raise ValueError(f"width must give depth - 1 = {self.depth - 1} hidden widths; got {len(self.width)}")
             for w in self.width:
                 check_positive_int("width", w)
         elif self.width is not None:
@@ -295,7 +296,7 @@ class Deep(AbstractParameterization):
         terms = []
         for j in range(len(factors)):
             left = jnp.eye(factors[-1].shape[0])
-            for Wk in reversed(factors[j + 1:]):
+            for Wk in reversed(factors[j + 1 :]):
                 left = left @ Wk
             right = jnp.eye(factors[0].shape[1])
             for Wk in factors[:j]:
@@ -304,9 +305,10 @@ class Deep(AbstractParameterization):
         return terms
 
     def conserved(self, factors):
-        return {f"W{j + 2}^T W{j + 2} - W{j + 1} W{j + 1}^T": (factors[j + 1].T @ factors[j + 1],
-                                                               factors[j] @ factors[j].T)
-                for j in range(self.depth - 1)}
+        return {
+            f"W{j + 2}^T W{j + 2} - W{j + 1} W{j + 1}^T": (factors[j + 1].T @ factors[j + 1], factors[j] @ factors[j].T)
+            for j in range(self.depth - 1)
+        }
 
     def describe(self):
         width = list(self.width) if isinstance(self.width, tuple) else self.width

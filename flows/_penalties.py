@@ -43,8 +43,9 @@ class AbstractPenalty(eqx.Module):
         r"""$R(\theta)$."""
 
     @abc.abstractmethod
-    def objective_gradient(self, parameterization, theta, W: Float[Array, "n1 n2"], G: Float[Array, "n1 n2"],
-                           strength: Float[Array, ""]):
+    def objective_gradient(
+        self, parameterization, theta, W: Float[Array, "n1 n2"], G: Float[Array, "n1 n2"], strength: Float[Array, ""]
+    ):
         r"""$\nabla_\theta \big(\langle G, \phi(\theta)\rangle + \lambda R(\theta)\big)$ at $W = \phi(\theta)$."""
 
     def describe(self) -> dict[str, Any]:
@@ -85,15 +86,18 @@ class EachFactor(AbstractPenalty):
 
     def __check_init__(self):
         if not isinstance(self.penalty, AbstractMatrixPenalty):
-            raise ValueError("EachFactor applies a matrix penalty (Nuclear, Ratio, Frobenius) to each factor; "
-                             f"got {type(self.penalty).__name__}")
+            raise ValueError(
+                "EachFactor applies a matrix penalty (Nuclear, Ratio, Frobenius) to each factor; "
+                f"got {type(self.penalty).__name__}"
+            )
 
     def value(self, parameterization, theta):
         return sum(self.penalty(leaf) for leaf in jax.tree.leaves(theta))
 
     def objective_gradient(self, parameterization, theta, W, G, strength):
-        return jax.tree.map(lambda g, x: g + strength * self.penalty.grad(x), parameterization.pullback(theta, G),
-                            theta)
+        return jax.tree.map(
+            lambda g, x: g + strength * self.penalty.grad(x), parameterization.pullback(theta, G), theta
+        )
 
     def describe(self):
         return {"name": "EachFactor", "penalty": self.penalty.describe()}
@@ -196,7 +200,13 @@ class HoyerSquare(AbstractMatrixPenalty):
         return {"name": "HoyerSquare", "eps": float(self.ratio.eps), "delta": float(self.ratio.delta)}
 
 
-PENALTIES = {"nuclear": Nuclear, "ratio": Ratio, "hoyer-square": HoyerSquare, "frobenius": Frobenius, "each-factor": EachFactor}
+PENALTIES = {
+    "nuclear": Nuclear,
+    "ratio": Ratio,
+    "hoyer-square": HoyerSquare,
+    "frobenius": Frobenius,
+    "each-factor": EachFactor,
+}
 """Penalties by the names the command line accepts."""
 
 

@@ -10,8 +10,9 @@ from matplotlib.figure import Figure
 from ._trajectory import Trajectory
 
 
-def plot_trajectory(traj: Trajectory, path: str | os.PathLike | None = None, *, title: str | None = None,
-                    max_singular_values: int = 10) -> Figure:
+def plot_trajectory(
+    traj: Trajectory, path: str | os.PathLike | None = None, *, title: str | None = None, max_singular_values: int = 10
+) -> Figure:
     """Three panels on a log time axis (t = 0 is left out): the data loss, the leading singular
     values of W, and ||W - W*||_F / ||W*||_F where the problem has a truth. Saved to `path` if given."""
     positive = traj.ts > 0

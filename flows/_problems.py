@@ -22,8 +22,10 @@ from ._validate import check_finite, check_fits, check_nonnegative, check_positi
 FLOAT = 8
 """Bytes per float64 entry, for the memory estimates the constructors check before allocating."""
 
-DENSE_ALTERNATIVE = ("use flows.rank_one_sensing (rank-one measurements a_i b_i^T, O(m n) memory) or "
-                     "flows.completion (index lists) instead")
+DENSE_ALTERNATIVE = (
+    "use flows.rank_one_sensing (rank-one measurements a_i b_i^T, O(m n) memory) or "
+    "flows.completion (index lists) instead"
+)
 """What to use instead of a dense measurement stack that does not fit."""
 
 
@@ -92,8 +94,11 @@ class AbstractProblem(eqx.Module):
         if len(shape) == 3:
             # A float64 copy unless A is one already, and the finiteness check's mask of one byte per entry.
             copy = 0 if getattr(A, "dtype", None) == np.float64 else FLOAT
-            check_fits(f"Problem.from_matrices of {shape[0]} dense {shape[1]} x {shape[2]} matrices",
-                       np.prod(shape, dtype=np.int64) * (copy + 1), DENSE_ALTERNATIVE)
+            check_fits(
+                f"Problem.from_matrices of {shape[0]} dense {shape[1]} x {shape[2]} matrices",
+                np.prod(shape, dtype=np.int64) * (copy + 1),
+                DENSE_ALTERNATIVE,
+            )
         A = np.asarray(A, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         if A.ndim != 3:
@@ -108,8 +113,13 @@ class AbstractProblem(eqx.Module):
             symmetric = _symmetric_stack(A)
         elif symmetric and not _symmetric_stack(A):
             raise ValueError("symmetric=True needs square, symmetric A_i")
-        return DenseProblem(A=jnp.asarray(A), y=jnp.asarray(y), truth=_as_truth(truth, A.shape[1:]),
-                            shape=(A.shape[1], A.shape[2]), symmetric=symmetric)
+        return DenseProblem(
+            A=jnp.asarray(A),
+            y=jnp.asarray(y),
+            truth=_as_truth(truth, A.shape[1:]),
+            shape=(A.shape[1], A.shape[2]),
+            symmetric=symmetric,
+        )
 
     @staticmethod
     def from_entries(shape, rows, cols, values, truth=None) -> "EntryProblem":
@@ -119,8 +129,10 @@ class AbstractProblem(eqx.Module):
         cols = np.asarray(cols)
         values = np.asarray(values, dtype=np.float64)
         if not (rows.ndim == cols.ndim == values.ndim == 1 and rows.shape == cols.shape == values.shape):
-            raise ValueError("rows, cols and values must be 1-d arrays of one length; got shapes "
-                             f"{rows.shape}, {cols.shape}, {values.shape}")
+            raise ValueError(
+                "rows, cols and values must be 1-d arrays of one length; got shapes "
+                f"{rows.shape}, {cols.shape}, {values.shape}"
+            )
         m = rows.shape[0]
         if m == 0:
             raise ValueError("no entries observed (m = 0); at least one is needed")
@@ -136,8 +148,14 @@ class AbstractProblem(eqx.Module):
         if len(np.unique(rows.astype(np.int64) * shape[1] + cols)) != m:
             raise ValueError("an entry is observed twice; pass each (row, col) once")
         check_finite("values", values)
-        return EntryProblem(rows=jnp.asarray(rows, dtype=jnp.int32), cols=jnp.asarray(cols, dtype=jnp.int32),
-                            y=jnp.asarray(values), truth=_as_truth(truth, shape), shape=shape, symmetric=False)
+        return EntryProblem(
+            rows=jnp.asarray(rows, dtype=jnp.int32),
+            cols=jnp.asarray(cols, dtype=jnp.int32),
+            y=jnp.asarray(values),
+            truth=_as_truth(truth, shape),
+            shape=shape,
+            symmetric=False,
+        )
 
 
 class DenseProblem(AbstractProblem):
@@ -286,8 +304,9 @@ def _as_truth(truth, shape):
     return jnp.asarray(truth)
 
 
-def check_sizes(kind: str, n: int, m: int, rank: int, n2: int | None = None, symmetric: bool = True,
-                truth_norm: float = 1.0) -> tuple[int, int]:
+def check_sizes(
+    kind: str, n: int, m: int, rank: int, n2: int | None = None, symmetric: bool = True, truth_norm: float = 1.0
+) -> tuple[int, int]:
     """The shared checks of the random problem constructors; returns the shape (n1, n2)."""
     check_positive_int("n", n)
     n2 = n if n2 is None else n2
@@ -305,8 +324,9 @@ def check_sizes(kind: str, n: int, m: int, rank: int, n2: int | None = None, sym
 
 def _check_entry_count(m: int, shape: tuple[int, int]) -> None:
     if m > shape[0] * shape[1]:
-        raise ValueError(f"m = {m} observations exceed the {shape[0] * shape[1]} entries of a "
-                         f"{shape[0]} x {shape[1]} matrix")
+        raise ValueError(
+            f"m = {m} observations exceed the {shape[0] * shape[1]} entries of a {shape[0]} x {shape[1]} matrix"
+        )
 
 
 def _truth_bytes(n1: int, n2: int) -> int:
@@ -314,8 +334,9 @@ def _truth_bytes(n1: int, n2: int) -> int:
     return 3 * FLOAT * n1 * n2
 
 
-def low_rank_truth(rng: np.random.Generator, n1: int, n2: int, rank: int, symmetric: bool,
-                   truth_norm: float) -> np.ndarray:
+def low_rank_truth(
+    rng: np.random.Generator, n1: int, n2: int, rank: int, symmetric: bool, truth_norm: float
+) -> np.ndarray:
     """W* = Z Z^T (PSD) or Z1 Z2^T with Gaussian factors, scaled to ||W*||_F = truth_norm."""
     Z1 = rng.standard_normal((n1, rank))
     Z2 = Z1 if symmetric else rng.standard_normal((n2, rank))
@@ -323,8 +344,16 @@ def low_rank_truth(rng: np.random.Generator, n1: int, n2: int, rank: int, symmet
     return truth_norm * W / np.linalg.norm(W)
 
 
-def sensing(n: int, m: int, rank: int, seed: int = 0, symmetric: bool = True, n2: int | None = None,
-            truth_norm: float = 1.0, noise: float = 0.0) -> DenseProblem:
+def sensing(
+    n: int,
+    m: int,
+    rank: int,
+    seed: int = 0,
+    symmetric: bool = True,
+    n2: int | None = None,
+    truth_norm: float = 1.0,
+    noise: float = 0.0,
+) -> DenseProblem:
     r"""Gaussian matrix sensing.
 
     $A_i$ has i.i.d. N(0, 1) entries, symmetrised to $(G + G^T)/2$ when `symmetric` (then the truth is
@@ -336,8 +365,11 @@ def sensing(n: int, m: int, rank: int, seed: int = 0, symmetric: bool = True, n2
     """
     n1, n2 = check_sizes("sensing", n, m, rank, n2, symmetric, truth_norm)
     noise = check_nonnegative("noise", noise)
-    check_fits(f"Gaussian sensing with m = {m} dense {n1} x {n2} measurement matrices",
-               FLOAT * m * n1 * n2 + _truth_bytes(n1, n2), DENSE_ALTERNATIVE)
+    check_fits(
+        f"Gaussian sensing with m = {m} dense {n1} x {n2} measurement matrices",
+        FLOAT * m * n1 * n2 + _truth_bytes(n1, n2),
+        DENSE_ALTERNATIVE,
+    )
     rng = np.random.default_rng(seed)
     truth = low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
     A = rng.standard_normal((m, n1, n2))
@@ -347,12 +379,14 @@ def sensing(n: int, m: int, rank: int, seed: int = 0, symmetric: bool = True, n2
             Ai += Ai.T
         A *= 0.5
     y = np.einsum("mij,ij->m", A, truth) + noise * rng.standard_normal(m)
-    return DenseProblem(A=jnp.asarray(A), y=jnp.asarray(y), truth=jnp.asarray(truth), shape=(n1, n2),
-                        symmetric=symmetric)
+    return DenseProblem(
+        A=jnp.asarray(A), y=jnp.asarray(y), truth=jnp.asarray(truth), shape=(n1, n2), symmetric=symmetric
+    )
 
 
-def completion(n: int, m: int, rank: int, seed: int = 0, symmetric: bool = True, n2: int | None = None,
-               truth_norm: float = 1.0) -> EntryProblem:
+def completion(
+    n: int, m: int, rank: int, seed: int = 0, symmetric: bool = True, n2: int | None = None, truth_norm: float = 1.0
+) -> EntryProblem:
     """Matrix completion: `m` entries of a rank-`rank` truth, sampled uniformly without replacement.
 
     The truth is PSD (Z Z^T) when `symmetric`, else Z1 Z2^T of shape (n, n2); ||W*||_F = `truth_norm`.
@@ -361,15 +395,23 @@ def completion(n: int, m: int, rank: int, seed: int = 0, symmetric: bool = True,
     n1, n2 = check_sizes("completion", n, m, rank, n2, symmetric, truth_norm)
     _check_entry_count(m, (n1, n2))
     # The dense truth, the index draw (a permutation of all n1 n2 entries once m > n1 n2 / 50) and the index lists.
-    check_fits(f"completion of a dense {n1} x {n2} truth", _truth_bytes(n1, n2) + FLOAT * (n1 * n2 + 6 * m),
-               "use a smaller n (the truth is a dense n1 x n2 matrix)")
+    check_fits(
+        f"completion of a dense {n1} x {n2} truth",
+        _truth_bytes(n1, n2) + FLOAT * (n1 * n2 + 6 * m),
+        "use a smaller n (the truth is a dense n1 x n2 matrix)",
+    )
     rng = np.random.default_rng(seed)
     truth = low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
     flat = np.sort(rng.choice(n1 * n2, size=m, replace=False))
     rows, cols = np.divmod(flat, n2)
-    return EntryProblem(rows=jnp.asarray(rows, dtype=jnp.int32), cols=jnp.asarray(cols, dtype=jnp.int32),
-                        y=jnp.asarray(truth[rows, cols]), truth=jnp.asarray(truth), shape=(n1, n2),
-                        symmetric=False)
+    return EntryProblem(
+        rows=jnp.asarray(rows, dtype=jnp.int32),
+        cols=jnp.asarray(cols, dtype=jnp.int32),
+        y=jnp.asarray(truth[rows, cols]),
+        truth=jnp.asarray(truth),
+        shape=(n1, n2),
+        symmetric=False,
+    )
 
 
 def commuting(n: int, m: int, rank: int, seed: int = 0, truth_norm: float = 1.0) -> CommutingProblem:
@@ -380,8 +422,11 @@ def commuting(n: int, m: int, rank: int, seed: int = 0, truth_norm: float = 1.0)
     """
     check_sizes("commuting", n, m, rank, truth_norm=truth_norm)
     # The spectra, and the basis with its QR's workspace and the truth.
-    check_fits(f"commuting measurements with m = {m} spectra of length {n}", FLOAT * (m * n + 6 * n * n + 2 * m),
-               "use a smaller n or m")
+    check_fits(
+        f"commuting measurements with m = {m} spectra of length {n}",
+        FLOAT * (m * n + 6 * n * n + 2 * m),
+        "use a smaller n or m",
+    )
     rng = np.random.default_rng(seed)
     Q = orthonormal_columns(rng, n, n)
     spectra = rng.standard_normal((m, n))
@@ -389,12 +434,26 @@ def commuting(n: int, m: int, rank: int, seed: int = 0, truth_norm: float = 1.0)
     eig[rng.choice(n, size=rank, replace=False)] = rng.uniform(0.5, 1.5, size=rank)
     eig *= truth_norm / np.linalg.norm(eig)
     truth = (Q * eig) @ Q.T
-    return CommutingProblem(basis=jnp.asarray(Q), spectra=jnp.asarray(spectra), y=jnp.asarray(spectra @ eig),
-                            truth=jnp.asarray(truth), shape=(n, n), symmetric=True)
+    return CommutingProblem(
+        basis=jnp.asarray(Q),
+        spectra=jnp.asarray(spectra),
+        y=jnp.asarray(spectra @ eig),
+        truth=jnp.asarray(truth),
+        shape=(n, n),
+        symmetric=True,
+    )
 
 
-def rank_one_sensing(n: int, m: int, rank: int, seed: int = 0, symmetric: bool = True, n2: int | None = None,
-                     truth_norm: float = 1.0, noise: float = 0.0) -> RankOneProblem:
+def rank_one_sensing(
+    n: int,
+    m: int,
+    rank: int,
+    seed: int = 0,
+    symmetric: bool = True,
+    n2: int | None = None,
+    truth_norm: float = 1.0,
+    noise: float = 0.0,
+) -> RankOneProblem:
     r"""Rank-one sensing: $A_i = a_i b_i^T$, or $a_i a_i^T$ when `symmetric`, $a_i, b_i$ with i.i.d. N(0, 1) entries.
 
     Stored as the vectors (`RankOneProblem`): $O(m (n_1 + n_2))$ memory where `sensing`'s dense stack
@@ -408,12 +467,21 @@ def rank_one_sensing(n: int, m: int, rank: int, seed: int = 0, symmetric: bool =
     noise = check_nonnegative("noise", noise)
     vectors = m * (n1 if symmetric else n1 + n2)
     # The vectors, the m x n2 product A W* that measures the truth, and the truth.
-    check_fits(f"rank-one sensing with m = {m} measurements of {n1} x {n2} matrices",
-               FLOAT * (vectors + m * n2 + 2 * m) + _truth_bytes(n1, n2), "use a smaller m or n")
+    check_fits(
+        f"rank-one sensing with m = {m} measurements of {n1} x {n2} matrices",
+        FLOAT * (vectors + m * n2 + 2 * m) + _truth_bytes(n1, n2),
+        "use a smaller m or n",
+    )
     rng = np.random.default_rng(seed)
     truth = low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
     left = rng.standard_normal((m, n1))
     right = None if symmetric else rng.standard_normal((m, n2))
     y = np.einsum("mj,mj->m", left @ truth, left if symmetric else right) + noise * rng.standard_normal(m)
-    return RankOneProblem(left=jnp.asarray(left), right=None if symmetric else jnp.asarray(right), y=jnp.asarray(y),
-                          truth=jnp.asarray(truth), shape=(n1, n2), symmetric=symmetric)
+    return RankOneProblem(
+        left=jnp.asarray(left),
+        right=None if symmetric else jnp.asarray(right),
+        y=jnp.asarray(y),
+        truth=jnp.asarray(truth),
+        shape=(n1, n2),
+        symmetric=symmetric,
+    )

@@ -29,10 +29,17 @@ class SolverError(RuntimeError):
 
 
 SOLVERS = {
-    "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8, "bosh3": diffrax.Bosh3,
-    "heun": diffrax.Heun, "kvaerno3": diffrax.Kvaerno3, "kvaerno5": diffrax.Kvaerno5,
-    "extrapolation": LinearlyImplicitExtrapolation, "switching": Tsit5ThenExtrapolation,
-    "chebyshev": RungeKuttaChebyshev, "switching-chebyshev": Tsit5ThenChebyshev,
+    "tsit5": diffrax.Tsit5,
+    "dopri5": diffrax.Dopri5,
+    "dopri8": diffrax.Dopri8,
+    "bosh3": diffrax.Bosh3,
+    "heun": diffrax.Heun,
+    "kvaerno3": diffrax.Kvaerno3,
+    "kvaerno5": diffrax.Kvaerno5,
+    "extrapolation": LinearlyImplicitExtrapolation,
+    "switching": Tsit5ThenExtrapolation,
+    "chebyshev": RungeKuttaChebyshev,
+    "switching-chebyshev": Tsit5ThenChebyshev,
 }
 """Diffrax solvers by the names the command line accepts."""
 
@@ -61,10 +68,21 @@ def default_ts(t1: float, num: int = 200, t0: float = 0.0) -> np.ndarray:
     return np.concatenate([[t0], t0 + np.geomspace(span * 1e-6, span, num - 1)])
 
 
-def solve(flow: AbstractFlow, state0: State, t1: float, ts=None, *, rtol: float = 1e-8, atol: float | None = None,
-          stop_loss: float | None = None, solver: diffrax.AbstractSolver | None = None,
-          stepsize_controller: diffrax.AbstractStepSizeController | None = None, max_steps: int = 1_000_000,
-          dt0: float | None = None, progress: bool = False) -> Trajectory:
+def solve(
+    flow: AbstractFlow,
+    state0: State,
+    t1: float,
+    ts=None,
+    *,
+    rtol: float = 1e-8,
+    atol: float | None = None,
+    stop_loss: float | None = None,
+    solver: diffrax.AbstractSolver | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    max_steps: int = 1_000_000,
+    dt0: float | None = None,
+    progress: bool = False,
+) -> Trajectory:
     r"""Integrate `flow` from `state0` at t = 0 to `t1`, saving at `ts`.
 
     Args:
@@ -90,11 +108,23 @@ def solve(flow: AbstractFlow, state0: State, t1: float, ts=None, *, rtol: float 
         SolverError: max_steps reached or a non-finite state, with the time reached.
     """
     check_flow(flow)
-    plan = Plan.make(t1, ts, rtol=rtol, atol=atol, stop_loss=stop_loss, solver=solver,
-                     stepsize_controller=stepsize_controller, max_steps=max_steps, dt0=dt0).resolve(flow)
+    plan = Plan.make(
+        t1,
+        ts,
+        rtol=rtol,
+        atol=atol,
+        stop_loss=stop_loss,
+        solver=solver,
+        stepsize_controller=stepsize_controller,
+        max_steps=max_steps,
+        dt0=dt0,
+    ).resolve(flow)
     flow.check_state(state0)
-    check_fits(f"saving {len(plan.ts)} states", saved_bytes(flow, state0, len(plan.ts)),
-               "save fewer times (ts), or a smaller problem")
+    check_fits(
+        f"saving {len(plan.ts)} states",
+        saved_bytes(flow, state0, len(plan.ts)),
+        "save fewer times (ts), or a smaller problem",
+    )
     return plan.finish(flow, jax.device_get(_integrate(flow, state0, *plan.arrays(), **plan.static(progress))))
 
 
@@ -116,8 +146,19 @@ class Plan:
     dt0: float | None
 
     @classmethod
-    def make(cls, t1, ts=None, *, rtol=1e-8, atol=None, stop_loss=None, solver=None, stepsize_controller=None,
-             max_steps=1_000_000, dt0=None) -> "Plan":
+    def make(
+        cls,
+        t1,
+        ts=None,
+        *,
+        rtol=1e-8,
+        atol=None,
+        stop_loss=None,
+        solver=None,
+        stepsize_controller=None,
+        max_steps=1_000_000,
+        dt0=None,
+    ) -> "Plan":
         """Check every argument (ValueError naming it) and fill in the defaults of `solve`."""
         t1 = check_positive("t1", t1)
         rtol = check_positive("rtol", rtol)
@@ -127,25 +168,39 @@ class Plan:
         if stop_loss is not None:
             stop_loss = check_positive("stop_loss", stop_loss)
         ts = check_times(default_ts(t1) if ts is None else ts, t1)
-        return cls(t1=t1, ts=ts, rtol=rtol, atol=atol, stop_loss=stop_loss, solver=solver,
-                   controller=stepsize_controller, max_steps=max_steps, dt0=dt0)
+        return cls(
+            t1=t1,
+            ts=ts,
+            rtol=rtol,
+            atol=atol,
+            stop_loss=stop_loss,
+            solver=solver,
+            controller=stepsize_controller,
+            max_steps=max_steps,
+            dt0=dt0,
+        )
 
     def resolve(self, flow: AbstractFlow, batched: bool = False) -> "Plan":
         """Fill in the default solver (`default_solver`) and controller for this flow."""
         solver = default_solver(flow, self.stop_loss, batched) if self.solver is None else self.solver
         controller = self.controller
         if controller is None:
-            controller = (ArraywiseRelative.make(self.rtol) if self.atol is None
-                          else diffrax.PIDController(rtol=jnp.asarray(self.rtol), atol=jnp.asarray(self.atol)))
+            controller = (
+                ArraywiseRelative.make(self.rtol)
+                if self.atol is None
+                else diffrax.PIDController(rtol=jnp.asarray(self.rtol), atol=jnp.asarray(self.atol))
+            )
         if isinstance(solver, STIFF):
             # The extrapolation's steps are accurate to high order but its dense output is cubic: its steps
             # land on the save times instead of interpolating there, whatever controller was given.
             if isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
                 controller = diffrax.ClipStepSizeController(controller, step_ts=jnp.asarray(self.ts))
             elif not self.on_step_grid(controller):
-                raise ValueError(f"{type(solver).__name__}'s dense output is only cubic, so its steps must land on the "
-                                 f"save times: use an adaptive step-size controller, or fixed steps dt0 of which every "
-                                 f"save time is a multiple (got {type(controller).__name__}, dt0 = {self.dt0})")
+                raise ValueError(
+                    f"{type(solver).__name__}'s dense output is only cubic, so its steps must land on the "
+                    f"save times: use an adaptive step-size controller, or fixed steps dt0 of which every "
+                    f"save time is a multiple (got {type(controller).__name__}, dt0 = {self.dt0})"
+                )
         return dataclasses.replace(self, solver=solver, controller=controller)
 
     def on_step_grid(self, controller) -> bool:
@@ -157,8 +212,12 @@ class Plan:
 
     def arrays(self) -> tuple:
         """The traced arguments of `integrate` after (flow, state0)."""
-        return (jnp.asarray(self.t1), jnp.asarray(self.ts), None if self.dt0 is None else jnp.asarray(self.dt0),
-                None if self.stop_loss is None else jnp.asarray(self.stop_loss))
+        return (
+            jnp.asarray(self.t1),
+            jnp.asarray(self.ts),
+            None if self.dt0 is None else jnp.asarray(self.dt0),
+            None if self.stop_loss is None else jnp.asarray(self.stop_loss),
+        )
 
     def static(self, progress: bool = False) -> dict:
         """The keyword arguments of `integrate`."""
@@ -167,9 +226,14 @@ class Plan:
     def describe(self) -> dict:
         """The JSON-able solve options (saved with trajectories, part of a sweep run's key)."""
         solver = "default" if self.solver is None else type(self.solver).__name__
-        return {"solver": solver, "rtol": self.rtol, "atol": "arraywise relative" if self.atol is None else self.atol,
-                "t1": self.t1,
-                "stop_loss": self.stop_loss, "max_steps": self.max_steps}
+        return {
+            "solver": solver,
+            "rtol": self.rtol,
+            "atol": "arraywise relative" if self.atol is None else self.atol,
+            "t1": self.t1,
+            "stop_loss": self.stop_loss,
+            "max_steps": self.max_steps,
+        }
 
     def finish(self, flow: AbstractFlow, raw) -> Trajectory:
         """The Trajectory of one host-side `integrate` result, or SolverError if it failed."""
@@ -178,8 +242,9 @@ class Plan:
         if result != diffrax.RESULTS.successful and not stopped:
             finite = np.isfinite(ts_out)
             t_reached = float(ts_out[finite][-1]) if finite.any() else 0.0
-            raise SolverError(_failure_message(result, t_reached, self.t1, stats, self.max_steps, self.rtol),
-                              t_reached, stats)
+            raise SolverError(
+                _failure_message(result, t_reached, self.t1, stats, self.max_steps, self.rtol), t_reached, stats
+            )
         if stopped:
             # Saved times before the stop, then the stopping state itself (SaveAt's t1 entry).
             keep = np.flatnonzero(np.isfinite(ts_out))
@@ -190,8 +255,11 @@ class Plan:
         states = jax.tree.map(lambda x: x[keep], states)
         stats = {k: int(v) for k, v in stats.items()}
         per_step = evaluations_per_step(self.solver)
-        stats |= {"vf_evaluations": None if per_step is None else per_step * stats["num_steps"],
-                  "stopped_by_loss": stopped, "t_final": float(ts_out[keep[-1]])}
+        stats |= {
+            "vf_evaluations": None if per_step is None else per_step * stats["num_steps"],
+            "stopped_by_loss": stopped,
+            "t_final": float(ts_out[keep[-1]]),
+        }
         if isinstance(self.solver, STIFF):
             stats |= self.solver.report(solver_state)
         # Steps land on the save times when the controller clips to them (always for the stiff solvers,
@@ -205,10 +273,14 @@ class Plan:
         bound = 100 * self.rtol
         drifted = {name: d for name, d in drift.items() if d > bound}
         if drifted:
-            warnings.warn(f"conserved quantities drifted by more than 100 x rtol = {bound:.1e}: "
-                          + ", ".join(f"{name}: {d:.2e}" for name, d in drifted.items())
-                          + "; the trajectory is less faithful than its tolerance (tighten rtol, or check the "
-                          "solver)", FaithfulnessWarning, stacklevel=3)
+            warnings.warn(
+                f"conserved quantities drifted by more than 100 x rtol = {bound:.1e}: "
+                + ", ".join(f"{name}: {d:.2e}" for name, d in drifted.items())
+                + "; the trajectory is less faithful than its tolerance (tighten rtol, or check the "
+                "solver)",
+                FaithfulnessWarning,
+                stacklevel=3,
+            )
         return traj
 
 
@@ -268,12 +340,16 @@ def _failure_message(result, t_reached, t1, stats, max_steps, rtol) -> str:
     steps = int(stats["num_steps"])
     rejected = int(stats["num_rejected_steps"])
     if result == diffrax.RESULTS.max_steps_reached and rejected < steps // 2:
-        return (f"the solver reached max_steps = {max_steps} at t = {t_reached:.8g} of t1 = {t1:.6g} "
-                f"({steps} steps). Raise max_steps, shorten t1, set stop_loss, or use a stiff solver "
-                "for the convergence tail.")
-    return (f"the solve failed at t = {t_reached:.8g} of t1 = {t1:.6g}: {rejected} of {steps} steps were "
-            "rejected as the step size collapsed, so the state is non-finite or blowing up there. Check "
-            f"the problem scale and init, shorten t1, or loosen rtol = {rtol:g}.")
+        return (
+            f"the solver reached max_steps = {max_steps} at t = {t_reached:.8g} of t1 = {t1:.6g} "
+            f"({steps} steps). Raise max_steps, shorten t1, set stop_loss, or use a stiff solver "
+            "for the convergence tail."
+        )
+    return (
+        f"the solve failed at t = {t_reached:.8g} of t1 = {t1:.6g}: {rejected} of {steps} steps were "
+        "rejected as the step size collapsed, so the state is non-finite or blowing up there. Check "
+        f"the problem scale and init, shorten t1, or loosen rtol = {rtol:g}."
+    )
 
 
 def _field(t, state, args: FlowArgs):
@@ -289,10 +365,21 @@ def integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_s
     if stop_loss is not None:
         event = diffrax.Event(cond_fn=lambda t, y, args, **kwargs: args.flow.loss(y) < args.stop_loss)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(_field), solver, t0=jnp.zeros_like(t1), t1=t1, dt0=dt0, y0=state0,
-        args=FlowArgs(flow, stop_loss), saveat=diffrax.SaveAt(ts=ts, t1=True, solver_state=True), stepsize_controller=controller,
-        event=event, max_steps=max_steps, throw=False, adjoint=diffrax.ForwardMode(),
-        progress_meter=diffrax.TqdmProgressMeter(refresh_steps=5000) if progress else diffrax.NoProgressMeter())
+        diffrax.ODETerm(_field),
+        solver,
+        t0=jnp.zeros_like(t1),
+        t1=t1,
+        dt0=dt0,
+        y0=state0,
+        args=FlowArgs(flow, stop_loss),
+        saveat=diffrax.SaveAt(ts=ts, t1=True, solver_state=True),
+        stepsize_controller=controller,
+        event=event,
+        max_steps=max_steps,
+        throw=False,
+        adjoint=diffrax.ForwardMode(),
+        progress_meter=diffrax.TqdmProgressMeter(refresh_steps=5000) if progress else diffrax.NoProgressMeter(),
+    )
     return sol.ts, sol.ys, sol.stats, sol.result, sol.solver_state
 
 

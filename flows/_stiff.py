@@ -104,15 +104,25 @@ class GaussNewton(AbstractGaussNewton):
     def at(cls, flow: Flow, point: Float[Array, " p"], unravel, step=jnp.inf) -> "GaussNewton":
         eigenvalues, basis = jnp.linalg.eigh(kernel_matrix(flow, unravel(point)))
         # Theta is PSD; clip round-off so 1 + h lambda > 0 for every h.
-        return cls(flow=flow, point=point, basis=basis, eigenvalues=jnp.maximum(eigenvalues, 0.0),
-                   step=jnp.asarray(step, point.dtype))
+        return cls(
+            flow=flow,
+            point=point,
+            basis=basis,
+            eigenvalues=jnp.maximum(eigenvalues, 0.0),
+            step=jnp.asarray(step, point.dtype),
+        )
 
     @classmethod
     def pending(cls, flow: Flow, point: Float[Array, " p"]) -> "GaussNewton":
         """No linearisation yet (its step is NaN): the first step takes one."""
         m = flow.problem.m
-        return cls(flow=flow, point=point, basis=jnp.zeros((m, m), point.dtype),
-                   eigenvalues=jnp.zeros(m, point.dtype), step=jnp.asarray(jnp.nan, point.dtype))
+        return cls(
+            flow=flow,
+            point=point,
+            basis=jnp.zeros((m, m), point.dtype),
+            eigenvalues=jnp.zeros(m, point.dtype),
+            step=jnp.asarray(jnp.nan, point.dtype),
+        )
 
     def solve(self, h, b: Float[Array, " p"], unravel) -> Float[Array, " p"]:
         r"""$(I + h M^T M)^{-1} b = b - M^T Q \,\mathrm{diag}(h / (1 + h\lambda))\, Q^T M b$."""
@@ -140,8 +150,9 @@ class MatrixFreeGaussNewton(AbstractGaussNewton):
         # is computed once, not at every iteration (n = 300: from 2.0 to 1.7 vector-field evaluations each).
         _, apply = jax.linearize(lambda x: _apply(self.flow, self.point, x, unravel), b)
         _, transpose = jax.linearize(lambda w: _transpose(self.flow, self.point, w, unravel), apply(b))
-        operator = lx.FunctionLinearOperator(lambda x: x + h * transpose(apply(x)), jax.eval_shape(lambda: b),
-                                             tags=lx.positive_semidefinite_tag)
+        operator = lx.FunctionLinearOperator(
+            lambda x: x + h * transpose(apply(x)), jax.eval_shape(lambda: b), tags=lx.positive_semidefinite_tag
+        )
         cg = lx.CG(rtol=0.0, atol=self.tolerance * jnp.linalg.norm(b), norm=jnp.linalg.norm, max_steps=self.max_steps)
         return lx.linear_solve(operator, b, cg, throw=False)
 
@@ -175,8 +186,13 @@ class ConjugateGradient(eqx.Module):
     max_steps: int = eqx.field(static=True, default=2000)
 
     def linearise(self, flow: Flow, point: Float[Array, " p"], unravel, step) -> MatrixFreeGaussNewton:
-        return MatrixFreeGaussNewton(flow=flow, point=point, step=jnp.asarray(step, point.dtype),
-                                     tolerance=self.tolerance, max_steps=self.max_steps)
+        return MatrixFreeGaussNewton(
+            flow=flow,
+            point=point,
+            step=jnp.asarray(step, point.dtype),
+            tolerance=self.tolerance,
+            max_steps=self.max_steps,
+        )
 
     def pending(self, flow: Flow, point: Float[Array, " p"]) -> MatrixFreeGaussNewton:
         return self.linearise(flow, point, None, jnp.nan)
@@ -186,11 +202,17 @@ def _flow_of(args) -> Flow:
     """The flow being integrated: `flows.solve` passes it in Diffrax's `args` (`FlowArgs`)."""
     flow = args.flow if isinstance(args, FlowArgs) else None
     if not isinstance(flow, Flow) or not flow.linearisable:
-        raise ValueError("the linearly implicit solvers linearise a gradient flow of the data loss: use them through "
-                         "flows.solve with a Flow whose dynamics is GradientFlow() and which has no penalty "
-                         f"(got {type(flow).__name__}" + (f" with {type(flow.dynamics).__name__} dynamics and penalty "
-                                                          f"{type(flow.penalty).__name__}" if isinstance(flow, Flow) else "")
-                         + ")")
+        raise ValueError(
+            "the linearly implicit solvers linearise a gradient flow of the data loss: use them through "
+            "flows.solve with a Flow whose dynamics is GradientFlow() and which has no penalty "
+            f"(got {type(flow).__name__}"
+            + (
+                f" with {type(flow.dynamics).__name__} dynamics and penalty {type(flow.penalty).__name__}"
+                if isinstance(flow, Flow)
+                else ""
+            )
+            + ")"
+        )
     return flow
 
 
@@ -240,8 +262,11 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
         if made_jump is not False:
             f0 = jax.lax.cond(made_jump, lambda: ravel_pytree(terms.vf(t0, y0, args))[0], lambda: f0)
         dt = t1 - t0
-        stale = (jnp.isnan(linear.step) | (dt > self.growth * linear.step)
-                 | (jnp.linalg.norm(y0_flat - linear.point) > self.refresh * jnp.linalg.norm(y0_flat)))
+        stale = (
+            jnp.isnan(linear.step)
+            | (dt > self.growth * linear.step)
+            | (jnp.linalg.norm(y0_flat - linear.point) > self.refresh * jnp.linalg.norm(y0_flat))
+        )
         linear = jax.lax.cond(stale, lambda: self.linear_solver.linearise(flow, y0_flat, unravel, dt), lambda: linear)
         linearisations = linearisations + stale
 
@@ -284,11 +309,15 @@ class _SwitchingInterpolation(diffrax.AbstractLocalInterpolation):
         self.t0, self.t1, self.stiff = t0, t1, stiff
         self.explicit = diffrax.Tsit5.interpolation_cls(t0=t0, t1=t1, y0=y0, y1=y1, k=k)
         self.hermite = diffrax.ThirdOrderHermitePolynomialInterpolation(
-            t0=t0, t1=t1, y0=y0, y1=y1, k0=jax.tree.map(lambda x: x[0], k), k1=jax.tree.map(lambda x: x[-1], k))
+            t0=t0, t1=t1, y0=y0, y1=y1, k0=jax.tree.map(lambda x: x[0], k), k1=jax.tree.map(lambda x: x[-1], k)
+        )
 
     def evaluate(self, t0, t1=None, left=True):
-        return jax.tree.map(lambda a, b: jnp.where(self.stiff, b, a), self.explicit.evaluate(t0, t1, left),
-                            self.hermite.evaluate(t0, t1, left))
+        return jax.tree.map(
+            lambda a, b: jnp.where(self.stiff, b, a),
+            self.explicit.evaluate(t0, t1, left),
+            self.hermite.evaluate(t0, t1, left),
+        )
 
 
 class AbstractTsit5Then(diffrax.AbstractAdaptiveSolver):
@@ -323,8 +352,11 @@ class AbstractTsit5Then(diffrax.AbstractAdaptiveSolver):
     def report(self, solver_state) -> dict:
         """Whether and when the run switched, and the stiff solver's report (host-side)."""
         switched, _, t_switch, _, stiff_state = solver_state
-        return {"switched": bool(switched), "t_switch": float(t_switch) if bool(switched) else None,
-                **self.stiff_solver.report(stiff_state)}
+        return {
+            "switched": bool(switched),
+            "t_switch": float(t_switch) if bool(switched) else None,
+            **self.stiff_solver.report(stiff_state),
+        }
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         switched, streak, t_switch, explicit_state, stiff_state = solver_state
@@ -334,7 +366,8 @@ class AbstractTsit5Then(diffrax.AbstractAdaptiveSolver):
 
         def explicit():
             y1, error, dense, new_explicit, result = diffrax.Tsit5().step(
-                terms, t0, t1, y0, args, explicit_state, made_jump)
+                terms, t0, t1, y0, args, explicit_state, made_jump
+            )
             # The stages k_j of every leaf (each leaf's k has the stage axis first), laid side by side in the
             # order of ravel_pytree(y): row j is stage j of the whole state.
             k = jnp.concatenate([x.reshape(x.shape[0], -1) for x in jax.tree.leaves(dense["k"])], axis=1)
@@ -348,7 +381,8 @@ class AbstractTsit5Then(diffrax.AbstractAdaptiveSolver):
 
         def stiff():
             y1, error, dense, new_stiff, result = self.stiff_solver.step(
-                terms, t0, t1, y0, args, stiff_state, made_jump)
+                terms, t0, t1, y0, args, stiff_state, made_jump
+            )
             k = jax.tree.map(lambda a, b: jnp.stack([a, *([jnp.zeros_like(a)] * 5), b]), dense["k0"], dense["k1"])
             dense = dict(y0=y0, y1=y1, k=k, stiff=jnp.array(True))
             # The switch is for good: Tsit5's state is carried along unused.

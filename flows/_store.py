@@ -97,8 +97,10 @@ def _encode(node, leaves: list) -> dict:
     if node is None:
         return {"none": True}
     if isinstance(node, tuple) and hasattr(node, "_fields"):
-        return {"namedtuple": _class_name(type(node)),
-                "fields": {name: _encode(getattr(node, name), leaves) for name in node._fields}}
+        return {
+            "namedtuple": _class_name(type(node)),
+            "fields": {name: _encode(getattr(node, name), leaves) for name in node._fields},
+        }
     if isinstance(node, (tuple, list)):
         return {type(node).__name__: [_encode(child, leaves) for child in node]}
     if isinstance(node, dict):
@@ -109,14 +111,17 @@ def _encode(node, leaves: list) -> dict:
         fields = {}
         for field in dataclasses.fields(node):
             value = getattr(node, field.name)
-            fields[field.name] = ({"static": _static_json(field.name, value)} if field.metadata.get("static")
-                                  else _encode(value, leaves))
+            fields[field.name] = (
+                {"static": _static_json(field.name, value)} if field.metadata.get("static") else _encode(value, leaves)
+            )
         return {"module": _class_name(type(node)), "fields": fields}
     if isinstance(node, (np.ndarray, np.generic, int, float)) or hasattr(node, "__array__"):
         leaves.append(np.asarray(node))
         return {"leaf": len(leaves) - 1}
-    raise TypeError(f"cannot store a state node of type {type(node).__name__}: use tuples, lists, dicts, "
-                    "NamedTuples, Equinox modules and arrays")
+    raise TypeError(
+        f"cannot store a state node of type {type(node).__name__}: use tuples, lists, dicts, "
+        "NamedTuples, Equinox modules and arrays"
+    )
 
 
 def _decode(node: dict, leaves: list):

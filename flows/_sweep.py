@@ -83,10 +83,25 @@ class Run:
         return Trajectory.load(self.path)
 
 
-def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: float, ts=None, *,
-          rtol: float = 1e-8, atol: float | None = None, stop_loss: float | None = None, solver=None,
-          stepsize_controller=None, max_steps: int = 1_000_000, dt0: float | None = None,
-          batch_size: int | None = None, devices=None, executor=None, progress: bool = True) -> list[Run]:
+def sweep(
+    build: Callable[[dict], tuple[AbstractFlow, Any]],
+    configs,
+    out,
+    t1: float,
+    ts=None,
+    *,
+    rtol: float = 1e-8,
+    atol: float | None = None,
+    stop_loss: float | None = None,
+    solver=None,
+    stepsize_controller=None,
+    max_steps: int = 1_000_000,
+    dt0: float | None = None,
+    batch_size: int | None = None,
+    devices=None,
+    executor=None,
+    progress: bool = True,
+) -> list[Run]:
     """Solve `build(config)` for every configuration, as `flows.solve` would with these options.
 
     Args:
@@ -110,8 +125,17 @@ def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: f
     Returns:
         One `Run` per configuration, in order.
     """
-    plan = Plan.make(t1, ts, rtol=rtol, atol=atol, stop_loss=stop_loss, solver=solver,
-                     stepsize_controller=stepsize_controller, max_steps=max_steps, dt0=dt0)
+    plan = Plan.make(
+        t1,
+        ts,
+        rtol=rtol,
+        atol=atol,
+        stop_loss=stop_loss,
+        solver=solver,
+        stepsize_controller=stepsize_controller,
+        max_steps=max_steps,
+        dt0=dt0,
+    )
     configs = list(configs)
     if not configs:
         raise ValueError("configs is empty: nothing to sweep")
@@ -124,8 +148,9 @@ def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: f
         check_positive_int("batch_size", batch_size)
         batch_size = -(-batch_size // len(devices)) * len(devices)
     elif batch_size is not None or devices is not None:
-        raise ValueError("batch_size and devices shape the local sweep's batches; with an executor each run is "
-                         "one task")
+        raise ValueError(
+            "batch_size and devices shape the local sweep's batches; with an executor each run is one task"
+        )
     out = Path(out)
     keys = [run_key(config, plan) for config in configs]
     if len(set(keys)) != len(keys):
@@ -155,7 +180,7 @@ def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: f
             for group in pending.values():
                 width = min(batch_size, -(-len(group) // len(devices)) * len(devices))
                 for start in range(0, len(group), width):
-                    batch = group[start:start + width]
+                    batch = group[start : start + width]
                     # One solver per group (same flow type and sizes); the default depends on batching.
                     resolved = plan.resolve(batch[0][1], batched=width > 1)
                     for (i, flow, _), outcome in zip(batch, _solve_batch(resolved, batch, width, mesh)):
@@ -167,8 +192,9 @@ def sweep(build: Callable[[dict], tuple[AbstractFlow, Any]], configs, out, t1: f
 def run_key(config: dict, plan: Plan) -> str:
     """The folder name of a run: a hash of its configuration and the solve options."""
     try:
-        text = json.dumps({"config": config, "solve": plan.describe(), "ts": plan.ts.tolist()}, sort_keys=True,
-                          allow_nan=False)
+        text = json.dumps(
+            {"config": config, "solve": plan.describe(), "ts": plan.ts.tolist()}, sort_keys=True, allow_nan=False
+        )
     except (TypeError, ValueError) as err:
         raise ValueError(f"a sweep configuration must hold JSON values only; {config!r}: {err}") from None
     return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -218,7 +244,7 @@ def _solve_batch(plan: Plan, batch, width: int, mesh: Mesh) -> list:
     switching solver's lax.cond would run both of its solvers at every step.
     """
     if width == 1:
-        (_, flow, state), = batch
+        ((_, flow, state),) = batch
         return [_solve_alone(plan, flow, state)]
     flows_ = [flow for _, flow, _ in batch]
     states = [state for _, _, state in batch]
@@ -255,8 +281,13 @@ def _batched(flows_, states, arrays, options, *, mesh):
 
         return jax.vmap(one)(batched)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec("runs"), PartitionSpec()),
-                         out_specs=PartitionSpec("runs"), check_vma=False)(batched, shared)
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(PartitionSpec("runs"), PartitionSpec()),
+        out_specs=PartitionSpec("runs"),
+        check_vma=False,
+    )(batched, shared)
 
 
 def _record(config, key, path: Path, flow, plan: Plan, raw) -> Run:
@@ -291,18 +322,22 @@ def _executor(executor):
     elif callable(getattr(executor, "submit", None)):
         yield executor
     else:
-        raise ValueError("executor must be a dask.distributed.Client, a Dask scheduler address or a "
-                         f"concurrent.futures.Executor; got {type(executor).__name__}")
+        raise ValueError(
+            "executor must be a dask.distributed.Client, a Dask scheduler address or a "
+            f"concurrent.futures.Executor; got {type(executor).__name__}"
+        )
 
 
-def _farm_out(executor, build, plan: Plan, work: list[tuple[int, dict, str]], out: Path, runs: dict[int, Run],
-              bar) -> None:
+def _farm_out(
+    executor, build, plan: Plan, work: list[tuple[int, dict, str]], out: Path, runs: dict[int, Run], bar
+) -> None:
     """Submit each run as one task (`_run_task`) and record it in `runs` as it finishes.
 
     A run counts only once its files on disk pass their checksum; one that does not (a second writer
     of the same run, a worker presumed dead that was not) is submitted again, at most `ATTEMPTS` times.
     Whatever stops the loop (a task's exception, a closed client, an interrupt) cancels the rest.
     """
+
     def submit(i, config, key):
         # Workers may run elsewhere (another working directory): they get the absolute path.
         return executor.submit(_run_task, build, config, key, (out / key).absolute(), plan)
@@ -317,8 +352,10 @@ def _farm_out(executor, build, plan: Plan, work: list[tuple[int, dict, str]], ou
                 run = dataclasses.replace(future.result(), path=out / key)
                 if _finished(config, key, run.path) is None:
                     if attempts[i] == ATTEMPTS:
-                        raise RuntimeError(f"run {key} ({config}) was saved {ATTEMPTS} times and its files at "
-                                           f"{run.path} failed their checksum every time")
+                        raise RuntimeError(
+                            f"run {key} ({config}) was saved {ATTEMPTS} times and its files at "
+                            f"{run.path} failed their checksum every time"
+                        )
                     attempts[i] += 1
                     futures[submit(*job)] = job
                     continue

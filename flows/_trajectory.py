@@ -46,9 +46,16 @@ class Trajectory:
         """Record a flow's states at times `ts`: end-to-end matrices, data loss, conserved pairs."""
         W, loss, conserved = jax.device_get(_record(flow, states))
         truth = flow.problem.truth
-        return cls(ts=np.asarray(ts), states=jax.device_get(states), W=W, loss=loss,
-                   truth=None if truth is None else np.asarray(truth), conserved=conserved,
-                   stats=dict(stats or {}), config=dict(config or {}))
+        return cls(
+            ts=np.asarray(ts),
+            states=jax.device_get(states),
+            W=W,
+            loss=loss,
+            truth=None if truth is None else np.asarray(truth),
+            conserved=conserved,
+            stats=dict(stats or {}),
+            config=dict(config or {}),
+        )
 
     # -- metrics ------------------------------------------------------------------------------
     @functools.cached_property
@@ -95,11 +102,23 @@ class Trajectory:
         """How far to trust this trajectory: the solver and whether (and when) it switched to its stiff
         phase, steps / rejected / evaluations, whether saved points were landed on or interpolated, the
         largest drift of each conserved quantity (`conserved_drift`), and rtol to read them against."""
-        keys = ("num_steps", "num_rejected_steps", "vf_evaluations", "switched", "t_switch", "linearisations",
-                "saved_times", "stopped_by_loss", "t_final")
-        return {"solver": self.config.get("solver", self.config.get("method")), "rtol": self.config.get("rtol"),
-                **{k: self.stats[k] for k in keys if k in self.stats},
-                "conserved_drift": {name: float(d.max()) for name, d in self.conserved_drift().items()}}
+        keys = (
+            "num_steps",
+            "num_rejected_steps",
+            "vf_evaluations",
+            "switched",
+            "t_switch",
+            "linearisations",
+            "saved_times",
+            "stopped_by_loss",
+            "t_final",
+        )
+        return {
+            "solver": self.config.get("solver", self.config.get("method")),
+            "rtol": self.config.get("rtol"),
+            **{k: self.stats[k] for k in keys if k in self.stats},
+            "conserved_drift": {name: float(d.max()) for name, d in self.conserved_drift().items()},
+        }
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -116,8 +135,14 @@ class Trajectory:
         arrays |= {f"state_{i}": leaf for i, leaf in enumerate(leaves)}
         for i, (P, Q) in enumerate(self.conserved.values()):
             arrays[f"conserved_{i}_P"], arrays[f"conserved_{i}_Q"] = P, Q
-        meta = {"format": 2, "config": self.config, "stats": self.stats, "state_structure": structure,
-                "conserved": list(self.conserved), "versions": _versions()}
+        meta = {
+            "format": 2,
+            "config": self.config,
+            "stats": self.stats,
+            "state_structure": structure,
+            "conserved": list(self.conserved),
+            "versions": _versions(),
+        }
         return write_record(path, arrays, meta)
 
     @classmethod
@@ -128,10 +153,19 @@ class Trajectory:
         if structure is None:
             raise CorruptTrajectoryError(f"{path} holds no state structure (format {meta.get('format')}, not 2)")
         leaves = [arrays[f"state_{i}"] for i in range(sum(k.startswith("state_") for k in arrays))]
-        conserved = {name: (arrays[f"conserved_{i}_P"], arrays[f"conserved_{i}_Q"])
-                     for i, name in enumerate(meta["conserved"])}
-        return cls(ts=arrays["ts"], states=decode_tree(structure, leaves), W=arrays["W"], loss=arrays["loss"],
-                   truth=arrays.get("truth"), conserved=conserved, stats=meta["stats"], config=meta["config"])
+        conserved = {
+            name: (arrays[f"conserved_{i}_P"], arrays[f"conserved_{i}_Q"]) for i, name in enumerate(meta["conserved"])
+        }
+        return cls(
+            ts=arrays["ts"],
+            states=decode_tree(structure, leaves),
+            W=arrays["W"],
+            loss=arrays["loss"],
+            truth=arrays.get("truth"),
+            conserved=conserved,
+            stats=meta["stats"],
+            config=meta["config"],
+        )
 
 
 @eqx.filter_jit

@@ -82,5 +82,6 @@ def check_fits(what: str, nbytes: int, alternative: str) -> None:
     """
     available = available_memory()
     if available is not None and nbytes > available:
-        raise ValueError(f"{what} needs {nbytes / GIB:.3g} GiB of memory and {available / GIB:.3g} GiB is "
-                         f"available: {alternative}")
+        raise ValueError(
+            f"{what} needs {nbytes / GIB:.3g} GiB of memory and {available / GIB:.3g} GiB is available: {alternative}"
+        )

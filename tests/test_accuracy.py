@@ -28,8 +28,11 @@ def _max_relative_error(traj, reference):
 
 # The smallest scale of each flow runs in the default suite; the rest (a few minutes of references) is `slow`.
 SLOW = pytest.mark.slow
-GRID = [pytest.param(name, alpha, marks=() if alpha == 1e-6 else SLOW, id=f"{name}-{alpha:g}")
-        for name in CASES for alpha in (1e-2, 1e-4, 1e-6)]
+GRID = [
+    pytest.param(name, alpha, marks=() if alpha == 1e-6 else SLOW, id=f"{name}-{alpha:g}")
+    for name in CASES
+    for alpha in (1e-2, 1e-4, 1e-6)
+]
 
 
 @pytest.mark.parametrize("name, alpha", GRID)

@@ -24,8 +24,9 @@ def test_gradflow_check_prints_a_table(capsys):
 
 
 def test_failing_row_sets_exit_status(capsys, monkeypatch):
-    monkeypatch.setitem(checks.GROUPS, "eigenbasis",
-                        lambda: checks.CheckResult([checks.Row("synthetic", 2.0, "<=", 1.0)], {}))
+    monkeypatch.setitem(
+        checks.GROUPS, "eigenbasis", lambda: checks.CheckResult([checks.Row("synthetic", 2.0, "<=", 1.0)], {})
+    )
     assert main(["check", "--only", "eigenbasis"]) == 1
     assert "FAIL" in capsys.readouterr().out
 

@@ -7,6 +7,7 @@ import pytest
 import flows
 from analysis import references, small_init
 
+
 @pytest.mark.slow  # ~20 s alone; ResidualIntegral is also a row of analysis.checks.closed_form_checks
 def test_carried_residual_integral_matches_the_reduced_ode():
     """`ResidualIntegral` (s = int r carried along the full flow, any problem) against the commuting
@@ -29,7 +30,8 @@ def test_sweep_rejects_bad_alphas():
 def test_sensing_limit_on_other_draws(seed):
     """Not a property of one draw: the same setting with other seeds, alpha = 1e-2 and 1e-6."""
     problem = flows.sensing(n=30, m=180, rank=2, seed=seed)
-    sweep = small_init.sweep(flows.Flow(problem, flows.Symmetric()), [1e-2, 1e-6],
-                             {"nuclear": references.min_nuclear_psd(problem)})
+    sweep = small_init.sweep(
+        flows.Flow(problem, flows.Symmetric()), [1e-2, 1e-6], {"nuclear": references.min_nuclear_psd(problem)}
+    )
     distances = sweep.distances["nuclear"]
     assert distances[1] <= 1e-4 and distances[1] < distances[0], distances

@@ -80,13 +80,20 @@ def test_the_error_estimate_is_the_local_error_of_the_returned_solution():
     # y' = -y^2 + cos(t) (one step from y = 1, s = 2): the estimate is O(h^3), within a factor 2 of the true local error
     # against Dopri8 at rtol 1e-13, and the controller is told so (error order 3, not the method's order 2).
     def field(t, y):
-        return -y**2 + jnp.cos(t)
+        return -(y**2) + jnp.cos(t)
 
     ratios, errors = [], []
     for h in (0.02, 0.01):
         y1, estimate, _ = _one_step(field, jnp.array([1.0]), h)
-        exact = diffrax.diffeqsolve(diffrax.ODETerm(lambda t, y, args: field(t, y)), diffrax.Dopri8(), 0.0, h, h / 10,
-                                    jnp.array([1.0]), stepsize_controller=diffrax.PIDController(rtol=1e-13, atol=1e-15)).ys[-1]
+        exact = diffrax.diffeqsolve(
+            diffrax.ODETerm(lambda t, y, args: field(t, y)),
+            diffrax.Dopri8(),
+            0.0,
+            h,
+            h / 10,
+            jnp.array([1.0]),
+            stepsize_controller=diffrax.PIDController(rtol=1e-13, atol=1e-15),
+        ).ys[-1]
         errors.append(abs(float(y1[0] - exact[0])))
         ratios.append(abs(float(estimate[0])) / errors[-1])
     assert all(0.5 < r < 2.0 for r in ratios), ratios
@@ -105,10 +112,16 @@ def test_a_step_beyond_the_largest_stage_count_is_rejected_outright():
 def test_a_zero_jacobian_takes_the_fewest_stages_not_a_nan():
     # y' = 0 y + 1: J v = 0, so the power iteration has nothing to normalise (it divided by zero, and 0 x NaN made
     # the next step's estimate NaN); rho = 0.
-    solution = diffrax.diffeqsolve(diffrax.ODETerm(lambda t, y, args: 0.0 * y + 1.0), flows.RungeKuttaChebyshev(),
-                                   0.0, 1.0, 0.1, jnp.zeros(3),
-                                   stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-8),
-                                   saveat=diffrax.SaveAt(t1=True, solver_state=True))
+    solution = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, y, args: 0.0 * y + 1.0),
+        flows.RungeKuttaChebyshev(),
+        0.0,
+        1.0,
+        0.1,
+        jnp.zeros(3),
+        stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-8),
+        saveat=diffrax.SaveAt(t1=True, solver_state=True),
+    )
     np.testing.assert_allclose(solution.ys[-1], 1.0, rtol=1e-14)
     assert float(solution.solver_state[2]) == 0.0 and int(solution.solver_state[3]) == 2 * solution.stats["num_steps"]
 
@@ -126,8 +139,9 @@ def test_the_chebyshev_switch_reaches_a_stiff_tail_in_fewer_steps_and_as_accurat
     explicit = flows.solve(flow, state0, solver=diffrax.Tsit5(), **options)
     assert chebyshev_run.stats["num_steps"] < explicit.stats["num_steps"] / 10, (chebyshev_run.stats, explicit.stats)
     t_final = chebyshev_run.ts[-1]
-    reference = flows.solve(flow, state0, t1=t_final, ts=np.array([0.0, t_final]), rtol=1e-12,
-                            solver=flows.LinearlyImplicitExtrapolation())
+    reference = flows.solve(
+        flow, state0, t1=t_final, ts=np.array([0.0, t_final]), rtol=1e-12, solver=flows.LinearlyImplicitExtrapolation()
+    )
     error = np.linalg.norm(chebyshev_run.W[-1] - reference.W[-1]) / np.linalg.norm(reference.W[-1])
     assert error <= 100 * 1e-8, error
 

@@ -17,9 +17,34 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_run_saves_a_trajectory_and_a_figure(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["run", "--problem", "completion", "--n", "6", "--m", "20", "--rank", "1", "--parameterization", "deep",
-                 "--depth", "2", "--init", "balanced", "--scale", "0.3", "--t1", "20", "--points", "20",
-                 "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "run",
+            "--problem",
+            "completion",
+            "--n",
+            "6",
+            "--m",
+            "20",
+            "--rank",
+            "1",
+            "--parameterization",
+            "deep",
+            "--depth",
+            "2",
+            "--init",
+            "balanced",
+            "--scale",
+            "0.3",
+            "--t1",
+            "20",
+            "--points",
+            "20",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     out_text = capsys.readouterr().out
     summary = json.loads(out_text.split("faithfulness:")[0])
@@ -32,14 +57,17 @@ def test_run_saves_a_trajectory_and_a_figure(tmp_path, capsys):
     assert (out / "figure.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", "--n", "3", "--rank", "5", "--quiet"], "rank"),
-    (["run", "--scale", "-1", "--quiet"], "scale"),
-    (["run", "--problem", "completion", "--n", "3", "--m", "10", "--quiet"], "exceed"),
-    (["run", "--solver", "rk4000", "--quiet"], "unknown solver"),
-    (["run", "--parameterization", "symmetric", "--init", "balanced", "--quiet"], "does not apply"),
-    (["run", "--penalty", "ratio", "--strength", "-1", "--quiet"], "strength"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--n", "3", "--rank", "5", "--quiet"], "rank"),
+        (["run", "--scale", "-1", "--quiet"], "scale"),
+        (["run", "--problem", "completion", "--n", "3", "--m", "10", "--quiet"], "exceed"),
+        (["run", "--solver", "rk4000", "--quiet"], "unknown solver"),
+        (["run", "--parameterization", "symmetric", "--init", "balanced", "--quiet"], "does not apply"),
+        (["run", "--penalty", "ratio", "--strength", "-1", "--quiet"], "strength"),
+    ],
+)
 def test_bad_flags_exit_2_with_a_message(argv, message, capsys, tmp_path):
     assert main(argv + ["--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
@@ -57,16 +85,67 @@ def test_help_and_unknown_choices(capsys):
 def test_run_into_the_tail_uses_the_default_solver(tmp_path, capsys):
     # --solver defaults to the library's default: with --stop-loss that is the stiff switch.
     out = tmp_path / "tail"
-    assert main(["run", "--n", "6", "--m", "12", "--rank", "1", "--scale", "1e-2", "--t1", "1e5", "--stop-loss", "1e-10",
-                 "--points", "10", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--n",
+                "6",
+                "--m",
+                "12",
+                "--rank",
+                "1",
+                "--scale",
+                "1e-2",
+                "--t1",
+                "1e5",
+                "--stop-loss",
+                "1e-10",
+                "--points",
+                "10",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     traj = flows.Trajectory.load(out)
     assert traj.config["solver"] == "Tsit5ThenExtrapolation" and traj.loss[-1] < 1e-10
 
 
 def test_penalty_on_each_factor_maps_to_each_factor(tmp_path, capsys):
     out = tmp_path / "factors"
-    assert main(["run", "--n", "5", "--m", "10", "--rank", "1", "--parameterization", "factored", "--penalty", "ratio",
-                 "--on-factors", "--strength", "1e-3", "--scale", "0.3", "--t1", "1", "--points", "5", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--n",
+                "5",
+                "--m",
+                "10",
+                "--rank",
+                "1",
+                "--parameterization",
+                "factored",
+                "--penalty",
+                "ratio",
+                "--on-factors",
+                "--strength",
+                "1e-3",
+                "--scale",
+                "0.3",
+                "--t1",
+                "1",
+                "--points",
+                "5",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     penalty = flows.Trajectory.load(out).config["flow"]["penalty"]
     assert penalty["name"] == "EachFactor" and penalty["penalty"]["name"] == "Ratio"
 
@@ -75,16 +154,56 @@ def test_penalty_on_each_factor_maps_to_each_factor(tmp_path, capsys):
 def test_unwritable_out_is_one_line_and_exit_2_not_a_traceback(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    done = subprocess.run([sys.executable, "-m", "gradflow", "run", "--n", "4", "--m", "6", "--rank", "1", "--t1", "1",
-                           "--quiet", "--out", str(locked / "run")], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gradflow",
+            "run",
+            "--n",
+            "4",
+            "--m",
+            "6",
+            "--rank",
+            "1",
+            "--t1",
+            "1",
+            "--quiet",
+            "--out",
+            str(locked / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1
 
 
 def test_out_that_is_a_file_is_one_line_and_exit_2_through_the_console_script(tmp_path):
     occupied = tmp_path / "file"
     occupied.write_text("not a folder")
-    done = subprocess.run([sys.executable, "-m", "gradflow", "run", "--n", "4", "--m", "6", "--rank", "1", "--t1", "1",
-                           "--quiet", "--out", str(occupied)], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gradflow",
+            "run",
+            "--n",
+            "4",
+            "--m",
+            "6",
+            "--rank",
+            "1",
+            "--t1",
+            "1",
+            "--quiet",
+            "--out",
+            str(occupied),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
     assert "is not a folder" in done.stderr or "cannot create" in done.stderr

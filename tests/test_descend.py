@@ -12,6 +12,8 @@ U0 = SYMMETRIC.init(scale=0.5, kind="gaussian", seed=1)
 
 def symmetric(dynamics):
     return flows.Flow(PROBLEM, flows.Symmetric(), dynamics=dynamics)
+
+
 T, TS = 2.0, np.linspace(0, 2.0, 5)
 ETAS = np.array([1e-2, 1e-3, 1e-4])
 # Reference flows to rtol = 1e-12: their error is far below the smallest gap measured (~1e-8).
@@ -42,12 +44,16 @@ def test_gradient_descent_tracks_the_flow_to_first_order_and_the_modified_flow_t
 
 # Without momentum the steps are pre-asymptotic at eta = 1e-2 (sign-like steps overshoot by ~eta
 # where the field is steep, |d field / d g| up to 1 / eps), so those two are measured one decade lower.
-@pytest.mark.parametrize("flow, etas", [
-    (symmetric(flows.Adam(a=10.0, b=1.0, eps=1e-8)), ETAS),
-    (symmetric(flows.Momentum(a=10.0)), ETAS),
-    (symmetric(flows.RMSProp(b=2.0, eps=1e-8)), ETAS / 10),
-    (symmetric(flows.Sign(eps=0.1)), ETAS / 10),
-], ids=["adam", "momentum", "rmsprop", "sign"])
+@pytest.mark.parametrize(
+    "flow, etas",
+    [
+        (symmetric(flows.Adam(a=10.0, b=1.0, eps=1e-8)), ETAS),
+        (symmetric(flows.Momentum(a=10.0)), ETAS),
+        (symmetric(flows.RMSProp(b=2.0, eps=1e-8)), ETAS / 10),
+        (symmetric(flows.Sign(eps=0.1)), ETAS / 10),
+    ],
+    ids=["adam", "momentum", "rmsprop", "sign"],
+)
 def test_adaptive_flows_are_the_small_step_limit_of_their_optimizers(flow, etas):
     """optax.adam / EMA momentum / rmsprop / sign descent at 1 - beta = rate * eta: the gap is O(eta)."""
     state0 = flow.init(scale=0.5, kind="gaussian", seed=1)

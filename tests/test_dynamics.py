@@ -15,7 +15,12 @@ PROBLEM = flows.sensing(n=5, m=12, rank=2, seed=0)
 SYMMETRIC = flows.Flow(PROBLEM, flows.Symmetric())
 U0 = SYMMETRIC.init(scale=0.5, kind="gaussian", seed=1)
 PENALTIES = [flows.Nuclear(eps=1e-2), flows.Ratio(eps=1e-2, delta=1e-2), flows.Frobenius()]
-PARAMETERIZATIONS = [flows.Flow(PROBLEM, flows.Direct()), SYMMETRIC, flows.Flow(PROBLEM, flows.Factored()), flows.Flow(PROBLEM, flows.Deep(depth=3))]
+PARAMETERIZATIONS = [
+    flows.Flow(PROBLEM, flows.Direct()),
+    SYMMETRIC,
+    flows.Flow(PROBLEM, flows.Factored()),
+    flows.Flow(PROBLEM, flows.Deep(depth=3)),
+]
 
 
 def _params(flow, seed=2):
@@ -40,8 +45,11 @@ def _scale(tree):
     return max(1.0, max(float(jnp.abs(x).max()) for x in jax.tree.leaves(tree)))
 
 
-@pytest.mark.parametrize("parameterization", [flows.Direct(), flows.Symmetric(), flows.Factored(), flows.Deep(depth=3)],
-                         ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize(
+    "parameterization",
+    [flows.Direct(), flows.Symmetric(), flows.Factored(), flows.Deep(depth=3)],
+    ids=lambda p: type(p).__name__,
+)
 def test_penalized_field_is_gradient_flow_of_the_penalized_objective(parameterization):
     # Fails if a penalty's closed-form gradient or the fused pullback were wrong (e.g. the penalty gradient
     # pulled back twice, or added on theta instead of on W).
@@ -64,9 +72,11 @@ def test_each_factor_penalty_penalises_the_factors_not_the_product():
     np.testing.assert_allclose(penalty, np.linalg.svd(np.asarray(U @ V.T), compute_uv=False).sum(), rtol=1e-10)
 
 
-@pytest.mark.parametrize("parameterization, penalty", [(flows.Factored(), flows.Nuclear(eps=1e-2)),
-                                                       (flows.Deep(depth=3), flows.Ratio(eps=1e-2, delta=1e-2))],
-                         ids=["UV^T-nuclear", "deep3-ratio"])
+@pytest.mark.parametrize(
+    "parameterization, penalty",
+    [(flows.Factored(), flows.Nuclear(eps=1e-2)), (flows.Deep(depth=3), flows.Ratio(eps=1e-2, delta=1e-2))],
+    ids=["UV^T-nuclear", "deep3-ratio"],
+)
 def test_penalty_on_W_keeps_the_conserved_quantities(parameterization, penalty):
     flow = flow_of(parameterization, penalty=penalty, strength=0.5)
     state0 = _params(flow)
@@ -92,20 +102,36 @@ def test_bad_compositions_are_refused():
         (lambda: flows.Flow(PROBLEM, "deep"), "parameterization must"),
         (lambda: flows.Flow(flows.sensing(n=4, m=3, rank=1, symmetric=False, n2=5), flows.Symmetric()), "square"),
         (lambda: flows.EachFactor(flows.EachFactor(flows.Ratio())), "matrix penalty"),
-        (lambda: flows.Adam(a=0.0), "a must"), (lambda: flows.Adam(eps=0.0), "eps must"),
-        (lambda: flows.Modified(eta=-1), "eta must"), (lambda: flows.Deep(depth=0), "depth must"),
-        (lambda: flows.Deep(depth=3, width=(2,)), "hidden widths"), (lambda: flows.Symmetric(width=0), "width must"),
-        (lambda: flows.Flow.from_description(PROBLEM, {"parameterization": {"name": "spiral"}}), "unknown parameterization"),
-        (lambda: flows.Flow.from_description(PROBLEM, {"parameterization": {"name": "deep", "height": 2}}), "bad arguments"),
+        (lambda: flows.Adam(a=0.0), "a must"),
+        (lambda: flows.Adam(eps=0.0), "eps must"),
+        (lambda: flows.Modified(eta=-1), "eta must"),
+        (lambda: flows.Deep(depth=0), "depth must"),
+        (lambda: flows.Deep(depth=3, width=(2,)), "hidden widths"),
+        (lambda: flows.Symmetric(width=0), "width must"),
+        (
+            lambda: flows.Flow.from_description(PROBLEM, {"parameterization": {"name": "spiral"}}),
+            "unknown parameterization",
+        ),
+        (
+            lambda: flows.Flow.from_description(PROBLEM, {"parameterization": {"name": "deep", "height": 2}}),
+            "bad arguments",
+        ),
     ]:
         with pytest.raises(ValueError, match=message):
             make()
 
 
 def test_descriptions_round_trip_through_json():
-    for flow in [flow_of(flows.Deep(depth=3, width=(4, 3)), penalty=flows.EachFactor(flows.Ratio()), strength=1e-2,
-                         dynamics=flows.Adam(a=10.0)),
-                 flow_of(flows.Direct(), dynamics=flows.Modified(eta=0.1)), flow_of(dynamics=flows.Sign(eps=0.5))]:
+    for flow in [
+        flow_of(
+            flows.Deep(depth=3, width=(4, 3)),
+            penalty=flows.EachFactor(flows.Ratio()),
+            strength=1e-2,
+            dynamics=flows.Adam(a=10.0),
+        ),
+        flow_of(flows.Direct(), dynamics=flows.Modified(eta=0.1)),
+        flow_of(dynamics=flows.Sign(eps=0.5)),
+    ]:
         description = json.loads(json.dumps(flow.describe()))
         rebuilt = flows.Flow.from_description(PROBLEM, description)
         assert rebuilt.describe() == description
@@ -113,9 +139,11 @@ def test_descriptions_round_trip_through_json():
         assert _max_diff(rebuilt.vector_field(0.5, state), flow.vector_field(0.5, state)) == 0.0
 
 
-@pytest.mark.parametrize("dynamics", [flows.Adam(a=10, b=1, eps=1e-8), flows.RMSProp(b=1, eps=1e-8),
-                                      flows.Momentum(a=10), flows.Sign(eps=1e-8)],
-                         ids=["adam", "rmsprop", "momentum", "sign"])
+@pytest.mark.parametrize(
+    "dynamics",
+    [flows.Adam(a=10, b=1, eps=1e-8), flows.RMSProp(b=1, eps=1e-8), flows.Momentum(a=10), flows.Sign(eps=1e-8)],
+    ids=["adam", "rmsprop", "momentum", "sign"],
+)
 def test_bias_correction_at_t0_is_the_limit_not_nan(dynamics):
     """At t = 0 the moments are 0 and 1 - e^{-at} = 0; the field takes the limit mhat = g, vhat = g^2."""
     flow = flow_of(dynamics=dynamics)
@@ -153,10 +181,14 @@ def test_adam_with_tiny_eps_is_invariant_to_scaling_the_loss_and_gradient_flow_r
     # A and y times 10 multiply L by exactly 100.
     scaled = flows.Problem.from_matrices(10 * np.asarray(PROBLEM.A), 10 * np.asarray(PROBLEM.y), truth=PROBLEM.truth)
     ts, tol = np.linspace(0, 2.0, 5), dict(rtol=1e-10, atol=1e-12)
-    adam, adam_scaled = (flows.Flow(p, flows.Symmetric(), dynamics=flows.Adam(a=10.0, b=1.0, eps=1e-14))
-                         for p in (PROBLEM, scaled))
+    adam, adam_scaled = (
+        flows.Flow(p, flows.Symmetric(), dynamics=flows.Adam(a=10.0, b=1.0, eps=1e-14)) for p in (PROBLEM, scaled)
+    )
     state0 = adam.init(scale=0.5, kind="gaussian", seed=1)
-    one, hundred = flows.solve(adam, state0, t1=2.0, ts=ts, **tol), flows.solve(adam_scaled, state0, t1=2.0, ts=ts, **tol)
+    one, hundred = (
+        flows.solve(adam, state0, t1=2.0, ts=ts, **tol),
+        flows.solve(adam_scaled, state0, t1=2.0, ts=ts, **tol),
+    )
     # Same ODE for theta up to eps / |g| ~ 1e-13; the two solves differ by their own local errors (~100 rtol).
     assert np.abs(one.states["params"] - hundred.states["params"]).max() <= 1e-8
     np.testing.assert_allclose(hundred.loss, 100 * one.loss, rtol=1e-7)
@@ -192,8 +224,9 @@ def test_sign_flow_is_the_large_rate_limit_of_adam():
 def test_rmsprop_is_the_large_momentum_rate_limit_of_adam():
     # a -> infinity: mhat follows g at once; the gap closes like 1/a (slope -1).
     ts = np.linspace(0, 1.0, 5)
-    rmsprop = flows.solve(flow_of(dynamics=flows.RMSProp(b=2.0, eps=1e-2)), {"params": U0, "v": 0 * U0}, t1=1.0,
-                          ts=ts, **TOL)
+    rmsprop = flows.solve(
+        flow_of(dynamics=flows.RMSProp(b=2.0, eps=1e-2)), {"params": U0, "v": 0 * U0}, t1=1.0, ts=ts, **TOL
+    )
     rates = np.array([300.0, 1000.0, 3000.0, 10000.0])
     errors = []
     for a in rates:
@@ -217,9 +250,11 @@ def test_adam_with_large_eps_is_gradient_flow_in_slow_time():
     assert errors[-1] < 1e-3
 
 
-@pytest.mark.parametrize("parameterization, penalty", [(flows.Symmetric(), None),
-                                                       (flows.Deep(depth=3), flows.Ratio(1e-2, 1e-2))],
-                         ids=["symmetric", "penalized-deep3-ratio"])
+@pytest.mark.parametrize(
+    "parameterization, penalty",
+    [(flows.Symmetric(), None), (flows.Deep(depth=3), flows.Ratio(1e-2, 1e-2))],
+    ids=["symmetric", "penalized-deep3-ratio"],
+)
 def test_modified_field_is_gradient_flow_of_the_modified_objective(parameterization, penalty):
     """-(g + eta/2 H g) from a JVP equals reverse-over-reverse autodiff of f + eta/4 ||grad f||^2."""
     eta = 0.05
@@ -239,9 +274,36 @@ def test_modified_field_is_gradient_flow_of_the_modified_objective(parameterizat
 
 def test_cli_runs_a_penalized_adam_flow(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["run", "--problem", "sensing", "--n", "5", "--m", "12", "--parameterization", "symmetric",
-                 "--scale", "0.3", "--penalty", "nuclear", "--strength", "1e-2", "--dynamics", "adam", "--a", "10",
-                 "--t1", "1", "--points", "5", "--quiet", "--out", str(out)])
+    code = main(
+        [
+            "run",
+            "--problem",
+            "sensing",
+            "--n",
+            "5",
+            "--m",
+            "12",
+            "--parameterization",
+            "symmetric",
+            "--scale",
+            "0.3",
+            "--penalty",
+            "nuclear",
+            "--strength",
+            "1e-2",
+            "--dynamics",
+            "adam",
+            "--a",
+            "10",
+            "--t1",
+            "1",
+            "--points",
+            "5",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     traj = flows.Trajectory.load(out)
     assert set(traj.states) == {"params", "m", "v"}

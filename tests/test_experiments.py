@@ -40,8 +40,7 @@ def test_every_macro_the_paper_uses_is_generated():
 
 
 def test_quick_runs_regenerate_the_same_macros_and_resume(tmp_path):
-    tally, _ = experiments.reproduce(CHEAP, quick=True, store=tmp_path / "store", out=tmp_path / "out",
-                                     progress=False)
+    tally, _ = experiments.reproduce(CHEAP, quick=True, store=tmp_path / "store", out=tmp_path / "out", progress=False)
     assert tally.failed == 0 and tally.done > 0
     for name in CHEAP:
         quick = generated_names((tmp_path / "out" / "generated" / f"{name}.tex").read_text())
@@ -49,8 +48,7 @@ def test_quick_runs_regenerate_the_same_macros_and_resume(tmp_path):
         assert quick == full, name  # the same macros at both scales: the paper builds from either
     figures = list((tmp_path / "out" / "figures").iterdir())
     assert {p.suffix for p in figures} == {".pdf", ".png"} and all(p.stat().st_size > 5000 for p in figures)
-    again, _ = experiments.reproduce(CHEAP, quick=True, store=tmp_path / "store", out=tmp_path / "out",
-                                     progress=False)
+    again, _ = experiments.reproduce(CHEAP, quick=True, store=tmp_path / "store", out=tmp_path / "out", progress=False)
     assert again.done == 0 and again.reused == tally.done + tally.reused  # nothing finished is recomputed
 
 

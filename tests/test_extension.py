@@ -35,8 +35,11 @@ class ScaledFactors(flows.AbstractParameterization):
         n1, n2 = shape
         if kind == "identity":
             return Scaled(scale * np.eye(n1, self.width), scale * np.ones(self.width), scale * np.eye(n2, self.width))
-        return Scaled(scale * rng.standard_normal((n1, self.width)), scale * (1 + rng.random(self.width)),
-                      scale * rng.standard_normal((n2, self.width)))
+        return Scaled(
+            scale * rng.standard_normal((n1, self.width)),
+            scale * (1 + rng.random(self.width)),
+            scale * rng.standard_normal((n2, self.width)),
+        )
 
     def product(self, theta):
         return (theta.U * theta.d) @ theta.V.T
@@ -68,16 +71,32 @@ class SmoothedL1(flows.AbstractMatrixPenalty):
 
 
 PROBLEM = flows.completion(n=6, m=20, rank=1, seed=0, symmetric=False)
-DYNAMICS = {"gradient": flows.GradientFlow(), "adam": flows.Adam(a=10.0, b=1.0, eps=1e-8),
-            "rmsprop": flows.RMSProp(b=1.0, eps=1e-8), "momentum": flows.Momentum(a=10.0), "sign": flows.Sign(eps=1e-2),
-            "modified": flows.Modified(eta=1e-2)}
-PENALTIES = {"none": None, "nuclear": flows.Nuclear(eps=1e-2), "ratio": flows.Ratio(), "frobenius": flows.Frobenius(),
-             "each-factor": flows.EachFactor(flows.Frobenius()), "smoothed-l1": SmoothedL1()}
+DYNAMICS = {
+    "gradient": flows.GradientFlow(),
+    "adam": flows.Adam(a=10.0, b=1.0, eps=1e-8),
+    "rmsprop": flows.RMSProp(b=1.0, eps=1e-8),
+    "momentum": flows.Momentum(a=10.0),
+    "sign": flows.Sign(eps=1e-2),
+    "modified": flows.Modified(eta=1e-2),
+}
+PENALTIES = {
+    "none": None,
+    "nuclear": flows.Nuclear(eps=1e-2),
+    "ratio": flows.Ratio(),
+    "frobenius": flows.Frobenius(),
+    "each-factor": flows.EachFactor(flows.Frobenius()),
+    "smoothed-l1": SmoothedL1(),
+}
 
 
 def make(penalty="none", dynamics="gradient"):
-    return flows.Flow(PROBLEM, ScaledFactors(width=2), penalty=PENALTIES[penalty],
-                      strength=None if penalty == "none" else 1e-2, dynamics=DYNAMICS[dynamics])
+    return flows.Flow(
+        PROBLEM,
+        ScaledFactors(width=2),
+        penalty=PENALTIES[penalty],
+        strength=None if penalty == "none" else 1e-2,
+        dynamics=DYNAMICS[dynamics],
+    )
 
 
 @pytest.mark.parametrize("dynamics", list(DYNAMICS))
@@ -128,8 +147,15 @@ def test_the_default_solver_takes_the_stiff_path_and_keeps_the_conserved_quantit
     np.testing.assert_allclose(flows.kernel_matrix(flow, state0), M @ M.T, rtol=1e-12, atol=1e-12)
     # The extrapolation alone lands where an explicit solve does.
     t1 = 50.0
-    implicit = flows.solve(flow, state0, t1=t1, ts=np.array([0.0, t1]), solver=flows.LinearlyImplicitExtrapolation(),
-                           rtol=1e-10, atol=1e-12)
+    implicit = flows.solve(
+        flow,
+        state0,
+        t1=t1,
+        ts=np.array([0.0, t1]),
+        solver=flows.LinearlyImplicitExtrapolation(),
+        rtol=1e-10,
+        atol=1e-12,
+    )
     explicit = flows.solve(flow, state0, t1=t1, ts=np.array([0.0, t1]), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(implicit.W[-1], explicit.W[-1], atol=1e-7)
 

@@ -27,8 +27,9 @@ def _rel(a, b):
 @pytest.mark.parametrize("kind, init", [("sensing", "zero"), ("sensing", "gaussian"), ("completion", "identity")])
 def test_direct_flow_matches_closed_form(kind, init):
     """W(t) = W0 - A*(G^+ (I - e^{-Gt}) r0): the integrator's relative error stays within 100 x rtol."""
-    problem = flows.sensing(n=5, m=8, rank=1, seed=1) if kind == "sensing" else flows.completion(
-        n=5, m=8, rank=1, seed=1)
+    problem = (
+        flows.sensing(n=5, m=8, rank=1, seed=1) if kind == "sensing" else flows.completion(n=5, m=8, rank=1, seed=1)
+    )
     flow = flows.Flow(problem, flows.Direct())
     W0 = flow.init(scale=0.3, kind=init, seed=2)
     ts = np.array([0.0, 1e-3, 1e-2, 0.1, 1.0, 10.0, 50.0])
@@ -62,24 +63,29 @@ def test_deep_depth_one_is_direct_and_depth_two_is_factored():
     assert _rel(deep2.W[1:], fac.W[1:]).max() <= 100 * RTOL
 
 
-@pytest.mark.parametrize("make, init", [
-    (lambda p: flows.Flow(p, flows.Factored()), "gaussian"),
-    (lambda p: flows.Flow(p, flows.Factored(width=3)), "balanced"),
-    (lambda p: flows.Flow(p, flows.Deep(depth=3)), "balanced"),
-    (lambda p: flows.Flow(p, flows.Deep(depth=4, width=(3, 6, 4))), "gaussian"),
-])
+@pytest.mark.parametrize(
+    "make, init",
+    [
+        (lambda p: flows.Flow(p, flows.Factored()), "gaussian"),
+        (lambda p: flows.Flow(p, flows.Factored(width=3)), "balanced"),
+        (lambda p: flows.Flow(p, flows.Deep(depth=3)), "balanced"),
+        (lambda p: flows.Flow(p, flows.Deep(depth=4, width=(3, 6, 4))), "gaussian"),
+    ],
+)
 def test_conserved_quantities_drift_below_1e7_over_a_run_to_convergence(sensing, make, init):
     flow = make(sensing)
-    traj = flows.solve(flow, flow.init(scale=0.5, kind=init, seed=0), t1=1e4, stop_loss=1e-14,
-                       rtol=1e-10, atol=1e-12)
+    traj = flows.solve(flow, flow.init(scale=0.5, kind=init, seed=0), t1=1e4, stop_loss=1e-14, rtol=1e-10, atol=1e-12)
     assert traj.stats["stopped_by_loss"] and traj.loss[-1] < 1e-14
     drift = traj.conserved_drift()
     assert drift and max(d.max() for d in drift.values()) <= 1e-7
 
 
 def test_inits_have_their_stated_form(sensing):
-    np.testing.assert_allclose(flows.Flow(sensing, flows.Symmetric()).product(flows.Flow(sensing, flows.Symmetric()).init(1e-2)),
-                               1e-4 * np.eye(5), atol=1e-18)
+    np.testing.assert_allclose(
+        flows.Flow(sensing, flows.Symmetric()).product(flows.Flow(sensing, flows.Symmetric()).init(1e-2)),
+        1e-4 * np.eye(5),
+        atol=1e-18,
+    )
     deep = flows.Flow(sensing, flows.Deep(depth=3, width=(4, 7)))
     factors = deep.init(scale=0.5, kind="balanced", seed=1)
     assert [f.shape for f in factors] == [(4, 5), (7, 4), (5, 7)]
@@ -295,8 +301,12 @@ class _ModuleState(eqx.Module):
 
 
 def test_store_round_trips_module_states(tmp_path):
-    states = _ModuleState(U=np.arange(18.0).reshape(2, 3, 3), moments=(np.ones((2, 3)), {"v": np.zeros((2, 1))}),
-                          label="adam", widths=(3, (1, 2)))
+    states = _ModuleState(
+        U=np.arange(18.0).reshape(2, 3, 3),
+        moments=(np.ones((2, 3)), {"v": np.zeros((2, 1))}),
+        label="adam",
+        widths=(3, (1, 2)),
+    )
     W = np.zeros((2, 3, 3))
     traj = flows.Trajectory(ts=np.array([0.0, 1.0]), states=states, W=W, loss=np.zeros(2))
     loaded = flows.Trajectory.load(traj.save(tmp_path / "module"))

@@ -34,8 +34,10 @@ def _probe(penalty, W, E, h):
     """
     grad = penalty.grad(W)
     return {
-        "value": penalty(W), "grad": grad,
-        "directional": jnp.vdot(grad, E), "fd_value": (penalty(W + h * E) - penalty(W - h * E)) / (2 * h),
+        "value": penalty(W),
+        "grad": grad,
+        "directional": jnp.vdot(grad, E),
+        "fd_value": (penalty(W + h * E) - penalty(W - h * E)) / (2 * h),
         "jvp": jax.jvp(penalty.grad, (W,), (E,))[1],
         "fd_grad": (penalty.grad(W + h * E) - penalty.grad(W - h * E)) / (2 * h),
         "hessian": jax.hessian(penalty)(W),
@@ -144,10 +146,18 @@ def test_ratio_matches_the_exact_ratio_and_is_scale_invariant():
     assert abs(float(jnp.vdot(ratio.grad(W), W))) <= 1e-14 * float(jnp.linalg.norm(ratio.grad(W)) * F)
 
 
-@pytest.mark.parametrize("make", [lambda: flows.Nuclear(eps=0.0), lambda: flows.Nuclear(eps=-1.0),
-                                  lambda: flows.Ratio(eps=0.0), lambda: flows.Ratio(delta=-1e-3),
-                                  lambda: flows.Ratio(delta=float("nan")), lambda: flows.Ratio(delta=None),
-                                  lambda: flows.Ratio(delta="abc")])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: flows.Nuclear(eps=0.0),
+        lambda: flows.Nuclear(eps=-1.0),
+        lambda: flows.Ratio(eps=0.0),
+        lambda: flows.Ratio(delta=-1e-3),
+        lambda: flows.Ratio(delta=float("nan")),
+        lambda: flows.Ratio(delta=None),
+        lambda: flows.Ratio(delta="abc"),
+    ],
+)
 def test_bad_parameters_are_refused(make):
     with pytest.raises(ValueError, match="eps|delta"):
         make()

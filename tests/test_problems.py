@@ -34,8 +34,16 @@ def _problem(kind: str, n: int, m: int, seed: int):
     return flows.Problem.from_entries((n, n), rows, cols, rng.standard_normal(len(rows)))
 
 
-KINDS = ["sensing", "sensing-asymmetric", "completion", "commuting", "rank-one", "rank-one-asymmetric", "matrices",
-         "entries"]
+KINDS = [
+    "sensing",
+    "sensing-asymmetric",
+    "completion",
+    "commuting",
+    "rank-one",
+    "rank-one-asymmetric",
+    "matrices",
+    "entries",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -68,8 +76,12 @@ def test_operator_matches_dense_matrices(kind):
 
 @pytest.mark.parametrize("kind", ["sensing", "completion", "commuting", "rank-one"])
 def test_truth_interpolates_and_has_its_rank(kind):
-    problem = {"sensing": flows.sensing, "completion": flows.completion, "commuting": flows.commuting,
-               "rank-one": flows.rank_one_sensing}[kind](n=8, m=30, rank=2, seed=5)
+    problem = {
+        "sensing": flows.sensing,
+        "completion": flows.completion,
+        "commuting": flows.commuting,
+        "rank-one": flows.rank_one_sensing,
+    }[kind](n=8, m=30, rank=2, seed=5)
     truth = np.asarray(problem.truth)
     assert problem.loss(problem.truth) <= 1e-25
     s = np.linalg.svd(truth, compute_uv=False)
@@ -145,8 +157,10 @@ def test_rank_one_flow_matches_dense():
     relative; a wrong operator would change W at O(1). (The stiff solver's kernel: the test above.)"""
     problem, dense = _rank_one_and_dense(symmetric=True, m=14)
     flow, dense_flow = flows.Flow(problem, flows.Symmetric()), flows.Flow(dense, flows.Symmetric())
-    rank_one, reference = (flows.solve(f, f.init(scale=0.1), t1=2.0, ts=np.linspace(0.0, 2.0, 9), rtol=1e-10,
-                                       atol=1e-12) for f in (flow, dense_flow))
+    rank_one, reference = (
+        flows.solve(f, f.init(scale=0.1), t1=2.0, ts=np.linspace(0.0, 2.0, 9), rtol=1e-10, atol=1e-12)
+        for f in (flow, dense_flow)
+    )
     scale = np.abs(reference.W).max()
     np.testing.assert_allclose(rank_one.W, reference.W, rtol=1e-8, atol=1e-8 * scale)
     assert rank_one.loss[-1] < 1e-2 * rank_one.loss[0]  # the flow moved: the comparison is not of two inits

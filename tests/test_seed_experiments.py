@@ -18,9 +18,16 @@ def _orthonormal(rng, n, k):
     return np.linalg.qr(rng.standard_normal((n, k)))[0]
 
 
-@pytest.mark.parametrize("grids, quick", [(penalties.GRIDS, True), (penalties.GRIDS, False),
-                                          (penalties.ARORA_GRIDS, False), (penalties.ARORA_MID_GRIDS, False),
-                                          (penalties.ARORA_FEW_GRIDS, False)])
+@pytest.mark.parametrize(
+    "grids, quick",
+    [
+        (penalties.GRIDS, True),
+        (penalties.GRIDS, False),
+        (penalties.ARORA_GRIDS, False),
+        (penalties.ARORA_MID_GRIDS, False),
+        (penalties.ARORA_FEW_GRIDS, False),
+    ],
+)
 def test_the_grid_holds_every_contrast_the_claims_need_once(grids, quick):
     grid = grids[quick]
     configs = penalties.cells(grid)
@@ -44,8 +51,15 @@ def test_the_grid_holds_every_contrast_the_claims_need_once(grids, quick):
     if not quick:
         assert max(grid.strengths) / min(grid.strengths) >= 1e3  # the three decades
     # Every cell builds what it says; so does the penalty on each factor (its runs were cut: see `cells`).
-    flow, state0 = penalties.build({**configs[0], "parameterization": "depth 3", "penalty": "ratio on each factor",
-                                    "strength": 1.0, "dynamics": "Adam"})
+    flow, state0 = penalties.build(
+        {
+            **configs[0],
+            "parameterization": "depth 3",
+            "penalty": "ratio on each factor",
+            "strength": 1.0,
+            "dynamics": "Adam",
+        }
+    )
     assert isinstance(flow.parameterization, flows.Deep) and isinstance(flow.penalty, flows.EachFactor)
     flow, state0 = penalties.build(configs[0])
     p = penalties.problem(configs[0])
@@ -100,8 +114,14 @@ def test_the_pure_penalty_gradient_flow_keeps_the_singular_frame_and_the_adam_fl
 def test_summary_reads_best_window_and_budget_from_a_curve():
     t = np.array([0.0, 1.0, 2.0, 4.0, 8.0, 16.0])
     error = np.array([0.8, 0.5, 0.05, 0.02, 0.3, 2.0])
-    curve = {"t": t, "error": error, "erank": np.array([9.0, 7.0, 3.0, 2.0, 2.0, 1.5]),
-             "mse": np.array([0.0, 1e-3, 2e-3, 1e-3, 0.1, 0.5]), "norm": np.ones(6), "ratio": np.ones(6)}
+    curve = {
+        "t": t,
+        "error": error,
+        "erank": np.array([9.0, 7.0, 3.0, 2.0, 2.0, 1.5]),
+        "mse": np.array([0.0, 1e-3, 2e-3, 1e-3, 0.1, 0.5]),
+        "norm": np.ones(6),
+        "ratio": np.ones(6),
+    }
     row = penalties.summary(curve, nuclear_error=0.1, budget=4.0)
     assert (row["best"], row["t_best"], row["end"]) == (0.02, 4.0, 2.0)
     assert (row["window_start"], row["window_end"]) == (2.0, 4.0)
@@ -117,9 +137,13 @@ def test_hoyer_square_is_the_squared_ratio_with_its_gradient():
     assert float(hoyer(W)) == pytest.approx(R**2, rel=1e-9)
     np.testing.assert_allclose(hoyer.grad(W), 2 * R * (U @ Vt / F - s.sum() * np.asarray(W) / F**3), atol=1e-9)
     assert float(hoyer(3.0 * W)) == pytest.approx(float(hoyer(W)), rel=1e-12)
-    assert flows.Flow.from_description(flows.completion(4, 6, 1), {"parameterization": {"name": "direct"},
-                                       "penalty": hoyer.describe(), "strength": 1.0}).penalty.describe() == \
-        hoyer.describe()
+    assert (
+        flows.Flow.from_description(
+            flows.completion(4, 6, 1),
+            {"parameterization": {"name": "direct"}, "penalty": hoyer.describe(), "strength": 1.0},
+        ).penalty.describe()
+        == hoyer.describe()
+    )
     np.testing.assert_allclose(float(ratio(W)) ** 2, float(hoyer(W)), rtol=1e-12)
 
 
@@ -135,7 +159,8 @@ def test_the_each_factor_grid_holds_both_placements_at_every_strength_dynamics_a
             assert (dynamics, ratio_delta, param, placement, strength, seed) in keys
             for delta in each_factor.DELTAS:  # the smoothing sweep: on each factor, gradient flow
                 assert (("gradient flow", delta, param, placement, strength, seed) in keys) == (
-                    placement == "ratio on each factor")
+                    placement == "ratio on each factor"
+                )
                 assert ("Adam", delta, param, placement, strength, seed) not in keys
         assert (dynamics, ratio_delta, param, "none", None, seed) in keys
     assert max(each_factor.STRENGTHS) / min(each_factor.STRENGTHS) >= 1e3
@@ -181,11 +206,21 @@ def test_the_ratio_on_each_factor_collapses_small_factors_and_on_the_product_or_
     norms = {}
     for placement, delta in [*((p, None) for p in each_factor.PLACEMENTS), ("ratio on each factor", 0.0)]:
         flow, state0 = penalties.build({**config, "penalty": placement, **({} if delta is None else {"delta": delta})})
-        traj = flows.solve(flow, state0, t1=1.0, ts=np.array([0.0, 1.0]), rtol=penalties.RTOL, atol=each_factor.ATOL,
-                           solver=diffrax.Tsit5())
+        traj = flows.solve(
+            flow,
+            state0,
+            t1=1.0,
+            ts=np.array([0.0, 1.0]),
+            rtol=penalties.RTOL,
+            atol=each_factor.ATOL,
+            solver=diffrax.Tsit5(),
+        )
         norms[placement, delta] = np.linalg.norm(traj.W, axis=(1, 2))
-    on_product, on_each, on_each_exact = norms["ratio", None], norms["ratio on each factor", None], norms[
-        "ratio on each factor", 0.0]
+    on_product, on_each, on_each_exact = (
+        norms["ratio", None],
+        norms["ratio on each factor", None],
+        norms["ratio on each factor", 0.0],
+    )
     assert on_each[-1] < 1e-8 * on_each[0], on_each
     assert on_product[-1] > 0.5 * on_product[0], on_product
     assert on_each_exact[-1] > 0.5 * on_each_exact[0], on_each_exact
@@ -208,6 +243,7 @@ def test_the_denominator_runs_are_the_penalties_grids_own_cells(quick):
 def test_claim_three_reads_the_budget_and_the_flow_limit():
     def rows(best, budget):
         return [{"best": best, "budget": budget}] * 3
+
     fast_and_good, slow = rows(1e-3, 1e-3), rows(1e-1, 1.0)
     assert penalties.verdict_three(fast_and_good, slow) == "holds"
     assert penalties.verdict_three(rows(1e-3, 1e-3), rows(1.5e-3, 1.0)) == "holds on a fixed time budget only"

@@ -78,7 +78,9 @@ def test_matrix_free_solve_past_its_iteration_budget_is_nan():
     flow = FLOWS["deep-completion"]()
     point, unravel = ravel_pytree(flow.init(scale=0.7, kind="gaussian", seed=3))
     b = jnp.sin(jnp.arange(point.size, dtype=jnp.float64))
-    assert jnp.isnan(flows.ConjugateGradient(max_steps=2).linearise(flow, point, unravel, 1.0).solve(1e4, b, unravel)).all()
+    assert jnp.isnan(
+        flows.ConjugateGradient(max_steps=2).linearise(flow, point, unravel, 1.0).solve(1e4, b, unravel)
+    ).all()
 
 
 def test_order_holds_with_a_frozen_jacobian():
@@ -92,8 +94,15 @@ def test_order_holds_with_a_frozen_jacobian():
     for refresh, growth in ((1e-3, 2.0), (float("inf"), float("inf"))):
         errors = []
         for n in (4, 8):
-            traj = flows.solve(flow, state0, t1=T, ts=[T], stepsize_controller=diffrax.ConstantStepSize(), dt0=T / n,
-                               solver=flows.LinearlyImplicitExtrapolation(columns=columns, refresh=refresh, growth=growth))
+            traj = flows.solve(
+                flow,
+                state0,
+                t1=T,
+                ts=[T],
+                stepsize_controller=diffrax.ConstantStepSize(),
+                dt0=T / n,
+                solver=flows.LinearlyImplicitExtrapolation(columns=columns, refresh=refresh, growth=growth),
+            )
             errors.append(np.linalg.norm(traj.W[-1] - exact) / np.linalg.norm(exact))
         assert np.log2(errors[0] / errors[1]) > columns - 0.4, (refresh, errors)
 
@@ -111,10 +120,17 @@ def test_direct_flow_matches_closed_form():
     assert np.max(np.linalg.norm(traj.W - exact, axis=(1, 2)) / scale) < 1e-6
 
 
-@pytest.mark.parametrize("solver", [
-    flows.LinearlyImplicitExtrapolation(), flows.Tsit5ThenExtrapolation(),
-    flows.Tsit5ThenExtrapolation(stiff_solver=flows.LinearlyImplicitExtrapolation(linear_solver=flows.ConjugateGradient())),
-], ids=["extrapolation", "switching", "switching-matrix-free"])
+@pytest.mark.parametrize(
+    "solver",
+    [
+        flows.LinearlyImplicitExtrapolation(),
+        flows.Tsit5ThenExtrapolation(),
+        flows.Tsit5ThenExtrapolation(
+            stiff_solver=flows.LinearlyImplicitExtrapolation(linear_solver=flows.ConjugateGradient())
+        ),
+    ],
+    ids=["extrapolation", "switching", "switching-matrix-free"],
+)
 def test_symmetric_tail_matches_explicit_and_is_stiff(solver):
     # Into the stiff tail (loss < 1e-10): the states of Tsit5 at rtol 1e-11 (an explicit method, its
     # steps bounded by stability there) at every saved time, to 1e-6, in far fewer steps.
@@ -134,8 +150,9 @@ def test_conserved_quantities(name):
     # implicit steps do not conserve them exactly, but to the solver's tolerance (rtol 1e-8, drift < 1e-6),
     # through the switch from Tsit5 into the tail.
     flow, state0 = _completion_flow(name)
-    traj = flows.solve(flow, state0, t1=1e8, ts=flows.default_ts(1e8, 30), stop_loss=1e-10,
-                       solver=flows.Tsit5ThenExtrapolation())
+    traj = flows.solve(
+        flow, state0, t1=1e8, ts=flows.default_ts(1e8, 30), stop_loss=1e-10, solver=flows.Tsit5ThenExtrapolation()
+    )
     assert traj.stats["switched"], traj.stats  # the drift below includes the extrapolation's steps
     for name, drift in traj.conserved_drift().items():
         assert drift.max() < 1e-6, name
@@ -154,11 +171,15 @@ class _Shifted(flows.AbstractFlow):
         return -self.problem.grad(state)
 
 
-@pytest.mark.parametrize("flow", [
-    _Shifted(_sensing()),  # no parameterization to linearise through
-    flows.Flow(_sensing(), flows.Direct(), dynamics=flows.Adam()),  # not -grad: Gauss-Newton does not linearise it
-    flows.Flow(_sensing(), flows.Direct(), penalty=flows.Nuclear(), strength=1.0),  # curvature beyond Gauss-Newton
-], ids=["abstract-flow", "adam", "penalized"])
+@pytest.mark.parametrize(
+    "flow",
+    [
+        _Shifted(_sensing()),  # no parameterization to linearise through
+        flows.Flow(_sensing(), flows.Direct(), dynamics=flows.Adam()),  # not -grad: Gauss-Newton does not linearise it
+        flows.Flow(_sensing(), flows.Direct(), penalty=flows.Nuclear(), strength=1.0),  # curvature beyond Gauss-Newton
+    ],
+    ids=["abstract-flow", "adam", "penalized"],
+)
 def test_rejects_a_flow_it_cannot_linearise(flow):
     state0 = flow.init(scale=0.1)
     with pytest.raises(ValueError, match="linearise a gradient flow of the data loss"):
@@ -230,16 +251,36 @@ def test_save_times_are_landed_on_whatever_the_controller():
     ts = np.linspace(0.0, 20.0, 9)
     reference = flows.solve(flow, state0, t1=20.0, ts=ts, rtol=1e-12, solver=flows.solver_by_name("dopri8"))
     for solver in (flows.LinearlyImplicitExtrapolation(), flows.Tsit5ThenExtrapolation()):
-        traj = flows.solve(flow, state0, t1=20.0, ts=ts, solver=solver,
-                           stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10))
+        traj = flows.solve(
+            flow,
+            state0,
+            t1=20.0,
+            ts=ts,
+            solver=solver,
+            stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10),
+        )
         assert traj.stats["saved_times"] == "landed"
         error = np.linalg.norm(traj.W - reference.W, axis=(1, 2)) / np.linalg.norm(reference.W, axis=(1, 2))
         assert error.max() <= 100 * 1e-8, (type(solver).__name__, error.max())
     with pytest.raises(ValueError, match="adaptive step-size controller, or fixed steps"):
-        flows.solve(flow, state0, t1=1.0, ts=[0.0, 0.25, 1.0], solver=flows.LinearlyImplicitExtrapolation(),
-                    stepsize_controller=diffrax.ConstantStepSize(), dt0=0.1)
-    fixed = flows.solve(flow, state0, t1=1.0, ts=[0.0, 0.5, 1.0], solver=flows.LinearlyImplicitExtrapolation(),
-                        stepsize_controller=diffrax.ConstantStepSize(), dt0=0.1)
+        flows.solve(
+            flow,
+            state0,
+            t1=1.0,
+            ts=[0.0, 0.25, 1.0],
+            solver=flows.LinearlyImplicitExtrapolation(),
+            stepsize_controller=diffrax.ConstantStepSize(),
+            dt0=0.1,
+        )
+    fixed = flows.solve(
+        flow,
+        state0,
+        t1=1.0,
+        ts=[0.0, 0.5, 1.0],
+        solver=flows.LinearlyImplicitExtrapolation(),
+        stepsize_controller=diffrax.ConstantStepSize(),
+        dt0=0.1,
+    )
     assert fixed.stats["saved_times"] == "landed"
 
 
@@ -251,6 +292,7 @@ def test_a_drifting_conserved_quantity_is_reported_and_warned():
     assert drift <= 100 * 1e-10 and faithful.stats["conserved_drift"]["U^T U - V^T V"] == drift
     # Fixed Euler steps conserve U^T U - V^T V only to O(h): the run says so.
     with pytest.warns(flows.FaithfulnessWarning, match="drifted by more than 100 x rtol"):
-        loose = flows.solve(flow, state0, t1=5.0, solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSize(),
-                            dt0=0.05)
+        loose = flows.solve(
+            flow, state0, t1=5.0, solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSize(), dt0=0.05
+        )
     assert loose.faithfulness()["conserved_drift"]["U^T U - V^T V"] > 1e-6

@@ -180,8 +180,9 @@ def test_executor_sweep_accepts_only_checked_files(tmp_path):
 
 def _run_child(script: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_killed_sweep_resumes(tmp_path):
@@ -220,7 +221,8 @@ def test_killed_sweep_resumes(tmp_path):
 def test_sharded_over_four_devices_matches_one(tmp_path):
     # XLA_FLAGS must be set before jax is imported, hence the child process. Six runs over four devices
     # (padded to eight) against the same six on one device.
-    child = _run_child(f"""
+    child = _run_child(
+        f"""
         import jax, numpy as np, flows
         from tests.test_sweep import build
         assert len(jax.devices()) == 4, jax.devices()
@@ -233,6 +235,8 @@ def test_sharded_over_four_devices_matches_one(tmp_path):
             np.testing.assert_allclose(ta.W, tb.W, rtol=1e-9, atol=1e-12)
             assert ta.stats["num_steps"] == tb.stats["num_steps"]
         print("ok", len(sharded))
-    """, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    """,
+        {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )
     assert child.returncode == 0, child.stderr
     assert "ok 6" in child.stdout
