@@ -73,7 +73,16 @@ from ._stiff import (  # noqa: E402
     Woodbury,
     kernel_matrix,
 )
-from ._store import CorruptRecordError, read_record, write_json, write_record  # noqa: E402
+from ._keys import SCHEMA, fingerprint  # noqa: E402
+from ._store import (  # noqa: E402
+    CorruptRecordError,
+    StoreSchemaError,
+    cached,
+    open_store,
+    read_record,
+    write_json,
+    write_record,
+)
 from ._sweep import Run, grid, sweep  # noqa: E402
 from ._trajectory import CorruptTrajectoryError, Trajectory  # noqa: E402
 
@@ -143,6 +152,11 @@ __all__ = [
     "Trajectory",
     "CorruptTrajectoryError",
     "CorruptRecordError",
+    "StoreSchemaError",
+    "fingerprint",
+    "SCHEMA",
+    "open_store",
+    "cached",
     "read_record",
     "write_record",
     "write_json",

@@ -1,9 +1,14 @@
-"""Atomic, checksummed storage of arrays with JSON metadata, and of state pytrees of any common form.
+"""Atomic, checksummed storage of arrays with JSON metadata, keyed stores of them, and state pytrees of any common form.
 
 A record is a folder holding `arrays.npz` and `meta.json`; the metadata is written last and holds the
 arrays' SHA-256, so a reader sees either the previous complete record or the new one, and an interrupted
-write is caught as a checksum mismatch (`CorruptRecordError`). Both `Trajectory` and `flows.sweep` store
-through here.
+write is caught as a checksum mismatch (`CorruptRecordError`). Files are created readable by everyone the
+umask allows (0644 under the usual umask 022), so a shared store can be read by collaborators.
+
+A store is a folder of records named by content keys (`flows.fingerprint` of what computes them): sweeps'
+trajectories (`flows.sweep`) and any other result (`cached`: reference solutions, discrete runs, measurements).
+Its `store.json` names the schema of its keys (`SCHEMA`); a folder written under another schema is refused with
+what to do, never mixed with new records.
 
 State pytrees are stored as their leaves plus a JSON description of the structure: tuples, lists, dicts,
 None, NamedTuples and Equinox modules (static fields kept as JSON values). NamedTuple and module
@@ -26,18 +31,37 @@ from typing import Any
 import equinox as eqx
 import numpy as np
 
+from ._keys import SCHEMA, fingerprint
+
 ARRAYS = "arrays.npz"
 META = "meta.json"
+MARKER = "store.json"
+TEMPORARY = ".tmp-"
+"""The prefix of the temporary files `atomic_write` renames into place; one left behind was a write interrupted."""
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_MODE = 0o666 & ~_umask()
 
 
 class CorruptRecordError(ValueError):
     """A stored record is incomplete, does not match its checksum, or cannot be decoded."""
 
 
+class StoreSchemaError(ValueError):
+    """A folder given as a store holds records of another schema (or is not a store)."""
+
+
 def atomic_write(target: Path, payload: bytes) -> None:
     """Write `payload` to `target` through a temporary file in the same folder and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{TEMPORARY}{target.name}.")
     try:
+        os.fchmod(fd, _MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -66,8 +90,11 @@ def write_record(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: d
 
 
 def read_record(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The arrays and metadata of a complete record; CorruptRecordError otherwise."""
+    """The arrays and metadata of a complete record: FileNotFoundError where there is no such folder,
+    CorruptRecordError where it holds no complete record."""
     path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no record at {path}" + (" (a file, not a record folder)" if path.exists() else ""))
     try:
         meta = json.loads((path / META).read_text())
         payload = (path / ARRAYS).read_bytes()
@@ -77,6 +104,62 @@ def read_record(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
         raise CorruptRecordError(f"{path / ARRAYS} does not match the checksum in {META}")
     with np.load(io.BytesIO(payload)) as data:
         return dict(data), meta
+
+
+def remove_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files interrupted writes left in the folder `path`; returns them."""
+    left = sorted(path.glob(f"{TEMPORARY}*")) if path.is_dir() else []
+    for tmp in left:
+        tmp.unlink(missing_ok=True)
+    return left
+
+
+def open_store(root: str | os.PathLike) -> Path:
+    """The store folder `root`, created with its schema marker if new; StoreSchemaError if it is a folder of
+    another schema's records (or not a store at all), with what to do."""
+    root = Path(root)
+    marker = root / MARKER
+    if root.exists() and not root.is_dir():
+        raise StoreSchemaError(f"the store {root} is a file, not a folder")
+    if marker.exists():
+        try:
+            schema = json.loads(marker.read_text()).get("schema")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            schema = "unreadable"
+        if schema != SCHEMA:
+            raise StoreSchemaError(
+                f"the store {root} holds records of schema {schema}, keyed differently from this gradflow's "
+                f"(schema {SCHEMA}): they are not reused. Move it away or delete it, or choose another store"
+            )
+        return root
+    if root.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
+        raise StoreSchemaError(
+            f"{root} is not empty and has no {MARKER}: it is not a gradflow store, or one written before stores had "
+            f"schemas (keyed differently, never reused). Move it away or delete it, or choose another store"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"schema": SCHEMA, "what": "gradflow store: one folder per record, named by its content key"})
+    return root
+
+
+def cached(root: str | os.PathLike, inputs: Any, compute, *, fresh: bool = False) -> tuple[dict[str, np.ndarray], bool]:
+    """The arrays `compute()` returns for `inputs`, stored once in the store `root` under `fingerprint(inputs)`.
+
+    `inputs` must hold everything the result depends on (problems, flows and settings are fingerprinted by
+    content). Returns (arrays, reused): reused is False when they were computed now (always with `fresh`). A
+    corrupt record is computed again.
+    """
+    path = open_store(root) / ("c" + fingerprint({"schema": SCHEMA, "inputs": inputs}))
+    if not fresh:
+        try:
+            arrays, _ = read_record(path)
+            return arrays, True
+        except (FileNotFoundError, CorruptRecordError):
+            pass
+    remove_temporaries(path)
+    arrays = {k: np.asarray(v) for k, v in compute().items()}
+    write_record(path, arrays, {"schema": SCHEMA})
+    return arrays, False
 
 
 def encode_tree(tree) -> tuple[list[np.ndarray], dict]:

@@ -7,11 +7,15 @@ r"""Sweeps: a grid of configurations solved as batched, sharded solves that resu
 penalty's strength) is a sweep axis. Configurations whose flows and states have the same structure
 and shapes are solved together: stacked, `vmap`-ed and split across every JAX device with
 `jax.shard_map` (each device runs its own share, with no synchronisation between steps). Each finished
-run is saved with `Trajectory.save` (atomic, checksummed) under `out/<key>`, the key a hash of the
-configuration and the solve options, so re-running a sweep loads what finished and computes the rest;
-a killed sweep loses only the batch in flight, and a partial or corrupt save fails its checksum and
-is recomputed. A run whose solve fails is recorded (`out/<key>/failed.json`) without touching the
-others of its batch.
+run is saved with `Trajectory.save` (atomic, checksummed) under `out/<key>`, `out` a store
+(`flows.open_store`). The key is a content hash (`flows.fingerprint`) of what determines the run: the built
+flow (its description and the bytes of its arrays: problem data, rates, strength), the initial state, and the
+resolved solve (solver and step-size controller with all their settings, tolerances, save times, budget), so a
+run is reused exactly when it would be computed the same way: a changed flow or initial state under the same
+configuration is computed again, and two sweeps (or two configurations) that build the same run share it.
+`build` is therefore called for every configuration, finished or not. A killed sweep loses only the batch in
+flight; a partial or corrupt save fails its checksum and is recomputed (`Run.note` says so). A run whose solve
+fails is recorded (`out/<key>/failed.json`) without touching the others of its batch.
 
 With `executor=` the pending runs are farmed out instead, one task per run, to a Dask cluster or any
 `concurrent.futures` executor:
@@ -47,7 +51,8 @@ from jax.sharding import Mesh, PartitionSpec
 
 from ._flow import AbstractFlow
 from ._solve import Plan, SolverError, _integrate, integrate
-from ._store import write_json
+from ._keys import SCHEMA, fingerprint
+from ._store import open_store, remove_temporaries, write_json
 from ._trajectory import CorruptTrajectoryError, Trajectory
 from ._validate import check_positive_int
 
@@ -68,6 +73,8 @@ class Run:
     """One configuration of a sweep: where it is saved and how it ended.
 
     status: "done" (computed now), "cached" (found complete on disk) or "failed" (`message` says why).
+    note: what resuming found in its folder, when it was not a clean start (a corrupt record replaced,
+    temporary files of an interrupted write removed).
     """
 
     config: dict[str, Any]
@@ -75,6 +82,7 @@ class Run:
     path: Path
     status: str
     message: str = ""
+    note: str = ""
 
     def load(self) -> Trajectory:
         """The saved trajectory (checked against its checksum)."""
@@ -101,29 +109,34 @@ def sweep(
     devices=None,
     executor=None,
     progress: bool = True,
+    desc: str = "sweep",
+    reuse: bool | Callable[[str], bool] = True,
+    on_run: Callable[[Run], None] | None = None,
 ) -> list[Run]:
     """Solve `build(config)` for every configuration, as `flows.solve` would with these options.
 
     Args:
         build: configuration -> (flow, initial state).
         configs: a list of dicts of JSON values (numbers, strings, booleans, lists), e.g. from `grid`.
-        out: the folder holding one sub-folder per run.
+        out: the store (`flows.open_store`) holding one folder per run, named by the run's key.
         batch_size: runs solved together per compiled call; a kill loses at most one batch. Rounded
             up to a multiple of the number of devices. Default: one run per device on CPUs, where
-            vmap made the solves slower, not faster (benchmarks/sweep_batching.py, n = 30 sensing,
-            four runs: Tsit5 9.1 s batched against 4.4 s one at a time; into the tail 2.8 s against
-            1.7 s, where a batched lax.cond runs both branches and the stiff solver re-linearises at
-            every step); 8 per device on accelerators.
+            vmap made the solves slower, not faster (benchmarks/sweep_batching.py); 8 per device on
+            accelerators. Batches of more than one run resolve the default solver for batching
+            (`flows.default_solver(..., batched=True)`), which is part of their keys.
         devices: the JAX devices to shard over (default all of `jax.devices()`).
         executor: farm the runs out, one task each, instead of solving them here: a
             `dask.distributed.Client` (the way to a cluster), a Dask scheduler's address (a client is
             connected for the sweep), or any `concurrent.futures.Executor`. `build` must then be
             picklable (a module-level function; Dask's cloudpickle also takes closures), and `out` a
             path every worker can write. Not with `batch_size` or `devices`, which shape local batches.
-        progress: a tqdm bar over runs (finished runs, also with an executor).
+        progress: a tqdm bar over runs (finished runs, also with an executor), labelled `desc`.
+        reuse: whether a finished run found in the store is reused (True), recomputed (False), or a
+            function of its key saying which.
+        on_run: called with each run as it is settled (reused, done or failed), in the order they settle.
 
     Returns:
-        One `Run` per configuration, in order.
+        One `Run` per configuration, in order. Configurations that build the same run share it.
     """
     plan = Plan.make(
         t1,
@@ -151,73 +164,111 @@ def sweep(
         raise ValueError(
             "batch_size and devices shape the local sweep's batches; with an executor each run is one task"
         )
-    out = Path(out)
-    keys = [run_key(config, plan) for config in configs]
-    if len(set(keys)) != len(keys):
+    texts = [check_config(config) for config in configs]
+    if len(set(texts)) != len(texts):
         raise ValueError("configs holds the same configuration twice")
+    out = open_store(out)
+    batched = executor is None and batch_size > 1
+    reused = reuse if callable(reuse) else (lambda key: bool(reuse))
 
     runs: dict[int, Run] = {}
-    pending: dict[Any, list[tuple[int, AbstractFlow, Any]]] = {}
+    settle = (lambda run: None) if on_run is None else on_run
+    # Each distinct run once: its key, its first configuration, the configurations that share it.
+    first: dict[str, int] = {}
+    sharing: dict[str, list[int]] = {}
+    keys: list[str] = []
+    pending: dict[Any, list[tuple[int, AbstractFlow, Any, Plan, str]]] = {}
     farmed: list[tuple[int, dict, str]] = []
-    for i, (config, key) in enumerate(zip(configs, keys)):
-        finished = _finished(config, key, out / key)
+    for i, config in enumerate(configs):
+        flow, state0 = _built(build, config)
+        resolved = plan.resolve(flow, batched=batched)
+        key = run_key(flow, state0, resolved)
+        keys.append(key)
+        sharing.setdefault(key, []).append(i)
+        if key in first:
+            continue
+        first[key] = i
+        finished, note = _finished(config, key, out / key) if reused(key) else (None, "")
         if finished is not None:
             runs[i] = finished
-        elif executor is not None:
-            farmed.append((i, config, key))
         else:
-            flow, state0 = _built(build, config)
-            pending.setdefault(_signature(flow, state0), []).append((i, flow, state0))
+            left = remove_temporaries(out / key)
+            if left:
+                note = (note + "; " if note else "") + f"removed {len(left)} temporary file(s) of an interrupted write"
+            if executor is not None:
+                farmed.append((i, config, key))
+            else:
+                pending.setdefault(_signature(flow, state0), []).append((i, flow, state0, resolved, key))
+        if note:
+            runs[i] = (
+                dataclasses.replace(runs[i], note=note) if i in runs else Run(config, key, out / key, "", "", note)
+            )
 
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(configs), initial=len(runs), disable=not progress, unit="run", desc="sweep") as bar:
+    def done(i: int, run: Run) -> None:
+        note = runs[i].note if i in runs else ""
+        runs[i] = dataclasses.replace(run, note=note) if note else run
+        settle(runs[i])
+        bar.update(len(sharing[run.key]))
+
+    with tqdm(total=len(configs), disable=not progress, unit="run", desc=desc) as bar:
+        for key, i in first.items():
+            if i in runs and runs[i].status:
+                settle(runs[i])
+                bar.update(len(sharing[key]))
         if executor is not None:
             with _executor(executor) as executor:
-                _farm_out(executor, build, plan, farmed, out, runs, bar)
+                _farm_out(executor, build, plan, farmed, out, done)
         else:
             mesh = Mesh(np.asarray(devices), ("runs",))
             for group in pending.values():
                 width = min(batch_size, -(-len(group) // len(devices)) * len(devices))
                 for start in range(0, len(group), width):
                     batch = group[start : start + width]
-                    # One solver per group (same flow type and sizes); the default depends on batching.
-                    resolved = plan.resolve(batch[0][1], batched=width > 1)
-                    for (i, flow, _), outcome in zip(batch, _solve_batch(resolved, batch, width, mesh)):
-                        runs[i] = _record(configs[i], keys[i], out / keys[i], flow, resolved, outcome)
-                    bar.update(len(batch))
-    return [runs[i] for i in range(len(configs))]
+                    resolved = batch[0][3]
+                    for (i, flow, _, _, key), outcome in zip(batch, _solve_batch(resolved, batch, width, mesh)):
+                        done(i, _record(configs[i], key, out / key, flow, resolved, outcome))
+    return [dataclasses.replace(runs[first[key]], config=configs[i]) for i, key in enumerate(keys)]
 
 
-def run_key(config: dict, plan: Plan) -> str:
-    """The folder name of a run: a hash of its configuration and the solve options."""
+def check_config(config) -> str:
+    """`config` as canonical JSON; ValueError unless it is a dict of JSON values (what a sweep records beside its run)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a sweep configuration must be a dict; got {type(config).__name__}")
     try:
-        text = json.dumps(
-            {"config": config, "solve": plan.describe(), "ts": plan.ts.tolist()}, sort_keys=True, allow_nan=False
-        )
+        return json.dumps(config, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"a sweep configuration must hold JSON values only; {config!r}: {err}") from None
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _finished(config: dict, key: str, path: Path) -> Run | None:
-    """The run already on disk, if complete: a valid trajectory or a failure record of this key."""
+def run_key(flow: AbstractFlow, state0, plan: Plan) -> str:
+    """The folder name of a run: a content hash of the built flow, its initial state and the resolved solve (solver
+    and controller with their settings, tolerances, save times, budget) under the store's `SCHEMA`."""
+    return fingerprint({"schema": SCHEMA, "flow": flow, "state0": state0, "solve": plan})
+
+
+def _finished(config: dict, key: str, path: Path) -> tuple[Run | None, str]:
+    """The run already on disk, if complete (a valid trajectory or a failure record of this key), and a note on
+    what was found there otherwise (a corrupt record)."""
     failed = path / FAILED
     if failed.exists():
         try:
             record = json.loads(failed.read_text())
         except (OSError, json.JSONDecodeError):
-            return None
+            return None, f"replaced an unreadable failure record ({failed})"
         if record.get("key") == key:
-            return Run(config, key, path, "failed", record.get("message", ""))
-        return None
+            return Run(config, key, path, "failed", record.get("message", "")), ""
+        return None, f"replaced a failure record of another key ({failed})"
     try:
         traj = Trajectory.load(path)
-    except CorruptTrajectoryError:
-        return None
+    except FileNotFoundError:
+        return None, ""
+    except CorruptTrajectoryError as err:
+        return None, f"replaced a corrupt record ({err})"
     if traj.config.get("sweep_key") != key:
-        return None
-    return Run(config, key, path, "cached")
+        return None, f"replaced a record of another key at {path}"
+    return Run(config, key, path, "cached"), ""
 
 
 def _built(build, config: dict) -> tuple[AbstractFlow, Any]:
@@ -244,10 +295,10 @@ def _solve_batch(plan: Plan, batch, width: int, mesh: Mesh) -> list:
     switching solver's lax.cond would run both of its solvers at every step.
     """
     if width == 1:
-        ((_, flow, state),) = batch
+        ((_, flow, state, _, _),) = batch
         return [_solve_alone(plan, flow, state)]
-    flows_ = [flow for _, flow, _ in batch]
-    states = [state for _, _, state in batch]
+    flows_ = [flow for _, flow, _, _, _ in batch]
+    states = [state for _, _, state, _, _ in batch]
     flows_ += [flows_[-1]] * (width - len(batch))
     states += [states[-1]] * (width - len(batch))
     raw = _batched(_stack(flows_), _stack(states), plan.arrays(), plan.static(), mesh=mesh)
@@ -328,10 +379,8 @@ def _executor(executor):
         )
 
 
-def _farm_out(
-    executor, build, plan: Plan, work: list[tuple[int, dict, str]], out: Path, runs: dict[int, Run], bar
-) -> None:
-    """Submit each run as one task (`_run_task`) and record it in `runs` as it finishes.
+def _farm_out(executor, build, plan: Plan, work: list[tuple[int, dict, str]], out: Path, done) -> None:
+    """Submit each run as one task (`_run_task`) and hand it to `done(i, run)` as it finishes.
 
     A run counts only once its files on disk pass their checksum; one that does not (a second writer
     of the same run, a worker presumed dead that was not) is submitted again, at most `ATTEMPTS` times.
@@ -350,7 +399,7 @@ def _farm_out(
             for future in finished:
                 i, config, key = job = futures.pop(future)
                 run = dataclasses.replace(future.result(), path=out / key)
-                if _finished(config, key, run.path) is None:
+                if _finished(config, key, run.path)[0] is None:
                     if attempts[i] == ATTEMPTS:
                         raise RuntimeError(
                             f"run {key} ({config}) was saved {ATTEMPTS} times and its files at "
@@ -359,8 +408,7 @@ def _farm_out(
                     attempts[i] += 1
                     futures[submit(*job)] = job
                     continue
-                runs[i] = run
-                bar.update()
+                done(i, run)
     finally:
         for future in futures:
             future.cancel()
@@ -371,4 +419,9 @@ def _run_task(build, config: dict, key: str, path: Path, plan: Plan) -> Run:
     and save it under `path`."""
     flow, state0 = _built(build, config)
     resolved = plan.resolve(flow)
+    if run_key(flow, state0, resolved) != key:
+        raise RuntimeError(
+            f"build({config}) made another run on this worker than on the driver (key {run_key(flow, state0, resolved)} "
+            f"against {key}): build must be deterministic, and the workers must run the driver's code"
+        )
     return _record(config, key, path, flow, resolved, _solve_alone(resolved, flow, state0))

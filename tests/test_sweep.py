@@ -140,6 +140,80 @@ def test_bad_input(tmp_path):
         flows.sweep(build, [{"alpha": 0.1}], tmp_path, t1=T1, executor=object())
 
 
+def test_a_changed_flow_or_init_under_the_same_configuration_is_computed_again(tmp_path):
+    """The key is what computes the run, not the configuration's label: a build that now makes another initial
+    state, or another flow, for the same configurations recomputes; an unchanged one is reused, also by a second
+    sweep whose configurations name it differently (another experiment sharing the run)."""
+    configs = flows.grid(alpha=[0.1, 0.2])
+    first = flows.sweep(build, configs, tmp_path, t1=T1, progress=False)
+    assert [r.status for r in first] == ["done", "done"]
+
+    def other_init(config):  # the same flow, another init kind under the same configuration
+        flow, _ = build(config)
+        return flow, flow.init(scale=config["alpha"], kind="orthogonal", seed=3)
+
+    def other_flow(config):  # another rate of the same family: a penalty's strength
+        flow, state0 = build(config)
+        return flows.Flow(flow.problem, flows.Symmetric(), penalty=flows.Frobenius(), strength=1e-3), state0
+
+    for changed in (other_init, other_flow):
+        again = flows.sweep(changed, configs, tmp_path, t1=T1, progress=False)
+        assert [r.status for r in again] == ["done", "done"], changed.__name__
+        assert {r.key for r in again}.isdisjoint(r.key for r in first)
+    renamed = [{"init scale": c["alpha"], "experiment": "another"} for c in configs]
+    shared = flows.sweep(lambda c: build({"alpha": c["init scale"]}), renamed, tmp_path, t1=T1, progress=False)
+    assert [r.status for r in shared] == ["cached", "cached"] and [r.key for r in shared] == [r.key for r in first]
+    assert [r.config for r in shared] == renamed
+    # Solve options are part of the key too: a tighter tolerance or another solver is another run.
+    tighter = flows.sweep(build, configs, tmp_path, t1=T1, rtol=1e-9, progress=False)
+    dopri = flows.sweep(build, configs, tmp_path, t1=T1, solver=flows.solver_by_name("dopri5"), progress=False)
+    assert {r.status for r in tighter + dopri} == {"done"}
+    # Two configurations that build the same run share it, solved once.
+    twins = flows.sweep(
+        lambda c: build({"alpha": 0.3}), [{"name": "a"}, {"name": "b"}], tmp_path, t1=T1, progress=False
+    )
+    assert twins[0].key == twins[1].key and [r.config for r in twins] == [{"name": "a"}, {"name": "b"}]
+    # reuse=False recomputes what is there.
+    fresh = flows.sweep(build, configs, tmp_path, t1=T1, reuse=False, progress=False)
+    assert [r.status for r in fresh] == ["done", "done"] and [r.key for r in fresh] == [r.key for r in first]
+
+
+def test_stores_of_another_schema_are_refused_and_records_are_shared_readable(tmp_path):
+    old = tmp_path / "old"
+    (old / "0123456789abcdef0123").mkdir(parents=True)  # a run folder of a store without schema
+    with pytest.raises(flows.StoreSchemaError, match="schema"):
+        flows.sweep(build, [{"alpha": 0.1}], old, t1=T1, progress=False)
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    (marked / "store.json").write_text(json.dumps({"schema": flows.SCHEMA - 1}))
+    with pytest.raises(flows.StoreSchemaError, match=f"schema {flows.SCHEMA - 1}"):
+        flows.sweep(build, [{"alpha": 0.1}], marked, t1=T1, progress=False)
+    (run,) = flows.sweep(build, [{"alpha": 0.1}], tmp_path / "new", t1=T1, progress=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (run.path / "arrays.npz", run.path / "meta.json", tmp_path / "new" / "store.json"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(FileNotFoundError, match="no record"):
+        flows.Trajectory.load(tmp_path / "missing")
+
+
+def test_resume_names_what_it_replaced_and_removes_temporary_files(tmp_path):
+    configs = flows.grid(alpha=[0.1, 0.2])
+    first = flows.sweep(build, configs, tmp_path, t1=T1, progress=False)
+    (first[0].path / "arrays.npz").write_bytes(b"spoiled")
+    settled = []
+    again = flows.sweep(build, configs, tmp_path, t1=T1, progress=False, on_run=settled.append)
+    assert [r.status for r in again] == ["done", "cached"]
+    assert "corrupt" in again[0].note and again[1].note == ""
+    assert sorted(r.key for r in settled) == sorted(r.key for r in again)
+    # A temporary file beside a run that must be computed is removed, and said.
+    (first[0].path / "meta.json").unlink()
+    (first[0].path / ".tmp-arrays.npz.xyz").write_bytes(b"x")
+    third = flows.sweep(build, configs, tmp_path, t1=T1, progress=False)
+    assert third[0].status == "done" and "temporary" in third[0].note
+    assert not list(first[0].path.glob(".tmp-*"))
+
+
 class CorruptingSaves(concurrent.futures.ThreadPoolExecutor):
     """Runs each task, then spoils the arrays file of its run for the first `times` saves of that run, as
     a second writer of the same run (a worker presumed dead that was not) could leave it."""
@@ -206,7 +280,8 @@ def test_killed_sweep_resumes(tmp_path):
     assert child.returncode == -9, child.stderr
     survivors = {}
     for config in configs:
-        path = tmp_path / flows._sweep.run_key(config, flows._solve.Plan.make(T1, atol=ATOL))
+        flow, state0 = build(config)
+        path = tmp_path / flows._sweep.run_key(flow, state0, flows._solve.Plan.make(T1, atol=ATOL).resolve(flow))
         if (path / "meta.json").exists():
             survivors[str(path)] = (path / "arrays.npz").stat().st_mtime_ns
     assert len(survivors) == 3

@@ -1,0 +1,102 @@
+"""Content keys: a hash of what determines a computation, so that a stored result is reused exactly when it would be
+computed again the same way.
+
+`fingerprint(value)` hashes a canonical encoding of `value`: Equinox modules and dataclasses by class and fields
+(static or not), arrays by dtype, shape and bytes, Python numbers exactly (floats by their hex form), strings, None,
+tuples, lists, dicts (by sorted keys), functions by their qualified name. A flow is therefore keyed by its problem's
+data, its three families' parameters and classes; a solve by its solver and step-size controller with all their
+settings, its tolerances, save times and budget. Two values with the same fingerprint compute the same thing with the
+same code; `SCHEMA` enters every key a store writes, and changes when what a stored record holds changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import hashlib
+import struct
+import types
+from pathlib import PurePath
+from typing import Any
+
+import jax
+import numpy as np
+
+SCHEMA = 3
+"""The layout of stored records and of their keys. A store of another schema is refused, never mixed."""
+
+
+def fingerprint(value: Any, length: int = 24) -> str:
+    """A hex digest (`length` characters) of `value`'s canonical encoding; TypeError for what cannot be encoded."""
+    digest = hashlib.sha256()
+    _feed(digest, value, set())
+    return digest.hexdigest()[:length]
+
+
+def _tag(digest, tag: bytes, payload: bytes = b"") -> None:
+    digest.update(tag + struct.pack("<Q", len(payload)) + payload)
+
+
+def _feed(digest, node: Any, active: set[int]) -> None:
+    if node is None:
+        _tag(digest, b"none")
+    elif isinstance(node, bool):
+        _tag(digest, b"bool", b"1" if node else b"0")
+    elif isinstance(node, enum.Enum):
+        _tag(digest, b"enum", f"{_qualname(type(node))}.{node.name}".encode())
+    elif isinstance(node, int):
+        _tag(digest, b"int", str(node).encode())
+    elif isinstance(node, float):
+        _tag(digest, b"float", node.hex().encode())
+    elif isinstance(node, str):
+        _tag(digest, b"str", node.encode())
+    elif isinstance(node, bytes):
+        _tag(digest, b"bytes", node)
+    elif isinstance(node, PurePath):
+        _tag(digest, b"path", str(node).encode())
+    elif isinstance(node, (np.ndarray, np.generic, jax.Array)):
+        array = np.ascontiguousarray(jax.device_get(node))
+        _tag(digest, b"array", f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    elif isinstance(node, np.dtype):
+        _tag(digest, b"dtype", node.str.encode())
+    elif isinstance(node, type):
+        _tag(digest, b"type", _qualname(node).encode())
+    elif isinstance(node, functools.partial):
+        _tag(digest, b"partial")
+        _feed(digest, (node.func, node.args, node.keywords), active)
+    elif isinstance(node, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, np.ufunc)):
+        _tag(digest, b"function", _qualname(node).encode())
+        if isinstance(node, types.MethodType):
+            _feed(digest, node.__self__, active)
+    elif isinstance(node, dict):
+        keys = sorted(node, key=repr)
+        _tag(digest, b"dict", str(len(keys)).encode())
+        for key in keys:
+            _feed(digest, key, active)
+            _feed(digest, node[key], active)
+    elif isinstance(node, (tuple, list, set, frozenset)):
+        items = sorted(node, key=repr) if isinstance(node, (set, frozenset)) else node
+        _tag(digest, type(node).__name__.encode(), _qualname(type(node)).encode() + str(len(items)).encode())
+        for item in items:
+            _feed(digest, item, active)
+    elif dataclasses.is_dataclass(node):  # Equinox modules are dataclasses
+        if id(node) in active:
+            raise TypeError(f"cannot fingerprint a cyclic structure through {type(node).__name__}")
+        active.add(id(node))
+        fields = [f.name for f in dataclasses.fields(node)]
+        _tag(digest, b"object", _qualname(type(node)).encode() + str(len(fields)).encode())
+        for name in fields:
+            _feed(digest, name, active)
+            _feed(digest, getattr(node, name, None), active)
+        active.discard(id(node))
+    else:
+        raise TypeError(
+            f"cannot fingerprint a {type(node).__qualname__}: use arrays, numbers, strings, containers, "
+            "dataclasses or Equinox modules"
+        )
+
+
+def _qualname(obj) -> str:
+    return f"{getattr(obj, '__module__', None) or ''}:{getattr(obj, '__qualname__', None) or repr(obj)}"
