@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 
+import diffrax
 import numpy as np
 
 import flows
@@ -187,25 +188,33 @@ ALPHAS = np.array([1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7])
 of the limit, not of a run stopped early."""
 
 
-def small_init_checks() -> CheckResult:
-    """W_inf(alpha) against convex references over `ALPHAS`, and the KKT certificate."""
+DIRECT_OPTIONS = dict(t1=200.0, head_solver=diffrax.Tsit5(), tail_solver=diffrax.Tsit5())
+"""`small_init.converge`'s options for the direct flow, which is linear: no stiff tail, Tsit5 for both legs."""
+
+
+def small_init_checks(store=None) -> CheckResult:
+    """W_inf(alpha) against convex references over `ALPHAS`, and the KKT certificate. With `store` (a store folder)
+    each run to convergence is kept there and read back (`small_init.stored`): the small-init experiment declares the
+    same runs."""
     i6 = 5
     commuting = flows.commuting(n=12, m=5, rank=2, seed=0)
     refs = {"nuclear": references.min_nuclear_psd(commuting), "lp": references.commuting_lp(commuting)}
-    c_sweep = small_init.sweep(_symmetric(commuting), ALPHAS, refs)
-    reduced = small_init.commuting_certificates(commuting, ALPHAS)
+    c_sweep = small_init.sweep(_symmetric(commuting), ALPHAS, refs, store=store)
+    reduced = small_init.commuting_certificates(commuting, ALPHAS, store=store)
     reduced_vs_full = max(np.linalg.norm(r.W - f.W) / np.linalg.norm(f.W) for r, f in zip(reduced.runs, c_sweep.runs))
 
     sensing = flows.sensing(n=30, m=180, rank=2, seed=0)
-    s_sweep = small_init.sweep(_symmetric(sensing), ALPHAS, {"nuclear": references.min_nuclear_psd(sensing)})
+    s_sweep = small_init.sweep(
+        _symmetric(sensing), ALPHAS, {"nuclear": references.min_nuclear_psd(sensing)}, store=store
+    )
 
     plain = flows.sensing(n=8, m=20, rank=2, seed=0)
     frobenius = references.min_frobenius(plain)
     direct = flows.Flow(plain, flows.Direct())
     # The direct flow is linear: no stiff tail, Tsit5 for it (the sweep and this run share the compiled solve).
-    explicit = dict(t1=200.0, head_solver=flows.solver_by_name("tsit5"), tail_solver=flows.solver_by_name("tsit5"))
+    explicit = DIRECT_OPTIONS
     from_zero = small_init.converge(direct, direct.init(kind="zero"), **explicit)
-    d_sweep = small_init.sweep(direct, ALPHAS, {"frobenius": frobenius}, **explicit)
+    d_sweep = small_init.sweep(direct, ALPHAS, {"frobenius": frobenius}, store=store, **explicit)
 
     certs = reduced.certificates
     complementarity = np.array([c.complementarity for c in certs])
@@ -359,7 +368,7 @@ def flatness_checks() -> CheckResult:
         d1, d2 = problem.shape
         identity = flatness.trace_identity(problem, rng.standard_normal((d1, 3)), rng.standard_normal((d2, 3)))
         worst = max(worst, identity.relative_error)
-        # SCIENCE.md's pairing is the scaled trace; the plain trace carries the other factor's dimension.
+        # Ding et al.'s pairing is the scaled trace; the plain trace carries the other factor's dimension.
         plain = identity.trace_LL + identity.trace_RR
         plain_gap = min(plain_gap, abs(plain - identity.formula_scaled) / plain)
     rows = [

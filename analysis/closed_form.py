@@ -116,7 +116,7 @@ def riccati(H: Float[Array, "n n"], U0: Float[Array, "n n"], ts) -> Float[Array,
 
         $W(t) = e^{2tH} U_0 \big(I + U_0^T A_t U_0\big)^{-1} U_0^T e^{2tH}$.
 
-    (SCIENCE.md writes $e^{tH}$ and $A_t = 2\int_0^t e^{2sH} ds$: that is this formula at time t/2, i.e. the
+    (The form with $e^{tH}$ and $A_t = 2\int_0^t e^{2sH} ds$ is this formula at time t/2, i.e. the
     loss $\tfrac14\|UU^T - H\|^2$.) Evaluated as written, K spans $e^{4 t (h_\max - h_\min)}$ and the solve
     loses every digit within a few time units. For invertible $U_0$ the inverse $Y = W^{-1}$ obeys the
     linear equation $Y' = 4 I - 2 (H Y + Y H)$; in the eigenbasis $H = V \operatorname{diag}(h) V^T$,

@@ -14,7 +14,7 @@ $D_1 = (\tfrac{1}{m d_2} \sum_i A_i A_i^T)^{1/2}$ (d1 x d1) and $D_2 = (\tfrac{1
 
     $\operatorname{tr} \nabla^2_{LL} f = 2 m d_1 \|D_2 R\|_F^2$,  $\operatorname{tr} \nabla^2_{RR} f = 2 m d_2 \|D_1 L\|_F^2$,
 
-so the plain trace is $2m (d_1 \|D_2 R\|^2 + d_2 \|D_1 L\|^2)$, and SCIENCE.md's
+so the plain trace is $2m (d_1 \|D_2 R\|^2 + d_2 \|D_1 L\|^2)$, and Ding et al.'s
 $2m(\|D_1 L\|^2 + \|D_2 R\|^2)$ is the *scaled* trace
 $\operatorname{str} = \operatorname{tr}\nabla^2_{LL} f / d_1 + \operatorname{tr}\nabla^2_{RR} f / d_2$ (each block's
 trace divided by the row dimension of its factor). Note the crossing: the curvature along L is set by R

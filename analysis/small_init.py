@@ -13,7 +13,7 @@ distance is a ninth of it).
 References (analysis.references): the minimum-trace PSD interpolant (cvxpy/Clarabel), for commuting
 problems the LP in the common eigenbasis, for the direct flow the minimum-Frobenius interpolant.
 
-The KKT certificate (seed report): $W \succeq 0$, $\mathcal{A}(W) = y$, and $\nu$ with
+The KKT certificate: $W \succeq 0$, $\mathcal{A}(W) = y$, and $\nu$ with
 $\sum_i \nu_i A_i \preceq I$ and $W = (\sum_i \nu_i A_i) W$ prove W is a minimum-trace PSD interpolant. For
 the symmetric flow on commuting measurements $W_\infty = \alpha^2 E^2$, $E = \exp(-2 \sum_i s_i A_i)$, with
 $s = \int_0^\infty r\,dt$ (see analysis.closed_form.CommutingReduced), so on W's eigenvalues $\lambda_k$
@@ -28,6 +28,7 @@ flow, so the same construction is measured on non-commuting problems, where it i
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 import diffrax
@@ -64,6 +65,8 @@ class Converged:
     last_decade_change: float
     steps: dict[str, int]
     seconds: float
+    reused: bool = False
+    """Whether it was read from a store (`stored`) instead of computed."""
 
     def describe(self) -> dict:
         return {
@@ -140,6 +143,36 @@ def converge(
     )
 
 
+def stored(store, flow: flows.AbstractFlow, state0, *, fresh: bool = False, **options) -> Converged:
+    """`converge(flow, state0, **options)`, computed once and kept in the store `store` (`flows.cached`, keyed by
+    the flow, its initial state and the options), so `gradflow check` and the small-init experiment read the same
+    runs. `fresh` computes it again."""
+    inputs = {"converge": flow, "state0": state0, "options": options}
+
+    def compute() -> dict[str, np.ndarray]:
+        run = converge(flow, state0, **options)
+        leaves, structure = flows.encode_tree(run.state)
+        numbers = {k: v for k, v in run.describe().items() if k != "steps"}
+        return {
+            "W": run.W,
+            "structure": np.asarray(json.dumps(structure)),
+            "numbers": np.asarray(json.dumps(numbers)),
+            "steps": np.asarray(json.dumps(run.steps)),
+            **{f"leaf_{i}": leaf for i, leaf in enumerate(leaves)},
+        }
+
+    arrays, reused = flows.cached(store, inputs, compute, fresh=fresh)
+    leaves = [arrays[f"leaf_{i}"] for i in range(sum(k.startswith("leaf_") for k in arrays))]
+    numbers = json.loads(str(arrays["numbers"]))
+    return Converged(
+        W=arrays["W"],
+        state=flows.decode_tree(json.loads(str(arrays["structure"])), leaves),
+        steps=json.loads(str(arrays["steps"])),
+        reused=reused,
+        **numbers,
+    )
+
+
 def _last(states):
     return jax.tree.map(lambda x: x[-1], states)
 
@@ -160,7 +193,7 @@ class Certificate:
 
 
 def certificate(problem: flows.AbstractProblem, W, s, alpha: float, exponent: float = 4.0) -> Certificate:
-    r"""The seed report's certificate from $s = \int_0^\infty r$: $\nu = -\,$`exponent`$\; s / \log(1/\alpha^2)$.
+    r"""The KKT certificate from $s = \int_0^\infty r$: $\nu = -\,$`exponent`$\; s / \log(1/\alpha^2)$.
 
     `exponent` is 4 for the symmetric flow ($W = \alpha^2 e^{-4 \sum s_i A_i}$ in the commuting case).
     """
@@ -207,6 +240,7 @@ def sweep(
     *,
     kind: str = "identity",
     certificate_exponent: float | None = None,
+    store=None,
     **converge_options,
 ) -> Sweep:
     r"""Run `flow` from `flow.init(scale=alpha, kind=kind)` to convergence for each alpha.
@@ -214,13 +248,14 @@ def sweep(
     Measures the relative distance of $W_\infty(\alpha)$ to each reference and fits its rate in alpha. With
     `certificate_exponent` set (4 for the symmetric flow), the flow carries $s = \int r$ (`ResidualIntegral`)
     and the certificate of `certificate` is built at each alpha. That makes the tail's implicit solves
-    larger (state + m); for commuting problems `commuting_certificates` gets s far more cheaply.
+    larger (state + m); for commuting problems `commuting_certificates` gets s far more cheaply. With `store`,
+    each run is kept there (`stored`).
     """
     alphas = _check_alphas(alphas)
     carried = flow if certificate_exponent is None else ResidualIntegral(flow)
     runs, certificates = [], []
     for alpha in alphas:
-        run = converge(carried, carried.init(scale=float(alpha), kind=kind), **converge_options)
+        run = _converge(store, carried, carried.init(scale=float(alpha), kind=kind), converge_options)
         runs.append(run)
         if certificate_exponent is not None:
             certificates.append(certificate(flow.problem, run.W, run.state[1], float(alpha), certificate_exponent))
@@ -228,7 +263,11 @@ def sweep(
 
 
 def commuting_certificates(
-    problem: flows.CommutingProblem, alphas, references: dict[str, Reference] | None = None, **converge_options
+    problem: flows.CommutingProblem,
+    alphas,
+    references: dict[str, Reference] | None = None,
+    store=None,
+    **converge_options,
 ) -> Sweep:
     r"""The symmetric flow from $\alpha^2 I$ on commuting measurements through its reduced ODE.
 
@@ -240,10 +279,14 @@ def commuting_certificates(
     runs, certificates = [], []
     for alpha in alphas:
         reduced = CommutingReduced(problem, float(alpha) ** 2 * np.eye(problem.shape[0]))
-        run = converge(reduced, reduced.init(), **converge_options)
+        run = _converge(store, reduced, reduced.init(), converge_options)
         runs.append(run)
         certificates.append(certificate(problem, run.W, run.state, float(alpha), 4.0))
     return _measure(alphas, runs, certificates, references or {})
+
+
+def _converge(store, flow, state0, options) -> Converged:
+    return converge(flow, state0, **options) if store is None else stored(store, flow, state0, **options)
 
 
 def _check_alphas(alphas) -> np.ndarray:

@@ -4,18 +4,21 @@
     gradflow reproduce                    # the paper's scale: figures/ and paper/generated/
     gradflow reproduce --only depth --list
 
-Each experiment (a module here) sweeps its grid of runs into a keyed store (`runs/` by default), so an
-interrupted reproduction resumes and recomputes nothing finished, then draws its figures and writes its
-numbers as LaTeX macros and tables.
+Each experiment (a module here) declares its runs, what it measures of each and its report (`_base.Experiment`).
+Runs live in one keyed store (`runs/` by default, `runs/quick/` for --quick), shared by every experiment that
+declares the same run, so an interrupted reproduction resumes and recomputes nothing finished. Experiments share
+settings through the private modules (`_*.py`), never by importing each other.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import matplotlib.style
 
+from . import penalties
 from ._base import STYLE, Context, Experiment, Tally
 from .adam_steps import AdamSteps
 from .closed_forms import ClosedForms
@@ -25,10 +28,9 @@ from .each_factor import EachFactor
 from .finite_steps import FiniteSteps
 from .flatness import Flatness
 from .norms import Norms
-from . import penalties
-from .span import Span
 from .performance import Performance
 from .small_init import SmallInit
+from .span import Span
 
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
@@ -52,6 +54,10 @@ EXPERIMENTS: dict[str, Experiment] = {
 }
 """The experiments by name, in the paper's order."""
 
+TIMINGS = Path(__file__).with_name("timings.json")
+"""Each experiment's wall time, by scale, measured by the last reproduction into the default folders that computed
+all of its runs (a cold store); `gradflow reproduce --list` shows them."""
+
 
 def reproduce(
     names: list[str] | None = None,
@@ -61,11 +67,15 @@ def reproduce(
     out: Path | None = None,
     progress: bool = True,
     executor=None,
+    fresh: bool = False,
+    tally: Tally | None = None,
 ) -> tuple[Tally, float]:
     """Run the named experiments (all by default); returns the tally of runs and outputs and the wall time.
 
     Full scale writes figures/ and paper/generated/ (committed); quick writes runs/quick/figures and
-    runs/quick/generated, or OUT/figures and OUT/generated with `out`.
+    runs/quick/generated, or OUT/figures and OUT/generated with `out`. `fresh` computes every run, reference and
+    measurement again (each once). `tally` is filled as runs settle (pass one to watch a reproduction's progress
+    from another thread).
     """
     names = list(EXPERIMENTS) if names is None else names
     unknown = [n for n in names if n not in EXPERIMENTS]
@@ -79,13 +89,44 @@ def reproduce(
         )
     else:
         figures, generated = Path(out) / "figures", Path(out) / "generated"
+    canonical = out is None and store is None  # the reproduction whose timings are kept
     store = Path("runs/quick" if quick else "runs") if store is None else Path(store)
-    ctx = Context(quick=quick, store=store, figures=figures, generated=generated, progress=progress, executor=executor)
+    ctx = Context(
+        quick=quick,
+        store=store,
+        figures=figures,
+        generated=generated,
+        progress=progress,
+        executor=executor,
+        fresh=fresh,
+        tally=Tally() if tally is None else tally,
+    )
     start = time.perf_counter()
     with matplotlib.style.context(STYLE):
-        for name in names:
+        for i, name in enumerate(names, 1):
+            ctx.experiment, ctx.position = name, f"{i}/{len(names)}"
+            reused, began = ctx.tally.reused, time.perf_counter()
             EXPERIMENTS[name].run(ctx)
+            if canonical and ctx.tally.reused == reused:  # nothing reused: a cold measurement of its cost
+                record_timing(name, quick, time.perf_counter() - began)
     return ctx.tally, time.perf_counter() - start
 
 
-__all__ = ["EXPERIMENTS", "Context", "Experiment", "Tally", "reproduce"]
+def timings() -> dict[str, dict[str, float]]:
+    """The measured wall times, {experiment: {"quick": s, "full": s}} (those measured so far)."""
+    try:
+        return json.loads(TIMINGS.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def record_timing(name: str, quick: bool, seconds: float) -> None:
+    table = timings()
+    table.setdefault(name, {})["quick" if quick else "full"] = round(seconds, 1)
+    try:
+        TIMINGS.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    except OSError:  # an installed, read-only package: the timing is not kept
+        pass
+
+
+__all__ = ["EXPERIMENTS", "Context", "Experiment", "Tally", "reproduce", "timings"]

@@ -1,25 +1,31 @@
-"""What every experiment shares: a context (quick or full scale, where runs, figures and generated LaTeX go),
-keyed resumable computation, figures in one style, and LaTeX macros and tables generated from the numbers.
+r"""What every experiment shares: runs declared as data, measured once, read as a table.
 
-An experiment is a subclass of `Experiment`: it declares its grid of runs, solves them through `flows.sweep`
-into the store (`Context.sweep`), computes anything else expensive through `Context.cached` (keyed by its
-configuration, written atomically), then draws its figures (`Context.figure`) and writes its numbers as
-macros (`Context.macros`) and tables (`Context.table`). Running it again loads what finished.
+An experiment (`Experiment`) declares its runs as `Group`s (configurations, how to build each, and the solve
+options they share), the scalar and small-array measurements taken once per finished run (`measure`), and a report
+(`report`) that reads a tidy `pandas.DataFrame` of runs x measurements and writes figures, tables and values. The
+template `Experiment.run` sweeps every group into the one keyed store (`flows.sweep`: a run is keyed by what
+computes it, so experiments that declare the same run share it), measures each finished run once and stores the
+measurements beside it (keyed by the measuring code), builds the table and hands it to the report. A reproduction
+from a warm store therefore reads measurements, never a trajectory.
+
+Values for the paper are written as keyed LaTeX definitions, `\gfvalue{<experiment>/<key>}{<text>}`, and read
+with `\gf{<experiment>/<key>}` (the paper's preamble defines both and stops on a key nobody wrote).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import hashlib
-import json
+import inspect
 import logging
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 import flows
@@ -30,16 +36,21 @@ logging.getLogger("fontTools").setLevel(logging.ERROR)
 STYLE = Path(__file__).with_name("gradflow.mplstyle")
 """The one matplotlib style of every figure (Okabe-Ito palette)."""
 
+KEY = re.compile(r"[A-Za-z0-9 ./_=+,-]+")
+"""The characters of a value's key (no TeX specials: keys are read inside \\csname)."""
+
 
 @dataclasses.dataclass
 class Tally:
-    """Runs computed now, reused from the store, and failed, over a whole reproduction."""
+    """Runs computed now, reused from the store, and failed, over a whole reproduction, and what it wrote."""
 
     done: int = 0
     reused: int = 0
     failed: int = 0
+    notes: list[str] = dataclasses.field(default_factory=list)
     figures: list[Path] = dataclasses.field(default_factory=list)
     generated: list[Path] = dataclasses.field(default_factory=list)
+    findings: list[dict] = dataclasses.field(default_factory=list)
 
     def count(self, status: str) -> None:
         if status == "done":
@@ -50,13 +61,26 @@ class Tally:
             self.failed += 1
 
 
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Runs solved with the same options: `configs` (dicts of JSON values), `build(config) -> (flow, state0)`, and
+    `flows.sweep`'s keyword options (t1, ts, rtol, stop_loss, solver, max_steps, ...). `label` names the group in
+    progress bars and in the table's "group" column."""
+
+    label: str
+    build: Callable[[dict], tuple]
+    configs: list[dict]
+    options: dict[str, Any]
+
+
 @dataclasses.dataclass
 class Context:
     """Where one reproduction reads and writes, and at which scale.
 
-    quick: the small grids (same figures, minutes on two cores); store: the keyed run store (one folder per
-    experiment); figures, generated: where figures (PDF + PNG) and LaTeX files go; executor: a
-    concurrent.futures-style executor (a Dask client) for the sweeps, or None for this process.
+    quick: the small grids (same figures, minutes on two cores); store: the keyed store of runs, references and
+    measurements (`flows.open_store`); figures, generated: where figures (PDF + PNG) and LaTeX go; executor: a
+    concurrent.futures-style executor (a Dask client) for the sweeps, or None for this process; fresh: compute
+    everything again (each run once per reproduction, also where experiments share it).
     """
 
     quick: bool
@@ -65,33 +89,69 @@ class Context:
     generated: Path
     progress: bool = True
     executor: Any = None
+    fresh: bool = False
     tally: Tally = dataclasses.field(default_factory=Tally)
+    computed: set[str] = dataclasses.field(default_factory=set)
+    """Keys computed in this reproduction (what `fresh` reuses)."""
+    experiment: str = ""
+    """The experiment being run (names progress bars)."""
+    position: str = ""
+    """Its place in the reproduction, "3/15"."""
 
-    def sweep(self, experiment: str, build: Callable, configs: list[dict], **options) -> list[flows.Run]:
-        """`flows.sweep` into store/<experiment>/; the statuses are tallied. Failed runs are returned as such."""
+    @property
+    def runs(self) -> Path:
+        return self.store / "runs"
+
+    def reusable(self, key: str) -> bool:
+        return not self.fresh or key in self.computed
+
+    def sweep(self, group: Group) -> list[flows.Run]:
+        """`flows.sweep` of a group into the store; statuses tallied, resumed runs' notes kept."""
         extra = {} if self.executor is None else {"executor": self.executor}
-        runs = flows.sweep(build, configs, self.store / experiment, progress=self.progress, **extra, **options)
-        for run in runs:
-            self.tally.count(run.status)
-        return runs
 
-    def cached(
-        self, experiment: str, config: dict, compute: Callable[[], dict[str, np.ndarray]]
-    ) -> dict[str, np.ndarray]:
-        """Arrays computed once per configuration (JSON values) and stored atomically under store/<experiment>/."""
-        text = json.dumps(config, sort_keys=True, allow_nan=False)
-        path = self.store / experiment / ("cached-" + hashlib.sha256(text.encode()).hexdigest()[:20])
-        try:
-            arrays, meta = flows.read_record(path)
-            if meta.get("config") == config:
-                self.tally.count("cached")
-                return arrays
-        except flows.CorruptRecordError:
-            pass
-        arrays = {k: np.asarray(v) for k, v in compute().items()}
-        flows.write_record(path, arrays, {"config": config})
-        self.tally.count("done")
+        def settled(run: flows.Run) -> None:
+            self.tally.count(run.status)
+            if run.status == "done":
+                self.computed.add(run.key)
+            if run.note:
+                self.tally.notes.append(f"{self.experiment} ({group.label}): run {run.key}: {run.note}")
+
+        desc = f"[{self.position}] {self.experiment}: {group.label}" if self.position else group.label
+        return flows.sweep(
+            group.build,
+            group.configs,
+            self.runs,
+            progress=self.progress,
+            desc=desc,
+            reuse=self.reusable,
+            on_run=settled,
+            **extra,
+            **group.options,
+        )
+
+    def cached(self, inputs: Any, compute: Callable[[], dict[str, Any]]) -> dict[str, np.ndarray]:
+        """Arrays computed once for `inputs` (anything `flows.fingerprint` keys: problems, flows, settings) and
+        stored in the store's `results` folder: reference solutions, discrete runs."""
+        key = flows.fingerprint({"schema": flows.SCHEMA, "inputs": inputs})
+        arrays, reused = flows.cached(self.store / "results", inputs, compute, fresh=not self.reusable(key))
+        self.computed.add(key)
+        self.tally.count("cached" if reused else "done")
         return arrays
+
+    def measured(self, run: flows.Run, measure: Callable, version: str) -> dict[str, Any]:
+        """`measure(trajectory, config)` of a finished run, computed once and stored beside the run under a key of
+        the run and the measuring code (`version`); scalars come back as floats."""
+        path = run.path / ("measured-" + flows.fingerprint({"run": run.key, "code": version}, 16))
+        fresh = self.fresh and run.key not in self.computed
+        if not fresh:
+            try:
+                arrays, _ = flows.read_record(path)
+                return {k: _value(v) for k, v in arrays.items()}
+            except (FileNotFoundError, flows.CorruptRecordError):
+                pass
+        values = measure(run.load(), run.config)
+        flows.write_record(path, {k: np.asarray(v) for k, v in values.items()}, {"run": run.key})
+        return {k: _value(np.asarray(v)) for k, v in values.items()}
 
     def figure(self, fig: Figure, name: str) -> None:
         """Save a figure as vector PDF and PNG under `figures/` (name without extension)."""
@@ -102,13 +162,15 @@ class Context:
             fig.savefig(path, metadata=metadata)
             self.tally.figures.append(path)
 
-    def macros(self, experiment: str, values: dict[str, str]) -> None:
-        r"""Write generated/<experiment>.tex: one \newcommand per value (names of letters only)."""
+    def values(self, experiment: str, values: dict[str, str]) -> None:
+        r"""Write generated/<experiment>.tex: one `\gfvalue{<experiment>/<key>}{<text>}` per value."""
         lines = [f"% generated by `gradflow reproduce{' --quick' if self.quick else ''}` ({experiment}); do not edit"]
-        for name, value in values.items():
-            if not re.fullmatch(r"[A-Za-z]+", name):
-                raise ValueError(f"LaTeX macro names are letters only; got {name!r}")
-            lines.append(f"\\newcommand{{\\{name}}}{{{value}}}")
+        for key, value in values.items():
+            if not KEY.fullmatch(key):
+                raise ValueError(f"a value's key holds letters, digits, spaces and ./_=+,- only; got {key!r}")
+            if not isinstance(value, str):
+                raise TypeError(f"{experiment}/{key}: values are LaTeX text; got {type(value).__name__}")
+            lines.append(f"\\gfvalue{{{experiment}/{key}}}{{{value}}}")
         self._write(f"{experiment}.tex", "\n".join(lines) + "\n")
 
     def table(self, experiment: str, name: str, columns: str, header: list[str], rows: list[list[str]]) -> None:
@@ -117,6 +179,12 @@ class Context:
         body += [" & ".join(row) + " \\\\" for row in rows]
         body += ["\\bottomrule", "\\end{tabular}"]
         self._write(f"{experiment}-{name}.tex", "\n".join(body) + "\n")
+
+    def finding(self, claim: str, verdict: str, number: str = "") -> None:
+        """One claim's verdict and the number that decides it, for the reproduction's summary and report."""
+        self.tally.findings.append(
+            {"experiment": self.experiment, "claim": claim, "verdict": verdict, "number": number}
+        )
 
     def _write(self, filename: str, text: str) -> None:
         self.generated.mkdir(parents=True, exist_ok=True)
@@ -127,17 +195,88 @@ class Context:
         self.tally.generated.append(path)
 
 
+def _value(array: np.ndarray):
+    return float(array) if array.ndim == 0 and array.dtype.kind in "fiub" else array
+
+
 class Experiment(abc.ABC):
-    """One claim of the paper: its runs, its figure(s), its numbers."""
+    """One claim of the paper: its runs (`groups`), what is measured of each (`measure`), its report."""
 
     name: str
-    """Short name (`gradflow reproduce --only NAME`), also the store folder and the generated file."""
+    """Short name (`gradflow reproduce --only NAME`), also the generated file and the values' namespace."""
     title: str
     """One line for `gradflow reproduce --list`."""
 
+    def groups(self, quick: bool) -> list[Group]:
+        """The runs, by groups of shared solve options (none by default)."""
+        return []
+
+    def followups(self, quick: bool, results: pd.DataFrame) -> list[Group]:
+        """Runs declared from the table of the `groups`' runs (e.g. saved around another run's stopping time);
+        none by default."""
+        return []
+
+    def measure(self, traj: flows.Trajectory, config: dict) -> dict[str, Any]:
+        """Scalars and small arrays of one finished run, stored beside it (nothing by default)."""
+        return {}
+
     @abc.abstractmethod
-    def run(self, ctx: Context) -> None:
-        """Compute (resuming from the store), draw and write this experiment's outputs."""
+    def report(self, ctx: Context, results: pd.DataFrame) -> None:
+        """Figures, tables and values from the table of runs x measurements (`results`)."""
+
+    def run(self, ctx: Context) -> pd.DataFrame:
+        """Sweep, measure, tabulate and report; returns the table."""
+        results = self.results(ctx)
+        self.report(ctx, results)
+        return results
+
+    def results(self, ctx: Context) -> pd.DataFrame:
+        """One row per configuration: its flattened configuration, `group`, `status`, `key`, `message`, and its
+        measurements (NaN for a failed run)."""
+        version = measuring_code(type(self))
+
+        def table(groups: list[Group]) -> pd.DataFrame:
+            rows = []
+            for group in groups:
+                for run in ctx.sweep(group):
+                    row = {**flatten(run.config), "group": group.label, "status": run.status, "key": run.key}
+                    row["message"] = run.message
+                    if run.status != "failed":
+                        row |= ctx.measured(run, self.measure, version)
+                    rows.append(row)
+            return pd.DataFrame(rows)
+
+        results = table(self.groups(ctx.quick))
+        more = self.followups(ctx.quick, results)
+        return pd.concat([results, table(more)], ignore_index=True) if more else results
+
+
+def measuring_code(cls: type) -> str:
+    """The source the measurements of an experiment class depend on: its module and the shared private modules
+    (`experiments/_*.py`). Any change to them measures again (cheap), so no stored measurement is stale."""
+    package = Path(__file__).parent
+    texts = [inspect.getsource(sys.modules[cls.__module__])]
+    texts += [path.read_text() for path in sorted(package.glob("_*.py")) if path.name != "__init__.py"]
+    return flows.fingerprint(texts)
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested configuration dicts as flat columns: {"dynamics": {"name": "adam"}} -> {"dynamics.name": "adam"}."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def complete(results: pd.DataFrame, by: list[str], seeds: int, seed: str = "seed") -> pd.DataFrame:
+    """The rows of the cells (groups of `by`) in which all `seeds` seeds finished: a cell with a failed or missing
+    seed is left out (reported, never averaged over what finished)."""
+    finished = results[results["status"] != "failed"]
+    counts = finished.groupby(by, dropna=False)[seed].transform("nunique")
+    return finished[counts == seeds]
 
 
 def new_figure(panels: int = 1, width: float = 3.3, height: float = 2.6, rows: int = 1) -> tuple[Figure, Any]:
@@ -165,7 +304,7 @@ def tex_number(x: float, digits: int = 2) -> str:
 
 
 def finite_mean(values) -> float:
-    """Mean over the finished runs (NaN marks a failed or missing one); NaN when there are none (a macro "n/a")."""
+    """Mean over the finished runs (NaN marks a failed or missing one); NaN when there are none (a value "n/a")."""
     values = np.asarray(values, dtype=float)
     finished = values[np.isfinite(values)]
     return float(finished.mean()) if finished.size else float("nan")

@@ -1,6 +1,6 @@
-r"""Finite steps against the flow where the ratio helps (SCIENCE.md claim 8): is the benefit a finite-step effect?
+r"""Finite steps against the flow where the ratio helps (claim 8): is the benefit a finite-step effect?
 
-Claim to settle. The seeds saw the ratio penalty work with (discrete) Adam at practical step sizes. Either the
+Claim to settle. The ratio penalty was seen to work with (discrete) Adam at practical step sizes. Either the
 benefit is a property of the Adam flow (then discrete Adam converges to it as eta -> 0 and the benefit stays), or
 it is a finite-step effect (then it fades as eta -> 0), or neither.
 
@@ -8,10 +8,10 @@ Setting: the penalties experiment's depth-1 cell with the ratio at its `grid.str
 (a, b, eps as there) and under gradient flow, against optax's Adam with $\beta_1 = 1 - a\eta$, $\beta_2 = 1 - b\eta$
 (the matched rates, `flows.descend`) and gradient descent, at steps from the largest the rates allow down to
 where they meet the flows, over each dynamics' horizon, saved at the same times. The flow runs are the penalties
-experiment's (shared through its store).
+experiment's (the same runs in the store).
 
 Measurement: best test error over time and its time, for each eta, beside the flow's. Verdict: *a property of the
-flow* when the smallest steps' best test errors are within `penalties.SAME` of the flow's and every step's best is
+flow* when the smallest steps' best test errors are within `_completion.SAME` of the flow's and every step's best is
 no lower than the flow's by more than that factor; *a finite-step effect* when some step's best is lower than the
 flow's by more than the factor; *neither* otherwise.
 """
@@ -22,8 +22,8 @@ import numpy as np
 
 import flows
 
-from . import penalties
-from ._base import Context, Experiment, new_figure, test_error, tex_number
+from ._base import Experiment, Group, new_figure, test_error, tex_number
+from ._completion import COLOURS, GRIDS, SAME, build, solve_options
 
 STEPS = {"Adam": (0.05, 0.02, 0.01, 0.005, 0.002, 0.001), "gradient flow": (0.5, 0.2, 0.1, 0.05, 0.02)}
 """Step sizes by the flow they are the steps of: Adam needs a eta < 1 (a = 10); gradient descent on this problem
@@ -40,9 +40,9 @@ class AdamSteps(Experiment):
     name = "adam_steps"
     title = "discrete Adam and gradient descent with the ratio against their flows: a finite-step effect?"
 
-    def run(self, ctx: Context) -> None:
-        grid = penalties.GRIDS[ctx.quick]
-        steps = QUICK_STEPS if ctx.quick else STEPS
+    @staticmethod
+    def configs(quick: bool, dynamics: str) -> list[dict]:
+        grid = GRIDS[quick]
         base = {
             "n": grid.n,
             "rank": grid.rank,
@@ -50,61 +50,61 @@ class AdamSteps(Experiment):
             "parameterization": "depth 1",
             "penalty": "ratio",
             "strength": grid.strength,
+            "dynamics": dynamics,
         }
-        results = {}
-        for d, etas in steps.items():
-            t1 = penalties.horizon(grid, {**base, "dynamics": d})
-            ts = flows.default_ts(t1, penalties.SAVES)
-            configs = [{**base, "dynamics": d, "seed": s} for s in range(grid.seeds)]
-            runs = ctx.sweep(
-                penalties.STORE,
-                penalties.build,
-                configs,
-                t1=t1,
-                ts=ts,
-                rtol=penalties.RTOL,
-                max_steps=penalties.MAX_STEPS,
-            )
-            for run in runs:
-                if run.status == "failed":
-                    continue
-                traj = run.load()
-                seed = run.config["seed"]
-                results[d, None, seed] = _best(test_error(traj.W, traj.truth), np.asarray(traj.ts))
-                for eta in etas:
+        return [{**base, "seed": s} for s in range(grid.seeds)]
 
-                    def compute(config=run.config, eta=eta):
-                        flow, state0 = penalties.build(config)
-                        steps_traj = flows.descend(flow, state0, step=eta, t1=t1, ts=ts)
-                        return {"error": test_error(steps_traj.W, steps_traj.truth), "t": np.asarray(steps_traj.ts)}
+    def groups(self, quick):
+        grid = GRIDS[quick]
+        steps = QUICK_STEPS if quick else STEPS
+        return [
+            Group(f"{d} (flow)", build, self.configs(quick, d), solve_options(grid, self.configs(quick, d)[0]))
+            for d in steps
+        ]
 
-                    stored = ctx.cached(
-                        self.name, {"config": run.config, "step": eta, "t1": t1, "saves": len(ts)}, compute
-                    )
-                    results[d, eta, seed] = _best(stored["error"], stored["t"])
-        self._figure(ctx, grid, steps, results)
-        self._macros(ctx, grid, steps, results)
+    def measure(self, traj, config):
+        return {"t": np.asarray(traj.ts), "error": test_error(traj.W, traj.truth)}
+
+    def report(self, ctx, results):
+        grid = GRIDS[ctx.quick]
+        steps = QUICK_STEPS if ctx.quick else STEPS
+        outcome = {}
+        for _, row in results[results["status"] != "failed"].iterrows():
+            d, seed = row["dynamics"], row["seed"]
+            outcome[d, None, seed] = _best(row["error"], row["t"])
+            flow, state0 = build(self.configs(ctx.quick, d)[seed])
+            for eta in steps[d]:
+
+                def compute(flow=flow, state0=state0, eta=eta, ts=row["t"]):
+                    traj = flows.descend(flow, state0, step=eta, t1=float(ts[-1]), ts=ts)
+                    return {"error": test_error(traj.W, traj.truth), "t": np.asarray(traj.ts)}
+
+                inputs = {"descend": flow, "state0": state0, "step": eta, "ts": row["t"]}
+                stored = ctx.cached(inputs, compute)
+                outcome[d, eta, seed] = _best(stored["error"], stored["t"])
+        self._figure(ctx, grid, steps, outcome)
+        self._values(ctx, grid, steps, outcome)
 
     @staticmethod
-    def _mean(results, d, eta, seeds, index=0) -> float:
-        values = [results[d, eta, s][index] for s in seeds if (d, eta, s) in results]
+    def _mean(outcome, d, eta, seeds, index=0) -> float:
+        values = [outcome[d, eta, s][index] for s in seeds if (d, eta, s) in outcome]
         return float(np.mean(values)) if values else float("nan")
 
-    def _figure(self, ctx, grid, steps, results) -> None:
+    def _figure(self, ctx, grid, steps, outcome) -> None:
         seeds = range(grid.seeds)
         fig, axes = new_figure(2, width=3.3, height=2.7)
         labels = {"Adam": ("optax Adam", "Adam flow"), "gradient flow": ("gradient descent", "gradient flow")}
         for d, etas in steps.items():
-            colour = penalties.COLOURS[d]
+            colour = COLOURS[d]
             for ax, index in zip(axes, (0, 1)):
                 ax.plot(
                     etas,
-                    [self._mean(results, d, eta, seeds, index) for eta in etas],
+                    [self._mean(outcome, d, eta, seeds, index) for eta in etas],
                     "o-",
                     color=colour,
                     label=labels[d][0],
                 )
-                ax.axhline(self._mean(results, d, None, seeds, index), color=colour, linestyle="--", label=labels[d][1])
+                ax.axhline(self._mean(outcome, d, None, seeds, index), color=colour, linestyle="--", label=labels[d][1])
         axes[0].set(
             xscale="log",
             yscale="log",
@@ -123,27 +123,31 @@ class AdamSteps(Experiment):
             ax.legend(fontsize="small")
         ctx.figure(fig, "adam_steps")
 
-    def _macros(self, ctx, grid, steps, results) -> None:
+    def _values(self, ctx, grid, steps, outcome) -> None:
         seeds = range(grid.seeds)
-        macros = {}
-        for d, tag in (("Adam", "Adam"), ("gradient flow", "GD")):
+        values = {}
+        for d, kind in (("Adam", "Adam"), ("gradient flow", "gradient descent")):
             etas = steps[d]
-            flow_best = self._mean(results, d, None, seeds)
-            bests = [self._mean(results, d, eta, seeds) for eta in etas]
+            flow_best = self._mean(outcome, d, None, seeds)
+            bests = [self._mean(outcome, d, eta, seeds) for eta in etas]
             smallest = bests[-1]
-            lower = min(bests) < flow_best / penalties.SAME
-            meets = max(smallest, flow_best) <= penalties.SAME * min(smallest, flow_best)
-            macros |= {
-                f"AdamSteps{tag}FlowBest": tex_number(flow_best),
-                f"AdamSteps{tag}FlowTBest": tex_number(self._mean(results, d, None, seeds, 1)),
-                f"AdamSteps{tag}LargestEta": tex_number(etas[0]),
-                f"AdamSteps{tag}SmallestEta": tex_number(etas[-1]),
-                f"AdamSteps{tag}LargestBest": tex_number(bests[0]),
-                f"AdamSteps{tag}SmallestBest": tex_number(smallest),
-                f"AdamSteps{tag}LargestTBest": tex_number(self._mean(results, d, etas[0], seeds, 1)),
-                f"AdamSteps{tag}LargestIterations": tex_number(self._mean(results, d, etas[0], seeds, 1) / etas[0]),
-                f"AdamSteps{tag}Verdict": (
-                    "a finite-step effect" if lower else "a property of the flow" if meets else "neither"
-                ),
+            lower = min(bests) < flow_best / SAME
+            meets = max(smallest, flow_best) <= SAME * min(smallest, flow_best)
+            verdict = "a finite-step effect" if lower else "a property of the flow" if meets else "neither"
+            values |= {
+                f"{kind}/flow best": tex_number(flow_best),
+                f"{kind}/flow t_best": tex_number(self._mean(outcome, d, None, seeds, 1)),
+                f"{kind}/largest eta": tex_number(etas[0]),
+                f"{kind}/smallest eta": tex_number(etas[-1]),
+                f"{kind}/largest eta best": tex_number(bests[0]),
+                f"{kind}/smallest eta best": tex_number(smallest),
+                f"{kind}/largest eta t_best": tex_number(self._mean(outcome, d, etas[0], seeds, 1)),
+                f"{kind}/largest eta iterations": tex_number(self._mean(outcome, d, etas[0], seeds, 1) / etas[0]),
+                f"{kind}/verdict": verdict,
             }
-        ctx.macros(self.name, macros)
+            ctx.finding(
+                f"claim 8: the ratio's benefit under {kind} is a finite-step effect",
+                verdict,
+                f"flow {values[f'{kind}/flow best']}, smallest step {values[f'{kind}/smallest eta best']}",
+            )
+        ctx.values(self.name, values)

@@ -1,4 +1,4 @@
-r"""Depth: Arora, Cohen, Hu, Luo 2019 reproduced (seed 004; claim 9 of SCIENCE.md, "depth changes the answer").
+r"""Depth: Arora, Cohen, Hu, Luo 2019 reproduced ("depth changes the answer").
 
 Claims (Arora et al. 2019, their completion experiments). (a) Gradient flow on a deep product
 $W = W_N \cdots W_1$ ($N \ge 3$) from a small init completes a low-rank matrix from fewer entries than the
@@ -11,27 +11,17 @@ $\sigma_k' = -N \sigma_k^{2 - 2/N} \langle \nabla L(W), u_k v_k^T \rangle$, so s
 the large ones are fitted. Depth 1 ($W' = -\nabla L$) changes only observed entries and leaves the others
 at their init: its test error is $\approx 1 - m/n^2$.
 
-Setting. `flows.completion(n, m, rank, seed, symmetric=False, truth_norm=n)`: $W^* = Z_1 Z_2^T$ with
-Gaussian factors scaled to $\|W^*\|_F = n$ (entries ~1), m entries sampled uniformly without replacement.
-Depth 1 is `flows.Direct`, depth $N \ge 2$ is `flows.Deep(N)` of width n; every factor Gaussian with entries
-$N(0, s^2 / n)$, $s = \text{init}^{1/N}$ (Arora's per-layer std $\text{init}^{1/N} n^{-1/2}$), so
-$\|W_0\|_F \approx \text{init} \sqrt{n}$; the init draws use seed `INIT_SEED_OFFSET` + the problem seed, so the
-init's normals are not the truth's. Their stopping rule: training MSE (mean over observed entries) $\le$
-`TRAIN_MSE`, i.e. $L = \frac12 \|r\|^2 \le m\,\text{TRAIN\_MSE} / 2$ (`stop_loss`, the default solver:
-`flows.Tsit5ThenExtrapolation` for $m \le 1000$, `flows.Tsit5ThenChebyshev` beyond; the full grid's runs beyond
-1000 were made with Tsit5, the default before session 6, and agree to the tolerance), relative tolerance `RTOL`
-per state array. Their RMSprop
-with one global second moment is a time change of gradient flow, so the flow's path is theirs.
+Setting (`_completion`: Arora's problems, inits and stopping rule). Depth 1 is `flows.Direct`, depth
+$N \ge 2$ is `flows.Deep(N)` of width n from `_completion.factor_init`; runs stop at Arora's training MSE, with the
+default solver and relative tolerance `RTOL` per state array. Their RMSprop with one global second moment is a time
+change of gradient flow, so the flow's path is theirs.
 The grids (`GRIDS`): m from 1000 (next to the $2nr - r^2 = 975$ degrees of freedom of the rank-5 truth) to
-5000, 5 seeds; the 25 runs added for the fifth seed and m = 1000 took 256 s on one shared core. A depth-4 run at
-m = 1000 takes 1.2-1.5 thousand steps since the default solver's switch fires for deep products (34 thousand
-Tsit5 steps and 368 s before).
+5000, 5 seeds.
 
 Measurement. Test error $\frac{1}{n^2} \sum_{jk} (W - W^*)_{jk}^2$ at the stop (= the squared relative
 Frobenius error), effective rank (Roy & Vetterli) of $W$, mean and min-max over seeds. The reference: the
 minimum-nuclear-norm completion $\min \|X\|_*$ s.t. $X_{jk} = W^*_{jk}$ on the observed entries,
-`analysis.references.min_nuclear` with SCS (eps `SCS_EPS`; Clarabel's interior point does not fit n = 100),
-cached per (m, seed). The depth-2 init sweep runs at the smaller of the table's m (`Grid.table_ms`), where it also gives
+`_completion.nuclear_minimiser` with SCS (eps `SCS_EPS`; Clarabel's interior point does not fit n = 100). The depth-2 init sweep runs at the smaller of the table's m (`Grid.table_ms`), where it also gives
 $\|W - X_{\mathrm{nuc}}\|_F / \|X_{\mathrm{nuc}}\|_F$. Learning times: one run per depth (seed 0, init
 `INIT`, the same m) saved at `SV_SAVES` log-spaced times up to its stop; $t_k$ is when $\sigma_k(W(t))$ first
 reaches half its final value (interpolated in log-log between saves), and the transition width is
@@ -53,12 +43,14 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 from matplotlib.ticker import NullFormatter
 
 import flows
 from analysis import references
 
-from ._base import Context, Experiment, finite_mean, new_figure, test_error, tex_number, tex_spread
+from ._base import Experiment, Group, finite_mean, new_figure, test_error, tex_number, tex_spread
+from ._completion import TRAIN_MSE, factor_init, nuclear_minimiser, problem, stop_at_train_mse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +83,9 @@ GRIDS = {
 """By `ctx.quick`; 3000 is left out of the full grid (nothing changes between 2000 and 5000 but the error's size)."""
 INIT = 1e-3
 """The init scale of the main grid (Arora's default)."""
-TRAIN_MSE = 1e-6
-"""Arora's stopping rule: training MSE at most this."""
 RTOL = 1e-8
 T1 = 1e5
 """Never reached: every run stops by its loss (`DepthStopTimeMax` reports the latest stop)."""
-INIT_SEED_OFFSET = 10_000
 SCS_EPS = references.SCS_OPTIONS["eps_abs"]
 SV_SAVES = 100
 SV_FIRST = 1e-3
@@ -118,57 +107,25 @@ PUBLISHED = {
     ("depth 4", 1): r"$\le 10^{-4}$",
 }
 """Citations, not measurements: Arora, Cohen, Hu, Luo 2019 (their stored outputs, completion, n = 100,
-rank 5), as quoted in SCIENCE.md, by (method, 0 for 2000 / 1 for 5000 entries). Depth 1's is SCIENCE.md's
-'unobserved entries stay at init'."""
+rank 5), by (method, 0 for 2000 / 1 for 5000 entries). Depth 1's: unobserved
+entries stay at their init."""
 PUBLISHED_DEEP = (2e-5, 4e-5)
-"""Citation (Arora et al. 2019 via SCIENCE.md): depths 3 and 4 at 2000 entries."""
+"""Citation (Arora et al. 2019): depths 3 and 4 at 2000 entries."""
 PUBLISHED_ALL_BELOW = 1e-4
-"""Citation (Arora et al. 2019 via SCIENCE.md): every method at 5000 entries."""
+"""Citation (Arora et al. 2019): every method at 5000 entries."""
 PUBLISHED_DEPTH2 = {1e-2: 1e-1, 1e-5: 2.5e-2}
-"""Citation (Arora et al. 2019 via SCIENCE.md): depth-2 test error at 2000 entries by init scale."""
+"""Citation (Arora et al. 2019): depth-2 test error at 2000 entries by init scale."""
 
-NAMES = {1: "One", 2: "Two", 3: "Three", 4: "Four"}
-EXPONENTS = {2: "Two", 3: "Three", 4: "Four", 5: "Five", 6: "Six"}
-"""Macro words for init scales 10^-k."""
-
-
-def _problem(config: dict) -> flows.EntryProblem:
-    return flows.completion(
-        n=config["n"],
-        m=config["m"],
-        rank=config["rank"],
-        seed=config["seed"],
-        symmetric=False,
-        truth_norm=float(config["n"]),
-    )
+REPORTED_DEPTHS = (1, 2, 3, 4)
+REPORTED_EXPONENTS = (2, 3, 4, 5, 6)
+"""The depths and init scales 10^-k with values at both scales ("n/a" where a grid lacks them)."""
 
 
 def build(config: dict):
     """Depth 1 (W itself) or a depth-N product of width n, Gaussian factors of scale init^(1/N)."""
     depth = config["depth"]
-    flow = flows.Flow(_problem(config), flows.Direct() if depth == 1 else flows.Deep(depth=depth))
-    return flow, flow.init(
-        scale=config["init"] ** (1.0 / depth), kind="gaussian", seed=INIT_SEED_OFFSET + config["seed"]
-    )
-
-
-def _nuclear_minimiser(problem: flows.EntryProblem) -> dict[str, np.ndarray]:
-    """`analysis.references.min_nuclear` by SCS, as the arrays the store caches."""
-    reference = references.min_nuclear(problem, solver="SCS")
-    return {
-        "X": reference.X,
-        "objective": reference.objective,
-        "iterations": reference.iterations,
-        "feasibility": reference.feasibility,
-    }
-
-
-def effective_rank(W: np.ndarray) -> float:
-    r"""Roy & Vetterli's $\exp(-\sum_k p_k \log p_k)$, $p_k = \sigma_k / \sum \sigma$ (as
-    `flows.Trajectory.effective_rank`), for a matrix that is not a trajectory's."""
-    s = np.linalg.svd(W, compute_uv=False)
-    p = s[s > 0] / s.sum()
-    return float(np.exp(-np.sum(p * np.log(p))))
+    flow = flows.Flow(problem(config), flows.Direct() if depth == 1 else flows.Deep(depth=depth))
+    return flow, factor_init(flow, config["init"], depth, config["seed"])
 
 
 def crossing_times(ts: np.ndarray, sigma: np.ndarray, fraction: float) -> np.ndarray:
@@ -212,63 +169,135 @@ class Depth(Experiment):
         "incremental learning)"
     )
 
-    def run(self, ctx: Context) -> None:
+    def groups(self, quick):
+        grid = GRIDS[quick]
+        base = {"n": grid.n, "rank": grid.rank}
+        m_low = grid.table_ms[0]
+        out = []
+        for m in grid.ms:
+            configs = [
+                {**base, "m": m, "depth": d, "init": INIT, "seed": s} for d in grid.depths for s in range(grid.seeds)
+            ]
+            if m == m_low:
+                configs += [
+                    {**base, "m": m, "depth": 2, "init": init, "seed": s}
+                    for init in grid.inits
+                    if init != INIT
+                    for s in range(grid.seeds)
+                ]
+                configs = [c | {"nuclear distance": True} for c in configs]
+            out.append(
+                Group(
+                    f"m = {m}",
+                    build,
+                    configs,
+                    dict(t1=T1, ts=np.array([0.0, T1]), rtol=RTOL, stop_loss=stop_at_train_mse(m)),
+                )
+            )
+        return out
+
+    def followups(self, quick, results):
+        """Seed 0 of each depth >= 2 at the table's smaller m, again, saved at `SV_SAVES` times up to its stop."""
+        grid = GRIDS[quick]
+        m = grid.table_ms[0]
+        out = []
+        for d in grid.depths:
+            chosen = results[
+                (results["m"] == m)
+                & (results["depth"] == d)
+                & (results["init"] == INIT)
+                & (results["seed"] == 0)
+                & (results["status"] != "failed")
+            ]
+            if d < 2 or chosen.empty:  # depth 1 has no incremental learning; a failed run no stop
+                continue
+            end = float(chosen["t_stop"].iloc[0])
+            config = {
+                "n": grid.n,
+                "rank": grid.rank,
+                "m": m,
+                "depth": d,
+                "init": INIT,
+                "seed": 0,
+                "kind": "singular values",
+            }
+            out.append(
+                Group(
+                    f"singular values, depth {d}",
+                    build,
+                    [config],
+                    dict(
+                        t1=2 * end,
+                        ts=np.geomspace(SV_FIRST * end, end, SV_SAVES),
+                        rtol=RTOL,
+                        stop_loss=stop_at_train_mse(m),
+                    ),
+                )
+            )
+        return out
+
+    def measure(self, traj, config):
+        if config.get("kind") == "singular values":
+            return {
+                "t": np.asarray(traj.ts),
+                "sigma": traj.singular_values[:, : 2 * config["rank"]],
+                "sigma_truth": np.linalg.svd(traj.truth, compute_uv=False)[: config["rank"]],
+            }
+        out = {
+            "error": float(test_error(traj.W[-1], traj.truth)),
+            "erank": float(traj.effective_rank[-1]),
+            "t_stop": float(traj.ts[-1]),
+        }
+        if config.get("nuclear distance"):
+            out["W_final"] = traj.W[-1]  # for the distance to the nuclear minimiser (the init sweep's m only)
+        return out
+
+    def report(self, ctx, results):
         grid = GRIDS[ctx.quick]
         base = {"n": grid.n, "rank": grid.rank}
         seeds = range(grid.seeds)
-        m_low = grid.table_ms[0]
-        configs = {
-            m: [{**base, "m": m, "depth": d, "init": INIT, "seed": s} for d in grid.depths for s in seeds]
-            for m in grid.ms
+        m_low, m_high = grid.table_ms
+        kind = results["kind"] if "kind" in results else pd.Series("", index=results.index)
+        main = results[kind.fillna("") != "singular values"]
+        failed = int((main["status"] == "failed").sum())
+        done = main[main["status"] != "failed"]
+        minimisers = {
+            (m, s): nuclear_minimiser(ctx, problem({**base, "m": m, "seed": s})) for m in grid.ms for s in seeds
         }
-        configs[m_low] += [
-            {**base, "m": m_low, "depth": 2, "init": init, "seed": s}
-            for init in grid.inits
-            if init != INIT
-            for s in seeds
-        ]
-        error, rank, t_stop, nuclear_distance, failed = {}, {}, {}, {}, []
-        minimisers = {}
-        for m, group in configs.items():
-            for s in seeds:
-                problem = _problem({**base, "m": m, "seed": s})
-                minimisers[m, s] = ctx.cached(
-                    self.name,
-                    {"reference": "min-nuclear", "solver": "SCS", "eps": SCS_EPS, **base, "m": m, "seed": s},
-                    lambda problem=problem: _nuclear_minimiser(problem),
-                )
-            runs = ctx.sweep(
-                self.name, build, group, t1=T1, ts=np.array([0.0, T1]), rtol=RTOL, stop_loss=m * TRAIN_MSE / 2
+        truths = {(m, s): np.asarray(problem({**base, "m": m, "seed": s}).truth) for m in grid.ms for s in seeds}
+        nuclear_distance = {}
+        for _, row in done[done["m"] == m_low].iterrows():
+            X = minimisers[m_low, row["seed"]]["X"]
+            nuclear_distance[m_low, row["depth"], row["init"], row["seed"]] = float(
+                np.linalg.norm(row["W_final"] - X) / np.linalg.norm(X)
             )
-            for run in runs:
-                c = run.config
-                key = (m, c["depth"], c["init"], c["seed"])
-                if run.status == "failed":
-                    failed.append(key)
-                    continue
-                traj = run.load()
-                error[key] = float(test_error(traj.W[-1], traj.truth))
-                rank[key] = float(traj.effective_rank[-1])
-                t_stop[key] = float(traj.ts[-1])
-                X = minimisers[m, c["seed"]]["X"]
-                nuclear_distance[key] = float(np.linalg.norm(traj.W[-1] - X) / np.linalg.norm(X))
+        table = {
+            name: {(r["m"], r["depth"], r["init"], r["seed"]): r[name] for _, r in done.iterrows()}
+            for name in ("error", "erank", "t_stop")
+        }
+        error, rank, t_stop = table["error"], table["erank"], table["t_stop"]
 
         def values(table, m, depth, init=INIT):
             return np.array([table.get((m, depth, init, s), np.nan) for s in seeds])
 
-        truths = {(m, s): np.asarray(_problem({**base, "m": m, "seed": s}).truth) for m in grid.ms for s in seeds}
         nuclear_error = {
             m: np.array([float(test_error(minimisers[m, s]["X"], truths[m, s])) for s in seeds]) for m in grid.ms
         }
-        nuclear_rank = {m: np.array([effective_rank(minimisers[m, s]["X"]) for s in seeds]) for m in grid.ms}
+        nuclear_rank = {
+            m: np.array(
+                [float(flows.effective_rank(np.linalg.svd(minimisers[m, s]["X"], compute_uv=False))) for s in seeds]
+            )
+            for m in grid.ms
+        }
 
-        trajectories = self._singular_value_runs(ctx, grid, base, t_stop)
+        sv = results[(kind.fillna("") == "singular values") & (results["status"] != "failed")]
+        trajectories = {int(r["depth"]): r for _, r in sv.iterrows()}
         learning = {}
-        for d, traj in trajectories.items():
-            top = traj.singular_values[:, : grid.rank]
+        for d, r in trajectories.items():
+            top = r["sigma"][:, : grid.rank]
             learning[d] = (
-                crossing_times(traj.ts, top, 0.5),
-                np.log10(crossing_times(traj.ts, top, 0.9) / crossing_times(traj.ts, top, 0.1)),
+                crossing_times(r["t"], top, 0.5),
+                np.log10(crossing_times(r["t"], top, 0.9) / crossing_times(r["t"], top, 0.1)),
             )
 
         self._error_figure(ctx, grid, values, error, rank, nuclear_error, nuclear_rank)
@@ -276,7 +305,6 @@ class Depth(Experiment):
         self._singular_value_figure(ctx, grid, trajectories, learning)
 
         deep = [d for d in grid.depths if d >= 3]
-        m_high = grid.table_ms[1]
         low_deep = np.concatenate([values(error, m_low, d) for d in deep])
         low_shallow = np.concatenate([nuclear_error[m_low], values(error, m_low, 2)])
         if np.nanmax(low_deep) < np.nanmin(low_shallow):
@@ -307,35 +335,35 @@ class Depth(Experiment):
             else ("depends" if ordered or np.all(np.diff(widths) < 0) else "fails")
         )
 
-        macros = {
-            "DepthN": str(grid.n),
-            "DepthRank": str(grid.rank),
-            "DepthSeeds": str(grid.seeds),
-            "DepthMs": ", ".join(str(m) for m in grid.ms),
-            "DepthMLow": str(m_low),
-            "DepthMHigh": str(m_high),
-            "DepthMaxDepth": str(max(grid.depths)),
-            "DepthInit": tex_number(INIT),
-            "DepthTrainMse": tex_number(TRAIN_MSE),
-            "DepthScsEps": tex_number(SCS_EPS),
-            "DepthInitMax": tex_number(grid.inits[0]),
-            "DepthInitMin": tex_number(grid.inits[-1]),
-            "DepthFailedRuns": str(len(failed)),
-            "DepthScsFeasibilityMax": tex_number(max(float(r["feasibility"]) for r in minimisers.values())),
-            "DepthScsIterationsMax": str(max(int(r["iterations"]) for r in minimisers.values())),
-            "DepthStopTimeMax": tex_number(max(t_stop.values())),
-            "DepthVerdictDeep": depth_verdict,
-            "DepthVerdictHigh": high_verdict,
-            "DepthVerdictInit": init_verdict,
-            "DepthVerdictIncremental": incremental_verdict,
-            "DepthDeepLowMean": tex_number(deep_mean),
-            "DepthDeepOverPublished": tex_number(deep_mean / np.mean(PUBLISHED_DEEP)),
-            "DepthHighMax": tex_number(float(np.nanmax(high))),
-            "DepthInitEffect": tex_number(float(init_means.max() / init_means.min())),
-            "DepthTwoInitLargest": tex_number(float(init_means[0])),
-            "DepthTwoInitSmallest": tex_number(float(init_means[-1])),
-            "DepthNuclearNormLow": tex_number(float(np.mean([minimisers[m_low, s]["objective"] for s in seeds]))),
-            "DepthTruthNuclearNorm": tex_number(
+        out = {
+            "n": str(grid.n),
+            "rank": str(grid.rank),
+            "seeds": str(grid.seeds),
+            "ms": ", ".join(str(m) for m in grid.ms),
+            "m low": str(m_low),
+            "m high": str(m_high),
+            "max depth": str(max(grid.depths)),
+            "init": tex_number(INIT),
+            "train mse": tex_number(TRAIN_MSE),
+            "scs eps": tex_number(SCS_EPS),
+            "init max": tex_number(grid.inits[0]),
+            "init min": tex_number(grid.inits[-1]),
+            "failed": str(failed),
+            "scs feasibility max": tex_number(max(float(r["feasibility"]) for r in minimisers.values())),
+            "scs iterations max": str(max(int(r["iterations"]) for r in minimisers.values())),
+            "stop time max": tex_number(max(t_stop.values())),
+            "verdict/deep": depth_verdict,
+            "verdict/high": high_verdict,
+            "verdict/init": init_verdict,
+            "verdict/incremental": incremental_verdict,
+            "deep low mean": tex_number(deep_mean),
+            "deep over published": tex_number(deep_mean / np.mean(PUBLISHED_DEEP)),
+            "high max": tex_number(float(np.nanmax(high))),
+            "init effect": tex_number(float(init_means.max() / init_means.min())),
+            "depth 2/init largest": tex_number(float(init_means[0])),
+            "depth 2/init smallest": tex_number(float(init_means[-1])),
+            "nuclear norm low": tex_number(float(np.mean([minimisers[m_low, s]["objective"] for s in seeds]))),
+            "truth nuclear norm": tex_number(
                 float(np.mean([np.linalg.svd(truths[m_low, s], compute_uv=False).sum() for s in seeds]))
             ),
         }
@@ -343,34 +371,43 @@ class Depth(Experiment):
         shallow_min = min(finite_mean(nuclear_error[m_min]), finite_mean(values(error, m_min, 2)))
         deep_min = [finite_mean(values(error, m_min, d)) for d in deep]
         few_verdict = "hurts" if min(deep_min) > shallow_min else "helps" if max(deep_min) < shallow_min else "mixed"
-        macros |= {
-            "DepthMMin": str(m_min),
-            "DepthDegrees": str(2 * grid.n * grid.rank - grid.rank**2),
-            "DepthVerdictFew": few_verdict,
-        }
-        # The same macro names at every scale (the quick grid lacks depth 4 and some inits: "n/a").
-        for m, label in ((m_min, "Min"), (m_low, "Low"), (m_high, "High")):
-            macros[f"DepthErrNuclear{label}"] = tex_number(finite_mean(nuclear_error[m]))
-            macros[f"DepthRankNuclear{label}"] = tex_number(finite_mean(nuclear_rank[m]))
-            for d, word in NAMES.items():
-                macros[f"DepthErr{word}{label}"] = tex_number(finite_mean(values(error, m, d)))
-                macros[f"DepthRank{word}{label}"] = tex_number(finite_mean(values(rank, m, d)))
+        out |= {"m min": str(m_min), "degrees": str(2 * grid.n * grid.rank - grid.rank**2), "verdict/few": few_verdict}
+        # The same keys at every scale (the quick grid lacks depth 4 and some inits: "n/a").
+        for m, label in ((m_min, "m min"), (m_low, "m low"), (m_high, "m high")):
+            out[f"error/nuclear/{label}"] = tex_number(finite_mean(nuclear_error[m]))
+            out[f"erank/nuclear/{label}"] = tex_number(finite_mean(nuclear_rank[m]))
+            for d in REPORTED_DEPTHS:
+                out[f"error/depth {d}/{label}"] = tex_number(finite_mean(values(error, m, d)))
+                out[f"erank/depth {d}/{label}"] = tex_number(finite_mean(values(rank, m, d)))
         by_exponent = {int(round(-np.log10(init))): init for init in grid.inits}
-        for k, word in EXPONENTS.items():
+        for k in REPORTED_EXPONENTS:
             init = by_exponent.get(k)
-            macros[f"DepthTwoInit{word}"] = tex_number(finite_mean(values(error, m_low, 2, init)))
-            macros[f"DepthTwoNuclearDistance{word}"] = tex_number(finite_mean(values(nuclear_distance, m_low, 2, init)))
-        for d, word in NAMES.items():
+            out[f"depth 2/init 1e-{k}/error"] = tex_number(finite_mean(values(error, m_low, 2, init)))
+            out[f"depth 2/init 1e-{k}/nuclear distance"] = tex_number(
+                finite_mean(values(nuclear_distance, m_low, 2, init))
+            )
+        for d in REPORTED_DEPTHS:
             if d == 1:
                 continue
             times, width = learning.get(d, (np.full(grid.rank, np.nan), np.full(grid.rank, np.nan)))
-            macros[f"DepthLearnFirst{word}"] = tex_number(float(times[0]))
-            macros[f"DepthLearnLast{word}"] = tex_number(float(times[-1]))
-            macros[f"DepthLearnWidth{word}"] = tex_number(float(width.mean()))
-            macros[f"DepthLearnOrdered{word}"] = (
+            out[f"learning/depth {d}/first"] = tex_number(float(times[0]))
+            out[f"learning/depth {d}/last"] = tex_number(float(times[-1]))
+            out[f"learning/depth {d}/width"] = tex_number(float(width.mean()))
+            out[f"learning/depth {d}/ordered"] = (
                 "n/a" if d not in learning else "yes" if np.all(np.diff(times) > 0) else "no"
             )
-        ctx.macros(self.name, macros)
+        ctx.values(self.name, out)
+        ctx.finding(
+            "Arora et al.: depth >= 3 completes where the nuclear norm and depth 2 fail",
+            depth_verdict,
+            f"depth >= 3 mean {out['deep low mean']} at m = {m_low}, nuclear "
+            f"{out['error/nuclear/m low']}, depth 2 {out['error/depth 2/m low']}",
+        )
+        ctx.finding(
+            "Arora et al.: singular values are learned one at a time, sharper with depth",
+            incremental_verdict,
+            f"transition widths {', '.join(f'{w:.2f}' for w in widths)} (depth 2..)",
+        )
 
         rows = []
         for i, m in enumerate(grid.table_ms):
@@ -412,28 +449,6 @@ class Depth(Experiment):
             ["method", "$m$", "test error: mean [min, max]", "eff.\\ rank", "published (Arora et al.\\ 2019; cited)"],
             rows,
         )
-
-    @staticmethod
-    def _singular_value_runs(ctx: Context, grid: Grid, base: dict, t_stop: dict) -> dict[int, flows.Trajectory]:
-        """Seed 0 of each depth >= 2 at the table's smaller m, again, saved at `SV_SAVES` times up to its stop."""
-        m = grid.table_ms[0]
-        trajectories = {}
-        for d in grid.depths:
-            if d < 2 or (m, d, INIT, 0) not in t_stop:  # depth 1 has no incremental learning; a failed run no stop
-                continue
-            end = t_stop[m, d, INIT, 0]
-            ts = np.geomspace(SV_FIRST * end, end, SV_SAVES)
-            (run,) = ctx.sweep(
-                Depth.name,
-                build,
-                [{**base, "m": m, "depth": d, "init": INIT, "seed": 0}],
-                t1=2 * end,
-                ts=ts,
-                rtol=RTOL,
-                stop_loss=m * TRAIN_MSE / 2,
-            )
-            trajectories[d] = run.load()
-        return trajectories
 
     @staticmethod
     def _error_figure(ctx, grid, values, error, rank, nuclear_error, nuclear_rank) -> None:
@@ -538,13 +553,13 @@ class Depth(Experiment):
     def _singular_value_figure(ctx, grid, trajectories, learning) -> None:
         fig, axes = new_figure(len(trajectories), width=2.9, height=2.7)
         shown = 2 * grid.rank
-        for ax, (d, traj) in zip(axes, sorted(trajectories.items())):
-            truth = np.linalg.svd(traj.truth, compute_uv=False)[: grid.rank]
-            positive = traj.ts > 0
+        for ax, (d, run) in zip(axes, sorted(trajectories.items())):
+            truth = run["sigma_truth"]
+            positive = run["t"] > 0
             for k in range(shown):
                 ax.loglog(
-                    traj.ts[positive],
-                    traj.singular_values[positive, k],
+                    run["t"][positive],
+                    run["sigma"][positive, k],
                     color=f"C{k}" if k < grid.rank else "0.6",
                     lw=1.2 if k < grid.rank else 0.8,
                     label=f"$\\sigma_{{{k + 1}}}$"

@@ -1,10 +1,10 @@
-r"""Claim 7 (seed 004): the ratio on each factor, $\sum_j R(W_j)$, against the ratio on the product $R(W)$.
+r"""Claim 7: the ratio on each factor, $\sum_j R(W_j)$, against the ratio on the product $R(W)$.
 
-Setting. The penalties experiment's completion problem and factored inits (`penalties.GRIDS`: the same n, rank, m,
-seeds, the small Gaussian init of scale `penalties.INIT` per product) for $W = U V^T$ and $W = W_3 W_2 W_1$,
-$L + \lambda R$ with the smoothed ratio of `penalties.RATIO`, $\lambda$ over `STRENGTHS` (four decades), and no
+Setting. The penalties experiment's completion problem and factored inits (`_completion.GRIDS`: the same n, rank, m,
+seeds, the small Gaussian init of scale `_completion.INIT` per product) for $W = U V^T$ and $W = W_3 W_2 W_1$,
+$L + \lambda R$ with the smoothed ratio of `_completion.RATIO`, $\lambda$ over `STRENGTHS` (four decades), and no
 penalty for reference, under two dynamics: gradient flow to the penalties experiment's slow horizon, and the Adam
-flow (`penalties.DYNAMICS["Adam"]`) to the fast one. And, under gradient flow, the ratio on each factor with
+flow (`_completion.DYNAMICS["Adam"]`) to the fast one. And, under gradient flow, the ratio on each factor with
 the smoothing `DELTAS` below the product's delta = 1, down to the exact ratio (delta = 0).
 
 Solver. These flows are stiff (200 thousand Tsit5 steps covered less than a tenth of the horizon at n = 30; the
@@ -49,28 +49,30 @@ from __future__ import annotations
 
 import diffrax
 import numpy as np
+import pandas as pd
 
 import flows
-from . import penalties
-from ._base import Context, Experiment, finite_mean, new_figure, test_error, tex_number, tex_spread
+
+from ._base import Experiment, Group, finite_mean, new_figure, tex_number, tex_spread
+from ._completion import GRIDS, MAX_STEPS, RATIO, RTOL, SAVES, Grid, build, curve, nuclear_errors, verdict_same
 
 STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0)
 """Four decades of lambda; the penalties grid's own strength (3) behaves as 1 (measured at n = 15)."""
-PARAMETERIZATIONS = {"UV^T": "Factored", "depth 3": ""}
-"""The factored parameterizations (`penalties.PARAMETERIZATIONS`) and their macros' infix (depth 3: none)."""
+PARAMETERIZATIONS = {"UV^T": "UVT", "depth 3": "depth 3"}
+"""The factored parameterizations (`_completion.PARAMETERIZATIONS`) and their value keys."""
 PLACEMENTS = {"ratio": "on the product", "ratio on each factor": "on each factor"}
-DYNAMICS = {"gradient flow": "", "Adam": "Adam"}
-"""The dynamics (`penalties.DYNAMICS`) and their macros' infix (gradient flow: none)."""
-DELTAS = {0.1: "Tenth", 0.0: "Zero"}
-"""The smoothing of the ratio on each factor below `penalties.RATIO`'s, under gradient flow, and macro names: near
-the peak of the pull for U V^T's factors, and none (the exact ratio; delta = 0.01 gave the same as 0 at n = 15)."""
+DYNAMICS = ("gradient flow", "Adam")
+DELTAS = (0.1, 0.0)
+"""The smoothing of the ratio on each factor below `_completion.RATIO`'s, under gradient flow: near the peak of the
+pull for U V^T's factors, and none (the exact ratio; delta = 0.01 gave the same as 0 at n = 15)."""
+DELTA = RATIO["delta"]
 ATOL = 1e-10
 """The solver's absolute tolerance (see the module docstring), with the penalties experiment's rtol."""
 COLLAPSED = 1e-6
 r"""A run whose $\|W\|_F$ at the horizon is below this fraction of $\|W^*\|_F$ has collapsed to W = 0."""
 
 
-def _configs(grid: penalties.Grid, dynamics: str = "gradient flow") -> list[dict]:
+def configs(grid: Grid, dynamics: str = "gradient flow") -> list[dict]:
     """Both placements at every strength, and no penalty, under `dynamics` with the ratio's own smoothing."""
     base = {"n": grid.n, "rank": grid.rank, "m": grid.m, "dynamics": dynamics}
     cells = [("none", None)] + [(p, s) for s in STRENGTHS for p in PLACEMENTS]
@@ -82,45 +84,36 @@ def _configs(grid: penalties.Grid, dynamics: str = "gradient flow") -> list[dict
     ]
 
 
-def _delta_configs(grid: penalties.Grid) -> list[dict]:
+def delta_configs(grid: Grid) -> list[dict]:
     """The ratio on each factor at every strength and smoothing of `DELTAS`, under gradient flow."""
-    return [{**c, "delta": delta} for delta in DELTAS for c in _configs(grid) if c["penalty"] == "ratio on each factor"]
-
-
-def _key(config: dict) -> tuple:
-    """(dynamics, delta, parameterization, penalty, strength, seed): one run."""
-    return (
-        config["dynamics"],
-        config.get("delta", penalties.RATIO["delta"]),
-        config["parameterization"],
-        config["penalty"],
-        config["strength"],
-        config["seed"],
-    )
-
-
-def _cell(
-    curves: dict,
-    seeds: int,
-    dynamics: str,
-    param: str,
-    pen: str,
-    s: float | None,
-    delta: float = penalties.RATIO["delta"],
-) -> list[dict] | None:
-    """The runs of one cell (a `_key` without its seed), or None unless every seed finished (a failed seed is
-    reported, not averaged away: an n/a in the tables, a gap in the figures)."""
-    rows = [c for k, c in curves.items() if k[:5] == (dynamics, delta, param, pen, s)]
-    return rows if len(rows) == seeds else None
-
-
-def _mean_best(rows: list[dict] | None) -> float:
-    """The mean over seeds of the best test error over time; NaN for a missing cell."""
-    return np.nan if rows is None else finite_mean([c["error"].min() for c in rows])
+    return [{**c, "delta": delta} for delta in DELTAS for c in configs(grid) if c["penalty"] == "ratio on each factor"]
 
 
 def _tex_name(param: str) -> str:
     return param.replace("UV^T", "$UV^T$")
+
+
+class Cells:
+    """The finished runs by cell; a cell is None unless every seed finished (a failed seed is reported, not averaged
+    away: an n/a in the tables, a gap in the figures)."""
+
+    def __init__(self, results: pd.DataFrame, seeds: int):
+        done = results[results["status"] != "failed"].copy()
+        done["delta"] = done["delta"].fillna(DELTA) if "delta" in done else DELTA
+        done["strength"] = done["strength"].astype(float)
+        self.done, self.seeds = done, seeds
+
+    def __call__(self, dynamics, param, pen, s, delta=DELTA) -> pd.DataFrame | None:
+        d = self.done
+        chosen = (d["dynamics"] == dynamics) & (d["parameterization"] == param) & (d["penalty"] == pen)
+        chosen &= (d["delta"] == delta) & (d["strength"].isna() if s is None else d["strength"] == s)
+        rows = d[chosen].sort_values("seed")
+        return rows if len(rows) == self.seeds else None
+
+
+def _mean_best(rows: pd.DataFrame | None) -> float:
+    """The mean over seeds of the best test error over time; NaN for a missing cell."""
+    return np.nan if rows is None else finite_mean([e.min() for e in rows["error"]])
 
 
 class EachFactor(Experiment):
@@ -130,64 +123,61 @@ class EachFactor(Experiment):
         "and Adam flow, the smoothing delta)"
     )
 
-    def run(self, ctx: Context) -> None:
-        grid = penalties.GRIDS[ctx.quick]
-        nuclear_error = penalties.nuclear_errors(ctx, grid)  # the penalties experiment's cached references
+    def groups(self, quick):
+        grid = GRIDS[quick]
+        options = dict(rtol=RTOL, atol=ATOL, max_steps=MAX_STEPS)
+        return [
+            Group(
+                "gradient flow",
+                build,
+                configs(grid) + delta_configs(grid),
+                dict(t1=grid.slow, ts=flows.default_ts(grid.slow, SAVES), solver=flows.Tsit5ThenChebyshev(), **options),
+            ),
+            Group(
+                "Adam flow",
+                build,
+                configs(grid, "Adam"),
+                dict(t1=grid.fast, ts=flows.default_ts(grid.fast, SAVES), solver=diffrax.Tsit5(), **options),
+            ),
+        ]
+
+    def measure(self, traj, config):
+        return curve(traj, config)
+
+    def report(self, ctx, results):
+        grid = GRIDS[ctx.quick]
+        nuclear_error = nuclear_errors(ctx, grid)
         nuclear_mean = finite_mean(list(nuclear_error.values()))
-        options = dict(rtol=penalties.RTOL, atol=ATOL, max_steps=penalties.MAX_STEPS)
-        runs = ctx.sweep(
-            self.name,
-            penalties.build,
-            _configs(grid) + _delta_configs(grid),
-            t1=grid.slow,
-            ts=flows.default_ts(grid.slow, penalties.SAVES),
-            solver=flows.Tsit5ThenChebyshev(),
-            **options,
-        )
-        runs += ctx.sweep(
-            self.name,
-            penalties.build,
-            _configs(grid, "Adam"),
-            t1=grid.fast,
-            ts=flows.default_ts(grid.fast, penalties.SAVES),
-            solver=diffrax.Tsit5(),
-            **options,
-        )
-        curves, failed = {}, []
-        for run in runs:
-            if run.status == "failed":
-                failed.append(_key(run.config))
-                continue
-            traj = run.load()
-            curves[_key(run.config)] = {
-                "t": np.asarray(traj.ts),
-                "error": test_error(traj.W, traj.truth),
-                "norm": np.linalg.norm(np.asarray(traj.W), axis=(1, 2)),
-                "steps": traj.stats["num_steps"],
-            }
+        cell = Cells(results, grid.seeds)
         # The factors' norms at init (mean over factors and seeds), against which the smoothing delta is set.
         init_norms = {
             param: finite_mean(
                 [
                     np.linalg.norm(np.asarray(factor))
-                    for c in _configs(grid)
+                    for c in configs(grid)
                     if c["parameterization"] == param and c["penalty"] == "none"
-                    for factor in penalties.build(c)[1]
+                    for factor in build(c)[1]
                 ]
             )
             for param in PARAMETERIZATIONS
         }
-        self._figure(ctx, curves, nuclear_error, nuclear_mean, grid.seeds)
-        self._figure_adam_delta(ctx, grid, curves, nuclear_mean)
-        self._outputs(ctx, grid, curves, nuclear_mean, failed, init_norms)
+        self._figure(ctx, cell, nuclear_error, nuclear_mean)
+        self._figure_adam_delta(ctx, grid, cell, nuclear_mean)
+        self._outputs(ctx, grid, cell, nuclear_mean, int((results["status"] == "failed").sum()), init_norms)
 
     @staticmethod
-    def _figure(ctx, curves, nuclear_error, nuclear_mean, seeds) -> None:
+    def _figure(ctx, cell, nuclear_error, nuclear_mean) -> None:
         fig, axes = new_figure(3, width=3.2, height=3.5)
         shades = dict(zip(STRENGTHS, ("C0", "C2", "C1", "C3")))
-        for (dynamics, delta, param, pen, s, seed), c in curves.items():
-            if (dynamics, delta, param, seed) != ("gradient flow", penalties.RATIO["delta"], "depth 3", 0):
-                continue
+        d = cell.done
+        shown = d[
+            (d["dynamics"] == "gradient flow")
+            & (d["delta"] == DELTA)
+            & (d["parameterization"] == "depth 3")
+            & (d["seed"] == 0)
+        ]
+        for _, c in shown.iterrows():
+            pen, s = c["penalty"], c["strength"]
             style = (
                 dict(color="k", ls="-", label="no penalty")
                 if pen == "none"
@@ -208,7 +198,7 @@ class EachFactor(Experiment):
             title="depth 3, seed 0",
             ylim=(1e-10, None),
         )
-        _best_against_strength(axes[2], curves, "gradient flow", seeds)
+        _best_against_strength(axes[2], cell, "gradient flow")
         axes[2].axhline(nuclear_mean, color="0.5", ls=":")
         axes[2].set(title="both, mean over seeds")
         handles, labels = axes[0].get_legend_handles_labels()
@@ -217,20 +207,17 @@ class EachFactor(Experiment):
         ctx.figure(fig, "each_factor")
 
     @staticmethod
-    def _figure_adam_delta(ctx, grid, curves, nuclear_mean) -> None:
+    def _figure_adam_delta(ctx, grid, cell, nuclear_mean) -> None:
         fig, axes = new_figure(3, width=3.2, height=3.6)
-        _best_against_strength(axes[0], curves, "Adam", grid.seeds)
+        _best_against_strength(axes[0], cell, "Adam")
         axes[0].axhline(nuclear_mean, color="0.5", ls=":", label="nuclear minimiser")
         axes[0].set(title="Adam flow, mean over seeds")
         floor = 1e-12  # collapsed runs end near 1e-60: drawn at the floor
         # Thinner lines and smaller markers for smaller delta, so that coinciding curves all show.
-        smoothings = zip((penalties.RATIO["delta"], *DELTAS), ("C3", "C1", "C0"), (2.4, 1.6, 0.8), strict=True)
+        smoothings = zip((DELTA, *DELTAS), ("C3", "C1", "C0"), (2.4, 1.6, 0.8), strict=True)
         for delta, colour, width in smoothings:
             for param, marker in (("depth 3", "-o"), ("UV^T", "--s")):
-                cells = [
-                    _cell(curves, grid.seeds, "gradient flow", param, "ratio on each factor", s, delta)
-                    for s in STRENGTHS
-                ]
+                cells = [cell("gradient flow", param, "ratio on each factor", s, delta) for s in STRENGTHS]
                 style = dict(
                     color=colour,
                     lw=width,
@@ -241,7 +228,7 @@ class EachFactor(Experiment):
                 axes[2].plot(
                     STRENGTHS,
                     [
-                        np.nan if rows is None else finite_mean([max(c["norm"][-1], floor) for c in rows])
+                        np.nan if rows is None else finite_mean([max(n[-1], floor) for n in rows["norm"]])
                         for rows in cells
                     ],
                     marker,
@@ -266,13 +253,12 @@ class EachFactor(Experiment):
         fig.legend(left[0] + right[0], left[1] + right[1], loc="outside lower center", ncols=4, fontsize="x-small")
         ctx.figure(fig, "each_factor-adam-delta")
 
-    @staticmethod
-    def _outputs(ctx, grid, curves, nuclear_mean, failed, init_norms) -> None:
-        def cell(dynamics, param, pen, s, delta=penalties.RATIO["delta"]):
-            return _cell(curves, grid.seeds, dynamics, param, pen, s, delta)
-
+    def _outputs(self, ctx, grid, cell, nuclear_mean, failed, init_norms) -> None:
         def collapsed(rows):
-            return all(c["norm"][-1] < COLLAPSED * grid.n for c in rows)
+            return all(n[-1] < COLLAPSED * grid.n for n in rows["norm"])
+
+        def spread(rows, of):
+            return f"${tex_spread([of(c) for _, c in rows.iterrows()])}$"
 
         table = []
         for dynamics in DYNAMICS:
@@ -287,14 +273,14 @@ class EachFactor(Experiment):
                     table.append(
                         name
                         + [
-                            f"${tex_spread([c['error'].min() for c in rows])}$",
-                            f"${tex_spread([c['t'][np.argmin(c['error'])] for c in rows])}$",
-                            f"${tex_spread([c['norm'][-1] for c in rows])}$",
-                            f"${tex_spread([c['steps'] for c in rows])}$",
+                            spread(rows, lambda c: c["error"].min()),
+                            spread(rows, lambda c: c["t"][np.argmin(c["error"])]),
+                            spread(rows, lambda c: c["norm"][-1]),
+                            spread(rows, lambda c: c["steps"]),
                         ]
                     )
         ctx.table(
-            "each_factor",
+            self.name,
             "grid",
             "llllll",
             ["dynamics", "penalty", "best test error", "at time", r"$\|W\|_F$ at the end", "steps"],
@@ -303,7 +289,7 @@ class EachFactor(Experiment):
 
         smoothing = []
         for param in PARAMETERIZATIONS:
-            for delta in (penalties.RATIO["delta"], *DELTAS):
+            for delta in (DELTA, *DELTAS):
                 row = [_tex_name(param), f"${tex_number(delta)}$"]
                 for s in STRENGTHS:
                     rows = cell("gradient flow", param, "ratio on each factor", s, delta)
@@ -312,11 +298,11 @@ class EachFactor(Experiment):
                         if rows is None
                         else "collapses"
                         if collapsed(rows)
-                        else f"${tex_spread([c['error'].min() for c in rows])}$"
+                        else spread(rows, lambda c: c["error"].min())
                     )
                 smoothing.append(row)
         ctx.table(
-            "each_factor",
+            self.name,
             "delta",
             "ll" + "l" * len(STRENGTHS),
             ["", r"$\delta$", *(rf"$\lambda = {tex_number(s)}$" for s in STRENGTHS)],
@@ -324,77 +310,84 @@ class EachFactor(Experiment):
         )
 
         # Penalised Adam-flow runs whose best test error is at their last save (the horizon).
-        adam_runs = [c for k, c in curves.items() if k[0] == "Adam" and k[3] != "none"]
-        adam_at_horizon = sum(int(np.argmin(c["error"])) == len(c["error"]) - 1 for c in adam_runs)
-        macros = {
-            "EachStrengths": ", ".join(tex_number(s) for s in STRENGTHS),
-            "EachAtol": tex_number(ATOL),
-            "EachStrengthCount": str(len(STRENGTHS)),
-            "EachSeeds": str(grid.seeds),
-            "EachN": str(grid.n),
-            "EachHorizon": tex_number(grid.slow),
-            "EachFailed": str(len(failed)),
-            "EachNuclear": tex_number(nuclear_mean),
-            "EachAdamHorizon": tex_number(grid.fast),
-            "EachAdamAtHorizon": str(adam_at_horizon),
-            "EachAdamRuns": str(len(adam_runs)),
-            "EachDeltas": ", ".join(tex_number(d) for d in DELTAS),
+        d = cell.done
+        adam_runs = d[(d["dynamics"] == "Adam") & (d["penalty"] != "none")]
+        adam_at_horizon = sum(int(np.argmin(e)) == len(e) - 1 for e in adam_runs["error"])
+        values = {
+            "strengths": ", ".join(tex_number(s) for s in STRENGTHS),
+            "atol": tex_number(ATOL),
+            "strength count": str(len(STRENGTHS)),
+            "seeds": str(grid.seeds),
+            "n": str(grid.n),
+            "horizon": tex_number(grid.slow),
+            "failed": str(failed),
+            "nuclear": tex_number(nuclear_mean),
+            "Adam/horizon": tex_number(grid.fast),
+            "Adam/at horizon": str(adam_at_horizon),
+            "Adam/runs": str(len(adam_runs)),
+            "deltas": ", ".join(tex_number(d) for d in DELTAS),
         }
 
-        def best_over_strengths(dynamics, param, pen, delta=penalties.RATIO["delta"]):
+        def best_over_strengths(dynamics, param, pen, delta=DELTA):
             means = {
                 s: _mean_best(cell(dynamics, param, pen, s, delta))
                 for s in STRENGTHS
-                if cell(dynamics, param, pen, s, delta)
+                if cell(dynamics, param, pen, s, delta) is not None
             }
             return min(means.items(), key=lambda kv: kv[1]) if means else (None, np.nan)
 
-        def collapse_macros(tag, dynamics, param, delta=penalties.RATIO["delta"]):
+        def collapse_values(key, dynamics, param, delta=DELTA):
             """Where each factor collapses: "n/a" unless every strength's cell finished (a missing cell is not "no
             collapse"), else from which strength, and at how many."""
             cells = [cell(dynamics, param, "ratio on each factor", s, delta) for s in STRENGTHS]
             if any(rows is None for rows in cells):
-                return {f"{tag}Collapses": "n/a (a strength's cell has a failed run)", f"{tag}CollapseCount": "n/a"}
+                return {f"{key}/collapses": "n/a (a strength's cell has a failed run)", f"{key}/collapse count": "n/a"}
             collapse = [s for s, rows in zip(STRENGTHS, cells) if collapsed(rows)]
             phrase = rf"from $\lambda = {tex_number(min(collapse))}$" if collapse else "at none of the strengths"
-            return {f"{tag}Collapses": phrase, f"{tag}CollapseCount": str(len(collapse))}
+            return {f"{key}/collapses": phrase, f"{key}/collapse count": str(len(collapse))}
 
-        for dynamics, dynamics_infix in DYNAMICS.items():
-            for param, infix in PARAMETERIZATIONS.items():
+        for dynamics in DYNAMICS:
+            for param, pkey in PARAMETERIZATIONS.items():
                 each_strength, each_best = best_over_strengths(dynamics, param, "ratio on each factor")
                 product_strength, product_best = best_over_strengths(dynamics, param, "ratio")
                 none = cell(dynamics, param, "none", None)
-                tag = f"Each{dynamics_infix}{infix}"
+                key = f"{dynamics}/{pkey}"
                 if dynamics == "gradient flow":
-                    macros[f"{tag}InitNorm"] = tex_number(init_norms[param])
-                macros |= {
-                    f"{tag}None": tex_number(_mean_best(none)) if none else "n/a",
-                    f"{tag}BestEach": tex_number(each_best),
-                    f"{tag}BestEachStrength": tex_number(each_strength or np.nan),
-                    f"{tag}BestProduct": tex_number(product_best),
-                    f"{tag}BestProductStrength": tex_number(product_strength or np.nan),
-                    f"{tag}Verdict": penalties.verdict_same(each_best, product_best),
-                    **collapse_macros(tag, dynamics, param),
+                    values[f"{pkey}/init norm"] = tex_number(init_norms[param])
+                verdict = verdict_same(each_best, product_best)
+                values |= {
+                    f"{key}/none": tex_number(_mean_best(none)) if none is not None else "n/a",
+                    f"{key}/best each": tex_number(each_best),
+                    f"{key}/best each strength": tex_number(each_strength or np.nan),
+                    f"{key}/best product": tex_number(product_best),
+                    f"{key}/best product strength": tex_number(product_strength or np.nan),
+                    f"{key}/verdict": verdict,
+                    **collapse_values(key, dynamics, param),
                 }
-        for param, infix in PARAMETERIZATIONS.items():
-            for delta, name in DELTAS.items():
+                ctx.finding(
+                    f"claim 7 ({param}, {dynamics}): the ratio on each factor against on the product",
+                    f"each factor {verdict}",
+                    f"{values[key + '/best each']} against {values[key + '/best product']}",
+                )
+        for param, pkey in PARAMETERIZATIONS.items():
+            for delta in DELTAS:
                 each_strength, each_best = best_over_strengths("gradient flow", param, "ratio on each factor", delta)
-                tag = f"Each{infix}Delta{name}"
-                macros |= {
-                    f"{tag}BestEach": tex_number(each_best),
-                    f"{tag}BestEachStrength": tex_number(each_strength or np.nan),
-                    **collapse_macros(tag, "gradient flow", param, delta),
+                key = f"delta {delta:g}/{pkey}"
+                values |= {
+                    f"{key}/best each": tex_number(each_best),
+                    f"{key}/best each strength": tex_number(each_strength or np.nan),
+                    **collapse_values(key, "gradient flow", param, delta),
                 }
-        ctx.macros("each_factor", macros)
+        ctx.values(self.name, values)
 
 
-def _best_against_strength(ax, curves, dynamics, seeds) -> None:
+def _best_against_strength(ax, cell, dynamics) -> None:
     """Best test error (mean over seeds) against lambda, both placements and factorizations, and no penalty."""
     for param, colour in (("depth 3", "0.25"), ("UV^T", "C5")):
         name = _tex_name(param)
         for pen, marker in (("ratio", "-o"), ("ratio on each factor", "--s")):
-            best = [_mean_best(_cell(curves, seeds, dynamics, param, pen, s)) for s in STRENGTHS]
+            best = [_mean_best(cell(dynamics, param, pen, s)) for s in STRENGTHS]
             ax.plot(STRENGTHS, best, marker, color=colour, label=f"{name}, {PLACEMENTS[pen]}")
-        none = _mean_best(_cell(curves, seeds, dynamics, param, "none", None))
+        none = _mean_best(cell(dynamics, param, "none", None))
         ax.axhline(none, color=colour, lw=0.8, label=f"{name}, no penalty")
     ax.set(xscale="log", yscale="log", xlabel=r"strength $\lambda$", ylabel="best test error (mean over seeds)")

@@ -1,4 +1,4 @@
-r"""Flat minima (seed 003; claim 10 of SCIENCE.md): where the $UV^T$ flow lands against the flattest
+r"""Flat minima (Ding, Drusvyatskiy, Fazel, Harchaoui): where the $UV^T$ flow lands against the flattest
 interpolant, under uniform and non-uniform sampling, and the bounds (7) and (8) of the flatness report.
 
 Claims. For $f(L, R) = \|\mathcal{A}(L R^T) - b\|^2$ the scaled Hessian trace is
@@ -8,7 +8,7 @@ square roots of the row and column sampling rates); the flattest interpolant min
 norm $\|D_1 X D_2\|_*$ subject to $\mathcal{A}(X) = b$, and its str is $4m \|D_1 X_\flat D_2\|_*$
 (analysis.flatness). Question: does gradient flow on $W = U V^T$ from a small balanced init land at (or
 near) the flattest interpolant? With $\alpha_1 I \preceq D_i \preceq \alpha_2 I$ ($i = 1, 2$) and
-$\kappa = \alpha_2 / \alpha_1$, the report's theorem says the flattest pair $(L_\flat, R_\flat)$ is
+$\kappa = \alpha_2 / \alpha_1$, Ding et al.'s theorem says the flattest pair $(L_\flat, R_\flat)$ is
 
     (7) nearly norm-minimal:
         $\|L_\flat\|_F^2 + \|R_\flat\|_F^2 \le \kappa^2 \min_{\mathcal{A}(LR^T) = b} (\|L\|_F^2 + \|R\|_F^2)$,
@@ -17,7 +17,7 @@ $\kappa = \alpha_2 / \alpha_1$, the report's theorem says the flattest pair $(L_
 What is measured for them, derived again. The minimum in (7) over factorizations of width $k \ge$ rank is
 $2 \min \{\|X\|_* : \mathcal{A}(X) = b\}$ (since $\|X\|_* = \min_{LR^T = X} (\|L\|^2 + \|R\|^2)/2$), so (7)'s
 ratio is $(\|L_\flat\|^2 + \|R_\flat\|^2) / (2 \|X_{\mathrm{nuc}}\|_*)$, against $\kappa^2$. In (8), $M_\natural$ is
-the ground truth ($b = \mathcal{A}(M_\natural)$): the report's lemma bounds the imbalance by
+the ground truth ($b = \mathcal{A}(M_\natural)$): their lemma bounds the imbalance by
 $(1 - \kappa^{-2}) (\|L_\flat\|^2 + \|R_\flat\|^2)$; the step behind (7) gives
 $\|L_\flat\|^2 + \|R_\flat\|^2 \le \kappa^2 (\|L\|^2 + \|R\|^2)$ for every interpolant $(L, R)$; and the balanced
 factorization of $M_\natural$ has $\|L\|^2 + \|R\|^2 = 2 \|M_\natural\|_*$. Hence the bound
@@ -50,7 +50,7 @@ import numpy as np
 import flows
 from analysis import flatness
 
-from ._base import Context, Experiment, new_figure, tex_number
+from ._base import Context, Experiment, Group, new_figure, tex_number
 
 T1 = 1e8
 TS = np.concatenate([[0.0], np.geomspace(1e-2, T1, 41)])
@@ -96,20 +96,44 @@ class Flatness(Experiment):
     name = "flatness"
     title = "flat minima: the scaled Hessian trace along UV^T flows, the flattest interpolant, bounds (7) and (8)"
 
-    def run(self, ctx: Context) -> None:
-        setting = SETTINGS[ctx.quick]
+    def groups(self, quick):
+        setting = SETTINGS[quick]
         configs = [
             {"n": setting["n"], "m": setting["m"], "rank": RANK, "skew": skew, "seed": seed, "scale": INIT_SCALE}
             for skew in setting["skews"]
             for seed in setting["seeds"]
         ]
-        runs = ctx.sweep(
-            self.name, build, configs, t1=T1, ts=TS, rtol=RTOL, atol=None, solver=flows.Tsit5ThenExtrapolation()
-        )
-        rows = [self._measure(ctx, run) for run in runs]
+        return [
+            Group(
+                "UV^T flows",
+                build,
+                configs,
+                dict(t1=T1, ts=TS, rtol=RTOL, atol=None, solver=flows.Tsit5ThenExtrapolation()),
+            )
+        ]
+
+    def measure(self, traj, config):
+        """The end point (U, V, W), the last-decade change, the final loss; along the first seed's runs the scaled
+        Hessian trace at every saved time."""
+        U, V = (np.asarray(x) for x in traj.states)
+        W = traj.W[-1]
+        out = {
+            "ts": np.asarray(traj.ts),
+            "U": U[-1],
+            "V": V[-1],
+            "W": W,
+            "loss": float(traj.loss[-1]),
+            "change": float(np.linalg.norm(W - traj.W[DECADE_BEFORE]) / np.linalg.norm(W)),
+        }
+        if config["seed"] == 0:
+            problem = _problem(config)
+            out["str_t"] = np.array([flatness.scaled_trace(problem, u, v) for u, v in zip(U, V)])
+        return out
+
+    def report(self, ctx, results):
+        setting = SETTINGS[ctx.quick]
+        rows = [self._compare(ctx, run) for _, run in results.iterrows()]
         traces = {row["skew"]: row for row in rows if row["seed"] == setting["seeds"][0]}
-        for row in traces.values():
-            row["str_t"] = np.array([flatness.scaled_trace(row["problem"], U, V) for U, V in zip(*row["states"])])
 
         self._trajectory_figure(ctx, traces)
         skews = np.array(setting["skews"])
@@ -139,48 +163,58 @@ class Flatness(Experiment):
         d_flow_flat = np.array([r["d_flow_flat"] for r in rows])
         nearer = sum(r["d_flow_flat"] < r["d_flow_nuc"] for r in rows)
         first, last = 0, len(skews) - 1
-        ctx.macros(
+        ctx.values(
             self.name,
             {
-                "FlatN": str(setting["n"]),
-                "FlatM": str(setting["m"]),
-                "FlatRank": str(RANK),
-                "FlatSeeds": str(len(setting["seeds"])),
-                "FlatRuns": str(len(rows)),
-                "FlatSkewMax": tex_number(skews[last]),
-                "FlatInitScale": tex_number(INIT_SCALE),
-                "FlatTOne": tex_number(T1),
-                "FlatRtol": tex_number(RTOL),
-                "FlatCurvatureSlack": tex_number(CURVATURE_SLACK),
-                "FlatSamePoint": tex_number(SAME_POINT),
-                "FlatKappaMin": tex_number(float(per_skew["kappa"].min())),
-                "FlatKappaMax": tex_number(float(per_skew["kappa"].max())),
-                "FlatStrRatioUniform": tex_number(float(per_skew["str_ratio"][first].mean()), 3),
-                "FlatStrRatioSkewed": tex_number(float(per_skew["str_ratio"][last].mean()), 3),
-                "FlatStrRatioMax": tex_number(float(str_ratio.max()), 3),
-                "FlatDistFlattestUniform": tex_number(float(per_skew["d_flow_flat"][first].mean())),
-                "FlatDistFlattestSkewed": tex_number(float(per_skew["d_flow_flat"][last].mean())),
-                "FlatDistNuclearUniform": tex_number(float(per_skew["d_flow_nuc"][first].mean())),
-                "FlatDistNuclearSkewed": tex_number(float(per_skew["d_flow_nuc"][last].mean())),
-                "FlatDistFlattestNuclearUniform": tex_number(float(per_skew["d_flat_nuc"][first].mean())),
-                "FlatDistFlattestNuclearSkewed": tex_number(float(per_skew["d_flat_nuc"][last].mean())),
-                "FlatDistTruthUniform": tex_number(float(per_skew["d_flow_truth"][first].mean())),
-                "FlatDistTruthSkewed": tex_number(float(per_skew["d_flow_truth"][last].mean())),
-                "FlatDistFlattestMin": tex_number(float(d_flow_flat.min())),
-                "FlatNearerFlattest": str(nearer),
-                "FlatCurvatureVerdict": "holds" if str_ratio.max() <= 1 + CURVATURE_SLACK else "fails",
-                "FlatLocationVerdict": "holds" if d_flow_flat.max() <= SAME_POINT else "fails",
-                "FlatBoundSevenMax": tex_number(float(ratio7.max())),
-                "FlatBoundEightMax": tex_number(float(ratio8.max())),
-                "FlatBoundSevenVerdict": "holds" if ratio7.max() <= 1 else "fails",
-                "FlatBoundEightVerdict": "holds" if ratio8.max() <= 1 else "fails",
-                "FlatNormRatioFlattestMax": tex_number(float(max(r["norm_flat"] / r["norm_min"] for r in rows)), 3),
-                "FlatNormRatioFlowMax": tex_number(float(max(r["norm_flow"] / r["norm_min"] for r in rows)), 3),
-                "FlatFlowImbalanceMax": tex_number(float(max(r["imbalance_flow"] for r in rows))),
-                "FlatStrFormulaError": tex_number(float(max(r["formula_error"] for r in rows))),
-                "FlatLastChangeMax": tex_number(float(max(r["change"] for r in rows))),
-                "FlatFinalLossMax": tex_number(float(max(r["loss"] for r in rows))),
+                "n": str(setting["n"]),
+                "m": str(setting["m"]),
+                "rank": str(RANK),
+                "seeds": str(len(setting["seeds"])),
+                "runs": str(len(rows)),
+                "skew max": tex_number(skews[last]),
+                "init scale": tex_number(INIT_SCALE),
+                "t1": tex_number(T1),
+                "rtol": tex_number(RTOL),
+                "curvature slack": tex_number(CURVATURE_SLACK),
+                "same point": tex_number(SAME_POINT),
+                "kappa min": tex_number(float(per_skew["kappa"].min())),
+                "kappa max": tex_number(float(per_skew["kappa"].max())),
+                "str ratio/uniform": tex_number(float(per_skew["str_ratio"][first].mean()), 3),
+                "str ratio/skewed": tex_number(float(per_skew["str_ratio"][last].mean()), 3),
+                "str ratio/max": tex_number(float(str_ratio.max()), 3),
+                "distance to flattest/uniform": tex_number(float(per_skew["d_flow_flat"][first].mean())),
+                "distance to flattest/skewed": tex_number(float(per_skew["d_flow_flat"][last].mean())),
+                "distance to nuclear/uniform": tex_number(float(per_skew["d_flow_nuc"][first].mean())),
+                "distance to nuclear/skewed": tex_number(float(per_skew["d_flow_nuc"][last].mean())),
+                "flattest to nuclear/uniform": tex_number(float(per_skew["d_flat_nuc"][first].mean())),
+                "flattest to nuclear/skewed": tex_number(float(per_skew["d_flat_nuc"][last].mean())),
+                "distance to truth/uniform": tex_number(float(per_skew["d_flow_truth"][first].mean())),
+                "distance to truth/skewed": tex_number(float(per_skew["d_flow_truth"][last].mean())),
+                "distance to flattest/min": tex_number(float(d_flow_flat.min())),
+                "nearer flattest": str(nearer),
+                "verdict/curvature": "holds" if str_ratio.max() <= 1 + CURVATURE_SLACK else "fails",
+                "verdict/location": "holds" if d_flow_flat.max() <= SAME_POINT else "fails",
+                "bound 7/max": tex_number(float(ratio7.max())),
+                "bound 8/max": tex_number(float(ratio8.max())),
+                "verdict/bound 7": "holds" if ratio7.max() <= 1 else "fails",
+                "verdict/bound 8": "holds" if ratio8.max() <= 1 else "fails",
+                "norm ratio/flattest max": tex_number(float(max(r["norm_flat"] / r["norm_min"] for r in rows)), 3),
+                "norm ratio/flow max": tex_number(float(max(r["norm_flow"] / r["norm_min"] for r in rows)), 3),
+                "flow imbalance max": tex_number(float(max(r["imbalance_flow"] for r in rows))),
+                "str formula error": tex_number(float(max(r["formula_error"] for r in rows))),
+                "last change max": tex_number(float(max(r["change"] for r in rows))),
+                "final loss max": tex_number(float(max(r["loss"] for r in rows))),
             },
+        )
+        ctx.finding(
+            "flat minima: the U V^T flow lands as flat as the flattest interpolant (within the slack)",
+            "holds" if str_ratio.max() <= 1 + CURVATURE_SLACK else "fails",
+            f"largest str ratio {str_ratio.max():.3f}",
+        )
+        ctx.finding(
+            "flat minima: the U V^T flow lands at the flattest interpolant",
+            "holds" if d_flow_flat.max() <= SAME_POINT else "fails",
+            f"largest distance {d_flow_flat.max():.2g}",
         )
         ctx.table(
             self.name,
@@ -213,11 +247,12 @@ class Flatness(Experiment):
             ],
         )
 
-    def _measure(self, ctx: Context, run: flows.Run) -> dict:
-        """Everything measured on one run's end point (the convex references cached per run)."""
-        traj = run.load()
-        problem = _problem(run.config)
-        U, V = (np.asarray(x[-1]) for x in traj.states)
+    @staticmethod
+    def _compare(ctx, run) -> dict:
+        """Everything measured on one run's end point against the convex references (cached per end point)."""
+        config = {k: run[k] for k in ("n", "m", "rank", "skew", "seed")}
+        problem = _problem(config)
+        U, V, W = run["U"], run["V"], run["W"]
 
         def compare():
             c = flatness.compare_flattest(problem, (U, V))
@@ -231,22 +266,19 @@ class Flatness(Experiment):
                 "d_flat_nuc": c.distance_flattest_nuclear,
             }
 
-        c = ctx.cached(self.name, {"compare_flattest": run.config, "run": run.key}, compare)
+        c = ctx.cached({"compare_flattest": problem, "factors": (U, V)}, compare)
         D1, D2 = flatness.weights(problem)
         spectrum = np.concatenate([np.linalg.eigvalsh(D1), np.linalg.eigvalsh(D2)])
         kappa = float(spectrum.max() / spectrum.min())
         L, R = flatness.flattest_factors(c["X_flat"], D1, D2)
         truth = np.asarray(problem.truth)
-        W = traj.W[-1]
-        change = np.linalg.norm(W - traj.W[DECADE_BEFORE]) / np.linalg.norm(W)
         norm_min = 2 * _nuclear(c["X_nuc"])
         truth_nuclear = _nuclear(truth)
         return {
-            "skew": run.config["skew"],
-            "seed": run.config["seed"],
-            "problem": problem,
-            "ts": traj.ts,
-            "states": traj.states,
+            "skew": config["skew"],
+            "seed": config["seed"],
+            "ts": run["ts"],
+            "str_t": run.get("str_t"),
             "kappa": kappa,
             "str_flow": float(c["str_flow"]),
             "str_flattest": float(c["str_flattest"]),
@@ -264,8 +296,8 @@ class Flatness(Experiment):
             "imbalance_flat": _nuclear(L.T @ L - R.T @ R) / truth_nuclear,
             "bound8": 2 * (kappa**2 - 1),
             "imbalance_flow": _nuclear(U.T @ U - V.T @ V) / truth_nuclear,
-            "change": float(change),
-            "loss": float(traj.loss[-1]),
+            "change": float(run["change"]),
+            "loss": float(run["loss"]),
         }
 
     @staticmethod

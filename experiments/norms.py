@@ -1,5 +1,5 @@
-r"""Where norms fail: Razin & Cohen 2020 (claim 9 of SCIENCE.md: completion is where the nuclear-norm
-picture breaks).
+r"""Where norms fail: Razin & Cohen 2020 (completion is where the nuclear-norm picture
+breaks).
 
 Claim. Complete $\begin{pmatrix} * & 1 \\ 1 & 0 \end{pmatrix}$ from $W_{12} = W_{21} = 1$, $W_{22} = 0$: every
 completion has $\det W = -1$, and the minimum-nuclear-norm and minimum-Frobenius completions are
@@ -34,7 +34,7 @@ $1/\sqrt{2L}$, $\|W\|_*$, $\|W\|_F$, the effective rank, $\det W$; at the stop t
 draws), the number of draws whose $\det W$ changed sign, the loss where it did and $|\det W|$ just before.
 The minimum-norm completions by `analysis.references` (cvxpy/Clarabel, numpy).
 
-What building this experiment showed (the macros carry the numbers). From Razin's Gaussian init $\det W$
+What the runs show (the values carry the numbers). From Razin's Gaussian init $\det W$
 changes sign in most draws, often while the loss is still ~1 (a factor's determinant starts near zero and
 drifts through it), and the flow then completes the matrix with a finite $W_{11}$: at depth 2 close to the
 minimum-norm completion. From a balanced init at depth 3, $\det W$ stays positive, and $|W_{11}|$ follows
@@ -59,7 +59,7 @@ from matplotlib.ticker import MaxNLocator
 import flows
 from analysis import references
 
-from ._base import Context, Experiment, new_figure, tex_number
+from ._base import Experiment, Group, new_figure, tex_number
 
 ROWS, COLS, VALUES = np.array([0, 1, 1]), np.array([1, 0, 1]), np.array([1.0, 1.0, 0.0])
 """The observations: W_12 = W_21 = 1, W_22 = 0 (zero-based indices)."""
@@ -72,7 +72,7 @@ SCALES = {False: dict(draws=10, stop_loss=1e-8, t1=1e11), True: dict(draws=3, st
 depth 3, needs t ~ 2e9 to reach L = 1e-8 (|W_11| grows like a power of t)."""
 RTOL = 1e-10
 """Tighter than the project's 1e-8: at 1e-8 the balanced depth-3 runs' det W changed sign at L ~ 2e-8, at
-1e-6 at L ~ 1e-7, at 1e-10 and 1e-12 not at all (measured while building this experiment)."""
+1e-6 at L ~ 1e-7, at 1e-10 and 1e-12 not at all."""
 CHECK_RTOL = 1e-12
 SAME_LOSS = 2.0
 SAVES = 400
@@ -141,43 +141,71 @@ def imbalance(traj: flows.Trajectory) -> list[float]:
     ]
 
 
-def same_crossing(traj: flows.Trajectory, check: flows.Trajectory) -> bool:
-    """Whether the check run (tighter tolerance) changes det W's sign at a loss within `SAME_LOSS` of the run's."""
-    i, j = crossing(traj), crossing(check)
-    return i is not None and j is not None and abs(np.log(check.loss[j] / traj.loss[i])) <= np.log(SAME_LOSS)
+FINAL = ("loss", "w11", "bound", "loss_bound", "nuclear", "frobenius", "erank")
+"""What `final_row` measures at the end of a run."""
+
+
+def same_crossing(run, check) -> bool:
+    """Whether the check run (tighter tolerance) changes det W's sign at a loss within `SAME_LOSS` of the run's (both
+    measured: their `loss` and `crossing`, -1 for none)."""
+    i, j = int(run["crossing"]), int(check["crossing"])
+    return i >= 0 and j >= 0 and abs(np.log(check["loss"][j] / run["loss"][i])) <= np.log(SAME_LOSS)
 
 
 class Norms(Experiment):
     name = "norms"
     title = "where norms fail (Razin & Cohen 2020): the 2 x 2 completion, |W_11| and the norms against the loss"
 
-    def run(self, ctx: Context) -> None:
-        scale = SCALES[ctx.quick]
-        options = dict(
-            t1=scale["t1"],
-            ts=np.concatenate([[0.0], np.geomspace(FIRST_SAVE, scale["t1"], SAVES)]),
-            stop_loss=scale["stop_loss"],
+    @staticmethod
+    def options(quick: bool, rtol: float) -> dict:
+        scale = SCALES[quick]
+        ts = np.concatenate([[0.0], np.geomspace(FIRST_SAVE, scale["t1"], SAVES)])
+        return dict(t1=scale["t1"], ts=ts, stop_loss=scale["stop_loss"], rtol=rtol)
+
+    def groups(self, quick):
+        draws = SCALES[quick]["draws"]
+        configs = [{"init": i, "depth": d, "draw": k} for i in INITS for d in DEPTHS for k in range(draws)]
+        return [Group("runs", build, configs, self.options(quick, RTOL))]
+
+    def followups(self, quick, results):
+        """Every run whose det W changed sign, again at `CHECK_RTOL`."""
+        crossed = results[results["crossing"] >= 0]
+        configs = [
+            {"init": r["init"], "depth": int(r["depth"]), "draw": int(r["draw"]), "check": True}
+            for _, r in crossed.iterrows()
+        ]
+        return (
+            [Group("sign changes, again at a tighter tolerance", build, configs, self.options(quick, CHECK_RTOL))]
+            if configs
+            else []
         )
-        configs = [{"init": i, "depth": d, "draw": k} for i in INITS for d in DEPTHS for k in range(scale["draws"])]
-        runs = {
-            (r.config["init"], r.config["depth"], r.config["draw"]): r.load()
-            for r in ctx.sweep(self.name, build, configs, rtol=RTOL, **options)
+
+    def measure(self, traj, config):
+        j = crossing(traj)
+        s = traj.singular_values
+        return {
+            "loss": np.asarray(traj.loss),
+            "w11": np.abs(traj.W[:, 0, 0]),
+            "bound": bound(traj.W),
+            "det": determinant(traj),
+            "nuclear": s.sum(axis=1),
+            "frobenius": np.linalg.norm(s, axis=1),
+            "erank": np.asarray(traj.effective_rank),
+            "crossing": -1 if j is None else j,
+            "imbalance": max(imbalance(traj)),
+            **{f"final/{k}": v for k, v in final_row(traj).items()},
         }
-        crossings = {key: crossing(traj) for key, traj in runs.items()}
-        crossed = [dict(zip(("init", "depth", "draw"), key)) for key, i in crossings.items() if i is not None]
-        checks = (
-            {}
-            if not crossed
-            else {
-                (r.config["init"], r.config["depth"], r.config["draw"]): r.load()
-                for r in ctx.sweep(self.name, build, crossed, rtol=CHECK_RTOL, **options)
-            }
-        )
+
+    def report(self, ctx, results):
+        scale = SCALES[ctx.quick]
+        check = results["check"].fillna(False).astype(bool) if "check" in results else False
+        key = ["init", "depth", "draw"]
+        runs = {tuple(r[key]): r for _, r in results[~check].iterrows()}
+        checks = {tuple(r[key]): r for _, r in results[check].iterrows()} if "check" in results else {}
 
         p = problem()
         stored = ctx.cached(
-            self.name,
-            {"reference": "min-norm completions"},
+            {"references": ("min_nuclear", "min_frobenius"), "problem": p},
             lambda: {"nuclear": references.min_nuclear(p).X, "frobenius": references.min_frobenius(p).X},
         )
         min_nuclear = float(np.linalg.svd(stored["nuclear"], compute_uv=False).sum())
@@ -187,57 +215,62 @@ class Norms(Experiment):
         for init in INITS:
             for depth in DEPTHS:
                 keys = [(init, depth, k) for k in range(scale["draws"])]
-                rows = {key: final_row(runs[key]) for key in keys}
-                changed = [key for key in keys if crossings[key] is not None]
+                rows = {k: {name: runs[k][f"final/{name}"] for name in FINAL} for k in keys}
+                changed = [k for k in keys if runs[k]["crossing"] >= 0]
                 follows = [
-                    rows[key]["w11"] >= rows[key]["bound"] and rows[key]["nuclear"] >= NORM_GROWTH * min_nuclear
-                    for key in keys
-                    if crossings[key] is None
+                    rows[k]["w11"] >= rows[k]["bound"] and rows[k]["nuclear"] >= NORM_GROWTH * min_nuclear
+                    for k in keys
+                    if runs[k]["crossing"] < 0
                 ]
                 summary[init, depth] = {
-                    "median": {name: float(np.median([row[name] for row in rows.values()])) for name in rows[keys[0]]},
+                    "median": {name: float(np.median([row[name] for row in rows.values()])) for name in FINAL},
                     "changed": len(changed),
                     "draws": len(keys),
-                    "robust": sum(same_crossing(runs[key], checks[key]) for key in changed),
-                    "cross_loss": [float(runs[key].loss[crossings[key]]) for key in changed],
-                    "det_before": [float(abs(determinant(runs[key])[crossings[key] - 1])) for key in changed],
-                    "imbalance": float(np.median([max(imbalance(runs[key])) for key in keys])),
+                    "robust": sum(same_crossing(runs[k], checks[k]) for k in changed),
+                    "cross_loss": [float(runs[k]["loss"][int(runs[k]["crossing"])]) for k in changed],
+                    "det_before": [float(abs(runs[k]["det"][int(runs[k]["crossing"]) - 1])) for k in changed],
+                    "imbalance": float(np.median([runs[k]["imbalance"] for k in keys])),
                     "sign_verdict": "holds" if not changed else "fails",
                     "bound_verdict": ("holds" if follows and all(follows) else "depends" if any(follows) else "fails"),
                 }
 
-        self._figure(ctx, runs, crossings, summary, min_nuclear, min_frobenius)
-        macros = {
-            "NormsDraws": str(scale["draws"]),
-            "NormsStopLoss": tex_number(scale["stop_loss"]),
-            "NormsRtol": tex_number(RTOL),
-            "NormsCheckRtol": tex_number(CHECK_RTOL),
-            "NormsScale": tex_number(SCALE / np.sqrt(2.0)),
-            "NormsMinNuclear": tex_number(min_nuclear),
-            "NormsMinFrobenius": tex_number(min_frobenius),
-            "NormsMinNuclearWOneOne": tex_number(abs(float(stored["nuclear"][0, 0]))),
-            "NormsLossBoundAtFourth": tex_number(1.0 / np.sqrt(2.0 * 1e-4)),
+        self._figure(ctx, runs, summary, min_nuclear, min_frobenius)
+        values = {
+            "draws": str(scale["draws"]),
+            "stop loss": tex_number(scale["stop_loss"]),
+            "rtol": tex_number(RTOL),
+            "check rtol": tex_number(CHECK_RTOL),
+            "scale": tex_number(SCALE / np.sqrt(2.0)),
+            "min nuclear": tex_number(min_nuclear),
+            "min frobenius": tex_number(min_frobenius),
+            "min nuclear W11": tex_number(abs(float(stored["nuclear"][0, 0]))),
+            "loss bound at 1e-4": tex_number(1.0 / np.sqrt(2.0 * 1e-4)),
         }
         for (init, depth), s in summary.items():
-            key = "Norms" + NAMES[init] + NAMES[depth]
+            key = f"{init}/depth {depth}"
             m = s["median"]
-            macros |= {
-                key + "FinalLoss": tex_number(m["loss"]),
-                key + "WOneOne": tex_number(m["w11"]),
-                key + "Bound": tex_number(m["bound"]),
-                key + "LossBound": tex_number(m["loss_bound"]),
-                key + "Nuclear": tex_number(m["nuclear"]),
-                key + "Frobenius": tex_number(m["frobenius"]),
-                key + "EffRank": tex_number(m["erank"]),
-                key + "SignChanged": "never" if not s["changed"] else f"{s['changed']} of {s['draws']}",
-                key + "SignRobust": f"{s['robust']} of {s['changed']}",
-                key + "CrossLoss": tex_number(float(np.median(s["cross_loss"]))) if s["changed"] else "n/a",
-                key + "DetBefore": tex_number(float(np.median(s["det_before"]))) if s["changed"] else "n/a",
-                key + "Imbalance": tex_number(s["imbalance"]),
-                key + "VerdictSign": s["sign_verdict"],
-                key + "VerdictBound": s["bound_verdict"],
+            values |= {
+                f"{key}/final loss": tex_number(m["loss"]),
+                f"{key}/W11": tex_number(m["w11"]),
+                f"{key}/bound": tex_number(m["bound"]),
+                f"{key}/loss bound": tex_number(m["loss_bound"]),
+                f"{key}/nuclear": tex_number(m["nuclear"]),
+                f"{key}/frobenius": tex_number(m["frobenius"]),
+                f"{key}/erank": tex_number(m["erank"]),
+                f"{key}/sign changed": "never" if not s["changed"] else f"{s['changed']} of {s['draws']}",
+                f"{key}/sign robust": f"{s['robust']} of {s['changed']}",
+                f"{key}/cross loss": tex_number(float(np.median(s["cross_loss"]))) if s["changed"] else "n/a",
+                f"{key}/det before": tex_number(float(np.median(s["det_before"]))) if s["changed"] else "n/a",
+                f"{key}/imbalance": tex_number(s["imbalance"]),
+                f"{key}/verdict sign": s["sign_verdict"],
+                f"{key}/verdict bound": s["bound_verdict"],
             }
-        ctx.macros(self.name, macros)
+            ctx.finding(
+                f"Razin & Cohen ({init} init, depth {depth}): det W never changes sign",
+                s["sign_verdict"],
+                f"{s['changed']} of {s['draws']} draws changed sign",
+            )
+        ctx.values(self.name, values)
         ctx.table(
             self.name,
             "summary",
@@ -272,21 +305,21 @@ class Norms(Experiment):
         )
 
     @staticmethod
-    def _figure(ctx, runs, crossings, summary, min_nuclear, min_frobenius) -> None:
+    def _figure(ctx, runs, summary, min_nuclear, min_frobenius) -> None:
         fig, axes = new_figure(6, width=3.0, height=2.6, rows=2)
         colours = {(i, d): f"C{2 * INITS.index(i) + DEPTHS.index(d)}" for i in INITS for d in DEPTHS}
         label = {key: f"{key[0].capitalize()} init, depth {key[1]}" for key in colours}
-        loss_grid = np.geomspace(min(t.loss[-1] for t in runs.values()), 1.0, 100)
+        loss_grid = np.geomspace(min(r["loss"][-1] for r in runs.values()), 1.0, 100)
         for ax, init in zip(axes[:2], INITS):
-            for (i, d, k), traj in runs.items():
+            for (i, d, k), run in runs.items():
                 if i != init:
                     continue
-                ax.loglog(traj.loss, np.abs(traj.W[:, 0, 0]), color=colours[i, d], lw=1.0)
+                ax.loglog(run["loss"], run["w11"], color=colours[i, d], lw=1.0)
                 if k == 0:
-                    ax.loglog(traj.loss, bound(traj.W), color=colours[i, d], ls="--", lw=0.9)
-                j = crossings[i, d, k]
-                if j is not None:
-                    ax.plot(traj.loss[j], abs(traj.W[j, 0, 0]), "x", color="k", ms=5)
+                    ax.loglog(run["loss"], run["bound"], color=colours[i, d], ls="--", lw=0.9)
+                j = int(run["crossing"])
+                if j >= 0:
+                    ax.plot(run["loss"][j], run["w11"][j], "x", color="k", ms=5)
             ax.loglog(loss_grid, 1.0 / np.sqrt(2.0 * loss_grid), ":", color="k")
             ax.set(
                 xlabel="loss $L$",
@@ -304,14 +337,13 @@ class Norms(Experiment):
             )
         norms, erank, det, bars = axes[2:]
         for (i, d), colour in colours.items():
-            traj = runs[i, d, 0]
-            s = traj.singular_values
-            norms.loglog(traj.loss, s.sum(axis=1), color=colour)
-            norms.loglog(traj.loss, np.linalg.norm(s, axis=1), color=colour, ls="--", lw=0.9)
-            erank.semilogx(traj.loss, traj.effective_rank, color=colour, label=label[i, d])
-            value = determinant(traj)
-            det.loglog(traj.loss, np.where(value > 0, value, np.nan), color=colour)
-            det.loglog(traj.loss, np.where(value < 0, -value, np.nan), color=colour, ls=":")
+            run = runs[i, d, 0]
+            norms.loglog(run["loss"], run["nuclear"], color=colour)
+            norms.loglog(run["loss"], run["frobenius"], color=colour, ls="--", lw=0.9)
+            erank.semilogx(run["loss"], run["erank"], color=colour, label=label[i, d])
+            value = run["det"]
+            det.loglog(run["loss"], np.where(value > 0, value, np.nan), color=colour)
+            det.loglog(run["loss"], np.where(value < 0, -value, np.nan), color=colour, ls=":")
         norms.axhline(min_nuclear, color="0.5", lw=0.8)
         norms.axhline(min_frobenius, color="0.5", lw=0.8, ls="--")
         norms.set(xlabel="loss $L$", ylabel="norm of $W$", title="norms (draw 0)")

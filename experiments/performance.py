@@ -3,7 +3,7 @@
 `benchmarks/vs_scipy.py --json benchmarks/results/vs_scipy-<setting>.json` times flows.solve against scipy's
 LSODA (with the jitted Jacobian) on the same ODE to the same accuracy; `benchmarks/scaling.py` writes
 benchmarks/scaling.json (wall time and steps against n). This experiment draws both and writes the ratios
-as macros; the benchmarks' own README says how each number is measured.
+as values; the benchmarks' own README says how each number is measured.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._base import Context, Experiment, new_figure, slope, tex_number
+from ._base import Experiment, new_figure, slope, tex_number
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -44,7 +44,7 @@ class Performance(Experiment):
     name = "performance"
     title = "speed against scipy LSODA and scaling with n (from the saved benchmark results)"
 
-    def run(self, ctx: Context) -> None:
+    def report(self, ctx, results) -> None:
         comparisons = _vs_scipy()
         scaling = json.loads((BENCHMARKS / "scaling.json").read_text())
         fig, (left, right) = new_figure(2, width=3.4, height=2.8)
@@ -71,14 +71,14 @@ class Performance(Experiment):
         right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3))
         ctx.figure(fig, "performance")
 
-        macros = {
-            "PerfScalingSlope": tex_number(slope(ns, [r["seconds"] for r in scaling]), 2),
-            "PerfScalingMaxN": str(int(ns.max())),
-            "PerfSettings": str(len(comparisons)),
+        values = {
+            "scaling slope": tex_number(slope(ns, [r["seconds"] for r in scaling]), 2),
+            "scaling max n": str(int(ns.max())),
+            "settings": str(len(comparisons)),
         }
         if comparisons:
             speedups = [c["speedup"] for c in comparisons]
-            macros |= {"PerfSpeedupMin": tex_number(min(speedups), 2), "PerfSpeedupMax": tex_number(max(speedups), 2)}
+            values |= {"speedup min": tex_number(min(speedups), 2), "speedup max": tex_number(max(speedups), 2)}
             ctx.table(
                 self.name,
                 "vs-scipy",
@@ -94,4 +94,4 @@ class Performance(Experiment):
                     for c in comparisons
                 ],
             )
-        ctx.macros(self.name, macros)
+        ctx.values(self.name, values)

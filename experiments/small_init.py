@@ -1,4 +1,4 @@
-r"""The small-initialization limit (seed 002; claim 9 of SCIENCE.md): does $W_\infty(\alpha)$ tend to the
+r"""The small-initialization limit: does $W_\infty(\alpha)$ tend to the
 minimum-nuclear-norm interpolant as $\alpha \to 0$?
 
 Claim. The symmetric flow $W = U U^T$, $U' = -2 \mathcal{A}^*(r) U$ from $U_0 = \alpha I$ ($W_0 = \alpha^2 I$)
@@ -17,10 +17,12 @@ interpolant" predict different limits; with more measurements $X_* = W^*$ and th
 apart, and with too many the PSD interpolants are a single point and the test is void (the reason
 Gaussian sensing at quick scale uses n = 16, m = 64: at n = 10, m = 40 every alpha lands on $W^*$).
 
-Measurement. One solve per alpha to $t_1 = 10^8$ (`flows.Tsit5ThenExtrapolation`, relative tolerance
-1e-8 on each state array), saved at t = 0 and every decade; the relative change over the last decade,
-$\|W(10^8) - W(10^7)\| / \|W(10^8)\|$, says how far the end point still is from $W_\infty$ (a ninth of it
-for a 1/t tail). References by cvxpy/Clarabel (`analysis.references`; for commuting problems also the LP in
+Measurement. One run per alpha to $t_1 = 10^8$ by `analysis.small_init.converge` (the default solver to loss
+1e-6, then its stiff extrapolation, tolerances rtol 1e-8, atol 1e-12; Tsit5 for the linear direct flow), kept in the
+store (`analysis.small_init.stored`): at full scale the commuting, sensing and direct runs are those `gradflow check`
+makes (its `small_init` rows), so the two read the same runs. The relative change over the last decade,
+$\|W(10^8) - W(10^7)\| / \|W(10^8)\|$, says how far the end point still is from $W_\infty$ (a ninth of it for a
+1/t tail). References by cvxpy/Clarabel (`analysis.references`; for commuting problems also the LP in
 the common eigenbasis, which must agree). Distances $d(\alpha) = \|W_\infty - X\|_F / \|X\|_F$ and the
 fitted rate $d \sim \alpha^p$ (`analysis.small_init.fitted_rate`, over the whole sweep).
 
@@ -30,12 +32,12 @@ alpha exceeds `HOLDS_BELOW`, its last step in alpha cut it by less than the fact
 end point sits at its limit (last-decade change under a tenth of d); *depends* otherwise.
 
 The KKT certificate (commuting case, `analysis.closed_form.CommutingReduced`, whose state is
-$s = \int_0^t r$): $\nu = -4 s(\infty) / \log(1/\alpha^2)$ gives $M = \sum_i \nu_i A_i$ the eigenvalues
+$s = \int_0^t r$, by `analysis.small_init.commuting_certificates`): $\nu = -4 s(\infty) / \log(1/\alpha^2)$ gives $M = \sum_i \nu_i A_i$ the eigenvalues
 $1 + \log \lambda_k / \log(1/\alpha^2)$ on $W_\infty$'s eigenvalues $\lambda_k$, so the dual violation
 $\max(0, \lambda_{\max}(M) - 1)$ is zero when $\lambda_{\max}(W_\infty) < 1$, and the complementarity
 residual $\|W - M W\| / \|W\|$ and the duality gap $|\operatorname{tr} W - y^T \nu| / \operatorname{tr} W$
-vanish like $1 / \log(1/\alpha^2)$ (`analysis.small_init.certificate`). The reduced runs (Kvaerno5: the
-reduced field is not a Gauss-Newton linearisable gradient flow) must land where the full flow lands.
+vanish like $1 / \log(1/\alpha^2)$ (`analysis.small_init.certificate`). The reduced runs must land where the full
+flow lands.
 """
 
 from __future__ import annotations
@@ -44,12 +46,11 @@ import numpy as np
 
 import flows
 from analysis import references, small_init
-from analysis.closed_form import CommutingReduced
+from analysis.checks import DIRECT_OPTIONS
 
 from ._base import Context, Experiment, new_figure, tex_number
 
 T1 = 1e8
-TS = np.concatenate([[0.0], np.geomspace(1.0, T1, 9)])
 RTOL = 1e-8
 ALPHAS = {False: 10.0 ** -np.arange(1, 8), True: 10.0 ** -np.arange(1, 5)}
 """Init scales by `ctx.quick`: 1e-1 .. 1e-7 (full), 1e-1 .. 1e-4 (quick)."""
@@ -78,31 +79,16 @@ SETTINGS = {
 """Problem settings by `ctx.quick` (rank 2, seed 0 for all)."""
 RANK, SEED = 2, 0
 
-MACRO = {
-    "commuting": "Commuting",
-    "sensing": "Sensing",
-    "sensing-sparse": "SensingSparse",
-    "completion": "Completion",
-    "completion-sparse": "CompletionSparse",
-    "direct": "Direct",
-}
-
 
 def _problem(config: dict) -> flows.AbstractProblem:
     maker = {"commuting": flows.commuting, "sensing": flows.sensing, "completion": flows.completion}[config["problem"]]
     return maker(n=config["n"], m=config["m"], rank=config["rank"], seed=config["seed"])
 
 
-def build(config: dict):
-    """The run of one configuration: the symmetric or direct flow from alpha-scaled identity, or the commuting
-    problem's reduced ODE from W_0 = alpha^2 I."""
-    problem = _problem(config)
-    alpha = config["alpha"]
-    if config["flow"] == "reduced":
-        reduced = CommutingReduced(problem, alpha**2 * np.eye(problem.shape[0]))
-        return reduced, reduced.init()
-    flow = flows.Flow(problem, flows.Direct() if config["flow"] == "direct" else flows.Symmetric())
-    return flow, flow.init(scale=alpha, kind="identity")
+def _flow(setting: dict) -> flows.Flow:
+    """The symmetric or the direct flow of a setting's problem."""
+    problem = _problem(_problem_config(setting))
+    return flows.Flow(problem, flows.Direct() if setting["flow"] == "direct" else flows.Symmetric())
 
 
 def _problem_config(setting: dict) -> dict:
@@ -127,34 +113,22 @@ class SmallInit(Experiment):
     name = "small_init"
     title = "the small-initialization limit: W_inf(alpha) against the minimum-nuclear-norm interpolant, KKT certificate"
 
-    def run(self, ctx: Context) -> None:
+    def report(self, ctx: Context, results) -> None:
         alphas = ALPHAS[ctx.quick]
         settings = SETTINGS[ctx.quick]
-        configs = [
-            {"case": case, **_problem_config(s), "flow": s["flow"], "alpha": float(a)}
-            for case, s in settings.items()
-            for a in alphas
-        ]
-        runs = ctx.sweep(
-            self.name, build, configs, t1=T1, ts=TS, rtol=RTOL, atol=None, solver=flows.Tsit5ThenExtrapolation()
-        )
-        reduced_configs = [
-            {"case": "reduced", **_problem_config(settings["commuting"]), "flow": "reduced", "alpha": float(a)}
-            for a in alphas
-        ]
-        reduced_runs = ctx.sweep(
-            self.name,
-            build,
-            reduced_configs,
-            t1=T1,
-            ts=TS,
-            rtol=RTOL,
-            atol=None,
-            solver=flows.solver_by_name("kvaerno5"),
-        )
-        by_case: dict[str, list[flows.Trajectory]] = {case: [] for case in settings}
-        for run in runs:  # in the order of configs: alpha decreasing within each case
-            by_case[run.config["case"]].append(run.load())
+        store = ctx.store / "results"
+
+        def counted(sweep):
+            for run in sweep.runs:
+                ctx.tally.count("cached" if run.reused else "done")
+            return sweep
+
+        by_case = {}
+        for case, setting in settings.items():
+            options = DIRECT_OPTIONS if setting["flow"] == "direct" else {}
+            by_case[case] = counted(small_init.sweep(_flow(setting), alphas, {}, store=store, **options)).runs
+        commuting = _problem(_problem_config(settings["commuting"]))
+        reduced_sweep = counted(small_init.commuting_certificates(commuting, alphas, store=store))
 
         results = {}
         for case, setting in settings.items():
@@ -164,13 +138,12 @@ class SmallInit(Experiment):
                 X, objective, feasibility = reference.X, reference.objective, reference.feasibility
             else:
                 stored = ctx.cached(
-                    self.name,
-                    {"reference": "min_nuclear_psd", **_problem_config(setting)},
-                    lambda: _reference(references.min_nuclear_psd(problem)),
+                    {"reference": "min_nuclear_psd", "problem": problem},
+                    lambda problem=problem: _reference(references.min_nuclear_psd(problem)),
                 )
                 X, objective, feasibility = stored["X"], float(stored["objective"]), float(stored["feasibility"])
-            W = np.array([traj.W[-1] for traj in by_case[case]])
-            change = np.array([np.linalg.norm(t.W[-1] - t.W[-2]) / np.linalg.norm(t.W[-1]) for t in by_case[case]])
+            W = np.array([run.W for run in by_case[case]])
+            change = np.array([run.last_decade_change for run in by_case[case]])
             truth = np.asarray(problem.truth)
             d = np.linalg.norm(W - X, axis=(1, 2)) / np.linalg.norm(X)
             results[case] = dict(
@@ -182,26 +155,21 @@ class SmallInit(Experiment):
                 truth_distance=np.linalg.norm(W - truth, axis=(1, 2)) / np.linalg.norm(truth),
                 trace_excess=np.trace(W, axis1=1, axis2=2) / objective - 1.0,
                 reference_truth=float(np.linalg.norm(X - truth) / np.linalg.norm(truth)),
-                final_loss=np.array([t.loss[-1] for t in by_case[case]]),
+                final_loss=np.array([run.loss for run in by_case[case]]),
                 rate=small_init.fitted_rate(alphas, d),
                 verdict=verdict(d, change),
             )
 
-        commuting = _problem(_problem_config(settings["commuting"]))
         lp = ctx.cached(
-            self.name,
-            {"reference": "commuting_lp", **_problem_config(settings["commuting"])},
+            {"reference": "commuting_lp", "problem": commuting},
             lambda: _reference(references.commuting_lp(commuting)),
         )
         sdp_vs_lp = float(np.linalg.norm(results["commuting"]["X"] - lp["X"]) / np.linalg.norm(lp["X"]))
-        reduced = [run.load() for run in reduced_runs]
-        certificates = [
-            small_init.certificate(commuting, t.W[-1], t.states[-1], float(a), 4.0) for t, a in zip(reduced, alphas)
-        ]
+        certificates = reduced_sweep.certificates
         top = np.array([np.linalg.eigvalsh(np.asarray(commuting.adjoint(c.nu)))[-1] for c in certificates])
         reduced_vs_full = max(
-            float(np.linalg.norm(r.W[-1] - f.W[-1]) / np.linalg.norm(f.W[-1]))
-            for r, f in zip(reduced, by_case["commuting"])
+            float(np.linalg.norm(r.W - f.W) / np.linalg.norm(f.W))
+            for r, f in zip(reduced_sweep.runs, by_case["commuting"])
         )
         complementarity = np.array([c.complementarity for c in certificates])
         gap = np.array([c.gap for c in certificates])
@@ -213,49 +181,56 @@ class SmallInit(Experiment):
         )
 
         report = int(np.argmin(np.abs(np.log(alphas / REPORT_ALPHA))))
-        macros = {
-            "SmallInitAlphaMax": tex_number(alphas[0]),
-            "SmallInitAlphaMin": tex_number(alphas[-1]),
-            "SmallInitAlphaReport": tex_number(alphas[report]),
-            "SmallInitTOne": tex_number(T1),
-            "SmallInitRtol": tex_number(RTOL),
-            "SmallInitHoldsBelow": tex_number(HOLDS_BELOW),
-            "SmallInitStallRatio": tex_number(STALL_RATIO),
+        values = {
+            "alpha max": tex_number(alphas[0]),
+            "alpha min": tex_number(alphas[-1]),
+            "alpha report": tex_number(alphas[report]),
+            "t1": tex_number(T1),
+            "rtol": tex_number(RTOL),
+            "holds below": tex_number(HOLDS_BELOW),
+            "stall ratio": tex_number(STALL_RATIO),
         }
         for case, res in results.items():
-            key = "SmallInit" + MACRO[case]
-            macros |= {
-                key + "N": str(res["setting"]["n"]),
-                key + "M": str(res["setting"]["m"]),
-                key + "Distance": tex_number(res["distance"][report]),
-                key + "DistanceMin": tex_number(res["distance"][-1]),
-                key + "Rate": tex_number(res["rate"]),
-                key + "LastChange": tex_number(float(res["change"].max())),
-                key + "LastChangeAtMin": tex_number(float(res["change"][-1])),
-                key + "Verdict": res["verdict"],
+            key = case
+            values |= {
+                f"{key}/n": str(res["setting"]["n"]),
+                f"{key}/m": str(res["setting"]["m"]),
+                f"{key}/distance": tex_number(res["distance"][report]),
+                f"{key}/distance min": tex_number(res["distance"][-1]),
+                f"{key}/rate": tex_number(res["rate"]),
+                f"{key}/last change": tex_number(float(res["change"].max())),
+                f"{key}/last change at min": tex_number(float(res["change"][-1])),
+                f"{key}/verdict": res["verdict"],
             }
             if res["setting"]["flow"] == "symmetric":
-                macros |= {
-                    key + "TruthDistanceMin": tex_number(res["truth_distance"][-1]),
-                    key + "ReferenceTruth": tex_number(res["reference_truth"]),
-                    key + "TraceExcessMin": tex_number(res["trace_excess"][-1]),
+                values |= {
+                    f"{key}/truth distance min": tex_number(res["truth_distance"][-1]),
+                    f"{key}/reference truth": tex_number(res["reference_truth"]),
+                    f"{key}/trace excess min": tex_number(res["trace_excess"][-1]),
                 }
-        macros |= {
-            "SmallInitReferenceFeasibility": tex_number(max(r["reference_feasibility"] for r in results.values())),
-            "SmallInitFinalLossMax": tex_number(max(float(r["final_loss"].max()) for r in results.values())),
-            "SmallInitSdpVsLp": tex_number(sdp_vs_lp),
-            "SmallInitReducedVsFull": tex_number(reduced_vs_full),
-            "SmallInitCertDualMax": tex_number(max(c.dual for c in certificates)),
-            "SmallInitCertSlackMin": tex_number(float((1.0 - top).min())),
-            "SmallInitCertComplementarity": tex_number(complementarity[report]),
-            "SmallInitCertGap": tex_number(gap[report]),
-            "SmallInitCertFeasibilityMax": tex_number(max(c.feasibility for c in certificates)),
-            "SmallInitCertComplementarityRate": tex_number(small_init.fitted_rate(alphas, complementarity)),
-            "SmallInitCertLogLawSpread": tex_number(
+        values |= {
+            "reference feasibility": tex_number(max(r["reference_feasibility"] for r in results.values())),
+            "final loss max": tex_number(max(float(r["final_loss"].max()) for r in results.values())),
+            "sdp vs lp": tex_number(sdp_vs_lp),
+            "reduced vs full": tex_number(reduced_vs_full),
+            "certificate/dual max": tex_number(max(c.dual for c in certificates)),
+            "certificate/slack min": tex_number(float((1.0 - top).min())),
+            "certificate/complementarity": tex_number(complementarity[report]),
+            "certificate/gap": tex_number(gap[report]),
+            "certificate/feasibility max": tex_number(max(c.feasibility for c in certificates)),
+            "certificate/complementarity rate": tex_number(small_init.fitted_rate(alphas, complementarity)),
+            "certificate/log law spread": tex_number(
                 float((complementarity * log_scale).max() / (complementarity * log_scale).min())
             ),
         }
-        ctx.macros(self.name, macros)
+        ctx.values(self.name, values)
+        for case, res in results.items():
+            reference = "the minimum-Frobenius interpolant" if case == "direct" else "the minimum-trace PSD interpolant"
+            ctx.finding(
+                f"small init ({_label(res['setting'])}): W_inf(alpha) tends to {reference}",
+                res["verdict"],
+                f"distance {res['distance'][-1]:.2g} at alpha = {alphas[-1]:g}",
+            )
         reported = tex_number(alphas[report])
         ctx.table(
             self.name,

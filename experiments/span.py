@@ -1,4 +1,4 @@
-r"""The span claim (seed 001; SCIENCE.md claim 4): does the penalty keep W in its row and column spaces?
+r"""The span claim (claim 4): does the penalty keep W in its row and column spaces?
 
 Claim. The gradients of the nuclear norm and of the ratio lie in the span of W (its row and column spaces), so
 gradient descent on the penalty cannot leave them; Adam's per-coordinate normalisation can.
@@ -8,7 +8,7 @@ What is invariant (derived). Any spectral penalty $R(W) = f(\sigma(W))$ has $\na
 $W' = -\lambda \nabla R(W)$ is solved by $W(t) = U_0 \operatorname{diag}(\sigma(t)) V_0^T$ with
 $\sigma' = -\lambda\, \partial f/\partial\sigma$ (and by uniqueness, only by it): every singular vector of $W_0$
 is invariant, not just the column and row spaces. That is much more than the seed's claim, and also less: from
-the seeds' init $W_0 = P_\Omega(W^*)$, which is full rank, "W's row and column spaces" are all of
+the penalties grid's init $W_0 = P_\Omega(W^*)$, which is full rank, "W's row and column spaces" are all of
 $\mathbb{R}^n$ and constrain nothing; what the invariance freezes is the singular frame, in particular the top-r
 singular subspaces, which must turn from $W_0$'s to $W^*$'s for recovery. With the data loss the field gains
 $-P_\Omega(W - W^*)$, which is not spectral: nothing of the frame stays invariant, under gradient flow or
@@ -28,13 +28,14 @@ from jaxtyping import Float
 
 import flows
 
-from . import penalties
-from ._base import Context, Experiment, new_figure, tex_number
+from ._base import Experiment, Group, new_figure, tex_number
+from ._completion import COLOURS, GRIDS, MAX_STEPS, PENALTIES, RTOL, SAVES, build, observed, problem, solve_options
+from ._completion import DYNAMICS as RATES
 
 DYNAMICS = ("gradient flow", "RMSProp", "Adam")
-SAVES = penalties.SAVES
 PURE_HORIZON = 1.0
-"""Of the pure-penalty runs (see `Span.run`)."""
+"""Of the pure-penalty runs: the pure penalty's frame is frozen or not from the start, so a short horizon shows it
+(the pure-ratio flows' tails, singular values shrinking into the smoothing eps, are stiff)."""
 
 
 def top_subspace(W: Float[np.ndarray, "n1 n2"], k: int, side: str) -> np.ndarray:
@@ -66,23 +67,23 @@ def no_data(config: dict) -> flows.Problem:
 
 
 def build_pure(config: dict):
-    """The pure-penalty flow (ratio, no data) from the penalties experiment's direct init P_Omega(W*)."""
+    """The pure-penalty flow (ratio, no data) from the penalties grid's direct init P_Omega(W*)."""
     description = {
         "parameterization": {"name": "direct"},
-        "dynamics": penalties.DYNAMICS[config["dynamics"]],
-        "penalty": penalties.PENALTIES["ratio"],
+        "dynamics": RATES[config["dynamics"]],
+        "penalty": PENALTIES["ratio"],
         "strength": config["strength"],
     }
     flow = flows.Flow.from_description(no_data(config), description)
-    return flow, flow.dynamics.init(np.asarray(penalties.observed(penalties.problem(config))))
+    return flow, flow.dynamics.init(np.asarray(observed(problem(config))))
 
 
 class Span(Experiment):
     name = "span"
     title = "the span claim: principal angles of W(t)'s top singular subspaces, pure penalty and with data"
 
-    def run(self, ctx: Context) -> None:
-        grid = penalties.GRIDS[ctx.quick]
+    def groups(self, quick):
+        grid = GRIDS[quick]
         base = {
             "n": grid.n,
             "rank": grid.rank,
@@ -91,34 +92,39 @@ class Span(Experiment):
             "penalty": "ratio",
             "strength": grid.strength,
         }
-        curves = {}
+        out = []
         for d in DYNAMICS:
             configs = [{**base, "dynamics": d, "seed": s} for s in range(grid.seeds)]
-            t1 = penalties.horizon(grid, configs[0])
-            options = dict(rtol=penalties.RTOL, max_steps=penalties.MAX_STEPS)
-            with_data = ctx.sweep(
-                penalties.STORE, penalties.build, configs, t1=t1, ts=flows.default_ts(t1, SAVES), **options
+            out.append(
+                Group(
+                    f"{d}, with data", build, [c | {"kind": "data"} for c in configs], solve_options(grid, configs[0])
+                )
             )
-            # The pure penalty's frame is frozen or not from the start, so a short horizon shows it: the pure-ratio
-            # flows' tails (singular values shrinking into the smoothing eps; under RMSProp and Adam a sign-like
-            # chatter around zero) are stiff, and one RMSProp run to t = 15 had not finished after 5 minutes.
-            pure = ctx.sweep(
-                self.name, build_pure, configs, t1=PURE_HORIZON, ts=flows.default_ts(PURE_HORIZON, SAVES), **options
+            out.append(
+                Group(
+                    f"{d}, penalty only",
+                    build_pure,
+                    [c | {"kind": "pure"} for c in configs],
+                    dict(t1=PURE_HORIZON, ts=flows.default_ts(PURE_HORIZON, SAVES), rtol=RTOL, max_steps=MAX_STEPS),
+                )
             )
-            for kind, runs in (("data", with_data), ("pure", pure)):
-                for run in runs:
-                    if run.status == "failed":
-                        continue
-                    traj = run.load()
-                    W = np.asarray(traj.W)
-                    truth = np.asarray(penalties.problem(run.config).truth)
-                    curves[kind, d, run.config["seed"]] = {
-                        "t": np.asarray(traj.ts),
-                        **{f"init_{k}": v for k, v in angles(W, W[0], grid.rank).items()},
-                        **{f"truth_{k}": v for k, v in angles(W, truth, grid.rank).items()},
-                    }
+        return out
+
+    def measure(self, traj, config):
+        W = np.asarray(traj.W)
+        truth = np.asarray(problem(config).truth)
+        return {
+            "t": np.asarray(traj.ts),
+            **{f"init_{k}": v for k, v in angles(W, W[0], config["rank"]).items()},
+            **{f"truth_{k}": v for k, v in angles(W, truth, config["rank"]).items()},
+        }
+
+    def report(self, ctx, results):
+        grid = GRIDS[ctx.quick]
+        done = results[results["status"] != "failed"]
+        curves = {(row["kind"], row["dynamics"], row["seed"]): row for _, row in done.iterrows()}
         self._figure(ctx, grid, curves)
-        self._macros(ctx, grid, curves)
+        self._values(ctx, grid, curves)
 
     @staticmethod
     def _figure(ctx, grid, curves) -> None:
@@ -135,7 +141,7 @@ class Span(Experiment):
                     ax.plot(
                         c["t"][1:],
                         np.maximum(np.maximum(c[f"{against}_left"], c[f"{against}_right"])[1:], 1e-16),
-                        color=penalties.COLOURS[d],
+                        color=COLOURS[d],
                         label=d if i == 0 else None,
                         alpha=0.8,
                     )
@@ -150,21 +156,19 @@ class Span(Experiment):
             ax.legend(fontsize="small")
         ctx.figure(fig, "span")
 
-    @staticmethod
-    def _macros(ctx, grid, curves) -> None:
-        macros = {"SpanRank": str(grid.rank)}
-        tags = {"gradient flow": "GF", "RMSProp": "RMSProp", "Adam": "Adam"}
-        for kind, ktag in (("pure", "Pure"), ("data", "Data")):
-            for d, dtag in tags.items():
+    def _values(self, ctx, grid, curves) -> None:
+        values = {"rank": str(grid.rank)}
+        for kind, kkey in (("pure", "penalty only"), ("data", "with data")):
+            for d in DYNAMICS:
                 group = [c for (k, dd, _), c in curves.items() if (k, dd) == (kind, d)]
                 if not group:
                     continue
                 worst = max(float(np.max(np.maximum(c["init_left"], c["init_right"]))) for c in group)
                 final_truth = float(np.mean([max(c["truth_left"][-1], c["truth_right"][-1]) for c in group]))
                 best_truth = float(np.mean([np.min(np.maximum(c["truth_left"], c["truth_right"])) for c in group]))
-                macros |= {
-                    f"Span{ktag}{dtag}MaxInit": tex_number(worst),
-                    f"Span{ktag}{dtag}BestTruth": tex_number(best_truth),
-                    f"Span{ktag}{dtag}EndTruth": tex_number(final_truth),
+                values |= {
+                    f"{kkey}/{d}/max angle to init": tex_number(worst),
+                    f"{kkey}/{d}/best angle to truth": tex_number(best_truth),
+                    f"{kkey}/{d}/end angle to truth": tex_number(final_truth),
                 }
-        ctx.macros("span", macros)
+        ctx.values(self.name, values)

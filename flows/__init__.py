@@ -78,13 +78,15 @@ from ._store import (  # noqa: E402
     CorruptRecordError,
     StoreSchemaError,
     cached,
+    decode_tree,
+    encode_tree,
     open_store,
     read_record,
     write_json,
     write_record,
 )
 from ._sweep import Run, grid, sweep  # noqa: E402
-from ._trajectory import CorruptTrajectoryError, Trajectory  # noqa: E402
+from ._trajectory import CorruptTrajectoryError, Trajectory, effective_rank  # noqa: E402
 
 __all__ = [
     # the flow and its three families
@@ -150,6 +152,7 @@ __all__ = [
     "Tsit5ThenChebyshev",
     # results
     "Trajectory",
+    "effective_rank",
     "CorruptTrajectoryError",
     "CorruptRecordError",
     "StoreSchemaError",
@@ -157,6 +160,8 @@ __all__ = [
     "SCHEMA",
     "open_store",
     "cached",
+    "encode_tree",
+    "decode_tree",
     "read_record",
     "write_record",
     "write_json",

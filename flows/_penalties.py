@@ -74,7 +74,7 @@ class AbstractMatrixPenalty(AbstractPenalty):
 
 
 class EachFactor(AbstractPenalty):
-    r"""A matrix penalty applied to each parameter array: $R(\theta) = \sum_j R_0(W_j)$ (seed 004's question).
+    r"""A matrix penalty applied to each parameter array: $R(\theta) = \sum_j R_0(W_j)$.
 
     For the deep product $\theta = (W_1, \dots, W_N)$ it penalises every factor; for W = U V^T both U and V;
     for the direct parameterization it is $R_0(W)$ itself. The gradient is $\nabla R_0$ on each array.

@@ -78,15 +78,36 @@ def write_json(target: Path, value: Any) -> None:
 
 
 def write_record(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
-    """Write `path/arrays.npz`, then `path/meta.json` (= `meta` plus the arrays' sha256), each atomically."""
+    """Write `path/arrays.npz`, then `path/meta.json` (= `meta` plus the arrays' sha256 and size), each atomically.
+
+    A previous record's metadata is removed first, so a write interrupted before its metadata leaves no
+    metadata at all (never an old one beside new arrays)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     payload = buffer.getvalue()
+    (path / META).unlink(missing_ok=True)
     atomic_write(path / ARRAYS, payload)
-    write_json(path / META, {**meta, "sha256": hashlib.sha256(payload).hexdigest()})
+    write_json(path / META, {**meta, "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)})
     return path
+
+
+def peek_record(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a record that looks complete, without reading its arrays: its metadata parses and its arrays
+    file has the size the metadata records (the checksum is checked where the arrays are read, `read_record`).
+    FileNotFoundError where there is no such folder, CorruptRecordError otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no record at {path}" + (" (a file, not a record folder)" if path.exists() else ""))
+    try:
+        meta = json.loads((path / META).read_text())
+        size = (path / ARRAYS).stat().st_size
+    except (OSError, json.JSONDecodeError) as err:
+        raise CorruptRecordError(f"no complete record at {path}: {err}") from err
+    if not isinstance(meta, dict) or meta.get("bytes") != size:
+        raise CorruptRecordError(f"{path / ARRAYS} has {size} bytes, not the {meta.get('bytes')} its {META} records")
+    return meta
 
 
 def read_record(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -52,8 +51,8 @@ from jax.sharding import Mesh, PartitionSpec
 from ._flow import AbstractFlow
 from ._solve import Plan, SolverError, _integrate, integrate
 from ._keys import SCHEMA, fingerprint
-from ._store import open_store, remove_temporaries, write_json
-from ._trajectory import CorruptTrajectoryError, Trajectory
+from ._store import CorruptRecordError, open_store, peek_record, read_record, remove_temporaries, write_json
+from ._trajectory import Trajectory
 from ._validate import check_positive_int
 
 FAILED = "failed.json"
@@ -248,9 +247,10 @@ def run_key(flow: AbstractFlow, state0, plan: Plan) -> str:
     return fingerprint({"schema": SCHEMA, "flow": flow, "state0": state0, "solve": plan})
 
 
-def _finished(config: dict, key: str, path: Path) -> tuple[Run | None, str]:
-    """The run already on disk, if complete (a valid trajectory or a failure record of this key), and a note on
-    what was found there otherwise (a corrupt record)."""
+def _finished(config: dict, key: str, path: Path, verify: bool = False) -> tuple[Run | None, str]:
+    """The run already on disk, if complete (a record of this key, or a failure record of it), and a note on what was
+    found there otherwise (a corrupt record). A record counts as complete by its metadata and its arrays' size
+    (`peek_record`: resuming reads no trajectory), or with `verify` by its checksum too."""
     failed = path / FAILED
     if failed.exists():
         try:
@@ -261,12 +261,12 @@ def _finished(config: dict, key: str, path: Path) -> tuple[Run | None, str]:
             return Run(config, key, path, "failed", record.get("message", "")), ""
         return None, f"replaced a failure record of another key ({failed})"
     try:
-        traj = Trajectory.load(path)
+        meta = read_record(path)[1] if verify else peek_record(path)
     except FileNotFoundError:
         return None, ""
-    except CorruptTrajectoryError as err:
+    except CorruptRecordError as err:
         return None, f"replaced a corrupt record ({err})"
-    if traj.config.get("sweep_key") != key:
+    if meta.get("config", {}).get("sweep_key") != key:
         return None, f"replaced a record of another key at {path}"
     return Run(config, key, path, "cached"), ""
 
@@ -399,7 +399,7 @@ def _farm_out(executor, build, plan: Plan, work: list[tuple[int, dict, str]], ou
             for future in finished:
                 i, config, key = job = futures.pop(future)
                 run = dataclasses.replace(future.result(), path=out / key)
-                if _finished(config, key, run.path)[0] is None:
+                if _finished(config, key, run.path, verify=True)[0] is None:
                     if attempts[i] == ATTEMPTS:
                         raise RuntimeError(
                             f"run {key} ({config}) was saved {ATTEMPTS} times and its files at "

@@ -70,16 +70,8 @@ class Trajectory:
 
     @functools.cached_property
     def effective_rank(self) -> np.ndarray:
-        r"""Roy & Vetterli's effective rank $\exp(-\sum_k p_k \log p_k)$, $p_k = \sigma_k / \sum \sigma$.
-
-        Between 1 and min(n1, n2); NaN where W = 0.
-        """
-        s = self.singular_values
-        total = s.sum(axis=-1, keepdims=True)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            p = s / total
-            entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
-        return np.where(total[:, 0] > 0, np.exp(entropy), np.nan)
+        """`effective_rank` of W over time."""
+        return effective_rank(self.singular_values)
 
     @functools.cached_property
     def relative_error(self) -> np.ndarray:
@@ -166,6 +158,18 @@ class Trajectory:
             stats=meta["stats"],
             config=meta["config"],
         )
+
+
+def effective_rank(singular_values) -> np.ndarray:
+    r"""Roy & Vetterli's effective rank $\exp(-\sum_k p_k \log p_k)$, $p_k = \sigma_k / \sum \sigma$, of each row of
+    singular values (a matrix's: `np.linalg.svd(W, compute_uv=False)`). Between 1 and their number; NaN where all
+    are 0."""
+    s = np.asarray(singular_values, dtype=float)
+    total = s.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = s / total
+        entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+    return np.where(total[..., 0] > 0, np.exp(entropy), np.nan)
 
 
 @eqx.filter_jit

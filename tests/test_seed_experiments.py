@@ -1,4 +1,4 @@
-"""The machinery of the seeds' experiments (penalties, span, adam_steps, each_factor): the grids, the principal
+"""The machinery of the completion experiments (penalties, span, adam_steps, each_factor): the grids, the principal
 angles, the invariance the span experiment measures, the per-run summary, the Hoyer-square penalty, and the
 collapse the penalty on each factor causes."""
 
@@ -11,7 +11,33 @@ import pytest
 import scipy.linalg
 
 import flows
-from experiments import denominator, each_factor, penalties, span
+from experiments import _completion as completion
+from experiments import denominator, each_factor, span
+
+
+def grid_key(config: dict) -> tuple:
+    """(parameterization, penalty, strength, dynamics, override, seed): one run of the penalties grid."""
+    override = ",".join(f"{k}={v:g}" for k, v in sorted(config.get("dynamics_override", {}).items()))
+    return (
+        config["parameterization"],
+        config["penalty"],
+        config["strength"],
+        config["dynamics"],
+        override,
+        config["seed"],
+    )
+
+
+def each_key(config: dict) -> tuple:
+    """(dynamics, delta, parameterization, penalty, strength, seed): one run of the each_factor grid."""
+    return (
+        config["dynamics"],
+        config.get("delta", completion.RATIO["delta"]),
+        config["parameterization"],
+        config["penalty"],
+        config["strength"],
+        config["seed"],
+    )
 
 
 def _orthonormal(rng, n, k):
@@ -21,17 +47,17 @@ def _orthonormal(rng, n, k):
 @pytest.mark.parametrize(
     "grids, quick",
     [
-        (penalties.GRIDS, True),
-        (penalties.GRIDS, False),
-        (penalties.ARORA_GRIDS, False),
-        (penalties.ARORA_MID_GRIDS, False),
-        (penalties.ARORA_FEW_GRIDS, False),
+        (completion.GRIDS, True),
+        (completion.GRIDS, False),
+        (completion.ARORA_GRIDS, False),
+        (completion.ARORA_MID_GRIDS, False),
+        (completion.ARORA_FEW_GRIDS, False),
     ],
 )
 def test_the_grid_holds_every_contrast_the_claims_need_once(grids, quick):
     grid = grids[quick]
-    configs = penalties.cells(grid)
-    keys = [penalties._key(c) for c in configs]
+    configs = completion.cells(grid)
+    keys = [grid_key(c) for c in configs]
     assert len(keys) == len(set(keys)), "a run is declared twice"
     cells = {k[:4] for k in keys}
     for strength in grid.strengths:  # claims 1, 2 and 7 (Hoyer): the strength sweep under both dynamics
@@ -41,9 +67,9 @@ def test_the_grid_holds_every_contrast_the_claims_need_once(grids, quick):
         assert ("depth 1", "nuclear", strength, dynamics) in cells
     for dynamics in ("gradient flow", "Adam", *grid.others):  # claim 3: the dynamics with the ratio at one strength
         assert ("depth 1", "ratio", grid.strength, dynamics) in cells
-    assert set(grid.others) <= set(penalties.DYNAMICS)
-    if grids is penalties.GRIDS:
-        assert {"gradient flow", "Adam", *grid.others} == set(penalties.DYNAMICS)
+    assert set(grid.others) <= set(completion.DYNAMICS)
+    if grids is completion.GRIDS:
+        assert {"gradient flow", "Adam", *grid.others} == set(completion.DYNAMICS)
     for param, dynamics in itertools.product(("UV^T", "depth 3"), ("gradient flow", "Adam")):  # claim 6
         assert (param, "none", None, dynamics) in cells
     assert (("UV^T", "ratio", grid.strength, "Adam") in cells) == grid.factored_penalties
@@ -51,7 +77,7 @@ def test_the_grid_holds_every_contrast_the_claims_need_once(grids, quick):
     if not quick:
         assert max(grid.strengths) / min(grid.strengths) >= 1e3  # the issue's three decades
     # Every cell builds what it says; so does the penalty on each factor (its runs were cut: see `cells`).
-    flow, state0 = penalties.build(
+    flow, state0 = completion.build(
         {
             **configs[0],
             "parameterization": "depth 3",
@@ -61,8 +87,8 @@ def test_the_grid_holds_every_contrast_the_claims_need_once(grids, quick):
         }
     )
     assert isinstance(flow.parameterization, flows.Deep) and isinstance(flow.penalty, flows.EachFactor)
-    flow, state0 = penalties.build(configs[0])
-    p = penalties.problem(configs[0])
+    flow, state0 = completion.build(configs[0])
+    p = completion.problem(configs[0])
     W0 = np.asarray(flow.product(state0))
     np.testing.assert_array_equal(W0[np.asarray(p.rows), np.asarray(p.cols)], np.asarray(p.y))
     assert np.count_nonzero(W0) == grid.m and float(flow.loss(state0)) == 0.0
@@ -122,11 +148,11 @@ def test_summary_reads_best_window_and_budget_from_a_curve():
         "norm": np.ones(6),
         "ratio": np.ones(6),
     }
-    row = penalties.summary(curve, nuclear_error=0.1, budget=4.0)
+    row = completion.summary(curve, nuclear_error=0.1, budget=4.0)
     assert (row["best"], row["t_best"], row["end"]) == (0.02, 4.0, 2.0)
     assert (row["window_start"], row["window_end"]) == (2.0, 4.0)
     assert row["budget"] == pytest.approx(0.02) and row["mse_max_before_best"] == 2e-3
-    assert np.isnan(penalties.summary(curve, nuclear_error=0.01, budget=4.0)["window_start"])
+    assert np.isnan(completion.summary(curve, nuclear_error=0.01, budget=4.0)["window_start"])
 
 
 def test_hoyer_square_is_the_squared_ratio_with_its_gradient():
@@ -149,11 +175,11 @@ def test_hoyer_square_is_the_squared_ratio_with_its_gradient():
 
 @pytest.mark.parametrize("quick", [True, False])
 def test_the_each_factor_grid_holds_both_placements_at_every_strength_dynamics_and_smoothing(quick):
-    grid = penalties.GRIDS[quick]
-    configs = each_factor._configs(grid) + each_factor._configs(grid, "Adam") + each_factor._delta_configs(grid)
-    keys = [each_factor._key(c) for c in configs]
+    grid = completion.GRIDS[quick]
+    configs = each_factor.configs(grid) + each_factor.configs(grid, "Adam") + each_factor.delta_configs(grid)
+    keys = [each_key(c) for c in configs]
     assert len(keys) == len(set(keys))
-    ratio_delta = penalties.RATIO["delta"]
+    ratio_delta = completion.RATIO["delta"]
     for dynamics, param, seed in itertools.product(each_factor.DYNAMICS, ("UV^T", "depth 3"), range(grid.seeds)):
         for strength, placement in itertools.product(each_factor.STRENGTHS, each_factor.PLACEMENTS):
             assert (dynamics, ratio_delta, param, placement, strength, seed) in keys
@@ -165,18 +191,18 @@ def test_the_each_factor_grid_holds_both_placements_at_every_strength_dynamics_a
         assert (dynamics, ratio_delta, param, "none", None, seed) in keys
     assert max(each_factor.STRENGTHS) / min(each_factor.STRENGTHS) >= 1e3
     assert 0.0 in each_factor.DELTAS and ratio_delta not in each_factor.DELTAS
-    assert set(each_factor.DYNAMICS) <= set(penalties.DYNAMICS)
-    assert set(each_factor.PARAMETERIZATIONS) <= set(penalties.PARAMETERIZATIONS)
+    assert set(each_factor.DYNAMICS) <= set(completion.DYNAMICS)
+    assert set(each_factor.PARAMETERIZATIONS) <= set(completion.PARAMETERIZATIONS)
 
 
 def test_delta_reaches_the_ratio_on_each_factor_and_nothing_else():
-    config = {**each_factor._configs(penalties.GRIDS[True])[0], "parameterization": "depth 3", "strength": 1.0}
-    flow, _ = penalties.build({**config, "penalty": "ratio on each factor", "delta": 0.25})
+    config = {**each_factor.configs(completion.GRIDS[True])[0], "parameterization": "depth 3", "strength": 1.0}
+    flow, _ = completion.build({**config, "penalty": "ratio on each factor", "delta": 0.25})
     assert float(flow.penalty.penalty.delta) == 0.25
-    flow, _ = penalties.build({**config, "penalty": "ratio on each factor"})
-    assert float(flow.penalty.penalty.delta) == penalties.RATIO["delta"]
+    flow, _ = completion.build({**config, "penalty": "ratio on each factor"})
+    assert float(flow.penalty.penalty.delta) == completion.RATIO["delta"]
     with pytest.raises(ValueError, match="delta applies to the ratio"):
-        penalties.build({**config, "penalty": "nuclear", "delta": 0.25})
+        completion.build({**config, "penalty": "nuclear", "delta": 0.25})
 
 
 @pytest.mark.parametrize("delta", [0.0, 0.3, 1.0])
@@ -199,19 +225,19 @@ def test_the_ratio_on_each_factor_collapses_small_factors_and_on_the_product_or_
     # Derived in experiments/each_factor.py: far below the smoothing delta = 1 the ratio on a factor is a nuclear
     # norm / delta, whose pull (order lambda) beats the data's (the other factors' product, ~1e-6 here), so W -> 0;
     # on the product the penalty's pull carries the same small factors as the data's. lambda = 1, t = 1.
-    grid = penalties.GRIDS[True]
-    config = {**each_factor._configs(grid)[0], "parameterization": "depth 3", "strength": 1.0}
+    grid = completion.GRIDS[True]
+    config = {**each_factor.configs(grid)[0], "parameterization": "depth 3", "strength": 1.0}
     # With the exact ratio (delta = 0) on each factor the penalty cannot shrink a factor (its gradient is orthogonal
     # to it), and the same run does not collapse.
     norms = {}
     for placement, delta in [*((p, None) for p in each_factor.PLACEMENTS), ("ratio on each factor", 0.0)]:
-        flow, state0 = penalties.build({**config, "penalty": placement, **({} if delta is None else {"delta": delta})})
+        flow, state0 = completion.build({**config, "penalty": placement, **({} if delta is None else {"delta": delta})})
         traj = flows.solve(
             flow,
             state0,
             t1=1.0,
             ts=np.array([0.0, 1.0]),
-            rtol=penalties.RTOL,
+            rtol=completion.RTOL,
             atol=each_factor.ATOL,
             solver=diffrax.Tsit5(),
         )
@@ -231,13 +257,13 @@ def test_the_denominator_runs_are_the_penalties_grids_own_cells(quick):
     # Claim 3 at n = 100: the RMSProp and momentum flows with the ratio, as the penalties grids declare them (the
     # RMSProp runs share their keys); the Arora grid cuts momentum, which is what this experiment adds.
     grid = denominator.GRIDS[quick]
-    configs = denominator._configs(grid)
-    cells = penalties.cells(grid)
+    configs = [c for d in denominator.DYNAMICS for c in denominator.configs(grid, d)]
+    cells = completion.cells(grid)
     assert {c["dynamics"] for c in configs} == {"RMSProp", "momentum"}
     assert len(configs) == 2 * grid.seeds
     for c in configs:
         assert (c in cells) == (quick or c["dynamics"] == "RMSProp"), c
-        assert penalties.horizon(grid, c) == (grid.slow if c["dynamics"] == "momentum" else grid.fast)
+        assert completion.horizon(grid, c) == (grid.slow if c["dynamics"] == "momentum" else grid.fast)
 
 
 def test_claim_three_reads_the_budget_and_the_flow_limit():
@@ -245,7 +271,7 @@ def test_claim_three_reads_the_budget_and_the_flow_limit():
         return [{"best": best, "budget": budget}] * 3
 
     fast_and_good, slow = rows(1e-3, 1e-3), rows(1e-1, 1.0)
-    assert penalties.verdict_three(fast_and_good, slow) == "holds"
-    assert penalties.verdict_three(rows(1e-3, 1e-3), rows(1.5e-3, 1.0)) == "holds on a fixed time budget only"
-    assert penalties.verdict_three(rows(1e-3, 1e-3), rows(1.5e-3, 1.5e-3)) == "fails"
-    assert penalties.verdict_three(slow, fast_and_good) == "fails"
+    assert completion.verdict_three(fast_and_good, slow) == "holds"
+    assert completion.verdict_three(rows(1e-3, 1e-3), rows(1.5e-3, 1.0)) == "holds on a fixed time budget only"
+    assert completion.verdict_three(rows(1e-3, 1e-3), rows(1.5e-3, 1.5e-3)) == "fails"
+    assert completion.verdict_three(slow, fast_and_good) == "fails"
