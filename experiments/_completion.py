@@ -266,6 +266,23 @@ def cells(grid: Grid) -> list[dict]:
     ]
 
 
+def ratio_configs(grid: Grid, dynamics: str) -> list[dict]:
+    """The grid's depth-1 cell with the ratio at `grid.strength` under `dynamics`, every seed."""
+    return [
+        {
+            "n": grid.n,
+            "rank": grid.rank,
+            "m": grid.m,
+            "seed": seed,
+            "parameterization": "depth 1",
+            "penalty": "ratio",
+            "strength": grid.strength,
+            "dynamics": dynamics,
+        }
+        for seed in range(grid.seeds)
+    ]
+
+
 def _smoothed(description: dict, delta: float | None) -> dict:
     """A penalty's description with the ratio's smoothing `delta` in place of `RATIO`'s (None: as it is)."""
     if delta is None:

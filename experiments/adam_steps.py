@@ -23,7 +23,7 @@ import numpy as np
 import flows
 
 from ._base import Experiment, Group, new_figure, test_error, tex_number
-from ._completion import COLOURS, GRIDS, SAME, build, solve_options
+from ._completion import COLOURS, GRIDS, SAME, build, ratio_configs, solve_options
 
 STEPS = {"Adam": (0.05, 0.02, 0.01, 0.005, 0.002, 0.001), "gradient flow": (0.5, 0.2, 0.1, 0.05, 0.02)}
 """Step sizes by the flow they are the steps of: Adam needs a eta < 1 (a = 10); gradient descent on this problem
@@ -40,25 +40,11 @@ class AdamSteps(Experiment):
     name = "adam_steps"
     title = "discrete Adam and gradient descent with the ratio against their flows: a finite-step effect?"
 
-    @staticmethod
-    def configs(quick: bool, dynamics: str) -> list[dict]:
-        grid = GRIDS[quick]
-        base = {
-            "n": grid.n,
-            "rank": grid.rank,
-            "m": grid.m,
-            "parameterization": "depth 1",
-            "penalty": "ratio",
-            "strength": grid.strength,
-            "dynamics": dynamics,
-        }
-        return [{**base, "seed": s} for s in range(grid.seeds)]
-
     def groups(self, quick):
         grid = GRIDS[quick]
         steps = QUICK_STEPS if quick else STEPS
         return [
-            Group(f"{d} (flow)", build, self.configs(quick, d), solve_options(grid, self.configs(quick, d)[0]))
+            Group(f"{d} (flow)", build, ratio_configs(grid, d), solve_options(grid, ratio_configs(grid, d)[0]))
             for d in steps
         ]
 
@@ -72,7 +58,7 @@ class AdamSteps(Experiment):
         for _, row in results[results["status"] != "failed"].iterrows():
             d, seed = row["dynamics"], row["seed"]
             outcome[d, None, seed] = _best(row["error"], row["t"])
-            flow, state0 = build(self.configs(ctx.quick, d)[seed])
+            flow, state0 = build(ratio_configs(grid, d)[seed])
             for eta in steps[d]:
 
                 def compute(flow=flow, state0=state0, eta=eta, ts=row["t"]):
@@ -105,20 +91,9 @@ class AdamSteps(Experiment):
                     label=labels[d][0],
                 )
                 ax.axhline(self._mean(outcome, d, None, seeds, index), color=colour, linestyle="--", label=labels[d][1])
-        axes[0].set(
-            xscale="log",
-            yscale="log",
-            xlabel=r"step size $\eta$",
-            ylabel="best test error over time",
-            title=f"depth 1 + ratio, $\\lambda$ = {grid.strength:g}",
-        )
-        axes[1].set(
-            xscale="log",
-            yscale="log",
-            xlabel=r"step size $\eta$",
-            ylabel=r"time of the best, $t = k\eta$",
-            title="when it is reached",
-        )
+        titles = (f"depth 1 + ratio, $\\lambda$ = {grid.strength:g}", "when it is reached")
+        for ax, ylabel, title in zip(axes, ("best test error over time", r"time of the best, $t = k\eta$"), titles):
+            ax.set(xscale="log", yscale="log", xlabel=r"step size $\eta$", ylabel=ylabel, title=title)
         for ax in axes:
             ax.legend(fontsize="small")
         ctx.figure(fig, "adam_steps")

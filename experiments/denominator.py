@@ -22,7 +22,8 @@ from __future__ import annotations
 import pandas as pd
 
 from ._base import Experiment, Group, complete, finite_mean, tex_number, tex_spread
-from ._completion import ARORA_GRIDS, Grid, build, curve, mean, nuclear_errors, solve_options, summary, verdict_three
+from ._completion import ARORA_GRIDS, build, curve, mean, nuclear_errors, ratio_configs, solve_options, summary
+from ._completion import verdict_three
 from ._completion import GRIDS as PENALTIES_GRIDS
 
 GRIDS = {False: ARORA_GRIDS[False], True: PENALTIES_GRIDS[True]}
@@ -33,22 +34,6 @@ MOMENTUM_MAX_STEPS = 400_000
 t = 2944 of 3000 (the seeds took 10, 56 and over 200 thousand steps)."""
 
 
-def configs(grid: Grid, dynamics: str) -> list[dict]:
-    return [
-        {
-            "n": grid.n,
-            "rank": grid.rank,
-            "m": grid.m,
-            "seed": seed,
-            "parameterization": "depth 1",
-            "penalty": "ratio",
-            "strength": grid.strength,
-            "dynamics": dynamics,
-        }
-        for seed in range(grid.seeds)
-    ]
-
-
 class Denominator(Experiment):
     name = "denominator"
     title = "claim 3 at n = 100: the RMSProp flow (denominator) against the momentum flow (numerator), with the ratio"
@@ -57,7 +42,7 @@ class Denominator(Experiment):
         grid = GRIDS[quick]
         budget = {"momentum": dict(max_steps=MOMENTUM_MAX_STEPS)}
         return [
-            Group(d, build, configs(grid, d), solve_options(grid, configs(grid, d)[0], **budget.get(d, {})))
+            Group(d, build, ratio_configs(grid, d), solve_options(grid, ratio_configs(grid, d)[0], **budget.get(d, {})))
             for d in DYNAMICS
         ]
 

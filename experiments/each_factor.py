@@ -235,20 +235,12 @@ class EachFactor(Experiment):
                     **style,
                 )
         axes[1].axhline(nuclear_mean, color="0.5", ls=":")
-        axes[1].set(
-            xscale="log",
-            yscale="log",
-            xlabel=r"strength $\lambda$",
-            ylabel="best test error (mean over seeds)",
-            title=r"gradient flow, smoothing $\delta$",
+        labels = (
+            ("best test error (mean over seeds)", r"gradient flow, smoothing $\delta$"),
+            (rf"$\|W\|_F$ at $t = {grid.slow:g}$ (floor {floor:g})", r"collapse: $W \to 0$"),
         )
-        axes[2].set(
-            xscale="log",
-            yscale="log",
-            xlabel=r"strength $\lambda$",
-            ylabel=rf"$\|W\|_F$ at $t = {grid.slow:g}$ (floor {floor:g})",
-            title=r"collapse: $W \to 0$",
-        )
+        for ax, (ylabel, title) in zip(axes[1:], labels):
+            ax.set(xscale="log", yscale="log", xlabel=r"strength $\lambda$", ylabel=ylabel, title=title)
         left, right = axes[0].get_legend_handles_labels(), axes[2].get_legend_handles_labels()
         fig.legend(left[0] + right[0], left[1] + right[1], loc="outside lower center", ncols=4, fontsize="x-small")
         ctx.figure(fig, "each_factor-adam-delta")

@@ -374,35 +374,36 @@ class Flatness(Experiment):
         fig, (left, right) = new_figure(2, width=3.6, height=2.9)
         kappa = np.array([r["kappa"] for r in rows])
         grid = np.linspace(kappa.min() / 1.05, kappa.max() * 1.05, 100)
-        left.plot(grid, grid**2, color="0.4", ls="--", label=r"bound (7): $\kappa^2$")
-        left.plot(
-            kappa, [r["norm_flat"] / r["norm_min"] for r in rows], "o", label=r"flattest pair $(L_\flat, R_\flat)$"
-        )
-        left.plot(kappa, [r["norm_flow"] / r["norm_min"] for r in rows], "s", mfc="none", label=r"flow's end $(U, V)$")
-        left.set_yscale("log")
-        left.set(
-            xlabel=r"$\kappa = \alpha_2 / \alpha_1$ of $D_1, D_2$",
-            ylabel=r"$(\|L\|_F^2 + \|R\|_F^2) / \min_{\mathcal{S}}(\|L\|_F^2 + \|R\|_F^2)$",
-            title="(7) near norm-minimality",
-        )
-        left.legend(loc="upper left")
-        right.plot(grid, 2 * (grid**2 - 1), color="0.4", ls="--", label=r"bound (8): $2(\kappa^2 - 1)$")
-        right.plot(kappa, [r["imbalance_flat"] for r in rows], "o", label=r"flattest pair $(L_\flat, R_\flat)$")
         worst_flow = max(r["imbalance_flow"] for r in rows)
         exponent = int(np.floor(np.log10(worst_flow))) + 1 if worst_flow > 0 else None
-        right.plot(
-            [],
-            [],
-            " ",
-            label="flow's end: exactly balanced"
-            if exponent is None
-            else f"flow's end: $< 10^{{{exponent}}}$ (conserved)",
+        panels = (
+            (
+                left,
+                grid**2,
+                r"bound (7): $\kappa^2$",
+                [r["norm_flat"] / r["norm_min"] for r in rows],
+                r"$(\|L\|_F^2 + \|R\|_F^2) / \min_{\mathcal{S}}(\|L\|_F^2 + \|R\|_F^2)$",
+                "(7) near norm-minimality",
+            ),
+            (
+                right,
+                2 * (grid**2 - 1),
+                r"bound (8): $2(\kappa^2 - 1)$",
+                [r["imbalance_flat"] for r in rows],
+                r"$\|L^T L - R^T R\|_* / \|M_\natural\|_*$",
+                "(8) near balancedness",
+            ),
         )
-        right.set_yscale("log")
-        right.set(
-            xlabel=r"$\kappa = \alpha_2 / \alpha_1$ of $D_1, D_2$",
-            ylabel=r"$\|L^T L - R^T R\|_* / \|M_\natural\|_*$",
-            title="(8) near balancedness",
+        for ax, bound, bound_label, flattest, ylabel, title in panels:
+            ax.plot(grid, bound, color="0.4", ls="--", label=bound_label)
+            ax.plot(kappa, flattest, "o", label=r"flattest pair $(L_\flat, R_\flat)$")
+            ax.set_yscale("log")
+            ax.set(xlabel=r"$\kappa = \alpha_2 / \alpha_1$ of $D_1, D_2$", ylabel=ylabel, title=title)
+        left.plot(kappa, [r["norm_flow"] / r["norm_min"] for r in rows], "s", mfc="none", label=r"flow's end $(U, V)$")
+        flow_label = (
+            "flow's end: exactly balanced" if exponent is None else f"flow's end: $< 10^{{{exponent}}}$ (conserved)"
         )
+        right.plot([], [], " ", label=flow_label)
+        left.legend(loc="upper left")
         right.legend(loc="best")
         ctx.figure(fig, "flatness_bounds")

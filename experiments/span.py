@@ -29,7 +29,8 @@ from jaxtyping import Float
 import flows
 
 from ._base import Experiment, Group, new_figure, tex_number
-from ._completion import COLOURS, GRIDS, MAX_STEPS, PENALTIES, RTOL, SAVES, build, observed, problem, solve_options
+from ._completion import COLOURS, GRIDS, MAX_STEPS, PENALTIES, RTOL, SAVES, build, observed, problem, ratio_configs
+from ._completion import solve_options
 from ._completion import DYNAMICS as RATES
 
 DYNAMICS = ("gradient flow", "RMSProp", "Adam")
@@ -84,17 +85,9 @@ class Span(Experiment):
 
     def groups(self, quick):
         grid = GRIDS[quick]
-        base = {
-            "n": grid.n,
-            "rank": grid.rank,
-            "m": grid.m,
-            "parameterization": "depth 1",
-            "penalty": "ratio",
-            "strength": grid.strength,
-        }
         out = []
         for d in DYNAMICS:
-            configs = [{**base, "dynamics": d, "seed": s} for s in range(grid.seeds)]
+            configs = ratio_configs(grid, d)
             out.append(
                 Group(
                     f"{d}, with data", build, [c | {"kind": "data"} for c in configs], solve_options(grid, configs[0])
