@@ -18,7 +18,7 @@ from pathlib import Path
 
 import matplotlib.style
 
-from . import penalties
+from . import completion, penalties
 from ._base import STYLE, Context, Experiment, Tally
 from .adam_steps import AdamSteps
 from .closed_forms import ClosedForms
@@ -31,6 +31,7 @@ from .norms import Norms
 from .performance import Performance
 from .small_init import SmallInit
 from .span import Span
+from .steps import Steps
 
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
@@ -49,6 +50,8 @@ EXPERIMENTS: dict[str, Experiment] = {
         penalties.ARORA_FEW_EXPERIMENT,
         Denominator(),
         EachFactor(),
+        *completion.EXPERIMENTS,
+        Steps(),
         Performance(),
     )
 }

@@ -29,6 +29,7 @@ import flows
 from analysis import references
 
 from ._base import Context, finite_mean, test_error
+from ._protocol import Split, held_out, split
 
 INIT_SEED_OFFSET = 10_000
 TRAIN_MSE = 1e-6
@@ -294,10 +295,26 @@ def _smoothed(description: dict, delta: float | None) -> dict:
     return {**description, "delta": delta}
 
 
+def observations(config: dict) -> Split | None:
+    """With `config["validation"]` (a fraction of m): the problem's m training entries and that many more held out
+    (`_protocol.split`); None without."""
+    if "validation" not in config:
+        return None
+    held = held_out(config["m"], config["validation"])
+    return split(problem({**config, "m": config["m"] + held}), config["seed"], held)
+
+
+def training(config: dict) -> flows.EntryProblem:
+    """The problem a run trains on: `problem(config)`, or its training entries when some are held out."""
+    parts = observations(config)
+    return problem(config) if parts is None else parts.train
+
+
 def build(config: dict):
     """The flow of one cell and its initial state (module docstring); optional `config["delta"]` sets the ratio's
-    smoothing and `config["dynamics_override"]` replaces rates of the dynamics."""
-    p = problem(config)
+    smoothing, `config["dynamics_override"]` replaces rates of the dynamics, and `config["validation"]` holds out
+    that fraction of the entries (`training`)."""
+    p = training(config)
     description = {
         "parameterization": PARAMETERIZATIONS[config["parameterization"]],
         "dynamics": {**DYNAMICS[config["dynamics"]], **config.get("dynamics_override", {})},

@@ -9,8 +9,9 @@ $W = U S V^T$ the end-to-end flow gives
 $\frac{d}{dt} \log \det W = -N \operatorname{tr}(S^{(N-2)/N} U^T \nabla L(W) V)$, bounded. So from
 $\det W(0) > 0$ the loss cannot reach 0, and as it falls, $\det W > 0$ gives
 $|W_{11}| \ge W_{12} W_{21} / |W_{22}|$, while $L = \frac12 ((W_{12} - 1)^2 + (W_{21} - 1)^2 + W_{22}^2)
-\ge \frac12 W_{22}^2$ gives $|W_{22}| \le \sqrt{2L}$: $|W_{11}| \ge W_{12} W_{21} / \sqrt{2L} \to 1/\sqrt{2L}$
-(70.7 at $L = 10^{-4}$). The unobserved entry, and with it every norm, diverges, and the effective rank
+\ge \frac12 W_{22}^2$ gives $|W_{22}| \le \sqrt{2L}$: $|W_{11}| \ge W_{12} W_{21} / \sqrt{2L}$, and with $W_{12}, W_{21} \ge 1 - \sqrt{2L}$ exactly
+$|W_{11}| \ge (1 - \sqrt{2L})^2 / \sqrt{2L}$, which is $1/\sqrt{2L}$ asymptotically (69.3 against 70.7 at
+$L = 10^{-4}$). The unobserved entry, and with it every norm, diverges, and the effective rank
 tends to 1: the implicit bias is towards low rank, not small norm.
 
 Without balancedness the invariance is gone: for $N = 2$,
@@ -28,6 +29,13 @@ inits). Gradient flow to the stopping loss of `SCALES` (the default solver, `flo
 tolerance `RTOL` per state array), saved at `SAVES` log-spaced times. $\det W = \prod_j \det W_j$, from the
 factors. Every run whose $\det W$ changes sign is solved again at `CHECK_RTOL`: a crossing at the same loss
 (within the factor `SAME_LOSS`) is not the integrator's error.
+
+Razin & Cohen's own setting (`RAZIN_LR`, `RAZIN_MSE`, `RAZIN_DEPTH`): gradient descent as in their code, learning
+rate 5e-3 on the mean squared error over the three observed entries (a step of 5e-3 x 2/3 on L), depth 3 from their
+Gaussian init, stopped at mean squared error 1e-4 ($L = 1.5 \times 10^{-4}$), every draw, against the flow from the
+same init at the same loss and at its own stop. At their stop the bound is $1/\sqrt{2L} \approx 58$: an entry that
+diverges as $L \to 0$ and one that settles at a finite value of that size look alike there; only the loss further
+down tells them apart, which is what the flow, run to a far smaller loss, adds.
 
 Measured along each run, against the loss: $|W_{11}|$, the bound $W_{12} W_{21} / |W_{22}|$ and
 $1/\sqrt{2L}$, $\|W\|_*$, $\|W\|_F$, the effective rank, $\det W$; at the stop their values (medians over
@@ -78,7 +86,15 @@ SAME_LOSS = 2.0
 SAVES = 400
 FIRST_SAVE = 1e-2
 NORM_GROWTH = 10.0
-NAMES = {2: "Two", 3: "Three", "balanced": "Balanced", "gaussian": "Gaussian"}
+RAZIN_LR = 5e-3
+"""Razin & Cohen's learning rate in their code (noamrazin/imp_reg_dl_not_norms; the paper's text says 3e-3), on the
+mean squared error over the observed entries."""
+RAZIN_MSE = 1e-4
+"""Their stopping rule: mean squared error at most this."""
+RAZIN_DEPTH = 3
+RAZIN_HORIZON = 1.5
+"""The discrete runs go to this multiple of the time the flow from the same init took to their stopping loss."""
+DISCRETE_SAVES = 300
 
 
 def problem() -> flows.EntryProblem:
@@ -184,6 +200,7 @@ class Norms(Experiment):
         j = crossing(traj)
         s = traj.singular_values
         return {
+            "t": np.asarray(traj.ts),
             "loss": np.asarray(traj.loss),
             "w11": np.abs(traj.W[:, 0, 0]),
             "bound": bound(traj.W),
@@ -235,6 +252,7 @@ class Norms(Experiment):
                 }
 
         self._figure(ctx, runs, summary, min_nuclear, min_frobenius)
+        values_discrete = self._discrete(ctx, runs, scale)
         values = {
             "draws": str(scale["draws"]),
             "stop loss": tex_number(scale["stop_loss"]),
@@ -245,7 +263,8 @@ class Norms(Experiment):
             "min frobenius": tex_number(min_frobenius),
             "min nuclear W11": tex_number(abs(float(stored["nuclear"][0, 0]))),
             "loss bound at 1e-4": tex_number(1.0 / np.sqrt(2.0 * 1e-4)),
-        }
+            "exact bound at 1e-4": tex_number((1.0 - np.sqrt(2.0 * 1e-4)) ** 2 / np.sqrt(2.0 * 1e-4)),
+        } | values_discrete
         for (init, depth), s in summary.items():
             key = f"{init}/depth {depth}"
             m = s["median"]
@@ -303,6 +322,70 @@ class Norms(Experiment):
                 for (init, depth), s in summary.items()
             ],
         )
+
+    def _discrete(self, ctx, runs, scale) -> dict[str, str]:
+        """Razin & Cohen's own setting: gradient descent on the mean squared error at their learning rate, from their
+        Gaussian init, stopped at their MSE; against the flow from the same init at the same loss and at its stop."""
+        step = RAZIN_LR * 2 / len(VALUES)  # GD on (1/m) sum r^2 at lr is GD on L = 1/2 sum r^2 at lr 2/m
+        stop = RAZIN_MSE * len(VALUES) / 2
+        rows = []
+        for k in range(scale["draws"]):
+            flow_run = runs["gaussian", RAZIN_DEPTH, k]
+            reached = np.flatnonzero(flow_run["loss"] <= stop)
+            if not reached.size:
+                continue
+            t1 = RAZIN_HORIZON * float(flow_run["t"][reached[0]])
+            flow, state0 = build({"init": "gaussian", "depth": RAZIN_DEPTH, "draw": k})
+
+            def compute(flow=flow, state0=state0, t1=t1):
+                traj = flows.descend(flow, state0, step=step, t1=t1, ts=np.geomspace(step, t1, DISCRETE_SAVES))
+                return {
+                    "loss": np.asarray(traj.loss),
+                    "w11": np.abs(traj.W[:, 0, 0]),
+                    "det": determinant(traj),
+                    "bound": bound(traj.W),
+                }
+
+            d = ctx.cached(
+                {"descend": flow, "state0": state0, "step": step, "t1": t1, "saves": DISCRETE_SAVES}, compute
+            )
+            at = np.flatnonzero(d["loss"] <= stop)
+            if not at.size:
+                continue
+            i = at[0]
+            # The flow at the same loss (interpolated in log-log along its saved path), and at its own stop.
+            order = np.argsort(flow_run["loss"])
+            w11_flow = float(
+                np.exp(np.interp(np.log(d["loss"][i]), np.log(flow_run["loss"][order]), np.log(flow_run["w11"][order])))
+            )
+            rows.append(
+                {
+                    "w11": float(d["w11"][i]),
+                    "loss": float(d["loss"][i]),
+                    "flow": w11_flow,
+                    "flow end": float(flow_run["w11"][-1]),
+                    "flow end loss": float(flow_run["loss"][-1]),
+                    "crossed": bool(np.any(d["det"][: i + 1] <= 0)),
+                    "bound": float(d["bound"][i]),
+                    "steps": float(d["loss"].size),
+                }
+            )
+        if not rows:
+            return {f"razin/{k}": "n/a" for k in ("draws", "w11", "flow w11", "flow end w11", "crossed", "lr", "mse")}
+        median = {k: float(np.median([r[k] for r in rows])) for k in ("w11", "flow", "flow end", "flow end loss")}
+        return {
+            "razin/draws": str(len(rows)),
+            "razin/lr": tex_number(RAZIN_LR),
+            "razin/mse": tex_number(RAZIN_MSE),
+            "razin/depth": str(RAZIN_DEPTH),
+            "razin/w11": tex_number(median["w11"]),
+            "razin/flow w11": tex_number(median["flow"]),
+            "razin/flow end w11": tex_number(median["flow end"]),
+            "razin/flow end loss": tex_number(median["flow end loss"]),
+            "razin/bound at stop": tex_number(1.0 / np.sqrt(2 * stop)),
+            "razin/crossed": f"{sum(r['crossed'] for r in rows)} of {len(rows)}",
+            "razin/relative gap": tex_number(float(np.median([abs(r["w11"] / r["flow"] - 1) for r in rows]))),
+        }
 
     @staticmethod
     def _figure(ctx, runs, summary, min_nuclear, min_frobenius) -> None:

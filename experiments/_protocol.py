@@ -1,0 +1,173 @@
+r"""The evaluation protocol of the completion experiments: a validation split, choices made on it, paired verdicts.
+
+Split. Besides the m training entries of a problem, `VALIDATION` x m more entries are observed and held out (drawn
+once per seed, `split`): the training set keeps the size of the published settings, and the validation entries
+serve only the choices. Every method of a seed is trained on the same training entries and every choice it needs (the
+stopping time, the penalty strength, the dynamics' rates) is made on the validation error, the mean squared error
+on the held-out entries. The test error, Arora et al.'s $\frac{1}{n^2} \sum_{jk} (W - W^*)_{jk}^2$ over all
+entries, is read at the chosen point only. Its minimum over every candidate (the oracle a test-chosen stop would
+get) is reported beside it, labelled, and never enters a verdict.
+
+Candidates. A method is a set of runs (one per candidate setting: strengths, rates) of one seed, each measured on
+its saved times; `choose` picks the (run, time) of the lowest validation error and returns the test error there.
+A choice at a run's last saved time means the horizon cut the search short: it is flagged (`at_horizon`), and a
+verdict that rests on it says so.
+
+Paired verdicts (`Paired`). Two methods, A and B, are compared seed by seed on $d_s = \log_{10}(e^A_s / e^B_s)$,
+the ratio of their test errors at their validation-chosen points. Reported: the median and the per-seed values,
+the mean of d with a 95 % bootstrap interval (`RESAMPLES` resamples of the seeds, a fixed generator), and the
+exact one-sided sign test. The rule, fixed before any number is read: A is *lower* when the whole interval lies
+below $-\log_{10}$ `SAME` (A better by more than the factor SAME, with confidence), *higher* when it lies above
+$\log_{10}$ SAME, *the same* when it lies inside $(-\log_{10} \text{SAME}, \log_{10} \text{SAME})$, and
+*not resolved* otherwise (the seeds disagree, or too few).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import scipy.stats
+
+import flows
+
+from ._base import tex_number
+
+VALIDATION = 0.15
+"""The held-out entries, as a fraction of the training entries (13 % of all observed)."""
+SPLIT_SEED_OFFSET = 20_000
+"""The split of seed s is drawn with seed SPLIT_SEED_OFFSET + s (not the problem's or the init's normals)."""
+SAME = 2.0
+"""Test errors within this factor count as the same."""
+RESAMPLES = 10_000
+CONFIDENCE = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A problem's observed entries split into training and validation; `train` is the training problem (with the
+    truth), the validation entries are (rows, cols, values)."""
+
+    train: flows.EntryProblem
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+
+    def validation_error(self, W) -> np.ndarray:
+        """The mean squared error on the validation entries (per matrix of a stack)."""
+        W = np.asarray(W)
+        return np.mean((W[..., self.rows, self.cols] - self.values) ** 2, axis=-1)
+
+    def unobserved(self) -> np.ndarray:
+        """A mask of the entries outside the training set."""
+        mask = np.ones(self.train.shape, dtype=bool)
+        mask[np.asarray(self.train.rows), np.asarray(self.train.cols)] = False
+        return mask
+
+
+def held_out(m: int, fraction: float = VALIDATION) -> int:
+    """How many validation entries go with m training entries."""
+    return int(round(fraction * m))
+
+
+def split(problem: flows.EntryProblem, seed: int, held: int) -> Split:
+    """Hold out `held` of `problem`'s entries (a seeded draw, see `SPLIT_SEED_OFFSET`)."""
+    rows, cols, values = (np.asarray(a) for a in (problem.rows, problem.cols, problem.y))
+    order = np.random.default_rng(SPLIT_SEED_OFFSET + seed).permutation(problem.m)
+    held = order[:held]
+    kept = np.sort(order[len(held) :])
+    train = flows.Problem.from_entries(problem.shape, rows[kept], cols[kept], values[kept], truth=problem.truth)
+    return Split(train, rows[held], cols[held], values[held])
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """A method's validation-chosen point for one seed, and the oracle beside it."""
+
+    test: float
+    """Test error at the chosen point."""
+    validation: float
+    index: int
+    """Which candidate run."""
+    t: float
+    at_horizon: bool
+    """The chosen time is the run's last saved time (the search may have been cut short)."""
+    oracle: float
+    """The lowest test error over every candidate and time (not a method: an oracle's stop and strength)."""
+
+
+def choose(candidates: list[dict]) -> Choice:
+    """The (run, time) of the lowest validation error over `candidates` (dicts of "t", "validation", "test" series,
+    as measured along each run); ties go to the earlier candidate and time."""
+    best = None
+    for i, c in enumerate(candidates):
+        k = int(np.nanargmin(c["validation"]))
+        if best is None or c["validation"][k] < best[0]:
+            best = (c["validation"][k], i, k)
+    value, i, k = best
+    chosen = candidates[i]
+    return Choice(
+        test=float(chosen["test"][k]),
+        validation=float(value),
+        index=i,
+        t=float(chosen["t"][k]),
+        at_horizon=k == len(chosen["t"]) - 1,
+        oracle=float(min(np.nanmin(c["test"]) for c in candidates)),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Paired:
+    """A paired comparison of A against B over seeds (module docstring): d = log10(A / B) per seed."""
+
+    d: np.ndarray
+    mean: float
+    low: float
+    high: float
+    p_lower: float
+    """One-sided exact sign test of A < B (the chance of at least this many wins if each seed were a coin toss)."""
+
+    @classmethod
+    def of(cls, a, b) -> "Paired":
+        a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        if a.shape != b.shape or a.ndim != 1 or not a.size:
+            raise ValueError(f"paired comparisons need two equal, non-empty 1-d arrays; got {a.shape} and {b.shape}")
+        d = np.log10(a / b)
+        rng = np.random.default_rng(0)
+        means = d[rng.integers(0, d.size, size=(RESAMPLES, d.size))].mean(axis=1)
+        tail = (1 - CONFIDENCE) / 2
+        low, high = np.quantile(means, [tail, 1 - tail])
+        wins = int(np.sum(d < 0))
+        p = float(scipy.stats.binomtest(wins, d.size, 0.5, alternative="greater").pvalue)
+        return cls(d=d, mean=float(d.mean()), low=float(low), high=float(high), p_lower=p)
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.d))
+
+    @property
+    def verdict(self) -> str:
+        """ "lower", "higher", "the same" or "not resolved" (module docstring)."""
+        band = math.log10(SAME)
+        if self.high < -band:
+            return "lower"
+        if self.low > band:
+            return "higher"
+        if -band < self.low and self.high < band:
+            return "the same"
+        return "not resolved"
+
+    @property
+    def factor(self) -> str:
+        """The mean ratio A / B with its interval, as LaTeX: $10^{mean}$ [$10^{low}$, $10^{high}$]."""
+        return interval(10**self.mean, 10**self.low, 10**self.high)
+
+    @property
+    def wins(self) -> int:
+        return int(np.sum(self.d < 0))
+
+
+def interval(value: float, low: float, high: float) -> str:
+    """A value and its interval as LaTeX text."""
+    return f"{tex_number(value)} [{tex_number(low)}, {tex_number(high)}]"

@@ -1,0 +1,373 @@
+r"""Finite steps with the ratio penalty: budgets in steps, and whether the benefit is a finite-step effect.
+
+Two questions the flow limit cannot answer, under the validation protocol of `_protocol` (the completion
+experiment's problems, splits, penalty and strength grid; depth 1 from the zero-filled training entries).
+
+(A) Budgets in steps (claims 2 and 3 about speed). A practitioner pays in steps, each method at its own largest
+stable step size. The methods, as they are run in practice: gradient descent; Adam with $\beta_1 = 0.9$,
+$\beta_2 = 0.999$ (in flows' rates $a = 0.1/\eta$, $b = 0.001/\eta$, `Adam`'s discrete counterpart); RMSProp with
+the same $\beta_2$ (Adam's denominator alone); momentum with the same $\beta_1$ (its debiased numerator alone); eps
+as in the flows. Each runs `BUDGET` steps at every step size of its grid (`STEP_SIZES`) and every strength.
+A step size is *stable* when every strength's run stays finite and ends with an objective below its start; the
+method's *largest stable step* is measured on its grid, not assumed. At it, the strength and the stopping step
+(within the budget, and within a tenth of it) are chosen on validation. Verdicts: claim 2 *holds on a step budget*
+when gradient descent is *higher* than Adam (`_protocol.Paired`), claim 3 when momentum is *higher* than RMSProp;
+*fails* when *the same* or *lower*; *not resolved* otherwise.
+
+(B) Finite steps against their flows (claim 8). Discrete Adam with the flow's rates tied to the step,
+$\beta_1 = 1 - a\eta$, $\beta_2 = 1 - b\eta$ (a = 10, b = 1: the Adam flow as $\eta \to 0$), and gradient descent,
+at decreasing steps `LIMIT_STEPS`, to the flows' horizons, the strength and stop chosen on validation, against the
+flows themselves (the same runs as the completion experiment's). Verdict: *a property of the flow* when the smallest
+step is *the same* as the flow and no step is *lower* than the flow; *a finite-step effect* when some step is
+*lower*; *not resolved* otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pandas as pd
+
+import flows
+
+from ._base import Context, Experiment, Group, new_figure, tex_number
+from ._completion import COLOURS, DYNAMICS, RTOL, SAVES, build, observations
+from ._protocol import VALIDATION, Paired, choose
+
+BUDGET = 10_000
+"""Steps of every discrete run of part (A)."""
+STEP_SIZES = {
+    "gradient descent": (2.0, 1.0, 0.5, 0.25, 0.125, 0.0625),
+    "Adam": (0.3, 0.1, 0.03, 0.01, 0.003, 0.001),
+    "RMSProp": (0.3, 0.1, 0.03, 0.01, 0.003, 0.001),
+    "momentum": (2.0, 1.0, 0.5, 0.25, 0.125, 0.0625),
+}
+"""Each method's step sizes, largest first (gradient descent's stability limit is near 2 / the largest curvature of
+the data loss, which is 1 on observed entries, plus the penalty's; the adaptive methods move each coordinate by about
+the step size)."""
+BETA1, BETA2 = 0.9, 0.999
+LIMIT_STEPS = {"Adam": (0.05, 0.02, 0.01, 0.005, 0.002), "gradient flow": (1.0, 0.5, 0.2, 0.1, 0.05)}
+"""Part (B): the steps of discrete Adam (a = 10, so a eta < 1) and of gradient descent, largest first."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    n: int
+    rank: int
+    m: int
+    seeds: int
+    strengths: tuple[float, ...]
+    fast: float
+    slow: float
+    methods: tuple[str, ...]
+    step_sizes: int
+    """How many of each method's step sizes (largest first) part (A) runs."""
+    limit_steps: dict[str, tuple[float, ...]]
+    """Part (B): the steps of each dynamics' discrete counterpart, largest first."""
+
+
+SETTINGS = {
+    False: {
+        30: Setting(
+            n=30,
+            rank=2,
+            m=200,
+            seeds=10,
+            strengths=(0.3, 1.0, 3.0, 10.0),
+            fast=30.0,
+            slow=3000.0,
+            methods=("gradient descent", "Adam", "RMSProp", "momentum"),
+            step_sizes=6,
+            limit_steps=LIMIT_STEPS,
+        ),
+        100: Setting(
+            n=100,
+            rank=5,
+            m=2000,
+            seeds=5,
+            strengths=(1.0, 3.0, 10.0, 30.0),
+            fast=20.0,
+            slow=3000.0,
+            methods=(),
+            step_sizes=0,
+            limit_steps={"Adam": (0.05, 0.01, 0.002)},
+        ),
+    },
+    True: {
+        15: Setting(
+            n=15,
+            rank=2,
+            m=70,
+            seeds=3,
+            strengths=(1.0, 3.0),
+            fast=8.0,
+            slow=600.0,
+            methods=("gradient descent", "Adam", "RMSProp", "momentum"),
+            step_sizes=3,
+            limit_steps={"Adam": (0.05, 0.01), "gradient flow": (1.0, 0.2)},
+        ),
+    },
+}
+"""By quick, then by n: the completion experiment's scales (the same problems, splits and strengths). At n = 100
+part (A) is not run (a step of the ratio's gradient costs an SVD of W; the budgets of every method at every step
+size and strength are beyond this project's compute), part (B) for discrete Adam only."""
+
+
+def practitioner(method: str, step: float) -> dict:
+    """A discrete method with fixed betas as a flow description's dynamics, at step `step`."""
+    eps = DYNAMICS["Adam"]["eps"]
+    return {
+        "gradient descent": {"name": "gradient"},
+        "Adam": {"name": "adam", "a": (1 - BETA1) / step, "b": (1 - BETA2) / step, "eps": eps},
+        "RMSProp": {"name": "rmsprop", "b": (1 - BETA2) / step, "eps": eps},
+        "momentum": {"name": "momentum", "a": (1 - BETA1) / step},
+    }[method]
+
+
+def base(setting: Setting, seed: int, strength: float, dynamics: str) -> dict:
+    return {
+        "n": setting.n,
+        "rank": setting.rank,
+        "m": setting.m,
+        "seed": seed,
+        "validation": VALIDATION,
+        "parameterization": "depth 1",
+        "penalty": "ratio",
+        "strength": strength,
+        "dynamics": dynamics,
+    }
+
+
+def discrete(ctx: Context, config: dict, step: float, t1: float, override: dict | None = None) -> dict:
+    """One discrete run (the configuration's flow's discrete counterpart at `step`, its dynamics replaced by
+    `override`) saved at `SAVES` log-spaced times up to t1, measured as the flows are; stored once."""
+    flow, state0 = build(config)
+    if override is not None:
+        params = flow.params(state0)
+        flow = flows.Flow.from_description(flow.problem, {**flow.describe(), "dynamics": override})
+        state0 = flow.dynamics.init(params)
+    ts = flows.default_ts(t1, SAVES)
+
+    def compute() -> dict[str, np.ndarray]:
+        parts = observations(config)
+        try:
+            traj = flows.descend(flow, state0, step=step, t1=t1, ts=ts)
+        except flows.SolverError:
+            return {"diverged": np.asarray(True)}
+        objective = jax.vmap(flow.objective)(traj.states)
+        W = np.asarray(traj.W)
+        return {
+            "diverged": np.asarray(False),
+            "t": np.asarray(traj.ts),
+            "test": np.mean((W - traj.truth) ** 2, axis=(1, 2)),
+            "validation": parts.validation_error(W),
+            "objective": np.asarray(objective),
+        }
+
+    return ctx.cached({"descend": flow, "state0": state0, "step": step, "ts": ts}, compute)
+
+
+class Steps(Experiment):
+    name = "steps"
+    title = "budgets in steps at each method's largest stable step (claims 2, 3) and finite steps against the flows (8)"
+
+    def groups(self, quick):
+        """The flows of part (B) (shared with the completion experiment by their keys)."""
+        out = []
+        for setting in SETTINGS[quick].values():
+            for d in setting.limit_steps:
+                t1 = setting.fast if d == "Adam" else setting.slow
+                configs = [base(setting, s, lam, d) for s in range(setting.seeds) for lam in setting.strengths]
+                out.append(
+                    Group(
+                        f"n = {setting.n}, {d} (flow)",
+                        build,
+                        configs,
+                        dict(t1=t1, ts=flows.default_ts(t1, SAVES), rtol=RTOL, max_steps=400_000),
+                    )
+                )
+        return out
+
+    def measure(self, traj, config):
+        parts = observations(config)
+        W = np.asarray(traj.W)
+        return {
+            "t": np.asarray(traj.ts),
+            "test": np.mean((W - traj.truth) ** 2, axis=(1, 2)),
+            "validation": parts.validation_error(W),
+        }
+
+    def report(self, ctx, results):
+        values = {"budget": f"{BUDGET:,}".replace(",", "{,}"), "beta1": f"{BETA1:g}", "beta2": f"{BETA2:g}"}
+        for setting in SETTINGS[ctx.quick].values():
+            key = f"n {setting.n}"
+            if setting.methods:
+                budgets, stable = self._budgets(ctx, setting)
+                values |= self._budget_values(ctx, setting, key, budgets, stable)
+            values |= self._limit_values(ctx, setting, key, results[results["n"] == setting.n])
+        ctx.values(self.name, values)
+
+    # -- (A) ------------------------------------------------------------------------------------------------
+    def _budgets(self, ctx, setting) -> tuple[dict, dict]:
+        """Per method: the largest stable step, and per seed and budget the validation-chosen test error there."""
+        runs, stable = {}, {}
+        for method in setting.methods:
+            for step in STEP_SIZES[method][: setting.step_sizes]:
+                t1 = BUDGET * step
+                for s in range(setting.seeds):
+                    for lam in setting.strengths:
+                        config = base(setting, s, lam, "gradient flow")
+                        runs[method, step, s, lam] = discrete(ctx, config, step, t1, practitioner(method, step))
+            steps = [
+                step
+                for step in STEP_SIZES[method][: setting.step_sizes]
+                if all(_settled(runs[method, step, s, lam]) for s in range(setting.seeds) for lam in setting.strengths)
+            ]
+            stable[method] = max(steps) if steps else None
+        budgets = {}
+        for method, step in stable.items():
+            if step is None:
+                continue
+            for fraction, label in ((1.0, "budget"), (0.1, "tenth")):
+                limit = fraction * BUDGET * step * (1 + 1e-9)
+                per_seed = []
+                for s in range(setting.seeds):
+                    candidates = []
+                    for lam in setting.strengths:
+                        r = runs[method, step, s, lam]
+                        keep = r["t"] <= limit
+                        candidates.append({k: r[k][keep] for k in ("t", "validation", "test")})
+                    per_seed.append(choose(candidates).test)
+                budgets[method, label] = np.array(per_seed)
+        return budgets, stable
+
+    def _budget_values(self, ctx, setting, key, budgets, stable) -> dict[str, str]:
+        values = {f"{key}/seeds": str(setting.seeds)}
+        for method in setting.methods:
+            step = stable[method]
+            values[f"{key}/{method}/largest stable step"] = "none" if step is None else f"{step:g}"
+            for label in ("budget", "tenth"):
+                e = budgets.get((method, label))
+                values[f"{key}/{method}/{label}/median"] = "n/a" if e is None else tex_number(float(np.median(e)))
+        rows = []
+        for claim, (a, b), rule in ((2, ("gradient descent", "Adam"), "two"), (3, ("momentum", "RMSProp"), "three")):
+            for label in ("budget", "tenth"):
+                if (a, label) not in budgets or (b, label) not in budgets:
+                    values[f"{key}/verdict/{rule}/{label}"] = "n/a"
+                    continue
+                p = Paired.of(budgets[a, label], budgets[b, label])
+                verdict = {
+                    "higher": "holds on a step budget",
+                    "the same": "fails",
+                    "lower": "fails",
+                    "not resolved": "not resolved",
+                }[p.verdict]
+                values |= {
+                    f"{key}/verdict/{rule}/{label}": verdict,
+                    f"{key}/compare/{rule}/{label}": p.factor,
+                    f"{key}/compare/{rule}/{label}/wins": str(len(p.d) - p.wins),
+                }
+                rows.append(
+                    [
+                        f"{a} vs {b}",
+                        "all" if label == "budget" else "a tenth",
+                        p.factor,
+                        f"{len(p.d) - p.wins}/{len(p.d)}",
+                        p.verdict,
+                    ]
+                )
+                if label == "budget":
+                    ctx.finding(
+                        f"claim {claim} on a budget of {BUDGET} steps (n = {setting.n}): {a} slower than {b}",
+                        verdict,
+                        f"{a} / {b}: {p.factor}",
+                    )
+        ctx.table(
+            self.name,
+            f"budget-{setting.n}",
+            "lllll",
+            ["A vs B", "of the budget", "A / B: mean [95\\,\\% CI]", "B lower in", "A is"],
+            rows,
+        )
+        return values
+
+    # -- (B) ------------------------------------------------------------------------------------------------
+    def _limit_values(self, ctx, setting, key, flows_table: pd.DataFrame) -> dict[str, str]:
+        values = {}
+        for d, steps in setting.limit_steps.items():
+            t1 = setting.fast if d == "Adam" else setting.slow
+            flow_rows = flows_table[(flows_table["dynamics"] == d) & (flows_table["status"] != "failed")]
+            flow_errors = []
+            for s in range(setting.seeds):
+                rows = flow_rows[flow_rows["seed"] == s]
+                flow_errors.append(
+                    choose([{k: r[k] for k in ("t", "validation", "test")} for _, r in rows.iterrows()]).test
+                )
+            flow_errors = np.array(flow_errors)
+            by_step = {}
+            for step in steps:
+                per_seed = []
+                for s in range(setting.seeds):
+                    candidates = [discrete(ctx, base(setting, s, lam, d), step, t1) for lam in setting.strengths]
+                    candidates = [c for c in candidates if not bool(c["diverged"])]
+                    per_seed.append(choose(candidates).test if candidates else np.nan)
+                by_step[step] = np.array(per_seed)
+            paired = {step: Paired.of(e, flow_errors) for step, e in by_step.items() if np.all(np.isfinite(e))}
+            smallest = paired.get(steps[-1])
+            lower = any(p.verdict == "lower" for p in paired.values())
+            verdict = (
+                "a finite-step effect"
+                if lower
+                else "a property of the flow"
+                if smallest is not None and smallest.verdict == "the same"
+                else "not resolved"
+            )
+            name = "discrete Adam" if d == "Adam" else "gradient descent"
+            values |= {
+                f"{key}/limit/{name}/verdict": verdict,
+                f"{key}/limit/{name}/flow median": tex_number(float(np.median(flow_errors))),
+                f"{key}/limit/{name}/steps": ", ".join(f"{s:g}" for s in steps),
+            }
+            for step, p in paired.items():
+                values |= {
+                    f"{key}/limit/{name}/{step:g}/median": tex_number(float(np.median(by_step[step]))),
+                    f"{key}/limit/{name}/{step:g}/factor": p.factor,
+                    f"{key}/limit/{name}/{step:g}/verdict": p.verdict,
+                }
+            ctx.finding(
+                f"claim 8 (n = {setting.n}): the ratio's result under {name} is a finite-step effect",
+                verdict,
+                f"smallest step / flow: {smallest.factor if smallest else 'n/a'}",
+            )
+            self._limit_figure(ctx, setting, name, steps, by_step, flow_errors)
+        return values
+
+    @staticmethod
+    def _limit_figure(ctx, setting, name, steps, by_step, flow_errors) -> None:
+        fig, (ax,) = new_figure(1, width=3.4, height=2.7)
+        colour = COLOURS["Adam"] if name == "discrete Adam" else COLOURS["gradient flow"]
+        for s in range(setting.seeds):
+            ax.plot(steps, [by_step[step][s] for step in steps], "-", color=colour, lw=0.6, alpha=0.5)
+            ax.plot([min(steps) / 3], [flow_errors[s]], "_", color="k", ms=8)
+        ax.plot(steps, [np.median(by_step[step]) for step in steps], "o-", color=colour, label=f"{name} (median)")
+        ax.plot([min(steps) / 3], [np.median(flow_errors)], "D", color="k", label="the flow (median)")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel=r"step size $\eta$ (flow: left)",
+            ylabel="test error at the validation-chosen point",
+            title=f"$n = {setting.n}$",
+        )
+        ax.legend(fontsize="small")
+        ctx.figure(fig, f"steps-limit-{name.split()[-1].lower()}-{setting.n}")
+
+
+def _settled(run: dict) -> bool:
+    """A stable run: finite throughout and its objective lower at the end than at the start."""
+    return (
+        not bool(run["diverged"])
+        and bool(np.all(np.isfinite(run["objective"])))
+        and (run["objective"][-1] < run["objective"][0])
+    )
