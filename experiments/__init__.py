@@ -18,13 +18,10 @@ from pathlib import Path
 
 import matplotlib.style
 
-from . import completion, penalties
+from . import completion
 from ._base import STYLE, Context, Experiment, Tally
-from .adam_steps import AdamSteps
 from .closed_forms import ClosedForms
-from .denominator import Denominator
 from .depth import Depth
-from .each_factor import EachFactor
 from .finite_steps import FiniteSteps
 from .flatness import Flatness
 from .norms import Norms
@@ -36,22 +33,15 @@ from .steps import Steps
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
     for e in (
-        ClosedForms(),
-        SmallInit(),
-        Depth(),
-        Norms(),
-        FiniteSteps(),
-        Flatness(),
-        penalties.EXPERIMENT,
-        Span(),
-        AdamSteps(),
-        penalties.ARORA_EXPERIMENT,
-        penalties.ARORA_MID_EXPERIMENT,
-        penalties.ARORA_FEW_EXPERIMENT,
-        Denominator(),
-        EachFactor(),
         *completion.EXPERIMENTS,
         Steps(),
+        Span(),
+        Norms(),
+        Depth(),
+        ClosedForms(),
+        FiniteSteps(),
+        SmallInit(),
+        Flatness(),
         Performance(),
     )
 }

@@ -242,7 +242,10 @@ class Experiment(abc.ABC):
                     row = {**flatten(run.config), "group": group.label, "status": run.status, "key": run.key}
                     row["message"] = run.message
                     if run.status != "failed":
-                        row |= ctx.measured(run, self.measure, version)
+                        measured = ctx.measured(run, self.measure, version)
+                        if clash := set(measured) & set(row):
+                            raise ValueError(f"{self.name}: measurements named like configuration columns: {clash}")
+                        row |= measured
                     rows.append(row)
             return pd.DataFrame(rows)
 

@@ -176,7 +176,7 @@ def configs(setting: Setting) -> list[dict]:
             "rank": setting.rank,
             "m": setting.m,
             "seed": seed,
-            "validation": VALIDATION,
+            "held out": VALIDATION,
             "parameterization": param,
             "penalty": pen,
             "strength": s,
@@ -270,7 +270,7 @@ class Completion(Experiment):
                 }
         nuclear = {}
         for s in seeds:
-            config = {"n": setting.n, "m": setting.m, "rank": setting.rank, "seed": s, "validation": VALIDATION}
+            config = {"n": setting.n, "m": setting.m, "rank": setting.rank, "seed": s, "held out": VALIDATION}
             X = nuclear_minimiser(ctx, training_problem(config), setting.solver)["X"]
             nuclear[s] = float(np.mean((X - truths[s]) ** 2))
         start = {
@@ -284,7 +284,7 @@ class Completion(Experiment):
                                     "m": setting.m,
                                     "rank": setting.rank,
                                     "seed": s,
-                                    "validation": VALIDATION,
+                                    "held out": VALIDATION,
                                 }
                             )
                         )

@@ -132,7 +132,7 @@ def base(setting: Setting, seed: int, strength: float, dynamics: str) -> dict:
         "rank": setting.rank,
         "m": setting.m,
         "seed": seed,
-        "validation": VALIDATION,
+        "held out": VALIDATION,
         "parameterization": "depth 1",
         "penalty": "ratio",
         "strength": strength,

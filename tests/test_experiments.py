@@ -10,7 +10,7 @@ import pytest
 
 import experiments
 import flows
-from experiments import _completion as completion
+from experiments import _completion, completion
 from experiments._base import Context, Experiment, Group
 from gradflow import main
 
@@ -78,9 +78,9 @@ def test_a_warm_reproduction_recomputes_nothing_and_reads_no_trajectory(tmp_path
 
 
 def test_the_result_table_agrees_with_the_trajectories(tmp_path):
-    """The penalties grid's measurements, read from the table, against a direct computation from each saved run."""
+    """The completion experiment's measurements, read from the table, against a direct computation from each run."""
     ctx = Context(quick=True, store=tmp_path, figures=tmp_path / "f", generated=tmp_path / "g", progress=False)
-    group = experiments.EXPERIMENTS["penalties"].groups(True)[0]
+    group = experiments.EXPERIMENTS["completion"].groups(True)[0]
 
     class TwoRuns(Experiment):
         name = "two runs"
@@ -97,34 +97,38 @@ def test_the_result_table_agrees_with_the_trajectories(tmp_path):
     assert len(table) == 2 and set(table["status"]) == {"done"}
     for _, row in table.iterrows():
         traj = flows.Trajectory.load(ctx.runs / row["key"])
+        config = {k: row[k] for k in ("n", "m", "rank", "seed", "held out")}
+        parts = _completion.observations(config)
+        held = np.array([W[parts.rows, parts.cols] for W in traj.W])
         np.testing.assert_array_equal(row["t"], traj.ts)
-        np.testing.assert_allclose(row["error"], np.mean((traj.W - traj.truth) ** 2, axis=(1, 2)), rtol=1e-14)
+        np.testing.assert_allclose(row["test"], np.mean((traj.W - traj.truth) ** 2, axis=(1, 2)), rtol=1e-14)
+        np.testing.assert_allclose(row["validation"], np.mean((held - parts.values) ** 2, axis=1), rtol=1e-14)
         sigma = np.linalg.svd(traj.W, compute_uv=False)
         np.testing.assert_allclose(row["norm"], np.linalg.norm(traj.W, axis=(1, 2)), rtol=1e-12)
         np.testing.assert_allclose(row["ratio"], sigma.sum(-1) / np.linalg.norm(sigma, axis=-1), rtol=1e-12)
-        np.testing.assert_allclose(row["mse"], 2 * traj.loss / row["m"], rtol=1e-14)
+        np.testing.assert_allclose(row["train"], 2 * traj.loss / row["m"], rtol=1e-14)
+        outside = np.ones(traj.W.shape[1:], dtype=bool)
+        outside[np.asarray(parts.train.rows), np.asarray(parts.train.cols)] = False
+        np.testing.assert_allclose(row["unobserved"], np.abs(traj.W[:, outside]).max(axis=1), rtol=1e-14)
         assert row["steps"] == traj.stats["num_steps"]
-    summary = completion.summary(table.iloc[0], nuclear_error=1.0, budget=1.0)
-    assert summary["best"] == table.iloc[0]["error"].min()
 
 
 def test_two_experiments_share_a_run_by_what_it_computes_and_a_changed_constant_recomputes(tmp_path, monkeypatch):
-    """adam_steps declares the penalties grid's depth-1 ratio runs under its own configurations: the same runs. A
+    """steps declares the completion experiment's Adam-flow ratio runs under its own configurations: the same runs. A
     constant of the shared setting changed under the same configuration (the adaptive flows' eps) recomputes."""
     ctx = Context(quick=True, store=tmp_path, figures=tmp_path / "f", generated=tmp_path / "g", progress=False)
-    adam = experiments.EXPERIMENTS["adam_steps"].groups(True)[0]
-    penalties_configs = [
-        c
-        for c in completion.cells(completion.GRIDS[True])
-        if (c["parameterization"], c["penalty"], c["dynamics"]) == ("depth 1", "ratio", "Adam")
-        and c["strength"] == completion.GRIDS[True].strength
+    ours = next(g for g in experiments.EXPERIMENTS["steps"].groups(True) if "Adam" in g.label)
+    ours = Group(ours.label, ours.build, ours.configs[:2], ours.options)
+    setting = completion.SETTINGS["completion"][True]
+    theirs = [
+        c for c in completion.configs(setting) if (c["penalty"], c["dynamics"]) == ("ratio", "Adam") and c["seed"] == 0
     ]
-    first = ctx.sweep(adam)
+    first = ctx.sweep(ours)
     assert {r.status for r in first} == {"done"}
-    shared = ctx.sweep(type(adam)("penalties", completion.build, penalties_configs, adam.options))
+    shared = ctx.sweep(Group("completion", _completion.build, theirs, completion.options(setting, theirs[0])))
     assert {r.status for r in shared} == {"cached"} and {r.key for r in shared} == {r.key for r in first}
-    monkeypatch.setitem(completion.DYNAMICS, "Adam", {**completion.DYNAMICS["Adam"], "eps": 2e-3})
-    changed = ctx.sweep(adam)
+    monkeypatch.setitem(_completion.DYNAMICS, "Adam", {**_completion.DYNAMICS["Adam"], "eps": 2e-3})
+    changed = ctx.sweep(ours)
     assert {r.status for r in changed} == {"done"} and {r.key for r in changed}.isdisjoint(r.key for r in first)
 
 
