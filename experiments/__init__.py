@@ -20,6 +20,7 @@ import matplotlib.style
 
 from . import completion
 from ._base import STYLE, Context, Experiment, Tally
+from ._report import write_report
 from .closed_forms import ClosedForms
 from .depth import Depth
 from .finite_steps import FiniteSteps
@@ -65,10 +66,11 @@ def reproduce(
 ) -> tuple[Tally, float]:
     """Run the named experiments (all by default); returns the tally of runs and outputs and the wall time.
 
-    Full scale writes figures/ and paper/generated/ (committed); quick writes runs/quick/figures and
-    runs/quick/generated, or OUT/figures and OUT/generated with `out`. `fresh` computes every run, reference and
-    measurement again (each once). `tally` is filled as runs settle (pass one to watch a reproduction's progress
-    from another thread).
+    Full scale writes figures/ and paper/generated/ (committed) and runs/report.html; quick writes
+    runs/quick/figures, runs/quick/generated and runs/quick/report.html, or OUT/figures, OUT/generated and
+    OUT/report.html with `out`. The report is one self-contained page of every figure, table and verdict written.
+    `fresh` computes every run, reference and measurement again (each once). `tally` is filled as runs settle (pass
+    one to watch a reproduction's progress from another thread).
     """
     names = list(EXPERIMENTS) if names is None else names
     unknown = [n for n in names if n not in EXPERIMENTS]
@@ -80,8 +82,9 @@ def reproduce(
             if quick
             else (Path("figures"), Path("paper/generated"))
         )
+        report = Path("runs/quick/report.html" if quick else "runs/report.html")
     else:
-        figures, generated = Path(out) / "figures", Path(out) / "generated"
+        figures, generated, report = Path(out) / "figures", Path(out) / "generated", Path(out) / "report.html"
     canonical = out is None and store is None  # the reproduction whose timings are kept
     store = Path("runs/quick" if quick else "runs") if store is None else Path(store)
     ctx = Context(
@@ -102,7 +105,11 @@ def reproduce(
             EXPERIMENTS[name].run(ctx)
             if canonical and ctx.tally.reused == reused:  # nothing reused: a cold measurement of its cost
                 record_timing(name, quick, time.perf_counter() - began)
-    return ctx.tally, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    scale = "quick" if quick else "full-scale"
+    write_report(ctx.tally, report, title=f"gradflow: a {scale} reproduction ({', '.join(names)})", seconds=seconds)
+    ctx.tally.report = report
+    return ctx.tally, seconds
 
 
 def timings() -> dict[str, dict[str, float]]:

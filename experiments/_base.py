@@ -51,6 +51,16 @@ class Tally:
     figures: list[Path] = dataclasses.field(default_factory=list)
     generated: list[Path] = dataclasses.field(default_factory=list)
     findings: list[dict] = dataclasses.field(default_factory=list)
+    tables: list[tuple[str, str, list[str], list[list[str]]]] = dataclasses.field(default_factory=list)
+    """(experiment, name, header, rows) of every table written."""
+    figure_owners: list[tuple[str, Path]] = dataclasses.field(default_factory=list)
+    """(experiment, file) of every figure written."""
+    report: Path | None = None
+    """The reproduction's web page, once written."""
+
+    @property
+    def settled(self) -> int:
+        return self.done + self.reused + self.failed
 
     def count(self, status: str) -> None:
         if status == "done":
@@ -161,6 +171,7 @@ class Context:
             path = self.figures / (name + suffix)
             fig.savefig(path, metadata=metadata)
             self.tally.figures.append(path)
+            self.tally.figure_owners.append((self.experiment, path))
 
     def values(self, experiment: str, values: dict[str, str]) -> None:
         r"""Write generated/<experiment>.tex: one `\gfvalue{<experiment>/<key>}{<text>}` per value."""
@@ -179,6 +190,7 @@ class Context:
         body += [" & ".join(row) + " \\\\" for row in rows]
         body += ["\\bottomrule", "\\end{tabular}"]
         self._write(f"{experiment}-{name}.tex", "\n".join(body) + "\n")
+        self.tally.tables.append((experiment, name, header, rows))
 
     def finding(self, claim: str, verdict: str, number: str = "") -> None:
         """One claim's verdict and the number that decides it, for the reproduction's summary and report."""

@@ -33,7 +33,7 @@ from jaxtyping import Float
 import flows
 
 from ._base import Experiment, Group, new_figure, tex_number
-from ._completion import COLOURS, MAX_STEPS, PENALTIES, RTOL, SAVES, build, observed, problem
+from ._completion import COLOURS, MAX_STEPS, PENALTIES, RTOL, SAVES, SCALES, build, observed, problem
 from ._completion import DYNAMICS as RATES
 
 DYNAMICS = ("gradient flow", "RMSProp", "Adam")
@@ -41,11 +41,10 @@ FROZEN = 1e-6
 """A largest angle at most this (radians) is round-off: the frame did not turn."""
 TURNED = 1e-2
 """A largest angle above this turned the frame."""
-SETTINGS = {
-    False: dict(n=30, rank=2, m=200, seeds=10, strength=3.0, fast=30.0, slow=3000.0),
-    True: dict(n=15, rank=2, m=70, seeds=2, strength=3.0, fast=8.0, slow=600.0),
-}
-"""By quick: the completion experiment's problems and a strength in the middle of its grid."""
+SETTINGS = {quick: SCALES["n = 30"][quick] for quick in (False, True)}
+"""By quick: the completion experiment's problems (all of their observed entries), seeds and horizons."""
+STRENGTH = 3.0
+"""The ratio's strength, in the middle of the completion experiment's grid."""
 PURE_HORIZON = 1.0
 """Of the pure-penalty runs: the pure penalty's frame is frozen or not from the start, so a short horizon shows it
 (the pure-ratio flows' tails, singular values shrinking into the smoothing eps, are stiff)."""
@@ -99,36 +98,15 @@ class Span(Experiment):
         setting = SETTINGS[quick]
         out = []
         for d in DYNAMICS:
-            configs = [
-                {
-                    "n": setting["n"],
-                    "rank": setting["rank"],
-                    "m": setting["m"],
-                    "seed": seed,
-                    "parameterization": "depth 1",
-                    "penalty": "ratio",
-                    "strength": setting["strength"],
-                    "dynamics": d,
-                }
-                for seed in range(setting["seeds"])
-            ]
-            t1 = setting["slow"] if d == "gradient flow" else setting["fast"]
-            out.append(
-                Group(
-                    f"{d}, with data",
-                    build,
-                    [c | {"kind": "data"} for c in configs],
-                    dict(t1=t1, ts=flows.default_ts(t1, SAVES), rtol=RTOL, max_steps=MAX_STEPS),
-                )
-            )
-            out.append(
-                Group(
-                    f"{d}, penalty only",
-                    build_pure,
-                    [c | {"kind": "pure"} for c in configs],
-                    dict(t1=PURE_HORIZON, ts=flows.default_ts(PURE_HORIZON, SAVES), rtol=RTOL, max_steps=MAX_STEPS),
-                )
-            )
+            cell = dict(parameterization="depth 1", penalty="ratio", strength=STRENGTH, dynamics=d)
+            configs = [setting.config(seed, **cell) for seed in range(setting.seeds)]
+            configs = [{k: v for k, v in c.items() if k != "held out"} for c in configs]  # every entry observed
+            for kind, label, how, t1 in (
+                ("data", "with data", build, setting.horizon(d)),
+                ("pure", "penalty only", build_pure, PURE_HORIZON),
+            ):
+                options = dict(t1=t1, ts=flows.default_ts(t1, SAVES), rtol=RTOL, max_steps=MAX_STEPS)
+                out.append(Group(f"{d}, {label}", how, [c | {"kind": kind} for c in configs], options))
         return out
 
     def measure(self, traj, config):
@@ -172,13 +150,13 @@ class Span(Experiment):
                 xlabel="time $t$",
                 title=title,
                 xlim=(1e-3, None),
-                ylabel=f"largest principal angle (rad), top-{grid['rank']}",
+                ylabel=f"largest principal angle (rad), top-{grid.rank}",
             )
             ax.legend(fontsize="small")
         ctx.figure(fig, "span")
 
     def _values(self, ctx, grid, curves) -> None:
-        values = {"rank": str(grid["rank"]), "seeds": str(grid["seeds"]), "strength": tex_number(grid["strength"])}
+        values = {"rank": str(grid.rank), "seeds": str(grid.seeds), "strength": tex_number(STRENGTH)}
         worst = {}
         for kind, kkey in (("pure", "penalty only"), ("data", "with data")):
             for d in DYNAMICS:

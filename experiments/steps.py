@@ -33,8 +33,8 @@ import pandas as pd
 import flows
 
 from ._base import Context, Experiment, Group, new_figure, tex_number
-from ._completion import COLOURS, DYNAMICS, RTOL, SAVES, build, observations
-from ._protocol import VALIDATION, Paired, choose
+from ._completion import COLOURS, DYNAMICS, RTOL, SAVES, SCALES, Scale, build, observations
+from ._protocol import Paired, choose
 
 BUDGET = 10_000
 """Steps of every discrete run of part (A)."""
@@ -54,65 +54,31 @@ LIMIT_STEPS = {"Adam": (0.05, 0.02, 0.01, 0.005, 0.002), "gradient flow": (1.0, 
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    n: int
-    rank: int
-    m: int
-    seeds: int
-    strengths: tuple[float, ...]
-    fast: float
-    slow: float
+    """One scale (the completion experiment's problems, seeds, strengths and horizons), the methods of part (A) and
+    how many of each one's step sizes (largest first), and part (B)'s steps of each dynamics' discrete counterpart."""
+
+    scale: Scale
     methods: tuple[str, ...]
     step_sizes: int
-    """How many of each method's step sizes (largest first) part (A) runs."""
     limit_steps: dict[str, tuple[float, ...]]
-    """Part (B): the steps of each dynamics' discrete counterpart, largest first."""
 
 
 SETTINGS = {
-    False: {
-        30: Setting(
-            n=30,
-            rank=2,
-            m=200,
-            seeds=10,
-            strengths=(0.3, 1.0, 3.0, 10.0),
-            fast=30.0,
-            slow=3000.0,
-            methods=("gradient descent", "Adam", "RMSProp", "momentum"),
-            step_sizes=6,
-            limit_steps=LIMIT_STEPS,
+    False: (
+        Setting(SCALES["n = 30"][False], ("gradient descent", "Adam", "RMSProp", "momentum"), 6, LIMIT_STEPS),
+        Setting(SCALES["n = 100"][False], (), 0, {"Adam": (0.05, 0.01, 0.002)}),
+    ),
+    True: (
+        Setting(
+            SCALES["n = 30"][True],
+            ("gradient descent", "Adam", "RMSProp", "momentum"),
+            3,
+            {"Adam": (0.05, 0.01), "gradient flow": (1.0, 0.2)},
         ),
-        100: Setting(
-            n=100,
-            rank=5,
-            m=2000,
-            seeds=5,
-            strengths=(1.0, 3.0, 10.0, 30.0),
-            fast=20.0,
-            slow=3000.0,
-            methods=(),
-            step_sizes=0,
-            limit_steps={"Adam": (0.05, 0.01, 0.002)},
-        ),
-    },
-    True: {
-        15: Setting(
-            n=15,
-            rank=2,
-            m=70,
-            seeds=3,
-            strengths=(1.0, 3.0),
-            fast=8.0,
-            slow=600.0,
-            methods=("gradient descent", "Adam", "RMSProp", "momentum"),
-            step_sizes=3,
-            limit_steps={"Adam": (0.05, 0.01), "gradient flow": (1.0, 0.2)},
-        ),
-    },
+    ),
 }
-"""By quick, then by n: the completion experiment's scales (the same problems, splits and strengths). At n = 100
-part (A) is not run (a step of the ratio's gradient costs an SVD of W; the budgets of every method at every step
-size and strength are beyond this project's compute), part (B) for discrete Adam only."""
+"""By quick. At n = 100 part (A) is not run (a step of the ratio's gradient costs an SVD of W; the budgets of every
+method at every step size and strength are beyond this project's compute), part (B) for discrete Adam only."""
 
 
 def practitioner(method: str, step: float) -> dict:
@@ -126,18 +92,8 @@ def practitioner(method: str, step: float) -> dict:
     }[method]
 
 
-def base(setting: Setting, seed: int, strength: float, dynamics: str) -> dict:
-    return {
-        "n": setting.n,
-        "rank": setting.rank,
-        "m": setting.m,
-        "seed": seed,
-        "held out": VALIDATION,
-        "parameterization": "depth 1",
-        "penalty": "ratio",
-        "strength": strength,
-        "dynamics": dynamics,
-    }
+def base(scale: Scale, seed: int, strength: float, dynamics: str) -> dict:
+    return scale.config(seed, parameterization="depth 1", penalty="ratio", strength=strength, dynamics=dynamics)
 
 
 def discrete(ctx: Context, config: dict, step: float, t1: float, override: dict | None = None) -> dict:
@@ -176,13 +132,17 @@ class Steps(Experiment):
     def groups(self, quick):
         """The flows of part (B) (shared with the completion experiment by their keys)."""
         out = []
-        for setting in SETTINGS[quick].values():
+        for setting in SETTINGS[quick]:
             for d in setting.limit_steps:
-                t1 = setting.fast if d == "Adam" else setting.slow
-                configs = [base(setting, s, lam, d) for s in range(setting.seeds) for lam in setting.strengths]
+                t1 = setting.scale.horizon(d)
+                configs = [
+                    base(setting.scale, s, lam, d)
+                    for s in range(setting.scale.seeds)
+                    for lam in setting.scale.strengths
+                ]
                 out.append(
                     Group(
-                        f"n = {setting.n}, {d} (flow)",
+                        f"n = {setting.scale.n}, {d} (flow)",
                         build,
                         configs,
                         dict(t1=t1, ts=flows.default_ts(t1, SAVES), rtol=RTOL, max_steps=400_000),
@@ -201,12 +161,12 @@ class Steps(Experiment):
 
     def report(self, ctx, results):
         values = {"budget": f"{BUDGET:,}".replace(",", "{,}"), "beta1": f"{BETA1:g}", "beta2": f"{BETA2:g}"}
-        for setting in SETTINGS[ctx.quick].values():
-            key = f"n {setting.n}"
+        for setting in SETTINGS[ctx.quick]:
+            key = f"n {setting.scale.n}"
             if setting.methods:
                 budgets, stable = self._budgets(ctx, setting)
                 values |= self._budget_values(ctx, setting, key, budgets, stable)
-            values |= self._limit_values(ctx, setting, key, results[results["n"] == setting.n])
+            values |= self._limit_values(ctx, setting, key, results[results["n"] == setting.scale.n])
         ctx.values(self.name, values)
 
     # -- (A) ------------------------------------------------------------------------------------------------
@@ -216,14 +176,18 @@ class Steps(Experiment):
         for method in setting.methods:
             for step in STEP_SIZES[method][: setting.step_sizes]:
                 t1 = BUDGET * step
-                for s in range(setting.seeds):
-                    for lam in setting.strengths:
-                        config = base(setting, s, lam, "gradient flow")
+                for s in range(setting.scale.seeds):
+                    for lam in setting.scale.strengths:
+                        config = base(setting.scale, s, lam, "gradient flow")
                         runs[method, step, s, lam] = discrete(ctx, config, step, t1, practitioner(method, step))
             steps = [
                 step
                 for step in STEP_SIZES[method][: setting.step_sizes]
-                if all(_settled(runs[method, step, s, lam]) for s in range(setting.seeds) for lam in setting.strengths)
+                if all(
+                    _settled(runs[method, step, s, lam])
+                    for s in range(setting.scale.seeds)
+                    for lam in setting.scale.strengths
+                )
             ]
             stable[method] = max(steps) if steps else None
         budgets = {}
@@ -233,9 +197,9 @@ class Steps(Experiment):
             for fraction, label in ((1.0, "budget"), (0.1, "tenth")):
                 limit = fraction * BUDGET * step * (1 + 1e-9)
                 per_seed = []
-                for s in range(setting.seeds):
+                for s in range(setting.scale.seeds):
                     candidates = []
-                    for lam in setting.strengths:
+                    for lam in setting.scale.strengths:
                         r = runs[method, step, s, lam]
                         keep = r["t"] <= limit
                         candidates.append({k: r[k][keep] for k in ("t", "validation", "test")})
@@ -244,7 +208,7 @@ class Steps(Experiment):
         return budgets, stable
 
     def _budget_values(self, ctx, setting, key, budgets, stable) -> dict[str, str]:
-        values = {f"{key}/seeds": str(setting.seeds)}
+        values = {f"{key}/seeds": str(setting.scale.seeds)}
         for method in setting.methods:
             step = stable[method]
             values[f"{key}/{method}/largest stable step"] = "none" if step is None else f"{step:g}"
@@ -280,13 +244,13 @@ class Steps(Experiment):
                 )
                 if label == "budget":
                     ctx.finding(
-                        f"claim {claim} on a budget of {BUDGET} steps (n = {setting.n}): {a} slower than {b}",
+                        f"claim {claim} on a budget of {BUDGET} steps (n = {setting.scale.n}): {a} slower than {b}",
                         verdict,
                         f"{a} / {b}: {p.factor}",
                     )
         ctx.table(
             self.name,
-            f"budget-{setting.n}",
+            f"budget-{setting.scale.n}",
             "lllll",
             ["A vs B", "of the budget", "A / B: mean [95\\,\\% CI]", "B lower in", "A is"],
             rows,
@@ -297,10 +261,10 @@ class Steps(Experiment):
     def _limit_values(self, ctx, setting, key, flows_table: pd.DataFrame) -> dict[str, str]:
         values = {}
         for d, steps in setting.limit_steps.items():
-            t1 = setting.fast if d == "Adam" else setting.slow
+            t1 = setting.scale.horizon(d)
             flow_rows = flows_table[(flows_table["dynamics"] == d) & (flows_table["status"] != "failed")]
             flow_errors = []
-            for s in range(setting.seeds):
+            for s in range(setting.scale.seeds):
                 rows = flow_rows[flow_rows["seed"] == s]
                 flow_errors.append(
                     choose([{k: r[k] for k in ("t", "validation", "test")} for _, r in rows.iterrows()]).test
@@ -309,8 +273,10 @@ class Steps(Experiment):
             by_step = {}
             for step in steps:
                 per_seed = []
-                for s in range(setting.seeds):
-                    candidates = [discrete(ctx, base(setting, s, lam, d), step, t1) for lam in setting.strengths]
+                for s in range(setting.scale.seeds):
+                    candidates = [
+                        discrete(ctx, base(setting.scale, s, lam, d), step, t1) for lam in setting.scale.strengths
+                    ]
                     candidates = [c for c in candidates if not bool(c["diverged"])]
                     per_seed.append(choose(candidates).test if candidates else np.nan)
                 by_step[step] = np.array(per_seed)
@@ -337,7 +303,7 @@ class Steps(Experiment):
                     f"{key}/limit/{name}/{step:g}/verdict": p.verdict,
                 }
             ctx.finding(
-                f"claim 8 (n = {setting.n}): the ratio's result under {name} is a finite-step effect",
+                f"claim 8 (n = {setting.scale.n}): the ratio's result under {name} is a finite-step effect",
                 verdict,
                 f"smallest step / flow: {smallest.factor if smallest else 'n/a'}",
             )
@@ -348,7 +314,7 @@ class Steps(Experiment):
     def _limit_figure(ctx, setting, name, steps, by_step, flow_errors) -> None:
         fig, (ax,) = new_figure(1, width=3.4, height=2.7)
         colour = COLOURS["Adam"] if name == "discrete Adam" else COLOURS["gradient flow"]
-        for s in range(setting.seeds):
+        for s in range(setting.scale.seeds):
             ax.plot(steps, [by_step[step][s] for step in steps], "-", color=colour, lw=0.6, alpha=0.5)
             ax.plot([min(steps) / 3], [flow_errors[s]], "_", color="k", ms=8)
         ax.plot(steps, [np.median(by_step[step]) for step in steps], "o-", color=colour, label=f"{name} (median)")
@@ -358,10 +324,10 @@ class Steps(Experiment):
             yscale="log",
             xlabel=r"step size $\eta$ (flow: left)",
             ylabel="test error at the validation-chosen point",
-            title=f"$n = {setting.n}$",
+            title=f"$n = {setting.scale.n}$",
         )
         ax.legend(fontsize="small")
-        ctx.figure(fig, f"steps-limit-{name.split()[-1].lower()}-{setting.n}")
+        ctx.figure(fig, f"steps-limit-{name.split()[-1].lower()}-{setting.scale.n}")
 
 
 def _settled(run: dict) -> bool:

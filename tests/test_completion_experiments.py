@@ -81,11 +81,11 @@ def test_every_method_of_the_completion_experiments_has_every_strength_and_seed(
     configs = completion.configs(setting)
     keys = [tuple(sorted(c.items(), key=str)) for c in configs]
     assert len(keys) == len(set(keys)), "a run is declared twice"
-    for seed in range(setting.seeds):
+    for seed in range(setting.scale.seeds):
         runs = [c for c in configs if c["seed"] == seed]
         for d in setting.dynamics:  # the same strength grid for every dynamics
             assert sorted(c["strength"] for c in runs if (c["penalty"], c["dynamics"]) == ("ratio", d)) == sorted(
-                setting.strengths
+                setting.scale.strengths
             )
         for method, member in completion.METHODS.items():
             if "momentum" in method and "momentum" not in setting.dynamics:
@@ -96,7 +96,7 @@ def test_every_method_of_the_completion_experiments_has_every_strength_and_seed(
     assert all(c["held out"] == _protocol.VALIDATION for c in configs)
     # One horizon rule: by dynamics only, whatever the penalty.
     for c in configs:
-        expected = setting.slow if c["dynamics"] in ("gradient flow", "momentum") else setting.fast
+        expected = setting.scale.slow if c["dynamics"] in ("gradient flow", "momentum") else setting.scale.fast
         assert completion.options(setting, c)["t1"] == expected
 
 
