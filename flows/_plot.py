@@ -51,7 +51,7 @@ def plot_trajectory(
         raise ValueError("plot_trajectory takes a flows.Trajectory or a non-empty sequence of them")
     if labels is not None and len(labels) != len(runs):
         raise ValueError(f"labels must give one entry per trajectory: {len(runs)}, got {len(labels)}")
-    aspects = [describe_run(r.config, r.stats) for r in runs]
+    aspects = [describe_run(r) for r in runs]
     shared = {k: v for k, v in aspects[0].items() if all(a.get(k) == v for a in aspects)}
     if labels is None and len(runs) > 1:
         labels = [
@@ -60,20 +60,23 @@ def plot_trajectory(
     title = _lines(list(shared.values())) if title is None else title
     overlay = len(runs) > 1
     colours = [f"C{i % 10}" for i in range(len(runs))]
+    # Overlaid runs that agree would hide each other: each is drawn thinner than the one before, on top of it.
+    widths = np.linspace(2.8, 1.0, len(runs)) if overlay else [1.4]
 
     truth = next((r.truth for r in runs if r.truth is not None), None)
     fig = Figure(figsize=(11, 7.6 if overlay else 7.2), layout="constrained")
     (loss_ax, sv_ax), (rank_ax, error_ax) = fig.subplots(2, 2, sharex=True)
 
     penalised = False
-    for run, colour in zip(runs, colours):
+    for run, colour, lw in zip(runs, colours, widths):
         t, keep = _times(run)
-        loss_ax.loglog(t, np.maximum(run.loss[keep], TINY), color=colour if overlay else "k")
+        colour = colour if overlay else "k"
+        loss_ax.loglog(t, np.maximum(run.loss[keep], TINY), color=colour, lw=lw)
         penalty = penalty_values(run)
         if penalty is not None:
             penalised = True
-            loss_ax.loglog(t, np.maximum(penalty[keep], TINY), color=colour if overlay else "k", ls="--")
-            loss_ax.loglog(t, run.loss[keep] + penalty[keep], color=colour if overlay else "k", ls=":")
+            loss_ax.loglog(t, np.maximum(penalty[keep], TINY), color=colour, lw=lw, ls="--")
+            loss_ax.loglog(t, run.loss[keep] + penalty[keep], color=colour, lw=lw, ls=":")
         _mark_failure(loss_ax, run, colour if overlay else "C3")
     loss_ax.set(ylabel=r"$\frac{1}{2}\|\mathcal{A}(W) - y\|^2$", title="loss")
     if penalised:
@@ -84,7 +87,7 @@ def plot_trajectory(
 
     k = min(max_singular_values, min(runs[0].W.shape[1:]))
     shades = _shades(k)
-    for run, colour in zip(runs, colours):
+    for run, colour, lw in zip(runs, colours, widths):
         t, keep = _times(run)
         sv = run.singular_values[keep][:, :k]
         for j in range(sv.shape[1]):
@@ -92,7 +95,7 @@ def plot_trajectory(
                 t,
                 np.maximum(sv[:, j], TINY),
                 color=colour if overlay else shades[j],
-                lw=1.0 if overlay else 1.4,
+                lw=0.6 * lw if overlay else lw,
                 label=None if overlay else rf"$\sigma_{{{j + 1}}}$",
             )
     if truth is not None:
@@ -106,9 +109,9 @@ def plot_trajectory(
     if not overlay:
         sv_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, ncols=1 + (k > 10))
 
-    for run, colour in zip(runs, colours):
+    for run, colour, lw in zip(runs, colours, widths):
         t, keep = _times(run)
-        rank_ax.semilogx(t, run.effective_rank[keep], color=colour if overlay else "C0")
+        rank_ax.semilogx(t, run.effective_rank[keep], color=colour if overlay else "C0", lw=lw)
     if truth is not None:
         reference = Trajectory(ts=np.zeros(1), states=None, W=truth[None], loss=np.zeros(1)).effective_rank[0]
         rank_ax.axhline(reference, color="0.45", lw=0.8, ls="--")
@@ -122,16 +125,16 @@ def plot_trajectory(
         error_ax.text(0.5, 0.5, "no ground truth", ha="center", va="center", transform=error_ax.transAxes)
         error_ax.set(xlabel="time t", title="error to the truth")
     else:
-        for run, colour in zip(runs, colours):
+        for run, colour, lw in zip(runs, colours, widths):
             if run.truth is not None:
                 t, keep = _times(run)
-                error_ax.loglog(t, run.relative_error[keep], color=colour if overlay else "C3")
+                error_ax.loglog(t, run.relative_error[keep], color=colour if overlay else "C3", lw=lw)
         error_ax.set(xlabel="time t", ylabel=r"$\|W - W^*\|_F / \|W^*\|_F$", title="error to the truth")
     for ax in (loss_ax, sv_ax, rank_ax, error_ax):
         ax.grid(True, which="major", alpha=0.3)
 
     if overlay:
-        handles = [Line2D([], [], color=c, lw=2, label=label) for c, label in zip(colours, labels)]
+        handles = [Line2D([], [], color=c, lw=lw, label=label) for c, lw, label in zip(colours, widths, labels)]
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(runs), 3), frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -140,13 +143,19 @@ def plot_trajectory(
     return fig
 
 
-def describe_run(config: dict[str, Any], stats: dict[str, Any] | None = None) -> dict[str, str]:
-    """A run's configuration as short texts by aspect: problem, parameterization, init, objective, dynamics,
-    method (the flow's solver and rtol, or the discrete step), and its failure where it failed."""
+def describe_run(traj: Trajectory) -> dict[str, str]:
+    """A run's configuration as short texts by aspect: problem (its saved description, else the matrix's shape),
+    parameterization, init, objective, dynamics, method (the flow's solver and rtol, or the discrete step), and
+    its failure where it failed."""
+    config, stats = traj.config, traj.stats
     flow = config.get("flow") or {}
     aspects: dict[str, str] = {}
     problem = config.get("problem")
-    if problem:
+    if not problem:
+        aspects["problem"] = f"{traj.W.shape[1]} x {traj.W.shape[2]} W" + (
+            "" if traj.truth is None else " with a truth"
+        )
+    else:
         rest = {k: v for k, v in problem.items() if k not in ("kind", "symmetric")}
         symmetry = "" if problem.get("symmetric", True) else " asymmetric"
         aspects["problem"] = f"{problem.get('kind', 'problem')}{symmetry} " + " ".join(
@@ -170,7 +179,7 @@ def describe_run(config: dict[str, Any], stats: dict[str, Any] | None = None) ->
         aspects["method"] = f"discrete steps of {_value(config['step'])}"
     elif config.get("solver"):
         aspects["method"] = f"flow ({config['solver']}, rtol {_value(config.get('rtol'))})"
-    if stats and stats.get("failed"):
+    if stats.get("failed"):
         aspects["failed"] = f"failed at t = {_value(stats.get('t_final'))}"
     return aspects
 
