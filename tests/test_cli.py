@@ -355,7 +355,7 @@ def test_plot_overlays_a_flow_and_its_discrete_steps(tmp_path, capsys):
 
 def test_the_figure_of_a_penalised_run_draws_the_penalty_and_the_objective(tmp_path, capsys):
     out = tmp_path / "ratio"
-    argv = ["--parameterization", "deep", "--depth", "2", "--penalty", "ratio", "--strength", "0.01"]
+    argv = ["--parameterization", "deep", "--depth", "2", "--penalty", "ratio", "--strength", "0.01", "--points", "6"]
     assert main(["run", *SMALL, *argv, "--out", str(out)]) == 0
     run = flows.Trajectory.load(out)
     penalty = flows._plot.penalty_values(run)
@@ -431,7 +431,10 @@ def test_ctrl_c_stops_a_run_at_once_with_one_line_and_exit_130(quiet, tmp_path):
     process, lines, reader = _start(argv)
     deadline = time.monotonic() + 120
     if quiet:
-        time.sleep(12)  # past the imports and the checks: compiling or solving
+        # The output folder is made once the flags are checked, just before the flow is built and compiled.
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # past building the problem and the flow: compiling or solving
     else:
         while not any("%|" in line for line in lines) and time.monotonic() < deadline:  # the solve's progress bar
             time.sleep(0.2)
