@@ -3,22 +3,12 @@ init kinds are checked against the parameterization."""
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from test_flows import _BlowUp  # W' = W^2 entrywise: from W = 1 it blows up at t = 1
 
 import flows
 
 SENSING = flows.sensing(n=5, m=12, rank=2, seed=0)
-
-
-class _BlowUp(flows.AbstractDynamics):
-    """W' = W^2 entrywise: from W = 1 it blows up at t = 1."""
-
-    def vector_field(self, t, state, gradient):
-        return state**2
-
-    def optimizer(self, step):
-        return optax.sgd(step)
 
 
 def test_a_failed_solve_carries_its_run_up_to_the_time_reached(tmp_path):
