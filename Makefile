@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv quick reproduce paper test test-slow clean
+.PHONY: venv quick reproduce paper docs test test-slow clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ paper:
 texlive-latex-recommended texlive-science texlive-fonts-recommended" >&2; exit 2; }
 	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -jobname=gradflow main.tex
 
+# The API reference site from the docstrings (MkDocs + mkdocstrings), warnings as errors, into site/.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
 
@@ -35,4 +39,4 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

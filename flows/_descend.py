@@ -32,7 +32,7 @@ def descend(
     descent (descend the gradient flow).
 
     Args:
-        step: the step size eta; for the adaptive family rate * step < 1 for each rate (a, b).
+        step: the step size eta, at most t1; for the adaptive family rate * step < 1 for each rate (a, b).
         t1: the final time; the run makes round(t1 / step) steps at most (stopping at the last save).
         ts: save times in [0, t1], default `default_ts(t1)`. Each is rounded to the nearest
             multiple of `step` (the time of an actual iterate); times that round to the same step
@@ -43,12 +43,15 @@ def descend(
 
     Raises:
         ValueError: bad input, before anything compiles.
-        SolverError: the iterates became non-finite (the step is too large), with the time reached.
+        SolverError: the iterates became non-finite (the step is too large), with the time reached and the
+            run up to the last finite iterate checked (`err.trajectory`, marked failed).
     """
     if not isinstance(flow, Flow):
         raise ValueError(f"descend runs a flows.Flow's discrete counterpart; got {type(flow).__name__}")
     step = check_positive("step", step)
     t1 = check_positive("t1", t1)
+    if step > t1:
+        raise ValueError(f"step = {step:g} is larger than t1 = {t1:g}: not one step would be taken; use step <= t1")
     check_positive_int("chunk", chunk)
     flow.dynamics.check_step(step)
     save_steps = _save_steps(ts, step, t1)
@@ -57,28 +60,42 @@ def descend(
     step_ = jnp.asarray(step)
     params = flow.params(state0)
     opt_state = _init(flow, params, step_)
-    saved = []
+    config = {"flow": flow.describe(), "method": "descend", "step": step, "t1": t1}
+    saved, times = [], []
     k = 0
     with tqdm(total=int(save_steps[-1]), disable=not progress, unit="step") as bar:
         for target in save_steps:
             while k < target:
                 n = min(chunk, int(target) - k)
+                last = k, flow.dynamics.state_of(params, opt_state)
                 params, opt_state = _advance(flow, params, opt_state, step_, jnp.asarray(n))
                 k += n
                 bar.update(n)
                 if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(jax.device_get(params))):
-                    raise SolverError(
-                        f"gradient-type iterates became non-finite by t = {k * step:.6g} "
-                        f"(step {k}) with step = {step:g}: the step is too large for this "
-                        "problem; use a smaller step or a smaller init",
-                        k * step,
-                        {"num_steps": k},
-                    )
+                    raise _diverged(flow, step, k, saved, times, last, config)
             saved.append(flow.dynamics.state_of(params, opt_state))
-    states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *saved)
+            times.append(k)
     stats = {"num_steps": k, "t_final": float(save_steps[-1] * step)}
-    config = {"flow": flow.describe(), "method": "descend", "step": step, "t1": t1}
-    return Trajectory.from_states(flow, save_steps * step, states, stats=stats, config=config)
+    return Trajectory.from_states(flow, np.asarray(times) * step, _stack(saved), stats=stats, config=config)
+
+
+def _stack(states: list) -> State:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+
+def _diverged(flow, step, k, saved, times, last, config) -> SolverError:
+    """The SolverError of iterates that turned non-finite by step k, with the run up to the last finite
+    iterate checked (`last`: its step and state) as its trajectory, marked failed."""
+    message = (
+        f"gradient-type iterates became non-finite by t = {k * step:.6g} (step {k}) with step = {step:g}: "
+        "the step is too large for this problem; use a smaller step or a smaller init"
+    )
+    k_last, state_last = last
+    if not times or times[-1] != k_last:
+        saved, times = [*saved, state_last], [*times, k_last]
+    stats = {"num_steps": k, "t_final": float(k_last * step), "failed": True, "failure": message}
+    partial = Trajectory.from_states(flow, np.asarray(times) * step, _stack(saved), stats=stats, config=config)
+    return SolverError(message, k * step, {"num_steps": k}, partial)
 
 
 def _save_steps(ts, step: float, t1: float) -> np.ndarray:

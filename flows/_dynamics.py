@@ -114,6 +114,9 @@ class Modified(AbstractDynamics):
     It is a model *of* gradient descent, so it has no discrete counterpart of its own: run
     `flows.descend` on the gradient flow with step $\eta$. The extra term is not a function of W alone,
     so the parameterization's conserved quantities are not conserved.
+
+    Args:
+        eta: the gradient-descent step this flow models.
     """
 
     eta: Float[Array, ""]
@@ -262,6 +265,11 @@ class Adam(AbstractAdaptive):
     `Momentum`: its moment keeps its finite rate). eps -> 0: invariant to scaling the loss (scaling L
     by c is the same as eps -> eps / c). The defaults a = 100, b = 1 are optax.adam's b1 = 0.9,
     b2 = 0.999 at step 1e-3. eps > 0 is required (at eps = 0 a coordinate with g = 0 is 0/0).
+
+    Args:
+        a: first-moment rate; the discrete Adam's 1 - beta1 = a * step.
+        b: second-moment rate; the discrete Adam's 1 - beta2 = b * step.
+        eps: added to the root of the second moment in the denominator (> 0).
     """
 
     a: Float[Array, ""]
@@ -328,6 +336,10 @@ class RMSProp(AbstractAdaptive):
 
     $\hat v = v / (1 - e^{-b t})$, $v(0) = 0$. The limit of
     optax.rmsprop(eta, decay=1 - b eta, eps, eps_in_sqrt=False, bias_correction=True).
+
+    Args:
+        b: second-moment rate; the discrete method's decay is 1 - b * step.
+        eps: added to the root of the second moment in the denominator (> 0).
     """
 
     b: Float[Array, ""]
@@ -371,6 +383,9 @@ class Momentum(AbstractAdaptive):
     optax.sgd(momentum=beta) accumulates $g + \beta m$ without the $(1 - \beta)$ factor or the bias
     correction, so it would need a rescaled learning rate and would follow the uncorrected flow.
     As a -> infinity this is gradient flow.
+
+    Args:
+        a: rate of the gradients' exponential average; the discrete method's 1 - beta = a * step.
     """
 
     a: Float[Array, ""]
@@ -399,6 +414,9 @@ class Sign(AbstractAdaptive):
     eps > 0 is required: at eps = 0 the field is discontinuous where a coordinate of g changes sign.
     The finite-step counterpart is the Euler step of this field (smoothed sign descent). The state
     is {"params": theta}, with no moments, to match the rest of the family.
+
+    Args:
+        eps: smoothing of the sign, g / (|g| + eps) (> 0).
     """
 
     eps: Float[Array, ""]

@@ -23,6 +23,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PyTree
 
 from ._dynamics import DYNAMICS, AbstractDynamics, GradientFlow
@@ -142,6 +143,8 @@ class Flow(AbstractFlow):
                 raise ValueError("a penalty needs its strength: pass strength=lambda (>= 0)")
             strength = jnp.asarray(check_nonnegative("strength", strength), dtype=jnp.float64)
         parameterization.check_shape(problem.shape)
+        if parameterization.psd_products:
+            _check_psd_truth(problem, parameterization)
         self.problem = problem
         self.parameterization = parameterization
         self.penalty = penalty
@@ -229,6 +232,29 @@ class Flow(AbstractFlow):
             "strength": None if self.strength is None else float(self.strength),
             "dynamics": self.dynamics.describe(),
         }
+
+
+def _check_psd_truth(problem: AbstractProblem, parameterization: AbstractParameterization) -> None:
+    """ValueError if the problem's truth (where it has one, on the host) is not symmetric positive semi-definite:
+    a parameterization whose products all are cannot reach it."""
+    truth = problem.truth
+    if truth is None or isinstance(truth, jax.core.Tracer):
+        return
+    truth = np.asarray(truth)
+    scale = np.linalg.norm(truth)
+    name = type(parameterization).__name__
+    asymmetry = np.linalg.norm(truth - truth.T) / scale if scale > 0 else 0.0
+    if asymmetry > 1e-10:
+        raise ValueError(
+            f"{name} makes symmetric positive semi-definite W, and this problem's truth is not symmetric "
+            f"(||W* - W*^T||_F / ||W*||_F = {asymmetry:.2g}): use a symmetric problem, or Factored, Deep or Direct"
+        )
+    lowest = np.linalg.eigvalsh(truth)[0]
+    if lowest < -1e-10 * scale:
+        raise ValueError(
+            f"{name} makes positive semi-definite W, and this problem's truth has the negative eigenvalue "
+            f"{lowest:.3g}: use Factored, Deep or Direct"
+        )
 
 
 def _member(family: str, table: dict[str, type], description):

@@ -29,7 +29,7 @@ import numpy as np
 from jaxtyping import Array, Float, PyTree
 
 from ._random import orthonormal_columns
-from ._validate import check_choice, check_positive, check_positive_int
+from ._validate import check_positive, check_positive_int
 
 Params = PyTree[Float[Array, "..."]]
 Sandwich = tuple[Float[Array, "n1 n1"], Float[Array, "n2 n2"], bool]
@@ -41,6 +41,8 @@ class AbstractParameterization(eqx.Module):
     """$W = \\phi(\\theta)$ with its Jacobian (applied and transposed), inits and conserved quantities."""
 
     init_kinds: ClassVar[tuple[str, ...]]
+    psd_products: ClassVar[bool] = False
+    """Whether every product is symmetric positive semi-definite (then only such a truth can be reached)."""
 
     def check_shape(self, shape: tuple[int, int]) -> None:
         """Raise ValueError if this parameterization cannot make matrices of `shape`."""
@@ -73,17 +75,21 @@ class AbstractParameterization(eqx.Module):
         """A JSON-able description (saved with trajectories)."""
         return {"name": type(self).__name__}
 
-    def init(self, shape: tuple[int, int], scale: float = 1e-3, kind: str = "identity", seed: int = 0) -> Params:
-        """Validated initial parameters as float64 JAX arrays (checked on the host, before anything compiles)."""
-        check_choice("init kind", kind, INIT_KINDS)
+    def init(self, shape: tuple[int, int], scale: float | None = 1e-3, kind: str = "identity", seed: int = 0) -> Params:
+        """Validated initial parameters as float64 JAX arrays (checked on the host, before anything compiles).
+
+        `kind` is one of this parameterization's `init_kinds`; `scale` > 0, except for the zero init, which
+        has none (any value, None included, is accepted and unused).
+        """
         if kind not in self.init_kinds:
-            raise ValueError(
-                f"init kind {kind!r} does not apply to {type(self).__name__}; choose one of "
-                f"{', '.join(map(repr, self.init_kinds))}"
+            name = type(self).__name__
+            problem = (
+                f"init kind {kind!r} does not apply to {name}" if kind in INIT_KINDS else f"unknown init kind {kind!r}"
             )
+            raise ValueError(f"{problem}; {name} takes {', '.join(map(repr, self.init_kinds))}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer; got {seed!r}")
-        scale = check_positive("scale", scale)
+        scale = None if kind == "zero" else check_positive("scale", scale)
         params = self.params(np.random.default_rng(seed), shape, scale, kind)
         return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.float64), params)
 
@@ -165,10 +171,14 @@ class Symmetric(AbstractParameterization):
 
     For symmetric $A_i$ gradient flow is $U' = -2 S U$, $S = \mathcal{A}^*(r)$, and $W' = -2 (S W + W S)$:
     twice as fast as the UV^T flow started from V = U. Needs a square problem.
+
+    Args:
+        width: columns of U (default n).
     """
 
     width: int | None = eqx.field(static=True, default=None, converter=_width)
     init_kinds = ("identity", "orthogonal", "gaussian")
+    psd_products = True
 
     def check_shape(self, shape):
         if shape[0] != shape[1]:
@@ -201,6 +211,9 @@ class Factored(AbstractParameterization):
     r"""$W = U V^T$, U (n1, width), V (n2, width) (default width min(n1, n2)); the state is (U, V).
 
     $\phi'^*(G) = (G V, G^T U)$. Conserved: $U^T U - V^T V$.
+
+    Args:
+        width: columns of U and of V (default min(n1, n2)).
     """
 
     width: int | None = eqx.field(static=True, default=None, converter=_width)
@@ -245,6 +258,10 @@ class Deep(AbstractParameterization):
     $\phi'^*(G)_j = (W_N \cdots W_{j+1})^T G (W_{j-1} \cdots W_1)^T$. Conserved for each j:
     $W_{j+1}^T W_{j+1} - W_j W_j^T$. `width` is one hidden width or a sequence of depth - 1 of them
     (default min(n1, n2)).
+
+    Args:
+        depth: the number of factors N.
+        width: the hidden width, or depth - 1 hidden widths (default min(n1, n2)).
     """
 
     depth: int = eqx.field(static=True, default=3)

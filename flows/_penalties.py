@@ -79,6 +79,9 @@ class EachFactor(AbstractPenalty):
     For the deep product $\theta = (W_1, \dots, W_N)$ it penalises every factor; for W = U V^T both U and V;
     for the direct parameterization it is $R_0(W)$ itself. The gradient is $\nabla R_0$ on each array.
     Not a function of W alone, so the parameterization's conserved quantities do not survive it.
+
+    Args:
+        penalty: the matrix penalty R_0 applied to each factor.
     """
 
     penalty: AbstractMatrixPenalty
@@ -120,6 +123,9 @@ class Nuclear(AbstractMatrixPenalty):
     and $W / \epsilon$ on those $\ll \epsilon$. $R \to \|W\|_*$ as $\epsilon \to 0$, with
     $0 \le \|W\|_* - R \le \operatorname{rank}(W)\,\epsilon$. `eps` > 0 is required: the exact
     nuclear norm has no gradient at rank-deficient W (and a small init is nearly rank-deficient).
+
+    Args:
+        eps: smoothing of the nuclear norm, sum_k sqrt(sigma_k^2 + eps^2) - eps (> 0).
     """
 
     eps: Float[Array, ""]
@@ -151,6 +157,10 @@ class Ratio(AbstractMatrixPenalty):
 
     $\nabla R = \big(G - \langle G, Z \rangle Z\big) / s$ with $Z = W / s$ and $G = \nabla N_\epsilon(Z)$;
     at $\epsilon = \delta = 0$ that is $U V^T / \|W\|_F - \|W\|_* W / \|W\|_F^3$.
+
+    Args:
+        eps: smoothing of the nuclear norm of the normalised W / s (> 0).
+        delta: smoothing of the norm, s = sqrt(||W||_F^2 + delta^2); 0 keeps the ratio exactly scale invariant.
     """
 
     eps: Float[Array, ""]
@@ -183,6 +193,10 @@ class HoyerSquare(AbstractMatrixPenalty):
 
     Scale invariant like the ratio; its gradient is the ratio's times $2R \in [2, 2\sqrt{\operatorname{rank}}]$,
     so the two differ only in how much harder the squared one pushes where $W$ is far from rank one.
+
+    Args:
+        eps: smoothing of the ratio's nuclear norm (> 0), as in `Ratio`.
+        delta: smoothing of the ratio's Frobenius norm, as in `Ratio`.
     """
 
     ratio: Ratio

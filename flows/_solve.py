@@ -20,12 +20,17 @@ from ._validate import check_choice, check_fits, check_positive, check_positive_
 
 
 class SolverError(RuntimeError):
-    """The integration stopped before t1: names the time reached and what to change."""
+    """The integration stopped before t1: names the time reached and what to change.
 
-    def __init__(self, message: str, t_reached: float, stats: dict):
+    `trajectory` is the run up to the failure where one was recorded (the states saved before it and the
+    last state reached, `stats["failed"]` True and `stats["failure"]` this message), else None.
+    """
+
+    def __init__(self, message: str, t_reached: float, stats: dict, trajectory: Trajectory | None = None):
         super().__init__(message)
         self.t_reached = t_reached
         self.stats = stats
+        self.trajectory = trajectory
 
 
 SOLVERS = {
@@ -240,11 +245,7 @@ class Plan:
         ts_out, states, stats, result, solver_state = raw
         stopped = bool(result == diffrax.RESULTS.event_occurred)
         if result != diffrax.RESULTS.successful and not stopped:
-            finite = np.isfinite(ts_out)
-            t_reached = float(ts_out[finite][-1]) if finite.any() else 0.0
-            raise SolverError(
-                _failure_message(result, t_reached, self.t1, stats, self.max_steps, self.rtol), t_reached, stats
-            )
+            raise self.failure(flow, ts_out, states, stats, result)
         if stopped:
             # Saved times before the stop, then the stopping state itself (SaveAt's t1 entry).
             keep = np.flatnonzero(np.isfinite(ts_out))
@@ -282,6 +283,34 @@ class Plan:
                 stacklevel=3,
             )
         return traj
+
+    def failure(self, flow: AbstractFlow, ts_out, states, stats, result) -> SolverError:
+        """The SolverError of a failed `integrate` result, carrying the trajectory up to the failure.
+
+        Diffrax saves the save times passed and then, in the slot after them, the last state reached
+        (SaveAt's t1 entry, at the time the solve stopped); slots never reached hold inf.
+        """
+        keep = np.flatnonzero(np.isfinite(ts_out))
+        if len(keep) >= 2 and ts_out[keep[-2]] == ts_out[keep[-1]]:
+            keep = np.delete(keep, -2)
+        t_reached = float(ts_out[keep[-1]]) if len(keep) else 0.0
+        stats = {k: int(v) for k, v in stats.items()}
+        message = _failure_message(result, t_reached, self.t1, stats, self.max_steps, self.rtol)
+        finite = np.array([all(np.all(np.isfinite(leaf[i])) for leaf in jax.tree.leaves(states)) for i in keep])
+        keep = keep[finite] if len(keep) else keep
+        if not len(keep):
+            return SolverError(message, t_reached, stats)
+        per_step = evaluations_per_step(self.solver)
+        stats |= {
+            "vf_evaluations": None if per_step is None else per_step * stats["num_steps"],
+            "stopped_by_loss": False,
+            "t_final": float(ts_out[keep[-1]]),
+            "failed": True,
+            "failure": message,
+        }
+        config = {"flow": flow.describe()} | self.describe()
+        partial = Trajectory.from_states(flow, ts_out[keep], jax.tree.map(lambda x: x[keep], states), stats, config)
+        return SolverError(message, t_reached, stats, partial)
 
 
 class FaithfulnessWarning(UserWarning):

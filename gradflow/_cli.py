@@ -1,23 +1,35 @@
-"""The `gradflow` command line: a thin layer over `flows` and `analysis`.
+"""The `gradflow` command line: a thin layer over `flows`, `analysis` and `experiments`.
 
-`run` integrates one flow (its flags map one to one onto the problem, the parameterization, the
-objective and the dynamics); `check` runs the analysis checks. User errors (bad values, unusable
-paths) print one line on stderr and exit with status 2.
+`run` integrates one flow, or with `--step` runs its discrete counterpart; its family flags come from the
+families' registries (`gradflow._families`). `plot` overlays saved runs. `check` runs the analysis checks,
+`reproduce` the paper's experiments. Everything a command is given is checked before anything is computed;
+a user error (a bad value, flags that do not fit together, an unusable path) or a failed solve prints one line
+on stderr and exits with status 2; Ctrl-C prints one line and exits with status 130 (`gradflow._interrupt`).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
-import os
+import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-PROBLEMS = ("sensing", "completion", "commuting")
-PARAMETERIZATION_CHOICES = ("direct", "symmetric", "factored", "deep")
-PENALTY_CHOICES = ("none", "nuclear", "ratio", "hoyer-square", "frobenius")
-DYNAMICS_CHOICES = ("gradient", "adam", "rmsprop", "momentum", "sign", "modified")
+from ._families import families
+from ._interrupt import interruptible
+
+PROBLEMS = {
+    "sensing": "sensing",
+    "completion": "completion",
+    "commuting": "commuting",
+    "rank-one-sensing": "rank_one_sensing",
+}
+"""The problem constructors of `flows` by the names the command line accepts."""
+
+FIGURE_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 RUN_EPILOG = """\
 examples:
@@ -26,97 +38,90 @@ examples:
       --scale 0.3 --t1 1e4 --stop-loss 1e-10 --out runs/deep3
   gradflow run --problem completion --n 30 --m 180 --parameterization symmetric --penalty ratio --strength 1e-3 \\
       --dynamics adam --a 10 --b 1 --t1 100
+  gradflow run --n 30 --m 180 --rank 2 --scale 0.1 --t1 50 --out runs/flow
+  gradflow run --n 30 --m 180 --rank 2 --scale 0.1 --t1 50 --step 0.01 --out runs/gd   # gradient descent
+  gradflow plot runs/flow runs/gd --out overlay.png
 
 Writes OUT/arrays.npz + OUT/meta.json (the trajectory and its full configuration; load it with
-flows.Trajectory.load(OUT)) and a figure (loss, singular values, error to the truth against time).
+flows.Trajectory.load(OUT)) and a figure (loss, singular values, effective rank, error to the truth against
+time). A solve that fails saves its run up to the failure, marked failed, draws it, and exits with status 2.
 """
+
+# The integration flags of a flow run (refused with --step), with the defaults of flows.solve where it has one.
+INTEGRATION = ("rtol", "atol", "stop_loss", "max_steps", "solver")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the usage is one --help away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gradflow", description=("Gradient-flow simulator for implicit regularization in matrix factorization.")
+    import flows
+
+    parser = Parser(
+        prog="gradflow", description="Gradient-flow simulator for implicit regularization in matrix factorization."
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(
         "run",
-        help="integrate one flow, save its trajectory and draw it",
-        description="Integrate one flow: problem x parameterization x objective x dynamics.",
+        help="integrate one flow (or, with --step, run its discrete counterpart), save it and draw it",
+        description="Integrate one flow: problem x parameterization x objective x dynamics; with --step, run "
+        "the dynamics' discrete counterpart (gradient descent, Adam, ...) instead.",
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = run.add_argument_group("problem")
-    g.add_argument(
-        "--problem",
-        choices=PROBLEMS,
-        default="sensing",
-        help="Gaussian sensing, matrix completion, or commuting measurements (default: sensing)",
-    )
-    g.add_argument("--n", type=int, default=20, help="the matrix is n x n (default: 20)")
+    g.add_argument("--problem", choices=PROBLEMS, default="sensing", help="the measurements (default: sensing)")
+    g.add_argument("--n", type=int, default=20, help="the matrix is n x n2 (default: 20)")
+    g.add_argument("--n2", type=int, default=None, help="columns of the matrix (default: n)")
     g.add_argument("--m", type=int, default=120, help="number of measurements / observed entries (default: 120)")
     g.add_argument("--rank", type=int, default=2, help="rank of the ground truth (default: 2)")
     g.add_argument(
-        "--asymmetric",
-        action="store_true",
-        help="non-symmetric measurements and truth Z1 Z2^T (default: symmetric, PSD truth)",
+        "--symmetric",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="symmetric measurements and a PSD truth Z Z^T, or (--no-symmetric) a truth Z1 Z2^T (default: symmetric)",
     )
+    g.add_argument("--noise", type=float, default=None, help="std of Gaussian noise on y (sensing; default: 0)")
     g.add_argument("--seed", type=int, default=0, help="seed of the problem and of random inits (default: 0)")
-    g = run.add_argument_group("parameterization")
-    g.add_argument(
-        "--parameterization",
-        choices=PARAMETERIZATION_CHOICES,
-        default="symmetric",
-        help="direct W, symmetric U U^T, factored U V^T, or deep W_N...W_1 (default: symmetric)",
-    )
-    g.add_argument("--depth", type=int, default=3, help="number of factors of the deep product (default: 3)")
-    g.add_argument("--width", type=int, default=None, help="inner width of the factors (default: n)")
-    g.add_argument("--scale", type=float, default=1e-3, help="init scale alpha per factor (default: 1e-3)")
+
+    registry = families()
+    blurbs = {
+        "parameterization": "how the parameters make W",
+        "penalty": "the objective is the data loss L plus strength x penalty R",
+        "dynamics": "how the parameter gradient becomes the vector field",
+    }
+    for family in registry:
+        group = family.add_to(run, blurbs[family.name])
+        if family.name == "penalty":
+            group.add_argument(
+                "--strength", type=float, default=None, help="lambda in L + lambda R (required with a penalty)"
+            )
+    kinds = list(dict.fromkeys(kind for cls in flows.PARAMETERIZATIONS.values() for kind in cls.init_kinds))
+    g = run.add_argument_group("initialization")
     g.add_argument(
         "--init",
         default="identity",
-        choices=("identity", "orthogonal", "gaussian", "balanced", "zero"),
-        help="init kind (default: identity; zero is for the direct parameterization)",
-    )
-    g = run.add_argument_group("objective: the data loss plus strength x penalty")
-    g.add_argument(
-        "--penalty",
-        choices=PENALTY_CHOICES,
-        default="none",
-        help="penalty R: smoothed nuclear norm, the ratio ||W||_*/||W||_F, its square (Hoyer-square), or "
-        "1/2 ||W||_F^2 (default: none)",
+        choices=kinds,
+        help="init kind; each parameterization takes some: "
+        + "; ".join(f"{key} {', '.join(cls.init_kinds)}" for key, cls in flows.PARAMETERIZATIONS.items())
+        + " (default: identity)",
     )
     g.add_argument(
-        "--on-factors",
-        action="store_true",
-        help="apply the penalty to each factor (sum_j R(W_j)) instead of the product W",
+        "--scale", type=float, default=None, help="init scale alpha per factor (default: 1e-3; none for zero)"
     )
-    g.add_argument("--strength", type=float, default=1e-2, help="lambda in L + lambda R (default: 1e-2)")
-    g.add_argument(
-        "--penalty-eps", type=float, default=1e-3, help="smoothing of the nuclear norm (nuclear, ratio; default: 1e-3)"
-    )
-    g.add_argument(
-        "--penalty-delta",
-        type=float,
-        default=1e-3,
-        help="smoothing of ||W||_F in the ratio; 0 keeps it exactly scale invariant (default: 1e-3)",
-    )
-    g = run.add_argument_group("dynamics")
-    g.add_argument(
-        "--dynamics",
-        choices=DYNAMICS_CHOICES,
-        default="gradient",
-        help="gradient flow, the Adam flow, its RMSProp / momentum-only / sign limits, or the "
-        "modified flow of gradient descent with step --eta (default: gradient)",
-    )
-    g.add_argument("--a", type=float, default=100.0, help="first-moment rate: 1 - beta1 = a * step (default: 100)")
-    g.add_argument("--b", type=float, default=1.0, help="second-moment rate: 1 - beta2 = b * step (default: 1)")
-    g.add_argument("--eps", type=float, default=1e-8, help="Adam / RMSProp / sign-flow eps (default: 1e-8)")
-    g.add_argument(
-        "--eta", type=float, default=1e-2, help="gradient-descent step the modified flow models (default: 1e-2)"
-    )
-    g = run.add_argument_group("integration")
+
+    defaults = inspect.signature(flows.solve).parameters
+    g = run.add_argument_group("integration (a flow run)")
     g.add_argument("--t1", type=float, default=100.0, help="final time (default: 100)")
-    g.add_argument("--rtol", type=float, default=1e-8, help="relative tolerance (default: 1e-8)")
+    g.add_argument("--points", type=int, default=200, help="saved times, 0 then log-spaced (default: 200)")
+    g.add_argument(
+        "--rtol", type=float, default=None, help=f"relative tolerance (default: {defaults['rtol'].default:g})"
+    )
     g.add_argument(
         "--atol",
         type=float,
@@ -124,19 +129,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="absolute tolerance (default: none; errors are measured relative to each state array's size)",
     )
     g.add_argument("--stop-loss", type=float, default=None, help="stop once the loss falls below this")
-    g.add_argument("--max-steps", type=int, default=1_000_000, help="step budget (default: 1e6)")
+    g.add_argument(
+        "--max-steps", type=int, default=None, help=f"step budget (default: {defaults['max_steps'].default:g})"
+    )
     g.add_argument(
         "--solver",
-        default="default",
-        help="'default' (flows.default_solver: the stiff switch into a --stop-loss tail) or a Diffrax "
-        "solver: tsit5, dopri5, dopri8, kvaerno5, extrapolation, switching, ...",
+        default=None,
+        metavar="SOLVER",
+        help="'default' (flows.default_solver: the stiff switch into a --stop-loss tail) or one of flows.SOLVERS: "
+        + ", ".join(flows.SOLVERS),
     )
-    g.add_argument("--points", type=int, default=200, help="saved times, log-spaced (default: 200)")
+    g = run.add_argument_group("discrete steps")
+    g.add_argument(
+        "--step",
+        type=float,
+        default=None,
+        metavar="ETA",
+        help="run the dynamics' discrete counterpart (flows.descend: gradient descent, Adam, RMSProp, ...) with "
+        "this step size to t1, instead of integrating the flow; meta.json records the step",
+    )
     g = run.add_argument_group("output")
     g.add_argument("--out", default="runs/latest", help="output folder (default: runs/latest)")
-    g.add_argument("--figure", default=None, help="figure path (default: OUT/figure.png)")
+    g.add_argument("--figure", default=None, help="figure path, .png/.pdf/.svg (default: OUT/figure.png)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=cmd_run)
+
+    plot = commands.add_parser(
+        "plot",
+        help="overlay saved runs on shared axes",
+        description="Draw saved runs (folders written by `gradflow run` or flows.Trajectory.save) on shared "
+        "axes: loss, singular values, effective rank, error to the truth. The title is what the runs share, "
+        "each legend entry what sets a run apart (e.g. the flow and its discrete steps).",
+    )
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="saved runs")
+    plot.add_argument("--out", required=True, help="figure path, .png/.pdf/.svg")
+    plot.add_argument("--labels", nargs="+", default=None, help="one legend entry per run (default: from configs)")
+    plot.add_argument("--title", default=None, help="default: the configuration the runs share")
+    plot.set_defaults(handler=cmd_plot)
 
     check = commands.add_parser(
         "check",
@@ -192,121 +221,214 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# -- gradflow run ---------------------------------------------------------------------------------------------
+
+
 def make_problem(args):
+    """The problem of the flags; a flag its constructor does not take is refused."""
     import flows
 
-    symmetric = not args.asymmetric
-    if args.problem == "sensing":
-        return flows.sensing(n=args.n, m=args.m, rank=args.rank, seed=args.seed, symmetric=symmetric)
-    if args.problem == "completion":
-        return flows.completion(n=args.n, m=args.m, rank=args.rank, seed=args.seed, symmetric=symmetric)
-    if args.asymmetric:
-        raise ValueError("commuting measurements are symmetric; drop --asymmetric")
-    return flows.commuting(n=args.n, m=args.m, rank=args.rank, seed=args.seed)
+    make = getattr(flows, PROBLEMS[args.problem])
+    takes = inspect.signature(make).parameters
+    given = {"n": args.n, "m": args.m, "rank": args.rank, "seed": args.seed}
+    optional = {"n2": args.n2, "symmetric": args.symmetric, "noise": args.noise}
+    for name, value in optional.items():
+        if value is None:
+            continue
+        if name not in takes:
+            flag = {"symmetric": "--symmetric/--no-symmetric"}.get(name, f"--{name}")
+            raise ValueError(f"{flag} does not apply to --problem {args.problem}")
+        given[name] = value
+    return make(**given), given
 
 
-def flow_description(args) -> dict:
-    """The `flows.Flow.from_description` of the flags: one group of flags per family."""
-    parameterization = {"name": args.parameterization}
-    if args.parameterization == "deep":
-        parameterization["depth"] = args.depth
-    if args.parameterization != "direct":
-        parameterization["width"] = args.width
-    description = {
-        "parameterization": parameterization,
-        "dynamics": {
-            "name": args.dynamics,
-            **{
-                "adam": {"a": args.a, "b": args.b, "eps": args.eps},
-                "rmsprop": {"b": args.b, "eps": args.eps},
-                "momentum": {"a": args.a},
-                "sign": {"eps": args.eps},
-                "modified": {"eta": args.eta},
-            }.get(args.dynamics, {}),
-        },
-    }
-    if args.penalty != "none":
-        penalty = {
-            "name": args.penalty,
-            **{
-                "nuclear": {"eps": args.penalty_eps},
-                "ratio": {"eps": args.penalty_eps, "delta": args.penalty_delta},
-                "hoyer-square": {"eps": args.penalty_eps, "delta": args.penalty_delta},
-            }.get(args.penalty, {}),
-        }
-        description |= {
-            "penalty": {"name": "each-factor", "penalty": penalty} if args.on_factors else penalty,
-            "strength": args.strength,
-        }
-    return description
+def check_flags(args) -> None:
+    """ValueError for numbers out of range and flags that do not fit together, before anything is built."""
+    import flows
+    from flows._validate import check_positive
+
+    check_positive("--t1", args.t1)
+    if args.points < 2:
+        raise ValueError(f"--points must be at least 2; got {args.points}")
+    if args.step is not None:
+        step = check_positive("--step", args.step)
+        if step > args.t1:
+            raise ValueError(f"--step {step:g} is larger than --t1 {args.t1:g}: not one step would be taken")
+        given = [f"--{name.replace('_', '-')}" for name in INTEGRATION if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{given[0]} does not apply to a discrete run (--step): it sets the flow's integration")
+    if args.penalty == "none" and args.strength is not None:
+        raise ValueError("--strength does not apply without a penalty: choose --penalty, or drop --strength")
+    if args.penalty != "none" and args.strength is None:
+        raise ValueError(f"--penalty {args.penalty} needs its --strength (lambda >= 0)")
+    if args.init == "zero" and args.scale is not None:
+        raise ValueError("--scale does not apply to --init zero (W_0 = 0 has no scale)")
+    if args.solver not in (None, "default"):
+        flows.solver_by_name(args.solver)
+
+
+def writable_folder(path, what: str = "folder") -> Path:
+    """`path` as a folder that exists and takes new files (tried by writing one), or ValueError naming it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"the {what} {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".gradflow-probe-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write to the {what} {path}: {err.strerror or err}") from None
+    return path
+
+
+def figure_path(path) -> Path:
+    """A figure path whose folder takes files and whose suffix matplotlib writes, or ValueError."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"the figure {path} is a folder")
+    if path.suffix.lower() not in FIGURE_FORMATS:
+        raise ValueError(f"the figure {path} needs one of the suffixes {', '.join(FIGURE_FORMATS)}")
+    writable_folder(path.parent, "figure's folder")
+    return path
 
 
 def cmd_run(args) -> int:
     import flows
 
-    if args.points < 2:
-        raise ValueError(f"--points must be at least 2; got {args.points}")
-    problem = make_problem(args)
-    flow = flows.Flow.from_description(problem, flow_description(args))
-    state0 = flow.init(scale=args.scale, kind=args.init, seed=args.seed)
-    solver = None if args.solver == "default" else flows.solver_by_name(args.solver)
-    out = _writable_folder(args.out)
-    figure = Path(args.figure) if args.figure else out / "figure.png"
-    _writable_folder(figure.parent)
-    traj = flows.solve(
-        flow,
-        state0,
-        t1=args.t1,
-        ts=flows.default_ts(args.t1, args.points),
-        rtol=args.rtol,
-        atol=args.atol,
-        stop_loss=args.stop_loss,
-        solver=solver,
-        max_steps=args.max_steps,
-        progress=not args.quiet,
+    registry = families()
+    check_flags(args)
+    out = writable_folder(args.out, "output folder")
+    figure = figure_path(args.figure) if args.figure else out / "figure.png"
+    problem, problem_config = make_problem(args)
+    parameterization, penalty, dynamics = (family.build(args) for family in registry)
+    flow = flows.Flow(
+        problem,
+        parameterization,
+        penalty=penalty,
+        strength=None if penalty is None else args.strength,
+        dynamics=dynamics,
     )
-    traj.config["problem"] = {
-        "kind": args.problem,
-        "n": args.n,
-        "m": args.m,
-        "rank": args.rank,
-        "seed": args.seed,
-        "symmetric": not args.asymmetric,
+    scale = None if args.init == "zero" else 1e-3 if args.scale is None else args.scale
+    state0 = flow.init(scale=scale, kind=args.init, seed=args.seed)
+    ts = flows.default_ts(args.t1, args.points)
+    if args.step is not None:
+        flow.dynamics.check_step(args.step)
+
+        def compute():
+            return flows.descend(flow, state0, step=args.step, t1=args.t1, ts=ts, progress=not args.quiet)
+
+        what = "discrete run"
+    else:
+        solve = {name: getattr(args, name) for name in INTEGRATION if getattr(args, name) is not None}
+        if "solver" in solve:
+            solve["solver"] = None if solve["solver"] == "default" else flows.solver_by_name(solve["solver"])
+        what = "solve"
+
+        def compute():
+            return flows.solve(flow, state0, t1=args.t1, ts=ts, progress=not args.quiet, **solve)
+
+    extra = {
+        "problem": {"kind": args.problem, **problem_config},
+        "init": {"scale": scale, "kind": args.init, "seed": args.seed},
     }
-    traj.config["init"] = {"scale": args.scale, "kind": args.init, "seed": args.seed}
-    traj.save(out)
-    title = f"{args.parameterization}, {args.problem} n={args.n} m={args.m} rank={args.rank}, alpha={args.scale:g}"
-    if args.penalty != "none" or args.dynamics != "gradient":
-        title += f", {args.dynamics} dynamics, penalty {args.penalty}"
-    flows.plot_trajectory(traj, figure, title=title)
-    summary = {
-        "t_final": traj.ts[-1],
-        "loss": traj.loss[-1],
-        "steps": traj.stats["num_steps"],
-        "rejected": traj.stats["num_rejected_steps"],
-        "vf_evaluations": traj.stats["vf_evaluations"] or float("nan"),
-        "effective_rank": traj.effective_rank[-1],
-    }
-    if traj.truth is not None:
-        summary["relative_error"] = traj.relative_error[-1]
-    print(json.dumps({k: float(v) for k, v in summary.items()}, indent=1))
-    print("faithfulness:", json.dumps(traj.faithfulness(), indent=1))
+    stage = {"now": "compute", "start": time.perf_counter()}
+
+    def work():
+        try:
+            traj = compute()
+        except flows.SolverError as err:
+            if err.trajectory is None:
+                raise
+            traj = err.trajectory
+        traj.config.update(extra)
+        stage["now"] = "save"
+        traj.save(out)
+        stage["now"] = "plot"
+        flows.plot_trajectory(traj, figure)
+        return traj
+
+    def describe():
+        if stage["now"] == "compute":
+            return f"the {what} had not finished after {time.perf_counter() - stage['start']:.0f} s; nothing was saved to {out}"
+        if stage["now"] == "save":
+            return f"while saving to {out} (a complete earlier run there is kept); run the same command again"
+        return f"the run is saved in {out}; its figure was not drawn (gradflow plot {out} --out {figure})"
+
+    traj = interruptible(work, describe)
+    if traj.stats.get("failed"):
+        print(
+            f"gradflow run: error: {traj.stats['failure'].rstrip('.')}. The run up to t = {traj.ts[-1]:.6g} is saved in {out} "
+            f"(marked failed) and drawn in {figure}.",
+            file=sys.stderr,
+        )
+        return 2
+    print(json.dumps(summary(traj), indent=1, allow_nan=False))
+    print("faithfulness:", json.dumps(_finite(traj.faithfulness()), indent=1, allow_nan=False))
     print(f"saved {out} and {figure}")
     return 0
 
 
-def _writable_folder(path) -> Path:
-    """`path` as a folder that exists and can be written to, or ValueError naming it."""
-    path = Path(path)
+def summary(traj) -> dict:
+    """The run's end point as JSON numbers (null where a value is undefined, never NaN)."""
+    values = {
+        "t_final": traj.ts[-1],
+        "loss": traj.loss[-1],
+        "steps": traj.stats.get("num_steps"),
+        "rejected": traj.stats.get("num_rejected_steps"),
+        "vf_evaluations": traj.stats.get("vf_evaluations"),
+        "effective_rank": traj.effective_rank[-1],
+    }
+    if traj.truth is not None:
+        values["relative_error"] = traj.relative_error[-1]
+    if "method" in traj.config:
+        values.pop("rejected")
+        values.pop("vf_evaluations")
+    return _finite(values)
+
+
+def _finite(value):
+    """JSON-able with no NaN or infinity: those become None (null), nested dicts and lists alike."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create the folder {path}: {err.strerror or err}") from None
-    if not path.is_dir():
-        raise ValueError(f"{path} exists and is not a folder")
-    if not os.access(path, os.W_OK):
-        raise ValueError(f"cannot write to {path}: permission denied")
-    return path
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not math.isfinite(number):
+        return None
+    return int(number) if isinstance(value, int) or (hasattr(value, "dtype") and value.dtype.kind in "iu") else number
+
+
+# -- gradflow plot --------------------------------------------------------------------------------------------
+
+
+def cmd_plot(args) -> int:
+    import flows
+
+    out = figure_path(args.out)
+    if args.labels is not None and len(args.labels) != len(args.runs):
+        raise ValueError(f"--labels gives {len(args.labels)} entries for {len(args.runs)} runs")
+    runs = []
+    for folder in args.runs:
+        if not Path(folder).is_dir():
+            raise ValueError(f"{folder} is not a saved run (no such folder)")
+        try:
+            runs.append(flows.Trajectory.load(folder))
+        except flows.CorruptRecordError as err:
+            raise ValueError(f"{folder} is not a readable saved run: {err}") from None
+    interruptible(
+        lambda: flows.plot_trajectory(runs, out, labels=args.labels, title=args.title),
+        lambda: f"the figure {out} was not written",
+    )
+    print(f"saved {out}")
+    return 0
+
+
+# -- gradflow check, gradflow reproduce -----------------------------------------------------------------------
 
 
 def cmd_check(args) -> int:
@@ -320,12 +442,18 @@ def cmd_check(args) -> int:
     rows: list = []
     details: dict = {}
     seconds = {}
-    for name in groups:
-        group_start = time.perf_counter()
-        result = checks.GROUPS[name]()
-        rows += result.rows
-        details[name] = result.details
-        seconds[name] = round(time.perf_counter() - group_start, 1)
+    done: list[str] = []
+
+    def work():
+        for name in groups:
+            group_start = time.perf_counter()
+            result = checks.GROUPS[name]()
+            rows.extend(result.rows)
+            details[name] = result.details
+            seconds[name] = round(time.perf_counter() - group_start, 1)
+            done.append(name)
+
+    interruptible(work, lambda: f"{len(done)} of {len(groups)} check groups had run; check saves nothing")
     details["seconds per group"] = seconds
     if args.json:
         print(json.dumps([r.as_json() for r in rows], indent=1))
@@ -345,9 +473,13 @@ def cmd_reproduce(args) -> int:
         for name, experiment in experiments.EXPERIMENTS.items():
             print(f"{name:16s} {experiment.title}")
         return 0
-    out = None if args.out is None else _writable_folder(args.out)
-    tally, seconds = experiments.reproduce(
-        args.only, quick=args.quick, store=args.store, out=out, progress=not args.quiet, executor=args.scheduler
+    store = None if args.store is None else writable_folder(args.store, "store")
+    out = None if args.out is None else writable_folder(args.out, "output folder")
+    tally, seconds = interruptible(
+        lambda: experiments.reproduce(
+            args.only, quick=args.quick, store=store, out=out, progress=not args.quiet, executor=args.scheduler
+        ),
+        lambda: "the runs finished so far are kept in the store; run the same command to resume",
     )
     folders = sorted({str(p.parent) for p in tally.figures + tally.generated})
     print(
@@ -360,10 +492,22 @@ def cmd_reproduce(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Ctrl-C while the libraries load and the flags are checked: nothing has started.
+    return interruptible(lambda: _dispatch(argv), lambda: "before anything was computed")
+
+
+def _dispatch(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except (ValueError, OSError) as err:
+        print(f"gradflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        import flows
+
+        if not isinstance(err, flows.SolverError):
+            raise
         print(f"gradflow {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,9 +1,14 @@
-"""`gradflow run`: a saved trajectory and a figure from flags; clear errors for bad flags."""
+"""The command line: `gradflow run` (flows and discrete steps, saved and drawn), `gradflow plot`, clear errors for
+bad flags and paths checked before anything is computed, failed solves saved, Ctrl-C."""
 
+import functools
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +135,7 @@ def test_penalty_on_each_factor_maps_to_each_factor(tmp_path, capsys):
                 "factored",
                 "--penalty",
                 "ratio",
-                "--on-factors",
+                "--each-factor",
                 "--strength",
                 "1e-3",
                 "--scale",
@@ -207,3 +212,246 @@ def test_out_that_is_a_file_is_one_line_and_exit_2_through_the_console_script(tm
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
     assert "is not a folder" in done.stderr or "cannot create" in done.stderr
+
+
+SMALL = ["--n", "6", "--m", "20", "--rank", "1", "--scale", "0.3", "--t1", "5", "--points", "12", "--quiet"]
+
+
+def _strict_json(text):
+    """json.loads that refuses NaN and infinities (Python's json writes them; JSON has no such tokens)."""
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _no_compute(monkeypatch):
+    for name in ("solve", "descend", "plot_trajectory"):
+
+        @functools.wraps(getattr(flows, name))
+        def computed(*args, **kwargs):
+            raise AssertionError("computed before the flags were checked")
+
+        monkeypatch.setattr(flows, name, computed)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--strength", "5"], "--strength does not apply without a penalty"),
+        (["--penalty", "ratio"], "--penalty ratio needs its --strength"),
+        (["--depth", "7"], "--depth does not apply to --parameterization symmetric (it is an argument of deep)"),
+        (["--a", "10"], "--a does not apply to --dynamics gradient"),
+        (["--dynamics", "rmsprop", "--a", "10"], "--a does not apply to --dynamics rmsprop"),
+        (["--penalty-eps", "1e-2"], "--penalty-eps does not apply without a penalty"),
+        (["--each-factor"], "--each-factor does not apply without a penalty"),
+        (["--dynamics", "modified"], "--dynamics modified needs --eta"),
+        (["--no-symmetric"], "Symmetric makes symmetric positive semi-definite W"),
+        (["--problem", "commuting", "--no-symmetric"], "--symmetric/--no-symmetric does not apply"),
+        (
+            ["--parameterization", "direct", "--init", "zero", "--scale", "1e-3"],
+            "--scale does not apply to --init zero",
+        ),
+        (["--init", "bogus"], "invalid choice"),
+        (["--t1", "0"], "--t1 must be a positive"),
+        (["--step", "0.1", "--rtol", "1e-6"], "--rtol does not apply to a discrete run"),
+        (["--step", "0.1", "--solver", "dopri5"], "--solver does not apply to a discrete run"),
+        (["--step", "10", "--t1", "5"], "larger than --t1"),
+        (["--step", "0.01", "--dynamics", "modified", "--eta", "0.01"], "Modified is the modified flow"),
+        (["--step", "0.1", "--dynamics", "adam", "--a", "100"], "step * a = 10 must be < 1"),
+    ],
+)
+def test_flags_that_do_not_fit_are_refused_before_computing(argv, message, tmp_path, capsys, monkeypatch):
+    _no_compute(monkeypatch)
+    try:
+        code = main(["run", *argv, "--out", str(tmp_path / "run"), "--quiet"])
+    except SystemExit as exit_:  # argparse's own refusal of a choice
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") <= 2, err
+
+
+def test_paths_are_checked_before_computing(tmp_path, capsys, monkeypatch):
+    _no_compute(monkeypatch)
+    occupied = tmp_path / "file"
+    occupied.write_text("")
+    cases = [
+        (["run", "--out", str(occupied)], "exists and is not a folder"),
+        (["run", "--out", "/proc/gradflow-run"], "cannot write to the output folder /proc/gradflow-run"),
+        (["run", "--out", str(tmp_path / "a"), "--figure", "/proc/x.png"], "cannot write to the figure's folder /proc"),
+        (["run", "--out", str(tmp_path / "a"), "--figure", str(tmp_path / "x.txt")], "needs one of the suffixes"),
+        (["run", "--out", str(tmp_path / "a"), "--figure", str(tmp_path)], "is a folder"),
+        (["plot", str(tmp_path), "--out", "/proc/x.png"], "cannot write to the figure's folder /proc"),
+        (["plot", str(tmp_path / "missing"), "--out", str(tmp_path / "o.png")], "no such folder"),
+        (["plot", str(tmp_path), "--out", str(tmp_path / "o.png")], "is not a readable saved run"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+
+
+@pytest.mark.parametrize("store", ["file", "/proc/gradflow-store"])
+def test_reproduce_checks_its_store_before_running(store, tmp_path, capsys, monkeypatch):
+    import experiments
+
+    monkeypatch.setattr(experiments, "reproduce", lambda *a, **k: pytest.fail("ran before the store was checked"))
+    if store == "file":
+        store = tmp_path / "file"
+        store.write_text("")
+    assert main(["reproduce", "--quick", "--store", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert ("is not a folder" in err or "cannot write to the store" in err) and err.count("\n") == 1, err
+
+
+def test_a_failed_solve_is_saved_marked_failed_and_drawn(tmp_path, capsys):
+    out = tmp_path / "failed"
+    assert main(["run", *SMALL, "--t1", "1e4", "--max-steps", "30", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "max_steps = 30 at t = " in err and f"is saved in {out} (marked failed)" in err
+    partial = flows.Trajectory.load(out)
+    assert partial.stats["failed"] and 0 < partial.ts[-1] < 1e4 and partial.stats["num_steps"] == 30
+    assert f"t = {partial.ts[-1]:.6g}" in err
+    assert (out / "figure.png").stat().st_size > 10_000
+
+
+def test_step_runs_the_discrete_counterpart_and_saves_it_like_a_flow(tmp_path, capsys):
+    out = tmp_path / "adam-steps"
+    argv = ["--dynamics", "adam", "--a", "10", "--step", "0.01", "--out", str(out)]
+    assert main(["run", *SMALL, *argv]) == 0
+    summary = _strict_json(capsys.readouterr().out.split("faithfulness:")[0])
+    run = flows.Trajectory.load(out)
+    assert run.config["method"] == "descend" and run.config["step"] == 0.01
+    assert json.loads((out / "meta.json").read_text())["config"]["step"] == 0.01
+    problem = flows.sensing(n=6, m=20, rank=1, seed=0)
+    flow = flows.Flow(problem, flows.Symmetric(), dynamics=flows.Adam(a=10.0))
+    expected = flows.descend(flow, flow.init(scale=0.3), step=0.01, t1=5.0, ts=flows.default_ts(5.0, 12))
+    np.testing.assert_array_equal(run.W, expected.W)
+    assert summary["steps"] == 500 and "vf_evaluations" not in summary
+    assert (out / "figure.png").stat().st_size > 10_000
+
+
+def test_plot_overlays_a_flow_and_its_discrete_steps(tmp_path, capsys):
+    folders = [tmp_path / "flow", tmp_path / "gd-0.01", tmp_path / "gd-0.02"]
+    assert main(["run", *SMALL, "--out", str(folders[0])]) == 0
+    for folder, step in zip(folders[1:], ("0.01", "0.02")):
+        assert main(["run", *SMALL, "--step", step, "--out", str(folder)]) == 0
+    figure = tmp_path / "overlay.png"
+    assert main(["plot", *map(str, folders), "--out", str(figure)]) == 0
+    assert figure.stat().st_size > 20_000
+    runs = [flows.Trajectory.load(f) for f in folders]
+    fig = flows.plot_trajectory(runs)
+    # Shared axes: each panel holds every run; the legend names what sets the runs apart, the title the rest.
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["flow (Tsit5, rtol 1e-08)", "discrete steps of 0.01", "discrete steps of 0.02"]
+    title = " ".join(fig.get_suptitle().split())
+    assert "sensing n=6 m=20 rank=1" in title and "Symmetric" in title and "GradientFlow" in title
+    assert "rtol" not in title
+    loss_ax = fig.axes[0]
+    assert len(loss_ax.get_lines()) == 3
+
+
+def test_the_figure_of_a_penalised_run_draws_the_penalty_and_the_objective(tmp_path, capsys):
+    out = tmp_path / "ratio"
+    argv = ["--parameterization", "deep", "--depth", "2", "--penalty", "ratio", "--strength", "0.01", "--points", "6"]
+    assert main(["run", *SMALL, *argv, "--out", str(out)]) == 0
+    run = flows.Trajectory.load(out)
+    penalty = flows._plot.penalty_values(run)
+    flow = flows.Flow(
+        flows.sensing(n=6, m=20, rank=1, seed=0), flows.Deep(depth=2), penalty=flows.Ratio(), strength=0.01
+    )
+    states = [tuple(leaf[i] for leaf in run.states) for i in range(len(run.ts))]
+    expected = [float(flow.objective(s) - flow.loss(s)) for s in states]
+    np.testing.assert_allclose(penalty, expected, rtol=1e-12)
+    fig = flows.plot_trajectory(run)
+    loss_ax = fig.axes[0]
+    assert len(loss_ax.get_lines()) == 3 and loss_ax.get_legend() is not None
+    title = " ".join(fig.get_suptitle().split())
+    assert (
+        "Deep(depth=2)" in title
+        and "0.01 Ratio(eps=0.001, delta=0.001)" in title
+        and "identity init scale 0.3" in title
+    )
+
+
+def test_the_summary_is_json_with_null_for_undefined_values():
+    from gradflow._cli import summary
+
+    zero = flows.Trajectory(ts=np.array([0.0, 1.0]), states=None, W=np.zeros((2, 3, 3)), loss=np.ones(2))
+    assert _strict_json(json.dumps(summary(zero), allow_nan=False))["effective_rank"] is None
+
+
+def test_a_new_family_member_gets_its_choice_and_flags_from_the_registry(tmp_path, capsys, monkeypatch):
+    class Slow(flows.GradientFlow):
+        """Gradient flow slowed down by a constant factor.
+
+        Args:
+            factor: the field is -g / factor.
+        """
+
+        factor: float = 2.0
+
+        def vector_field(self, t, state, gradient):
+            return flows.GradientFlow.vector_field(self, t, state, gradient) / self.factor
+
+    monkeypatch.setitem(flows.DYNAMICS, "slow", Slow)
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "slow (Slow)" in help_text and "--factor FACTOR slow: the field is -g / factor (default 2)" in help_text
+    out = tmp_path / "slow"
+    assert main(["run", *SMALL, "--dynamics", "slow", "--factor", "4", "--out", str(out)]) == 0
+    assert main(["run", *SMALL, "--factor", "4", "--out", str(out)]) == 2
+    assert "--factor does not apply to --dynamics gradient" in capsys.readouterr().err
+
+
+def _start(argv):
+    """`gradflow run` in a subprocess, its stderr collected line by line as it comes."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gradflow", "run", *argv],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+    return process, lines, reader
+
+
+@pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "progress-bar"])
+def test_ctrl_c_stops_a_run_at_once_with_one_line_and_exit_130(quiet, tmp_path):
+    # A solve that would take far longer than this test: tight tolerance to t = 1e6.
+    out = tmp_path / "long"
+    argv = ["--n", "10", "--m", "40", "--t1", "1e6", "--rtol", "1e-12", "--solver", "tsit5", "--max-steps", "10**9"]
+    argv = [a if a != "10**9" else str(10**9) for a in argv] + ["--out", str(out)] + (["--quiet"] if quiet else [])
+    process, lines, reader = _start(argv)
+    deadline = time.monotonic() + 120
+    if quiet:
+        # The output folder is made once the flags are checked, just before the flow is built and compiled.
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # past building the problem and the flow: compiling or solving
+    else:
+        while not any("%|" in line for line in lines) and time.monotonic() < deadline:  # the solve's progress bar
+            time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it was interrupted"
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("Ctrl-C did not stop the run within 30 s")
+    waited = time.monotonic() - sent
+    reader.join(timeout=5)
+    text = "".join(lines)
+    assert process.returncode == 130 and waited < 5, (process.returncode, waited, text[-500:])
+    assert "Traceback" not in text
+    assert lines[-1].startswith("interrupted: the solve had not finished after ") and lines[-1].endswith(
+        f"nothing was saved to {out}\n"
+    )
+    assert not (out / "meta.json").exists()

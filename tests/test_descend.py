@@ -121,5 +121,21 @@ def test_bad_input_and_divergence():
         flows.descend(SYMMETRIC, U0, step=1e-3, t1=1.0, ts=[0.5, 0.2])
     with pytest.raises(ValueError, match="step"):
         flows.descend(SYMMETRIC, U0, step=0.0, t1=1.0)
-    with pytest.raises(flows.SolverError, match="non-finite"):
-        flows.descend(SYMMETRIC, 10 * U0, step=1.0, t1=200.0, ts=[0.0, 200.0])
+    with pytest.raises(ValueError, match="larger than t1"):
+        flows.descend(SYMMETRIC, U0, step=2.0, t1=1.0)
+
+
+def test_divergence_carries_the_run_up_to_the_last_finite_iterate(tmp_path):
+    step, chunk = 0.1, 3
+    with pytest.raises(flows.SolverError, match="non-finite") as err:
+        flows.descend(SYMMETRIC, U0, step=step, t1=20.0, ts=[0.0, 0.1, 0.2, 20.0], chunk=chunk)
+    partial = err.value.trajectory
+    assert partial.stats["failed"] and partial.stats["failure"] == str(err.value)
+    # Saved at steps 0, 1 and 2, then the last iterate checked finite: one chunk before the non-finite one.
+    k_failed = round(err.value.t_reached / step)
+    assert k_failed > 2 + chunk
+    np.testing.assert_allclose(partial.ts, [0.0, 0.1, 0.2, (k_failed - chunk) * step], rtol=1e-12)
+    again = flows.descend(SYMMETRIC, U0, step=step, t1=partial.ts[-1], ts=[partial.ts[-1]])
+    np.testing.assert_array_equal(again.W[-1], partial.W[-1])
+    assert np.isfinite(partial.W).all()
+    assert flows.Trajectory.load(partial.save(tmp_path / "failed")).stats["failed"]

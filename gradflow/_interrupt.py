@@ -1,0 +1,103 @@
+"""Ctrl-C for long commands: stop at once, keep what is finished, say so in one line, exit 130.
+
+JAX runs a whole solve as one XLA call, during which Python's signal handlers do not run; a
+KeyboardInterrupt raised inside a host callback (a progress bar's) surfaces as a JaxRuntimeError, and
+one raised inside a garbage-collection callback can be swallowed. So `interruptible` runs the work in a
+worker thread and keeps the main thread, where CPython delivers signals, waiting: SIGINT reaches it at
+once whatever the worker is doing (compiling, inside an XLA call, with or without a progress bar), and
+it ends the process there with `os._exit`, which needs no cooperation from the worker.
+
+Ending the process mid-computation loses only what was in flight: results are written atomically
+(a temporary file renamed into place), so what a store holds is complete, and an interrupted write
+leaves at most a temporary file. What `os._exit` skips: `finally` blocks and atexit handlers of the
+process (a Dask LocalCluster's worker processes are left to time out; a client of a remote scheduler
+just disconnects).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+EXIT_INTERRUPTED = 130
+"""The exit status of a process ended by SIGINT, as shells report it (128 + 2)."""
+
+
+_describers: list[tuple[str, Callable[[], str]]] = []
+"""The active calls' (prefix, describe), outermost first: SIGINT reports the innermost."""
+
+
+def interruptible(work: Callable[[], T], describe: Callable[[], str], *, prefix: str = "interrupted: ") -> T:
+    """`work()`, ended by Ctrl-C with one line on stderr, `prefix + describe()`, and exit status 130.
+
+    `describe` is called in the main thread when SIGINT arrives, so it should read progress that the
+    work records as it goes (counters, a stage) and say what is kept and how to go on, e.g.
+    "14 of 22 runs saved; run the same command to resume". Exceptions of `work` propagate as
+    they would without the thread. Calls nest: inside another call's work, `work` runs in that worker
+    thread and a SIGINT meanwhile reports this call's `describe`. Called outside any, from a thread other
+    than the main thread (where no signal handler can be installed), `work` simply runs there.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        _describers.append((prefix, describe))
+        try:
+            return work()
+        finally:
+            _describers.remove((prefix, describe))
+    outcome: dict = {}
+    done = threading.Event()
+
+    def run():
+        try:
+            outcome["value"] = work()
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread, re-raised there
+            outcome["error"] = err
+        finally:
+            done.set()
+
+    def on_sigint(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while describing changes nothing
+        _exit_interrupted(*_describers[-1])
+
+    _describers.append((prefix, describe))
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        threading.Thread(target=run, name="gradflow-work", daemon=True).start()
+        # A wait with a timeout returns to the interpreter regularly, so the handler runs within 0.1 s.
+        while not done.wait(0.1):
+            pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _describers.remove((prefix, describe))
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _exit_interrupted(prefix: str, describe: Callable[[], str]) -> None:
+    try:
+        text = describe()
+    except Exception as err:  # noqa: BLE001 - the line must still be printed
+        text = f"(progress unknown: {type(err).__name__}: {err})"
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed stream must not keep the process alive
+            pass
+    # A progress bar leaves the cursor at the end of its line: start a fresh one.
+    newline = "\n" if _progress_bars_open() else ""
+    try:
+        os.write(sys.stderr.fileno(), f"{newline}{prefix}{text}\n".encode())
+    except Exception:  # noqa: BLE001
+        pass
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _progress_bars_open() -> bool:
+    tqdm = sys.modules.get("tqdm")
+    return bool(tqdm is not None and len(getattr(tqdm.tqdm, "_instances", ())))
