@@ -112,6 +112,13 @@ def reproduce(
     return ctx.tally, seconds
 
 
+def declared(names: list[str] | None = None, *, quick: bool = False) -> int:
+    """How many runs the named experiments declare up front (their `groups`; runs declared from others' results come
+    on top)."""
+    names = list(EXPERIMENTS) if names is None else names
+    return sum(len(group.configs) for name in names if name in EXPERIMENTS for group in EXPERIMENTS[name].groups(quick))
+
+
 def timings() -> dict[str, dict[str, float]]:
     """The measured wall times, {experiment: {"quick": s, "full": s}} (those measured so far)."""
     try:
@@ -129,4 +136,4 @@ def record_timing(name: str, quick: bool, seconds: float) -> None:
         pass
 
 
-__all__ = ["EXPERIMENTS", "Context", "Experiment", "Tally", "reproduce", "timings"]
+__all__ = ["EXPERIMENTS", "Context", "Experiment", "Tally", "declared", "reproduce", "timings"]

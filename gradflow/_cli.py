@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import html
 import json
+import re
 import math
 import sys
 import tempfile
@@ -184,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GROUP",
         help="run only these groups (default: all; see the list in the error for a bad name)",
     )
+    check.add_argument(
+        "--store",
+        default=None,
+        help="keep the small-initialization runs in this store and reuse them (gradflow reproduce's runs/ holds the "
+        "small_init experiment's: the same runs)",
+    )
     check.set_defaults(handler=cmd_check)
 
     reproduce = commands.add_parser(
@@ -192,16 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run the experiments of the paper: each sweeps its runs into a "
             "keyed store (resumable: nothing finished is recomputed), then "
-            "writes its figures (PDF + PNG) and LaTeX macros and tables."
+            "writes its figures (PDF + PNG), LaTeX values and tables, and report.html "
+            "(every figure, table and verdict on one page); the verdicts are printed at the end."
         ),
     )
     reproduce.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these experiments")
     reproduce.add_argument(
         "--quick",
         action="store_true",
-        help="the small grids (minutes on two cores); writes runs/quick/{figures,generated}",
+        help="the small grids (minutes on two cores); writes runs/quick/{figures,generated,report.html}",
     )
-    reproduce.add_argument("--list", action="store_true", help="list the experiments and exit")
+    reproduce.add_argument(
+        "--fresh", action="store_true", help="compute every run, reference and measurement again (each once)"
+    )
+    reproduce.add_argument(
+        "--list", action="store_true", help="list the experiments with their measured quick and full times, and exit"
+    )
     reproduce.add_argument("--store", default=None, help="the run store (default: runs/, or runs/quick with --quick)")
     reproduce.add_argument(
         "--out",
@@ -438,6 +452,7 @@ def cmd_check(args) -> int:
     unknown = [g for g in groups if g not in checks.GROUPS]
     if unknown:
         raise ValueError(f"unknown check group {unknown[0]!r}; choose from {', '.join(checks.GROUPS)}")
+    store = None if args.store is None else writable_folder(args.store, "store") / "results"
     start = time.perf_counter()
     rows: list = []
     details: dict = {}
@@ -447,7 +462,7 @@ def cmd_check(args) -> int:
     def work():
         for name in groups:
             group_start = time.perf_counter()
-            result = checks.GROUPS[name]()
+            result = checks.GROUPS[name](store=store) if name == "small_init" else checks.GROUPS[name]()
             rows.extend(result.rows)
             details[name] = result.details
             seconds[name] = round(time.perf_counter() - group_start, 1)
@@ -470,24 +485,76 @@ def cmd_reproduce(args) -> int:
     import experiments
 
     if args.list:
-        for name, experiment in experiments.EXPERIMENTS.items():
-            print(f"{name:16s} {experiment.title}")
+        print(list_experiments(experiments.EXPERIMENTS, experiments.timings()))
         return 0
     store = None if args.store is None else writable_folder(args.store, "store")
     out = None if args.out is None else writable_folder(args.out, "output folder")
+    tally = experiments.Tally()
+    declared = experiments.declared(args.only, quick=args.quick)
+
+    def progress() -> str:
+        return (
+            f"{tally.done} runs computed and {tally.reused} reused are kept ({tally.settled} of the {declared} "
+            "declared runs settled); run the same command to resume"
+        )
+
     tally, seconds = interruptible(
         lambda: experiments.reproduce(
-            args.only, quick=args.quick, store=store, out=out, progress=not args.quiet, executor=args.scheduler
+            args.only,
+            quick=args.quick,
+            store=store,
+            out=out,
+            progress=not args.quiet,
+            executor=args.scheduler,
+            fresh=args.fresh,
+            tally=tally,
         ),
-        lambda: "the runs finished so far are kept in the store; run the same command to resume",
+        progress,
     )
+    for note in tally.notes:
+        print(f"resumed: {note}")
+    if tally.findings:
+        print(format_findings(tally.findings))
     folders = sorted({str(p.parent) for p in tally.figures + tally.generated})
     print(
         f"reproduce{' --quick' if args.quick else ''}: {tally.done} runs done, {tally.reused} reused, "
         f"{tally.failed} failed in {seconds:.0f} s; {len(tally.figures)} figure files and "
-        f"{len(tally.generated)} LaTeX files written to {', '.join(folders) or 'nowhere'}"
+        f"{len(tally.generated)} LaTeX files written to {', '.join(folders) or 'nowhere'}; the report: {tally.report}"
     )
     return 1 if tally.failed else 0
+
+
+def list_experiments(table: dict, timings: dict) -> str:
+    """One line per experiment: its name, measured quick and full wall times, and what it does."""
+
+    def seconds(name: str, scale: str) -> str:
+        value = timings.get(name, {}).get(scale)
+        return "--" if value is None else f"{value:.0f} s" if value < 120 else f"{value / 60:.0f} min"
+
+    width = max(len(name) for name in table)
+    lines = [f"{'experiment':{width}s}  {'quick':>7s}  {'full':>7s}  what it does"]
+    lines += [
+        f"{name:{width}s}  {seconds(name, 'quick'):>7s}  {seconds(name, 'full'):>7s}  {experiment.title}"
+        for name, experiment in table.items()
+    ]
+    return "\n".join(lines) + "\n(times measured by the last reproduction that computed all of an experiment's runs)"
+
+
+def format_findings(findings: list[dict]) -> str:
+    """The verdicts, one line each, as plain text."""
+    from experiments._report import plain
+
+    def text(tex: str) -> str:
+        return re.sub(r"<[^>]+>", "", html.unescape(plain(tex)))
+
+    return "\n".join(
+        ["findings:"]
+        + [
+            f"  [{f['experiment']}] {text(f['claim'])}: {f['verdict']}"
+            + (f" ({text(f['number'])})" if f["number"] else "")
+            for f in findings
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ bad flags and paths checked before anything is computed, failed solves saved, Ct
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import experiments
 import flows
 from gradflow import main
 
@@ -455,3 +457,59 @@ def test_ctrl_c_stops_a_run_at_once_with_one_line_and_exit_130(quiet, tmp_path):
         f"nothing was saved to {out}\n"
     )
     assert not (out / "meta.json").exists()
+
+
+@pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "progress-bar"])
+def test_ctrl_c_stops_a_reproduction_with_its_count_and_a_second_run_resumes(quiet, tmp_path):
+    """`gradflow reproduce`: a real SIGINT once some runs are saved ends it at once with one line naming what is kept,
+    exit 130; the same command again computes only what was missing."""
+    store, out = tmp_path / "store", tmp_path / "out"
+    argv = ["reproduce", "--only", "closed_forms", "--quick", "--store", str(store), "--out", str(out)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gradflow", *argv, *(["--quiet"] if quiet else [])],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while not list(store.glob("runs/*/meta.json")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    assert process.poll() is None, "the reproduction ended before it was interrupted"
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
+    waited = time.monotonic() - sent
+    reader.join(timeout=5)
+    text = "".join(lines)
+    assert process.returncode == 130 and waited < 5, (process.returncode, waited, text[-500:])
+    assert "Traceback" not in text
+    saved = len(list(store.glob("runs/*/meta.json")))
+    last = lines[-1]
+    assert last.startswith("interrupted: ") and "declared runs settled); run the same command to resume" in last, last
+    computed = int(re.search(r"interrupted: (\d+) runs computed", last).group(1))
+    assert 1 <= computed <= saved
+    again = subprocess.run(
+        [sys.executable, "-m", "gradflow", *argv, "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-500:]
+    done, reused = map(int, re.search(r"(\d+) runs done, (\d+) reused", again.stdout).groups())
+    assert reused >= saved and done + reused == experiments.declared(["closed_forms"], quick=True)
+    assert "findings:" in again.stdout and (out / "report.html").exists()
+
+
+def test_reproduce_list_gives_each_experiment_its_measured_times(capsys, monkeypatch):
+    import experiments
+
+    monkeypatch.setattr(experiments, "timings", lambda: {"closed_forms": {"quick": 12.3, "full": 4000.0}})
+    assert main(["reproduce", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, row = lines[0], next(line for line in lines if line.startswith("closed_forms"))
+    assert header.index("quick") < header.index("full") and "12 s" in row and "67 min" in row
+    assert all(line.split()[0] in experiments.EXPERIMENTS for line in lines[1:-1])
+    # The columns line up: every row's quick time ends where the header's "quick" ends.
+    end = header.index("quick") + len("quick")
+    assert all(line[end - 1] != " " for line in lines[1:-1])
