@@ -55,57 +55,42 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
 from ._chebyshev import RungeKuttaChebyshev
-from ._flow import Flow, FlowArgs, State
+from ._flow import AbstractGaussNewton
+from ._solver import AbstractFlowSolver, LinearisableTerm, gauss_newton, report
 
 
-def kernel_matrix(flow: Flow, state: State) -> Float[Array, "m m"]:
-    r"""$\Theta = M M^T$, $\Theta_{ik} = \langle \phi'(\theta)^* A_i, \phi'(\theta)^* A_k \rangle$ (m x m).
-
-    The problem forms it (`AbstractProblem.kernel`): completion from the parameterization's sandwich form
-    of $\phi'\phi'^*$ by gathers, $O(m^2)$; otherwise from the m pullbacks of the $A_i$, $O(m^2 p)$.
-    """
-    parameterization = flow.parameterization
-    return flow.problem.kernel(lambda G: parameterization.pullback(state, G), parameterization.kernel_terms(state))
+def _flat(tree) -> Float[Array, " p"]:
+    return ravel_pytree(tree)[0]
 
 
-def _apply(flow: Flow, point: Float[Array, " p"], x: Float[Array, " p"], unravel) -> Float[Array, " m"]:
-    r"""$M x = \mathcal{A}(\phi'(\theta)[x])$ at the flat state `point`: a pushforward and a measurement."""
-    return flow.problem.measure(flow.parameterization.pushforward(unravel(point), unravel(x)))
+class AbstractShiftedSolve(eqx.Module):
+    r"""$(I + h J^* J) x = b$ for a Gauss-Newton linearisation J taken at the flat state `point` for steps near
+    `step`. `step` NaN: no linearisation yet (the first step takes one)."""
 
-
-def _transpose(flow: Flow, point: Float[Array, " p"], w: Float[Array, " m"], unravel) -> Float[Array, " p"]:
-    r"""$M^T w = \phi'(\theta)^* \mathcal{A}^*(w)$ at the flat state `point`: an adjoint and a pullback."""
-    return ravel_pytree(flow.parameterization.pullback(unravel(point), flow.problem.adjoint(w)))[0]
-
-
-class AbstractGaussNewton(eqx.Module):
-    r"""The Gauss-Newton Hessian $H_J = M^T M$ taken at `point` (flat) for steps near `step`: solves
-    $(I + h H_J) x = b$. `step` NaN: no linearisation yet (the first step takes one)."""
-
-    flow: eqx.AbstractVar[Flow]
+    linear: eqx.AbstractVar[AbstractGaussNewton]
     point: eqx.AbstractVar[Float[Array, " p"]]
     step: eqx.AbstractVar[Float[Array, ""]]
 
     @abc.abstractmethod
     def solve(self, h, b: Float[Array, " p"], unravel) -> Float[Array, " p"]:
-        r"""$(I + h M^T M)^{-1} b$; NaN where the solve failed (the step is then rejected and shrinks)."""
+        r"""$(I + h J^* J)^{-1} b$; NaN where the solve failed (the step is then rejected and shrinks)."""
 
 
-class GaussNewton(AbstractGaussNewton):
-    r"""$H_J$ through the m x m kernel (Woodbury): `basis`, `eigenvalues` are $\Theta = Q \Lambda Q^T$."""
+class WoodburySolve(AbstractShiftedSolve):
+    r"""Through the m x m kernel (Woodbury): `basis`, `eigenvalues` are $\Theta = J J^* = Q \Lambda Q^T$."""
 
-    flow: Flow
+    linear: AbstractGaussNewton
     point: Float[Array, " p"]
     basis: Float[Array, "m m"]
     eigenvalues: Float[Array, " m"]
     step: Float[Array, ""]
 
     @classmethod
-    def at(cls, flow: Flow, point: Float[Array, " p"], unravel, step=jnp.inf) -> "GaussNewton":
-        eigenvalues, basis = jnp.linalg.eigh(kernel_matrix(flow, unravel(point)))
+    def at(cls, linear: AbstractGaussNewton, point: Float[Array, " p"], step=jnp.inf) -> "WoodburySolve":
+        eigenvalues, basis = jnp.linalg.eigh(linear.kernel())
         # Theta is PSD; clip round-off so 1 + h lambda > 0 for every h.
         return cls(
-            flow=flow,
+            linear=linear,
             point=point,
             basis=basis,
             eigenvalues=jnp.maximum(eigenvalues, 0.0),
@@ -113,67 +98,79 @@ class GaussNewton(AbstractGaussNewton):
         )
 
     @classmethod
-    def pending(cls, flow: Flow, point: Float[Array, " p"]) -> "GaussNewton":
+    def pending(cls, linear: AbstractGaussNewton, point: Float[Array, " p"]) -> "WoodburySolve":
         """No linearisation yet (its step is NaN): the first step takes one."""
-        m = flow.problem.m
+        m = jax.eval_shape(linear.kernel).shape[0]
         return cls(
-            flow=flow,
+            linear=linear,
             point=point,
             basis=jnp.zeros((m, m), point.dtype),
             eigenvalues=jnp.zeros(m, point.dtype),
             step=jnp.asarray(jnp.nan, point.dtype),
         )
 
-    def solve(self, h, b: Float[Array, " p"], unravel) -> Float[Array, " p"]:
-        r"""$(I + h M^T M)^{-1} b = b - M^T Q \,\mathrm{diag}(h / (1 + h\lambda))\, Q^T M b$."""
-        w = self.basis @ (h / (1.0 + h * self.eigenvalues) * (self.basis.T @ _apply(self.flow, self.point, b, unravel)))
-        return b - _transpose(self.flow, self.point, w, unravel)
+    def solve(self, h, b, unravel):
+        r"""$(I + h J^* J)^{-1} b = b - J^* Q \,\mathrm{diag}(h / (1 + h\lambda))\, Q^T J b$."""
+        w = self.basis @ (h / (1.0 + h * self.eigenvalues) * (self.basis.T @ self.linear.mv(unravel(b))))
+        return b - _flat(self.linear.transpose_mv(w))
 
 
-class MatrixFreeGaussNewton(AbstractGaussNewton):
-    r"""$H_J$ applied, never formed: conjugate gradients (lineax) on $(I + h M^T M) x = b$.
+class ConjugateGradientSolve(AbstractShiftedSolve):
+    r"""$J^* J$ applied, never formed: conjugate gradients (lineax) on $(I + h J^* J) x = b$.
 
     Stops when the residual and the last update are both below `tolerance` $\|b\|$ (2-norms; lineax's
-    rule). Since $I + h M^T M \succeq I$, the error is at most the residual: $\|x - x_*\| \le$
+    rule). Since $I + h J^* J \succeq I$, the error is at most the residual: $\|x - x_*\| \le$
     `tolerance` $\|b\|$. At most `max_steps` iterations, else NaN.
     """
 
-    flow: Flow
+    linear: AbstractGaussNewton
     point: Float[Array, " p"]
     step: Float[Array, ""]
     tolerance: Float[Array, ""]
     max_steps: int = eqx.field(static=True)
 
     def conjugate_gradients(self, h, b: Float[Array, " p"], unravel) -> lx.Solution:
-        """The lineax solution of $(I + h M^T M) x = b$ (its `stats["num_steps"]`: the iterations)."""
+        """The lineax solution of $(I + h J^* J) x = b$ (its `stats["num_steps"]`: the iterations)."""
         # Linearised once per solve, so what depends on the state alone (a deep product's partial products)
-        # is computed once, not at every iteration (n = 300: from 2.0 to 1.7 vector-field evaluations each).
-        _, apply = jax.linearize(lambda x: _apply(self.flow, self.point, x, unravel), b)
-        _, transpose = jax.linearize(lambda w: _transpose(self.flow, self.point, w, unravel), apply(b))
+        # is computed once, not at every iteration.
+        _, apply = jax.linearize(lambda x: self.linear.mv(unravel(x)), b)
+        _, transpose = jax.linearize(lambda w: _flat(self.linear.transpose_mv(w)), apply(b))
         operator = lx.FunctionLinearOperator(
             lambda x: x + h * transpose(apply(x)), jax.eval_shape(lambda: b), tags=lx.positive_semidefinite_tag
         )
         cg = lx.CG(rtol=0.0, atol=self.tolerance * jnp.linalg.norm(b), norm=jnp.linalg.norm, max_steps=self.max_steps)
         return lx.linear_solve(operator, b, cg, throw=False)
 
-    def solve(self, h, b: Float[Array, " p"], unravel) -> Float[Array, " p"]:
+    def solve(self, h, b, unravel):
         solution = self.conjugate_gradients(h, b, unravel)
         return jnp.where(solution.result == lx.RESULTS.successful, solution.value, jnp.nan)
 
 
-class Woodbury(eqx.Module):
-    """The extrapolation's linear solves through the m x m kernel (`GaussNewton`): an $O(m^3)$
-    eigendecomposition per linearisation, then cheap solves; for up to a few thousand measurements."""
+class AbstractLinearSolver(eqx.Module):
+    """How `LinearlyImplicitExtrapolation` solves its shifted Gauss-Newton systems: a parameter of the solver."""
 
-    def linearise(self, flow: Flow, point: Float[Array, " p"], unravel, step) -> GaussNewton:
-        return GaussNewton.at(flow, point, unravel, step)
+    @abc.abstractmethod
+    def linearise(self, linear: AbstractGaussNewton, point: Float[Array, " p"], step) -> AbstractShiftedSolve:
+        """Prepare the solves at a linearisation taken at the flat state `point` for steps near `step`."""
 
-    def pending(self, flow: Flow, point: Float[Array, " p"]) -> GaussNewton:
-        return GaussNewton.pending(flow, point)
+    @abc.abstractmethod
+    def pending(self, linear: AbstractGaussNewton, point: Float[Array, " p"]) -> AbstractShiftedSolve:
+        """A placeholder of the same structure (step NaN): the first step linearises."""
 
 
-class ConjugateGradient(eqx.Module):
-    r"""The extrapolation's linear solves matrix-free (`MatrixFreeGaussNewton`), for any m.
+class Woodbury(AbstractLinearSolver):
+    """The solves through the m x m kernel (`WoodburySolve`): an $O(m^3)$ eigendecomposition per linearisation,
+    then cheap solves; for up to a few thousand measurements."""
+
+    def linearise(self, linear, point, step):
+        return WoodburySolve.at(linear, point, step)
+
+    def pending(self, linear, point):
+        return WoodburySolve.pending(linear, point)
+
+
+class ConjugateGradient(AbstractLinearSolver):
+    r"""The solves matrix-free (`ConjugateGradientSolve`), for any m.
 
     `tolerance` bounds each solve's error relative to its right-hand side $h_j F(y_i)$. Measured on
     deep completion (n = 100, m = 2000) over a step of $\Delta t = 1280$ in the tail: the extrapolated
@@ -185,38 +182,20 @@ class ConjugateGradient(eqx.Module):
     tolerance: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-10)
     max_steps: int = eqx.field(static=True, default=2000)
 
-    def linearise(self, flow: Flow, point: Float[Array, " p"], unravel, step) -> MatrixFreeGaussNewton:
-        return MatrixFreeGaussNewton(
-            flow=flow,
+    def linearise(self, linear, point, step):
+        return ConjugateGradientSolve(
+            linear=linear,
             point=point,
             step=jnp.asarray(step, point.dtype),
             tolerance=self.tolerance,
             max_steps=self.max_steps,
         )
 
-    def pending(self, flow: Flow, point: Float[Array, " p"]) -> MatrixFreeGaussNewton:
-        return self.linearise(flow, point, None, jnp.nan)
+    def pending(self, linear, point):
+        return self.linearise(linear, point, jnp.nan)
 
 
-def _flow_of(args) -> Flow:
-    """The flow being integrated: `flows.solve` passes it in Diffrax's `args` (`FlowArgs`)."""
-    flow = args.flow if isinstance(args, FlowArgs) else None
-    if not isinstance(flow, Flow) or not flow.linearisable:
-        raise ValueError(
-            "the linearly implicit solvers linearise a gradient flow of the data loss: use them through "
-            "flows.solve with a Flow whose dynamics is GradientFlow() and which has no penalty "
-            f"(got {type(flow).__name__}"
-            + (
-                f" with {type(flow.dynamics).__name__} dynamics and penalty {type(flow.penalty).__name__}"
-                if isinstance(flow, Flow)
-                else ""
-            )
-            + ")"
-        )
-    return flow
-
-
-class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
+class LinearlyImplicitExtrapolation(AbstractFlowSolver):
     r"""Extrapolated linearly implicit Euler with a Gauss-Newton matrix (see the module docstring).
 
     Each step of size $\Delta t$ runs j substeps of $(I + h_j H_J)(y_{i+1} - y_i) = h_j F(y_i)$,
@@ -228,20 +207,22 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
     (W's eigenvalues of 1e-4 falling to 1e-5) drift by large factors while the state moves by about as
     little, and the steps grow with t. Measured there (benchmarks/README.md): 96 steps with these
     defaults, 2849 with refresh 1e-3 alone, none finishing with one matrix for the whole tail.
-    Dense output is cubic Hermite, far less accurate than the steps: `flows.solve` makes the steps
-    land on the save times (diffrax's `step_ts`) unless given a step-size controller. Costs per step:
+    Dense output is cubic Hermite, far less accurate than the steps (`lands_save_times`: `flows.solve` makes the
+    steps land on the save times whatever the step-size controller). Costs per step:
     columns (columns - 1) / 2 + 1 vector-field evaluations and columns (columns + 1) / 2 Gauss-Newton
-    solves, made by `linear_solver`: `Woodbury()` (dense through the m x m kernel, the default) or
-    `ConjugateGradient()` (matrix-free, any m).
+    solves, made by `linear_solver` (any `AbstractLinearSolver`): `Woodbury()` (dense through the m x m kernel,
+    the default) or `ConjugateGradient()` (matrix-free, any m). The linearisation comes from the term
+    (`LinearisableTerm.gauss_newton`, the flow's `gauss_newton`).
     """
 
     columns: int = eqx.field(static=True, default=8)
     refresh: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-4)
     growth: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=2.0)
-    linear_solver: Woodbury | ConjugateGradient = Woodbury()
+    linear_solver: AbstractLinearSolver = Woodbury()
 
-    term_structure = diffrax.ODETerm
+    term_structure = LinearisableTerm
     interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation
+    lands_save_times = True
 
     def order(self, terms):
         return self.columns
@@ -249,14 +230,13 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
     def init(self, terms, t0, t1, y0, args):
         point, _ = ravel_pytree(y0)
         f0 = ravel_pytree(terms.vf(t0, y0, args))[0]
-        return f0, self.linear_solver.pending(_flow_of(args), point), jnp.array(0)
+        return f0, self.linear_solver.pending(gauss_newton(terms, t0, y0, args), point), jnp.array(0)
 
     def report(self, solver_state) -> dict:
         """What the run's final solver state says about it (host-side): the number of linearisations."""
         return {"linearisations": int(solver_state[2])}
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        flow = _flow_of(args)
         f0, linear, linearisations = solver_state
         y0_flat, unravel = ravel_pytree(y0)
         if made_jump is not False:
@@ -267,7 +247,9 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
             | (dt > self.growth * linear.step)
             | (jnp.linalg.norm(y0_flat - linear.point) > self.refresh * jnp.linalg.norm(y0_flat))
         )
-        linear = jax.lax.cond(stale, lambda: self.linear_solver.linearise(flow, y0_flat, unravel, dt), lambda: linear)
+        linear = jax.lax.cond(
+            stale, lambda: self.linear_solver.linearise(gauss_newton(terms, t0, y0, args), y0_flat, dt), lambda: linear
+        )
         linearisations = linearisations + stale
 
         def vf(t, y):
@@ -320,7 +302,7 @@ class _SwitchingInterpolation(diffrax.AbstractLocalInterpolation):
         )
 
 
-class AbstractTsit5Then(diffrax.AbstractAdaptiveSolver):
+class AbstractTsit5Then(AbstractFlowSolver):
     r"""Tsit5 while the flow is not stiff, `stiff_solver` from the moment it is.
 
     Stiffness is detected as in Hairer & Wanner's DOPRI5: Tsit5's sixth and seventh stages both sit
@@ -331,15 +313,20 @@ class AbstractTsit5Then(diffrax.AbstractAdaptiveSolver):
     explicit steps are cheap, then costs the stiff solver nothing.
 
     The step-size controller sees Tsit5's order (5) in both phases. The stiff solver's state starts
-    with the slope $F(y)$ at its first step (first same as last), which the switch hands over.
+    with the slope $F(y)$ at its first step (first same as last), which the switch hands over; its dense
+    information is (y0, y1, k0, k1), and its term structure is the switch's.
     """
 
-    stiff_solver: eqx.AbstractVar[diffrax.AbstractAdaptiveSolver]
+    stiff_solver: eqx.AbstractVar[AbstractFlowSolver]
     threshold: eqx.AbstractVar[float]
     patience: eqx.AbstractVar[int]
 
-    term_structure = diffrax.ODETerm
     interpolation_cls = _SwitchingInterpolation
+    lands_save_times = True
+
+    @property
+    def term_structure(self):
+        return self.stiff_solver.term_structure
 
     def order(self, terms):
         return 5
@@ -355,7 +342,7 @@ class AbstractTsit5Then(diffrax.AbstractAdaptiveSolver):
         return {
             "switched": bool(switched),
             "t_switch": float(t_switch) if bool(switched) else None,
-            **self.stiff_solver.report(stiff_state),
+            **report(self.stiff_solver, stiff_state),
         }
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
