@@ -44,6 +44,7 @@ Measurements against scipy and gradient descent: benchmarks/README.md.
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 import diffrax
 import equinox as eqx
@@ -64,20 +65,22 @@ def _flat(tree) -> Float[Array, " p"]:
 
 
 class AbstractShiftedSolve(eqx.Module):
-    r"""$(I + h J^* J) x = b$ for a Gauss-Newton linearisation J taken at the flat state `point` for steps near
-    `step`. `step` NaN: no linearisation yet (the first step takes one)."""
+    r"""$(I + h H_J) x = b$ for a matrix $H_J \approx -F'$ taken at the flat state `point` for steps near `step`
+    (the Gauss-Newton matrix $J^* J$, or the exact Jacobian). `step` NaN: none taken yet (the first step takes
+    one)."""
 
-    linear: eqx.AbstractVar[AbstractGaussNewton]
     point: eqx.AbstractVar[Float[Array, " p"]]
     step: eqx.AbstractVar[Float[Array, ""]]
 
     @abc.abstractmethod
-    def solve(self, h, b: Float[Array, " p"], unravel) -> Float[Array, " p"]:
-        r"""$(I + h J^* J)^{-1} b$; NaN where the solve failed (the step is then rejected and shrinks)."""
+    def solve(self, h, b: Float[Array, " p"], unravel, terms, args) -> Float[Array, " p"]:
+        r"""$(I + h H_J)^{-1} b$ (`terms`, `args`: the solve's, for solves that apply the field itself); NaN where
+        the solve failed (the step is then rejected and shrinks)."""
 
 
 class WoodburySolve(AbstractShiftedSolve):
-    r"""Through the m x m kernel (Woodbury): `basis`, `eigenvalues` are $\Theta = J J^* = Q \Lambda Q^T$."""
+    r"""$H_J = J^* J$ through the m x m kernel (Woodbury): `basis`, `eigenvalues` are $\Theta = J J^* = Q \Lambda
+    Q^T$."""
 
     linear: AbstractGaussNewton
     point: Float[Array, " p"]
@@ -109,14 +112,14 @@ class WoodburySolve(AbstractShiftedSolve):
             step=jnp.asarray(jnp.nan, point.dtype),
         )
 
-    def solve(self, h, b, unravel):
+    def solve(self, h, b, unravel, terms=None, args=None):
         r"""$(I + h J^* J)^{-1} b = b - J^* Q \,\mathrm{diag}(h / (1 + h\lambda))\, Q^T J b$."""
         w = self.basis @ (h / (1.0 + h * self.eigenvalues) * (self.basis.T @ self.linear.mv(unravel(b))))
         return b - _flat(self.linear.transpose_mv(w))
 
 
 class ConjugateGradientSolve(AbstractShiftedSolve):
-    r"""$J^* J$ applied, never formed: conjugate gradients (lineax) on $(I + h J^* J) x = b$.
+    r"""$H_J = J^* J$ applied, never formed: conjugate gradients (lineax) on $(I + h J^* J) x = b$.
 
     Stops when the residual and the last update are both below `tolerance` $\|b\|$ (2-norms; lineax's
     rule). Since $I + h J^* J \succeq I$, the error is at most the residual: $\|x - x_*\| \le$
@@ -141,36 +144,72 @@ class ConjugateGradientSolve(AbstractShiftedSolve):
         cg = lx.CG(rtol=0.0, atol=self.tolerance * jnp.linalg.norm(b), norm=jnp.linalg.norm, max_steps=self.max_steps)
         return lx.linear_solve(operator, b, cg, throw=False)
 
-    def solve(self, h, b, unravel):
+    def solve(self, h, b, unravel, terms=None, args=None):
         solution = self.conjugate_gradients(h, b, unravel)
         return jnp.where(solution.result == lx.RESULTS.successful, solution.value, jnp.nan)
 
 
+class KrylovJacobianSolve(AbstractShiftedSolve):
+    r"""$H_J = -F'(t_J, y_J)$, the exact Jacobian of the field at (`time`, `point`), applied by Jacobian-vector
+    products (the field linearised once per solve), solved by restarted GMRES to `tolerance` $\|b\|$; NaN past
+    `max_steps` iterations. For any field: non-symmetric and oscillatory Jacobians included."""
+
+    point: Float[Array, " p"]
+    time: Float[Array, ""]
+    step: Float[Array, ""]
+    tolerance: Float[Array, ""]
+    restart: int = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+
+    def gmres(self, h, b: Float[Array, " p"], unravel, terms, args) -> lx.Solution:
+        _, jvp = jax.linearize(lambda x: _flat(terms.vf(self.time, unravel(x), args)), self.point)
+        operator = lx.FunctionLinearOperator(lambda x: x - h * jvp(x), jax.eval_shape(lambda: b))
+        solver = lx.GMRES(
+            rtol=0.0,
+            atol=self.tolerance * jnp.linalg.norm(b),
+            norm=jnp.linalg.norm,
+            restart=self.restart,
+            stagnation_iters=self.restart,
+            max_steps=self.max_steps,
+        )
+        return lx.linear_solve(operator, b, solver, throw=False)
+
+    def solve(self, h, b, unravel, terms=None, args=None):
+        solution = self.gmres(h, b, unravel, terms, args)
+        return jnp.where(solution.result == lx.RESULTS.successful, solution.value, jnp.nan)
+
+
 class AbstractLinearSolver(eqx.Module):
-    """How `LinearlyImplicitExtrapolation` solves its shifted Gauss-Newton systems: a parameter of the solver."""
+    """How a linearly implicit solver solves its shifted systems $(I + h H_J) x = b$: a parameter of the solver.
+    It takes its matrix from the term at (t, y): the Gauss-Newton linearisation (`gauss_newton`, from a
+    `LinearisableTerm`) or the field itself; `term_structure` is the term it needs."""
+
+    term_structure: ClassVar[type]
 
     @abc.abstractmethod
-    def linearise(self, linear: AbstractGaussNewton, point: Float[Array, " p"], step) -> AbstractShiftedSolve:
-        """Prepare the solves at a linearisation taken at the flat state `point` for steps near `step`."""
+    def linearise(self, terms, t, y, args, step) -> AbstractShiftedSolve:
+        """Prepare the solves at (t, y) for steps near `step`."""
 
     @abc.abstractmethod
-    def pending(self, linear: AbstractGaussNewton, point: Float[Array, " p"]) -> AbstractShiftedSolve:
+    def pending(self, terms, t, y, args) -> AbstractShiftedSolve:
         """A placeholder of the same structure (step NaN): the first step linearises."""
 
 
 class Woodbury(AbstractLinearSolver):
-    """The solves through the m x m kernel (`WoodburySolve`): an $O(m^3)$ eigendecomposition per linearisation,
-    then cheap solves; for up to a few thousand measurements."""
+    """The Gauss-Newton solves through the m x m kernel (`WoodburySolve`): an $O(m^3)$ eigendecomposition per
+    linearisation, then cheap solves; for up to a few thousand measurements."""
 
-    def linearise(self, linear, point, step):
-        return WoodburySolve.at(linear, point, step)
+    term_structure = LinearisableTerm
 
-    def pending(self, linear, point):
-        return WoodburySolve.pending(linear, point)
+    def linearise(self, terms, t, y, args, step):
+        return WoodburySolve.at(gauss_newton(terms, t, y, args), _flat(y), step)
+
+    def pending(self, terms, t, y, args):
+        return WoodburySolve.pending(gauss_newton(terms, t, y, args), _flat(y))
 
 
 class ConjugateGradient(AbstractLinearSolver):
-    r"""The solves matrix-free (`ConjugateGradientSolve`), for any m.
+    r"""The Gauss-Newton solves matrix-free (`ConjugateGradientSolve`), for any m.
 
     `tolerance` bounds each solve's error relative to its right-hand side $h_j F(y_i)$. Measured on
     deep completion (n = 100, m = 2000) over a step of $\Delta t = 1280$ in the tail: the extrapolated
@@ -181,18 +220,45 @@ class ConjugateGradient(AbstractLinearSolver):
 
     tolerance: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-10)
     max_steps: int = eqx.field(static=True, default=2000)
+    term_structure = LinearisableTerm
 
-    def linearise(self, linear, point, step):
+    def linearise(self, terms, t, y, args, step):
+        point = _flat(y)
         return ConjugateGradientSolve(
-            linear=linear,
+            linear=gauss_newton(terms, t, y, args),
             point=point,
             step=jnp.asarray(step, point.dtype),
             tolerance=self.tolerance,
             max_steps=self.max_steps,
         )
 
-    def pending(self, linear, point):
-        return self.linearise(linear, point, jnp.nan)
+    def pending(self, terms, t, y, args):
+        return self.linearise(terms, t, y, args, jnp.nan)
+
+
+class KrylovJacobian(AbstractLinearSolver):
+    """The solves with the field's exact Jacobian, matrix-free (`KrylovJacobianSolve`): restarted GMRES on
+    Jacobian-vector products. Needs no linearisation from the flow, so it serves every flow (adaptive dynamics,
+    penalties)."""
+
+    tolerance: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-10)
+    restart: int = eqx.field(static=True, default=40)
+    max_steps: int = eqx.field(static=True, default=4000)
+    term_structure = diffrax.ODETerm
+
+    def linearise(self, terms, t, y, args, step):
+        point = _flat(y)
+        return KrylovJacobianSolve(
+            point=point,
+            time=jnp.asarray(t, point.dtype),
+            step=jnp.asarray(step, point.dtype),
+            tolerance=self.tolerance,
+            restart=self.restart,
+            max_steps=self.max_steps,
+        )
+
+    def pending(self, terms, t, y, args):
+        return self.linearise(terms, t, y, args, jnp.nan)
 
 
 class LinearlyImplicitExtrapolation(AbstractFlowSolver):
@@ -220,17 +286,19 @@ class LinearlyImplicitExtrapolation(AbstractFlowSolver):
     growth: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=2.0)
     linear_solver: AbstractLinearSolver = Woodbury()
 
-    term_structure = LinearisableTerm
     interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation
     lands_save_times = True
+
+    @property
+    def term_structure(self):
+        return self.linear_solver.term_structure
 
     def order(self, terms):
         return self.columns
 
     def init(self, terms, t0, t1, y0, args):
-        point, _ = ravel_pytree(y0)
         f0 = ravel_pytree(terms.vf(t0, y0, args))[0]
-        return f0, self.linear_solver.pending(gauss_newton(terms, t0, y0, args), point), jnp.array(0)
+        return f0, self.linear_solver.pending(terms, t0, y0, args), jnp.array(0)
 
     def report(self, solver_state) -> dict:
         """What the run's final solver state says about it (host-side): the number of linearisations."""
@@ -247,9 +315,7 @@ class LinearlyImplicitExtrapolation(AbstractFlowSolver):
             | (dt > self.growth * linear.step)
             | (jnp.linalg.norm(y0_flat - linear.point) > self.refresh * jnp.linalg.norm(y0_flat))
         )
-        linear = jax.lax.cond(
-            stale, lambda: self.linear_solver.linearise(gauss_newton(terms, t0, y0, args), y0_flat, dt), lambda: linear
-        )
+        linear = jax.lax.cond(stale, lambda: self.linear_solver.linearise(terms, t0, y0, args, dt), lambda: linear)
         linearisations = linearisations + stale
 
         def vf(t, y):
@@ -258,8 +324,10 @@ class LinearlyImplicitExtrapolation(AbstractFlowSolver):
         def column(j, previous):
             """Row j of the Aitken-Neville tableau from j substeps of size dt / j and row j - 1."""
             h = dt / j
-            y = y0_flat + linear.solve(h, h * f0, unravel)
-            y = jax.lax.fori_loop(1, j, lambda i, y: y + linear.solve(h, h * vf(t0 + i * h, y), unravel), y)
+            y = y0_flat + linear.solve(h, h * f0, unravel, terms, args)
+            y = jax.lax.fori_loop(
+                1, j, lambda i, y: y + linear.solve(h, h * vf(t0 + i * h, y), unravel, terms, args), y
+            )
 
             def extrapolate(i, row):
                 ratio = jnp.where(i < j, j / jnp.maximum(j - i, 1) - 1.0, 1.0)
