@@ -135,23 +135,26 @@ class LandOnEvent(_Wrapper):
     window: float = eqx.field(static=True, default=1e-2)
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        return self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        next_t1, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        # The log-distance at the current step's start, carried: one evaluation of the distance per attempt.
+        return next_t1, (state, jnp.log1p(self.distance(t0, y0, args)))
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        inner, log0 = controller_state
         keep, next_t0, next_t1, made_jump, state, result = self.controller.adapt_step_size(
-            t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+            t0, t1, y0, y1_candidate, args, y_error, error_order, inner
         )
-        log0 = jnp.log1p(self.distance(t0, y0, args))
         log1 = jnp.log1p(self.distance(t1, y1_candidate, args))
         overshoot = keep & (log0 > 0) & (log1 < -self.window)
         theta = jnp.clip((log0 + 0.5 * self.window) / jnp.where(overshoot, log0 - log1, 1.0), 0.05, 0.95)
-        state = jax.tree.map(lambda old, new: jnp.where(overshoot, old, new), controller_state, state)
+        state = jax.tree.map(lambda old, new: jnp.where(overshoot, old, new), inner, state)
+        keep = keep & ~overshoot
         return (
-            keep & ~overshoot,
+            keep,
             jnp.where(overshoot, t0, next_t0),
             jnp.where(overshoot, t0 + theta * (t1 - t0), next_t1),
             made_jump & ~overshoot,
-            state,
+            (state, jnp.where(keep, log1, log0)),
             result,
         )
 

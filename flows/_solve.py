@@ -405,7 +405,7 @@ def _stop_distance(t, y, args: FlowArgs, **kwargs):
 
 def _below_at_start(t, y, args: FlowArgs, t0, **kwargs):
     """A run that starts at or below stop_loss stops there (a sign change of `_stop_distance` never comes)."""
-    return (t <= t0) & (args.flow.loss(y) <= args.stop_loss)
+    return jax.lax.cond(t <= t0, lambda: args.flow.loss(y) <= args.stop_loss, lambda: jnp.array(False))
 
 
 class _BracketState(eqx.Module):
