@@ -5,7 +5,8 @@ until the data loss falls to 1e-10 (each its own root finding: flows' located st
 saving the final state only; W err is against Dopri8 at rtol 1e-12 at each method's own final time.
 
 Methods. `flows default`: `flows.solve` with its default solver. `CVODE dense`: BDF (orders 1-5), Newton with a
-dense LU of the exact Jacobian (`jax.jacfwd` of the field, jitted), for states up to `--dense-max` unknowns.
+dense LU (LAPACK: SUNDIALS' own dense LU took 250 s on the 1800 unknowns of `factored`) of the exact Jacobian
+(`jax.jacfwd` of the field, jitted), for states up to `--dense-max` unknowns.
 `CVODE Krylov`: BDF, Newton-GMRES (Krylov dimension `--krylov-dim`) with exact Jacobian-vector products
 (`jax.jvp`, jitted). `LSODA+jac`: scipy's LSODA with the dense Jacobian (up to `--dense-max`). The scipy and
 CVODE rows call their jitted JAX functions through Python callbacks, which is how a user would couple them; the
@@ -87,7 +88,7 @@ class CVODERunner:
         if until is None:
             options |= dict(eventsfn=event, num_events=1)
         if linsolver == "dense":
-            options |= dict(linsolver="dense", jacfn=self.jac)
+            options |= dict(linsolver="lapackdense", jacfn=self.jac)
         else:
             options |= dict(linsolver="gmres", krylov_dim=krylov_dim, jactimes=cvode.CVODEJacTimes(None, self.jtimes))
         self.jvps = 0

@@ -25,7 +25,7 @@ Two more wrappers serve `flows.solve`:
   a small window is rejected and retried to end at the crossing predicted by the secant of log(loss) over the
   step. The run then ends on an actual step, within the window of the threshold, and Diffrax's event root
   finding places the final time exactly on it with the dense output over a sliver of a step.
-* `StopOnCollapse` ends a solve whose step size has collapsed (below a few hundred ulps of the time for many
+* `StopOnCollapse` ends a solve whose step size has collapsed (below a few hundred ulps of t for a hundred
   attempts in a row: a state that overflowed, or a field that is not finite) with `diffrax.RESULTS.dt_min_reached`,
   instead of spending the step budget on steps that cannot advance t.
 """
@@ -161,7 +161,8 @@ class LandOnEvent(_Wrapper):
 
 class StopOnCollapse(_Wrapper):
     """Ends the solve with `diffrax.RESULTS.dt_min_reached` once the next step size has been below `ulps` units in
-    the last place of the time span (max(|t0|, |t1|) of the solve) for `patience` attempts in a row."""
+    the last place of t for `patience` attempts in a row (near t = 0, of 1e-12 of the solve's span: a solve may
+    legitimately start with steps of 1e-18, as the adaptive flows' bias corrections ask)."""
 
     controller: diffrax.AbstractAdaptiveStepSizeController
     ulps: float = eqx.field(static=True, default=256.0)
@@ -169,15 +170,15 @@ class StopOnCollapse(_Wrapper):
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         next_t1, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        span = jnp.maximum(jnp.abs(t0), jnp.abs(t1))
-        floor = self.ulps * jnp.finfo(jnp.result_type(t0)).eps * span
-        return next_t1, (state, jnp.asarray(floor, jnp.result_type(t0)), jnp.array(0))
+        span = jnp.asarray(1e-12 * jnp.maximum(jnp.abs(t0), jnp.abs(t1)), jnp.result_type(t0))
+        return next_t1, (state, span, jnp.array(0))
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
-        inner, floor, streak = controller_state
+        inner, span, streak = controller_state
         keep, next_t0, next_t1, made_jump, inner, result = self.controller.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, inner
         )
+        floor = self.ulps * jnp.finfo(jnp.result_type(t0)).eps * jnp.maximum(jnp.abs(next_t0), span)
         streak = jnp.where(next_t1 - next_t0 < floor, streak + 1, 0)
         result = diffrax.RESULTS.where(streak >= self.patience, diffrax.RESULTS.dt_min_reached, result)
-        return keep, next_t0, next_t1, made_jump, (inner, floor, streak), result
+        return keep, next_t0, next_t1, made_jump, (inner, span, streak), result
