@@ -60,7 +60,7 @@ class Setting:
 
 
 def sensing_setting(alpha: float, n: int = 30, m: int = 180, rank: int = 2, seed: int = 0) -> Setting:
-    """Issue 2's setting: symmetric Gaussian sensing, W = U U^T from U_0 = alpha I."""
+    """The sensing setting: symmetric Gaussian sensing, W = U U^T from U_0 = alpha I."""
     flow = flows.Flow(flows.sensing(n=n, m=m, rank=rank, seed=seed), flows.Symmetric())
     return Setting(
         f"sensing n={n} m={m} r={rank} alpha={alpha:g}",

@@ -41,7 +41,7 @@ SETTINGS = {
     "tail": lambda: H.completion_setting(0.1),
     "large": lambda: H.completion_setting(0.1, n=1000, m=50_000),
 }
-"""The issue's settings: vs_scipy.py's sensing (alpha 1e-3), factored and deep3, the m = 2000 deep-completion tail
+"""The settings: vs_scipy.py's sensing (alpha 1e-3), factored and deep3, the m = 2000 deep-completion tail
 (stiff_tail.py's), and n = 1000, m = 50,000 (3e6 unknowns: compared over a window [0, --until])."""
 
 
