@@ -34,11 +34,19 @@ fixed matrix $H_J$, so the extrapolated result has order k whether or not $H_J$ 
 Hessian at the current state (it is a W-method): the Gauss-Newton matrix, and one kept over many
 steps while the state barely moves, cost stability margin, never accuracy.
 
+The Gauss-Newton matrix comes from the term (`flows.LinearisableTerm`, the flow's `gauss_newton`: J as a
+`flows.AbstractGaussNewton`), and the linear solver is a parameter (`AbstractLinearSolver`): `Woodbury`,
+`ConjugateGradient`, or `KrylovJacobian`, which takes the field's exact Jacobian instead (restarted GMRES on
+Jacobian-vector products) and so integrates any flow, the adaptive ones (Adam, RMSProp: non-symmetric,
+oscillatory Jacobians) and penalised ones included. Measured on the Adam flow's stiff phases
+(benchmarks/adaptive_stiff.py) it takes a tenth of Tsit5's steps but each costs hundreds of GMRES iterations, so
+it is slower there; it is not a default.
+
 `Tsit5ThenExtrapolation` runs Tsit5 through the transient (where the Jacobian changes fast and
 explicit steps are cheap) and switches to the extrapolation once stiffness holds Tsit5's step;
 `Tsit5ThenChebyshev` switches to the stabilised explicit `RungeKuttaChebyshev` instead (no linear
 algebra: the choice beyond a thousand measurements).
-Measurements against scipy and gradient descent: benchmarks/README.md.
+Measurements against scipy, CVODE and gradient descent: benchmarks/README.md.
 """
 
 from __future__ import annotations
