@@ -5,8 +5,8 @@ exponential: a spurious eigen-direction of $W = U U^T$ of size $\sigma$ is pulle
 to $\sigma$ itself, so it decays like 1/t, and reaching $W_\infty$ to 1e-6 takes t ~ 1e5..1e7 while the
 fitted directions keep the problem stiff (explicit steps stay ~1e-3). `converge` therefore integrates in
 two legs: flows' default solver into a tail (Tsit5 switching to the linearly implicit extrapolation) until
-the loss falls below `head_loss`, then a stiff one (that extrapolation; Kvaerno5 for flows it cannot
-linearise) out to `t1`, steps growing with t, saving at every decade. Its estimate of how far
+the loss falls to `head_loss`, then a stiff one (that extrapolation, also for the flow carrying the residual
+integral; Kvaerno5 for flows it cannot linearise) out to `t1`, steps growing with t, saving at every decade. Its estimate of how far
 the end point still is from $W_\infty$ is the change over the last decade (for a 1/t tail the remaining
 distance is a ninth of it).
 
@@ -44,7 +44,11 @@ from .references import Reference
 
 
 class ResidualIntegral(AbstractCarried):
-    r"""A flow augmented with $s(t) = \int_0^t r(\tau)\,d\tau$: state (inner state, s), $s' = r(W)$."""
+    r"""A flow augmented with $s(t) = \int_0^t r(\tau)\,d\tau$: state (inner state, s), $s' = r(W)$.
+
+    Linearisable where the inner flow is: s' depends on the inner state alone, so the Gauss-Newton matrix of the
+    inner flow with a zero block for s (`flows.PaddedGaussNewton`) is a valid matrix for the linearly implicit
+    solvers, which then step s explicitly."""
 
     def carried_init(self, inner_state):
         """s(0) = 0."""
@@ -52,6 +56,16 @@ class ResidualIntegral(AbstractCarried):
 
     def carried_field(self, W, s):
         return self.problem.residual(W)
+
+    @property
+    def linearisable(self) -> bool:
+        return self.flow.linearisable
+
+    def gauss_newton(self, state):
+        inner = self.flow.gauss_newton(state[0])
+        if inner is None:
+            return None
+        return flows.PaddedGaussNewton(inner, jax.ShapeDtypeStruct(state[1].shape, state[1].dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,13 +108,13 @@ def converge(
     """Run `flow` from `state0` to t1 in two legs (see the module docstring) and return its end point.
 
     The tail leg restarts the clock (the flows are autonomous); `t_final` is the total time. Default
-    solvers: `flows.default_solver(flow, head_loss)` for the head; for the tail its stiff half where it
-    has one (plain gradient flows), else Kvaerno5 (a dense Jacobian: fine for small states only).
+    solvers: `flows.default_solver(flow, head_loss)` for the head; for the tail the linearly implicit
+    extrapolation where the flow answers its Gauss-Newton linearisation (`flow.linearisable`: plain
+    gradient flows, and `ResidualIntegral` around one), else Kvaerno5 (a dense Jacobian: small states only).
     """
-    default = flows.default_solver(flow, head_loss)
-    head_solver = default if head_solver is None else head_solver
+    head_solver = flows.default_solver(flow, head_loss) if head_solver is None else head_solver
     if tail_solver is None:
-        tail_solver = default.stiff_solver if isinstance(default, flows.Tsit5ThenExtrapolation) else diffrax.Kvaerno5()
+        tail_solver = flows.LinearlyImplicitExtrapolation() if flow.linearisable else diffrax.Kvaerno5()
     start = time.perf_counter()
     head = flows.solve(
         flow,

@@ -36,7 +36,6 @@ import numpy as np  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import flows  # noqa: E402
-import flows._stiff  # noqa: E402
 
 STOP_LOSS = 1e-10
 RTOL, ATOL = 1e-8, 1e-10
@@ -61,7 +60,7 @@ class Setting:
 
 
 def sensing_setting(alpha: float, n: int = 30, m: int = 180, rank: int = 2, seed: int = 0) -> Setting:
-    """Issue 2's setting: symmetric Gaussian sensing, W = U U^T from U_0 = alpha I."""
+    """The sensing setting: symmetric Gaussian sensing, W = U U^T from U_0 = alpha I."""
     flow = flows.Flow(flows.sensing(n=n, m=m, rank=rank, seed=seed), flows.Symmetric())
     return Setting(
         f"sensing n={n} m={m} r={rank} alpha={alpha:g}",
@@ -185,37 +184,63 @@ def counting_flow(flow: flows.Flow, counter: Counter) -> flows.Flow:
     return flows.Flow(flow.problem, flow.parameterization, dynamics=_CountingGradientFlow(counter))
 
 
+class _CountedWoodburySolve(flows.WoodburySolve):
+    counter: Counter = eqx.field(static=True)
+
+    def solve(self, h, b, unravel, terms=None, args=None):
+        self.counter.bump("solve")
+        return super().solve(h, b, unravel, terms, args)
+
+
+class CountingWoodbury(flows.Woodbury):
+    """`flows.Woodbury` whose linearisations ('jacobian') and solves ('solve') bump `counter`: passed to the solver
+    as its linear solver (a parameter), nothing patched."""
+
+    counter: Counter = eqx.field(static=True)
+
+    def linearise(self, terms, t, y, args, step):
+        self.counter.bump("jacobian")
+        return self._counted(super().linearise(terms, t, y, args, step))
+
+    def pending(self, terms, t, y, args):
+        return self._counted(super().pending(terms, t, y, args))
+
+    def _counted(self, solve):
+        fields = {f.name: getattr(solve, f.name) for f in dataclasses.fields(solve)}
+        return _CountedWoodburySolve(**fields, counter=self.counter)
+
+
+def counted_solver(solver, counter: Counter):
+    """The same solver with its Woodbury linear solver (if it has one, directly or as a switch's stiff solver)
+    replaced by a `CountingWoodbury`."""
+    for where in (lambda s: s.linear_solver, lambda s: s.stiff_solver.linear_solver):
+        try:
+            current = where(solver)
+        except AttributeError:
+            continue
+        if isinstance(current, flows.Woodbury):
+            return eqx.tree_at(where, solver, CountingWoodbury(counter))
+    return solver
+
+
 def count_flows(setting: Setting, solver=None, ts=FINAL_ONLY, **kwargs) -> dict[str, int]:
-    """Run flows.solve once with the vector field, the Gauss-Newton kernel and the Gauss-Newton solve
-    instrumented: exact counts of 'vf', 'jacobian' and 'solve' (rejected steps included)."""
+    """Run flows.solve once with the vector field and the Gauss-Newton linearisations and solves instrumented:
+    exact counts of 'vf', 'jacobian' and 'solve' (rejected steps included)."""
     counter = Counter()
-    kernel, linear = flows._stiff.kernel_matrix, flows._stiff.GaussNewton
-
-    def counted_kernel(flow, state):
-        counter.bump("jacobian")
-        return kernel(flow, state)
-
-    class CountedGaussNewton(linear):
-        def solve(self, h, b, unravel):
-            counter.bump("solve")
-            return super().solve(h, b, unravel)
-
-    flows._stiff.kernel_matrix, flows._stiff.GaussNewton = counted_kernel, CountedGaussNewton
-    try:
-        flows.solve(
-            counting_flow(setting.flow, counter),
-            setting.state0,
-            t1=T_MAX,
-            ts=ts,
-            rtol=RTOL,
-            atol=ATOL,
-            stop_loss=STOP_LOSS,
-            solver=solver,
-            max_steps=3_000_000,
-            **kwargs,
-        )
-    finally:
-        flows._stiff.kernel_matrix, flows._stiff.GaussNewton = kernel, linear
+    flow = counting_flow(setting.flow, counter)
+    solver = flows.default_solver(setting.flow, STOP_LOSS) if solver is None else solver
+    flows.solve(
+        flow,
+        setting.state0,
+        t1=T_MAX,
+        ts=ts,
+        rtol=RTOL,
+        atol=ATOL,
+        stop_loss=STOP_LOSS,
+        solver=counted_solver(solver, counter),
+        max_steps=3_000_000,
+        **kwargs,
+    )
     return counter.counts
 
 
@@ -393,14 +418,16 @@ def unit_costs(setting: Setting, repeats: int = 2000) -> dict[str, float]:
 
     @eqx.filter_jit
     def linearisations(flow, point, k):
-        body = lambda i, x: x + 1e-12 * flows._stiff.GaussNewton.at(flow, x, unravel).eigenvalues.sum()  # noqa: E731
+        def body(i, x):
+            return x + 1e-12 * flows.WoodburySolve.at(flow.gauss_newton(unravel(x)), x).eigenvalues.sum()
+
         return jax.lax.fori_loop(0, k, body, point)
 
     @eqx.filter_jit
     def solves(linear, point, k):
         return jax.lax.fori_loop(0, k, lambda i, x: linear.solve(0.5, x, unravel), point)
 
-    linear = flows._stiff.GaussNewton.at(flow, point, unravel)
+    linear = flows.WoodburySolve.at(flow.gauss_newton(setting.state0), point)
     out = {}
     for name, fn, args, k in (
         ("vf", evaluations, (flow, point), repeats),

@@ -1,4 +1,4 @@
-"""flows.sweep one run at a time against vmap-batched, side by side in one process (issue 5, sweeps).
+"""flows.sweep one run at a time against vmap-batched, side by side in one process.
 
 Four runs of symmetric sensing (n = 30, m = 180, rank 2) from U_0 = alpha I, alpha in {5e-3, 1e-2,
 2e-2, 3e-2}, rtol 1e-8, on one device: (a) Tsit5 over t in [0, 20], (b) into the tail, until loss

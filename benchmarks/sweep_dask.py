@@ -1,4 +1,4 @@
-"""flows.sweep on a two-worker Dask LocalCluster against the same sweep locally (issue 12).
+"""flows.sweep on a two-worker Dask LocalCluster against the same sweep locally.
 
 64 runs of symmetric sensing (n = 20, m = 120, rank 2; 8 init scales alpha x 8 problem seeds) from
 U_0 = alpha I until loss < 1e-10 (the default solver: the stiff switch), rtol 1e-8. Each process

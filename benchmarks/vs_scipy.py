@@ -1,4 +1,4 @@
-"""flows.solve against scipy's solve_ivp and gradient descent, side by side in one process (issues 2 and 5).
+"""flows.solve against scipy's solve_ivp and gradient descent, side by side in one process.
 
 Every method integrates the same ODE from the same state at rtol 1e-8, atol 1e-10 until the data
 loss falls below 1e-10; each final W is compared with a tight-tolerance reference (Dopri8, rtol 1e-12,
@@ -6,7 +6,7 @@ atol 1e-14) at that method's own final time. The repeats are interleaved (method
 so load on the shared machine hits every method alike; wall times are medians, compile time is the
 first call's excess over the median and is reported apart.
 
-    python benchmarks/vs_scipy.py --setting sensing --alpha 1e-3            # the issue-2 table
+    python benchmarks/vs_scipy.py --setting sensing --alpha 1e-3            # the sensing table
     python benchmarks/vs_scipy.py --setting sensing --alpha 1e-3 --descent  # plus gradient descent
     python benchmarks/vs_scipy.py --setting completion --alpha 0.1 --skip RK45 DOP853
     python benchmarks/vs_scipy.py --setting factored --alpha 1e-2 --skip RK45 DOP853  # W = U V^T
@@ -39,13 +39,13 @@ FLOWS_SOLVERS = {
 
 
 def factored_setting(alpha: float, n: int = 30, m: int = 180, rank: int = 2, seed: int = 0) -> H.Setting:
-    """Asymmetric Gaussian sensing (issue 2's sizes), the flow of W = U V^T from U_0 = V_0 = alpha I."""
+    """Asymmetric Gaussian sensing (the sensing setting's sizes), the flow of W = U V^T from U_0 = V_0 = alpha I."""
     flow = flows.Flow(flows.sensing(n=n, m=m, rank=rank, seed=seed, symmetric=False), flows.Factored())
     return H.Setting(f"factored sensing n={n} m={m} r={rank} alpha={alpha:g}", flow, flow.init(scale=alpha))
 
 
 def deep_setting(alpha: float, depth: int = 3, n: int = 30, m: int = 180, rank: int = 2, seed: int = 0) -> H.Setting:
-    """Asymmetric Gaussian sensing (issue 2's sizes), the flow of W = W_N ... W_1 from W_j(0) = alpha I."""
+    """Asymmetric Gaussian sensing (the sensing setting's sizes), the flow of W = W_N ... W_1 from W_j(0) = alpha I."""
     flow = flows.Flow(flows.sensing(n=n, m=m, rank=rank, seed=seed, symmetric=False), flows.Deep(depth=depth))
     return H.Setting(f"deep sensing n={n} m={m} r={rank} depth={depth} alpha={alpha:g}", flow, flow.init(scale=alpha))
 
@@ -56,7 +56,7 @@ SETTINGS = {
     "factored": factored_setting,
     "deep3": deep_setting,
 }
-"""--setting: the harness's two (scipy may run apart for them) and the multi-array states of issue 10."""
+"""--setting: the harness's two (scipy may run apart for them) and the multi-array states (U, V) and (W_1, W_2, W_3)."""
 
 
 def methods(setting: H.Setting, field: H.FlatField | None, time_limit: float) -> dict:

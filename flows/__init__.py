@@ -14,7 +14,7 @@ import jax
 # float64 throughout: switched on once, here, before any array is made.
 jax.config.update("jax_enable_x64", True)
 
-from ._control import ArraywiseRelative  # noqa: E402
+from ._control import ArraywiseRelative, LandOnEvent, StopOnCollapse  # noqa: E402
 from ._descend import descend  # noqa: E402
 from ._dynamics import (  # noqa: E402
     DYNAMICS,
@@ -27,7 +27,7 @@ from ._dynamics import (  # noqa: E402
     RMSProp,
     Sign,
 )
-from ._flow import AbstractFlow, Flow  # noqa: E402
+from ._flow import AbstractFlow, AbstractGaussNewton, Flow, GaussNewton, PaddedGaussNewton  # noqa: E402
 from ._parameterizations import (  # noqa: E402
     PARAMETERIZATIONS,
     AbstractParameterization,
@@ -62,16 +62,20 @@ from ._problems import (  # noqa: E402
 )
 from ._solve import SOLVERS, FaithfulnessWarning, SolverError, default_solver, default_ts, solve, solver_by_name  # noqa: E402
 from ._chebyshev import RungeKuttaChebyshev  # noqa: E402
+from ._solver import AbstractFlowSolver, LinearisableTerm  # noqa: E402
 from ._stiff import (  # noqa: E402
+    AbstractLinearSolver,
+    AbstractShiftedSolve,
     AbstractTsit5Then,
     ConjugateGradient,
-    GaussNewton,
+    ConjugateGradientSolve,
+    KrylovJacobian,
+    KrylovJacobianSolve,
     LinearlyImplicitExtrapolation,
-    MatrixFreeGaussNewton,
     Tsit5ThenChebyshev,
     Tsit5ThenExtrapolation,
     Woodbury,
-    kernel_matrix,
+    WoodburySolve,
 )
 from ._keys import SCHEMA, fingerprint  # noqa: E402
 from ._store import (  # noqa: E402
@@ -140,13 +144,23 @@ __all__ = [
     "SOLVERS",
     "solver_by_name",
     "ArraywiseRelative",
+    "LandOnEvent",
+    "StopOnCollapse",
+    "AbstractGaussNewton",
     "GaussNewton",
+    "PaddedGaussNewton",
+    "LinearisableTerm",
+    "AbstractFlowSolver",
     "LinearlyImplicitExtrapolation",
     "Tsit5ThenExtrapolation",
-    "kernel_matrix",
+    "AbstractLinearSolver",
+    "AbstractShiftedSolve",
     "Woodbury",
+    "WoodburySolve",
     "ConjugateGradient",
-    "MatrixFreeGaussNewton",
+    "ConjugateGradientSolve",
+    "KrylovJacobian",
+    "KrylovJacobianSolve",
     "RungeKuttaChebyshev",
     "AbstractTsit5Then",
     "Tsit5ThenChebyshev",

@@ -38,6 +38,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
+from ._solver import AbstractFlowSolver
+
 # The damping of the Chebyshev polynomial (theirs): it keeps the stability polynomial below 1 - epsilon / 3
 # in magnitude away from 0, at the price of a 2 epsilon / 15 shorter interval.
 _DAMPING = 2.0 / 13.0
@@ -67,7 +69,7 @@ def _chebyshev(s, w0):
     return jax.lax.fori_loop(1, s, next_, ((w0, one, zero), (one, zero, zero)))[0]
 
 
-class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
+class RungeKuttaChebyshev(AbstractFlowSolver):
     r"""The second-order Runge-Kutta-Chebyshev method (see the module docstring), s stages chosen per step
     from the spectral radius: $s \approx \sqrt{1.54\, h\rho}$ with $\rho$ = `safety` x the power-iteration
     estimate, at most `max_stages` (a step beyond $h\rho = \beta_{s_{\max}} \approx 0.65\, s_{\max}^2$ is
@@ -85,6 +87,7 @@ class RungeKuttaChebyshev(diffrax.AbstractAdaptiveSolver):
 
     term_structure = diffrax.ODETerm
     interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation
+    lands_save_times = True
 
     def order(self, terms):
         return 2

@@ -16,18 +16,28 @@ $s_a$ by sizes entry by entry, and the root-mean-square norm over entries by ano
 (`AbstractDynamics.error_sizes`, `error_norm`: the Adam flow's moments are measured by the error they
 cause in its field, in the max norm). It is a wrapper: it divides each entry by its size and hands the
 rescaled step to a PID controller with `atol = 1e-2 rtol`, through Diffrax's public controller interface
-(as `diffrax.ClipStepSizeController` wraps one); the flow reaches it through Diffrax's `args`
-(`flows.solve` passes `FlowArgs`).
+(as `diffrax.ClipStepSizeController` wraps one); the flow's own measure reaches it as `error_control`, a
+function of Diffrax's `args` that `flows.solve` supplies.
+
+Two more wrappers serve `flows.solve`:
+
+* `LandOnEvent` lands a step on the crossing of a threshold (`stop_loss`): a step that overshoots it by more than
+  a small window is rejected and retried to end at the crossing predicted by the secant of log(loss) over the
+  step. The run then ends on an actual step, within the window of the threshold, and Diffrax's event root
+  finding places the final time exactly on it with the dense output over a sliver of a step.
+* `StopOnCollapse` ends a solve whose step size has collapsed (below a few hundred ulps of t for a hundred
+  attempts in a row: a state that overflowed, or a field that is not finite) with `diffrax.RESULTS.dt_min_reached`,
+  instead of spending the step budget on steps that cannot advance t.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-
-from ._flow import FlowArgs
 
 
 def _magnitude(y0, y1):
@@ -39,16 +49,19 @@ class ArraywiseRelative(diffrax.AbstractAdaptiveStepSizeController):
     """Error control relative to each state array's running size (see the module docstring).
 
     `controller` is the PID controller that takes the decisions on the rescaled step; its atol is the
-    relative floor (1e-2 rtol, `ArraywiseRelative.make`).
+    relative floor (1e-2 rtol, `ArraywiseRelative.make`). `error_control(args, t, magnitude, sizes) -> (sizes,
+    norm)`, if given, lets the system being solved measure some entries its own way (`AbstractFlow.error_control`;
+    norm None: the controller's root mean square).
     """
 
     controller: diffrax.PIDController
+    error_control: Callable | None = eqx.field(static=True, default=None)
 
     @classmethod
-    def make(cls, rtol) -> "ArraywiseRelative":
+    def make(cls, rtol, error_control: Callable | None = None) -> "ArraywiseRelative":
         """Arraywise relative control at tolerance rtol (an array: changing it does not recompile)."""
         rtol = jnp.asarray(rtol)
-        return cls(diffrax.PIDController(rtol=rtol, atol=1e-2 * rtol))
+        return cls(diffrax.PIDController(rtol=rtol, atol=1e-2 * rtol), error_control)
 
     @property
     def rtol(self):
@@ -74,8 +87,8 @@ class ArraywiseRelative(diffrax.AbstractAdaptiveStepSizeController):
         magnitude = _magnitude(y0, y1_candidate)
         sizes = jax.tree.map(lambda x: jnp.max(x, initial=0.0), magnitude)
         controller = self.controller
-        if isinstance(args, FlowArgs):  # what `flows.solve` passes; the flow may measure some entries its own way
-            sizes, norm = args.flow.error_control(t1, magnitude, sizes)
+        if self.error_control is not None:
+            sizes, norm = self.error_control(args, t1, magnitude, sizes)
             if norm is not None:
                 controller = eqx.tree_at(lambda c: c.norm, controller, norm)
         # A size 0: the entry is 0 at both ends of the step, and so is its error.
@@ -84,3 +97,88 @@ class ArraywiseRelative(diffrax.AbstractAdaptiveStepSizeController):
         return controller.adapt_step_size(
             t0, t1, scaled(y0), scaled(y1_candidate), args, scaled(y_error), error_order, controller_state
         )
+
+
+class _Wrapper(diffrax.AbstractAdaptiveStepSizeController):
+    """Delegates everything to `controller` (subclasses change `adapt_step_size`)."""
+
+    controller: eqx.AbstractVar[diffrax.AbstractAdaptiveStepSizeController]
+
+    @property
+    def rtol(self):
+        return self.controller.rtol
+
+    @property
+    def atol(self):
+        return self.controller.atol
+
+    @property
+    def norm(self):
+        return self.controller.norm
+
+    def wrap(self, direction):
+        return eqx.tree_at(lambda c: c.controller, self, self.controller.wrap(direction))
+
+
+class LandOnEvent(_Wrapper):
+    r"""Lands a step on the downward crossing of `distance(t, y, args)` through 0 (see the module docstring).
+
+    `distance` is $q(y) / q_* - 1$ for a positive quantity q falling to its threshold $q_*$ (`flows.solve`: the
+    data loss and `stop_loss`). A step the inner controller accepts is rejected when it ends below
+    $q_* e^{-\text{window}}$ from above the threshold, and retried to end where the secant of $\log q$ through the
+    step's two ends reaches $q_* e^{-\text{window}/2}$ (at least a twentieth of the step, at most 95 %). The
+    inner controller's state is kept as it was before the rejected attempt.
+    """
+
+    controller: diffrax.AbstractAdaptiveStepSizeController
+    distance: Callable = eqx.field(static=True)
+    window: float = eqx.field(static=True, default=1e-2)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        next_t1, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        # The log-distance at the current step's start, carried: one evaluation of the distance per attempt.
+        return next_t1, (state, jnp.log1p(self.distance(t0, y0, args)))
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        inner, log0 = controller_state
+        keep, next_t0, next_t1, made_jump, state, result = self.controller.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, inner
+        )
+        log1 = jnp.log1p(self.distance(t1, y1_candidate, args))
+        overshoot = keep & (log0 > 0) & (log1 < -self.window)
+        theta = jnp.clip((log0 + 0.5 * self.window) / jnp.where(overshoot, log0 - log1, 1.0), 0.05, 0.95)
+        state = jax.tree.map(lambda old, new: jnp.where(overshoot, old, new), inner, state)
+        keep = keep & ~overshoot
+        return (
+            keep,
+            jnp.where(overshoot, t0, next_t0),
+            jnp.where(overshoot, t0 + theta * (t1 - t0), next_t1),
+            made_jump & ~overshoot,
+            (state, jnp.where(keep, log1, log0)),
+            result,
+        )
+
+
+class StopOnCollapse(_Wrapper):
+    """Ends the solve with `diffrax.RESULTS.dt_min_reached` once the next step size has been below `ulps` units in
+    the last place of t for `patience` attempts in a row (near t = 0, of 1e-12 of the solve's span: a solve may
+    legitimately start with steps of 1e-18, as the adaptive flows' bias corrections ask)."""
+
+    controller: diffrax.AbstractAdaptiveStepSizeController
+    ulps: float = eqx.field(static=True, default=256.0)
+    patience: int = eqx.field(static=True, default=100)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        next_t1, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        span = jnp.asarray(1e-12 * jnp.maximum(jnp.abs(t0), jnp.abs(t1)), jnp.result_type(t0))
+        return next_t1, (state, span, jnp.array(0))
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        inner, span, streak = controller_state
+        keep, next_t0, next_t1, made_jump, inner, result = self.controller.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, inner
+        )
+        floor = self.ulps * jnp.finfo(jnp.result_type(t0)).eps * jnp.maximum(jnp.abs(next_t0), span)
+        streak = jnp.where(next_t1 - next_t0 < floor, streak + 1, 0)
+        result = diffrax.RESULTS.where(streak >= self.patience, diffrax.RESULTS.dt_min_reached, result)
+        return keep, next_t0, next_t1, made_jump, (inner, span, streak), result

@@ -23,6 +23,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float, PyTree
 
@@ -62,8 +63,14 @@ class AbstractFlow(eqx.Module):
 
     @property
     def linearisable(self) -> bool:
-        r"""Whether the field is $-\phi'^*\nabla L$, so the Gauss-Newton matrix linearises it (the stiff solvers)."""
+        r"""Whether `gauss_newton` answers: the field is $-\phi'^*\nabla L$ (up to parts the linearly implicit
+        solvers may treat explicitly), so the Gauss-Newton matrix linearises it. Known on the host, before tracing."""
         return False
+
+    def gauss_newton(self, state: State) -> "AbstractGaussNewton | None":
+        r"""The field's Gauss-Newton linearisation at `state`, $F'(s) \approx -J^* J$ (`AbstractGaussNewton`), or
+        None where it has none (`linearisable` False). What the linearly implicit solvers consume."""
+        return None
 
     def error_control(self, t, magnitude, sizes):
         """The sizes each state entry's local error is measured against, and the norm of the scaled error (None:
@@ -217,6 +224,11 @@ class Flow(AbstractFlow):
     def linearisable(self) -> bool:
         return self.dynamics.follows_gradient and self.penalty is None
 
+    def gauss_newton(self, state):
+        if not self.linearisable:
+            return None
+        return GaussNewton(self.problem, self.parameterization, self.params(state))
+
     def error_control(self, t, magnitude, sizes):
         return self.dynamics.error_sizes(t, magnitude, sizes), self.dynamics.error_norm
 
@@ -275,8 +287,86 @@ def _member(family: str, table: dict[str, type], description):
 
 
 class FlowArgs(eqx.Module):
-    """What `flows.solve` passes as Diffrax's `args`: the flow (its structure is what the stiff solvers
-    linearise) and the `stop_loss` threshold its event watches (None: no event)."""
+    """What `flows.solve` passes as Diffrax's `args`: the flow and the `stop_loss` threshold its event watches (None:
+    no event). Only `flows.solve`'s own functions (its term, event and error measure) read it."""
 
     flow: AbstractFlow
     stop_loss: Float[Array, ""] | None
+
+
+class AbstractGaussNewton(eqx.Module):
+    r"""A flow's Gauss-Newton linearisation at one state: the linear map J from state tangents to $\mathbb{R}^m$ with
+    $F'(s) \approx -J^* J$.
+
+    For gradient flow of $L(\phi(\theta))$, $L(W) = \tfrac12\|\mathcal{A}(W) - y\|^2$, the Jacobian is $-H$ with
+    $H = J^* J + \phi''(\theta)^*[\,\cdot\,, \mathcal{A}^*(r)]$ and $J = \mathcal{A} \circ \phi'(\theta)$; the
+    second term vanishes with the residual r, so near a limit $H \approx J^* J$ (symmetric, PSD, of rank at most m).
+    The linearly implicit solvers need J applied (`mv`), transposed (`transpose_mv`) and, for dense solves through
+    m x m, the kernel $J J^*$ (`kernel`); `operator` is J as a lineax operator.
+    """
+
+    @abc.abstractmethod
+    def mv(self, tangent: State) -> Float[Array, " m"]:
+        r"""$J \dot s$."""
+
+    @abc.abstractmethod
+    def transpose_mv(self, w: Float[Array, " m"]) -> State:
+        r"""$J^* w$, a state tangent."""
+
+    @abc.abstractmethod
+    def kernel(self) -> Float[Array, "m m"]:
+        r"""$\Theta = J J^*$, $\Theta_{ik} = \langle J^* e_i, J^* e_k \rangle$."""
+
+    @abc.abstractmethod
+    def tangent_structure(self) -> PyTree[jax.ShapeDtypeStruct]:
+        """The shapes and dtypes of a state tangent (J's input)."""
+
+    def operator(self) -> lx.FunctionLinearOperator:
+        """J as a lineax operator on state tangents (its transpose by JAX's linear transposition)."""
+        return lx.FunctionLinearOperator(self.mv, self.tangent_structure())
+
+
+class GaussNewton(AbstractGaussNewton):
+    r"""$J = \mathcal{A} \circ \phi'(\theta)$ of a `Flow` through its parameterization (state = parameters $\theta$):
+    `mv` is a pushforward and a measurement, `transpose_mv` an adjoint and a pullback, `kernel` the problem's own
+    form of $J J^*$ (completion from the parameterization's sandwich form of $\phi'\phi'^*$ by gathers, $O(m^2)$;
+    otherwise from the m pullbacks of the $A_i$)."""
+
+    problem: AbstractProblem
+    parameterization: AbstractParameterization
+    theta: PyTree[Float[Array, "..."]]
+
+    def mv(self, tangent):
+        return self.problem.measure(self.parameterization.pushforward(self.theta, tangent))
+
+    def transpose_mv(self, w):
+        return self.parameterization.pullback(self.theta, self.problem.adjoint(w))
+
+    def kernel(self):
+        parameterization, theta = self.parameterization, self.theta
+        return self.problem.kernel(lambda G: parameterization.pullback(theta, G), parameterization.kernel_terms(theta))
+
+    def tangent_structure(self):
+        return jax.eval_shape(lambda: self.theta)
+
+
+class PaddedGaussNewton(AbstractGaussNewton):
+    r"""The linearisation of a state (s, c) whose first part has the Gauss-Newton linearisation `inner` and whose
+    second part c (a quantity carried along, of the shapes of `carried`) is left to the solver's explicit steps:
+    $J(\dot s, \dot c) = J_{inner} \dot s$, so the Gauss-Newton matrix has a zero block for c. A linearly implicit
+    W-method keeps its order with any such matrix; its stability then rests on c's own field not being stiff."""
+
+    inner: AbstractGaussNewton
+    carried: PyTree[jax.ShapeDtypeStruct] = eqx.field(static=True)
+
+    def mv(self, tangent):
+        return self.inner.mv(tangent[0])
+
+    def transpose_mv(self, w):
+        return self.inner.transpose_mv(w), jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), self.carried)
+
+    def kernel(self):
+        return self.inner.kernel()
+
+    def tangent_structure(self):
+        return self.inner.tangent_structure(), self.carried

@@ -34,16 +34,25 @@ fixed matrix $H_J$, so the extrapolated result has order k whether or not $H_J$ 
 Hessian at the current state (it is a W-method): the Gauss-Newton matrix, and one kept over many
 steps while the state barely moves, cost stability margin, never accuracy.
 
+The Gauss-Newton matrix comes from the term (`flows.LinearisableTerm`, the flow's `gauss_newton`: J as a
+`flows.AbstractGaussNewton`), and the linear solver is a parameter (`AbstractLinearSolver`): `Woodbury`,
+`ConjugateGradient`, or `KrylovJacobian`, which takes the field's exact Jacobian instead (restarted GMRES on
+Jacobian-vector products) and so integrates any flow, the adaptive ones (Adam, RMSProp: non-symmetric,
+oscillatory Jacobians) and penalised ones included. Measured on the Adam flow's stiff phases
+(benchmarks/adaptive_stiff.py) it takes a tenth of Tsit5's steps but each costs hundreds of GMRES iterations, so
+it is slower there; it is not a default.
+
 `Tsit5ThenExtrapolation` runs Tsit5 through the transient (where the Jacobian changes fast and
 explicit steps are cheap) and switches to the extrapolation once stiffness holds Tsit5's step;
 `Tsit5ThenChebyshev` switches to the stabilised explicit `RungeKuttaChebyshev` instead (no linear
 algebra: the choice beyond a thousand measurements).
-Measurements against scipy and gradient descent: benchmarks/README.md.
+Measurements against scipy, CVODE and gradient descent: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 import diffrax
 import equinox as eqx
@@ -55,57 +64,44 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
 from ._chebyshev import RungeKuttaChebyshev
-from ._flow import Flow, FlowArgs, State
+from ._flow import AbstractGaussNewton
+from ._solver import AbstractFlowSolver, LinearisableTerm, gauss_newton, report
 
 
-def kernel_matrix(flow: Flow, state: State) -> Float[Array, "m m"]:
-    r"""$\Theta = M M^T$, $\Theta_{ik} = \langle \phi'(\theta)^* A_i, \phi'(\theta)^* A_k \rangle$ (m x m).
-
-    The problem forms it (`AbstractProblem.kernel`): completion from the parameterization's sandwich form
-    of $\phi'\phi'^*$ by gathers, $O(m^2)$; otherwise from the m pullbacks of the $A_i$, $O(m^2 p)$.
-    """
-    parameterization = flow.parameterization
-    return flow.problem.kernel(lambda G: parameterization.pullback(state, G), parameterization.kernel_terms(state))
+def _flat(tree) -> Float[Array, " p"]:
+    return ravel_pytree(tree)[0]
 
 
-def _apply(flow: Flow, point: Float[Array, " p"], x: Float[Array, " p"], unravel) -> Float[Array, " m"]:
-    r"""$M x = \mathcal{A}(\phi'(\theta)[x])$ at the flat state `point`: a pushforward and a measurement."""
-    return flow.problem.measure(flow.parameterization.pushforward(unravel(point), unravel(x)))
+class AbstractShiftedSolve(eqx.Module):
+    r"""$(I + h H_J) x = b$ for a matrix $H_J \approx -F'$ taken at the flat state `point` for steps near `step`
+    (the Gauss-Newton matrix $J^* J$, or the exact Jacobian). `step` NaN: none taken yet (the first step takes
+    one)."""
 
-
-def _transpose(flow: Flow, point: Float[Array, " p"], w: Float[Array, " m"], unravel) -> Float[Array, " p"]:
-    r"""$M^T w = \phi'(\theta)^* \mathcal{A}^*(w)$ at the flat state `point`: an adjoint and a pullback."""
-    return ravel_pytree(flow.parameterization.pullback(unravel(point), flow.problem.adjoint(w)))[0]
-
-
-class AbstractGaussNewton(eqx.Module):
-    r"""The Gauss-Newton Hessian $H_J = M^T M$ taken at `point` (flat) for steps near `step`: solves
-    $(I + h H_J) x = b$. `step` NaN: no linearisation yet (the first step takes one)."""
-
-    flow: eqx.AbstractVar[Flow]
     point: eqx.AbstractVar[Float[Array, " p"]]
     step: eqx.AbstractVar[Float[Array, ""]]
 
     @abc.abstractmethod
-    def solve(self, h, b: Float[Array, " p"], unravel) -> Float[Array, " p"]:
-        r"""$(I + h M^T M)^{-1} b$; NaN where the solve failed (the step is then rejected and shrinks)."""
+    def solve(self, h, b: Float[Array, " p"], unravel, terms, args) -> Float[Array, " p"]:
+        r"""$(I + h H_J)^{-1} b$ (`terms`, `args`: the solve's, for solves that apply the field itself); NaN where
+        the solve failed (the step is then rejected and shrinks)."""
 
 
-class GaussNewton(AbstractGaussNewton):
-    r"""$H_J$ through the m x m kernel (Woodbury): `basis`, `eigenvalues` are $\Theta = Q \Lambda Q^T$."""
+class WoodburySolve(AbstractShiftedSolve):
+    r"""$H_J = J^* J$ through the m x m kernel (Woodbury): `basis`, `eigenvalues` are $\Theta = J J^* = Q \Lambda
+    Q^T$."""
 
-    flow: Flow
+    linear: AbstractGaussNewton
     point: Float[Array, " p"]
     basis: Float[Array, "m m"]
     eigenvalues: Float[Array, " m"]
     step: Float[Array, ""]
 
     @classmethod
-    def at(cls, flow: Flow, point: Float[Array, " p"], unravel, step=jnp.inf) -> "GaussNewton":
-        eigenvalues, basis = jnp.linalg.eigh(kernel_matrix(flow, unravel(point)))
+    def at(cls, linear: AbstractGaussNewton, point: Float[Array, " p"], step=jnp.inf) -> "WoodburySolve":
+        eigenvalues, basis = jnp.linalg.eigh(linear.kernel())
         # Theta is PSD; clip round-off so 1 + h lambda > 0 for every h.
         return cls(
-            flow=flow,
+            linear=linear,
             point=point,
             basis=basis,
             eigenvalues=jnp.maximum(eigenvalues, 0.0),
@@ -113,67 +109,115 @@ class GaussNewton(AbstractGaussNewton):
         )
 
     @classmethod
-    def pending(cls, flow: Flow, point: Float[Array, " p"]) -> "GaussNewton":
+    def pending(cls, linear: AbstractGaussNewton, point: Float[Array, " p"]) -> "WoodburySolve":
         """No linearisation yet (its step is NaN): the first step takes one."""
-        m = flow.problem.m
+        m = jax.eval_shape(linear.kernel).shape[0]
         return cls(
-            flow=flow,
+            linear=linear,
             point=point,
             basis=jnp.zeros((m, m), point.dtype),
             eigenvalues=jnp.zeros(m, point.dtype),
             step=jnp.asarray(jnp.nan, point.dtype),
         )
 
-    def solve(self, h, b: Float[Array, " p"], unravel) -> Float[Array, " p"]:
-        r"""$(I + h M^T M)^{-1} b = b - M^T Q \,\mathrm{diag}(h / (1 + h\lambda))\, Q^T M b$."""
-        w = self.basis @ (h / (1.0 + h * self.eigenvalues) * (self.basis.T @ _apply(self.flow, self.point, b, unravel)))
-        return b - _transpose(self.flow, self.point, w, unravel)
+    def solve(self, h, b, unravel, terms=None, args=None):
+        r"""$(I + h J^* J)^{-1} b = b - J^* Q \,\mathrm{diag}(h / (1 + h\lambda))\, Q^T J b$."""
+        w = self.basis @ (h / (1.0 + h * self.eigenvalues) * (self.basis.T @ self.linear.mv(unravel(b))))
+        return b - _flat(self.linear.transpose_mv(w))
 
 
-class MatrixFreeGaussNewton(AbstractGaussNewton):
-    r"""$H_J$ applied, never formed: conjugate gradients (lineax) on $(I + h M^T M) x = b$.
+class ConjugateGradientSolve(AbstractShiftedSolve):
+    r"""$H_J = J^* J$ applied, never formed: conjugate gradients (lineax) on $(I + h J^* J) x = b$.
 
     Stops when the residual and the last update are both below `tolerance` $\|b\|$ (2-norms; lineax's
-    rule). Since $I + h M^T M \succeq I$, the error is at most the residual: $\|x - x_*\| \le$
+    rule). Since $I + h J^* J \succeq I$, the error is at most the residual: $\|x - x_*\| \le$
     `tolerance` $\|b\|$. At most `max_steps` iterations, else NaN.
     """
 
-    flow: Flow
+    linear: AbstractGaussNewton
     point: Float[Array, " p"]
     step: Float[Array, ""]
     tolerance: Float[Array, ""]
     max_steps: int = eqx.field(static=True)
 
     def conjugate_gradients(self, h, b: Float[Array, " p"], unravel) -> lx.Solution:
-        """The lineax solution of $(I + h M^T M) x = b$ (its `stats["num_steps"]`: the iterations)."""
+        """The lineax solution of $(I + h J^* J) x = b$ (its `stats["num_steps"]`: the iterations)."""
         # Linearised once per solve, so what depends on the state alone (a deep product's partial products)
-        # is computed once, not at every iteration (n = 300: from 2.0 to 1.7 vector-field evaluations each).
-        _, apply = jax.linearize(lambda x: _apply(self.flow, self.point, x, unravel), b)
-        _, transpose = jax.linearize(lambda w: _transpose(self.flow, self.point, w, unravel), apply(b))
+        # is computed once, not at every iteration.
+        _, apply = jax.linearize(lambda x: self.linear.mv(unravel(x)), b)
+        _, transpose = jax.linearize(lambda w: _flat(self.linear.transpose_mv(w)), apply(b))
         operator = lx.FunctionLinearOperator(
             lambda x: x + h * transpose(apply(x)), jax.eval_shape(lambda: b), tags=lx.positive_semidefinite_tag
         )
         cg = lx.CG(rtol=0.0, atol=self.tolerance * jnp.linalg.norm(b), norm=jnp.linalg.norm, max_steps=self.max_steps)
         return lx.linear_solve(operator, b, cg, throw=False)
 
-    def solve(self, h, b: Float[Array, " p"], unravel) -> Float[Array, " p"]:
+    def solve(self, h, b, unravel, terms=None, args=None):
         solution = self.conjugate_gradients(h, b, unravel)
         return jnp.where(solution.result == lx.RESULTS.successful, solution.value, jnp.nan)
 
 
-class Woodbury(eqx.Module):
-    """The extrapolation's linear solves through the m x m kernel (`GaussNewton`): an $O(m^3)$
-    eigendecomposition per linearisation, then cheap solves; for up to a few thousand measurements."""
+class KrylovJacobianSolve(AbstractShiftedSolve):
+    r"""$H_J = -F'(t_J, y_J)$, the exact Jacobian of the field at (`time`, `point`), applied by Jacobian-vector
+    products (the field linearised once per solve), solved by restarted GMRES to `tolerance` $\|b\|$; NaN past
+    `max_steps` iterations. For any field: non-symmetric and oscillatory Jacobians included."""
 
-    def linearise(self, flow: Flow, point: Float[Array, " p"], unravel, step) -> GaussNewton:
-        return GaussNewton.at(flow, point, unravel, step)
+    point: Float[Array, " p"]
+    time: Float[Array, ""]
+    step: Float[Array, ""]
+    tolerance: Float[Array, ""]
+    restart: int = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
 
-    def pending(self, flow: Flow, point: Float[Array, " p"]) -> GaussNewton:
-        return GaussNewton.pending(flow, point)
+    def gmres(self, h, b: Float[Array, " p"], unravel, terms, args) -> lx.Solution:
+        _, jvp = jax.linearize(lambda x: _flat(terms.vf(self.time, unravel(x), args)), self.point)
+        operator = lx.FunctionLinearOperator(lambda x: x - h * jvp(x), jax.eval_shape(lambda: b))
+        solver = lx.GMRES(
+            rtol=0.0,
+            atol=self.tolerance * jnp.linalg.norm(b),
+            norm=jnp.linalg.norm,
+            restart=self.restart,
+            stagnation_iters=self.restart,
+            max_steps=self.max_steps,
+        )
+        return lx.linear_solve(operator, b, solver, throw=False)
+
+    def solve(self, h, b, unravel, terms=None, args=None):
+        solution = self.gmres(h, b, unravel, terms, args)
+        return jnp.where(solution.result == lx.RESULTS.successful, solution.value, jnp.nan)
 
 
-class ConjugateGradient(eqx.Module):
-    r"""The extrapolation's linear solves matrix-free (`MatrixFreeGaussNewton`), for any m.
+class AbstractLinearSolver(eqx.Module):
+    """How a linearly implicit solver solves its shifted systems $(I + h H_J) x = b$: a parameter of the solver.
+    It takes its matrix from the term at (t, y): the Gauss-Newton linearisation (`gauss_newton`, from a
+    `LinearisableTerm`) or the field itself; `term_structure` is the term it needs."""
+
+    term_structure: ClassVar[type]
+
+    @abc.abstractmethod
+    def linearise(self, terms, t, y, args, step) -> AbstractShiftedSolve:
+        """Prepare the solves at (t, y) for steps near `step`."""
+
+    @abc.abstractmethod
+    def pending(self, terms, t, y, args) -> AbstractShiftedSolve:
+        """A placeholder of the same structure (step NaN): the first step linearises."""
+
+
+class Woodbury(AbstractLinearSolver):
+    """The Gauss-Newton solves through the m x m kernel (`WoodburySolve`): an $O(m^3)$ eigendecomposition per
+    linearisation, then cheap solves; for up to a few thousand measurements."""
+
+    term_structure = LinearisableTerm
+
+    def linearise(self, terms, t, y, args, step):
+        return WoodburySolve.at(gauss_newton(terms, t, y, args), _flat(y), step)
+
+    def pending(self, terms, t, y, args):
+        return WoodburySolve.pending(gauss_newton(terms, t, y, args), _flat(y))
+
+
+class ConjugateGradient(AbstractLinearSolver):
+    r"""The Gauss-Newton solves matrix-free (`ConjugateGradientSolve`), for any m.
 
     `tolerance` bounds each solve's error relative to its right-hand side $h_j F(y_i)$. Measured on
     deep completion (n = 100, m = 2000) over a step of $\Delta t = 1280$ in the tail: the extrapolated
@@ -184,39 +228,48 @@ class ConjugateGradient(eqx.Module):
 
     tolerance: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-10)
     max_steps: int = eqx.field(static=True, default=2000)
+    term_structure = LinearisableTerm
 
-    def linearise(self, flow: Flow, point: Float[Array, " p"], unravel, step) -> MatrixFreeGaussNewton:
-        return MatrixFreeGaussNewton(
-            flow=flow,
+    def linearise(self, terms, t, y, args, step):
+        point = _flat(y)
+        return ConjugateGradientSolve(
+            linear=gauss_newton(terms, t, y, args),
             point=point,
             step=jnp.asarray(step, point.dtype),
             tolerance=self.tolerance,
             max_steps=self.max_steps,
         )
 
-    def pending(self, flow: Flow, point: Float[Array, " p"]) -> MatrixFreeGaussNewton:
-        return self.linearise(flow, point, None, jnp.nan)
+    def pending(self, terms, t, y, args):
+        return self.linearise(terms, t, y, args, jnp.nan)
 
 
-def _flow_of(args) -> Flow:
-    """The flow being integrated: `flows.solve` passes it in Diffrax's `args` (`FlowArgs`)."""
-    flow = args.flow if isinstance(args, FlowArgs) else None
-    if not isinstance(flow, Flow) or not flow.linearisable:
-        raise ValueError(
-            "the linearly implicit solvers linearise a gradient flow of the data loss: use them through "
-            "flows.solve with a Flow whose dynamics is GradientFlow() and which has no penalty "
-            f"(got {type(flow).__name__}"
-            + (
-                f" with {type(flow.dynamics).__name__} dynamics and penalty {type(flow.penalty).__name__}"
-                if isinstance(flow, Flow)
-                else ""
-            )
-            + ")"
+class KrylovJacobian(AbstractLinearSolver):
+    """The solves with the field's exact Jacobian, matrix-free (`KrylovJacobianSolve`): restarted GMRES on
+    Jacobian-vector products. Needs no linearisation from the flow, so it serves every flow (adaptive dynamics,
+    penalties)."""
+
+    tolerance: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-10)
+    restart: int = eqx.field(static=True, default=40)
+    max_steps: int = eqx.field(static=True, default=4000)
+    term_structure = diffrax.ODETerm
+
+    def linearise(self, terms, t, y, args, step):
+        point = _flat(y)
+        return KrylovJacobianSolve(
+            point=point,
+            time=jnp.asarray(t, point.dtype),
+            step=jnp.asarray(step, point.dtype),
+            tolerance=self.tolerance,
+            restart=self.restart,
+            max_steps=self.max_steps,
         )
-    return flow
+
+    def pending(self, terms, t, y, args):
+        return self.linearise(terms, t, y, args, jnp.nan)
 
 
-class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
+class LinearlyImplicitExtrapolation(AbstractFlowSolver):
     r"""Extrapolated linearly implicit Euler with a Gauss-Newton matrix (see the module docstring).
 
     Each step of size $\Delta t$ runs j substeps of $(I + h_j H_J)(y_{i+1} - y_i) = h_j F(y_i)$,
@@ -228,35 +281,38 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
     (W's eigenvalues of 1e-4 falling to 1e-5) drift by large factors while the state moves by about as
     little, and the steps grow with t. Measured there (benchmarks/README.md): 96 steps with these
     defaults, 2849 with refresh 1e-3 alone, none finishing with one matrix for the whole tail.
-    Dense output is cubic Hermite, far less accurate than the steps: `flows.solve` makes the steps
-    land on the save times (diffrax's `step_ts`) unless given a step-size controller. Costs per step:
+    Dense output is cubic Hermite, far less accurate than the steps (`lands_save_times`: `flows.solve` makes the
+    steps land on the save times whatever the step-size controller). Costs per step:
     columns (columns - 1) / 2 + 1 vector-field evaluations and columns (columns + 1) / 2 Gauss-Newton
-    solves, made by `linear_solver`: `Woodbury()` (dense through the m x m kernel, the default) or
-    `ConjugateGradient()` (matrix-free, any m).
+    solves, made by `linear_solver` (any `AbstractLinearSolver`): `Woodbury()` (dense through the m x m kernel,
+    the default) or `ConjugateGradient()` (matrix-free, any m). The linearisation comes from the term
+    (`LinearisableTerm.gauss_newton`, the flow's `gauss_newton`).
     """
 
     columns: int = eqx.field(static=True, default=8)
     refresh: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-4)
     growth: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=2.0)
-    linear_solver: Woodbury | ConjugateGradient = Woodbury()
+    linear_solver: AbstractLinearSolver = Woodbury()
 
-    term_structure = diffrax.ODETerm
     interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation
+    lands_save_times = True
+
+    @property
+    def term_structure(self):
+        return self.linear_solver.term_structure
 
     def order(self, terms):
         return self.columns
 
     def init(self, terms, t0, t1, y0, args):
-        point, _ = ravel_pytree(y0)
         f0 = ravel_pytree(terms.vf(t0, y0, args))[0]
-        return f0, self.linear_solver.pending(_flow_of(args), point), jnp.array(0)
+        return f0, self.linear_solver.pending(terms, t0, y0, args), jnp.array(0)
 
     def report(self, solver_state) -> dict:
         """What the run's final solver state says about it (host-side): the number of linearisations."""
         return {"linearisations": int(solver_state[2])}
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        flow = _flow_of(args)
         f0, linear, linearisations = solver_state
         y0_flat, unravel = ravel_pytree(y0)
         if made_jump is not False:
@@ -267,7 +323,7 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
             | (dt > self.growth * linear.step)
             | (jnp.linalg.norm(y0_flat - linear.point) > self.refresh * jnp.linalg.norm(y0_flat))
         )
-        linear = jax.lax.cond(stale, lambda: self.linear_solver.linearise(flow, y0_flat, unravel, dt), lambda: linear)
+        linear = jax.lax.cond(stale, lambda: self.linear_solver.linearise(terms, t0, y0, args, dt), lambda: linear)
         linearisations = linearisations + stale
 
         def vf(t, y):
@@ -276,8 +332,10 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
         def column(j, previous):
             """Row j of the Aitken-Neville tableau from j substeps of size dt / j and row j - 1."""
             h = dt / j
-            y = y0_flat + linear.solve(h, h * f0, unravel)
-            y = jax.lax.fori_loop(1, j, lambda i, y: y + linear.solve(h, h * vf(t0 + i * h, y), unravel), y)
+            y = y0_flat + linear.solve(h, h * f0, unravel, terms, args)
+            y = jax.lax.fori_loop(
+                1, j, lambda i, y: y + linear.solve(h, h * vf(t0 + i * h, y), unravel, terms, args), y
+            )
 
             def extrapolate(i, row):
                 ratio = jnp.where(i < j, j / jnp.maximum(j - i, 1) - 1.0, 1.0)
@@ -320,7 +378,7 @@ class _SwitchingInterpolation(diffrax.AbstractLocalInterpolation):
         )
 
 
-class AbstractTsit5Then(diffrax.AbstractAdaptiveSolver):
+class AbstractTsit5Then(AbstractFlowSolver):
     r"""Tsit5 while the flow is not stiff, `stiff_solver` from the moment it is.
 
     Stiffness is detected as in Hairer & Wanner's DOPRI5: Tsit5's sixth and seventh stages both sit
@@ -331,15 +389,20 @@ class AbstractTsit5Then(diffrax.AbstractAdaptiveSolver):
     explicit steps are cheap, then costs the stiff solver nothing.
 
     The step-size controller sees Tsit5's order (5) in both phases. The stiff solver's state starts
-    with the slope $F(y)$ at its first step (first same as last), which the switch hands over.
+    with the slope $F(y)$ at its first step (first same as last), which the switch hands over; its dense
+    information is (y0, y1, k0, k1), and its term structure is the switch's.
     """
 
-    stiff_solver: eqx.AbstractVar[diffrax.AbstractAdaptiveSolver]
+    stiff_solver: eqx.AbstractVar[AbstractFlowSolver]
     threshold: eqx.AbstractVar[float]
     patience: eqx.AbstractVar[int]
 
-    term_structure = diffrax.ODETerm
     interpolation_cls = _SwitchingInterpolation
+    lands_save_times = True
+
+    @property
+    def term_structure(self):
+        return self.stiff_solver.term_structure
 
     def order(self, terms):
         return 5
@@ -355,7 +418,7 @@ class AbstractTsit5Then(diffrax.AbstractAdaptiveSolver):
         return {
             "switched": bool(switched),
             "t_switch": float(t_switch) if bool(switched) else None,
-            **self.stiff_solver.report(stiff_state),
+            **report(self.stiff_solver, stiff_state),
         }
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):

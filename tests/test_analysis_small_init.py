@@ -16,8 +16,10 @@ def test_carried_residual_integral_matches_the_reduced_ode():
     alphas = np.array([1e-2, 1e-4])
     carried = small_init.sweep(flows.Flow(problem, flows.Symmetric()), alphas, {}, certificate_exponent=4.0)
     reduced = small_init.commuting_certificates(problem, alphas)
+    # The carried flow's tail runs on the linearly implicit extrapolation (its Gauss-Newton matrix padded with a zero
+    # block for s), the reduced ODE's on Kvaerno5; both at rtol 1e-8 to t = 1e8: measured 8e-8 relative to |nu|.
     for c, r in zip(carried.certificates, reduced.certificates):
-        np.testing.assert_allclose(c.nu, r.nu, rtol=1e-6)  # both at rtol 1e-8 to t = 1e8: measured 6e-9
+        assert np.linalg.norm(c.nu - r.nu) <= 1e-6 * np.linalg.norm(r.nu)
 
 
 def test_sweep_rejects_bad_alphas():

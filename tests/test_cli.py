@@ -56,7 +56,7 @@ def test_run_saves_a_trajectory_and_a_figure(tmp_path, capsys):
     out_text = capsys.readouterr().out
     summary = json.loads(out_text.split("faithfulness:")[0])
     report = json.loads(out_text.split("faithfulness:")[1].rsplit("\nsaved ", 1)[0])
-    assert report["num_steps"] > 0 and report["saved_times"] == "interpolated" and report["solver"] == "Tsit5"
+    assert report["num_steps"] > 0 and report["saved_times"] == "landed" and report["solver"] == "Tsit5"
     assert set(report["conserved_drift"]) == {"W2^T W2 - W1 W1^T"}
     traj = flows.Trajectory.load(out)
     assert np.isclose(summary["loss"], traj.loss[-1]) and len(traj.ts) == 20

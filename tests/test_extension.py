@@ -144,7 +144,7 @@ def test_the_default_solver_takes_the_stiff_path_and_keeps_the_conserved_quantit
     # Jacobian of the measurements by forward-mode autodiff.
     point, unravel = jax.flatten_util.ravel_pytree(state0)
     M = jax.jacfwd(lambda x: PROBLEM.measure(flow.product(unravel(x))))(point)
-    np.testing.assert_allclose(flows.kernel_matrix(flow, state0), M @ M.T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(flow.gauss_newton(state0).kernel(), M @ M.T, rtol=1e-12, atol=1e-12)
     # The extrapolation alone lands where an explicit solve does.
     t1 = 50.0
     implicit = flows.solve(

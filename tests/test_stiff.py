@@ -43,9 +43,14 @@ def test_kernel_and_solve_match_dense_gauss_newton(name):
     flow = FLOWS[name]()
     state = flow.init(scale=0.7, kind="gaussian", seed=3)
     M, point, unravel = _dense_M(flow, state)
-    theta = flows.kernel_matrix(flow, state)
+    theta = flow.gauss_newton(state).kernel()
     np.testing.assert_allclose(theta, M @ M.T, rtol=1e-12, atol=1e-12 * np.abs(M @ M.T).max())
-    linear = flows.GaussNewton.at(flow, point, unravel)
+    # The lineax operator is J = M, and its transpose (by JAX's linear transposition) is M^T.
+    operator = flow.gauss_newton(state).operator()
+    w = jnp.cos(jnp.arange(M.shape[0], dtype=jnp.float64))
+    np.testing.assert_allclose(ravel_pytree(operator.transpose().mv(w))[0], M.T @ w, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(operator.mv(unravel(point)), M @ point, rtol=1e-12, atol=1e-12)
+    linear = flows.WoodburySolve.at(flow.gauss_newton(state), point)
     b = jnp.sin(jnp.arange(point.size, dtype=jnp.float64))
     for h in (1e-3, 0.4, 1e4):
         x = linear.solve(h, b, unravel)
@@ -62,8 +67,8 @@ def test_matrix_free_solve_matches_dense_gauss_newton(name, tolerance):
     flow = FLOWS[name]()
     state = flow.init(scale=0.7, kind="gaussian", seed=3)
     M, point, unravel = _dense_M(flow, state)
-    dense = flows.GaussNewton.at(flow, point, unravel)
-    free = flows.ConjugateGradient(tolerance=tolerance).linearise(flow, point, unravel, 1.0)
+    dense = flows.WoodburySolve.at(flow.gauss_newton(state), point)
+    free = flows.ConjugateGradient(tolerance=tolerance).linearise(flow.gauss_newton(state), point, 1.0)
     b = jnp.sin(jnp.arange(point.size, dtype=jnp.float64))
     solve = eqx.filter_jit(lambda linear, h: linear.solve(h, b, unravel))
     for h in (1e-3, 0.4, 1e4):
@@ -76,11 +81,11 @@ def test_matrix_free_solve_matches_dense_gauss_newton(name, tolerance):
 def test_matrix_free_solve_past_its_iteration_budget_is_nan():
     # A failed solve returns NaN, which the step-size controller rejects (the step shrinks), never a wrong value.
     flow = FLOWS["deep-completion"]()
-    point, unravel = ravel_pytree(flow.init(scale=0.7, kind="gaussian", seed=3))
+    state = flow.init(scale=0.7, kind="gaussian", seed=3)
+    point, unravel = ravel_pytree(state)
     b = jnp.sin(jnp.arange(point.size, dtype=jnp.float64))
-    assert jnp.isnan(
-        flows.ConjugateGradient(max_steps=2).linearise(flow, point, unravel, 1.0).solve(1e4, b, unravel)
-    ).all()
+    linear = flows.ConjugateGradient(max_steps=2).linearise(flow.gauss_newton(state), point, 1.0)
+    assert jnp.isnan(linear.solve(1e4, b, unravel)).all()
 
 
 def test_order_holds_with_a_frozen_jacobian():
@@ -234,8 +239,8 @@ def test_the_slope_handed_over_is_the_vector_field_at_the_step_end(name):
     # stages laid out wrongly that slope was a scramble of several arrays' stages (relative error ~1).
     flow, state0 = _completion_flow(name)
     solver = flows.Tsit5ThenExtrapolation()
-    terms = diffrax.ODETerm(lambda t, y, args: args.flow.vector_field(t, y))
-    args = flows._flow.FlowArgs(flow, None)
+    terms = flows.LinearisableTerm(lambda t, y, args: flow.vector_field(t, y), lambda t, y, args: flow.gauss_newton(y))
+    args = None
     state = solver.init(terms, 0.0, 0.1, state0, args)
     y1, _, _, state, _ = solver.step(terms, jnp.asarray(0.0), jnp.asarray(0.1), state0, args, state, False)
     handed = state[-1][0]

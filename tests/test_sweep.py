@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -78,6 +79,13 @@ def test_sweep_solves_saves_and_resumes(tmp_path):
     assert not {r.key for r in other} & {r.key for r in runs}
 
 
+ON_CPU = pytest.mark.skipif(
+    jax.default_backend() != "cpu",
+    reason="about sweep's CPU default (one run per device) and runs solved on CPU; the accelerator default batches",
+)
+
+
+@ON_CPU
 def test_cpu_default_is_one_run_at_a_time_without_vmap(tmp_path):
     """On one CPU device the default batch is one run, solved as `solve` solves it: the switching
     solver (which batched runs do not get) and the same result to the last bit."""
@@ -253,12 +261,14 @@ def test_executor_sweep_accepts_only_checked_files(tmp_path):
 
 
 def _run_child(script: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
+    # Host devices in the child (also on a machine with an accelerator): JAX_PLATFORMS=cpu.
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **(env_extra or {}))
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
 
 
+@ON_CPU  # the child sweeps on CPU; the resumed runs are compared step for step with the parent's solves
 def test_killed_sweep_resumes(tmp_path):
     # A child process runs a sweep one run per batch and is killed (SIGKILL, from inside, so the moment is
     # known) in the middle of saving its fourth run: arrays written, meta not. Resuming here recomputes

@@ -1,0 +1,102 @@
+"""The adaptive flows' stiff phases: Tsit5 against the linearly implicit extrapolation with the exact Jacobian.
+
+The configurations are the penalties experiment's depth-3 cells under the Adam flow that exhausted 200 thousand
+Tsit5 steps: completion (rank 2, ||W*||_F = n, `flows.completion(..., symmetric=False)`), W = W_3 W_2 W_1 from a
+Gaussian init of scale 1e-3^(1/3) (seed 10,000 + problem seed), the smoothed ratio (eps 1e-3, delta 1) at strength
+lambda on the product or on each factor, the Adam flow (a = 10, b = 1, eps = 1e-3), rtol 1e-6, atol 1e-10 (the
+experiments' tolerances). Their linearisation has the eigenvalues -a/2 +- i omega, omega up to ~5e3 (measured at
+n = 15, t = 8 from the dense Jacobian), which hold Tsit5's step near 3.4 / omega.
+
+Rows: Tsit5 (what the experiments ran), and `flows.LinearlyImplicitExtrapolation(columns=k,
+linear_solver=flows.KrylovJacobian())` (GMRES on I - h F'(y) by Jacobian-vector products: A(alpha)-stable, its
+step not held by omega). Error: the largest relative ||W - W_ref||_F over the saved times against Tsit5 at rtol
+1e-10, atol 1e-14 (`--no-reference` to skip it).
+
+    python benchmarks/adaptive_stiff.py                            # n = 15 (m = 70, the quick grid's size) to t = 8
+    python benchmarks/adaptive_stiff.py --n 30 --m 200 --t1 2 --columns 6 --no-reference   # the full grid's size
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
+import diffrax
+import numpy as np
+
+import flows
+
+
+def build(n: int, m: int, strength: float, placement: str, seed: int = 0):
+    problem = flows.completion(n=n, m=m, rank=2, seed=seed, symmetric=False, truth_norm=float(n))
+    ratio = {"name": "ratio", "eps": 1e-3, "delta": 1.0}
+    penalty = ratio if placement == "product" else {"name": "each-factor", "penalty": ratio}
+    flow = flows.Flow.from_description(
+        problem,
+        {
+            "parameterization": {"name": "deep", "depth": 3},
+            "dynamics": {"name": "adam", "a": 10.0, "b": 1.0, "eps": 1e-3},
+            "penalty": penalty,
+            "strength": strength,
+        },
+    )
+    return flow, flow.init(scale=1e-3 ** (1.0 / 3.0), kind="gaussian", seed=10_000 + seed)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=15)
+    parser.add_argument("--m", type=int, default=70)
+    parser.add_argument("--strength", type=float, default=3.0)
+    parser.add_argument("--placement", choices=("product", "each factor"), default="product")
+    parser.add_argument("--t1", type=float, default=8.0)
+    parser.add_argument("--columns", type=int, nargs="+", default=[4, 6])
+    parser.add_argument("--max-steps", type=int, default=200_000)
+    parser.add_argument("--no-reference", action="store_true")
+    args = parser.parse_args(argv)
+    flow, state0 = build(args.n, args.m, args.strength, args.placement)
+    ts = np.linspace(0.0, args.t1, 5)
+    print(
+        f"# depth 3, n = {args.n}, m = {args.m}, ratio on the {args.placement} at lambda = {args.strength:g}, Adam "
+        f"(a = 10, b = 1, eps = 1e-3), to t = {args.t1:g}, rtol 1e-6, atol 1e-10",
+        flush=True,
+    )
+    solvers = {"Tsit5": diffrax.Tsit5()}
+    for k in args.columns:
+        solvers[f"extrapolation k = {k}, KrylovJacobian"] = flows.LinearlyImplicitExtrapolation(
+            columns=k, linear_solver=flows.KrylovJacobian()
+        )
+    results = {}
+    for name, solver in solvers.items():
+        try:
+            traj, seconds = H.clock(
+                lambda: flows.solve(
+                    flow, state0, t1=args.t1, ts=ts, rtol=1e-6, atol=1e-10, solver=solver, max_steps=args.max_steps
+                )
+            )
+        except flows.SolverError as err:
+            print(f"| {name} | failed: {err} |", flush=True)
+            continue
+        results[name] = (traj, seconds)
+    reference = None
+    if not args.no_reference:
+        reference = flows.solve(
+            flow, state0, t1=args.t1, ts=ts, rtol=1e-10, atol=1e-14, solver=diffrax.Tsit5(), max_steps=10_000_000
+        ).W
+    print("\n| solver | wall s (with compile) | steps | rejected | linearisations | W err | Tsit5 / this |")
+    print("|---|---|---|---|---|---|---|")
+    tsit5 = results["Tsit5"][1] if "Tsit5" in results else float("nan")
+    for name, (traj, seconds) in results.items():
+        err = "-"
+        if reference is not None:
+            err = f"{np.max(np.linalg.norm(traj.W - reference, axis=(1, 2)) / np.linalg.norm(reference, axis=(1, 2))):.1e}"
+        print(
+            f"| {name} | {seconds:.1f} | {traj.stats['num_steps']} | {traj.stats['num_rejected_steps']} | "
+            f"{traj.stats.get('linearisations', '-')} | {err} | {tsit5 / seconds:.2f} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

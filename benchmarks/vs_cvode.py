@@ -1,0 +1,198 @@
+"""flows.solve's default against CVODE (SUNDIALS BDF through scikit-sundae) and LSODA, side by side in one run.
+
+Every method integrates the same flow (`flow.vector_field`, jitted) from the same state at rtol 1e-8, atol 1e-10
+until the data loss falls to 1e-10 (each its own root finding: flows' located stop, CVODE's and scipy's events),
+saving the final state only; W err is against Dopri8 at rtol 1e-12 at each method's own final time.
+
+Methods. `flows default`: `flows.solve` with its default solver. `CVODE dense`: BDF (orders 1-5), Newton with a
+dense LU (LAPACK: SUNDIALS' own dense LU took 250 s on the 1800 unknowns of `factored`) of the exact Jacobian
+(`jax.jacfwd` of the field, jitted), for states up to `--dense-max` unknowns.
+`CVODE Krylov`: BDF, Newton-GMRES (Krylov dimension `--krylov-dim`) with exact Jacobian-vector products
+(`jax.jvp`, jitted). `LSODA+jac`: scipy's LSODA with the dense Jacobian (up to `--dense-max`). The scipy and
+CVODE rows call their jitted JAX functions through Python callbacks, which is how a user would couple them; the
+callback overhead is part of what they cost.
+
+    python benchmarks/vs_cvode.py                          # sensing, factored, deep3, the m = 2000 deep tail
+    python benchmarks/vs_cvode.py --settings tail --repeats 3
+    python benchmarks/vs_cvode.py --settings large --until 200 --repeats 1   # n = 1000, m = 50,000 over [0, 200]
+
+Run pinned to one core (`taskset -c 1`); the harness pins BLAS and XLA to one thread. Repeats interleave the
+methods (A, B, C, A, B, C); wall = median of the timed repeats after a first (compiling) call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
+import jax
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from sksundae import cvode
+
+import flows
+from vs_scipy import deep_setting, factored_setting
+
+SETTINGS = {
+    "sensing": lambda: H.sensing_setting(1e-3),
+    "factored": lambda: factored_setting(1e-2),
+    "deep3": lambda: deep_setting(0.1),
+    "tail": lambda: H.completion_setting(0.1),
+    "large": lambda: H.completion_setting(0.1, n=1000, m=50_000),
+}
+"""The settings: vs_scipy.py's sensing (alpha 1e-3), factored and deep3, the m = 2000 deep-completion tail
+(stiff_tail.py's), and n = 1000, m = 50,000 (3e6 unknowns: compared over a window [0, --until])."""
+
+
+class CVODERunner:
+    """The flow's field, loss, dense Jacobian and Jacobian-vector product, jitted, as CVODE's callbacks."""
+
+    def __init__(self, setting: H.Setting, dense: bool):
+        flow = setting.flow
+        x0, unravel = ravel_pytree(setting.state0)
+        self.x0 = np.asarray(x0)
+
+        def field(x):
+            return ravel_pytree(flow.vector_field(0.0, unravel(x)))[0]
+
+        self._f = jax.jit(field)
+        self._jvp = jax.jit(lambda x, v: jax.jvp(field, (x,), (v,))[1])
+        self._jac = jax.jit(jax.jacfwd(field)) if dense else None
+        self._loss = jax.jit(lambda x: flow.loss(unravel(x)))
+        self._product = jax.jit(lambda x: flow.product(unravel(x)))
+        self.jvps = 0
+        jax.block_until_ready((self._f(x0), self._jvp(x0, x0), self._loss(x0), self._product(x0)))
+        if dense:
+            jax.block_until_ready(self._jac(x0))
+
+    def rhs(self, t, y, yp):
+        yp[:] = self._f(y)
+
+    def jac(self, t, y, yp, JJ):
+        JJ[:, :] = self._jac(y)
+
+    def jtimes(self, t, y, yp, v, Jv):
+        self.jvps += 1
+        Jv[:] = self._jvp(y, v)
+
+    def run(self, linsolver: str, krylov_dim: int, until: float | None) -> H.Outcome:
+        loss = self._loss
+
+        def event(t, y, events):  # a plain function: CVODE keeps its state on it
+            events[0] = loss(y) - H.STOP_LOSS * (1 - 1e-6)
+
+        event.terminal, event.direction = [True], [-1]
+        self.event = event
+        options = dict(method="BDF", rtol=H.RTOL, atol=H.ATOL, max_num_steps=10_000_000)
+        if until is None:
+            options |= dict(eventsfn=event, num_events=1)
+        if linsolver == "dense":
+            options |= dict(linsolver="lapackdense", jacfn=self.jac)
+        else:
+            options |= dict(linsolver="gmres", krylov_dim=krylov_dim, jactimes=cvode.CVODEJacTimes(None, self.jtimes))
+        self.jvps = 0
+        end = H.T_MAX if until is None else until
+        result = cvode.CVODE(self.rhs, **options).solve([0.0, 0.5 * end, end], self.x0)
+        x = result.y[-1]
+        return H.Outcome(
+            t_final=float(result.t[-1]),
+            W_final=np.asarray(self._product(x)),
+            loss_final=float(self._loss(x)),
+            steps=-1,
+            evaluations=int(result.nfev),
+            jacobians=int(result.njev) if linsolver == "dense" else self.jvps,
+            note="" if result.success else str(result.message),
+        )
+
+
+def methods(setting: H.Setting, dense_max: int, krylov_dim: int, until: float | None) -> dict:
+    size = ravel_pytree(setting.state0)[0].size
+    dense = size <= dense_max
+    runner = CVODERunner(setting, dense)
+    out = {}
+    if until is None:
+        out["flows default"] = lambda: H.run_flows(setting)
+    else:
+        out["flows default"] = lambda: _flows_window(setting, until)
+    if dense:
+        out["CVODE dense"] = lambda: runner.run("dense", krylov_dim, until)
+    out["CVODE Krylov"] = lambda: runner.run("gmres", krylov_dim, until)
+    if dense and until is None:
+        field = H.FlatField(setting)
+        field.compile(jacobian=True)
+        out["LSODA+jac"] = lambda: H.run_scipy(field, "LSODA", jac=True)
+    return out
+
+
+def _flows_window(setting: H.Setting, until: float) -> H.Outcome:
+    traj = flows.solve(setting.flow, setting.state0, t1=until, ts=[0.0, until], rtol=H.RTOL, atol=H.ATOL)
+    return H.Outcome(
+        t_final=until,
+        W_final=traj.W[-1],
+        loss_final=float(traj.loss[-1]),
+        steps=traj.stats["num_steps"],
+        rejected=traj.stats["num_rejected_steps"],
+    )
+
+
+def table(name: str, setting: H.Setting, args) -> None:
+    size = ravel_pytree(setting.state0)[0].size
+    print(
+        f"\n## {name}: {setting.name}, {size} unknowns, default solver "
+        f"{type(flows.default_solver(setting.flow, H.STOP_LOSS)).__name__}",
+        flush=True,
+    )
+    runs = methods(setting, args.dense_max, args.krylov_dim, args.until)
+    timings, outcomes = {}, {}
+    for label, fn in runs.items():
+        outcomes[label], first = H.clock(fn)
+        timings[label] = H.Timing(first=first, runs=[])
+        print(f"  first call {label}: {first:.2f} s", flush=True)
+    for _ in range(args.repeats):
+        for label, fn in runs.items():
+            outcomes[label], seconds = H.clock(fn)
+            timings[label].runs.append(seconds)
+    if args.until is None:
+        reference = H.reference(setting, np.array([o.t_final for o in outcomes.values() if np.isfinite(o.t_final)]))
+    else:
+        reference = H.reference(setting, np.array([args.until]), rtol=1e-10, atol=1e-12)
+    ours = timings["flows default"].median
+    print("\n| method | wall s | spread | f evals | jacobians / JVPs | t final | loss | W err | this / flows |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, o in outcomes.items():
+        err = H.relative_error(o.W_final, reference[o.t_final]) if o.t_final in reference else float("nan")
+        t = timings[label]
+        print(
+            f"| {label} | {t.median:.3g} | {t.spread()} | {o.evaluations or '-'} | {o.jacobians or '-'} | "
+            f"{o.t_final:.6g} | {o.loss_final:.3g} | {err:.1e} | {t.median / ours:.2f} |"
+            + (f" {o.note}" if o.note else ""),
+            flush=True,
+        )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--settings", nargs="+", choices=tuple(SETTINGS), default=["sensing", "factored", "deep3", "tail"]
+    )
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dense-max", type=int, default=3000)
+    parser.add_argument("--krylov-dim", type=int, default=20)
+    parser.add_argument("--until", type=float, default=None, help="compare over [0, until] instead of to the stop")
+    args = parser.parse_args(argv)
+    print(
+        f"# rtol {H.RTOL:g}, atol {H.ATOL:g}, "
+        + (f"until loss {H.STOP_LOSS:g}" if args.until is None else f"over [0, {args.until:g}]")
+        + f"; {args.repeats} timed repeats, interleaved",
+        flush=True,
+    )
+    start = time.perf_counter()
+    for name in args.settings:
+        table(name, SETTINGS[name](), args)
+    print(f"\n# {time.perf_counter() - start:.0f} s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

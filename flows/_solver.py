@@ -1,0 +1,77 @@
+r"""What the project's own solvers share: the term they integrate and what they say about themselves.
+
+`LinearisableTerm` is a Diffrax `ODETerm` that also answers the field's Gauss-Newton linearisation at a state
+(`AbstractFlow.gauss_newton`): the linearly implicit solvers declare it as their `term_structure` and call
+`gauss_newton(terms, t, y, args)`, so they get the structure they linearise through Diffrax's term API, not by
+inspecting the flow. `flows.solve` integrates every flow through one. (Inside `diffeqsolve` Diffrax hands a
+solver its terms wrapped for the direction of integration; `gauss_newton` reads the term inside. The flows are
+integrated forward in time, where that wrapping leaves the field and its linearisation as they are.)
+
+`AbstractFlowSolver` is the interface `flows.solve` reads from a solver, instead of checking its class:
+
+* `lands_save_times`: whether its steps must land on the save times because its dense output is not accurate to
+  the tolerance (the stiff solvers' cubic Hermite interpolant): `solve` then clips the steps to `ts` whatever
+  step-size controller it was given;
+* `report(solver_state)`: what its final state says about the run (switch time, linearisations, stages), merged
+  into the trajectory's statistics.
+
+Diffrax's own solvers are read as `lands_save_times = False` and report nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import diffrax
+import equinox as eqx
+
+
+class LinearisableTerm(diffrax.ODETerm):
+    r"""$F(t, y, args)\,dt$ with the field's Gauss-Newton linearisation `linearisation(t, y, args)` (an
+    `flows.AbstractGaussNewton`, or None where the field has none)."""
+
+    linearisation: Callable = eqx.field(static=True)
+
+    def gauss_newton(self, t, y, args):
+        """The Gauss-Newton linearisation at (t, y); ValueError (at trace time) where the field has none."""
+        linear = self.linearisation(t, y, args)
+        if linear is None:
+            raise ValueError(
+                "the linearly implicit solvers linearise a gradient flow of the data loss (its Gauss-Newton "
+                "matrix): use a flow whose `gauss_newton` answers, e.g. a Flow with GradientFlow() dynamics and no "
+                "penalty; for other flows use flows.RosenbrockKrylov (exact Jacobian-vector products) or "
+                "flows.RungeKuttaChebyshev"
+            )
+        return linear
+
+
+class AbstractFlowSolver(diffrax.AbstractAdaptiveSolver):
+    """A solver of this project: it says whether its steps must land on the save times, and reports its state."""
+
+    lands_save_times: ClassVar[bool]
+
+    def report(self, solver_state) -> dict:
+        """What the final solver state says about the run (host-side values)."""
+        return {}
+
+
+def gauss_newton(terms, t, y, args):
+    """The Gauss-Newton linearisation of the `LinearisableTerm` in `terms` (see the module docstring)."""
+    term = terms
+    while not isinstance(term, LinearisableTerm) and isinstance(getattr(term, "term", None), diffrax.AbstractTerm):
+        term = term.term
+    if not isinstance(term, LinearisableTerm):
+        raise ValueError(
+            f"the linearly implicit solvers need a flows.LinearisableTerm (as flows.solve builds); got {type(terms)}"
+        )
+    return term.gauss_newton(t, y, args)
+
+
+def lands_save_times(solver: diffrax.AbstractSolver) -> bool:
+    """Whether `solver` asks for its steps to land on the save times (see the module docstring)."""
+    return isinstance(solver, AbstractFlowSolver) and solver.lands_save_times
+
+
+def report(solver: diffrax.AbstractSolver, solver_state) -> dict:
+    """The solver's own report of its final state (empty for Diffrax's solvers)."""
+    return solver.report(solver_state) if isinstance(solver, AbstractFlowSolver) else {}

@@ -1,0 +1,186 @@
+r"""Saved values and stops against an exact flow: the balanced deep flow on full observation.
+
+For $L(W) = \tfrac12\|W - Y\|_F^2$ with $Y = U \operatorname{diag}(y) V^T$ and a balanced start aligned with Y
+($W_j(0) = Q_j \operatorname{diag}(s_0^{1/N}) Q_{j-1}^T$, $Q_0 = V$, $Q_N = U$), the factors stay aligned and
+each singular value of $W = W_N \cdots W_1$ obeys the scalar ODE $\sigma' = -c N \sigma^{2 - 2/N} (\sigma - y)$
+(Arora, Cohen, Hu, Luo 2019), c = 1 (c = 2 for W = U U^T, whose field is twice as fast; N = 1 is the direct flow).
+In the logit $x = \log(\sigma / (y - \sigma))$ it is $dt = \sigma^{2/N - 1} / (c N y)\, dx$, so
+$t(\sigma) = \int_{x_0}^{x} \sigma(x')^{2/N-1} / (c N y)\, dx'$ in closed form up to a one-dimensional quadrature
+(to 2e-14 relative), and $\sigma(t)$ by inverting it (Brent, to 1e-15): a reference independent of every ODE
+solver. The dense outputs of the solvers are measured up to 170 rtol off it between steps (depth 4, from 1e-2);
+landed steps are within a few rtol.
+"""
+
+import warnings
+
+import diffrax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate, optimize
+
+import flows
+
+Y = np.array([1.0, 0.5, 0.25])
+S0 = np.array([1.0, 0.8, 0.6])
+
+
+def _orthogonal(rng, n):
+    return np.linalg.qr(rng.standard_normal((n, n)))[0]
+
+
+def _time_to(x, x0, y, N, c):
+    def rate(s):
+        return (y / (1.0 + np.exp(-s))) ** (2.0 / N - 1.0) / (c * N * y)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", integrate.IntegrationWarning)
+        return integrate.quad(rate, x0, x, epsabs=0.0, epsrel=2e-14, limit=500)[0]
+
+
+def exact_sigma(t, s0, y, N, c):
+    """sigma(t) of sigma' = -c N sigma^(2 - 2/N) (sigma - y), sigma(0) = s0 in (0, y)."""
+    x0 = np.log(s0 / (y - s0))
+    if t == 0:
+        return s0
+    hi = x0 + 1.0
+    while _time_to(hi, x0, y, N, c) < t:
+        hi = x0 + 2.0 * (hi - x0)
+    x = optimize.brentq(lambda x: _time_to(x, x0, y, N, c) - t, x0, hi, xtol=1e-15, rtol=1e-15, maxiter=500)
+    return y / (1.0 + np.exp(-x))
+
+
+def balanced_case(name: str, scale: float):
+    """(flow, state0, exact W(t)) for one parameterization, n = 3, from singular values scale * S0."""
+    n = len(Y)
+    rng = np.random.default_rng(0)
+    U, V = _orthogonal(rng, n), _orthogonal(rng, n)
+    if name == "symmetric":
+        V = U
+    Ymat = (U * Y) @ V.T
+    rows, cols = np.divmod(np.arange(n * n), n)
+    problem = flows.Problem.from_entries((n, n), rows, cols, Ymat[rows, cols])
+    s0 = scale * S0
+    if name == "direct":
+        flow, state0, N, c = flows.Flow(problem, flows.Direct()), jnp.asarray((U * s0) @ V.T), 1, 1.0
+    elif name == "symmetric":
+        flow, state0, N, c = flows.Flow(problem, flows.Symmetric()), jnp.asarray(U * np.sqrt(s0)), 2, 2.0
+    elif name == "factored":
+        flow, N, c = flows.Flow(problem, flows.Factored()), 2, 1.0
+        state0 = (jnp.asarray(U * np.sqrt(s0)), jnp.asarray(V * np.sqrt(s0)))
+    else:
+        N, c = int(name.removeprefix("deep")), 1.0
+        Q = [V] + [_orthogonal(rng, n) for _ in range(N - 1)] + [U]
+        flow = flows.Flow(problem, flows.Deep(depth=N))
+        state0 = tuple(jnp.asarray((Q[j + 1] * s0 ** (1.0 / N)) @ Q[j].T) for j in range(N))
+
+    def exact(ts):
+        return np.stack([(U * [exact_sigma(t, s, y, N, c) for s, y in zip(s0, Y)]) @ V.T for t in ts])
+
+    return flow, state0, exact
+
+
+def _relative(W, exact):
+    return np.linalg.norm(W - exact, axis=(1, 2)) / np.linalg.norm(exact, axis=(1, 2))
+
+
+def test_the_reference_is_the_flow():
+    # The quadrature reference against Dopri8 at rtol 1e-13 (landed on the times): the two agree to ~1e-13, so the
+    # reference resolves errors far below the 100 rtol the tests below allow.
+    flow, state0, exact = balanced_case("deep3", 0.1)
+    ts = np.array([0.0, 3.0, 30.0, 300.0])
+    traj = flows.solve(flow, state0, t1=300.0, ts=ts, rtol=1e-13, solver=diffrax.Dopri8())
+    assert _relative(traj.W, exact(ts)).max() < 1e-11
+
+
+CASES = ["direct", "symmetric", "factored", "deep2", "deep3", "deep4"]
+
+
+@pytest.mark.parametrize("rtol", [1e-8, 1e-10])
+@pytest.mark.parametrize("name", CASES)
+def test_every_saved_value_is_within_100_rtol_of_the_exact_flow(name, rtol):
+    # The default solve (Tsit5, steps landed on the 40 log-spaced save times) at every saved time. Deep products
+    # from 1e-2 (depth 4 is where Tsit5's dense output was 170 rtol off between steps).
+    flow, state0, exact = balanced_case(name, 1e-2)
+    ts = flows.default_ts(3000.0, 40)
+    traj = flows.solve(flow, state0, t1=3000.0, ts=ts, rtol=rtol)
+    assert traj.stats["saved_times"] == "landed"
+    assert _relative(traj.W, exact(ts)).max() <= 100 * rtol
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rtol", [1e-6, 1e-12])
+@pytest.mark.parametrize("name", CASES)
+def test_saved_values_at_the_ends_of_the_tolerance_range(name, rtol):
+    flow, state0, exact = balanced_case(name, 1e-2)
+    ts = flows.default_ts(3000.0, 40)
+    traj = flows.solve(flow, state0, t1=3000.0, ts=ts, rtol=rtol)
+    assert _relative(traj.W, exact(ts)).max() <= 100 * rtol
+
+
+# The default at rtol 1e-8 in the default suite; the extrapolation alone and rtol 1e-10 are `slow`.
+STOP_GRID = [
+    pytest.param(
+        solver,
+        name,
+        rtol,
+        marks=() if solver is None and rtol == 1e-8 else pytest.mark.slow,
+        id=f"{label}-{name}-{rtol:g}",
+    )
+    for solver, label in ((None, "default"), (flows.LinearlyImplicitExtrapolation(), "extrapolation"))
+    for name in ("deep2", "deep3", "deep4")
+    for rtol in (1e-8, 1e-10)
+]
+
+
+@pytest.mark.parametrize("solver, name, rtol", STOP_GRID)
+def test_runs_into_a_stop_are_faithful_and_end_on_it(name, rtol, solver):
+    # Into stop_loss: the default (the switch to the extrapolation) and the extrapolation alone (cubic dense output,
+    # so its steps land on the save times and on the stop): every saved value and the final one within 100 rtol of
+    # the exact flow at the same time, and the final loss is stop_loss to the stop's margin.
+    flow, state0, exact = balanced_case(name, 0.1)
+    ts = flows.default_ts(1e5, 40)
+    traj = flows.solve(flow, state0, t1=1e5, ts=ts, rtol=rtol, stop_loss=1e-12, solver=solver)
+    assert traj.stats["stopped_by_loss"] and traj.stats["saved_times"] == "landed", traj.stats
+    assert traj.loss[-1] == pytest.approx(1e-12, rel=1e-5) and traj.loss[-1] <= 1e-12
+    assert _relative(traj.W, exact(traj.ts)).max() <= 100 * rtol
+
+
+def test_two_solvers_end_at_the_same_state_under_one_stop_loss():
+    # 6 x 6 completion, U V^T from 1e-3 I, stop 1e-10: the default (switching to the extrapolation) and Tsit5 end
+    # where the loss is stop_loss, so at the same W to ~rtol (the stop at the end of a step left them 1.6e-5
+    # apart).
+    flow = flows.Flow(flows.completion(n=6, m=20, rank=1, seed=0, symmetric=False), flows.Factored())
+    state0 = flow.init(scale=1e-3)
+    runs = {
+        name: flows.solve(flow, state0, t1=1e6, ts=[0.0], stop_loss=1e-10, solver=solver)
+        for name, solver in (("default", None), ("tsit5", diffrax.Tsit5()))
+    }
+    default = runs.pop("default")
+    assert default.config["solver"] == "Tsit5ThenExtrapolation"
+    for name, traj in runs.items():
+        assert traj.loss[-1] == pytest.approx(default.loss[-1], rel=1e-6), name
+        assert np.linalg.norm(traj.W[-1] - default.W[-1]) <= 100 * 1e-8 * np.linalg.norm(default.W[-1]), name
+
+
+def test_a_run_that_starts_below_stop_loss_stops_at_once():
+    flow = flows.Flow(flows.sensing(n=4, m=8, rank=1, seed=0), flows.Symmetric())
+    traj = flows.solve(flow, flow.init(scale=0.1), t1=10.0, stop_loss=1e6)
+    assert traj.stats["stopped_by_loss"] and list(traj.ts) == [0.0]
+
+
+def test_interpolated_saves_are_reported_and_warned():
+    flow, state0, _ = balanced_case("deep3", 1e-2)
+    controller = diffrax.PIDController(rtol=1e-8, atol=1e-10)
+    with pytest.warns(flows.FaithfulnessWarning, match="dense output, which is not promised"):
+        traj = flows.solve(flow, state0, t1=10.0, ts=flows.default_ts(10.0, 10), stepsize_controller=controller)
+    assert traj.stats["saved_times"] == "interpolated"
+
+
+def test_a_collapsed_step_size_ends_the_solve_early():
+    # W = 1e400-ish overflows at once: every step is rejected and the step size collapses. The solve ends after
+    # ~100 collapsed attempts (not a million), with SolverError naming the time reached.
+    flow = flows.Flow(flows.sensing(n=4, m=8, rank=1, seed=0), flows.Symmetric())
+    with pytest.raises(flows.SolverError, match="step size collapsed") as caught:
+        flows.solve(flow, flow.init(scale=1e200), t1=1.0)
+    assert caught.value.t_reached == 0.0 and caught.value.stats["num_steps"] < 1000
