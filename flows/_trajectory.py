@@ -16,7 +16,7 @@ import numpy as np
 
 from ._store import CorruptRecordError, decode_tree, encode_tree, read_record, write_record
 
-_VERSIONED = ("jax", "jaxlib", "diffrax", "equinox", "optax", "lineax", "numpy", "scipy")
+_VERSIONED = ("gradflow", "jax", "jaxlib", "diffrax", "equinox", "optax", "lineax", "numpy", "scipy")
 
 
 CorruptTrajectoryError = CorruptRecordError
