@@ -16,6 +16,7 @@ from pathlib import Path
 
 import matplotlib.style
 
+from . import penalties
 from ._base import STYLE, Context, Experiment, Tally
 from .adam_steps import AdamSteps
 from .closed_forms import ClosedForms
@@ -25,10 +26,9 @@ from .each_factor import EachFactor
 from .finite_steps import FiniteSteps
 from .flatness import Flatness
 from .norms import Norms
-from . import penalties
-from .span import Span
 from .performance import Performance
 from .small_init import SmallInit
+from .span import Span
 
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e

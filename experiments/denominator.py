@@ -20,6 +20,7 @@ the verdict by `penalties.verdict_three`.
 from __future__ import annotations
 
 import flows
+
 from . import penalties
 from ._base import Context, Experiment, finite_mean, tex_number, tex_spread
 

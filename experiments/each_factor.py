@@ -51,6 +51,7 @@ import diffrax
 import numpy as np
 
 import flows
+
 from . import penalties
 from ._base import Context, Experiment, finite_mean, new_figure, test_error, tex_number, tex_spread
 

@@ -14,6 +14,7 @@ import jax
 # float64 throughout: switched on once, here, before any array is made.
 jax.config.update("jax_enable_x64", True)
 
+from ._chebyshev import RungeKuttaChebyshev  # noqa: E402
 from ._control import ArraywiseRelative  # noqa: E402
 from ._descend import descend  # noqa: E402
 from ._dynamics import (  # noqa: E402
@@ -36,12 +37,12 @@ from ._parameterizations import (  # noqa: E402
     Factored,
     Symmetric,
 )
-from ._penalties import (
+from ._penalties import (  # noqa: E402
     PENALTIES,
     AbstractMatrixPenalty,
     AbstractPenalty,
     EachFactor,
-    Frobenius,  # noqa: E402
+    Frobenius,
     HoyerSquare,
     Nuclear,
     Ratio,
@@ -61,7 +62,6 @@ from ._problems import (  # noqa: E402
     sensing,
 )
 from ._solve import SOLVERS, FaithfulnessWarning, SolverError, default_solver, default_ts, solve, solver_by_name  # noqa: E402
-from ._chebyshev import RungeKuttaChebyshev  # noqa: E402
 from ._stiff import (  # noqa: E402
     AbstractTsit5Then,
     ConjugateGradient,

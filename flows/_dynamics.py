@@ -13,7 +13,8 @@ Every rate and constant is a float64 array field, so changing it does not recomp
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax

@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._chebyshev import RungeKuttaChebyshev
 from ._control import ArraywiseRelative
 from ._flow import AbstractFlow, FlowArgs, State
-from ._chebyshev import RungeKuttaChebyshev
 from ._stiff import AbstractTsit5Then, LinearlyImplicitExtrapolation, Tsit5ThenChebyshev, Tsit5ThenExtrapolation
 from ._trajectory import Trajectory
 from ._validate import check_choice, check_fits, check_positive, check_positive_int, check_times

@@ -36,8 +36,9 @@ import dataclasses
 import hashlib
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import equinox as eqx
 import jax
