@@ -25,7 +25,8 @@ from jaxtyping import Array, Float, PyTree
 
 from ._validate import check_positive
 
-Params = PyTree[Float[Array, "..."]]
+# JAX arrays, or NumPy ones (a saved trajectory's states): every method accepts both.
+Params = PyTree[Float[Array | np.ndarray, "..."]]
 Gradient = Callable[[Params], Params]
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PyTree
 
 from ._dynamics import DYNAMICS, AbstractDynamics, GradientFlow
@@ -31,7 +32,8 @@ from ._penalties import PENALTIES, AbstractPenalty
 from ._problems import AbstractProblem
 from ._validate import check_finite, check_nonnegative
 
-State = PyTree[Float[Array, "..."]]
+# JAX arrays, or NumPy ones (a saved trajectory's states): every method accepts both.
+State = PyTree[Float[Array | np.ndarray, "..."]]
 
 
 class AbstractFlow(eqx.Module):

@@ -46,7 +46,7 @@ class AbstractProblem(eqx.Module):
     symmetric: bool = eqx.field(static=True)
 
     @abc.abstractmethod
-    def measure(self, W: Float[Array, "n1 n2"]) -> Float[Array, " m"]:
+    def measure(self, W: Float[Array | np.ndarray, "n1 n2"]) -> Float[Array, " m"]:
         r"""$\mathcal{A}(W)$."""
 
     @abc.abstractmethod
@@ -61,14 +61,14 @@ class AbstractProblem(eqx.Module):
     def m(self) -> int:
         return self.y.shape[0]
 
-    def residual(self, W: Float[Array, "n1 n2"]) -> Float[Array, " m"]:
+    def residual(self, W: Float[Array | np.ndarray, "n1 n2"]) -> Float[Array, " m"]:
         return self.measure(W) - self.y
 
-    def loss(self, W: Float[Array, "n1 n2"]) -> Float[Array, ""]:
+    def loss(self, W: Float[Array | np.ndarray, "n1 n2"]) -> Float[Array, ""]:
         r = self.residual(W)
         return 0.5 * jnp.vdot(r, r)
 
-    def grad(self, W: Float[Array, "n1 n2"]) -> Float[Array, "n1 n2"]:
+    def grad(self, W: Float[Array | np.ndarray, "n1 n2"]) -> Float[Array, "n1 n2"]:
         r"""$\nabla L(W) = \mathcal{A}^*(\mathcal{A}(W) - y)$."""
         return self.adjoint(self.residual(W))
 
