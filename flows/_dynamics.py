@@ -58,7 +58,7 @@ class AbstractDynamics(eqx.Module):
         return state
 
     @abc.abstractmethod
-    def vector_field(self, t, state, gradient: Gradient):
+    def vector_field(self, t, state, gradient: Gradient) -> Params:
         """The right-hand side at time t, given the objective's parameter gradient as a function."""
 
     def error_sizes(self, t, magnitude, sizes):

@@ -18,6 +18,7 @@ a vector field and the problem whose loss it records (the analysis package defin
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -66,7 +67,7 @@ class AbstractFlow(eqx.Module):
         r"""Whether the field is $-\phi'^*\nabla L$, so the Gauss-Newton matrix linearises it (the stiff solvers)."""
         return False
 
-    def error_control(self, t, magnitude, sizes):
+    def error_control(self, t, magnitude, sizes) -> tuple[Any, Callable | None]:
         """The sizes each state entry's local error is measured against, and the norm of the scaled error (None:
         the controller's root mean square), for `flows.ArraywiseRelative`. `magnitude`: max(|y(t0)|, |y(t1)|)
         entry by entry over a step ending at t; `sizes`: each state array's largest magnitude (the default)."""
@@ -114,7 +115,7 @@ class Flow(AbstractFlow):
         parameterization: AbstractParameterization,
         *,
         penalty: AbstractPenalty | None = None,
-        strength: float | None = None,
+        strength: float | Array | None = None,
         dynamics: AbstractDynamics | None = None,
     ):
         for name, value, kind in (
@@ -194,6 +195,7 @@ class Flow(AbstractFlow):
         G = self.problem.grad(W)
         if self.penalty is None:
             return self.parameterization.pullback(theta, G)
+        assert self.strength is not None  # set with the penalty
         return self.penalty.objective_gradient(self.parameterization, theta, W, G, self.strength)
 
     def objective(self, state: State) -> Float[Array, ""]:
@@ -202,6 +204,7 @@ class Flow(AbstractFlow):
         value = self.problem.loss(self.parameterization.product(theta))
         if self.penalty is None:
             return value
+        assert self.strength is not None  # set with the penalty
         return value + self.strength * self.penalty.value(self.parameterization, theta)
 
     def vector_field(self, t, state):

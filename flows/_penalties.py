@@ -98,7 +98,7 @@ class EachFactor(AbstractPenalty):
             )
 
     def value(self, parameterization, theta):
-        return sum(self.penalty(leaf) for leaf in jax.tree.leaves(theta))
+        return sum((self.penalty(leaf) for leaf in jax.tree.leaves(theta)), start=jnp.zeros(()))
 
     def objective_gradient(self, parameterization, theta, W, G, strength):
         return jax.tree.map(

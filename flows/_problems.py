@@ -212,7 +212,7 @@ class EntryProblem(AbstractProblem):
         if terms is None:
             return super().kernel(pullback, terms)
         a, b = self.rows, self.cols
-        theta = 0.0
+        theta = jnp.zeros((self.m, self.m))
         for L, R, transposed in terms:
             if transposed:
                 theta = theta + L[a[:, None], b[None, :]] * R[a[None, :], b[:, None]]
@@ -260,7 +260,7 @@ class RankOneProblem(AbstractProblem):
         if terms is None:
             return super().kernel(pullback, terms)
         a, b = self.vectors
-        theta = 0.0
+        theta = jnp.zeros((self.m, self.m))
         for L, R, transposed in terms:
             if transposed:
                 theta = theta + (a @ L @ b.T) * (a @ R @ b.T).T
@@ -476,7 +476,7 @@ def rank_one_sensing(
     truth = low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
     left = rng.standard_normal((m, n1))
     right = None if symmetric else rng.standard_normal((m, n2))
-    y = np.einsum("mj,mj->m", left @ truth, left if symmetric else right) + noise * rng.standard_normal(m)
+    y = np.einsum("mj,mj->m", left @ truth, left if right is None else right) + noise * rng.standard_normal(m)
     return RankOneProblem(
         left=jnp.asarray(left),
         right=None if symmetric else jnp.asarray(right),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -50,14 +51,14 @@ def solver_by_name(name: str) -> diffrax.AbstractSolver:
     return SOLVERS[name]()
 
 
-def evaluations_per_step(solver: diffrax.AbstractSolver) -> int | None:
+def evaluations_per_step(solver: diffrax.AbstractSolver | None) -> int | None:
     """Vector-field evaluations per attempted step of an explicit Runge-Kutta solver, else None.
 
     A first-same-as-last tableau reuses its last stage as the next step's first, also after a
     rejected step (same start point). Start-up (initial step selection, the first stage) adds at
     most 3 more per solve, which `vf_evaluations` in the run statistics leaves out.
     """
-    if not isinstance(solver, diffrax.AbstractERK):
+    if not isinstance(solver, diffrax.AbstractERK) or not isinstance(solver.tableau, diffrax.ButcherTableau):
         return None
     return len(solver.tableau.c) + 1 - int(solver.tableau.fsal)
 
@@ -237,6 +238,7 @@ class Plan:
 
     def finish(self, flow: AbstractFlow, raw) -> Trajectory:
         """The Trajectory of one host-side `integrate` result, or SolverError if it failed."""
+        stats: dict[str, Any]
         ts_out, states, stats, result, solver_state = raw
         stopped = bool(result == diffrax.RESULTS.event_occurred)
         if result != diffrax.RESULTS.successful and not stopped:

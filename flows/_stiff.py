@@ -289,7 +289,8 @@ class LinearlyImplicitExtrapolation(diffrax.AbstractAdaptiveSolver):
         y1 = table[-1]
         error = table[-1] - table[-2]
         f1 = vf(t1, y1)
-        dense_info = dict(y0=y0, y1=unravel(y1), k0=unravel(dt * f0), k1=unravel(dt * f1))
+        # dt * f is a JAX array; numpy's stubs type the product of a scalar-like dt as possibly an ndarray.
+        dense_info = dict(y0=y0, y1=unravel(y1), k0=unravel(dt * f0), k1=unravel(dt * f1))  # pyright: ignore[reportArgumentType]
         return unravel(y1), unravel(error), dense_info, (f1, linear, linearisations), diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):
@@ -355,7 +356,7 @@ class AbstractTsit5Then(diffrax.AbstractAdaptiveSolver):
         return {
             "switched": bool(switched),
             "t_switch": float(t_switch) if bool(switched) else None,
-            **self.stiff_solver.report(stiff_state),
+            **self.stiff_solver.report(stiff_state),  # pyright: ignore[reportAttributeAccessIssue]  (both stiff solvers report)
         }
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):

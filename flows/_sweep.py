@@ -179,7 +179,8 @@ def sweep(
         else:
             mesh = Mesh(np.asarray(devices), ("runs",))
             for group in pending.values():
-                width = min(batch_size, -(-len(group) // len(devices)) * len(devices))
+                # batch_size and devices are set above whenever there is no executor
+                width = min(batch_size, -(-len(group) // len(devices)) * len(devices))  # pyright: ignore[reportArgumentType]
                 for start in range(0, len(group), width):
                     batch = group[start : start + width]
                     # One solver per group (same flow type and sizes); the default depends on batching.
