@@ -34,7 +34,6 @@ import numpy as np
 
 import flows
 
-
 # A SolverError: past --max-steps. A TypeError: the matrix-free Kvaerno5 does not trace with these
 # versions (diffrax 0.7.2's VeryChord applies stop_gradient to lineax GMRES's state, which holds a jaxpr).
 UNUSABLE = (flows.SolverError, TypeError)

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
+import _harness as H  # noqa: F401, I001  (first: pins threads before numpy and jax load)
 import numpy as np
 
 import flows

@@ -264,7 +264,7 @@ class SmallInit(Experiment):
     @staticmethod
     def _distance_figure(ctx: Context, alphas, results) -> None:
         fig, (left, right) = new_figure(2, width=3.6, height=3.0)
-        for i, (case, res) in enumerate(results.items()):
+        for i, (_case, res) in enumerate(results.items()):
             colour = f"C{i}"
             if res["setting"]["flow"] == "direct":
                 left.loglog(

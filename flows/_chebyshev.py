@@ -187,7 +187,8 @@ class RungeKuttaChebyshev(AbstractFlowSolver):
         f1 = vf(t1, y_end)
         error = jnp.where(beyond, jnp.inf, (12.0 * (y0_flat - y_end) + 6.0 * h * (f0 + f1)) / 15.0)
         y_end = jnp.where(beyond, y0_flat, y_end)
-        dense_info = dict(y0=y0, y1=unravel(y_end), k0=unravel(h * f0), k1=unravel(h * f1))
+        # h * f is a JAX array; numpy's stubs type the product of a scalar-like h as possibly an ndarray.
+        dense_info = dict(y0=y0, y1=unravel(y_end), k0=unravel(h * f0), k1=unravel(h * f1))  # pyright: ignore[reportArgumentType]
         new_state = (f1, vector, rho, spent + s, noise)
         return unravel(y_end), unravel(error), dense_info, new_state, diffrax.RESULTS.successful
 

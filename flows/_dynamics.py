@@ -13,7 +13,8 @@ Every rate and constant is a float64 array field, so changing it does not recomp
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -24,7 +25,8 @@ from jaxtyping import Array, Float, PyTree
 
 from ._validate import check_positive
 
-Params = PyTree[Float[Array, "..."]]
+# JAX arrays, or NumPy ones (a saved trajectory's states): every method accepts both.
+Params = PyTree[Float[Array | np.ndarray, "..."]]
 Gradient = Callable[[Params], Params]
 
 
@@ -56,7 +58,7 @@ class AbstractDynamics(eqx.Module):
         return state
 
     @abc.abstractmethod
-    def vector_field(self, t, state, gradient: Gradient):
+    def vector_field(self, t, state, gradient: Gradient) -> Params:
         """The right-hand side at time t, given the objective's parameter gradient as a function."""
 
     def error_sizes(self, t, magnitude, sizes):

@@ -52,22 +52,22 @@ class AbstractParameterization(eqx.Module):
         """Initial parameters (host arrays) of one of `init_kinds` at `scale`, for an n1 x n2 product."""
 
     @abc.abstractmethod
-    def product(self, theta: Params) -> Float[Array, "n1 n2"]:
+    def product(self, theta: Params, /) -> Float[Array, "n1 n2"]:
         r"""$W = \phi(\theta)$."""
 
     @abc.abstractmethod
-    def pushforward(self, theta: Params, tangent: Params) -> Float[Array, "n1 n2"]:
+    def pushforward(self, theta: Params, tangent: Params, /) -> Float[Array, "n1 n2"]:
         r"""$\phi'(\theta)[\dot\theta]$."""
 
     @abc.abstractmethod
-    def pullback(self, theta: Params, G: Float[Array, "n1 n2"]) -> Params:
+    def pullback(self, theta: Params, G: Float[Array, "n1 n2"], /) -> Params:
         r"""$\phi'(\theta)^* G$: the gradient with respect to $\theta$ of $\langle G, \phi(\theta) \rangle$."""
 
-    def kernel_terms(self, theta: Params) -> list[Sandwich] | None:
+    def kernel_terms(self, theta: Params, /) -> list[Sandwich] | None:
         r"""$\phi'\phi'^*(G) = \sum L\,\mathrm{op}(G)\,R$ as (L, R, transposed) triples; None: no such form."""
         return None
 
-    def conserved(self, theta: Params) -> dict[str, tuple[Array, Array]]:
+    def conserved(self, theta: Params, /) -> dict[str, tuple[Array, Array]]:
         """Conserved quantities of gradient flow through this parameterization, as pairs (P, Q)."""
         return {}
 

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ._validate import check_nonnegative, check_positive
@@ -44,7 +45,12 @@ class AbstractPenalty(eqx.Module):
 
     @abc.abstractmethod
     def objective_gradient(
-        self, parameterization, theta, W: Float[Array, "n1 n2"], G: Float[Array, "n1 n2"], strength: Float[Array, ""]
+        self,
+        parameterization,
+        theta,
+        W: Float[Array | np.ndarray, "n1 n2"],
+        G: Float[Array, "n1 n2"],
+        strength: Float[Array, ""],
     ):
         r"""$\nabla_\theta \big(\langle G, \phi(\theta)\rangle + \lambda R(\theta)\big)$ at $W = \phi(\theta)$."""
 
@@ -59,11 +65,11 @@ class AbstractMatrixPenalty(AbstractPenalty):
     keeps_symmetry = True
 
     @abc.abstractmethod
-    def __call__(self, W: Float[Array, "n1 n2"]) -> Float[Array, ""]:
+    def __call__(self, W: Float[Array | np.ndarray, "n1 n2"]) -> Float[Array, ""]:
         """R(W)."""
 
     @abc.abstractmethod
-    def grad(self, W: Float[Array, "n1 n2"]) -> Float[Array, "n1 n2"]:
+    def grad(self, W: Float[Array | np.ndarray, "n1 n2"]) -> Float[Array | np.ndarray, "n1 n2"]:
         r"""$\nabla R(W)$, in closed form (differentiable again: see the module docstring)."""
 
     def value(self, parameterization, theta):
@@ -95,7 +101,7 @@ class EachFactor(AbstractPenalty):
             )
 
     def value(self, parameterization, theta):
-        return sum(self.penalty(leaf) for leaf in jax.tree.leaves(theta))
+        return sum((self.penalty(leaf) for leaf in jax.tree.leaves(theta)), start=jnp.zeros(()))
 
     def objective_gradient(self, parameterization, theta, W, G, strength):
         return jax.tree.map(
@@ -282,11 +288,11 @@ def _nuclear_grad_tall_jvp(primals, tangents):
     return W @ H, dW @ H + W @ (V @ inner @ V.T)
 
 
-def smoothed_nuclear(W: Float[Array, "n1 n2"], eps: Float[Array, ""]) -> Float[Array, ""]:
+def smoothed_nuclear(W: Float[Array | np.ndarray, "n1 n2"], eps: Float[Array, ""]) -> Float[Array, ""]:
     r"""$\sum_k (\sqrt{\sigma_k(W)^2 + \epsilon^2} - \epsilon)$, differentiable in W and eps (eps > 0)."""
     return _nuclear_tall(W, eps) if W.shape[0] >= W.shape[1] else _nuclear_tall(W.T, eps)
 
 
-def smoothed_nuclear_grad(W: Float[Array, "n1 n2"], eps: Float[Array, ""]) -> Float[Array, "n1 n2"]:
+def smoothed_nuclear_grad(W: Float[Array | np.ndarray, "n1 n2"], eps: Float[Array, ""]) -> Float[Array, "n1 n2"]:
     r"""$W (W^T W + \epsilon^2 I)^{-1/2}$ (eps > 0), with an exact custom JVP."""
     return _nuclear_grad_tall(W, eps) if W.shape[0] >= W.shape[1] else _nuclear_grad_tall(W.T, eps).T

@@ -46,7 +46,7 @@ class AbstractProblem(eqx.Module):
     symmetric: bool = eqx.field(static=True)
 
     @abc.abstractmethod
-    def measure(self, W: Float[Array, "n1 n2"]) -> Float[Array, " m"]:
+    def measure(self, W: Float[Array | np.ndarray, "n1 n2"]) -> Float[Array, " m"]:
         r"""$\mathcal{A}(W)$."""
 
     @abc.abstractmethod
@@ -61,14 +61,14 @@ class AbstractProblem(eqx.Module):
     def m(self) -> int:
         return self.y.shape[0]
 
-    def residual(self, W: Float[Array, "n1 n2"]) -> Float[Array, " m"]:
+    def residual(self, W: Float[Array | np.ndarray, "n1 n2"]) -> Float[Array, " m"]:
         return self.measure(W) - self.y
 
-    def loss(self, W: Float[Array, "n1 n2"]) -> Float[Array, ""]:
+    def loss(self, W: Float[Array | np.ndarray, "n1 n2"]) -> Float[Array, ""]:
         r = self.residual(W)
         return 0.5 * jnp.vdot(r, r)
 
-    def grad(self, W: Float[Array, "n1 n2"]) -> Float[Array, "n1 n2"]:
+    def grad(self, W: Float[Array | np.ndarray, "n1 n2"]) -> Float[Array, "n1 n2"]:
         r"""$\nabla L(W) = \mathcal{A}^*(\mathcal{A}(W) - y)$."""
         return self.adjoint(self.residual(W))
 
@@ -212,7 +212,7 @@ class EntryProblem(AbstractProblem):
         if terms is None:
             return super().kernel(pullback, terms)
         a, b = self.rows, self.cols
-        theta = 0.0
+        theta = jnp.zeros((self.m, self.m))
         for L, R, transposed in terms:
             if transposed:
                 theta = theta + L[a[:, None], b[None, :]] * R[a[None, :], b[:, None]]
@@ -260,7 +260,7 @@ class RankOneProblem(AbstractProblem):
         if terms is None:
             return super().kernel(pullback, terms)
         a, b = self.vectors
-        theta = 0.0
+        theta = jnp.zeros((self.m, self.m))
         for L, R, transposed in terms:
             if transposed:
                 theta = theta + (a @ L @ b.T) * (a @ R @ b.T).T
@@ -476,7 +476,7 @@ def rank_one_sensing(
     truth = low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
     left = rng.standard_normal((m, n1))
     right = None if symmetric else rng.standard_normal((m, n2))
-    y = np.einsum("mj,mj->m", left @ truth, left if symmetric else right) + noise * rng.standard_normal(m)
+    y = np.einsum("mj,mj->m", left @ truth, left if right is None else right) + noise * rng.standard_normal(m)
     return RankOneProblem(
         left=jnp.asarray(left),
         right=None if symmetric else jnp.asarray(right),

@@ -85,7 +85,7 @@ def write_record(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: d
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # pyright: ignore[reportArgumentType]  (numpy's stubs match **arrays to allow_pickle)
     payload = buffer.getvalue()
     (path / META).unlink(missing_ok=True)
     atomic_write(path / ARRAYS, payload)
@@ -203,7 +203,7 @@ def _encode(node, leaves: list) -> dict:
     if isinstance(node, tuple) and hasattr(node, "_fields"):
         return {
             "namedtuple": _class_name(type(node)),
-            "fields": {name: _encode(getattr(node, name), leaves) for name in node._fields},
+            "fields": {name: _encode(getattr(node, name), leaves) for name in node._fields},  # pyright: ignore[reportAttributeAccessIssue]
         }
     if isinstance(node, (tuple, list)):
         return {type(node).__name__: [_encode(child, leaves) for child in node]}

@@ -39,8 +39,9 @@ import contextlib
 import dataclasses
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -222,7 +223,8 @@ def sweep(
         else:
             mesh = Mesh(np.asarray(devices), ("runs",))
             for group in pending.values():
-                width = min(batch_size, -(-len(group) // len(devices)) * len(devices))
+                # batch_size and devices are set above whenever there is no executor
+                width = min(batch_size, -(-len(group) // len(devices)) * len(devices))  # pyright: ignore[reportArgumentType]
                 for start in range(0, len(group), width):
                     batch = group[start : start + width]
                     resolved = batch[0][3]

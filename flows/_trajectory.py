@@ -16,7 +16,7 @@ import numpy as np
 
 from ._store import CorruptRecordError, decode_tree, encode_tree, read_record, write_record
 
-_VERSIONED = ("jax", "jaxlib", "diffrax", "equinox", "optax", "lineax", "numpy", "scipy")
+_VERSIONED = ("gradflow", "jax", "jaxlib", "diffrax", "equinox", "optax", "lineax", "numpy", "scipy")
 
 
 CorruptTrajectoryError = CorruptRecordError
@@ -86,8 +86,7 @@ class Trajectory:
         drift = {}
         for name, (P, Q) in self.conserved.items():
             C = P - Q
-            scale = np.linalg.norm(P, axis=(-2, -1)) + np.linalg.norm(Q, axis=(-2, -1))
-            drift[name] = np.linalg.norm(C - C[0], axis=(-2, -1)) / scale
+            drift[name] = _norms(C - C[0]) / (_norms(P) + _norms(Q))
         return drift
 
     def faithfulness(self) -> dict[str, Any]:
@@ -176,6 +175,11 @@ def effective_rank(singular_values) -> np.ndarray:
 def _record(flow, states):
     conserved = jax.vmap(flow.conserved)(states)
     return jax.vmap(flow.product)(states), jax.vmap(flow.loss)(states), conserved
+
+
+def _norms(X: np.ndarray) -> np.ndarray:
+    """The Frobenius (or, for vectors, Euclidean) norm of each saved time's entry, along the leading time axis."""
+    return np.sqrt(np.sum(X**2, axis=tuple(range(1, X.ndim))))
 
 
 def _versions() -> dict[str, str]:

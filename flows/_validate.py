@@ -73,7 +73,7 @@ def available_memory() -> int | None:
         return None
 
 
-def check_fits(what: str, nbytes: int, alternative: str) -> None:
+def check_fits(what: str, nbytes: int | np.integer, alternative: str) -> None:
     """ValueError, before anything is allocated, if `what` needs more than the available memory.
 
     `nbytes` is the caller's estimate of the host memory it is about to allocate at its peak (JAX on CPU

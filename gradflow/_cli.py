@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="gradflow", description="Gradient-flow simulator for implicit regularization in matrix factorization."
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(

@@ -92,7 +92,7 @@ def test_penalty_on_W_keeps_the_conserved_quantities(parameterization, penalty):
     assert flow_of(parameterization, penalty=flows.EachFactor(penalty), strength=0.5).conserved(state0) == {}
 
 
-def test_bad_compositions_are_refused():
+def test_bad_compositions_are_refused(unchecked_types):
     for make, message in [
         (lambda: flows.Flow(PROBLEM, flows.Symmetric(), penalty="ratio", strength=1e-2), "penalty must"),
         (lambda: flows.Flow(PROBLEM, flows.Symmetric(), penalty=flows.Ratio()), "needs its strength"),

@@ -158,7 +158,7 @@ def test_ratio_matches_the_exact_ratio_and_is_scale_invariant():
         lambda: flows.Ratio(delta="abc"),
     ],
 )
-def test_bad_parameters_are_refused(make):
+def test_bad_parameters_are_refused(make, unchecked_types):
     with pytest.raises(ValueError, match="eps|delta"):
         make()
 

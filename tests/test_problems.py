@@ -242,6 +242,6 @@ BAD_PROBLEMS = [
 
 
 @pytest.mark.parametrize("make, message", BAD_PROBLEMS)
-def test_bad_problem_input(make, message):
+def test_bad_problem_input(make, message, unchecked_types):
     with pytest.raises(ValueError, match=message):
         make()

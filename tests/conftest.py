@@ -1,0 +1,25 @@
+"""Run-time checks of flows' type and jaxtyping shape annotations in every test.
+
+flows is imported here, before any test module imports it, through jaxtyping's import hook: every function
+and class of flows is checked by beartype on each call (under `jax.jit`, once per trace), so a shape
+annotation that does not hold fails the test that exercises it. beartype follows PEP 484's numeric tower
+(an int is a float), as the static checkers do.
+"""
+
+import jaxtyping
+import pytest
+
+TYPECHECKER = "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))"
+
+with jaxtyping.install_import_hook("flows", TYPECHECKER):
+    import flows  # noqa: F401
+
+
+@pytest.fixture
+def unchecked_types():
+    """The run-time type checks off, for a test of flows' own validation of ill-typed input (what users get)."""
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)
