@@ -48,7 +48,7 @@ def main() -> int:
             "interpolated": lambda: flows.solve(flow, state0, t1=t1, ts=ts, rtol=RTOL, stepsize_controller=controller),
         }
         out = {}
-        for label, fn in runs.items():
+        for fn in runs.values():
             fn()
         times = {label: [] for label in runs}
         for _ in range(3):

@@ -30,9 +30,9 @@ import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from sksundae import cvode
+from vs_scipy import deep_setting, factored_setting
 
 import flows
-from vs_scipy import deep_setting, factored_setting
 
 SETTINGS = {
     "sensing": lambda: H.sensing_setting(1e-3),

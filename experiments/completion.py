@@ -52,8 +52,19 @@ import pandas as pd
 import flows
 
 from ._base import Experiment, Group, new_figure, tex_number
-from ._completion import COLOURS, RTOL, SAVES, SCALES, Scale, build, nuclear_minimiser, observations, observed, problem
-from ._completion import stop_at_train_mse
+from ._completion import (
+    COLOURS,
+    RTOL,
+    SAVES,
+    SCALES,
+    Scale,
+    build,
+    nuclear_minimiser,
+    observations,
+    observed,
+    problem,
+    stop_at_train_mse,
+)
 from ._completion import training as training_problem
 from ._protocol import SAME, Paired, choose, held_out
 

@@ -14,6 +14,7 @@ import jax
 # float64 throughout: switched on once, here, before any array is made.
 jax.config.update("jax_enable_x64", True)
 
+from ._chebyshev import RungeKuttaChebyshev  # noqa: E402
 from ._control import ArraywiseRelative, LandOnEvent, StopOnCollapse  # noqa: E402
 from ._descend import descend  # noqa: E402
 from ._dynamics import (  # noqa: E402
@@ -28,6 +29,7 @@ from ._dynamics import (  # noqa: E402
     Sign,
 )
 from ._flow import AbstractFlow, AbstractGaussNewton, Flow, GaussNewton, PaddedGaussNewton  # noqa: E402
+from ._keys import SCHEMA, fingerprint  # noqa: E402
 from ._parameterizations import (  # noqa: E402
     PARAMETERIZATIONS,
     AbstractParameterization,
@@ -36,12 +38,12 @@ from ._parameterizations import (  # noqa: E402
     Factored,
     Symmetric,
 )
-from ._penalties import (
+from ._penalties import (  # noqa: E402
     PENALTIES,
     AbstractMatrixPenalty,
     AbstractPenalty,
     EachFactor,
-    Frobenius,  # noqa: E402
+    Frobenius,
     HoyerSquare,
     Nuclear,
     Ratio,
@@ -61,7 +63,6 @@ from ._problems import (  # noqa: E402
     sensing,
 )
 from ._solve import SOLVERS, FaithfulnessWarning, SolverError, default_solver, default_ts, solve, solver_by_name  # noqa: E402
-from ._chebyshev import RungeKuttaChebyshev  # noqa: E402
 from ._solver import AbstractFlowSolver, LinearisableTerm  # noqa: E402
 from ._stiff import (  # noqa: E402
     AbstractLinearSolver,
@@ -77,7 +78,6 @@ from ._stiff import (  # noqa: E402
     Woodbury,
     WoodburySolve,
 )
-from ._keys import SCHEMA, fingerprint  # noqa: E402
 from ._store import (  # noqa: E402
     CorruptRecordError,
     StoreSchemaError,

@@ -32,7 +32,7 @@ Two more wrappers serve `flows.solve`:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import diffrax
 import equinox as eqx

@@ -23,8 +23,10 @@ from typing import Any
 import jax
 import numpy as np
 
-SCHEMA = 3
-"""The layout of stored records and of their keys. A store of another schema is refused, never mixed."""
+SCHEMA = 4
+"""The layout of stored records and of their keys, and the meaning of a solve beyond its arguments (how stops are
+located, whether save times are landed on). It changes when either changes; a store of another schema is refused,
+never mixed."""
 
 
 def fingerprint(value: Any, length: int = 24) -> str:

@@ -20,7 +20,8 @@ Diffrax's own solvers are read as `lands_save_times = False` and report nothing.
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import diffrax
 import equinox as eqx

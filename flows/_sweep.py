@@ -50,8 +50,8 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from ._flow import AbstractFlow
-from ._solve import Plan, SolverError, _integrate, integrate
 from ._keys import SCHEMA, fingerprint
+from ._solve import Plan, SolverError, _integrate, integrate
 from ._store import CorruptRecordError, open_store, peek_record, read_record, remove_temporaries, write_json
 from ._trajectory import Trajectory
 from ._validate import check_positive_int

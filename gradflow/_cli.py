@@ -10,11 +10,11 @@ on stderr and exits with status 2; Ctrl-C prints one line and exits with status 
 from __future__ import annotations
 
 import argparse
-import inspect
 import html
+import inspect
 import json
-import re
 import math
+import re
 import sys
 import tempfile
 import time
