@@ -53,6 +53,19 @@ class Scale:
         """One horizon rule for every penalty: by the dynamics' time scale."""
         return self.slow if dynamics in GRADIENT_SPEED else self.fast
 
+    def options(self, config: dict) -> dict:
+        """`flows.sweep`'s options for a run: to its horizon, `SAVES` log-spaced saves, `RTOL`, `MAX_STEPS`; an
+        unpenalised run stops at Arora's training MSE; a penalised gradient flow is integrated with the Runge-Kutta-
+        Chebyshev switch, whose stabilised explicit steps follow the stiffness the penalty adds (the nuclear norm's
+        curvature grows like lambda / eps) without linearising it."""
+        t1 = self.horizon(config["dynamics"])
+        options = dict(t1=t1, ts=flows.default_ts(t1, SAVES), rtol=RTOL, max_steps=MAX_STEPS)
+        if config["penalty"] == "none":
+            options["stop_loss"] = stop_at_train_mse(self.m)
+        elif config["dynamics"] == "gradient flow":
+            options["solver"] = flows.Tsit5ThenChebyshev()
+        return options
+
 
 GRADIENT_SPEED = ("gradient flow", "momentum")
 SCALES = {

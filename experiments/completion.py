@@ -54,8 +54,6 @@ import flows
 from ._base import Experiment, Group, new_figure, tex_number
 from ._completion import (
     COLOURS,
-    RTOL,
-    SAVES,
     SCALES,
     Scale,
     build,
@@ -63,13 +61,9 @@ from ._completion import (
     observations,
     observed,
     problem,
-    stop_at_train_mse,
 )
 from ._completion import training as training_problem
 from ._protocol import SAME, Paired, choose, held_out
-
-MAX_STEPS = 400_000
-"""A run that needs more is reported as failed (the tables count it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,12 +131,6 @@ def configs(setting: Setting) -> list[dict]:
     ]
 
 
-def options(setting: Setting, config: dict) -> dict:
-    t1 = setting.scale.horizon(config["dynamics"])
-    stop = stop_at_train_mse(setting.scale.m) if config["penalty"] == "none" else None
-    return dict(t1=t1, ts=flows.default_ts(t1, SAVES), rtol=RTOL, max_steps=MAX_STEPS, stop_loss=stop)
-
-
 def curve(traj: flows.Trajectory, config: dict) -> dict[str, np.ndarray]:
     """Along the run: test, validation and training errors, $\\|W\\|_F$, R, the largest unobserved entry, effective rank."""
     parts = observations(config)
@@ -172,14 +160,13 @@ class Completion(Experiment):
 
     def groups(self, quick):
         setting = self.settings[quick]
-        grouped: dict[tuple, list[dict]] = {}
+        grouped: dict[str, list[dict]] = {}
         for config in configs(setting):
-            o = options(setting, config)
-            grouped.setdefault((o["t1"], o["stop_loss"] or 0.0), []).append(config)
-        return [
-            Group(f"t1 = {t1:g}" + (", to the training MSE" if stop else ""), build, group, options(setting, group[0]))
-            for (t1, stop), group in sorted(grouped.items())
-        ]
+            o = setting.scale.options(config)
+            label = f"t1 = {o['t1']:g}" + (", to the training MSE" if "stop_loss" in o else "")
+            label += f", {type(o['solver']).__name__}" if "solver" in o else ""
+            grouped.setdefault(label, []).append(config)
+        return [Group(label, build, group, setting.scale.options(group[0])) for label, group in grouped.items()]
 
     def measure(self, traj, config):
         return curve(traj, config)

@@ -33,7 +33,7 @@ import pandas as pd
 import flows
 
 from ._base import Context, Experiment, Group, new_figure, tex_number
-from ._completion import COLOURS, DYNAMICS, RTOL, SAVES, SCALES, Scale, build, observations
+from ._completion import COLOURS, DYNAMICS, SAVES, SCALES, Scale, build, observations
 from ._protocol import Paired, choose
 
 BUDGET = 10_000
@@ -134,7 +134,6 @@ class Steps(Experiment):
         out = []
         for setting in SETTINGS[quick]:
             for d in setting.limit_steps:
-                t1 = setting.scale.horizon(d)
                 configs = [
                     base(setting.scale, s, lam, d)
                     for s in range(setting.scale.seeds)
@@ -145,7 +144,7 @@ class Steps(Experiment):
                         f"n = {setting.scale.n}, {d} (flow)",
                         build,
                         configs,
-                        dict(t1=t1, ts=flows.default_ts(t1, SAVES), rtol=RTOL, max_steps=400_000),
+                        setting.scale.options(configs[0]),
                     )
                 )
         return out

@@ -97,7 +97,7 @@ def test_every_method_of_the_completion_experiments_has_every_strength_and_seed(
     # One horizon rule: by dynamics only, whatever the penalty.
     for c in configs:
         expected = setting.scale.slow if c["dynamics"] in ("gradient flow", "momentum") else setting.scale.fast
-        assert completion.options(setting, c)["t1"] == expected
+        assert setting.scale.options(c)["t1"] == expected
 
 
 def test_the_practitioners_methods_are_the_flows_discrete_counterparts_with_fixed_betas():

@@ -125,7 +125,7 @@ def test_two_experiments_share_a_run_by_what_it_computes_and_a_changed_constant_
     ]
     first = ctx.sweep(ours)
     assert {r.status for r in first} == {"done"}
-    shared = ctx.sweep(Group("completion", _completion.build, theirs, completion.options(setting, theirs[0])))
+    shared = ctx.sweep(Group("completion", _completion.build, theirs, setting.scale.options(theirs[0])))
     assert {r.status for r in shared} == {"cached"} and {r.key for r in shared} == {r.key for r in first}
     monkeypatch.setitem(_completion.DYNAMICS, "Adam", {**_completion.DYNAMICS["Adam"], "eps": 2e-3})
     changed = ctx.sweep(ours)
