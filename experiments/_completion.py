@@ -32,6 +32,8 @@ class Scale:
     """One scale of the completion experiments: the problem (n x n, rank, m training entries), the seeds, the
     penalty strengths (one grid for every penalty and dynamics), and the two horizons (`horizon`)."""
 
+    label: str
+    """Its name in value keys and file names (the same at both scales of a reproduction)."""
     n: int
     rank: int
     m: int
@@ -70,14 +72,26 @@ class Scale:
 GRADIENT_SPEED = ("gradient flow", "momentum")
 SCALES = {
     "n = 30": {
-        False: Scale(n=30, rank=2, m=200, seeds=10, strengths=(0.3, 1.0, 3.0, 10.0), fast=30.0, slow=3000.0),
-        True: Scale(n=15, rank=2, m=70, seeds=3, strengths=(1.0, 3.0), fast=8.0, slow=600.0),
+        False: Scale(
+            label="n30", n=30, rank=2, m=200, seeds=10, strengths=(0.3, 1.0, 3.0, 10.0), fast=30.0, slow=3000.0
+        ),
+        True: Scale(label="n30", n=15, rank=2, m=70, seeds=3, strengths=(1.0, 3.0), fast=8.0, slow=600.0),
     },
     "n = 100": {
         False: Scale(
-            n=100, rank=5, m=2000, seeds=5, strengths=(1.0, 3.0, 10.0, 30.0), fast=20.0, slow=3000.0, solver="SCS"
+            label="n100",
+            n=100,
+            rank=5,
+            m=2000,
+            seeds=5,
+            strengths=(1.0, 3.0, 10.0, 30.0),
+            fast=20.0,
+            slow=3000.0,
+            solver="SCS",
         ),
-        True: Scale(n=20, rank=2, m=100, seeds=3, strengths=(1.0, 3.0), fast=8.0, slow=600.0, solver="SCS"),
+        True: Scale(
+            label="n100", n=20, rank=2, m=100, seeds=3, strengths=(1.0, 3.0), fast=8.0, slow=600.0, solver="SCS"
+        ),
     },
 }
 """By name and quick. n = 30: 200 of 900 entries (22 %; the rank-2 truth has 116 degrees of freedom), where the

@@ -45,6 +45,7 @@ A verdict whose chosen points sit at a horizon in some seed is reported with tha
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pandas as pd
@@ -217,6 +218,7 @@ class Completion(Experiment):
                 paired[name] = Paired.of(ea, eb)
         self._values(ctx, setting, chosen, paired, errors, nuclear, start, truths, len(failed))
         self._figures(ctx, setting, chosen, nuclear, truths)
+        self._paired_figure(ctx, paired)
 
     # -- outputs ---------------------------------------------------------------------------------------------
     def _values(self, ctx, setting, chosen, paired, errors, nuclear, start, truths, failed) -> None:
@@ -297,8 +299,12 @@ class Completion(Experiment):
             rows,
         )
 
-        for name, p in paired.items():
+        for name in COMPARISONS:
             key = f"compare/{name.replace('^', '')}"
+            p = paired.get(name)
+            if p is None:
+                values |= {f"{key}/{k}": "n/a" for k in ("verdict", "factor", "wins", "p")}
+                continue
             values |= {
                 f"{key}/verdict": p.verdict,
                 f"{key}/factor": p.factor,
@@ -394,6 +400,11 @@ class Completion(Experiment):
             got = chosen.get(method, {})
             key = f"drift/{method}"
             if len(got) < setting.seeds:
+                out |= {
+                    f"{key}/{where}/{q}": "n/a"
+                    for where in ("chosen", "horizon")
+                    for q in ("ratio", "norm", "unobserved", "test")
+                }
                 continue
             at, end = {}, {}
             for s, c in got.items():
@@ -407,6 +418,27 @@ class Completion(Experiment):
             for where, name in ((at, "chosen"), (end, "horizon")):
                 out |= {f"{key}/{name}/{q}": tex_number(float(np.median(v))) for q, v in where.items()}
         return out
+
+    def _paired_figure(self, ctx, paired: dict[str, Paired]) -> None:
+        """Each comparison's per-seed log ratios, their mean and 95 % interval, against the band of `SAME`."""
+        fig, (ax,) = new_figure(1, width=6.2, height=0.42 * len(COMPARISONS) + 0.9)
+        band = math.log10(SAME)
+        ax.axvspan(-band, band, color="0.9", lw=0, label=f"within a factor {SAME:g}")
+        ax.axvline(0.0, color="0.5", lw=0.8)
+        names = list(COMPARISONS)
+        for y, name in enumerate(names):
+            p = paired.get(name)
+            if p is None:
+                continue
+            jitter = np.linspace(-0.15, 0.15, len(p.d)) if len(p.d) > 1 else np.zeros(1)
+            ax.plot(p.d, y + jitter, "o", color="0.45", ms=2.5)
+            ax.plot([p.low, p.high], [y, y], color="C0", lw=2.5, solid_capstyle="butt")
+            ax.plot([p.mean], [y], "D", color="C0", ms=4)
+        ax.set_yticks(range(len(names)), [n.replace("UV^T", "$UV^T$") for n in names], fontsize="small")
+        ax.invert_yaxis()
+        ax.set(xlabel=r"$\log_{10}$(test error of A / test error of B), per seed; mean and 95 % interval")
+        ax.legend(loc="lower right", fontsize="small")
+        ctx.figure(fig, f"{self.name.replace('_', '-')}-paired")
 
     def _figures(self, ctx, setting, chosen, nuclear, truths) -> None:
         stem = self.name.replace("_", "-")

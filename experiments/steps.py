@@ -75,6 +75,7 @@ SETTINGS = {
             3,
             {"Adam": (0.05, 0.01), "gradient flow": (1.0, 0.2)},
         ),
+        Setting(SCALES["n = 100"][True], (), 0, {"Adam": (0.05, 0.01)}),
     ),
 }
 """By quick. At n = 100 part (A) is not run (a step of the ratio's gradient costs an SVD of W; the budgets of every
@@ -161,7 +162,7 @@ class Steps(Experiment):
     def report(self, ctx, results):
         values = {"budget": f"{BUDGET:,}".replace(",", "{,}"), "beta1": f"{BETA1:g}", "beta2": f"{BETA2:g}"}
         for setting in SETTINGS[ctx.quick]:
-            key = f"n {setting.scale.n}"
+            key = setting.scale.label
             if setting.methods:
                 budgets, stable = self._budgets(ctx, setting)
                 values |= self._budget_values(ctx, setting, key, budgets, stable)
@@ -249,7 +250,7 @@ class Steps(Experiment):
                     )
         ctx.table(
             self.name,
-            f"budget-{setting.scale.n}",
+            f"budget-{setting.scale.label}",
             "lllll",
             ["A vs B", "of the budget", "A / B: mean [95\\,\\% CI]", "B lower in", "A is"],
             rows,
@@ -258,7 +259,7 @@ class Steps(Experiment):
 
     # -- (B) ------------------------------------------------------------------------------------------------
     def _limit_values(self, ctx, setting, key, flows_table: pd.DataFrame) -> dict[str, str]:
-        values = {}
+        values, rows = {}, []
         for d, steps in setting.limit_steps.items():
             t1 = setting.scale.horizon(d)
             flow_rows = flows_table[(flows_table["dynamics"] == d) & (flows_table["status"] != "failed")]
@@ -295,18 +296,38 @@ class Steps(Experiment):
                 f"{key}/limit/{name}/flow median": tex_number(float(np.median(flow_errors))),
                 f"{key}/limit/{name}/steps": ", ".join(f"{s:g}" for s in steps),
             }
-            for step, p in paired.items():
+            for which, step in (("largest", steps[0]), ("smallest", steps[-1])):
+                p = paired.get(step)
                 values |= {
-                    f"{key}/limit/{name}/{step:g}/median": tex_number(float(np.median(by_step[step]))),
-                    f"{key}/limit/{name}/{step:g}/factor": p.factor,
-                    f"{key}/limit/{name}/{step:g}/verdict": p.verdict,
+                    f"{key}/limit/{name}/{which}/step": f"{step:g}",
+                    f"{key}/limit/{name}/{which}/median": tex_number(float(np.median(by_step[step]))),
+                    f"{key}/limit/{name}/{which}/factor": "n/a" if p is None else p.factor,
+                    f"{key}/limit/{name}/{which}/verdict": "n/a" if p is None else p.verdict,
                 }
+            rows.append([name, "the flow", tex_number(float(np.median(flow_errors))), "--", "--"])
+            rows += [
+                [
+                    name,
+                    f"{step:g}",
+                    tex_number(float(np.median(by_step[step]))),
+                    paired[step].factor if step in paired else "n/a",
+                    paired[step].verdict if step in paired else "n/a",
+                ]
+                for step in steps
+            ]
             ctx.finding(
                 f"claim 8 (n = {setting.scale.n}): the ratio's result under {name} is a finite-step effect",
                 verdict,
                 f"smallest step / flow: {smallest.factor if smallest else 'n/a'}",
             )
             self._limit_figure(ctx, setting, name, steps, by_step, flow_errors)
+        ctx.table(
+            self.name,
+            f"limit-{setting.scale.label}",
+            "lllll",
+            ["method", "step $\\eta$", "test error (median)", "step / flow: mean [95\\,\\% CI]", "step is"],
+            rows,
+        )
         return values
 
     @staticmethod
@@ -326,7 +347,7 @@ class Steps(Experiment):
             title=f"$n = {setting.scale.n}$",
         )
         ax.legend(fontsize="small")
-        ctx.figure(fig, f"steps-limit-{name.split()[-1].lower()}-{setting.scale.n}")
+        ctx.figure(fig, f"steps-limit-{name.split()[-1].lower()}-{setting.scale.label}")
 
 
 def _settled(run: dict) -> bool:
