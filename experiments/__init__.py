@@ -48,7 +48,7 @@ EXPERIMENTS: dict[str, Experiment] = {
 }
 """The experiments by name, in the paper's order."""
 
-TIMINGS = Path(__file__).with_name("timings.json")
+TIMINGS = Path(__file__).with_name("timings.json")  # also read by the performance experiment
 """Each experiment's wall time, by scale, measured by the last reproduction into the default folders that computed
 all of its runs (a cold store); `gradflow reproduce --list` shows them."""
 

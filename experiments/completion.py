@@ -55,6 +55,7 @@ import flows
 from ._base import Experiment, Group, new_figure, tex_number
 from ._completion import (
     COLOURS,
+    DYNAMICS,
     SCALES,
     Scale,
     build,
@@ -64,7 +65,7 @@ from ._completion import (
     problem,
 )
 from ._completion import training as training_problem
-from ._protocol import SAME, Paired, choose, held_out
+from ._protocol import CONFIDENCE, SAME, Paired, choose, held_out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +238,10 @@ class Completion(Experiment):
             "nuclear minimiser/median": tex_number(float(np.median(list(nuclear.values())))),
             "start/median": tex_number(float(np.median(list(start.values())))),
             "truth ratio/median": tex_number(float(np.median([_ratio(truths[s]) for s in truths]))),
+            "confidence": f"{100 * CONFIDENCE:g}",
+            "adam/a": f"{DYNAMICS['Adam']['a']:g}",
+            "adam/b": f"{DYNAMICS['Adam']['b']:g}",
+            "adam fast/a": f"{DYNAMICS['Adam a=100']['a']:g}",
         }
         rows = []
         for method in METHODS:
@@ -437,7 +442,7 @@ class Completion(Experiment):
         ax.set_yticks(range(len(names)), [n.replace("UV^T", "$UV^T$") for n in names], fontsize="small")
         ax.invert_yaxis()
         ax.set(xlabel=r"$\log_{10}$(test error of A / test error of B), per seed; mean and 95 % interval")
-        ax.legend(loc="lower right", fontsize="small")
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside upper right", fontsize="small")
         ctx.figure(fig, f"{self.name.replace('_', '-')}-paired")
 
     def _figures(self, ctx, setting, chosen, nuclear, truths) -> None:

@@ -264,6 +264,7 @@ class Norms(Experiment):
             "min nuclear W11": tex_number(abs(float(stored["nuclear"][0, 0]))),
             "loss bound at 1e-4": tex_number(1.0 / np.sqrt(2.0 * 1e-4)),
             "exact bound at 1e-4": tex_number((1.0 - np.sqrt(2.0 * 1e-4)) ** 2 / np.sqrt(2.0 * 1e-4)),
+            "bound loss": tex_number(1e-4),
         } | values_discrete
         for (init, depth), s in summary.items():
             key = f"{init}/depth {depth}"

@@ -16,6 +16,23 @@ import numpy as np
 from ._base import Experiment, new_figure, slope, tex_number
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TIMINGS = Path(__file__).with_name("timings.json")
+"""Each experiment's measured wall time by scale (written by `experiments.reproduce`)."""
+
+
+def _timing_rows() -> list[list[str]]:
+    """The measured wall times as table rows, "--" where a scale has not been measured from an empty store."""
+    try:
+        table = json.loads(TIMINGS.read_text())
+    except (OSError, json.JSONDecodeError):
+        table = {}
+
+    def text(seconds) -> str:
+        if seconds is None:
+            return "--"
+        return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+    return [[name.replace("_", "\\_"), text(t.get("quick")), text(t.get("full"))] for name, t in sorted(table.items())]
 
 
 def _vs_scipy() -> list[dict]:
@@ -95,3 +112,4 @@ class Performance(Experiment):
                 ],
             )
         ctx.values(self.name, values)
+        ctx.table(self.name, "timings", "lrr", ["experiment", "quick", "full"], _timing_rows())
