@@ -75,7 +75,7 @@ SCALES = {
         False: Scale(
             label="n30", n=30, rank=2, m=200, seeds=10, strengths=(0.3, 1.0, 3.0, 10.0), fast=30.0, slow=3000.0
         ),
-        True: Scale(label="n30", n=15, rank=2, m=70, seeds=3, strengths=(1.0, 3.0), fast=8.0, slow=600.0),
+        True: Scale(label="n30", n=15, rank=2, m=70, seeds=2, strengths=(1.0, 3.0), fast=8.0, slow=600.0),
     },
     "n = 100": {
         False: Scale(
@@ -90,7 +90,7 @@ SCALES = {
             solver="SCS",
         ),
         True: Scale(
-            label="n100", n=20, rank=2, m=100, seeds=3, strengths=(1.0, 3.0), fast=8.0, slow=600.0, solver="SCS"
+            label="n100", n=20, rank=2, m=100, seeds=2, strengths=(1.0, 3.0), fast=8.0, slow=600.0, solver="SCS"
         ),
     },
 }

@@ -7,7 +7,7 @@ experiment's problems, splits, penalty and strength grid; depth 1 from the zero-
 stable step size. The methods, as they are run in practice: gradient descent; Adam with $\beta_1 = 0.9$,
 $\beta_2 = 0.999$ (in flows' rates $a = 0.1/\eta$, $b = 0.001/\eta$, `Adam`'s discrete counterpart); RMSProp with
 the same $\beta_2$ (Adam's denominator alone); momentum with the same $\beta_1$ (its debiased numerator alone); eps
-as in the flows. Each runs `BUDGET` steps at every step size of its grid (`STEP_SIZES`) and every strength.
+as in the flows. Each runs `BUDGETS` steps at every step size of its grid (`STEP_SIZES`) and every strength.
 A step size is *stable* when every strength's run stays finite and ends with an objective below its start; the
 method's *largest stable step* is measured on its grid, not assumed. At it, the strength and the stopping step
 (within the budget, and within a tenth of it) are chosen on validation. Verdicts: claim 2 *holds on a step budget*
@@ -36,8 +36,8 @@ from ._base import Context, Experiment, Group, new_figure, tex_number
 from ._completion import COLOURS, DYNAMICS, SAVES, SCALES, Scale, build, observations
 from ._protocol import Paired, choose
 
-BUDGET = 10_000
-"""Steps of every discrete run of part (A)."""
+BUDGETS = {False: 10_000, True: 2_000}
+"""Steps of every discrete run of part (A), by quick."""
 STEP_SIZES = {
     "gradient descent": (2.0, 1.0, 0.5, 0.25, 0.125, 0.0625),
     "Adam": (0.3, 0.1, 0.03, 0.01, 0.003, 0.001),
@@ -160,7 +160,8 @@ class Steps(Experiment):
         }
 
     def report(self, ctx, results):
-        values = {"budget": f"{BUDGET:,}".replace(",", "{,}"), "beta1": f"{BETA1:g}", "beta2": f"{BETA2:g}"}
+        budget = BUDGETS[ctx.quick]
+        values = {"budget": f"{budget:,}".replace(",", "{,}"), "beta1": f"{BETA1:g}", "beta2": f"{BETA2:g}"}
         for setting in SETTINGS[ctx.quick]:
             key = setting.scale.label
             if setting.methods:
@@ -175,7 +176,7 @@ class Steps(Experiment):
         runs, stable = {}, {}
         for method in setting.methods:
             for step in STEP_SIZES[method][: setting.step_sizes]:
-                t1 = BUDGET * step
+                t1 = BUDGETS[ctx.quick] * step
                 for s in range(setting.scale.seeds):
                     for lam in setting.scale.strengths:
                         config = base(setting.scale, s, lam, "gradient flow")
@@ -195,7 +196,7 @@ class Steps(Experiment):
             if step is None:
                 continue
             for fraction, label in ((1.0, "budget"), (0.1, "tenth")):
-                limit = fraction * BUDGET * step * (1 + 1e-9)
+                limit = fraction * BUDGETS[ctx.quick] * step * (1 + 1e-9)
                 per_seed = []
                 for s in range(setting.scale.seeds):
                     candidates = []
@@ -244,7 +245,7 @@ class Steps(Experiment):
                 )
                 if label == "budget":
                     ctx.finding(
-                        f"claim {claim} on a budget of {BUDGET} steps (n = {setting.scale.n}): {a} slower than {b}",
+                        f"claim {claim} on a budget of {BUDGETS[ctx.quick]} steps (n = {setting.scale.n}): {a} slower than {b}",
                         verdict,
                         f"{a} / {b}: {p.factor}",
                     )
