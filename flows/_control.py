@@ -61,7 +61,8 @@ class ArraywiseRelative(diffrax.AbstractAdaptiveStepSizeController):
     def make(cls, rtol, error_control: Callable | None = None) -> "ArraywiseRelative":
         """Arraywise relative control at tolerance rtol (an array: changing it does not recompile)."""
         rtol = jnp.asarray(rtol)
-        return cls(diffrax.PIDController(rtol=rtol, atol=1e-2 * rtol), error_control)
+        # pyright lists the base's eqx.AbstractVar fields (rtol, atol, norm), met here by properties, as __init__'s.
+        return cls(diffrax.PIDController(rtol=rtol, atol=1e-2 * rtol), error_control)  # pyright: ignore[reportCallIssue]
 
     @property
     def rtol(self):
@@ -72,7 +73,7 @@ class ArraywiseRelative(diffrax.AbstractAdaptiveStepSizeController):
         return self.controller.atol
 
     @property
-    def norm(self):
+    def norm(self):  # pyright: ignore[reportIncompatibleMethodOverride]  (an eqx.AbstractVar met by a property)
         return self.controller.norm
 
     def wrap(self, direction):
@@ -113,7 +114,7 @@ class _Wrapper(diffrax.AbstractAdaptiveStepSizeController):
         return self.controller.atol
 
     @property
-    def norm(self):
+    def norm(self):  # pyright: ignore[reportIncompatibleMethodOverride]  (an eqx.AbstractVar met by a property)
         return self.controller.norm
 
     def wrap(self, direction):

@@ -18,6 +18,7 @@ a vector field and the problem whose loss it records (the analysis package defin
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
+from jax.core import Tracer
 from jaxtyping import Array, Float, PyTree
 
 from ._dynamics import DYNAMICS, AbstractDynamics, GradientFlow
@@ -72,7 +74,7 @@ class AbstractFlow(eqx.Module):
         None where it has none (`linearisable` False). What the linearly implicit solvers consume."""
         return None
 
-    def error_control(self, t, magnitude, sizes):
+    def error_control(self, t, magnitude, sizes) -> tuple[PyTree, Callable[[PyTree], Any] | None]:
         """The sizes each state entry's local error is measured against, and the norm of the scaled error (None:
         the controller's root mean square), for `flows.ArraywiseRelative`. `magnitude`: max(|y(t0)|, |y(t1)|)
         entry by entry over a step ending at t; `sizes`: each state array's largest magnitude (the default)."""
@@ -137,6 +139,7 @@ class Flow(AbstractFlow):
             raise ValueError(
                 f"dynamics must be a flows dynamics (GradientFlow, Adam, ...); got {type(dynamics).__name__}"
             )
+        lam: Float[Array, ""] | None = None
         if penalty is None:
             if strength is not None:
                 raise ValueError("strength is given but there is no penalty; pass penalty=... or drop strength")
@@ -148,14 +151,14 @@ class Flow(AbstractFlow):
                 )
             if strength is None:
                 raise ValueError("a penalty needs its strength: pass strength=lambda (>= 0)")
-            strength = jnp.asarray(check_nonnegative("strength", strength), dtype=jnp.float64)
+            lam = jnp.asarray(check_nonnegative("strength", strength), dtype=jnp.float64)
         parameterization.check_shape(problem.shape)
         if parameterization.psd_products:
             _check_psd_truth(problem, parameterization)
         self.problem = problem
         self.parameterization = parameterization
         self.penalty = penalty
-        self.strength = strength
+        self.strength = lam
         self.dynamics = dynamics
 
     @classmethod
@@ -202,6 +205,7 @@ class Flow(AbstractFlow):
         G = self.problem.grad(W)
         if self.penalty is None:
             return self.parameterization.pullback(theta, G)
+        assert self.strength is not None, "a penalty comes with its strength (__init__)"
         return self.penalty.objective_gradient(self.parameterization, theta, W, G, self.strength)
 
     def objective(self, state: State) -> Float[Array, ""]:
@@ -210,6 +214,7 @@ class Flow(AbstractFlow):
         value = self.problem.loss(self.parameterization.product(theta))
         if self.penalty is None:
             return value
+        assert self.strength is not None, "a penalty comes with its strength (__init__)"
         return value + self.strength * self.penalty.value(self.parameterization, theta)
 
     def vector_field(self, t, state):
@@ -250,7 +255,7 @@ def _check_psd_truth(problem: AbstractProblem, parameterization: AbstractParamet
     """ValueError if the problem's truth (where it has one, on the host) is not symmetric positive semi-definite:
     a parameterization whose products all are cannot reach it."""
     truth = problem.truth
-    if truth is None or isinstance(truth, jax.core.Tracer):
+    if truth is None or isinstance(truth, Tracer):
         return
     truth = np.asarray(truth)
     scale = np.linalg.norm(truth)

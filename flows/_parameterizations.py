@@ -48,8 +48,9 @@ class AbstractParameterization(eqx.Module):
         """Raise ValueError if this parameterization cannot make matrices of `shape`."""
 
     @abc.abstractmethod
-    def params(self, rng: np.random.Generator, shape: tuple[int, int], scale: float, kind: str) -> Params:
-        """Initial parameters (host arrays) of one of `init_kinds` at `scale`, for an n1 x n2 product."""
+    def params(self, rng: np.random.Generator, shape: tuple[int, int], scale: float | None, kind: str) -> Params:
+        """Initial parameters (host arrays) of one of `init_kinds` at `scale`, for an n1 x n2 product (scale None:
+        the zero init, the one kind without a scale)."""
 
     @abc.abstractmethod
     def product(self, theta: Params, /) -> Float[Array, "n1 n2"]:
@@ -150,6 +151,7 @@ class Direct(AbstractParameterization):
         """identity: scale * I; gaussian: N(0, scale^2 / n2) entries; zero: W = 0 (scale unused)."""
         if kind == "zero":
             return np.zeros(shape)
+        assert scale is not None, "only the zero init has no scale"
         return factor(rng, kind, *shape, scale)
 
     def product(self, theta):
@@ -186,6 +188,7 @@ class Symmetric(AbstractParameterization):
 
     def params(self, rng, shape, scale, kind):
         """U_0 = one factor of `kind` of shape (n, width): W_0 = scale^2 I for identity."""
+        assert scale is not None, "only the zero init has no scale"
         return factor(rng, kind, shape[0], shape[0] if self.width is None else self.width, scale)
 
     def product(self, U):
@@ -221,6 +224,7 @@ class Factored(AbstractParameterization):
 
     def params(self, rng, shape, scale, kind):
         """U_0, V_0 each one factor of `kind` at `scale`; balanced: U_0^T U_0 = V_0^T V_0 (W_0 = scale^2 G_r)."""
+        assert scale is not None, "only the zero init has no scale"
         n1, n2 = shape
         width = min(shape) if self.width is None else self.width
         if kind == "balanced":
@@ -291,6 +295,7 @@ class Deep(AbstractParameterization):
 
     def params(self, rng, shape, scale, kind):
         """Each factor from `kind` at `scale` (so W_0 = scale^N I for identity); balanced: see `balanced_factors`."""
+        assert scale is not None, "only the zero init has no scale"
         dims = self.dims(shape)
         if kind == "balanced":
             return tuple(balanced_factors(rng, dims, scale))

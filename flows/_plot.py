@@ -133,7 +133,7 @@ def plot_trajectory(
     for ax in (loss_ax, sv_ax, rank_ax, error_ax):
         ax.grid(True, which="major", alpha=0.3)
 
-    if overlay:
+    if overlay and labels is not None:  # labels are set above whenever runs overlay
         handles = [Line2D([], [], color=c, lw=lw, label=label) for c, lw, label in zip(colours, widths, labels)]
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(runs), 3), frameon=False)
     if title:

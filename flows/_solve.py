@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -68,7 +69,10 @@ def evaluations_per_step(solver: diffrax.AbstractSolver) -> int | None:
     """
     if not isinstance(solver, diffrax.AbstractERK):
         return None
-    return len(solver.tableau.c) + 1 - int(solver.tableau.fsal)
+    # An explicit Runge-Kutta solver's tableau is one ButcherTableau (Diffrax's AbstractERK); pyright sees the
+    # class variable as declared on AbstractRungeKutta, where it may also be an IMEX solver's MultiButcherTableau.
+    tableau = solver.tableau
+    return len(tableau.c) + 1 - int(tableau.fsal)  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def default_ts(t1: float, num: int = 200, t0: float = 0.0) -> np.ndarray:
@@ -216,9 +220,10 @@ class Plan:
                 else diffrax.PIDController(rtol=jnp.asarray(self.rtol), atol=jnp.asarray(self.atol))
             )
         if isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
+            # pyright lists the base's eqx.AbstractVar fields (rtol, atol, norm), met by properties, as __init__'s.
             if self.stop_loss is not None:
-                controller = LandOnEvent(controller, _stop_distance)
-            controller = StopOnCollapse(controller)
+                controller = LandOnEvent(controller, _stop_distance)  # pyright: ignore[reportCallIssue]
+            controller = StopOnCollapse(controller)  # pyright: ignore[reportCallIssue]
             if land:
                 controller = diffrax.ClipStepSizeController(controller, step_ts=jnp.asarray(self.ts))
         elif lands_save_times(solver) and not self.on_step_grid(controller):
@@ -275,7 +280,8 @@ class Plan:
         else:
             keep = np.arange(len(self.ts))
         states = jax.tree.map(lambda x: x[keep], states)
-        stats = {k: int(v) for k, v in stats.items()}
+        stats: dict[str, Any] = {k: int(v) for k, v in stats.items()}
+        assert self.solver is not None, "finish a resolved Plan (Plan.resolve)"
         per_step = evaluations_per_step(self.solver)
         stats |= {
             "vf_evaluations": None if per_step is None else per_step * stats["num_steps"],
@@ -331,6 +337,7 @@ class Plan:
         keep = keep[finite] if len(keep) else keep
         if not len(keep):
             return SolverError(message, t_reached, stats)
+        assert self.solver is not None, "a failure of a resolved Plan (Plan.resolve)"
         per_step = evaluations_per_step(self.solver)
         stats |= {
             "vf_evaluations": None if per_step is None else per_step * stats["num_steps"],
@@ -429,12 +436,15 @@ however it is recomputed (the loss of a nearly interpolating W is known to ~eps 
 
 def _stop_distance(t, y, args: FlowArgs, **kwargs):
     """loss / (stop_loss (1 - STOP_MARGIN)) - 1: positive before the stop, crossing 0 downward at it."""
+    assert args.stop_loss is not None, "the stop's event is only built with a stop_loss"
     return args.flow.loss(y) / (args.stop_loss * (1.0 - STOP_MARGIN)) - 1.0
 
 
 def _below_at_start(t, y, args: FlowArgs, t0, **kwargs):
     """A run that starts at or below stop_loss stops there (a sign change of `_stop_distance` never comes)."""
-    return jax.lax.cond(t <= t0, lambda: args.flow.loss(y) <= args.stop_loss, lambda: jnp.array(False))
+    stop_loss = args.stop_loss
+    assert stop_loss is not None, "the stop's event is only built with a stop_loss"
+    return jax.lax.cond(t <= t0, lambda: args.flow.loss(y) <= stop_loss, lambda: jnp.array(False))
 
 
 class _BracketState(eqx.Module):
@@ -457,9 +467,9 @@ class BracketedSecant(optx.AbstractRootFinder):
     atol: float
     norm: Callable = optx.max_norm
 
-    def _value(self, fn, y, args):
+    def _value(self, fn, y, args) -> tuple[Float[Array, ""], Any]:
         out, aux = fn(y, args)
-        return sum(jax.tree.leaves(out)), aux
+        return jnp.asarray(sum(jax.tree.leaves(out))), aux
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags):
         lower, upper = jnp.asarray(options["lower"], y.dtype), jnp.asarray(options["upper"], y.dtype)

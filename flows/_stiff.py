@@ -347,7 +347,8 @@ class LinearlyImplicitExtrapolation(AbstractFlowSolver):
         y1 = table[-1]
         error = table[-1] - table[-2]
         f1 = vf(t1, y1)
-        dense_info = dict(y0=y0, y1=unravel(y1), k0=unravel(dt * f0), k1=unravel(dt * f1))
+        # dt * f is a JAX array; numpy's stubs type the product of a scalar-like dt as possibly an ndarray.
+        dense_info = dict(y0=y0, y1=unravel(y1), k0=unravel(dt * f0), k1=unravel(dt * f1))  # pyright: ignore[reportArgumentType]
         return unravel(y1), unravel(error), dense_info, (f1, linear, linearisations), diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):

@@ -168,7 +168,8 @@ def sweep(
     if len(set(texts)) != len(texts):
         raise ValueError("configs holds the same configuration twice")
     out = open_store(out)
-    batched = executor is None and batch_size > 1
+    # batch_size is set above whenever there is no executor
+    batched = executor is None and batch_size > 1  # pyright: ignore[reportOptionalOperand]
     reused = reuse if callable(reuse) else (lambda key: bool(reuse))
 
     runs: dict[int, Run] = {}
