@@ -35,7 +35,8 @@ from ._penalties import PENALTIES, AbstractPenalty
 from ._problems import AbstractProblem
 from ._validate import check_finite, check_nonnegative
 
-State = PyTree[Float[Array, "..."]]
+# JAX arrays, or NumPy ones (a saved trajectory's states): every method accepts both.
+State = PyTree[Float[Array | np.ndarray, "..."]]
 
 
 class AbstractFlow(eqx.Module):
