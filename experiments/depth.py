@@ -281,205 +281,40 @@ class Depth(Experiment):
 
     def report(self, ctx, results):
         grid = GRIDS[ctx.quick]
-        base = {"n": grid.n, "rank": grid.rank}
-        seeds = range(grid.seeds)
-        m_low, m_high = grid.table_ms
-        kind = results["kind"] if "kind" in results else pd.Series("", index=results.index)
-        main = results[kind.fillna("") != "singular values"]
-        failed = int((main["status"] == "failed").sum())
-        done = main[main["status"] != "failed"]
-        minimisers = {
-            (m, s): nuclear_minimiser(ctx, problem({**base, "m": m, "seed": s})) for m in grid.ms for s in seeds
-        }
-        truths = {(m, s): np.asarray(problem({**base, "m": m, "seed": s}).truth) for m in grid.ms for s in seeds}
-        nuclear_distance = {}
-        for _, row in done[done["m"] == m_low].iterrows():
-            X = minimisers[m_low, row["seed"]]["X"]
-            nuclear_distance[m_low, row["depth"], row["init"], row["seed"]] = float(
-                np.linalg.norm(row["W_final"] - X) / np.linalg.norm(X)
-            )
-        table = {
-            name: {(r["m"], r["depth"], r["init"], r["seed"]): r[name] for _, r in done.iterrows()}
-            for name in ("error", "erank", "t_stop")
-        }
-        error, rank, t_stop = table["error"], table["erank"], table["t_stop"]
-
-        def values(table, m, depth, init=INIT):
-            return np.array([table.get((m, depth, init, s), np.nan) for s in seeds])
-
-        nuclear_error = {
-            m: np.array([float(test_error(minimisers[m, s]["X"], truths[m, s])) for s in seeds]) for m in grid.ms
-        }
-        nuclear_rank = {
-            m: np.array(
-                [float(flows.effective_rank(np.linalg.svd(minimisers[m, s]["X"], compute_uv=False))) for s in seeds]
-            )
-            for m in grid.ms
-        }
-
-        sv = results[(kind.fillna("") == "singular values") & (results["status"] != "failed")]
-        trajectories = {int(r["depth"]): r for _, r in sv.iterrows()}
-        learning = {}
-        for d, r in trajectories.items():
-            top = r["sigma"][:, : grid.rank]
-            learning[d] = (
-                crossing_times(r["t"], top, 0.5),
-                np.log10(crossing_times(r["t"], top, 0.9) / crossing_times(r["t"], top, 0.1)),
-            )
-
-        self._error_figure(ctx, grid, values, error, rank, nuclear_error, nuclear_rank)
-        self._init_figure(ctx, grid, values, error, nuclear_distance, nuclear_error[m_low])
-        self._singular_value_figure(ctx, grid, trajectories, learning)
-
-        deep = [d for d in grid.depths if d >= 3]
-        low_deep = np.concatenate([values(error, m_low, d) for d in deep])
-        low_shallow = np.concatenate([nuclear_error[m_low], values(error, m_low, 2)])
-        if np.nanmax(low_deep) < np.nanmin(low_shallow):
-            depth_verdict = "holds"
-        elif all(
-            np.nanmean(values(error, m_low, d))
-            < min(np.nanmean(nuclear_error[m_low]), np.nanmean(values(error, m_low, 2)))
-            for d in deep
-        ):
-            depth_verdict = "depends"
-        else:
-            depth_verdict = "fails"
-        high = np.concatenate([nuclear_error[m_high]] + [values(error, m_high, d) for d in grid.depths if d >= 2])
-        high_verdict = "holds" if np.nanmax(high) <= PUBLISHED_ALL_BELOW else "fails"
-        deep_mean = float(np.nanmean(low_deep))
-        init_means = np.array([np.nanmean(values(error, m_low, 2, init)) for init in grid.inits])
-        smallest_distance = float(np.nanmean(values(nuclear_distance, m_low, 2, grid.inits[-1])))
-        init_verdict = (
-            "holds"
-            if init_means.max() / init_means.min() > INIT_EFFECT and smallest_distance > NOT_NUCLEAR
-            else "fails"
+        measured = Measured.read(ctx, grid, results)
+        self._error_figure(
+            ctx, grid, measured.values, measured.error, measured.rank, measured.nuclear_error, measured.nuclear_rank
         )
-        widths = [float(learning[d][1].mean()) for d in sorted(learning)]
-        ordered = all(np.all(np.diff(learning[d][0]) > 0) for d in learning)
-        incremental_verdict = (
-            "holds"
-            if ordered and np.all(np.diff(widths) < 0)
-            else ("depends" if ordered or np.all(np.diff(widths) < 0) else "fails")
+        self._init_figure(
+            ctx,
+            grid,
+            measured.values,
+            measured.error,
+            measured.nuclear_distance,
+            measured.nuclear_error[grid.table_ms[0]],
         )
-
-        out = {
-            "n": str(grid.n),
-            "rank": str(grid.rank),
-            "seeds": str(grid.seeds),
-            "ms": ", ".join(str(m) for m in grid.ms),
-            "m low": str(m_low),
-            "m high": str(m_high),
-            "max depth": str(max(grid.depths)),
-            "init": tex_number(INIT),
-            "train mse": tex_number(TRAIN_MSE),
-            "scs eps": tex_number(SCS_EPS),
-            "init max": tex_number(grid.inits[0]),
-            "init min": tex_number(grid.inits[-1]),
-            "failed": str(failed),
-            "scs feasibility max": tex_number(max(float(r["feasibility"]) for r in minimisers.values())),
-            "scs iterations max": str(max(int(r["iterations"]) for r in minimisers.values())),
-            "stop time max": tex_number(max(t_stop.values())),
-            "verdict/deep": depth_verdict,
-            "verdict/high": high_verdict,
-            "verdict/init": init_verdict,
-            "verdict/incremental": incremental_verdict,
-            "deep low mean": tex_number(deep_mean),
-            "deep over published": tex_number(deep_mean / np.mean(PUBLISHED_DEEP)),
-            "high max": tex_number(float(np.nanmax(high))),
-            "init effect": tex_number(float(init_means.max() / init_means.min())),
-            "depth 2/init largest": tex_number(float(init_means[0])),
-            "depth 2/init smallest": tex_number(float(init_means[-1])),
-            "nuclear norm low": tex_number(float(np.mean([minimisers[m_low, s]["objective"] for s in seeds]))),
-            "truth nuclear norm": tex_number(
-                float(np.mean([np.linalg.svd(truths[m_low, s], compute_uv=False).sum() for s in seeds]))
-            ),
-        }
-        m_min = min(grid.ms)
-        shallow_min = min(finite_mean(nuclear_error[m_min]), finite_mean(values(error, m_min, 2)))
-        deep_min = [finite_mean(values(error, m_min, d)) for d in deep]
-        few_verdict = "hurts" if min(deep_min) > shallow_min else "helps" if max(deep_min) < shallow_min else "mixed"
-        out |= {"m min": str(m_min), "degrees": str(2 * grid.n * grid.rank - grid.rank**2), "verdict/few": few_verdict}
-        # The same keys at every scale (the quick grid lacks depth 4 and some inits: "n/a").
-        out["m distinct"] = str(grid.distinct)
-        out["distinct expected"] = f"{distinct_entries(grid.n, m_low):.0f}"
-        out["nuclear norm distinct"] = tex_number(
-            float(np.mean([minimisers[grid.distinct, s]["objective"] for s in seeds]))
-        )
-        for m, label in ((m_min, "m min"), (m_low, "m low"), (m_high, "m high"), (grid.distinct, "m distinct")):
-            out[f"error/nuclear/{label}"] = tex_number(finite_mean(nuclear_error[m]))
-            out[f"erank/nuclear/{label}"] = tex_number(finite_mean(nuclear_rank[m]))
-            for d in REPORTED_DEPTHS:
-                out[f"error/depth {d}/{label}"] = tex_number(finite_mean(values(error, m, d)))
-                out[f"erank/depth {d}/{label}"] = tex_number(finite_mean(values(rank, m, d)))
-        by_exponent = {int(round(-np.log10(init))): init for init in grid.inits}
-        for k in REPORTED_EXPONENTS:
-            init = by_exponent.get(k)
-            out[f"depth 2/init 1e-{k}/error"] = tex_number(finite_mean(values(error, m_low, 2, init)))
-            out[f"depth 2/init 1e-{k}/nuclear distance"] = tex_number(
-                finite_mean(values(nuclear_distance, m_low, 2, init))
-            )
-        for d in REPORTED_DEPTHS:
-            if d == 1:
-                continue
-            times, width = learning.get(d, (np.full(grid.rank, np.nan), np.full(grid.rank, np.nan)))
-            out[f"learning/depth {d}/first"] = tex_number(float(times[0]))
-            out[f"learning/depth {d}/last"] = tex_number(float(times[-1]))
-            out[f"learning/depth {d}/width"] = tex_number(float(width.mean()))
-            out[f"learning/depth {d}/ordered"] = (
-                "n/a" if d not in learning else "yes" if np.all(np.diff(times) > 0) else "no"
-            )
+        self._singular_value_figure(ctx, grid, measured.trajectories, measured.learning)
+        verdicts = _verdicts(grid, measured)
+        out = _values(grid, measured, verdicts)
         ctx.values(self.name, out)
         ctx.finding(
             "Arora et al.: depth >= 3 completes where the nuclear norm and depth 2 fail",
-            depth_verdict,
-            f"depth >= 3 mean {out['deep low mean']} at m = {m_low}, nuclear "
+            verdicts["deep"],
+            f"depth >= 3 mean {out['deep low mean']} at m = {grid.table_ms[0]}, nuclear "
             f"{out['error/nuclear/m low']}, depth 2 {out['error/depth 2/m low']}",
         )
+        widths = [float(measured.learning[d][1].mean()) for d in sorted(measured.learning)]
         ctx.finding(
             "Arora et al.: singular values are learned one at a time, sharper with depth",
-            incremental_verdict,
+            verdicts["incremental"],
             f"transition widths {', '.join(f'{w:.2f}' for w in widths)} (depth 2..)",
         )
-
-        rows = []
-        for i, m in enumerate(grid.table_ms):
-            rows.append(
-                [
-                    "nuclear (SCS)",
-                    str(m),
-                    tex_spread(nuclear_error[m]),
-                    tex_number(float(np.mean(nuclear_rank[m]))),
-                    PUBLISHED["nuclear", i],
-                ]
-            )
-            for d in grid.depths:
-                rows.append(
-                    [
-                        f"depth {d}",
-                        str(m),
-                        tex_spread(values(error, m, d)),
-                        tex_number(float(np.nanmean(values(rank, m, d)))),
-                        PUBLISHED[f"depth {d}", i],
-                    ]
-                )
-                if d == 2 and m == m_low:
-                    rows += [
-                        [
-                            f"depth 2, init {tex_number(init)}",
-                            str(m),
-                            tex_spread(values(error, m, 2, init)),
-                            tex_number(float(np.nanmean(values(rank, m, 2, init)))),
-                            "see above",
-                        ]
-                        for init in sorted(PUBLISHED_DEPTH2, reverse=True)
-                        if init in grid.inits
-                    ]
         ctx.table(
             self.name,
             "published",
             "lrlr|l",
             ["method", "$m$", "test error: mean [min, max]", "eff.\\ rank", "published (Arora et al.\\ 2019; cited)"],
-            rows,
+            _published_rows(grid, measured),
         )
 
     @staticmethod
@@ -616,3 +451,216 @@ class Depth(Experiment):
             title_fontsize=7.5,
         )
         ctx.figure(fig, "depth_singular_values")
+
+
+@dataclasses.dataclass
+class Measured:
+    """What the report reads: per run (m, depth, init, seed) its test error, effective rank, stop and distance to the
+    nuclear minimiser; per (m, seed) the minimiser; the singular-value runs and their learning times."""
+
+    seeds: range
+    error: dict
+    rank: dict
+    t_stop: dict
+    nuclear_distance: dict
+    minimisers: dict
+    truths: dict
+    nuclear_error: dict
+    nuclear_rank: dict
+    trajectories: dict
+    learning: dict
+    failed: int
+
+    @classmethod
+    def read(cls, ctx, grid: Grid, results: pd.DataFrame) -> "Measured":
+        base, seeds, m_low = {"n": grid.n, "rank": grid.rank}, range(grid.seeds), grid.table_ms[0]
+        kind = (results["kind"] if "kind" in results else pd.Series("", index=results.index)).fillna("")
+        main = results[kind != "singular values"]
+        done = main[main["status"] != "failed"]
+        problems = {(m, s): problem({**base, "m": m, "seed": s}) for m in grid.ms for s in seeds}
+        minimisers = {key: nuclear_minimiser(ctx, p) for key, p in problems.items()}
+        truths = {key: np.asarray(p.truth) for key, p in problems.items()}
+        nuclear_distance = {}
+        for _, row in done[done["m"] == m_low].iterrows():
+            X = minimisers[m_low, row["seed"]]["X"]
+            key = (m_low, row["depth"], row["init"], row["seed"])
+            nuclear_distance[key] = float(np.linalg.norm(row["W_final"] - X) / np.linalg.norm(X))
+        table = {
+            name: {(r["m"], r["depth"], r["init"], r["seed"]): r[name] for _, r in done.iterrows()}
+            for name in ("error", "erank", "t_stop")
+        }
+        sv = results[(kind == "singular values") & (results["status"] != "failed")]
+        trajectories = {int(r["depth"]): r for _, r in sv.iterrows()}
+        learning = {}
+        for d, r in trajectories.items():
+            top = r["sigma"][:, : grid.rank]
+            learning[d] = (
+                crossing_times(r["t"], top, 0.5),
+                np.log10(crossing_times(r["t"], top, 0.9) / crossing_times(r["t"], top, 0.1)),
+            )
+
+        def nuclear(measure) -> dict:
+            return {m: np.array([measure(m, s) for s in seeds]) for m in grid.ms}
+
+        return cls(
+            seeds=seeds,
+            error=table["error"],
+            rank=table["erank"],
+            t_stop=table["t_stop"],
+            nuclear_distance=nuclear_distance,
+            minimisers=minimisers,
+            truths=truths,
+            nuclear_error=nuclear(lambda m, s: float(test_error(minimisers[m, s]["X"], truths[m, s]))),
+            nuclear_rank=nuclear(
+                lambda m, s: float(flows.effective_rank(np.linalg.svd(minimisers[m, s]["X"], compute_uv=False)))
+            ),
+            trajectories=trajectories,
+            learning=learning,
+            failed=int((main["status"] == "failed").sum()),
+        )
+
+    def values(self, table: dict, m: int, depth: int, init: float | None = INIT) -> np.ndarray:
+        """One cell's values over seeds (NaN for a failed or missing run)."""
+        return np.array([table.get((m, depth, init, s), np.nan) for s in self.seeds])
+
+
+def _verdicts(grid: Grid, measured: Measured) -> dict[str, str]:
+    """The verdicts of the module docstring."""
+    values, error, m_low, m_high = measured.values, measured.error, *grid.table_ms
+    deep = [d for d in grid.depths if d >= 3]
+    low_deep = np.concatenate([values(error, m_low, d) for d in deep])
+    low_shallow = np.concatenate([measured.nuclear_error[m_low], values(error, m_low, 2)])
+    shallow_means = min(np.nanmean(measured.nuclear_error[m_low]), np.nanmean(values(error, m_low, 2)))
+    if np.nanmax(low_deep) < np.nanmin(low_shallow):
+        deep_verdict = "holds"
+    elif all(np.nanmean(values(error, m_low, d)) < shallow_means for d in deep):
+        deep_verdict = "depends"
+    else:
+        deep_verdict = "fails"
+    high = np.concatenate([measured.nuclear_error[m_high]] + [values(error, m_high, d) for d in grid.depths if d >= 2])
+    init_means = np.array([np.nanmean(values(error, m_low, 2, init)) for init in grid.inits])
+    smallest_distance = float(np.nanmean(values(measured.nuclear_distance, m_low, 2, grid.inits[-1])))
+    init_verdict = (
+        "holds" if init_means.max() / init_means.min() > INIT_EFFECT and smallest_distance > NOT_NUCLEAR else "fails"
+    )
+    widths = [float(measured.learning[d][1].mean()) for d in sorted(measured.learning)]
+    ordered = all(np.all(np.diff(measured.learning[d][0]) > 0) for d in measured.learning)
+    narrowing = bool(np.all(np.diff(widths) < 0))
+    incremental = "holds" if ordered and narrowing else "depends" if ordered or narrowing else "fails"
+    m_min = min(grid.ms)
+    shallow_min = min(finite_mean(measured.nuclear_error[m_min]), finite_mean(values(error, m_min, 2)))
+    deep_min = [finite_mean(values(error, m_min, d)) for d in deep]
+    few = "hurts" if min(deep_min) > shallow_min else "helps" if max(deep_min) < shallow_min else "mixed"
+    return {
+        "deep": deep_verdict,
+        "high": "holds" if np.nanmax(high) <= PUBLISHED_ALL_BELOW else "fails",
+        "init": init_verdict,
+        "incremental": incremental,
+        "few": few,
+    }
+
+
+def _values(grid: Grid, measured: Measured, verdicts: dict[str, str]) -> dict[str, str]:
+    """Every value the paper may read, with the same keys at both scales ("n/a" where a grid lacks a cell)."""
+    values, error, rank, seeds = measured.values, measured.error, measured.rank, measured.seeds
+    m_low, m_high = grid.table_ms
+    m_min = min(grid.ms)
+    deep = [d for d in grid.depths if d >= 3]
+    deep_mean = float(np.nanmean(np.concatenate([values(error, m_low, d) for d in deep])))
+    high = np.concatenate([measured.nuclear_error[m_high]] + [values(error, m_high, d) for d in grid.depths if d >= 2])
+    init_means = np.array([np.nanmean(values(error, m_low, 2, init)) for init in grid.inits])
+    minimisers = measured.minimisers
+    out = {
+        "n": str(grid.n),
+        "rank": str(grid.rank),
+        "seeds": str(grid.seeds),
+        "ms": ", ".join(str(m) for m in grid.ms),
+        "m low": str(m_low),
+        "m high": str(m_high),
+        "m min": str(m_min),
+        "m distinct": str(grid.distinct),
+        "distinct expected": f"{distinct_entries(grid.n, m_low):.0f}",
+        "degrees": str(2 * grid.n * grid.rank - grid.rank**2),
+        "max depth": str(max(grid.depths)),
+        "init": tex_number(INIT),
+        "train mse": tex_number(TRAIN_MSE),
+        "scs eps": tex_number(SCS_EPS),
+        "init max": tex_number(grid.inits[0]),
+        "init min": tex_number(grid.inits[-1]),
+        "failed": str(measured.failed),
+        "scs feasibility max": tex_number(max(float(r["feasibility"]) for r in minimisers.values())),
+        "scs iterations max": str(max(int(r["iterations"]) for r in minimisers.values())),
+        "stop time max": tex_number(max(measured.t_stop.values())),
+        **{f"verdict/{k}": v for k, v in verdicts.items()},
+        "deep low mean": tex_number(deep_mean),
+        "deep over published": tex_number(deep_mean / np.mean(PUBLISHED_DEEP)),
+        "high max": tex_number(float(np.nanmax(high))),
+        "init effect": tex_number(float(init_means.max() / init_means.min())),
+        "depth 2/init largest": tex_number(float(init_means[0])),
+        "depth 2/init smallest": tex_number(float(init_means[-1])),
+        "nuclear norm low": tex_number(float(np.mean([minimisers[m_low, s]["objective"] for s in seeds]))),
+        "nuclear norm distinct": tex_number(float(np.mean([minimisers[grid.distinct, s]["objective"] for s in seeds]))),
+        "truth nuclear norm": tex_number(
+            float(np.mean([np.linalg.svd(measured.truths[m_low, s], compute_uv=False).sum() for s in seeds]))
+        ),
+    }
+    for m, label in ((m_min, "m min"), (m_low, "m low"), (m_high, "m high"), (grid.distinct, "m distinct")):
+        out[f"error/nuclear/{label}"] = tex_number(finite_mean(measured.nuclear_error[m]))
+        out[f"erank/nuclear/{label}"] = tex_number(finite_mean(measured.nuclear_rank[m]))
+        for d in REPORTED_DEPTHS:
+            out[f"error/depth {d}/{label}"] = tex_number(finite_mean(values(error, m, d)))
+            out[f"erank/depth {d}/{label}"] = tex_number(finite_mean(values(rank, m, d)))
+    by_exponent = {int(round(-np.log10(init))): init for init in grid.inits}
+    for k in REPORTED_EXPONENTS:
+        init = by_exponent.get(k)
+        out[f"depth 2/init 1e-{k}/error"] = tex_number(finite_mean(values(error, m_low, 2, init)))
+        out[f"depth 2/init 1e-{k}/nuclear distance"] = tex_number(
+            finite_mean(values(measured.nuclear_distance, m_low, 2, init))
+        )
+    for d in REPORTED_DEPTHS[1:]:
+        times, width = measured.learning.get(d, (np.full(grid.rank, np.nan), np.full(grid.rank, np.nan)))
+        out[f"learning/depth {d}/first"] = tex_number(float(times[0]))
+        out[f"learning/depth {d}/last"] = tex_number(float(times[-1]))
+        out[f"learning/depth {d}/width"] = tex_number(float(width.mean()))
+        ordered = "yes" if np.all(np.diff(times) > 0) else "no"
+        out[f"learning/depth {d}/ordered"] = ordered if d in measured.learning else "n/a"
+    return out
+
+
+def _published_rows(grid: Grid, measured: Measured) -> list[list[str]]:
+    """The comparison with Arora et al.'s published values (cited) at the table's two m."""
+    values, error, rank = measured.values, measured.error, measured.rank
+    rows = []
+    for i, m in enumerate(grid.table_ms):
+        rows.append(
+            [
+                "nuclear (SCS)",
+                str(m),
+                tex_spread(measured.nuclear_error[m]),
+                tex_number(float(np.mean(measured.nuclear_rank[m]))),
+                PUBLISHED["nuclear", i],
+            ]
+        )
+        for d in grid.depths:
+            rows.append(
+                [
+                    f"depth {d}",
+                    str(m),
+                    tex_spread(values(error, m, d)),
+                    tex_number(float(np.nanmean(values(rank, m, d)))),
+                    PUBLISHED[f"depth {d}", i],
+                ]
+            )
+            if d == 2 and i == 0:
+                rows += [
+                    [
+                        f"depth 2, init {tex_number(init)}",
+                        str(m),
+                        tex_spread(values(error, m, 2, init)),
+                        tex_number(float(np.nanmean(values(rank, m, 2, init)))),
+                        "see above",
+                    ]
+                    for init in sorted(PUBLISHED_DEPTH2, reverse=True)
+                    if init in grid.inits
+                ]
+    return rows
