@@ -1,4 +1,4 @@
-"""The ways into the stiff tail that were tried, each measured on the same run (goal 1's record).
+"""Ways into the stiff tail, each measured on the same run.
 
 Symmetric sensing (n = 30, m = 180, rank 2), U_0 = alpha I, rtol 1e-8, until loss < 1e-10, final
 state only; every solver through flows.solve, side by side, interleaved repeats, medians. A solver
@@ -9,8 +9,8 @@ that exceeds --max-steps (Tsit5: 100 times that) is reported as such.
 
 `--tail`: the algebraic tail of analysis.small_init instead: from where flows' default solver first
 has loss < 1e-6 to t = 1e8 at rtol 1e-8, atol 1e-12 (no loss stop). W diff: against the default
-extrapolation at the same tolerances (no tight reference was affordable: Kvaerno5 at rtol 1e-11 and
-the extrapolation at rtol 1e-10 had not finished after 10 and 3 minutes). Wall: the best of
+extrapolation at the same tolerances (a tighter reference, Kvaerno5 at rtol 1e-11 or the extrapolation at rtol
+1e-10, takes many minutes). Wall: the best of
 --repeats runs after the first (the first alone past 60 s). Tsit5 is left out: stability holds its
 steps near 1e-2 there, 1e10 of them.
 
