@@ -48,6 +48,10 @@ STEP_SIZES = {
 the data loss, which is 1 on observed entries, plus the penalty's; the adaptive methods move each coordinate by about
 the step size)."""
 BETA1, BETA2 = 0.9, 0.999
+HEADERS = {
+    "budget": ["A vs B", "of the budget", "A / B: mean [95\\,\\% CI]", "B lower in", "A is"],
+    "limit": ["method", "step $\\eta$", "test error (median)", "step / flow: mean [95\\,\\% CI]", "step is"],
+}
 LIMIT_STEPS = {"Adam": (0.05, 0.02, 0.01, 0.005, 0.002), "gradient flow": (1.0, 0.5, 0.2, 0.1, 0.05)}
 """Part (B): the steps of discrete Adam (a = 10, so a eta < 1) and of gradient descent, largest first."""
 
@@ -249,13 +253,7 @@ class Steps(Experiment):
                         verdict,
                         f"{a} / {b}: {p.factor}",
                     )
-        ctx.table(
-            self.name,
-            f"budget-{setting.scale.label}",
-            "lllll",
-            ["A vs B", "of the budget", "A / B: mean [95\\,\\% CI]", "B lower in", "A is"],
-            rows,
-        )
+        self._table(ctx, "budget", setting, rows)
         return values
 
     # -- (B) ------------------------------------------------------------------------------------------------
@@ -322,14 +320,11 @@ class Steps(Experiment):
                 f"smallest step / flow: {smallest.factor if smallest else 'n/a'}",
             )
             self._limit_figure(ctx, setting, name, steps, by_step, flow_errors)
-        ctx.table(
-            self.name,
-            f"limit-{setting.scale.label}",
-            "lllll",
-            ["method", "step $\\eta$", "test error (median)", "step / flow: mean [95\\,\\% CI]", "step is"],
-            rows,
-        )
+        self._table(ctx, "limit", setting, rows)
         return values
+
+    def _table(self, ctx, kind: str, setting, rows) -> None:
+        ctx.table(self.name, f"{kind}-{setting.scale.label}", "lllll", HEADERS[kind], rows)
 
     @staticmethod
     def _limit_figure(ctx, setting, name, steps, by_step, flow_errors) -> None:
