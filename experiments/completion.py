@@ -143,8 +143,7 @@ def curve(traj: flows.Trajectory, config: dict) -> dict[str, np.ndarray]:
         ratio = sigma.sum(-1) / norm
     return {
         "t": np.asarray(traj.ts),
-        "test": np.mean((W - traj.truth) ** 2, axis=(1, 2)),
-        "validation": parts.validation_error(W),
+        **parts.errors(W),
         "train": 2 * np.asarray(traj.loss) / parts.train.m,
         "norm": norm,
         "ratio": ratio,
@@ -314,7 +313,7 @@ class Completion(Experiment):
                 f"{key}/verdict": p.verdict,
                 f"{key}/factor": p.factor,
                 f"{key}/wins": str(p.wins),
-                f"{key}/p": tex_number(p.p_lower),
+                f"{key}/p": tex_number(p.p),
             }
         ctx.table(
             self.name,
@@ -322,7 +321,7 @@ class Completion(Experiment):
             "lllll",
             ["A vs B", "A / B: mean [95\\,\\% CI]", "A lower in", "sign test $p$", "verdict"],
             [
-                [name.replace("UV^T", "$UV^T$"), p.factor, f"{p.wins}/{len(p.d)}", tex_number(p.p_lower), p.verdict]
+                [name.replace("UV^T", "$UV^T$"), p.factor, f"{p.wins}/{len(p.d)}", tex_number(p.p), p.verdict]
                 for name, p in paired.items()
             ],
         )

@@ -25,6 +25,7 @@ step is *the same* as the flow and no step is *lower* than the flow; *a finite-s
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import jax
 import numpy as np
@@ -34,7 +35,7 @@ import flows
 
 from ._base import Context, Experiment, Group, new_figure, tex_number
 from ._completion import COLOURS, DYNAMICS, SAVES, SCALES, Scale, build, observations
-from ._protocol import Paired, choose
+from ._protocol import CONFIDENCE, Paired, Split, choose
 
 BUDGETS = {False: 10_000, True: 2_000}
 """Steps of every discrete run of part (A), by quick."""
@@ -110,24 +111,27 @@ def discrete(ctx: Context, config: dict, step: float, t1: float, override: dict 
         flow = flows.Flow.from_description(flow.problem, {**flow.describe(), "dynamics": override})
         state0 = flow.dynamics.init(params)
     ts = flows.default_ts(t1, SAVES)
+    parts = observations(config)
 
     def compute() -> dict[str, np.ndarray]:
-        parts = observations(config)
         try:
             traj = flows.descend(flow, state0, step=step, t1=t1, ts=ts)
         except flows.SolverError:
             return {"diverged": np.asarray(True)}
         objective = jax.vmap(flow.objective)(traj.states)
-        W = np.asarray(traj.W)
         return {
             "diverged": np.asarray(False),
             "t": np.asarray(traj.ts),
-            "test": np.mean((W - traj.truth) ** 2, axis=(1, 2)),
-            "validation": parts.validation_error(W),
+            **parts.errors(np.asarray(traj.W)),
             "objective": np.asarray(objective),
         }
 
-    return ctx.cached({"descend": flow, "state0": state0, "step": step, "ts": ts}, compute)
+    # Keyed by what computes the run and by what measures it: the held-out entries and the measuring code.
+    measuring = [inspect.getsource(f) for f in (discrete, Split.errors, Split.test_error, Split.validation_error)]
+    held = (parts.rows, parts.cols, parts.values)
+    return ctx.cached(
+        {"descend": flow, "state0": state0, "step": step, "ts": ts, "held out": held, "measuring": measuring}, compute
+    )
 
 
 class Steps(Experiment):
@@ -224,7 +228,14 @@ class Steps(Experiment):
         for claim, (a, b), rule in ((2, ("gradient descent", "Adam"), "two"), (3, ("momentum", "RMSProp"), "three")):
             for label in ("budget", "tenth"):
                 if (a, label) not in budgets or (b, label) not in budgets:
-                    values[f"{key}/verdict/{rule}/{label}"] = "n/a"
+                    values |= {
+                        f"{key}/{what}": "n/a"
+                        for what in (
+                            f"verdict/{rule}/{label}",
+                            f"compare/{rule}/{label}",
+                            f"compare/{rule}/{label}/wins",
+                        )
+                    }
                     continue
                 p = Paired.of(budgets[a, label], budgets[b, label])
                 verdict = {
@@ -236,14 +247,14 @@ class Steps(Experiment):
                 values |= {
                     f"{key}/verdict/{rule}/{label}": verdict,
                     f"{key}/compare/{rule}/{label}": p.factor,
-                    f"{key}/compare/{rule}/{label}/wins": str(len(p.d) - p.wins),
+                    f"{key}/compare/{rule}/{label}/wins": str(p.losses),
                 }
                 rows.append(
                     [
                         f"{a} vs {b}",
                         "all" if label == "budget" else "a tenth",
                         p.factor,
-                        f"{len(p.d) - p.wins}/{len(p.d)}",
+                        f"{p.losses}/{len(p.d)}",
                         p.verdict,
                     ]
                 )
@@ -261,25 +272,33 @@ class Steps(Experiment):
         values, rows = {}, []
         for d, steps in setting.limit_steps.items():
             t1 = setting.scale.horizon(d)
-            flow_rows = flows_table[(flows_table["dynamics"] == d) & (flows_table["status"] != "failed")]
             flow_errors = []
             for s in range(setting.scale.seeds):
-                rows = flow_rows[flow_rows["seed"] == s]
-                flow_errors.append(
-                    choose([{k: r[k] for k in ("t", "validation", "test")} for _, r in rows.iterrows()]).test
-                )
+                runs = flows_table[(flows_table["dynamics"] == d) & (flows_table["seed"] == s)]
+                finished = runs[runs["status"] != "failed"]
+                # A failed candidate makes the flow n/a for the seed, as in the completion experiment.
+                complete = len(finished) == len(runs) and len(runs) > 0
+                candidates = [{k: r[k] for k in ("t", "validation", "test")} for _, r in finished.iterrows()]
+                flow_errors.append(choose(candidates).test if complete else np.nan)
             flow_errors = np.array(flow_errors)
-            by_step = {}
+            by_step, diverged = {}, dict.fromkeys(steps, 0)
             for step in steps:
                 per_seed = []
                 for s in range(setting.scale.seeds):
                     candidates = [
                         discrete(ctx, base(setting.scale, s, lam, d), step, t1) for lam in setting.scale.strengths
                     ]
-                    candidates = [c for c in candidates if not bool(c["diverged"])]
-                    per_seed.append(choose(candidates).test if candidates else np.nan)
+                    finished = [c for c in candidates if not bool(c["diverged"])]
+                    diverged[step] += len(candidates) - len(finished)
+                    per_seed.append(choose(finished).test if finished else np.nan)
                 by_step[step] = np.array(per_seed)
-            paired = {step: Paired.of(e, flow_errors) for step, e in by_step.items() if np.all(np.isfinite(e))}
+            # One claim reads every step's comparison: each interval at the Bonferroni-widened confidence.
+            confidence = 1 - (1 - CONFIDENCE) / len(steps)
+            paired = {
+                step: Paired.of(e, flow_errors, confidence)
+                for step, e in by_step.items()
+                if np.all(np.isfinite(e)) and np.all(np.isfinite(flow_errors))
+            }
             smallest = paired.get(steps[-1])
             lower = any(p.verdict == "lower" for p in paired.values())
             verdict = (
@@ -294,6 +313,7 @@ class Steps(Experiment):
                 f"{key}/limit/{name}/verdict": verdict,
                 f"{key}/limit/{name}/flow median": tex_number(float(np.median(flow_errors))),
                 f"{key}/limit/{name}/steps": ", ".join(f"{s:g}" for s in steps),
+                f"{key}/limit/{name}/diverged": str(sum(diverged.values())),
             }
             for which, step in (("largest", steps[0]), ("smallest", steps[-1])):
                 p = paired.get(step)

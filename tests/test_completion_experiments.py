@@ -67,9 +67,15 @@ def test_the_paired_verdict_follows_its_declared_rule(ratios, verdict):
     np.testing.assert_allclose(p.d, np.log10(ratios))
     assert p.low <= p.mean <= p.high
     assert p.wins == sum(r < 1 for r in ratios)
-    # Exact one-sided sign test: all 6 wins has p = 1/64.
+    # Exact two-sided sign test: all 6 wins has p = 2/64.
     if verdict == "lower":
-        assert p.p_lower == pytest.approx(1 / 64)
+        assert p.p == pytest.approx(2 / 64)
+    # The interval is Student's t over the seeds.
+    d = np.log10(ratios)
+    half = scipy.stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    assert (p.low, p.high) == pytest.approx((d.mean() - half, d.mean() + half))
+    # Too few seeds resolve nothing, however far apart.
+    assert _protocol.Paired.of(np.array([0.01, 0.01]), np.array([1.0, 1.0])).verdict == "not resolved"
     with pytest.raises(ValueError, match="paired"):
         _protocol.Paired.of(b, b[:3])
 
