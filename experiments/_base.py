@@ -104,6 +104,8 @@ class Context:
     tally: Tally = dataclasses.field(default_factory=Tally)
     computed: set[str] = dataclasses.field(default_factory=set)
     """Keys computed in this reproduction (what `fresh` reuses)."""
+    measured_now: set[Path] = dataclasses.field(default_factory=set)
+    """Measurement records written in this reproduction (what `fresh` reuses)."""
     experiment: str = ""
     """The experiment being run (names progress bars)."""
     position: str = ""
@@ -116,8 +118,9 @@ class Context:
     def reusable(self, key: str) -> bool:
         return not self.fresh or key in self.computed
 
-    def sweep(self, group: Group) -> list[flows.Run]:
-        """`flows.sweep` of a group into the store; statuses tallied, resumed runs' notes kept."""
+    def sweep(self, group: Group, reuse: bool = True) -> list[flows.Run]:
+        """`flows.sweep` of a group into the store; statuses tallied, resumed runs' notes kept; `reuse=False`
+        computes the group's runs again."""
         extra = {} if self.executor is None else {"executor": self.executor}
 
         def settled(run: flows.Run) -> None:
@@ -134,7 +137,7 @@ class Context:
             self.runs,
             progress=self.progress,
             desc=desc,
-            reuse=self.reusable,
+            reuse=self.reusable if reuse else False,
             on_run=settled,
             **extra,
             **group.options,
@@ -152,9 +155,8 @@ class Context:
     def measured(self, run: flows.Run, measure: Callable, version: str) -> dict[str, Any]:
         """`measure(trajectory, config)` of a finished run, computed once and stored beside the run under a key of
         the run and the measuring code (`version`); scalars come back as floats."""
-        path = run.path / ("measured-" + flows.fingerprint({"run": run.key, "code": version}, 16))
-        fresh = self.fresh and run.key not in self.computed
-        if not fresh:
+        path = run.path / ("measured-" + flows.fingerprint({"run": run.key, "code": version, "config": run.config}, 16))
+        if not self.fresh or path in self.measured_now:
             try:
                 arrays, _ = flows.read_record(path)
                 return {k: _value(v) for k, v in arrays.items()}
@@ -162,6 +164,7 @@ class Context:
                 pass
         values = measure(run.load(), run.config)
         flows.write_record(path, {k: np.asarray(v) for k, v in values.items()}, {"run": run.key})
+        self.measured_now.add(path)
         return {k: _value(np.asarray(v)) for k, v in values.items()}
 
     def figure(self, fig: Figure, name: str) -> None:
@@ -255,7 +258,12 @@ class Experiment(abc.ABC):
                     row = {**flatten(run.config), "group": group.label, "status": run.status, "key": run.key}
                     row["message"] = run.message
                     if run.status != "failed":
-                        measured = ctx.measured(run, self.measure, version)
+                        try:
+                            measured = ctx.measured(run, self.measure, version)
+                        except flows.CorruptRecordError as err:  # complete by its size, spoiled inside: compute again
+                            ctx.tally.notes.append(f"{self.name} ({group.label}): run {run.key}: {err}; computed again")
+                            (again,) = ctx.sweep(dataclasses.replace(group, configs=[run.config]), reuse=False)
+                            measured = ctx.measured(again, self.measure, version)
                         if clash := set(measured) & set(row):
                             raise ValueError(f"{self.name}: measurements named like configuration columns: {clash}")
                         row |= measured

@@ -196,6 +196,13 @@ def observations(config: dict) -> Split | None:
     return split(problem({**config, "m": config["m"] + held}), config["seed"], held)
 
 
+def every_observation(config: dict) -> flows.EntryProblem:
+    """The problem of every observed entry of a configuration: its training entries and its held-out ones."""
+    if "held out" not in config:
+        return problem(config)
+    return problem({**config, "m": config["m"] + held_out(config["m"], config["held out"])})
+
+
 def training(config: dict) -> flows.EntryProblem:
     """The problem a run trains on: `problem(config)`, or its training entries when some are held out."""
     parts = observations(config)

@@ -106,14 +106,18 @@ class Choice:
     """Which candidate run."""
     t: float
     at_horizon: bool
-    """The chosen time is the run's last saved time (the search may have been cut short)."""
+    """The chosen time is the run's horizon (the search may have been cut short there); a run that ended at a stopping
+    loss before it is not at its horizon."""
     oracle: float
     """The lowest test error over every candidate and time (not a method: an oracle's stop and strength)."""
 
 
 def choose(candidates: list[dict]) -> Choice:
     """The (run, time) of the lowest validation error over `candidates` (dicts of "t", "validation", "test" series,
-    as measured along each run); ties go to the earlier candidate and time."""
+    as measured along each run, and optionally "t1", the run's horizon: without it the last saved time counts as the
+    horizon); ties go to the earlier candidate and time. ValueError for no candidates."""
+    if not candidates:
+        raise ValueError("choose needs at least one candidate")
     best = None
     for i, c in enumerate(candidates):
         k = int(np.nanargmin(c["validation"]))
@@ -126,8 +130,8 @@ def choose(candidates: list[dict]) -> Choice:
         validation=float(value),
         index=i,
         t=float(chosen["t"][k]),
-        at_horizon=k == len(chosen["t"]) - 1,
-        oracle=float(min(np.nanmin(c["test"]) for c in candidates)),
+        at_horizon=bool(chosen["t"][k] >= chosen["t1"] * (1 - 1e-9)) if "t1" in chosen else k == len(chosen["t"]) - 1,
+        oracle=float(np.nanmin([np.nanmin(c["test"]) for c in candidates])),
     )
 
 

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,9 @@ def peek_record(path: str | os.PathLike) -> dict[str, Any]:
         size = (path / ARRAYS).stat().st_size
     except (OSError, json.JSONDecodeError) as err:
         raise CorruptRecordError(f"no complete record at {path}: {err}") from err
-    if not isinstance(meta, dict) or meta.get("bytes") != size:
+    if not isinstance(meta, dict):
+        raise CorruptRecordError(f"{path / META} does not hold a record's metadata")
+    if meta.get("bytes") != size:
         raise CorruptRecordError(f"{path / ARRAYS} has {size} bytes, not the {meta.get('bytes')} its {META} records")
     return meta
 
@@ -127,11 +130,23 @@ def read_record(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
         return dict(data), meta
 
 
-def remove_temporaries(path: Path) -> list[Path]:
-    """Delete the temporary files interrupted writes left in the folder `path`; returns them."""
-    left = sorted(path.glob(f"{TEMPORARY}*")) if path.is_dir() else []
-    for tmp in left:
-        tmp.unlink(missing_ok=True)
+STALE_TEMPORARY = 600.0
+"""Seconds after which a temporary file is an interrupted write's, not another writer's in flight (a write takes
+well under a second)."""
+
+
+def remove_temporaries(path: Path, age: float = STALE_TEMPORARY) -> list[Path]:
+    """Delete the temporary files interrupted writes left in the folder `path` (older than `age` seconds, so that a
+    concurrent writer's file in flight is left alone); returns them."""
+    now = time.time()
+    left = []
+    for tmp in sorted(path.glob(f"{TEMPORARY}*")) if path.is_dir() else []:
+        try:
+            if now - tmp.stat().st_mtime > age:
+                tmp.unlink(missing_ok=True)
+                left.append(tmp)
+        except FileNotFoundError:  # its writer renamed it meanwhile
+            pass
     return left
 
 

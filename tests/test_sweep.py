@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -214,12 +215,17 @@ def test_resume_names_what_it_replaced_and_removes_temporary_files(tmp_path):
     assert [r.status for r in again] == ["done", "cached"]
     assert "corrupt" in again[0].note and again[1].note == ""
     assert sorted(r.key for r in settled) == sorted(r.key for r in again)
-    # A temporary file beside a run that must be computed is removed, and said.
+    # An interrupted write's temporary file beside a run that must be computed is removed, and said; a fresh one
+    # (another writer's, in flight) is left alone.
     (first[0].path / "meta.json").unlink()
-    (first[0].path / ".tmp-arrays.npz.xyz").write_bytes(b"x")
+    stale, fresh = first[0].path / ".tmp-arrays.npz.xyz", first[0].path / ".tmp-meta.json.abc"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    old = time.time() - 2 * flows._store.STALE_TEMPORARY
+    os.utime(stale, (old, old))
     third = flows.sweep(build, configs, tmp_path, t1=T1, progress=False)
     assert third[0].status == "done" and "temporary" in third[0].note
-    assert not list(first[0].path.glob(".tmp-*"))
+    assert not stale.exists() and fresh.exists()
 
 
 class CorruptingSaves(concurrent.futures.ThreadPoolExecutor):
