@@ -183,11 +183,12 @@ def _show(value) -> str:
 
 
 def _argument_types(cls) -> dict[str, Any]:
-    """Each constructor argument's annotation: the field's (dataclass-style members) or the __init__'s."""
+    """Each constructor argument's annotation: the __init__'s where it annotates the argument (what the user passes),
+    else the field's (dataclass-style members)."""
     hints = {}
-    for source in (cls, cls.__init__):
+    for source in (cls, cls.__init__):  # later sources win
         try:
-            hints = typing.get_type_hints(source) | hints
+            hints |= typing.get_type_hints(source)
         except Exception:  # noqa: BLE001 - an unresolvable annotation leaves the argument a string
             pass
     return {name: hints.get(name, str) for name in inspect.signature(cls).parameters}
