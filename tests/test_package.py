@@ -105,7 +105,7 @@ def _check_installed(python: Path, tmp: Path) -> None:
         _run([gradflow, "--version"], cwd=tmp, env=env).stdout.strip() == f"gradflow {PYPROJECT['project']['version']}"
     )
     listing = _run([gradflow, "reproduce", "--list"], cwd=tmp, env=env).stdout
-    assert "closed_forms" in listing and "each_factor" in listing, listing
+    assert "closed_forms" in listing and "completion" in listing, listing
     _run(
         [gradflow, "run", "--n", "4", "--m", "12", "--rank", "1", "--t1", "5", "--points", "5", "--out", "run"],
         cwd=tmp,
