@@ -1,6 +1,6 @@
-"""The experiments and the paper: every experiment runs end to end at its quick scale, writes the values the paper
-reads (freshly, here), the same keys as at full scale, and resumes without recomputing; the result table agrees
-with a direct computation from the trajectories."""
+"""The experiments and the paper: every experiment runs end to end at its quick scale (the long ones under
+`-m slow`), writes the values the paper reads (freshly, here), the same keys as at full scale, and resumes without
+recomputing; the result table agrees with a direct computation from the trajectories."""
 
 import re
 from pathlib import Path
@@ -45,7 +45,13 @@ def test_the_paper_reads_only_keyed_values_of_the_experiments():
     assert not re.search(r"\\newcommand\{\\[A-Z][a-z]+[A-Z]", PAPER.read_text())
 
 
-@pytest.mark.parametrize("name", list(experiments.EXPERIMENTS))
+# The quick runs of these take one to four minutes each on two cores (`make quick` runs them all): `slow`.
+LONG = {"completion", "completion_arora", "small_init", "depth", "span", "norms"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in LONG else n for n in experiments.EXPERIMENTS]
+)
 def test_every_experiment_runs_at_its_quick_scale_and_writes_what_the_paper_reads(name, shared_store, tmp_path):
     tally, _ = experiments.reproduce([name], quick=True, store=shared_store, out=tmp_path, progress=False)
     assert tally.failed == 0, tally.notes
