@@ -8,7 +8,9 @@ import pytest
 from analysis import checks
 
 
-@pytest.mark.parametrize("group", list(checks.GROUPS))
+@pytest.mark.parametrize(
+    "group", [pytest.param(g, marks=pytest.mark.slow) if g == "small_init" else g for g in checks.GROUPS]
+)
 def test_every_check_of_the_group_passes(group):
     result = checks.GROUPS[group]()
     assert result.rows, f"group {group} has no rows"

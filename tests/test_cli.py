@@ -424,7 +424,7 @@ def _start(argv):
     return process, lines, reader
 
 
-@pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "progress-bar"])
+@pytest.mark.parametrize("quiet", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["quiet", "progress-bar"])
 def test_ctrl_c_stops_a_run_at_once_with_one_line_and_exit_130(quiet, tmp_path):
     # A solve that would take far longer than this test: tight tolerance to t = 1e6.
     out = tmp_path / "long"
@@ -459,7 +459,7 @@ def test_ctrl_c_stops_a_run_at_once_with_one_line_and_exit_130(quiet, tmp_path):
     assert not (out / "meta.json").exists()
 
 
-@pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "progress-bar"])
+@pytest.mark.parametrize("quiet", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["quiet", "progress-bar"])
 def test_ctrl_c_stops_a_reproduction_with_its_count_and_a_second_run_resumes(quiet, tmp_path):
     """`gradflow reproduce`: a real SIGINT once some runs are saved ends it at once with one line naming what is kept,
     exit 130; the same command again computes only what was missing."""
