@@ -7,6 +7,10 @@ tuples, lists, dicts (by sorted keys), functions by their qualified name. A flow
 data, its three families' parameters and classes; a solve by its solver and step-size controller with all their
 settings, its tolerances, save times and budget. Two values with the same fingerprint compute the same thing with the
 same code; `SCHEMA` enters every key a store writes, and changes when what a stored record holds changes.
+
+A function is keyed by its name only: neither its code nor the values a closure captures enter the key. Two lambdas
+defined at one place, or one function whose body changed, share a key; a quantity that changes what is computed
+belongs in a module's field or an argument, where it is hashed.
 """
 
 from __future__ import annotations
