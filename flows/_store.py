@@ -168,7 +168,7 @@ def open_store(root: str | os.PathLike) -> Path:
                 f"(schema {SCHEMA}): they are not reused. Move it away or delete it, or choose another store"
             )
         return root
-    if root.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
+    if root.exists() and any(not p.name.startswith(".") and p.name != MARKER for p in root.iterdir()):
         raise StoreSchemaError(
             f"{root} is not empty and has no {MARKER}: it is not a gradflow store, or one written before stores had "
             f"schemas (keyed differently, never reused). Move it away or delete it, or choose another store"

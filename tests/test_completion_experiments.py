@@ -49,6 +49,10 @@ def test_choose_reads_the_validation_minimum_over_runs_and_times_and_flags_the_h
     assert choice.oracle == 0.1  # the oracle is reported, not chosen
     first = _protocol.choose([a])
     assert (first.t, first.test, first.at_horizon) == (1.0, 0.5, False)
+    # The oracle ignores a candidate whose test errors are all undefined, wherever it stands.
+    spoiled = {"t": t, "validation": np.full(4, 9.0), "test": np.full(4, np.nan)}
+    with np.errstate(invalid="ignore"):
+        assert _protocol.choose([spoiled, a]).oracle == _protocol.choose([a, spoiled]).oracle == 0.1
 
 
 @pytest.mark.parametrize(
