@@ -544,9 +544,9 @@ class Completion(Experiment):
                 axes[1].plot(run["t"][1:], np.abs(run["ratio"][1:] - _ratio(truth)), color=colour, lw=0.8)
                 axes[2].plot(run["t"][1:], run["unobserved"][1:], color=colour, lw=0.8)
         axes[0].axhline(1.0, color="k", ls=":", lw=0.8)
-        axes[0].set(ylabel=r"$\|W\|_F / \|W^*\|_F$", title="the norm drifts")
-        axes[1].set(ylabel=r"$|R(W) - R(W^*)|$", title="the ratio settles", yscale="log")
-        axes[2].set(ylabel="largest unobserved $|W_{ij}|$", title="unobserved entries grow")
+        axes[0].set(ylabel=r"$\|W\|_F / \|W^*\|_F$", title="the norm")
+        axes[1].set(ylabel=r"$|R(W) - R(W^*)|$", title="the ratio against the truth's", yscale="log")
+        axes[2].set(ylabel="largest unobserved $|W_{ij}|$", title="the unobserved entries")
         for ax in axes:
             ax.set(xscale="log", xlabel="time $t$", xlim=(1e-2, None))
         axes[0].set_yscale("log")

@@ -16,9 +16,8 @@ Setting (`_completion`: Arora's problems, inits and stopping rule). Depth 1 is `
 $N \ge 2$ is `flows.Deep(N)` of width n from `_completion.factor_init`; runs stop at Arora's training MSE, with the
 default solver and relative tolerance `RTOL` per state array. Their RMSprop with one global second moment is a time
 change of gradient flow, so the flow's path is theirs.
-The grids (`GRIDS`): m = 1813, 2000 and 5000 (the table's; the smaller m Arora et al. plot, down to the $2nr - r^2
-= 975$ degrees of freedom of the rank-5 truth, are left out for compute: a deep product's plateau lengthens as m
-falls), 5 seeds.
+The grids (`GRIDS`): m from 1000 (next to the $2nr - r^2 = 975$ degrees of freedom of the rank-5 truth) to
+5000, 5 seeds.
 
 Measurement. Test error $\frac{1}{n^2} \sum_{jk} (W - W^*)_{jk}^2$ at the stop (= the squared relative
 Frobenius error), effective rank (Roy & Vetterli) of $W$, mean and min-max over seeds. The reference: the
@@ -84,7 +83,7 @@ GRIDS = {
     False: Grid(
         n=100,
         rank=5,
-        ms=(1813, 2000, 5000),
+        ms=(1000, 1500, 1813, 2000, 5000),
         depths=(1, 2, 3, 4),
         seeds=5,
         inits=(1e-2, 1e-3, 1e-4, 1e-5, 1e-6),
