@@ -90,7 +90,8 @@ EVERY = ("gradient flow", "Adam", "Adam a=100", "RMSProp", "momentum", "sign")
 SETTINGS = {
     "completion": {quick: Setting(SCALES["n = 30"][quick], EVERY) for quick in (False, True)},
     "completion_arora": {
-        quick: Setting(SCALES["n = 100"][quick], ("gradient flow", "Adam"), ("gradient flow",)) for quick in (False, True)
+        quick: Setting(SCALES["n = 100"][quick], ("gradient flow", "Adam"), ("gradient flow",))
+        for quick in (False, True)
     },
 }
 """By experiment and quick. At n = 100 the ratio runs under gradient flow and the Adam flow at a = 10 only, and the
