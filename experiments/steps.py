@@ -167,7 +167,12 @@ class Steps(Experiment):
 
     def report(self, ctx, results):
         budget = BUDGETS[ctx.quick]
-        values = {"budget": f"{budget:,}".replace(",", "{,}"), "beta1": f"{BETA1:g}", "beta2": f"{BETA2:g}"}
+        values = {
+            "budget": f"{budget:,}".replace(",", "{,}"),
+            "beta1": f"{BETA1:g}",
+            "beta2": f"{BETA2:g}",
+            "stability seeds": str(STABILITY_SEEDS),
+        }
         for setting in SETTINGS[ctx.quick]:
             key = setting.scale.label
             if setting.methods:
