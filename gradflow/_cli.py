@@ -497,8 +497,8 @@ def cmd_reproduce(args) -> int:
 
     def progress() -> str:
         return (
-            f"{tally.done} runs computed and {tally.reused} reused are kept ({tally.settled} of the {declared} "
-            "declared runs settled); run the same command to resume"
+            f"{tally.done} runs computed and {tally.reused} reused are kept ({tally.settled} settled; the "
+            f"experiments declare {declared} up front, and more from their results); run the same command to resume"
         )
 
     tally, seconds = interruptible(

@@ -489,7 +489,9 @@ def test_ctrl_c_stops_a_reproduction_with_its_count_and_a_second_run_resumes(qui
     assert "Traceback" not in text
     saved = len(list(store.glob("runs/*/meta.json")))
     last = lines[-1]
-    assert last.startswith("interrupted: ") and "declared runs settled); run the same command to resume" in last, last
+    assert (
+        last.startswith("interrupted: ") and "and more from their results); run the same command to resume" in last
+    ), last
     computed = int(re.search(r"interrupted: (\d+) runs computed", last).group(1))
     assert 1 <= computed <= saved
     again = subprocess.run(
