@@ -180,7 +180,10 @@ class Paired:
 
     @property
     def factor(self) -> str:
-        """The mean ratio A / B with its interval, as LaTeX: $10^{mean}$ [$10^{low}$, $10^{high}$]."""
+        """The mean ratio A / B with its interval, as LaTeX: $10^{mean}$ [$10^{low}$, $10^{high}$] (no interval below
+        `MIN_SEEDS` seeds)."""
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            return f"{tex_number(10**self.mean)} [too few seeds]"
         return interval(10**self.mean, 10**self.low, 10**self.high)
 
     @property

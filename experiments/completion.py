@@ -22,8 +22,7 @@ Protocol (`_protocol`): a validation split of the observed entries per seed, eve
 stopping time) on the validation error for every method, the test error read at the chosen point; paired verdicts
 over seeds with a Student t interval and the declared rule of `_protocol.Paired` (factor `_protocol.SAME`). A
 method with a failed candidate run in a seed has no choice in that seed: its summaries and comparisons read the
-other seeds (the seeds both sides have), and say how many; a method left with fewer than `_protocol.MIN_SEEDS` seeds
-is n/a.
+other seeds (the seeds both sides have), and say how many (fewer than `_protocol.MIN_SEEDS` resolve nothing).
 
 Measurement along every run (`curve`): test and validation error, training MSE, $\|W\|_F$, $R(W)$, the largest
 entry outside the training set, effective rank. The drift is read directly: at the chosen point and at the horizon,
@@ -71,7 +70,7 @@ from ._completion import (
     observed,
     problem,
 )
-from ._protocol import CONFIDENCE, MIN_SEEDS, SAME, Paired, choose, held_out
+from ._protocol import CONFIDENCE, SAME, Paired, choose, held_out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,11 +230,11 @@ class Completion(Experiment):
             start[s] = float(parts.test_error(observed(parts.train)))
 
         def errors(method: str) -> np.ndarray | None:
-            """The method's test error by seed, NaN in a seed without a choice; None with fewer than MIN_SEEDS."""
+            """The method's test error by seed, NaN in a seed without a choice; None in every seed."""
             if method == "nuclear minimiser":
                 return np.array([nuclear[s] for s in seeds])
             got = chosen.get(method, {})
-            if len(got) < MIN_SEEDS:
+            if not got:
                 return None
             return np.array([got[s]["choice"].test if s in got else np.nan for s in seeds])
 
@@ -277,7 +276,7 @@ class Completion(Experiment):
         for method in METHODS:
             got = chosen.get(method, {})
             key = f"method/{method.replace('^', '')}"
-            if len(got) < MIN_SEEDS:
+            if not got:
                 values |= {
                     f"{key}/{k}": "n/a"
                     for k in ("median", "low", "high", "oracle", "t", "at horizon", "strength", "seeds")
@@ -378,7 +377,7 @@ class Completion(Experiment):
             return "yes" if v == "lower" else "no" if v in ("the same", "higher") else "unknown"
 
         transient = "n/a"
-        if len(chosen.get("ratio", {})) >= MIN_SEEDS:
+        if chosen.get("ratio"):
             transient = all(c["run"]["test"][-1] > SAME * c["choice"].test for c in chosen["ratio"].values())
         out["verdict/one"] = {
             "yes": "holds as a transient" if transient is True else "holds",
@@ -429,7 +428,7 @@ class Completion(Experiment):
             key = f"transient/{method.replace('^', '')}"
             out[key] = (
                 f"{sum(c['run']['test'][-1] > SAME * c['choice'].test for c in got.values())} of {len(got)}"
-                if len(got) >= MIN_SEEDS
+                if got
                 else "n/a"
             )
         for claim, key in (
@@ -455,7 +454,7 @@ class Completion(Experiment):
         for method in ("ratio, gradient flow", "ratio, Adam"):
             got = chosen.get(method, {})
             key = f"drift/{method}"
-            if len(got) < MIN_SEEDS:
+            if not got:
                 out |= {
                     f"{key}/{where}/{q}": "n/a"
                     for where in ("chosen", "horizon")

@@ -78,8 +78,9 @@ def test_the_paired_verdict_follows_its_declared_rule(ratios, verdict):
     d = np.log10(ratios)
     half = scipy.stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
     assert (p.low, p.high) == pytest.approx((d.mean() - half, d.mean() + half))
-    # Too few seeds resolve nothing, however far apart.
-    assert _protocol.Paired.of(np.array([0.01, 0.01]), np.array([1.0, 1.0])).verdict == "not resolved"
+    # Too few seeds resolve nothing, however far apart, and have no interval.
+    few = _protocol.Paired.of(np.array([0.01, 0.01]), np.array([1.0, 1.0]))
+    assert few.verdict == "not resolved" and few.factor.endswith("[too few seeds]")
     with pytest.raises(ValueError, match="paired"):
         _protocol.Paired.of(b, b[:3])
 
