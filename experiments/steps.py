@@ -29,6 +29,7 @@ import dataclasses
 import inspect
 
 import jax
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
@@ -372,11 +373,13 @@ class Steps(Experiment):
         ax.set(
             xscale="log",
             yscale="log",
-            xlabel=r"step size $\eta$ (flow: left)",
+            xlabel=r"step size $\eta$",
             ylabel="test error at the validation-chosen point",
             title=f"$n = {setting.scale.n}$",
         )
-        ax.legend(fontsize="small")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks([min(steps) / 3, *steps], ["flow", *(f"{step:g}" for step in steps)])
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="small")
         ctx.figure(fig, f"steps-limit-{name.split()[-1].lower()}-{setting.scale.label}")
 
 
