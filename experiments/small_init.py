@@ -243,7 +243,7 @@ class SmallInit(Experiment):
                 r"$d(\alpha_{\min})$",
                 r"$d_{W^*}(\alpha_{\min})$",
                 "rate $p$",
-                "last-decade change (max)",
+                "last change",
                 "verdict",
             ],
             [
