@@ -435,8 +435,8 @@ class Norms(Experiment):
             handles=[
                 Line2D([], [], color="k", label=r"$\|W\|_*$"),
                 Line2D([], [], color="k", ls="--", label=r"$\|W\|_F$"),
-                Line2D([], [], color="0.5", label=r"min.\ $\|W\|_*$ completion"),
-                Line2D([], [], color="0.5", ls="--", label=r"min.\ $\|W\|_F$ completion"),
+                Line2D([], [], color="0.5", label=r"minimum-$\|W\|_*$ completion"),
+                Line2D([], [], color="0.5", ls="--", label=r"minimum-$\|W\|_F$ completion"),
             ],
             loc="lower right",
         )
