@@ -227,7 +227,7 @@ class SmallInit(Experiment):
         for case, res in results.items():
             reference = "the minimum-Frobenius interpolant" if case == "direct" else "the minimum-trace PSD interpolant"
             ctx.finding(
-                f"small init ({_label(res['setting'])}): W_inf(alpha) tends to {reference}",
+                f"small init ({_label(res['setting'])}): W_{{inf}}(alpha) tends to {reference}",
                 res["verdict"],
                 f"distance {res['distance'][-1]:.2g} at alpha = {alphas[-1]:g}",
             )
