@@ -368,8 +368,10 @@ class Depth(Experiment):
         right.axhline(grid.rank, color="0.5", lw=0.8, ls=":")
         left.axhline(TRAIN_MSE, color="0.5", lw=0.8, ls=":", label="training MSE at the stop")
         _plain_log_ticks(right)
-        for ax in (left, right):
-            ax.set_xticks(ms, [str(m) for m in grid.ms])
+        for ax in (left, right):  # m on a log axis: the close ones apart; the expected-distinct count unlabelled
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xticks(ms, [str(m) if m != grid.distinct else "" for m in grid.ms])
         fig.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncols=3)
         ctx.figure(fig, "depth_error")
 
