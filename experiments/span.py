@@ -152,7 +152,7 @@ class Span(Experiment):
                 xlim=(1e-3, None),
                 ylabel=f"largest principal angle (rad), top-{grid.rank}",
             )
-            ax.legend(fontsize="small")
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(DYNAMICS))
         ctx.figure(fig, "span")
 
     def _values(self, ctx, grid, curves) -> None:
