@@ -317,6 +317,8 @@ def tex_number(x: float, digits: int = 2) -> str:
         return "n/a"
     if x == 0:
         return "\\ensuremath{0}"
+    if abs(x) < 10:  # rounded first, so that 0.9996 is 1.0 and 0.00999 is 0.010 (larger numbers keep their integers)
+        x = float(f"{x:.{digits - 1}e}")
     exponent = int(math.floor(math.log10(abs(x))))
     if -2 <= exponent <= 3:
         decimals = max(0, digits - 1 - exponent)

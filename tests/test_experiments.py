@@ -161,3 +161,22 @@ def test_no_experiment_imports_another():
         imported = set(re.findall(r"^from \.(\w+) import|^from \. import (\w+)", path.read_text(), re.M))
         imported = {a or b for a, b in imported}
         assert not imported & names, f"{path.name} imports {imported & names}"
+
+
+def test_tex_number_rounds_before_it_chooses_the_digits():
+    """Two significant digits, the decade read after rounding: 0.9996 is 1.0 (not 1.00), 0.00999 is 0.010 (not
+    1.0e-2 beside 0.011), 9.99e-9 is 1.0e-8; integers above 10 are kept; undefined values are n/a."""
+    from experiments._base import tex_number
+
+    cases = {
+        0.9996: r"\ensuremath{1.0}",
+        0.00999: r"\ensuremath{0.010}",
+        0.0123: r"\ensuremath{0.012}",
+        9.99e-9: r"\ensuremath{1.0\times 10^{-8}}",
+        1.8e-6: r"\ensuremath{1.8\times 10^{-6}}",
+        7073.2: r"\ensuremath{7073}",
+        0.0: r"\ensuremath{0}",
+    }
+    for x, text in cases.items():
+        assert tex_number(x) == text, (x, tex_number(x))
+    assert tex_number(float("nan")) == tex_number(None) == "n/a"
