@@ -45,7 +45,28 @@ def _magnitude(y0, y1):
     return jax.tree.map(lambda a, b: jnp.maximum(jnp.abs(a), jnp.abs(jnp.where(jnp.isnan(b), a, b))), y0, y1)
 
 
-class ArraywiseRelative(diffrax.AbstractAdaptiveStepSizeController):
+class _Wrapper(diffrax.AbstractAdaptiveStepSizeController):
+    """Delegates everything to `controller` (subclasses change `adapt_step_size`)."""
+
+    controller: eqx.AbstractVar[diffrax.AbstractAdaptiveStepSizeController]
+
+    @property
+    def rtol(self):
+        return self.controller.rtol
+
+    @property
+    def atol(self):
+        return self.controller.atol
+
+    @property
+    def norm(self):  # pyright: ignore[reportIncompatibleMethodOverride]  (an eqx.AbstractVar met by a property)
+        return self.controller.norm
+
+    def wrap(self, direction):
+        return eqx.tree_at(lambda c: c.controller, self, self.controller.wrap(direction))
+
+
+class ArraywiseRelative(_Wrapper):
     """Error control relative to each state array's running size (see the module docstring).
 
     `controller` is the PID controller that takes the decisions on the rescaled step; its atol is the
@@ -63,21 +84,6 @@ class ArraywiseRelative(diffrax.AbstractAdaptiveStepSizeController):
         rtol = jnp.asarray(rtol)
         # pyright lists the base's eqx.AbstractVar fields (rtol, atol, norm), met here by properties, as __init__'s.
         return cls(diffrax.PIDController(rtol=rtol, atol=1e-2 * rtol), error_control)  # pyright: ignore[reportCallIssue]
-
-    @property
-    def rtol(self):
-        return self.controller.rtol
-
-    @property
-    def atol(self):
-        return self.controller.atol
-
-    @property
-    def norm(self):  # pyright: ignore[reportIncompatibleMethodOverride]  (an eqx.AbstractVar met by a property)
-        return self.controller.norm
-
-    def wrap(self, direction):
-        return eqx.tree_at(lambda c: c.controller, self, self.controller.wrap(direction))
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         # The initial step is chosen from y0 and f(y0) unscaled: with atol = rtol above a small y0 that is
@@ -98,27 +104,6 @@ class ArraywiseRelative(diffrax.AbstractAdaptiveStepSizeController):
         return controller.adapt_step_size(
             t0, t1, scaled(y0), scaled(y1_candidate), args, scaled(y_error), error_order, controller_state
         )
-
-
-class _Wrapper(diffrax.AbstractAdaptiveStepSizeController):
-    """Delegates everything to `controller` (subclasses change `adapt_step_size`)."""
-
-    controller: eqx.AbstractVar[diffrax.AbstractAdaptiveStepSizeController]
-
-    @property
-    def rtol(self):
-        return self.controller.rtol
-
-    @property
-    def atol(self):
-        return self.controller.atol
-
-    @property
-    def norm(self):  # pyright: ignore[reportIncompatibleMethodOverride]  (an eqx.AbstractVar met by a property)
-        return self.controller.norm
-
-    def wrap(self, direction):
-        return eqx.tree_at(lambda c: c.controller, self, self.controller.wrap(direction))
 
 
 class LandOnEvent(_Wrapper):
