@@ -162,6 +162,14 @@ class Paired:
         p = float(scipy.stats.binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0
         return cls(d=d, mean=mean, low=low, high=high, p=p)
 
+    @classmethod
+    def over_common(cls, a, b, confidence: float = CONFIDENCE) -> "Paired | None":
+        """The comparison over the seeds where both sides are defined (NaN marks a seed without a value: a failed
+        candidate, a run that diverged); None when there are none."""
+        a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        both = np.isfinite(a) & np.isfinite(b)
+        return cls.of(a[both], b[both], confidence) if both.any() else None
+
     @property
     def median(self) -> float:
         return float(np.median(self.d))

@@ -241,10 +241,9 @@ class Completion(Experiment):
         paired = {}
         for name, (a, b) in COMPARISONS.items():
             ea, eb = errors(a), errors(b)
-            if ea is not None and eb is not None:
-                both = np.isfinite(ea) & np.isfinite(eb)
-                if both.any():
-                    paired[name] = Paired.of(ea[both], eb[both])
+            p = None if ea is None or eb is None else Paired.over_common(ea, eb)
+            if p is not None:
+                paired[name] = p
         self._values(ctx, setting, chosen, paired, errors, nuclear, start, truths, len(failed), nuclear_training)
         self._figures(ctx, setting, chosen, nuclear, truths)
         self._paired_figure(ctx, paired)

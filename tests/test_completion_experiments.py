@@ -83,6 +83,14 @@ def test_the_paired_verdict_follows_its_declared_rule(ratios, verdict):
     assert few.verdict == "not resolved" and few.factor.endswith("[too few seeds]")
     with pytest.raises(ValueError, match="paired"):
         _protocol.Paired.of(b, b[:3])
+    # Over the seeds both sides have: a NaN on either side leaves that seed out; none in common, no comparison.
+    a = np.array(ratios) * b
+    holes = _protocol.Paired.over_common(
+        np.where([1, 0, 1, 1, 1, 1], a, np.nan), np.where([1, 1, 1, 0, 1, 1], b, np.nan)
+    )
+    assert holes is not None
+    np.testing.assert_allclose(holes.d, np.log10(np.array(ratios)[[0, 2, 4, 5]]))
+    assert _protocol.Paired.over_common(np.array([np.nan, 1.0]), np.array([1.0, np.nan])) is None
 
 
 @pytest.mark.parametrize("name", ["completion", "completion_arora"])
