@@ -12,14 +12,13 @@ settings through the private modules (`_*.py`), never by importing each other.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import matplotlib.style
 
 from . import completion
-from ._base import STYLE, Context, Experiment, Tally
+from ._base import STYLE, Context, Experiment, Tally, record_timing, timings
 from ._report import write_report
 from .closed_forms import ClosedForms
 from .depth import Depth
@@ -47,10 +46,6 @@ EXPERIMENTS: dict[str, Experiment] = {
     )
 }
 """The experiments by name, in the paper's order."""
-
-TIMINGS = Path(__file__).with_name("timings.json")  # also read by the performance experiment
-"""Each experiment's wall time, by scale, measured by the last reproduction into the default folders that computed
-all of its runs (a cold store); `gradflow reproduce --list` shows them."""
 
 
 def reproduce(
@@ -117,23 +112,6 @@ def declared(names: list[str] | None = None, *, quick: bool = False) -> int:
     on top)."""
     names = list(EXPERIMENTS) if names is None else names
     return sum(len(group.configs) for name in names if name in EXPERIMENTS for group in EXPERIMENTS[name].groups(quick))
-
-
-def timings() -> dict[str, dict[str, float]]:
-    """The measured wall times, {experiment: {"quick": s, "full": s}} (those measured so far)."""
-    try:
-        return json.loads(TIMINGS.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def record_timing(name: str, quick: bool, seconds: float) -> None:
-    table = timings()
-    table.setdefault(name, {})["quick" if quick else "full"] = round(seconds, 1)
-    try:
-        TIMINGS.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-    except OSError:  # an installed, read-only package: the timing is not kept
-        pass
 
 
 __all__ = ["EXPERIMENTS", "Context", "Experiment", "Tally", "declared", "reproduce", "timings"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import inspect
+import json
 import logging
 import math
 import re
@@ -359,3 +360,25 @@ def relative_difference(W, reference) -> np.ndarray:
     return np.linalg.norm(np.asarray(W) - np.asarray(reference), axis=(-2, -1)) / np.linalg.norm(
         np.asarray(reference), axis=(-2, -1)
     )
+
+
+TIMINGS = Path(__file__).with_name("timings.json")
+"""Each experiment's wall time, by scale, measured by the last reproduction into the default folders that computed
+all of its runs (a cold store); `gradflow reproduce --list` and the performance experiment read them."""
+
+
+def timings() -> dict[str, dict[str, float]]:
+    """The measured wall times, {experiment: {"quick": s, "full": s}} (those measured so far)."""
+    try:
+        return json.loads(TIMINGS.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def record_timing(name: str, quick: bool, seconds: float) -> None:
+    table = timings()
+    table.setdefault(name, {})["quick" if quick else "full"] = round(seconds, 1)
+    try:
+        TIMINGS.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    except OSError:  # an installed, read-only package: the timing is not kept
+        pass

@@ -13,19 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ._base import Experiment, new_figure, slope, tex_number
+from ._base import Experiment, new_figure, slope, tex_number, timings
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-TIMINGS = Path(__file__).with_name("timings.json")
-"""Each experiment's measured wall time by scale (written by `experiments.reproduce`)."""
 
 
 def _timing_rows() -> list[list[str]]:
     """The measured wall times as table rows, "--" where a scale has not been measured from an empty store."""
-    try:
-        table = json.loads(TIMINGS.read_text())
-    except (OSError, json.JSONDecodeError):
-        table = {}
+    table = timings()
 
     def text(seconds) -> str:
         if seconds is None:
