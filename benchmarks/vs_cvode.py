@@ -13,8 +13,13 @@ CVODE rows call their jitted JAX functions through Python callbacks, which is ho
 callback overhead is part of what they cost.
 
     python benchmarks/vs_cvode.py                          # sensing, factored, deep3, the m = 2000 deep tail
+    python benchmarks/vs_cvode.py --rtols 1e-6 1e-8 1e-10  # work-precision: every method at each rtol
     python benchmarks/vs_cvode.py --settings tail --repeats 3
     python benchmarks/vs_cvode.py --settings large --until 200 --repeats 1   # n = 1000, m = 50,000 over [0, 200]
+
+Work-precision (`--rtols`, atol = rtol / 100 each): every method at every rtol, then each CVODE family's wall time
+at the W err flows reached (interpolated in log error and log time between the family's two rtols that bracket it),
+over flows' time: the comparison at equal accuracy, since the same rtol buys each method a different error.
 
 Run pinned to one core (`taskset -c 1`); the harness pins BLAS and XLA to one thread. Repeats interleave the
 methods (A, B, C, A, B, C); wall = median of the timed repeats after a first (compiling) call.
@@ -76,7 +81,7 @@ class CVODERunner:
         self.jvps += 1
         Jv[:] = self._jvp(y, v)
 
-    def run(self, linsolver: str, krylov_dim: int, until: float | None) -> H.Outcome:
+    def run(self, linsolver: str, krylov_dim: int, until: float | None, rtol: float = H.RTOL) -> H.Outcome:
         loss = self._loss
 
         def event(t, y, events):  # a plain function: CVODE keeps its state on it
@@ -84,7 +89,7 @@ class CVODERunner:
 
         event.terminal, event.direction = [True], [-1]
         self.event = event
-        options = dict(method="BDF", rtol=H.RTOL, atol=H.ATOL, max_num_steps=10_000_000)
+        options = dict(method="BDF", rtol=rtol, atol=rtol * H.ATOL / H.RTOL, max_num_steps=10_000_000)
         if until is None:
             options |= dict(eventsfn=event, num_events=1)
         if linsolver == "dense":
@@ -106,27 +111,61 @@ class CVODERunner:
         )
 
 
-def methods(setting: H.Setting, dense_max: int, krylov_dim: int, until: float | None) -> dict:
+def methods(setting: H.Setting, dense_max: int, krylov_dim: int, until: float | None, rtols) -> dict:
+    """label -> (family, rtol, run): every method at every rtol (atol = rtol / 100; LSODA at RTOL only)."""
     size = ravel_pytree(setting.state0)[0].size
     dense = size <= dense_max
     runner = CVODERunner(setting, dense)
     out = {}
-    if until is None:
-        out["flows default"] = lambda: H.run_flows(setting)
-    else:
-        out["flows default"] = lambda: _flows_window(setting, until)
-    if dense:
-        out["CVODE dense"] = lambda: runner.run("dense", krylov_dim, until)
-    out["CVODE Krylov"] = lambda: runner.run("gmres", krylov_dim, until)
-    if dense and until is None:
-        field = H.FlatField(setting)
-        field.compile(jacobian=True)
-        out["LSODA+jac"] = lambda: H.run_scipy(field, "LSODA", jac=True)
+    for rtol in rtols:
+        at = "" if len(rtols) == 1 else f" @{rtol:.0e}"
+        if until is None:
+            out["flows default" + at] = (
+                "flows default",
+                rtol,
+                lambda r=rtol: H.run_flows(setting, rtol=r, atol=r * H.ATOL / H.RTOL),
+            )
+        else:
+            out["flows default" + at] = ("flows default", rtol, lambda r=rtol: _flows_window(setting, until, r))
+        if dense:
+            out["CVODE dense" + at] = ("CVODE dense", rtol, lambda r=rtol: runner.run("dense", krylov_dim, until, r))
+        out["CVODE Krylov" + at] = ("CVODE Krylov", rtol, lambda r=rtol: runner.run("gmres", krylov_dim, until, r))
+        if dense and until is None and rtol == H.RTOL:
+            field = H.FlatField(setting)
+            field.compile(jacobian=True)
+            out["LSODA+jac" + at] = ("LSODA+jac", rtol, lambda: H.run_scipy(field, "LSODA", jac=True))
     return out
 
 
-def _flows_window(setting: H.Setting, until: float) -> H.Outcome:
-    traj = flows.solve(setting.flow, setting.state0, t1=until, ts=[0.0, until], rtol=H.RTOL, atol=H.ATOL)
+def equal_accuracy(points: dict[str, list[tuple[float, float]]], ours: list[tuple[float, float]]) -> list[str]:
+    """Each family's wall time at the accuracy flows reached, over flows' wall time at it.
+
+    `points`: family -> [(W err, wall s)] over its rtols; `ours`: flows' [(W err, wall s)]. The family's time at
+    flows' error is interpolated linearly in (log err, log time) between its two nearest measured points that
+    bracket it (its work-precision line); outside the family's measured range no ratio is given.
+    """
+    lines = []
+    for family, pts in points.items():
+        pts = sorted((e, w) for e, w in pts if np.isfinite(e) and e > 0)
+        for err, wall in ours:
+            if not pts or not pts[0][0] <= err <= pts[-1][0]:
+                span = f"{pts[0][0]:.1e}..{pts[-1][0]:.1e}" if pts else "none"
+                lines.append(f"  {family} at W err {err:.1e}: outside its measured errors ({span})")
+                continue
+            below = max((p for p in pts if p[0] <= err), key=lambda p: p[0])
+            above = min((p for p in pts if p[0] >= err), key=lambda p: p[0])
+            if below[0] == above[0]:
+                at = below[1]
+            else:
+                frac = np.log(err / below[0]) / np.log(above[0] / below[0])
+                at = float(np.exp(np.log(below[1]) + frac * np.log(above[1] / below[1])))
+            lines.append(f"  {family} at W err {err:.1e}: {at:.3g} s, **{at / wall:.2f}x** flows' {wall:.3g} s")
+    return lines
+
+
+def _flows_window(setting: H.Setting, until: float, rtol: float = H.RTOL) -> H.Outcome:
+    atol = rtol * H.ATOL / H.RTOL
+    traj = flows.solve(setting.flow, setting.state0, t1=until, ts=[0.0, until], rtol=rtol, atol=atol)
     return H.Outcome(
         t_final=until,
         W_final=traj.W[-1],
@@ -143,32 +182,41 @@ def table(name: str, setting: H.Setting, args) -> None:
         f"{type(flows.default_solver(setting.flow, H.STOP_LOSS)).__name__}",
         flush=True,
     )
-    runs = methods(setting, args.dense_max, args.krylov_dim, args.until)
+    runs = methods(setting, args.dense_max, args.krylov_dim, args.until, args.rtols)
     timings, outcomes = {}, {}
-    for label, fn in runs.items():
+    for label, (_, _, fn) in runs.items():
         outcomes[label], first = H.clock(fn)
         timings[label] = H.Timing(first=first, runs=[])
         print(f"  first call {label}: {first:.2f} s", flush=True)
     for _ in range(args.repeats):
-        for label, fn in runs.items():
+        for label, (_, _, fn) in runs.items():
             outcomes[label], seconds = H.clock(fn)
             timings[label].runs.append(seconds)
     if args.until is None:
         reference = H.reference(setting, np.array([o.t_final for o in outcomes.values() if np.isfinite(o.t_final)]))
     else:
         reference = H.reference(setting, np.array([args.until]), rtol=1e-10, atol=1e-12)
-    ours = timings["flows default"].median
-    print("\n| method | wall s | spread | f evals | jacobians / JVPs | t final | loss | W err | this / flows |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    base = "flows default" + ("" if len(args.rtols) == 1 else f" @{H.RTOL:.0e}")
+    ours = timings[base].median if base in timings else timings[next(iter(timings))].median
+    print("\n| method | rtol | wall s | spread | f evals | jacobians / JVPs | t final | loss | W err | this / flows |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    points: dict[str, list[tuple[float, float]]] = {}
     for label, o in outcomes.items():
+        family, rtol, _ = runs[label]
         err = H.relative_error(o.W_final, reference[o.t_final]) if o.t_final in reference else float("nan")
         t = timings[label]
+        points.setdefault(family, []).append((err, t.median))
         print(
-            f"| {label} | {t.median:.3g} | {t.spread()} | {o.evaluations or '-'} | {o.jacobians or '-'} | "
-            f"{o.t_final:.6g} | {o.loss_final:.3g} | {err:.1e} | {t.median / ours:.2f} |"
+            f"| {family} | {rtol:.0e} | {t.median:.3g} | {t.spread()} | {o.evaluations or '-'} | "
+            f"{o.jacobians or '-'} | {o.t_final:.6g} | {o.loss_final:.3g} | {err:.1e} | {t.median / ours:.2f} |"
             + (f" {o.note}" if o.note else ""),
             flush=True,
         )
+    if len(args.rtols) > 1:
+        print("\nAt equal accuracy (each family's time at flows' W err, from its work-precision line):")
+        ours_points = points.pop("flows default")
+        for line in equal_accuracy(points, ours_points):
+            print(line, flush=True)
 
 
 def main(argv=None) -> int:
@@ -179,6 +227,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dense-max", type=int, default=3000)
     parser.add_argument("--krylov-dim", type=int, default=20)
+    parser.add_argument(
+        "--rtols", nargs="+", type=float, default=[H.RTOL], help="a work-precision table: every method at each rtol"
+    )
     parser.add_argument("--until", type=float, default=None, help="compare over [0, until] instead of to the stop")
     args = parser.parse_args(argv)
     print(

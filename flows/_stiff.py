@@ -40,7 +40,8 @@ The Gauss-Newton matrix comes from the term (`flows.LinearisableTerm`, the flow'
 Jacobian-vector products) and so integrates any flow, the adaptive ones (Adam, RMSProp: non-symmetric,
 oscillatory Jacobians) and penalised ones included. Measured on the Adam flow's stiff phases
 (benchmarks/adaptive_stiff.py) it takes a tenth of Tsit5's steps but each costs hundreds of GMRES iterations, so
-it is slower there; it is not a default.
+it is slower there, and on the deep completion tail (`stiff_tail.py`) it is 25x slower than Tsit5; it is not a
+default.
 
 `Tsit5ThenExtrapolation` runs Tsit5 through the transient (where the Jacobian changes fast and
 explicit steps are cheap) and switches to the extrapolation once stiffness holds Tsit5's step;
