@@ -11,6 +11,8 @@ each row's own final time. CG iterations and linearisations come from a separate
     python benchmarks/stiff_tail.py                 # m = 2000, ~12 min
     python benchmarks/stiff_tail.py --m 1000        # where the default turns to the stiff solver
     python benchmarks/stiff_tail.py --large         # n = 1000, m = 50,000: costs, then the run (1 h budget)
+    python benchmarks/stiff_tail.py --krylov-variants   # the Krylov-Jacobian extrapolation, looser and shorter
+    python benchmarks/stiff_tail.py --spectrum      # the tail's Hessian spectrum along the run
 
 See benchmarks/README.md ("The stiff tail at large m").
 """
@@ -158,6 +160,59 @@ def variants(setting: H.Setting) -> None:
         )
 
 
+def krylov_variants(setting: H.Setting) -> None:
+    """The extrapolation with the field's exact Jacobian (`flows.KrylovJacobian`) under looser GMRES residuals and
+    fewer extrapolation columns (fewer shifted solves a step: columns (columns + 1) / 2), against the default; one
+    run each, its compile included (these rows take minutes)."""
+    rows = {"default": lambda: None}
+    for tolerance, columns in ((1e-4, 8), (1e-4, 4)):
+        rows[f"switching, Krylov Jacobian, residual {tolerance:g}, columns {columns}"] = lambda t=tolerance, c=columns: (
+            flows.Tsit5ThenExtrapolation(
+                stiff_solver=flows.LinearlyImplicitExtrapolation(
+                    columns=c, linear_solver=flows.KrylovJacobian(tolerance=t)
+                )
+            )
+        )
+    print(f"\n{setting.name}: rtol {H.RTOL:g}, atol {H.ATOL:g}, until loss < {H.STOP_LOSS:g}\n")
+    print("| solver | wall s (with compile) | steps | rejected | t final | W err |")
+    print("|---|---|---|---|---|---|")
+    for name, make in rows.items():
+        outcome, seconds = H.clock(lambda: H.run_flows(setting, make()))
+        reference = H.reference(setting, np.array([outcome.t_final]))[outcome.t_final]
+        print(
+            f"| {name} | {seconds:.3g} | {outcome.steps} | {outcome.rejected} | {outcome.t_final:.6g} | "
+            f"{H.relative_error(outcome.W_final, reference):.1e} |",
+            flush=True,
+        )
+
+
+def spectrum(setting: H.Setting, times: list[float], k: int) -> None:
+    """The k largest eigenvalues of the Hessian of the loss (minus the field's Jacobian: symmetric for a gradient
+    flow) at the default solve's states at `times`, by Lanczos (scipy's eigsh) on Jacobian-vector products: how the
+    tail's stiffness is spread and whether it moves along the tail."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    traj = flows.solve(
+        setting.flow, setting.state0, t1=times[-1], ts=times, rtol=H.RTOL, atol=H.ATOL, max_steps=3_000_000
+    )
+    picks = sorted({0, 9, 99, k // 2 - 1, k - 1})
+    print(f"\n{setting.name}: the {k} largest Hessian eigenvalues; columns: their ranks\n")
+    print("| t | " + " | ".join(f"#{j + 1}" for j in picks) + " | Lanczos s |")
+    print("|---" * (len(picks) + 2) + "|")
+    for i, t in enumerate(times):
+        point, unravel = ravel_pytree(jax.tree.map(lambda a: a[i], traj.states))
+        _, jvp = jax.linearize(lambda x: ravel_pytree(setting.flow.vector_field(t, unravel(x)))[0], point)
+        hvp = jax.jit(lambda v: -jvp(v))
+        operator = LinearOperator(
+            (point.size, point.size), matvec=lambda v: np.asarray(hvp(jnp.asarray(v))), dtype=np.float64
+        )
+        start = time.perf_counter()
+        values = np.sort(eigsh(operator, k=k, which="LA", return_eigenvectors=False, tol=1e-6, ncv=2 * k + 100))
+        seconds = time.perf_counter() - start
+        values = values[::-1]
+        print(f"| {t:g} | " + " | ".join(f"{values[j]:.3g}" for j in picks) + f" | {seconds:.0f} |", flush=True)
+
+
 def large(n: int, m: int, depth: int, alpha: float, repeats: int) -> None:
     """Per-evaluation costs at scale: one vector-field evaluation, one CG iteration (x -> x + h M^T M x)."""
     setting = H.completion_setting(alpha, n=n, m=m, depth=depth)
@@ -237,6 +292,16 @@ def main(argv=None) -> int:
         help="the Woodbury switch's columns and re-linearisation against Tsit5 (at --m)",
     )
     parser.add_argument(
+        "--krylov-variants",
+        action="store_true",
+        help="the Krylov-Jacobian extrapolation with looser residuals and fewer columns (at --m)",
+    )
+    parser.add_argument(
+        "--spectrum",
+        action="store_true",
+        help="the 400 largest Hessian eigenvalues at t = 1014, 5000, 20,000 along the default solve (at --m)",
+    )
+    parser.add_argument(
         "--large",
         action="store_true",
         help="n = 1000, m = 50,000: per-evaluation costs, then the default solver toward the loss",
@@ -246,6 +311,10 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     if args.variants:
         variants(H.completion_setting(args.alpha, m=args.m))
+    elif args.krylov_variants:
+        krylov_variants(H.completion_setting(args.alpha, m=args.m))
+    elif args.spectrum:
+        spectrum(H.completion_setting(args.alpha, m=args.m), [1014.0, 5000.0, 20000.0], 400)
     elif args.large:
         large(1000, 50_000, 3, args.alpha, args.repeats + 1)
         drive(1000, 50_000, 3, args.alpha, args.budget)
