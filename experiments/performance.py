@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._base import Experiment, new_figure, slope, tex_number, timings
+from ._base import Experiment, new_figure, slope, timings
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -52,6 +52,16 @@ def _vs_scipy() -> list[dict]:
     return reports
 
 
+def _speedup(x: float) -> str:
+    """A speed-up as the figure, the table and the text all show it."""
+    return f"{x:.1f}"
+
+
+def _slope(x: float) -> str:
+    """A scaling slope as the figure's legend and the text both show it."""
+    return f"{x:.2f}"
+
+
 class Performance(Experiment):
     name = "performance"
     title = "speed against scipy LSODA and scaling with n (from the saved benchmark results)"
@@ -66,7 +76,7 @@ class Performance(Experiment):
             left.bar(x - 0.2, [c["lsoda"] for c in comparisons], 0.4, label="scipy LSODA + jitted Jacobian")
             left.bar(x + 0.2, [c["wall"] for c in comparisons], 0.4, label="flows.solve (default solver)")
             for xi, c in zip(x, comparisons):
-                left.annotate(f"{c['speedup']:.1f}x", (xi + 0.2, c["wall"]), ha="center", va="bottom", fontsize=7)
+                left.annotate(f"{_speedup(c['speedup'])}x", (xi + 0.2, c["wall"]), ha="center", va="bottom", fontsize=7)
             left.set_xticks(x, labels, fontsize=6)
             left.set_yscale("log")
             left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3))
@@ -74,7 +84,7 @@ class Performance(Experiment):
         ns = np.array([r["n"] for r in scaling])
         for key, label, marker in (("seconds", "wall time (s)", "o"), ("steps", "steps", "s")):
             ys = np.array([r[key] for r in scaling])
-            right.loglog(ns, ys, marker=marker, label=f"{label}: slope {slope(ns, ys):.2f}")
+            right.loglog(ns, ys, marker=marker, label=f"{label}: slope {_slope(slope(ns, ys))}")
         right.set(
             xlabel="$n$ (completion of an $n \\times n$ matrix, $U U^T$)",
             ylabel="wall time (s) / steps",
@@ -84,13 +94,16 @@ class Performance(Experiment):
         ctx.figure(fig, "performance")
 
         values = {
-            "scaling slope": tex_number(slope(ns, [r["seconds"] for r in scaling]), 2),
+            "scaling slope": f"\\ensuremath{{{_slope(slope(ns, [r['seconds'] for r in scaling]))}}}",
             "scaling max n": str(int(ns.max())),
             "settings": str(len(comparisons)),
         }
         if comparisons:
             speedups = [c["speedup"] for c in comparisons]
-            values |= {"speedup min": tex_number(min(speedups), 2), "speedup max": tex_number(max(speedups), 2)}
+            values |= {
+                "speedup min": f"\\ensuremath{{{_speedup(min(speedups))}}}",
+                "speedup max": f"\\ensuremath{{{_speedup(max(speedups))}}}",
+            }
             ctx.table(
                 self.name,
                 "vs-scipy",
@@ -101,7 +114,7 @@ class Performance(Experiment):
                         c["setting"].replace("alpha", "$\\alpha$"),
                         f"{c['lsoda']:.2f}",
                         f"{c['wall']:.2f}",
-                        f"{c['speedup']:.1f}",
+                        _speedup(c["speedup"]),
                     ]
                     for c in comparisons
                 ],
