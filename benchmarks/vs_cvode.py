@@ -31,6 +31,7 @@ import argparse
 import time
 
 import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
+import diffrax
 import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
@@ -111,8 +112,11 @@ class CVODERunner:
         )
 
 
-def methods(setting: H.Setting, dense_max: int, krylov_dim: int, until: float | None, rtols) -> dict:
-    """label -> (family, rtol, run): every method at every rtol (atol = rtol / 100; LSODA at RTOL only)."""
+def methods(
+    setting: H.Setting, dense_max: int, krylov_dim: int, until: float | None, rtols, tsit5: bool = False
+) -> dict:
+    """label -> (family, rtol, run): every method at every rtol (atol = rtol / 100; LSODA at RTOL only); `tsit5`
+    adds `flows.solve` with Tsit5 throughout (no switch to a stiff solver) as a second flows family."""
     size = ravel_pytree(setting.state0)[0].size
     dense = size <= dense_max
     runner = CVODERunner(setting, dense)
@@ -127,6 +131,12 @@ def methods(setting: H.Setting, dense_max: int, krylov_dim: int, until: float | 
             )
         else:
             out["flows default" + at] = ("flows default", rtol, lambda r=rtol: _flows_window(setting, until, r))
+        if tsit5 and until is None:
+            out["flows Tsit5" + at] = (
+                "flows Tsit5",
+                rtol,
+                lambda r=rtol: H.run_flows(setting, diffrax.Tsit5(), rtol=r, atol=r * H.ATOL / H.RTOL),
+            )
         if dense:
             out["CVODE dense" + at] = ("CVODE dense", rtol, lambda r=rtol: runner.run("dense", krylov_dim, until, r))
         out["CVODE Krylov" + at] = ("CVODE Krylov", rtol, lambda r=rtol: runner.run("gmres", krylov_dim, until, r))
@@ -182,7 +192,7 @@ def table(name: str, setting: H.Setting, args) -> None:
         f"{type(flows.default_solver(setting.flow, H.STOP_LOSS)).__name__}",
         flush=True,
     )
-    runs = methods(setting, args.dense_max, args.krylov_dim, args.until, args.rtols)
+    runs = methods(setting, args.dense_max, args.krylov_dim, args.until, args.rtols, args.tsit5)
     timings, outcomes = {}, {}
     for label, (_, _, fn) in runs.items():
         outcomes[label], first = H.clock(fn)
@@ -213,10 +223,11 @@ def table(name: str, setting: H.Setting, args) -> None:
             flush=True,
         )
     if len(args.rtols) > 1:
-        print("\nAt equal accuracy (each family's time at flows' W err, from its work-precision line):")
-        ours_points = points.pop("flows default")
-        for line in equal_accuracy(points, ours_points):
-            print(line, flush=True)
+        ours = {family: points.pop(family) for family in list(points) if family.startswith("flows")}
+        for family, ours_points in ours.items():
+            print(f"\nAt equal accuracy with {family} (each family's time at its W err, from its work-precision line):")
+            for line in equal_accuracy(points, ours_points):
+                print(line, flush=True)
 
 
 def main(argv=None) -> int:
@@ -230,6 +241,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--rtols", nargs="+", type=float, default=[H.RTOL], help="a work-precision table: every method at each rtol"
     )
+    parser.add_argument("--tsit5", action="store_true", help="add flows with Tsit5 throughout (no stiff switch)")
     parser.add_argument("--until", type=float, default=None, help="compare over [0, until] instead of to the stop")
     args = parser.parse_args(argv)
     print(
