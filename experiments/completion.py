@@ -244,13 +244,21 @@ class Completion(Experiment):
             p = None if ea is None or eb is None else Paired.over_common(ea, eb)
             if p is not None:
                 paired[name] = p
-        self._values(ctx, setting, chosen, paired, errors, nuclear, start, truths, len(failed), nuclear_training)
+        steps = done.groupby("dynamics")["steps"].max()
+        self._values(ctx, setting, chosen, paired, errors, nuclear, start, truths, len(failed), nuclear_training, steps)
         self._figures(ctx, setting, chosen, nuclear, truths)
         self._paired_figure(ctx, paired)
 
     # -- outputs ---------------------------------------------------------------------------------------------
-    def _values(self, ctx, setting, chosen, paired, errors, nuclear, start, truths, failed, nuclear_training) -> None:
+    def _values(
+        self, ctx, setting, chosen, paired, errors, nuclear, start, truths, failed, nuclear_training, steps
+    ) -> None:
+        """`steps`: the most steps a finished run took, by dynamics (what the cuts at the larger size cite)."""
         values = {
+            **{
+                f"steps/max/{dynamics}": f"\\ensuremath{{{int(most):,}}}".replace(",", "{,}")
+                for dynamics, most in steps.items()
+            },
             "n": str(setting.n),
             "m": str(setting.m),
             "rank": str(setting.rank),

@@ -156,7 +156,13 @@ class Span(Experiment):
         ctx.figure(fig, "span")
 
     def _values(self, ctx, grid, curves) -> None:
-        values = {"rank": str(grid.rank), "seeds": str(grid.seeds), "strength": tex_number(STRENGTH)}
+        values = {
+            "rank": str(grid.rank),
+            "seeds": str(grid.seeds),
+            "strength": tex_number(STRENGTH),
+            "frozen": tex_number(FROZEN),
+            "turned": tex_number(TURNED),
+        }
         worst = {}
         for kind, kkey in (("pure", "penalty only"), ("data", "with data")):
             for d in DYNAMICS:
