@@ -21,6 +21,7 @@ REMOVED = [
     r"\\(?:vspace|hspace)\{[^}]*\}|\\\\\[[^\]]*\]",
     r"width=[0-9.]+\\linewidth",
     r"\[[0-9.]+(?:pt|ex|em|cm)\]",
+    r"\\setlength\{[^}]*\}\{[^}]*\}",  # layout lengths
 ]
 ALLOWED = [
     r"(?i)\bdepths?[\s-]+\d(?:\s+and\s+\d)?",  # model names
