@@ -330,6 +330,11 @@ def tex_number(x: float, digits: int = 2) -> str:
     return f"\\ensuremath{{{mantissa:.{digits - 1}f}\\times 10^{{{exponent}}}}}"
 
 
+def tex_count(n: int) -> str:
+    r"""A count for LaTeX text or math, thousands grouped: 97810 -> 97{,}810, wrapped in \ensuremath."""
+    return f"\\ensuremath{{{int(n):,}}}".replace(",", "{,}")
+
+
 def finite_mean(values) -> float:
     """Mean over the finished runs (NaN marks a failed or missing one); NaN when there are none (a value "n/a")."""
     values = np.asarray(values, dtype=float)

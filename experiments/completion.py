@@ -57,7 +57,7 @@ import pandas as pd
 
 import flows
 
-from ._base import Experiment, Group, new_figure, tex_number
+from ._base import Experiment, Group, new_figure, tex_count, tex_number
 from ._completion import (
     COLOURS,
     DYNAMICS,
@@ -255,10 +255,7 @@ class Completion(Experiment):
     ) -> None:
         """`steps`: the most steps a finished run took, by dynamics (what the cuts at the larger size cite)."""
         values = {
-            **{
-                f"steps/max/{dynamics}": f"\\ensuremath{{{int(most):,}}}".replace(",", "{,}")
-                for dynamics, most in steps.items()
-            },
+            **{f"steps/max/{dynamics}": tex_count(most) for dynamics, most in steps.items()},
             "n": str(setting.n),
             "m": str(setting.m),
             "rank": str(setting.rank),

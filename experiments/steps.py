@@ -35,7 +35,7 @@ import pandas as pd
 
 import flows
 
-from ._base import Context, Experiment, Group, new_figure, tex_number
+from ._base import Context, Experiment, Group, new_figure, tex_count, tex_number
 from ._completion import COLOURS, DYNAMICS, SAVES, SCALES, Scale, build, observations
 from ._protocol import CONFIDENCE, Paired, Split, choose
 
@@ -171,7 +171,7 @@ class Steps(Experiment):
     def report(self, ctx, results):
         budget = BUDGETS[ctx.quick]
         values = {
-            "budget": f"{budget:,}".replace(",", "{,}"),
+            "budget": tex_count(budget),
             "beta1": f"{BETA1:g}",
             "beta2": f"{BETA2:g}",
             "stability seeds": str(STABILITY_SEEDS),
