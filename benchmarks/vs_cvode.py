@@ -51,6 +51,11 @@ SETTINGS = {
 (stiff_tail.py's), and n = 1000, m = 50,000 (3e6 unknowns: compared over a window [0, --until])."""
 
 
+def atol_for(rtol: float) -> float:
+    """The absolute tolerance paired with `rtol` in every row: the harness's ratio, atol = rtol / 100."""
+    return rtol * H.ATOL / H.RTOL
+
+
 class CVODERunner:
     """The flow's field, loss, dense Jacobian and Jacobian-vector product, jitted, as CVODE's callbacks."""
 
@@ -90,7 +95,7 @@ class CVODERunner:
 
         event.terminal, event.direction = [True], [-1]
         self.event = event
-        options = dict(method="BDF", rtol=rtol, atol=rtol * H.ATOL / H.RTOL, max_num_steps=10_000_000)
+        options = dict(method="BDF", rtol=rtol, atol=atol_for(rtol), max_num_steps=10_000_000)
         if until is None:
             options |= dict(eventsfn=event, num_events=1)
         if linsolver == "dense":
@@ -127,7 +132,7 @@ def methods(
             out["flows default" + at] = (
                 "flows default",
                 rtol,
-                lambda r=rtol: H.run_flows(setting, rtol=r, atol=r * H.ATOL / H.RTOL),
+                lambda r=rtol: H.run_flows(setting, rtol=r, atol=atol_for(r)),
             )
         else:
             out["flows default" + at] = ("flows default", rtol, lambda r=rtol: _flows_window(setting, until, r))
@@ -135,7 +140,7 @@ def methods(
             out["flows Tsit5" + at] = (
                 "flows Tsit5",
                 rtol,
-                lambda r=rtol: H.run_flows(setting, diffrax.Tsit5(), rtol=r, atol=r * H.ATOL / H.RTOL),
+                lambda r=rtol: H.run_flows(setting, diffrax.Tsit5(), rtol=r, atol=atol_for(r)),
             )
         if dense:
             out["CVODE dense" + at] = ("CVODE dense", rtol, lambda r=rtol: runner.run("dense", krylov_dim, until, r))
@@ -174,8 +179,7 @@ def equal_accuracy(points: dict[str, list[tuple[float, float]]], ours: list[tupl
 
 
 def _flows_window(setting: H.Setting, until: float, rtol: float = H.RTOL) -> H.Outcome:
-    atol = rtol * H.ATOL / H.RTOL
-    traj = flows.solve(setting.flow, setting.state0, t1=until, ts=[0.0, until], rtol=rtol, atol=atol)
+    traj = flows.solve(setting.flow, setting.state0, t1=until, ts=[0.0, until], rtol=rtol, atol=atol_for(rtol))
     return H.Outcome(
         t_final=until,
         W_final=traj.W[-1],
