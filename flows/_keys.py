@@ -10,7 +10,10 @@ same code; `SCHEMA` enters every key a store writes, and changes when what a sto
 
 A function is keyed by its name only: neither its code nor the values a closure captures enter the key. Two lambdas
 defined at one place, or one function whose body changed, share a key; a quantity that changes what is computed
-belongs in a module's field or an argument, where it is hashed.
+belongs in a module's field or an argument, where it is hashed. A class whose code computes differently from the
+records already stored under its keys (not a parameter: how it is integrated) says so by its class attribute
+`key_revision`, a positive integer that enters the key of every value of that class; classes without it are keyed as
+if it were 0, so raising one class's revision re-keys only what holds an instance of it.
 """
 
 from __future__ import annotations
@@ -93,6 +96,9 @@ def _feed(digest, node: Any, active: set[int]) -> None:
         active.add(id(node))
         fields = [f.name for f in dataclasses.fields(node)]
         _tag(digest, b"object", _qualname(type(node)).encode() + str(len(fields)).encode())
+        revision = getattr(type(node), "key_revision", 0)
+        if revision:
+            _tag(digest, b"revision", str(revision).encode())
         for name in fields:
             _feed(digest, name, active)
             _feed(digest, getattr(node, name, None), active)

@@ -1,0 +1,35 @@
+"""Content keys (flows.fingerprint): a class's `key_revision` re-keys exactly what holds an instance of it."""
+
+import equinox as eqx
+
+import flows
+
+
+class _Part(eqx.Module):
+    x: float
+
+
+class _Other(eqx.Module):
+    y: float
+
+
+def test_a_key_revision_rekeys_what_holds_the_class_and_nothing_else(monkeypatch):
+    part, other = _Part(1.0), _Other(1.0)
+    holder = {"part": part, "options": (1e-6, "tsit5")}
+    before = [flows.fingerprint(v) for v in (part, holder, other)]
+    monkeypatch.setattr(_Part, "key_revision", 0, raising=False)
+    assert [flows.fingerprint(v) for v in (part, holder, other)] == before  # 0 is the absent revision
+    monkeypatch.setattr(_Part, "key_revision", 1, raising=False)
+    after = [flows.fingerprint(v) for v in (part, holder, other)]
+    assert after[0] != before[0] and after[1] != before[1] and after[2] == before[2]
+    monkeypatch.setattr(_Part, "key_revision", 2, raising=False)
+    assert flows.fingerprint(part) not in (before[0], after[0])
+
+
+def test_momentum_flow_keys_carry_its_revision(monkeypatch):
+    # Its runs' error control measures the moment by its effect on the parameters: stored runs of the earlier
+    # measure (keyed at revision 0) are not reused.
+    flow = flows.Flow(flows.sensing(n=4, m=8, rank=1, seed=0), flows.Direct(), dynamics=flows.Momentum(a=10.0))
+    key = flows.fingerprint(flow)
+    monkeypatch.setattr(flows.Momentum, "key_revision", 0)
+    assert flows.fingerprint(flow) != key
