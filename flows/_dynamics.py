@@ -40,11 +40,17 @@ class AbstractDynamics(eqx.Module):
     `follows_gradient`: the field is exactly $-g$, so the Gauss-Newton matrix of the objective linearises it
     (the stiff solver relies on it). `keeps_symmetry`: the parameterization's conserved quantities stay
     conserved (true for any field $-\\phi'^* G$; a per-coordinate preconditioner or the modified flow's
-    extra term breaks them).
+    extra term breaks them). `preconditioned`: the field is $-D g$ with D diagonal, positive and as large as
+    $1/\\epsilon$ where a coordinate's gradient is small, and no momentum. Such a flow is stiff wherever a gradient
+    entry is small, from the start of a run and not only in a convergence tail, and its stiff eigenvalues are
+    those of $-D H$, similar to $-D^{1/2} H D^{1/2}$: real, where the stabilised explicit Runge-Kutta-Chebyshev
+    method is stable (`flows.default_solver` takes it). A momentum (the Adam flow's) turns them into
+    oscillations $-a/2 \\pm i\\omega$ instead.
     """
 
     follows_gradient: ClassVar[bool] = False
     keeps_symmetry: ClassVar[bool] = False
+    preconditioned: ClassVar[bool] = False
     error_norm: ClassVar[Callable[[Any], Any] | None] = None
     """The norm of a step's error, each entry divided by its tolerance (`flows.ArraywiseRelative`); None:
     the controller's own, the root mean square over entries."""
@@ -346,6 +352,7 @@ class RMSProp(AbstractAdaptive):
 
     b: Float[Array, ""]
     eps: Float[Array, ""]
+    preconditioned = True
     moment_names = ("v",)
     rate_names = ("b",)
     constant_names = ("b", "eps")
@@ -441,6 +448,7 @@ class Sign(AbstractAdaptive):
     """
 
     eps: Float[Array, ""]
+    preconditioned = True  # D = eps / (|g| + eps)^2
     moment_names = ()
     rate_names = ()
     constant_names = ("eps",)

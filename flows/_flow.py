@@ -70,6 +70,12 @@ class AbstractFlow(eqx.Module):
         solvers may treat explicitly), so the Gauss-Newton matrix linearises it. Known on the host, before tracing."""
         return False
 
+    @property
+    def preconditioned(self) -> bool:
+        r"""Whether the field is $-D g$ with a diagonal preconditioner D that makes it stiff where gradient entries are
+        small, its stiff eigenvalues real (`flows.AbstractDynamics.preconditioned`). Known on the host."""
+        return False
+
     def gauss_newton(self, state: State) -> "AbstractGaussNewton | None":
         r"""The field's Gauss-Newton linearisation at `state`, $F'(s) \approx -J^* J$ (`AbstractGaussNewton`), or
         None where it has none (`linearisable` False). What the linearly implicit solvers consume."""
@@ -229,6 +235,10 @@ class Flow(AbstractFlow):
     @property
     def linearisable(self) -> bool:
         return self.dynamics.follows_gradient and self.penalty is None
+
+    @property
+    def preconditioned(self) -> bool:
+        return self.dynamics.preconditioned
 
     def gauss_newton(self, state):
         if not self.linearisable:

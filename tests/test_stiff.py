@@ -213,6 +213,20 @@ def test_default_solver_is_the_stiff_one_only_into_the_tail_of_plain_flows():
     assert traj.config["solver"] == "Tsit5ThenExtrapolation" and traj.loss[-1] < 1e-10
 
 
+@pytest.mark.parametrize("stop_loss", [None, 1e-10])
+def test_default_solver_takes_the_chebyshev_switch_for_diagonally_preconditioned_flows(stop_loss):
+    # Stiff wherever a gradient entry is small, with real stiff eigenvalues (flows.AbstractDynamics.preconditioned):
+    # the sign and RMSProp flows; not the Adam and momentum flows, whose momentum makes them oscillate.
+    for dynamics in (flows.Sign(eps=1e-3), flows.RMSProp(eps=1e-3)):
+        flow = flows.Flow(_sensing(), flows.Direct(), dynamics=dynamics)
+        assert flow.preconditioned
+        assert isinstance(flows.default_solver(flow, stop_loss), flows.Tsit5ThenChebyshev)
+        assert isinstance(flows.default_solver(flow, stop_loss, batched=True), diffrax.Tsit5)
+    for dynamics in (flows.Adam(), flows.Momentum()):
+        flow = flows.Flow(_sensing(), flows.Direct(), dynamics=dynamics)
+        assert not flow.preconditioned and isinstance(flows.default_solver(flow, stop_loss), diffrax.Tsit5)
+
+
 def _completion_flow(name):
     """Runs into the tail where Tsit5 alone is held by stability: W = U U^T, U V^T and a depth-3 product."""
     if name == "symmetric":
