@@ -14,6 +14,15 @@ step not held by omega). Error: the largest relative ||W - W_ref||_F over the sa
 
     python benchmarks/adaptive_stiff.py                            # n = 15 (m = 70, the quick grid's size) to t = 8
     python benchmarks/adaptive_stiff.py --n 30 --m 200 --t1 2 --columns 6 --no-reference   # the full grid's size
+
+`--preconditioned` measures the diagonally preconditioned flows instead (`flows.AbstractDynamics.preconditioned`:
+the sign and RMSProp flows, whose stiff eigenvalues are real), on the completion experiment's costliest runs
+(n = 30, seed 4, depth 1 from the observed entries, the ratio at lambda = 10, eps 1e-3, to the experiment's horizon,
+its 60 save times and rtol 1e-6; `experiments._completion`): Tsit5 against `flows.Tsit5ThenChebyshev` (their
+default), one timed run each after a compiling one, interleaved. Error: the largest relative ||W - W_ref||_F over the
+saved times against the Chebyshev switch at rtol 1e-9 (itself checked against Tsit5 at rtol 1e-9).
+
+    python benchmarks/adaptive_stiff.py --preconditioned          # ~6 min
 """
 
 from __future__ import annotations
@@ -53,7 +62,12 @@ def main(argv=None) -> int:
     parser.add_argument("--columns", type=int, nargs="+", default=[4, 6])
     parser.add_argument("--max-steps", type=int, default=200_000)
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--preconditioned", action="store_true", help="the sign and RMSProp flows (see the docstring)")
     args = parser.parse_args(argv)
+    if args.preconditioned:
+        for dynamics in ("sign", "RMSProp"):
+            preconditioned(dynamics)
+        return 0
     flow, state0 = build(args.n, args.m, args.strength, args.placement)
     ts = np.linspace(0.0, args.t1, 5)
     print(
@@ -96,6 +110,51 @@ def main(argv=None) -> int:
             flush=True,
         )
     return 0
+
+
+def preconditioned(dynamics: str) -> None:
+    """Tsit5 against the Chebyshev switch on the completion experiment's costliest run of `dynamics`."""
+    from experiments import _completion
+
+    scale = _completion.SCALES["n = 30"][False]
+    config = scale.config(4, parameterization="depth 1", penalty="ratio", strength=10.0, dynamics=dynamics)
+    flow, state0 = _completion.build(config)
+    t1 = scale.horizon(dynamics)
+    ts = flows.default_ts(t1, _completion.SAVES)
+
+    def run(solver, rtol=_completion.RTOL):
+        return flows.solve(flow, state0, t1=t1, ts=ts, rtol=rtol, solver=solver, max_steps=3_000_000)
+
+    print(
+        f"\n# {dynamics} flow, completion n = 30, seed 4, depth 1, ratio lambda = 10, to t = {t1:g}, "
+        f"rtol {_completion.RTOL:g}",
+        flush=True,
+    )
+    solvers = {"Tsit5": diffrax.Tsit5, "Tsit5ThenChebyshev (default)": flows.Tsit5ThenChebyshev}
+    timings = {name: H.Timing(first=H.clock(lambda: run(make()))[1], runs=[]) for name, make in solvers.items()}
+    trajs = {}
+    for name, make in solvers.items():
+        trajs[name], seconds = H.clock(lambda: run(make()))
+        timings[name].runs.append(seconds)
+    reference = run(flows.Tsit5ThenChebyshev(), rtol=1e-9).W
+    check = run(diffrax.Tsit5(), rtol=1e-9).W
+
+    def err(W):
+        return float(np.max(np.linalg.norm(W - reference, axis=(1, 2)) / np.linalg.norm(reference, axis=(1, 2))))
+
+    print(f"reference: the switch at rtol 1e-9; Tsit5 at rtol 1e-9 is {err(check):.1e} off it")
+    print("| solver | wall s | compile s | steps | rejected | switch at t | RKC stages | W err | Tsit5 / this |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    tsit5 = timings["Tsit5"].median
+    for name, traj in trajs.items():
+        t, stats = timings[name], traj.stats
+        switch = "-" if stats.get("t_switch") is None else f"{stats['t_switch']:.3g}"
+        print(
+            f"| {name} | {t.median:.1f} | {t.compile:.1f} | {stats['num_steps']} | {stats['num_rejected_steps']} | "
+            f"{switch} | {stats.get('stages', '-')} | "
+            f"{err(traj.W):.1e} | {tsit5 / t.median:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
