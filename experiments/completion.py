@@ -569,7 +569,7 @@ def _ratio(W) -> float:
 
 EXPERIMENTS = (
     Completion("completion", "claims 1-3 and 6 under the validation protocol at n = 30 (m = 200, 10 seeds)"),
-    Completion("completion_arora", "claims 1, 2 and 6 under the validation protocol at n = 100 (m = 2000, 5 seeds)"),
+    Completion("completion_arora", "claims 1-3 and 6 under the validation protocol at n = 100 (m = 2000, 5 seeds)"),
 )
 
 
