@@ -39,8 +39,8 @@ ITERATIONS: dict[str, int] = {"cg": 0}
 class _CountedMatrixFree(flows.ConjugateGradientSolve):
     """Adds each solve's CG iterations to ITERATIONS (an ordered io_callback: the counted run only)."""
 
-    def conjugate_gradients(self, h, b, unravel):
-        solution = super().conjugate_gradients(h, b, unravel)
+    def conjugate_gradients(self, h, b, unravel, terms, args):
+        solution = super().conjugate_gradients(h, b, unravel, terms, args)
         jax.experimental.io_callback(_add, None, solution.stats["num_steps"], ordered=True)
         return solution
 
@@ -219,13 +219,8 @@ def large(n: int, m: int, depth: int, alpha: float, repeats: int) -> None:
     flow = setting.flow
     point, unravel = ravel_pytree(setting.state0)
     # Exactly 10 CG iterations: a tolerance never met, max_steps 10.
-    linear = flows.ConjugateGradientSolve(
-        linear=flow.gauss_newton(setting.state0),
-        point=point,
-        step=jnp.asarray(1.0),
-        tolerance=jnp.asarray(1e-300),
-        max_steps=10,
-    )
+    terms = H.flow_term(flow)
+    linear = flows.ConjugateGradient(tolerance=1e-300, max_steps=10).linearise(terms, 0.0, setting.state0, None, 1.0)
 
     @eqx.filter_jit
     def evaluation(flow, x):
@@ -233,7 +228,7 @@ def large(n: int, m: int, depth: int, alpha: float, repeats: int) -> None:
 
     @eqx.filter_jit
     def iterations(linear, b):
-        return linear.conjugate_gradients(1.0, b, unravel).value
+        return linear.conjugate_gradients(1.0, b, unravel, terms, None).value
 
     b = evaluation(flow, point)
     jax.block_until_ready(iterations(linear, b))

@@ -74,57 +74,66 @@ def _flat(tree) -> Float[Array, " p"]:
 
 
 class AbstractShiftedSolve(eqx.Module):
-    r"""$(I + h H_J) x = b$ for a matrix $H_J \approx -F'$ taken at the flat state `point` for steps near `step`
-    (the Gauss-Newton matrix $J^* J$, or the exact Jacobian). `step` NaN: none taken yet (the first step takes
-    one)."""
+    r"""$(I + h H_J) x = b$ for a matrix $H_J \approx -F'$ taken at (`time`, `point`, the flat state) for steps near
+    `step` (the Gauss-Newton matrix $J^* J$, or the exact Jacobian). `step` NaN: none taken yet (the first step
+    takes one).
+
+    It holds arrays computed at that point, never the term's or the flow's own: the solves take the linearisation
+    (or the field) from the `terms` and `args` they are given. A solver's state is carried through every step of
+    the integration loop, and through both branches of a switching solver's `lax.cond`: a problem's measurement
+    operator carried there (m n^2 numbers for sensing) made each of a switching run's explicit steps 15-20 % slower
+    on 30 x 30 sensing, the stiff branch idle (benchmarks/README.md)."""
 
     point: eqx.AbstractVar[Float[Array, " p"]]
+    time: eqx.AbstractVar[Float[Array, ""]]
     step: eqx.AbstractVar[Float[Array, ""]]
 
     @abc.abstractmethod
     def solve(self, h, b: Float[Array, " p"], unravel, terms, args) -> Float[Array, " p"]:
-        r"""$(I + h H_J)^{-1} b$ (`terms`, `args`: the solve's, for solves that apply the field itself); NaN where
-        the solve failed (the step is then rejected and shrinks)."""
+        r"""$(I + h H_J)^{-1} b$, $H_J$ from `terms`, `args` at (`time`, `point`); NaN where the solve failed (the
+        step is then rejected and shrinks)."""
 
 
 class WoodburySolve(AbstractShiftedSolve):
     r"""$H_J = J^* J$ through the m x m kernel (Woodbury): `basis`, `eigenvalues` are $\Theta = J J^* = Q \Lambda
-    Q^T$."""
+    Q^T$ at the point."""
 
-    linear: AbstractGaussNewton
     point: Float[Array, " p"]
+    time: Float[Array, ""]
     basis: Float[Array, "m m"]
     eigenvalues: Float[Array, " m"]
     step: Float[Array, ""]
 
     @classmethod
-    def at(cls, linear: AbstractGaussNewton, point: Float[Array, " p"], step=jnp.inf) -> "WoodburySolve":
+    def at(cls, linear: AbstractGaussNewton, point: Float[Array, " p"], time=0.0, step=jnp.inf) -> "WoodburySolve":
+        """The solves with `linear`, the linearisation at (`time`, `point`)."""
         eigenvalues, basis = jnp.linalg.eigh(linear.kernel())
         # Theta is PSD; clip round-off so 1 + h lambda > 0 for every h.
         return cls(
-            linear=linear,
             point=point,
+            time=jnp.asarray(time, point.dtype),
             basis=basis,
             eigenvalues=jnp.maximum(eigenvalues, 0.0),
             step=jnp.asarray(step, point.dtype),
         )
 
     @classmethod
-    def pending(cls, linear: AbstractGaussNewton, point: Float[Array, " p"]) -> "WoodburySolve":
+    def pending(cls, linear: AbstractGaussNewton, point: Float[Array, " p"], time=0.0) -> "WoodburySolve":
         """No linearisation yet (its step is NaN): the first step takes one."""
         m = jax.eval_shape(linear.kernel).shape[0]
         return cls(
-            linear=linear,
             point=point,
+            time=jnp.asarray(time, point.dtype),
             basis=jnp.zeros((m, m), point.dtype),
             eigenvalues=jnp.zeros(m, point.dtype),
             step=jnp.asarray(jnp.nan, point.dtype),
         )
 
-    def solve(self, h, b, unravel, terms=None, args=None):
+    def solve(self, h, b, unravel, terms, args):
         r"""$(I + h J^* J)^{-1} b = b - J^* Q \,\mathrm{diag}(h / (1 + h\lambda))\, Q^T J b$."""
-        w = self.basis @ (h / (1.0 + h * self.eigenvalues) * (self.basis.T @ self.linear.mv(unravel(b))))
-        return b - _flat(self.linear.transpose_mv(w))
+        linear = gauss_newton(terms, self.time, unravel(self.point), args)
+        w = self.basis @ (h / (1.0 + h * self.eigenvalues) * (self.basis.T @ linear.mv(unravel(b))))
+        return b - _flat(linear.transpose_mv(w))
 
 
 class ConjugateGradientSolve(AbstractShiftedSolve):
@@ -135,26 +144,27 @@ class ConjugateGradientSolve(AbstractShiftedSolve):
     `tolerance` $\|b\|$. At most `max_steps` iterations, else NaN.
     """
 
-    linear: AbstractGaussNewton
     point: Float[Array, " p"]
+    time: Float[Array, ""]
     step: Float[Array, ""]
     tolerance: Float[Array, ""]
     max_steps: int = eqx.field(static=True)
 
-    def conjugate_gradients(self, h, b: Float[Array, " p"], unravel) -> lx.Solution:
+    def conjugate_gradients(self, h, b: Float[Array, " p"], unravel, terms, args) -> lx.Solution:
         """The lineax solution of $(I + h J^* J) x = b$ (its `stats["num_steps"]`: the iterations)."""
+        linear = gauss_newton(terms, self.time, unravel(self.point), args)
         # Linearised once per solve, so what depends on the state alone (a deep product's partial products)
         # is computed once, not at every iteration.
-        _, apply = jax.linearize(lambda x: self.linear.mv(unravel(x)), b)
-        _, transpose = jax.linearize(lambda w: _flat(self.linear.transpose_mv(w)), apply(b))
+        _, apply = jax.linearize(lambda x: linear.mv(unravel(x)), b)
+        _, transpose = jax.linearize(lambda w: _flat(linear.transpose_mv(w)), apply(b))
         operator = lx.FunctionLinearOperator(
             lambda x: x + h * transpose(apply(x)), jax.eval_shape(lambda: b), tags=lx.positive_semidefinite_tag
         )
         cg = lx.CG(rtol=0.0, atol=self.tolerance * jnp.linalg.norm(b), norm=jnp.linalg.norm, max_steps=self.max_steps)
         return lx.linear_solve(operator, b, cg, throw=False)
 
-    def solve(self, h, b, unravel, terms=None, args=None):
-        solution = self.conjugate_gradients(h, b, unravel)
+    def solve(self, h, b, unravel, terms, args):
+        solution = self.conjugate_gradients(h, b, unravel, terms, args)
         return jnp.where(solution.result == lx.RESULTS.successful, solution.value, jnp.nan)
 
 
@@ -183,7 +193,7 @@ class KrylovJacobianSolve(AbstractShiftedSolve):
         )
         return lx.linear_solve(operator, b, solver, throw=False)
 
-    def solve(self, h, b, unravel, terms=None, args=None):
+    def solve(self, h, b, unravel, terms, args):
         solution = self.gmres(h, b, unravel, terms, args)
         return jnp.where(solution.result == lx.RESULTS.successful, solution.value, jnp.nan)
 
@@ -211,10 +221,10 @@ class Woodbury(AbstractLinearSolver):
     term_structure = LinearisableTerm
 
     def linearise(self, terms, t, y, args, step):
-        return WoodburySolve.at(gauss_newton(terms, t, y, args), _flat(y), step)
+        return WoodburySolve.at(gauss_newton(terms, t, y, args), _flat(y), t, step)
 
     def pending(self, terms, t, y, args):
-        return WoodburySolve.pending(gauss_newton(terms, t, y, args), _flat(y))
+        return WoodburySolve.pending(gauss_newton(terms, t, y, args), _flat(y), t)
 
 
 class ConjugateGradient(AbstractLinearSolver):
@@ -234,8 +244,8 @@ class ConjugateGradient(AbstractLinearSolver):
     def linearise(self, terms, t, y, args, step):
         point = _flat(y)
         return ConjugateGradientSolve(
-            linear=gauss_newton(terms, t, y, args),
             point=point,
+            time=jnp.asarray(t, point.dtype),
             step=jnp.asarray(step, point.dtype),
             tolerance=self.tolerance,
             max_steps=self.max_steps,

@@ -30,6 +30,11 @@ FLOWS = {
 }
 
 
+def _term(flow):
+    """The flow's field with its Gauss-Newton linearisation, as `flows.solve` hands them to its solvers."""
+    return flows.LinearisableTerm(lambda t, y, args: flow.vector_field(t, y), lambda t, y, args: flow.gauss_newton(y))
+
+
 def _dense_M(flow, state):
     """M = A o phi'(theta) as a dense m x p matrix, by forward-mode autodiff (the independent reference)."""
     point, unravel = ravel_pytree(state)
@@ -50,19 +55,13 @@ def test_kernel_and_solve_match_dense_gauss_newton(name):
     w = jnp.cos(jnp.arange(M.shape[0], dtype=jnp.float64))
     np.testing.assert_allclose(ravel_pytree(operator.transpose().mv(w))[0], M.T @ w, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(operator.mv(unravel(point)), M @ point, rtol=1e-12, atol=1e-12)
-    linear = flows.WoodburySolve.at(flow.gauss_newton(state), point)
+    terms = _term(flow)
+    linear = flows.Woodbury().linearise(terms, 0.0, state, None, jnp.inf)
     b = jnp.sin(jnp.arange(point.size, dtype=jnp.float64))
     for h in (1e-3, 0.4, 1e4):
-        x = linear.solve(h, b, unravel)
+        x = linear.solve(h, b, unravel, terms, None)
         residual = x + h * M.T @ (M @ x) - b
         assert jnp.linalg.norm(residual) <= 1e-9 * (jnp.linalg.norm(b) + h * jnp.linalg.norm(M.T @ (M @ x)))
-
-
-def _conjugate_gradients(solver, linear, point):
-    """The matrix-free solve `solver` prepares at a point (as its `linearise` does from the solver's terms)."""
-    return flows.ConjugateGradientSolve(
-        linear=linear, point=point, step=jnp.asarray(1.0), tolerance=solver.tolerance, max_steps=solver.max_steps
-    )
 
 
 @pytest.mark.parametrize("tolerance", [1e-6, 1e-10])
@@ -74,10 +73,11 @@ def test_matrix_free_solve_matches_dense_gauss_newton(name, tolerance):
     flow = FLOWS[name]()
     state = flow.init(scale=0.7, kind="gaussian", seed=3)
     M, point, unravel = _dense_M(flow, state)
-    dense = flows.WoodburySolve.at(flow.gauss_newton(state), point)
-    free = _conjugate_gradients(flows.ConjugateGradient(tolerance=tolerance), flow.gauss_newton(state), point)
+    terms = _term(flow)
+    dense = flows.Woodbury().linearise(terms, 0.0, state, None, 1.0)
+    free = flows.ConjugateGradient(tolerance=tolerance).linearise(terms, 0.0, state, None, 1.0)
     b = jnp.sin(jnp.arange(point.size, dtype=jnp.float64))
-    solve = eqx.filter_jit(lambda linear, h: linear.solve(h, b, unravel))
+    solve = eqx.filter_jit(lambda linear, h: linear.solve(h, b, unravel, terms, None))
     for h in (1e-3, 0.4, 1e4):
         x, x_dense = solve(free, h), solve(dense, h)
         residual, residual_dense = (jnp.linalg.norm(y + h * M.T @ (M @ y) - b) for y in (x, x_dense))
@@ -91,8 +91,9 @@ def test_matrix_free_solve_past_its_iteration_budget_is_nan():
     state = flow.init(scale=0.7, kind="gaussian", seed=3)
     point, unravel = ravel_pytree(state)
     b = jnp.sin(jnp.arange(point.size, dtype=jnp.float64))
-    linear = _conjugate_gradients(flows.ConjugateGradient(max_steps=2), flow.gauss_newton(state), point)
-    assert jnp.isnan(linear.solve(1e4, b, unravel)).all()
+    terms = _term(flow)
+    linear = flows.ConjugateGradient(max_steps=2).linearise(terms, 0.0, state, None, 1.0)
+    assert jnp.isnan(linear.solve(1e4, b, unravel, terms, None)).all()
 
 
 def test_order_holds_with_a_frozen_jacobian():
