@@ -73,6 +73,25 @@ from ._completion import (
 from ._protocol import CONFIDENCE, SAME, Paired, choose, held_out
 
 
+def lag_gap(done: pd.DataFrame) -> str:
+    r"""The largest relative gap, over the common saved times of every pair of finished ratio runs (depth 1) at one
+    strength and seed, between the momentum flow's test error and gradient flow's, as a percentage ("n/a" without
+    such a pair). The momentum flow lags the gradient by $1/a$ in time, so over runs far longer than $1/a$ this gap is small,
+    and the momentum rows then measure gradient flow."""
+    runs = done[(done["penalty"] == "ratio") & (done["parameterization"] == "depth 1")]
+    by = {(r["dynamics"], r["strength"], r["seed"]): r for _, r in runs.iterrows()}
+    gaps = []
+    for (dynamics, strength, seed), momentum in by.items():
+        flow = by.get(("gradient flow", strength, seed))
+        if dynamics != "momentum" or flow is None:
+            continue
+        _, i, j = np.intersect1d(momentum["t"], flow["t"], return_indices=True)
+        a, b = np.asarray(momentum["test"])[i], np.asarray(flow["test"])[j]
+        if i.size:
+            gaps.append(float(np.max(np.abs(a - b) / np.abs(b))))
+    return f"{100 * max(gaps):.2g}" if gaps else "n/a"
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """One scale of the experiment: the problems, seeds, strengths and horizons (`scale`), the dynamics run with the
@@ -246,17 +265,21 @@ class Completion(Experiment):
             if p is not None:
                 paired[name] = p
         steps = done.groupby("dynamics")["steps"].max()
-        self._values(ctx, setting, chosen, paired, errors, nuclear, start, truths, failed, nuclear_training, steps)
+        self._values(
+            ctx, setting, chosen, paired, errors, nuclear, start, truths, failed, nuclear_training, steps, lag_gap(done)
+        )
         self._figures(ctx, setting, chosen, nuclear, truths)
         self._paired_figure(ctx, paired)
 
     # -- outputs ---------------------------------------------------------------------------------------------
     def _values(
-        self, ctx, setting, chosen, paired, errors, nuclear, start, truths, failed, nuclear_training, steps
+        self, ctx, setting, chosen, paired, errors, nuclear, start, truths, failed, nuclear_training, steps, gap
     ) -> None:
         """`failed`: the failed runs' rows; `steps`: the most steps a finished run took, by dynamics (what the cuts at
-        the larger size cite)."""
+        the larger size cite); `gap`: `lag_gap`'s percentage."""
         values = {
+            "momentum/a": f"{DYNAMICS['momentum']['a']:g}",
+            "momentum/gap": gap,
             **{f"steps/max/{dynamics}": tex_count(most) for dynamics, most in steps.items()},
             "n": str(setting.n),
             "m": str(setting.m),
@@ -361,7 +384,7 @@ class Completion(Experiment):
             self.name,
             "paired",
             "lllll",
-            ["A vs B", "A / B: mean [95\\,\\% CI]", "A lower in", "sign test $p$", "verdict"],
+            ["A vs B", "A / B: geometric mean [95\\,\\% CI]", "A lower in", "sign test $p$", "verdict"],
             [
                 [name.replace("UV^T", "$UV^T$"), p.factor, f"{p.wins}/{len(p.d)}", tex_number(p.p), p.verdict]
                 for name, p in paired.items()

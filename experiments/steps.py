@@ -54,7 +54,7 @@ STABILITY_SEEDS = 2
 """The seeds whose runs at every strength decide whether a step size is stable."""
 BETA1, BETA2 = 0.9, 0.999
 HEADERS = {
-    "budget": ["A vs B", "of the budget", "A / B: mean [95\\,\\% CI]", "B lower in", "A is"],
+    "budget": ["A vs B", "of the budget", "A / B: geometric mean [95\\,\\% CI]", "B lower in", "A is"],
     "limit": ["method", "step $\\eta$", "test error (median)", "step / flow: mean [95\\,\\% CI]", "step is"],
 }
 LIMIT_STEPS = {"Adam": (0.05, 0.01, 0.002), "gradient flow": (1.0, 0.2, 0.05)}

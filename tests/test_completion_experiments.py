@@ -237,3 +237,30 @@ def test_the_ratio_on_each_factor_collapses_small_factors_and_on_the_product_or_
     assert norms["each"][-1] < 1e-8 * norms["each"][0], norms
     assert norms["product"][-1] > 0.5 * norms["product"][0], norms
     assert norms["each, exact"][-1] > 0.5 * norms["each, exact"][0], norms
+
+
+def test_lag_gap_is_the_largest_relative_gap_at_common_saved_times():
+    # Pairs by strength and seed, ratio runs at depth 1 only; compared at the saved times both runs hold.
+    import pandas as pd
+
+    def row(dynamics, strength, seed, t, test, penalty="ratio"):
+        return dict(
+            dynamics=dynamics,
+            strength=strength,
+            seed=seed,
+            t=np.asarray(t),
+            test=np.asarray(test),
+            penalty=penalty,
+            parameterization="depth 1",
+        )
+
+    rows = [
+        row("gradient flow", 1.0, 0, [0.0, 1.0, 2.0], [1.0, 0.5, 0.25]),
+        row("momentum", 1.0, 0, [0.0, 1.0, 2.0, 3.0], [1.0, 0.52, 0.25, 9.0]),  # 4 % at t = 1; t = 3 unpaired
+        row("gradient flow", 3.0, 1, [0.0, 1.0], [1.0, 0.1]),
+        row("momentum", 3.0, 1, [0.0, 1.0], [1.0, 0.099]),  # 1 %
+        row("momentum", 3.0, 2, [0.0, 1.0], [1.0, 5.0]),  # no gradient-flow partner
+        row("gradient flow", 1.0, 0, [0.0], [1.0], penalty="nuclear"),
+    ]
+    assert completion.lag_gap(pd.DataFrame(rows)) == "4"
+    assert completion.lag_gap(pd.DataFrame(rows[2:3] + rows[4:])) == "n/a"
