@@ -13,6 +13,7 @@ each row's own final time. CG iterations and linearisations come from a separate
     python benchmarks/stiff_tail.py --large         # n = 1000, m = 50,000: costs, then the run (1 h budget)
     python benchmarks/stiff_tail.py --krylov-variants   # the Krylov-Jacobian extrapolation, looser and shorter
     python benchmarks/stiff_tail.py --spectrum      # the tail's Hessian spectrum along the run
+    python benchmarks/stiff_tail.py --exponential   # what an exponential Rosenbrock step could take in the tail
 
 See benchmarks/README.md ("The stiff tail at large m").
 """
@@ -213,6 +214,77 @@ def spectrum(setting: H.Setting, times: list[float], k: int) -> None:
         print(f"| {t:g} | " + " | ".join(f"{values[j]:.3g}" for j in picks) + f" | {seconds:.0f} |", flush=True)
 
 
+def _phi_columns(hessenberg: np.ndarray, p: int) -> np.ndarray:
+    r"""$\varphi_p(H) e_1$ for a k x k matrix H, from the exponential of the (k + p) x (k + p) matrix
+    $\begin{pmatrix} H & e_1 & 0 \\ 0 & 0 & I_{p-1} \\ 0 & 0 & 0 \end{pmatrix}$, whose column k + p - 1 holds it in its first k rows
+    (Saad 1992; Sidje's Expokit)."""
+    from scipy.linalg import expm
+
+    k = hessenberg.shape[0]
+    augmented = np.zeros((k + p, k + p))
+    augmented[:k, :k] = hessenberg
+    augmented[0, k] = 1.0
+    augmented[np.arange(k, k + p - 1), np.arange(k + 1, k + p)] = 1.0
+    return expm(augmented)[:k, k + p - 1]
+
+
+def _krylov_phi(apply, v: np.ndarray, p: int, tol: float = 1e-10, most: int = 400) -> tuple[np.ndarray, int]:
+    r"""$\varphi_p(A) v$ by Arnoldi on $x \mapsto A x$ (`apply`, twice-orthogonalised), and the Krylov dimension it
+    took: every second dimension, until the approximation moves by less than `tol` of its norm."""
+    beta = float(np.linalg.norm(v))
+    basis = np.zeros((most + 1, v.size))
+    basis[0] = v / beta
+    hessenberg = np.zeros((most + 1, most))
+    previous = None
+    for j in range(most):
+        w = np.array(apply(basis[j]))
+        for _ in range(2):
+            c = basis[: j + 1] @ w
+            w -= basis[: j + 1].T @ c
+            hessenberg[: j + 1, j] += c
+        hessenberg[j + 1, j] = np.linalg.norm(w)
+        exhausted = hessenberg[j + 1, j] < 1e-14 * beta
+        if not exhausted:
+            basis[j + 1] = w / hessenberg[j + 1, j]
+        if exhausted or (j + 1) % 2 == 0 or j + 1 == most:
+            current = beta * _phi_columns(hessenberg[: j + 1, : j + 1], p)
+            converged = previous is not None and np.linalg.norm(
+                current - np.pad(previous, (0, current.size - previous.size))
+            ) <= tol * np.linalg.norm(current)
+            if exhausted or converged or j + 1 == most:
+                return basis[: j + 1].T @ current, j + 1
+            previous = current
+    raise AssertionError("unreachable")
+
+
+def exponential(setting: H.Setting, times: list[float], steps: list[float]) -> None:
+    r"""One step of the exponential Rosenbrock method exprb32 (Hochbruck, Ostermann & Schweitzer 2009) at states of the
+    tail, for several step sizes h: $U = y + h\varphi_1(hJ)F(y)$, $y_1 = U + 2h\varphi_3(hJ)D$ with the nonlinear
+    remainder $D = F(U) - F(y) - J(U - y)$, and $2h\varphi_3(hJ)D$ its error estimate. The method is exact on the
+    linear part, so its steps are held by D alone; each $\varphi$ costs a Krylov space of Jacobian-vector products.
+    Prints, per (t, h): the Krylov dimensions of both products and the error estimate relative to the state (a step
+    at rtol 1e-8 needs it below ~1e-8). States: the field integrated at rtol 1e-10 to t."""
+    flow = setting.flow
+    traj = flows.solve(flow, setting.state0, t1=times[-1], ts=times, rtol=1e-10, atol=1e-12, max_steps=3_000_000)
+    print(f"\n{setting.name}: exprb32 steps from the tail's states\n")
+    print("| t | h | Krylov dimension, phi_1 / phi_3 | Jacobian-vector products per unit time | error / state |")
+    print("|---|---|---|---|---|")
+    for i, t in enumerate(times):
+        y0 = jax.tree.map(lambda x: jnp.asarray(x[i]), traj.states)
+        point, unravel = ravel_pytree(y0)
+        field = jax.jit(lambda y: ravel_pytree(flow.vector_field(0.0, unravel(y)))[0])
+        jvp = jax.jit(lambda v: jax.jvp(field, (point,), (v,))[1])
+        f0 = np.asarray(field(point))
+        size = float(np.linalg.norm(point))
+        for h in steps:
+            g1, k1 = _krylov_phi(lambda v: h * jvp(jnp.asarray(v)), f0, 1)
+            U = np.asarray(point) + h * g1
+            D = np.asarray(field(jnp.asarray(U))) - f0 - np.asarray(jvp(jnp.asarray(U - np.asarray(point))))
+            g3, k3 = _krylov_phi(lambda v: h * jvp(jnp.asarray(v)), D, 3)
+            error = float(np.linalg.norm(2 * h * g3)) / size
+            print(f"| {t:g} | {h:g} | {k1} / {k3} | {(k1 + k3 + 1) / h:.3g} | {error:.2e} |", flush=True)
+
+
 def large(n: int, m: int, depth: int, alpha: float, repeats: int) -> None:
     """Per-evaluation costs at scale: one vector-field evaluation, one CG iteration (x -> x + h M^T M x)."""
     setting = H.completion_setting(alpha, n=n, m=m, depth=depth)
@@ -297,6 +369,11 @@ def main(argv=None) -> int:
         help="the 400 largest Hessian eigenvalues at t = 1014, 5000, 20,000 along the default solve (at --m)",
     )
     parser.add_argument(
+        "--exponential",
+        action="store_true",
+        help="exprb32 steps of several sizes from the tail's states at t = 1014 and 5000 (at --m)",
+    )
+    parser.add_argument(
         "--large",
         action="store_true",
         help="n = 1000, m = 50,000: per-evaluation costs, then the default solver toward the loss",
@@ -310,6 +387,8 @@ def main(argv=None) -> int:
         krylov_variants(H.completion_setting(args.alpha, m=args.m))
     elif args.spectrum:
         spectrum(H.completion_setting(args.alpha, m=args.m), [1014.0, 5000.0, 20000.0], 400)
+    elif args.exponential:
+        exponential(H.completion_setting(args.alpha, m=args.m), [1014.0, 5000.0], [20.0, 100.0, 500.0, 2000.0])
     elif args.large:
         large(1000, 50_000, 3, args.alpha, args.repeats + 1)
         drive(1000, 50_000, 3, args.alpha, args.budget)
