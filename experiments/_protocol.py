@@ -192,7 +192,7 @@ class Paired:
         `MIN_SEEDS` seeds)."""
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             return f"{tex_number(10**self.mean)} [too few seeds]"
-        return interval(10**self.mean, 10**self.low, 10**self.high)
+        return interval(10**self.mean, 10**self.low, 10**self.high, ends=beside_band)
 
     @property
     def losses(self) -> int:
@@ -203,6 +203,16 @@ class Paired:
         return int(np.sum(self.d < 0))
 
 
-def interval(value: float, low: float, high: float) -> str:
-    """A value and its interval as LaTeX text."""
-    return f"{tex_number(value)} [{tex_number(low)}, {tex_number(high)}]"
+def interval(value: float, low: float, high: float, ends=tex_number) -> str:
+    """A value and its interval as LaTeX text (`ends` writes the interval's ends)."""
+    return f"{tex_number(value)} [{ends(low)}, {ends(high)}]"
+
+
+def beside_band(x: float) -> str:
+    """A ratio as LaTeX, with a digit added (up to four) while it would print as an edge of the band "the same",
+    1 / SAME or SAME, without being on it: the verdict turns on which side of an edge an interval's end lies."""
+    for digits in (2, 3, 4):
+        text = tex_number(x, digits)
+        if text not in (tex_number(SAME, digits), tex_number(1 / SAME, digits)):
+            return text
+    return text

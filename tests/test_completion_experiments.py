@@ -264,3 +264,13 @@ def test_lag_gap_is_the_largest_relative_gap_at_common_saved_times():
     ]
     assert completion.lag_gap(pd.DataFrame(rows)) == "4"
     assert completion.lag_gap(pd.DataFrame(rows[2:3] + rows[4:])) == "n/a"
+
+
+@pytest.mark.parametrize("end", [0.4996, 0.5004, 0.498, 1.996, 2.004, 2.03])
+def test_an_interval_end_beside_the_band_never_prints_as_its_edge(end):
+    # The verdict turns on which side of 1 / SAME or SAME an end lies: an end off the edge must not print as it.
+    edges = {_protocol.SAME, 1 / _protocol.SAME}
+    text = _protocol.beside_band(end)
+    assert all(text != _protocol.beside_band(edge) for edge in edges)
+    assert float(text.removeprefix("\\ensuremath{").removesuffix("}")) == pytest.approx(end, rel=5e-4)
+    assert _protocol.beside_band(0.013) == "\\ensuremath{0.013}"  # far from the band: two digits, as everywhere
