@@ -301,6 +301,7 @@ class Completion(Experiment):
             "adam/a": f"{DYNAMICS['Adam']['a']:g}",
             "adam/b": f"{DYNAMICS['Adam']['b']:g}",
             "adam fast/a": f"{DYNAMICS['Adam a=100']['a']:g}",
+            "adam/eps": tex_number(DYNAMICS["Adam"]["eps"]),
         }
         rows = []
         for method in METHODS:
