@@ -384,6 +384,7 @@ class Norms(Experiment):
             "razin/flow end w11": tex_number(median["flow end"]),
             "razin/flow end loss": tex_number(median["flow end loss"]),
             "razin/bound at stop": tex_number(1.0 / np.sqrt(2 * stop)),
+            "razin/stop loss": tex_number(stop),
             "razin/crossed": f"{sum(r['crossed'] for r in rows)} of {len(rows)}",
             "razin/relative gap": tex_number(float(np.median([abs(r["w11"] / r["flow"] - 1) for r in rows]))),
         }

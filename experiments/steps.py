@@ -55,7 +55,7 @@ STABILITY_SEEDS = 2
 BETA1, BETA2 = 0.9, 0.999
 HEADERS = {
     "budget": ["A vs B", "of the budget", "A / B: geometric mean [95\\,\\% CI]", "B lower in", "A is"],
-    "limit": ["method", "step $\\eta$", "test error (median)", "step / flow: mean [95\\,\\% CI]", "step is"],
+    "limit": ["method", "step $\\eta$", "test error (median)", "step / flow: geometric mean [interval]", "step is"],
 }
 LIMIT_STEPS = {"Adam": (0.05, 0.01, 0.002), "gradient flow": (1.0, 0.2, 0.05)}
 """Part (B): the steps of discrete Adam (a = 10, so a eta < 1) and of gradient descent, largest first."""
