@@ -23,6 +23,14 @@ default), one timed run each after a compiling one, interleaved. Error: the larg
 saved times against the Chebyshev switch at rtol 1e-9 (itself checked against Tsit5 at rtol 1e-9).
 
     python benchmarks/adaptive_stiff.py --preconditioned          # ~6 min
+
+`--controllers` measures the Adam flow's default step-size controller (`flows.Adam.controller_gains`: PI, pcoeff =
+icoeff = 0.3) against Diffrax's default I controller (pcoeff 0, icoeff 1), both arraywise relative and landing on the
+save times, Tsit5 under both, on the completion experiment's runs at n = 30, seed 4, depth 1, lambda = 10 (the
+nuclear penalty and the ratio at a = 10 and a = 100), to the horizon, at rtol 1e-6; one timed run each after a
+compiling one. Error: the largest relative ||W - W_ref||_F over the saved times against the default at rtol 1e-9.
+
+    python benchmarks/adaptive_stiff.py --controllers             # ~2 min
 """
 
 from __future__ import annotations
@@ -63,7 +71,11 @@ def main(argv=None) -> int:
     parser.add_argument("--max-steps", type=int, default=200_000)
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--preconditioned", action="store_true", help="the sign and RMSProp flows (see the docstring)")
+    parser.add_argument("--controllers", action="store_true", help="the Adam flow's PI controller against I")
     args = parser.parse_args(argv)
+    if args.controllers:
+        controllers()
+        return 0
     if args.preconditioned:
         for dynamics in ("sign", "RMSProp"):
             preconditioned(dynamics)
@@ -155,6 +167,42 @@ def preconditioned(dynamics: str) -> None:
             f"{err(traj.W):.1e} | {tsit5 / t.median:.2f} |",
             flush=True,
         )
+
+
+def controllers() -> None:
+    """The Adam flow's default (PI) step-size controller against an I controller on three completion runs."""
+    import jax.numpy as jnp
+
+    from experiments import _completion
+    from flows._solve import _error_control
+
+    scale = _completion.SCALES["n = 30"][False]
+    print("| run | controller | wall s | compile s | steps | rejected | W err | I / PI steps |")
+    print("|---|---|---|---|---|---|---|---|")
+    for penalty, dynamics in (("nuclear", "Adam"), ("ratio", "Adam"), ("ratio", "Adam a=100")):
+        config = scale.config(4, parameterization="depth 1", penalty=penalty, strength=10.0, dynamics=dynamics)
+        flow, state0 = _completion.build(config)
+        options = scale.options(config)
+        i_controller = diffrax.ClipStepSizeController(
+            flows.ArraywiseRelative.make(options["rtol"], _error_control, gains=(0, 1)),
+            step_ts=jnp.asarray(options["ts"]),
+        )
+        variants = {"PI (default)": {}, "I": {"stepsize_controller": i_controller}}
+        timings, trajs = {}, {}
+        for name, extra in variants.items():
+            timings[name] = H.Timing(first=H.clock(lambda: flows.solve(flow, state0, **options, **extra))[1], runs=[])
+            trajs[name], seconds = H.clock(lambda: flows.solve(flow, state0, **options, **extra))
+            timings[name].runs.append(seconds)
+        reference = flows.solve(flow, state0, **(options | {"rtol": 1e-9})).W
+        steps = {name: traj.stats["num_steps"] for name, traj in trajs.items()}
+        for name, traj in trajs.items():
+            err = np.max(np.linalg.norm(traj.W - reference, axis=(1, 2)) / np.linalg.norm(reference, axis=(1, 2)))
+            print(
+                f"| {penalty}, {dynamics} | {name} | {timings[name].median:.1f} | {timings[name].compile:.1f} | "
+                f"{steps[name]} | {traj.stats['num_rejected_steps']} | {err:.1e} | "
+                f"{steps['I'] / steps['PI (default)']:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

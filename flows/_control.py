@@ -79,11 +79,15 @@ class ArraywiseRelative(_Wrapper):
     error_control: Callable | None = eqx.field(static=True, default=None)
 
     @classmethod
-    def make(cls, rtol, error_control: Callable | None = None) -> "ArraywiseRelative":
-        """Arraywise relative control at tolerance rtol (an array: changing it does not recompile)."""
+    def make(
+        cls, rtol, error_control: Callable | None = None, gains: tuple[float, float] = (0, 1)
+    ) -> "ArraywiseRelative":
+        """Arraywise relative control at tolerance rtol (an array: changing it does not recompile); `gains`: the PID
+        controller's (pcoeff, icoeff)."""
         rtol = jnp.asarray(rtol)
+        pid = diffrax.PIDController(rtol=rtol, atol=1e-2 * rtol, pcoeff=gains[0], icoeff=gains[1])
         # pyright lists the base's eqx.AbstractVar fields (rtol, atol, norm), met here by properties, as __init__'s.
-        return cls(diffrax.PIDController(rtol=rtol, atol=1e-2 * rtol), error_control)  # pyright: ignore[reportCallIssue]
+        return cls(pid, error_control)  # pyright: ignore[reportCallIssue]
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         # The initial step is chosen from y0 and f(y0) unscaled: with atol = rtol above a small y0 that is

@@ -76,6 +76,11 @@ class AbstractFlow(eqx.Module):
         small, its stiff eigenvalues real (`flows.AbstractDynamics.preconditioned`). Known on the host."""
         return False
 
+    @property
+    def controller_gains(self) -> tuple[float, float]:
+        """(pcoeff, icoeff) of the default step-size controller (`flows.AbstractDynamics.controller_gains`)."""
+        return (0, 1)
+
     def gauss_newton(self, state: State) -> "AbstractGaussNewton | None":
         r"""The field's Gauss-Newton linearisation at `state`, $F'(s) \approx -J^* J$ (`AbstractGaussNewton`), or
         None where it has none (`linearisable` False). What the linearly implicit solvers consume."""
@@ -239,6 +244,10 @@ class Flow(AbstractFlow):
     @property
     def preconditioned(self) -> bool:
         return self.dynamics.preconditioned
+
+    @property
+    def controller_gains(self) -> tuple[float, float]:
+        return self.dynamics.controller_gains
 
     def gauss_newton(self, state):
         if not self.linearisable:

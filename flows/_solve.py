@@ -214,10 +214,13 @@ class Plan:
         controller = self.controller
         land = controller is None or lands_save_times(solver)
         if controller is None:
+            pcoeff, icoeff = flow.controller_gains
             controller = (
-                ArraywiseRelative.make(self.rtol, error_control=_error_control)
+                ArraywiseRelative.make(self.rtol, error_control=_error_control, gains=(pcoeff, icoeff))
                 if self.atol is None
-                else diffrax.PIDController(rtol=jnp.asarray(self.rtol), atol=jnp.asarray(self.atol))
+                else diffrax.PIDController(
+                    rtol=jnp.asarray(self.rtol), atol=jnp.asarray(self.atol), pcoeff=pcoeff, icoeff=icoeff
+                )
             )
         if isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
             # pyright lists the base's eqx.AbstractVar fields (rtol, atol, norm), met by properties, as __init__'s.

@@ -91,3 +91,27 @@ def test_momentum_flow_through_its_tail_is_accurate_at_every_saved_time():
     reference = flows.solve(flow, state0, t1=3000.0, ts=ts, rtol=1e-10, max_steps=100_000)
     traj = flows.solve(flow, state0, t1=3000.0, ts=ts, rtol=1e-6, max_steps=100_000)
     assert _max_relative_error(traj, reference) <= 100 * 1e-6
+
+
+def test_the_adam_flows_pi_controller_rejects_fewer_steps_than_an_i_controller_for_the_same_trajectory():
+    # The Adam flow's Tsit5 steps are held by stability (eigenvalues -a/2 +- i omega), where an I controller's steps
+    # overshoot the limit and are rejected in turn. Measured on this run (the completion experiment's quick grid,
+    # n = 15, seed 0, the ratio at lambda = 3, to t = 2, rtol 1e-6): the default PI controller 882 steps, 29
+    # rejected, 1.6e-8 off the rtol 1e-10 solve; the I controller 864 steps, 131 rejected, 3.8e-8 off; 2.2e-8 apart.
+    import diffrax
+    import jax.numpy as jnp
+
+    from experiments import _completion
+    from flows._solve import _error_control
+
+    scale = _completion.SCALES["n = 30"][True]
+    config = scale.config(0, parameterization="depth 1", penalty="ratio", strength=3.0, dynamics="Adam")
+    flow, state0 = _completion.build(config)
+    options = scale.options(config) | {"t1": 2.0, "ts": flows.default_ts(2.0, 20)}
+    i_controller = diffrax.ClipStepSizeController(
+        flows.ArraywiseRelative.make(options["rtol"], _error_control), step_ts=jnp.asarray(options["ts"])
+    )
+    pi = flows.solve(flow, state0, **options)
+    i = flows.solve(flow, state0, **options, stepsize_controller=i_controller)
+    assert pi.stats["num_rejected_steps"] * 3 < i.stats["num_rejected_steps"]
+    assert _max_relative_error(pi, i) <= 100 * options["rtol"]
