@@ -292,13 +292,12 @@ class Plan:
             "t_final": float(ts_out[keep[-1]]),
         }
         stats |= report(self.solver, solver_state)
-        # Steps land on the save times when the controller clips to them (see `resolve`); otherwise the solver's
-        # dense output interpolates there, which no solver promises to rtol.
-        landed = self.on_step_grid(self.controller) or (
-            isinstance(self.controller, diffrax.ClipStepSizeController) and self.controller.step_ts is not None
-        )
-        stats["saved_times"] = "landed" if landed else "interpolated"
+        # Steps land on the save times when a controller in the chain clips to every one of them (see `resolve`: the
+        # default's, or one the caller passed); otherwise the solver's dense output interpolates there, which no
+        # solver promises to rtol.
         interior = self.ts[(self.ts > self.ts[0]) & (self.ts < stats["t_final"])]
+        landed = self.on_step_grid(self.controller) or _clips_to(self.controller, interior)
+        stats["saved_times"] = "landed" if landed else "interpolated"
         if not landed and interior.size:
             warnings.warn(
                 f"{interior.size} saved values lie between steps and come from {type(self.solver).__name__}'s dense "
@@ -352,6 +351,16 @@ class Plan:
         config = {"flow": flow.describe()} | self.describe()
         partial = Trajectory.from_states(flow, ts_out[keep], jax.tree.map(lambda x: x[keep], states), stats, config)
         return SolverError(message, t_reached, stats, partial)
+
+
+def _clips_to(controller, times: np.ndarray) -> bool:
+    """Whether `controller`, or one it wraps (`flows.LandOnEvent`, `flows.StopOnCollapse`, ...), is a
+    `diffrax.ClipStepSizeController` whose step_ts include every one of `times`."""
+    while controller is not None:
+        if isinstance(controller, diffrax.ClipStepSizeController) and controller.step_ts is not None:
+            return bool(np.all(np.isin(times, np.asarray(controller.step_ts))))
+        controller = getattr(controller, "controller", None)
+    return False
 
 
 class FaithfulnessWarning(UserWarning):

@@ -170,6 +170,23 @@ def test_interpolated_saves_are_reported_and_warned():
     assert traj.stats["saved_times"] == "interpolated"
 
 
+def test_a_given_controller_that_clips_to_the_save_times_lands_and_is_reported_so():
+    # The caller's clipping controller sits inside the collapse guard solve wraps around it; its steps land, so no
+    # warning. Clipping to some of the save times only is still interpolation.
+    flow, state0, _ = balanced_case("deep3", 1e-2)
+    ts = flows.default_ts(10.0, 10)
+    pid = diffrax.PIDController(rtol=1e-8, atol=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", flows.FaithfulnessWarning)
+        clipped = diffrax.ClipStepSizeController(pid, step_ts=jnp.asarray(ts))
+        traj = flows.solve(flow, state0, t1=10.0, ts=ts, stepsize_controller=clipped)
+    assert traj.stats["saved_times"] == "landed"
+    with pytest.warns(flows.FaithfulnessWarning, match="dense output, which is not promised"):
+        partly = diffrax.ClipStepSizeController(pid, step_ts=jnp.asarray(ts[::2]))
+        traj = flows.solve(flow, state0, t1=10.0, ts=ts, stepsize_controller=partly)
+    assert traj.stats["saved_times"] == "interpolated"
+
+
 def test_a_collapsed_step_size_ends_the_solve_early():
     # W = 1e400-ish overflows at once: every step is rejected and the step size collapses. The solve ends after
     # ~100 collapsed attempts (not a million), with SolverError naming the time reached.
