@@ -268,8 +268,8 @@ class Completion(Experiment):
     def _values(
         self, ctx, setting, chosen, paired, errors, nuclear, start, truths, failed, nuclear_training, steps, gap
     ) -> None:
-        """`failed`: the failed runs' rows; `steps`: the most steps a finished run took, by dynamics (what the cuts at
-        the larger size cite); `gap`: `lag_gap`'s percentage."""
+        """`failed`: the failed runs' rows; `steps`: the most steps a finished run took, by dynamics (the runs' cost);
+        `gap`: `lag_gap`'s percentage."""
         values = {
             "momentum/a": f"{DYNAMICS['momentum']['a']:g}",
             "momentum/gap": gap,

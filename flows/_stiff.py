@@ -81,8 +81,8 @@ class AbstractShiftedSolve(eqx.Module):
     It holds arrays computed at that point, never the term's or the flow's own: the solves take the linearisation
     (or the field) from the `terms` and `args` they are given. A solver's state is carried through every step of
     the integration loop, and through both branches of a switching solver's `lax.cond`: a problem's measurement
-    operator carried there (m n^2 numbers for sensing) made each of a switching run's explicit steps 15-20 % slower
-    on 30 x 30 sensing, the stiff branch idle (benchmarks/README.md)."""
+    operator carried there (m n^2 numbers for sensing) costs each of a switching run's explicit steps 15-20 % on
+    30 x 30 sensing, the stiff branch idle (benchmarks/README.md)."""
 
     point: eqx.AbstractVar[Float[Array, " p"]]
     time: eqx.AbstractVar[Float[Array, ""]]
@@ -105,7 +105,7 @@ class WoodburySolve(AbstractShiftedSolve):
     step: Float[Array, ""]
 
     @classmethod
-    def at(cls, linear: AbstractGaussNewton, point: Float[Array, " p"], time=0.0, step=jnp.inf) -> "WoodburySolve":
+    def at(cls, linear: AbstractGaussNewton, point: Float[Array, " p"], time, step) -> "WoodburySolve":
         """The solves with `linear`, the linearisation at (`time`, `point`)."""
         eigenvalues, basis = jnp.linalg.eigh(linear.kernel())
         # Theta is PSD; clip round-off so 1 + h lambda > 0 for every h.
@@ -118,7 +118,7 @@ class WoodburySolve(AbstractShiftedSolve):
         )
 
     @classmethod
-    def pending(cls, linear: AbstractGaussNewton, point: Float[Array, " p"], time=0.0) -> "WoodburySolve":
+    def pending(cls, linear: AbstractGaussNewton, point: Float[Array, " p"], time) -> "WoodburySolve":
         """No linearisation yet (its step is NaN): the first step takes one."""
         m = jax.eval_shape(linear.kernel).shape[0]
         return cls(
