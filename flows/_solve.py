@@ -461,6 +461,18 @@ def _stop_distance(t, y, args: FlowArgs, **kwargs):
     return args.flow.loss(y) / (args.stop_loss * (1.0 - STOP_MARGIN)) - 1.0
 
 
+def _time_to_stop(t, y, f, args: FlowArgs):
+    r"""The flow time until the loss reaches stop_loss if its current relative rate of decay held:
+    $\log(L / L_{stop}) / (-\dot L / L)$ with $\dot L = \langle \nabla L, f \rangle$ (one Jacobian-vector product of
+    the loss). In the linear convergence tail, where the loss decays like $e^{-2\lambda t}$, it is the time left;
+    where the decay slows (a plateau, an algebraic tail) it underestimates. 0 at or below the stop, inf without a stop
+    or where the loss is not decreasing."""
+    if args.stop_loss is None:
+        return jnp.inf
+    loss, rate = jax.jvp(args.flow.loss, (y,), (f,))
+    return jnp.where(rate < 0, jnp.maximum(jnp.log(loss / args.stop_loss), 0.0) * loss / -rate, jnp.inf)
+
+
 def _below_at_start(t, y, args: FlowArgs, t0, **kwargs):
     """A run that starts at or below stop_loss stops there (a sign change of `_stop_distance` never comes)."""
     stop_loss = args.stop_loss
@@ -543,7 +555,7 @@ def integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_s
             cond_fn=(_below_at_start, _stop_distance), root_finder=STOP_ROOT_FINDER, direction=(None, False)
         )
     sol = diffrax.diffeqsolve(
-        LinearisableTerm(_field, _gauss_newton),
+        LinearisableTerm(_field, _gauss_newton, _time_to_stop),
         solver,
         t0=jnp.zeros_like(t1),
         t1=t1,

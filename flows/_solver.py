@@ -1,9 +1,10 @@
 r"""What the project's own solvers share: the term they integrate and what they say about themselves.
 
 `LinearisableTerm` is a Diffrax `ODETerm` that also answers the field's Gauss-Newton linearisation at a state
-(`AbstractFlow.gauss_newton`): the linearly implicit solvers declare it as their `term_structure` and call
-`gauss_newton(terms, t, y, args)`, so they get the structure they linearise through Diffrax's term API, not by
-inspecting the flow. `flows.solve` integrates every flow through one. (Inside `diffeqsolve` Diffrax hands a
+(`AbstractFlow.gauss_newton`) and, where the run ends at a loss, how much flow time is left until it gets there: the
+linearly implicit solvers declare it as their `term_structure` and call `gauss_newton(terms, t, y, args)` and
+`time_to_stop(terms, t, y, f, args)`, so they get what they need through Diffrax's term API, not by inspecting the
+flow. `flows.solve` integrates every flow through one. (Inside `diffeqsolve` Diffrax hands a
 solver its terms wrapped for the direction of integration; `gauss_newton` reads the term inside. The flows are
 integrated forward in time, where that wrapping leaves the field and its linearisation as they are.)
 
@@ -25,13 +26,17 @@ from typing import ClassVar
 
 import diffrax
 import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
 
 
 class LinearisableTerm(diffrax.ODETerm):
     r"""$F(t, y, args)\,dt$ with the field's Gauss-Newton linearisation `linearisation(t, y, args)` (an
-    `flows.AbstractGaussNewton`, or None where the field has none)."""
+    `flows.AbstractGaussNewton`, or None where the field has none) and `remaining(t, y, f, args)`: an estimate of
+    the flow time from (t, y), where the field is f, to the run's stop (inf where the run has none)."""
 
     linearisation: Callable = eqx.field(static=True)
+    remaining: Callable = eqx.field(static=True, default=lambda t, y, f, args: jnp.inf)  # no stop
 
     def gauss_newton(self, t, y, args):
         """The Gauss-Newton linearisation at (t, y); ValueError (at trace time) where the field has none."""
@@ -56,16 +61,28 @@ class AbstractFlowSolver(diffrax.AbstractAdaptiveSolver):
         return {}
 
 
-def gauss_newton(terms, t, y, args):
-    """The Gauss-Newton linearisation of the `LinearisableTerm` in `terms` (see the module docstring)."""
+def _linearisable(terms) -> LinearisableTerm | None:
+    """The `LinearisableTerm` inside `terms` (Diffrax's wrappers looked through), or None."""
     term = terms
     while not isinstance(term, LinearisableTerm) and isinstance(getattr(term, "term", None), diffrax.AbstractTerm):
         term = term.term
-    if not isinstance(term, LinearisableTerm):
+    return term if isinstance(term, LinearisableTerm) else None
+
+
+def gauss_newton(terms, t, y, args):
+    """The Gauss-Newton linearisation of the `LinearisableTerm` in `terms` (see the module docstring)."""
+    term = _linearisable(terms)
+    if term is None:
         raise ValueError(
             f"the linearly implicit solvers need a flows.LinearisableTerm (as flows.solve builds); got {type(terms)}"
         )
     return term.gauss_newton(t, y, args)
+
+
+def time_to_stop(terms, t, y, f, args) -> Float[Array, ""]:
+    """The `LinearisableTerm`'s estimate of the flow time left until the run's stop (inf for other terms)."""
+    term = _linearisable(terms)
+    return jnp.asarray(jnp.inf) if term is None else jnp.asarray(term.remaining(t, y, f, args))
 
 
 def lands_save_times(solver: diffrax.AbstractSolver) -> bool:

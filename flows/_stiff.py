@@ -66,7 +66,7 @@ from jaxtyping import Array, Float
 
 from ._chebyshev import RungeKuttaChebyshev
 from ._flow import AbstractGaussNewton
-from ._solver import AbstractFlowSolver, LinearisableTerm, gauss_newton, report
+from ._solver import AbstractFlowSolver, LinearisableTerm, gauss_newton, report, time_to_stop
 
 
 def _flat(tree) -> Float[Array, " p"]:
@@ -400,6 +400,12 @@ class AbstractTsit5Then(AbstractFlowSolver):
     accuracy, and the run switches for good. The transient, where the Jacobian changes fast and
     explicit steps are cheap, then costs the stiff solver nothing.
 
+    A stiff solver that pays to start (the extrapolation's linearisations) is not worth it for a short
+    remainder: the run switches only if the flow time left until its stop, as the term estimates it
+    (`flows.LinearisableTerm`: the loss's current rate of decay extrapolated), is more than `horizon` of
+    Tsit5's current steps; until then the test is repeated at every step (one Jacobian-vector product of the
+    loss each). `horizon` 0, or a run without a stop, switches on stiffness alone.
+
     The step-size controller sees Tsit5's order (5) in both phases. The stiff solver's state starts
     with the slope $F(y)$ at its first step (first same as last), which the switch hands over; its dense
     information is (y0, y1, k0, k1), and its term structure is the switch's.
@@ -408,6 +414,7 @@ class AbstractTsit5Then(AbstractFlowSolver):
     stiff_solver: eqx.AbstractVar[AbstractFlowSolver]
     threshold: eqx.AbstractVar[float]
     patience: eqx.AbstractVar[int]
+    horizon: eqx.AbstractVar[float]
 
     interpolation_cls = _SwitchingInterpolation
     lands_save_times = True
@@ -449,6 +456,13 @@ class AbstractTsit5Then(AbstractFlowSolver):
             h_rho = jnp.linalg.norm(k[6] - k[5]) / jnp.linalg.norm(weights @ k[:6])
             run = jnp.where(h_rho > self.threshold, streak + 1, 0)
             switch = run >= self.patience
+            if self.horizon > 0:
+
+                def worth() -> Array:
+                    f1 = jax.tree.map(lambda x: x[-1] / (t1 - t0), dense["k"])
+                    return time_to_stop(terms, t1, y1, f1, args) > self.horizon * (t1 - t0)
+
+                switch = jax.lax.cond(switch, worth, lambda: jnp.array(False))
             # The last stage is dt f(y1): the slope the stiff solver starts from if the run switches now.
             handed = (k[6] / (t1 - t0), *stiff_state[1:])
             dense = dict(y0=y0, y1=y1, k=dense["k"], stiff=jnp.array(False))
@@ -473,11 +487,16 @@ class Tsit5ThenExtrapolation(AbstractTsit5Then):
     """Tsit5, then the linearly implicit extrapolation (`LinearlyImplicitExtrapolation`) once the flow is
     stiff: for gradient flows of the data loss whose Gauss-Newton solves are cheap (`flows.Woodbury` up to
     about a thousand measurements), and the stiffest tails (small initialisations), where its cost does not
-    grow with the stiffness."""
+    grow with the stiffness.
+
+    `horizon` = 150: the shortest stiff phase measured (benchmarks/README.md: factored sensing, n = 30, m = 180,
+    three extrapolation steps and three linearisations to the stop) cost as much as 150 of Tsit5's steps there;
+    a remainder estimated shorter is left to Tsit5."""
 
     stiff_solver: LinearlyImplicitExtrapolation = LinearlyImplicitExtrapolation()
     threshold: float = eqx.field(static=True, default=3.0)
     patience: int = eqx.field(static=True, default=15)
+    horizon: float = eqx.field(static=True, default=150.0)
 
 
 class Tsit5ThenChebyshev(AbstractTsit5Then):
@@ -490,3 +509,4 @@ class Tsit5ThenChebyshev(AbstractTsit5Then):
     stiff_solver: RungeKuttaChebyshev = RungeKuttaChebyshev()
     threshold: float = eqx.field(static=True, default=3.0)
     patience: int = eqx.field(static=True, default=15)
+    horizon: ClassVar[float] = 0.0

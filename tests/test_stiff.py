@@ -323,3 +323,38 @@ def test_a_drifting_conserved_quantity_is_reported_and_warned():
             flow, state0, t1=5.0, solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSize(), dt0=0.05
         )
     assert loose.faithfulness()["conserved_drift"]["U^T U - V^T V"] > 1e-6
+
+
+def test_time_to_stop_is_exact_where_the_loss_decays_exponentially():
+    # One measurement, W itself the state: the residual obeys r' = -|A|^2 r, so L(t) = L(0) exp(-2 |A|^2 t) and
+    # the time to loss s is log(L / s) / (2 |A|^2) exactly; the estimate (the current rate of decay extrapolated)
+    # must give it to round-off, and the located stop of a tight solve must land there.
+    from flows._flow import FlowArgs
+    from flows._solve import _time_to_stop
+
+    problem = flows.sensing(n=4, m=1, rank=1, seed=2, symmetric=False)
+    flow = flows.Flow(problem, flows.Direct())
+    state0 = flow.init(scale=0.5, kind="gaussian", seed=0)
+    A = jax.grad(lambda W: problem.measure(W)[0])(jnp.zeros((4, 4)))
+    stop = 1e-9
+    exact = float(jnp.log(flow.loss(state0) / stop) / (2 * jnp.vdot(A, A)))
+    estimate = float(_time_to_stop(0.0, state0, flow.vector_field(0.0, state0), FlowArgs(flow, jnp.asarray(stop))))
+    assert estimate == pytest.approx(exact, rel=1e-12)
+    traj = flows.solve(flow, state0, t1=10 * exact, ts=np.array([0.0]), stop_loss=stop, rtol=1e-10, atol=1e-12)
+    assert traj.ts[-1] == pytest.approx(exact, rel=1e-6)
+    assert float(_time_to_stop(0.0, state0, flow.vector_field(0.0, state0), FlowArgs(flow, None))) == np.inf
+
+
+def test_the_switch_waits_for_a_remainder_worth_its_linearisations():
+    # horizon: the switch is made only when the estimated time to the stop is more than `horizon` of Tsit5's
+    # current steps. Asked for more than the whole run, it never switches, and ends at the same located stop as
+    # the switching run: the final states within 100 rtol of each other.
+    flow, state0 = _completion_flow("factored")
+    options = dict(t1=1e8, ts=np.array([0.0]), stop_loss=1e-10, rtol=1e-8, atol=1e-10)
+    switching = flows.solve(flow, state0, solver=flows.Tsit5ThenExtrapolation(horizon=0.0), **options)
+    assert switching.stats["switched"]
+    waiting = flows.solve(flow, state0, solver=flows.Tsit5ThenExtrapolation(horizon=1e12), **options)
+    assert not waiting.stats["switched"] and waiting.stats["linearisations"] == 0
+    assert waiting.loss[-1] <= 1e-10 and waiting.ts[-1] == pytest.approx(switching.ts[-1], rel=1e-6)
+    scale = np.linalg.norm(switching.W[-1])
+    assert np.linalg.norm(waiting.W[-1] - switching.W[-1]) / scale < 100 * 1e-8
