@@ -65,6 +65,7 @@ from ._problems import (  # noqa: E402
 from ._solve import SOLVERS, FaithfulnessWarning, SolverError, default_solver, default_ts, solve, solver_by_name  # noqa: E402
 from ._solver import AbstractFlowSolver, LinearisableTerm  # noqa: E402
 from ._stiff import (  # noqa: E402
+    AbstractGaussNewtonSolve,
     AbstractLinearSolver,
     AbstractShiftedSolve,
     AbstractTsit5Then,
@@ -155,6 +156,7 @@ __all__ = [
     "Tsit5ThenExtrapolation",
     "AbstractLinearSolver",
     "AbstractShiftedSolve",
+    "AbstractGaussNewtonSolve",
     "Woodbury",
     "WoodburySolve",
     "ConjugateGradient",

@@ -98,13 +98,13 @@ def test_matrix_free_solve_past_its_iteration_budget_is_nan():
 
 def test_order_holds_with_a_frozen_jacobian():
     # Fixed steps dt = T/4, T/8 on a short non-stiff stretch: the error falls like dt^columns, also when
-    # the Gauss-Newton matrix is never re-linearised (refresh = growth = inf): the W-method property.
+    # the Gauss-Newton matrix is never re-linearised (defect = refresh = growth = inf): the W-method property.
     columns = 4
     flow = flows.Flow(_sensing(), flows.Symmetric())
     state0 = flow.init(scale=0.3, kind="gaussian", seed=1)
     T = 0.02
     exact = flows.solve(flow, state0, t1=T, ts=[T], rtol=1e-13, atol=1e-15).W[-1]
-    for refresh, growth in ((1e-3, 2.0), (float("inf"), float("inf"))):
+    for defect, refresh, growth in ((0.3, 1e-3, 2.0), (float("inf"), float("inf"), float("inf"))):
         errors = []
         for n in (4, 8):
             traj = flows.solve(
@@ -114,10 +114,38 @@ def test_order_holds_with_a_frozen_jacobian():
                 ts=[T],
                 stepsize_controller=diffrax.ConstantStepSize(),
                 dt0=T / n,
-                solver=flows.LinearlyImplicitExtrapolation(columns=columns, refresh=refresh, growth=growth),
+                solver=flows.LinearlyImplicitExtrapolation(
+                    columns=columns, defect=defect, refresh=refresh, growth=growth
+                ),
             )
             errors.append(np.linalg.norm(traj.W[-1] - exact) / np.linalg.norm(exact))
         assert np.log2(errors[0] / errors[1]) > columns - 0.4, (refresh, errors)
+
+
+def test_a_linear_flow_is_linearised_once_and_a_wrong_matrix_at_every_step():
+    # The direct flow is linear with F' = -J^* J exactly: the Gauss-Newton matrix predicts the field's change
+    # along every step (defect at round-off), so one linearisation serves the whole run while its steps grow
+    # (re-linearising when they had doubled took one per doubling). On the deep flow, where the state moves along
+    # curved directions, a defect threshold of 1e-12 re-linearises after every step.
+    problem = _sensing()
+    flow = flows.Flow(problem, flows.Direct())
+    options = dict(t1=1e4, ts=np.array([0.0]), stop_loss=1e-12)
+    lazy = flows.solve(
+        flow, flow.init(scale=0.3, kind="gaussian", seed=1), solver=flows.LinearlyImplicitExtrapolation(), **options
+    )
+    assert lazy.stats["linearisations"] == 1 and lazy.loss[-1] <= 1e-12, lazy.stats
+    doubling = flows.LinearlyImplicitExtrapolation(defect=np.inf, growth=2.0)
+    regrown = flows.solve(flow, flow.init(scale=0.3, kind="gaussian", seed=1), solver=doubling, **options)
+    assert regrown.stats["linearisations"] > 5, regrown.stats
+    deep = flows.Flow(problem, flows.Deep(depth=3))
+    eager = flows.solve(
+        deep,
+        deep.init(scale=0.3, kind="gaussian", seed=1),
+        solver=flows.LinearlyImplicitExtrapolation(defect=1e-12),
+        t1=5.0,
+        ts=np.array([0.0]),
+    )
+    assert eager.stats["linearisations"] == eager.stats["num_accepted_steps"], eager.stats
 
 
 def test_direct_flow_matches_closed_form():
