@@ -110,7 +110,7 @@ def tail(args) -> int:
     start = head.states[-1]
     print(f"# {setting.name}: the tail from t = {head.ts[-1]:.4g} (loss {head.loss[-1]:.3g}) to t = {t1:g}", flush=True)
     ref = flows.solve(flow, start, t1=t1, ts=[t1], solver=flows.LinearlyImplicitExtrapolation(), **tol).W[-1]
-    print(f"\n{'method':<44}{'wall s':>9}{'steps':>8}{'rejected':>9}{'W diff':>10}")
+    print(f"\n{'method':<44}{'wall s':>9}{'steps':>8}{'rejected':>9}{'lins':>6}{'W diff':>10}")
     for name, solver in candidates().items():
         if name == "Tsit5":
             continue
@@ -123,7 +123,7 @@ def tail(args) -> int:
         seconds = min(H.clock(run)[1] for _ in range(args.repeats)) if first < 60 else first
         print(
             f"{name:<44}{seconds:9.3f}{traj.stats['num_steps']:8d}{traj.stats['num_rejected_steps']:9d}"
-            f"{H.relative_error(traj.W[-1], ref):10.2e}",
+            f"{traj.stats.get('linearisations', '-')!s:>6}{H.relative_error(traj.W[-1], ref):10.2e}",
             flush=True,
         )
     return 0

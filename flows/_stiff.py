@@ -524,14 +524,16 @@ class Tsit5ThenExtrapolation(AbstractTsit5Then):
     about a thousand measurements), and the stiffest tails (small initialisations), where its cost does not
     grow with the stiffness.
 
-    `horizon` = 150: the shortest stiff phase measured (benchmarks/README.md: factored sensing, n = 30, m = 180,
-    three extrapolation steps and three linearisations to the stop) cost as much as 150 of Tsit5's steps there;
-    a remainder estimated shorter is left to Tsit5."""
+    `horizon` = 100: the shortest stiff phase measured (benchmarks/README.md, `switch_rules.py`: factored sensing,
+    n = 30, m = 180, to the stop on one linearisation) cost what about 100 of Tsit5's steps
+    cost there, and over the completion experiment's switching runs 100 was the fastest of 0, 30, 60, 100 and 150;
+    a remainder estimated shorter is left to Tsit5.
+    """
 
     stiff_solver: LinearlyImplicitExtrapolation = LinearlyImplicitExtrapolation()
     threshold: float = eqx.field(static=True, default=3.0)
     patience: int = eqx.field(static=True, default=15)
-    horizon: float = eqx.field(static=True, default=150.0)
+    horizon: float = eqx.field(static=True, default=100.0)
 
 
 class Tsit5ThenChebyshev(AbstractTsit5Then):

@@ -1,0 +1,151 @@
+"""The extrapolation switch's two rules, each against the rule it replaces, on the small settings.
+
+    python benchmarks/switch_rules.py                 # sensing (1e-3, 1e-2), factored (1e-2), deep3 (0.1)
+    python benchmarks/switch_rules.py --settings deep3 --repeats 5
+    python benchmarks/switch_rules.py --completion    # the completion experiment's switching runs (n = 30)
+
+`flows.Tsit5ThenExtrapolation` decides (1) when to switch: on stiffness, and only where the time left to the stop,
+estimated from the loss's rate of decay, is more than `horizon` = 100 of Tsit5's current steps; and (2) when to
+re-linearise: when the Gauss-Newton matrix mispredicts the field's change along the last step by more than `defect`
+= 0.3 (relative). Rows: the default; `horizon` 0 (switch on stiffness alone); the re-linearisation on the state's
+motion (1e-4, relative) or a doubled step (`defect` off); both of those together; Tsit5 throughout. Each until loss
+1e-10 at rtol 1e-8, atol 1e-10, final state only; timed repeats interleaved, medians, one process; W err against
+Dopri8 at rtol 1e-12 at each row's own final time.
+
+`--completion`: the runs of the completion experiment (n = 30, `experiments.completion`) that the default switch
+serves, the unpenalised U V^T and depth-3 products under gradient flow to Arora's training MSE, every seed, at
+`horizon` 0, 30, 60, 100 (the default) and 150: wall time; for the default and 0, steps, whether each switched, and
+the largest difference of their saved W (relative to W's norm at each saved time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
+import diffrax
+import numpy as np
+from vs_scipy import deep_setting, factored_setting
+
+import flows
+
+SETTINGS = {
+    "sensing": lambda: H.sensing_setting(1e-3),
+    "sensing-1e-2": lambda: H.sensing_setting(1e-2),
+    "factored": lambda: factored_setting(1e-2),
+    "deep3": lambda: deep_setting(0.1),
+}
+
+
+def rows() -> dict[str, diffrax.AbstractSolver]:
+    by_motion = flows.LinearlyImplicitExtrapolation(defect=np.inf, refresh=1e-4, growth=2.0)
+    return {
+        "default": flows.Tsit5ThenExtrapolation(),
+        "horizon 0": flows.Tsit5ThenExtrapolation(horizon=0.0),
+        "re-linearise on motion or doubled step": flows.Tsit5ThenExtrapolation(stiff_solver=by_motion),
+        "both": flows.Tsit5ThenExtrapolation(horizon=0.0, stiff_solver=by_motion),
+        "Tsit5": diffrax.Tsit5(),
+    }
+
+
+def run(setting: H.Setting, solver) -> flows.Trajectory:
+    return flows.solve(
+        setting.flow,
+        setting.state0,
+        t1=H.T_MAX,
+        ts=H.FINAL_ONLY,
+        rtol=H.RTOL,
+        atol=H.ATOL,
+        stop_loss=H.STOP_LOSS,
+        solver=solver,
+        max_steps=3_000_000,
+    )
+
+
+HORIZONS = (0.0, 30.0, 60.0, 100.0, 150.0)
+"""--completion's horizons; the default is 100."""
+
+
+def completion(repeats: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from experiments._completion import SCALES, build
+
+    scale = SCALES["n = 30"][False]
+    solvers = {h: flows.Tsit5ThenExtrapolation(horizon=h) for h in HORIZONS}
+    default = flows.Tsit5ThenExtrapolation().horizon
+    heads = " | ".join(f"horizon {h:g} ms" for h in HORIZONS)
+    print(f"| run | {heads} | steps: default / 0 | switched: default / 0 | max W diff |")
+    print("|---|" + "---|" * (len(HORIZONS) + 3))
+    totals = dict.fromkeys(HORIZONS, 0.0)
+    for parameterization in ("UV^T", "depth 3"):
+        for seed in range(scale.seeds):
+            config = scale.config(
+                seed, parameterization=parameterization, penalty="none", strength=None, dynamics="gradient flow"
+            )
+            flow, state0 = build(config)
+            options = scale.options(config)
+            trajectories = {h: flows.solve(flow, state0, solver=solver, **options) for h, solver in solvers.items()}
+            seconds: dict[float, list[float]] = {h: [] for h in solvers}
+            for _ in range(repeats):
+                for h, solver in solvers.items():
+                    seconds[h].append(H.clock(lambda: flows.solve(flow, state0, solver=solver, **options))[1])
+            wall = {h: float(np.median(v)) for h, v in seconds.items()}
+            for h in HORIZONS:
+                totals[h] += wall[h]
+            a, b = trajectories[default], trajectories[0.0]
+            diff = np.max(
+                np.linalg.norm(np.asarray(a.W) - np.asarray(b.W), axis=(1, 2))
+                / np.linalg.norm(np.asarray(b.W), axis=(1, 2))
+            )
+            times = " | ".join(f"{1e3 * wall[h]:.0f}" for h in HORIZONS)
+            print(
+                f"| {parameterization}, seed {seed} | {times} | {a.stats['num_steps']} / {b.stats['num_steps']} | "
+                f"{a.stats['switched']} / {b.stats['switched']} | {diff:.1e} |",
+                flush=True,
+            )
+    print("| in all (s) | " + " | ".join(f"{totals[h]:.3f}" for h in HORIZONS) + " | | | |")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-tsit5", action="store_true", help="leave out Tsit5 throughout (slow on sensing 1e-3)")
+    parser.add_argument("--completion", action="store_true", help="the completion experiment's switching runs")
+    args = parser.parse_args(argv)
+    if args.completion:
+        completion(args.repeats)
+        return 0
+    for name in args.settings:
+        setting = SETTINGS[name]()
+        solvers = rows()
+        if args.no_tsit5 or name == "sensing":
+            solvers.pop("Tsit5")
+        trajectories = {row: run(setting, solver) for row, solver in solvers.items()}  # compiles
+        seconds: dict[str, list[float]] = {row: [] for row in solvers}
+        for _ in range(args.repeats):
+            for row, solver in solvers.items():
+                seconds[row].append(H.clock(lambda: run(setting, solver))[1])
+        finals = {row: float(traj.ts[-1]) for row, traj in trajectories.items()}
+        ref = H.reference(setting, np.array(sorted(set(finals.values()))))
+        base = float(np.median(seconds["default"]))
+        print(f"\n## {name}: {setting.name}\n")
+        print("| rule | ms | / default | steps | rejected | switched at | linearisations | W err |")
+        print("|---|---|---|---|---|---|---|---|")
+        for row, traj in trajectories.items():
+            s = traj.stats
+            wall = float(np.median(seconds[row]))
+            switched = f"{s['t_switch']:.4g}" if s.get("switched") else "-"
+            err = H.relative_error(np.asarray(traj.W[-1]), ref[finals[row]])
+            print(
+                f"| {row} | {1e3 * wall:.1f} | {wall / base:.2f} | {s['num_steps']} | {s['num_rejected_steps']} | "
+                f"{switched} | {s.get('linearisations', '-')} | {err:.1e} |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
