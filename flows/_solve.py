@@ -385,7 +385,8 @@ def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = 
 
     For a run into the convergence tail (`stop_loss` set, where these flows turn stiff) of a gradient
     flow of the data loss (`flow.linearisable`: its Gauss-Newton linearisation is then the Hessian up
-    to the residual term): Tsit5 until the run turns stiff, then the linearly implicit extrapolation
+    to the residual term): Tsit5 until the run turns stiff (and, for the extrapolation, until the time left to
+    the stop is worth its linearisations: `Tsit5ThenExtrapolation.horizon`), then the linearly implicit extrapolation
     with dense solves (`Tsit5ThenExtrapolation`) up to `STIFF_MAX_MEASUREMENTS` measurements and
     Runge-Kutta-Chebyshev (`Tsit5ThenChebyshev`) beyond. Tsit5 otherwise. `batched` (runs under vmap:
     `sweep`'s batches of several): `LinearlyImplicitExtrapolation` instead of the first switch, since
@@ -464,9 +465,10 @@ def _stop_distance(t, y, args: FlowArgs, **kwargs):
 def _time_to_stop(t, y, f, args: FlowArgs):
     r"""The flow time until the loss reaches stop_loss if its current relative rate of decay held:
     $\log(L / L_{stop}) / (-\dot L / L)$ with $\dot L = \langle \nabla L, f \rangle$ (one Jacobian-vector product of
-    the loss). In the linear convergence tail, where the loss decays like $e^{-2\lambda t}$, it is the time left;
-    where the decay slows (a plateau, an algebraic tail) it underestimates. 0 at or below the stop, inf without a stop
-    or where the loss is not decreasing."""
+    the loss). In a linear convergence tail dominated by one mode, where the loss decays like $e^{-2\lambda t}$, it
+    is the time left; where the decay slows ahead (while faster modes die out, entering a plateau, in an algebraic
+    tail) it underestimates, and on a plateau it overestimates. 0 at or below the stop, inf without a stop or where
+    the loss is not decreasing."""
     if args.stop_loss is None:
         return jnp.inf
     loss, rate = jax.jvp(args.flow.loss, (y,), (f,))

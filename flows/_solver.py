@@ -2,9 +2,9 @@ r"""What the project's own solvers share: the term they integrate and what they 
 
 `LinearisableTerm` is a Diffrax `ODETerm` that also answers the field's Gauss-Newton linearisation at a state
 (`AbstractFlow.gauss_newton`) and, where the run ends at a loss, how much flow time is left until it gets there: the
-linearly implicit solvers declare it as their `term_structure` and call `gauss_newton(terms, t, y, args)` and
-`time_to_stop(terms, t, y, f, args)`, so they get what they need through Diffrax's term API, not by inspecting the
-flow. `flows.solve` integrates every flow through one. (Inside `diffeqsolve` Diffrax hands a
+linearly implicit solvers declare it as their `term_structure` and call `gauss_newton(terms, t, y, args)`, and the
+switching solvers `time_to_stop(terms, t, y, f, args)`, so they get what they need through Diffrax's term API, not
+by inspecting the flow. `flows.solve` integrates every flow through one. (Inside `diffeqsolve` Diffrax hands a
 solver its terms wrapped for the direction of integration; `gauss_newton` reads the term inside. The flows are
 integrated forward in time, where that wrapping leaves the field and its linearisation as they are.)
 

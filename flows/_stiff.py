@@ -32,7 +32,7 @@ $(I + h_j H_J)(y_{i+1} - y_i) = h_j F(y_i)$ over the harmonic sequence $h_j = \D
 $j = 1..k$ (Deuflhard's LIMEX / Hairer & Wanner's SEULEX family). Its $h$-expansion holds for any
 fixed matrix $H_J$, so the extrapolated result has order k whether or not $H_J$ is the exact
 Hessian at the current state (it is a W-method): the Gauss-Newton matrix, and one kept over many
-steps while the state barely moves, cost stability margin, never accuracy.
+steps while it still predicts the field, cost stability margin, never accuracy.
 
 The Gauss-Newton matrix comes from the term (`flows.LinearisableTerm`, the flow's `gauss_newton`: J as a
 `flows.AbstractGaussNewton`), and the linear solver is a parameter (`AbstractLinearSolver`): `Woodbury`,
@@ -44,7 +44,8 @@ it is slower there, and on the deep completion tail (`stiff_tail.py`) it is 25x 
 default.
 
 `Tsit5ThenExtrapolation` runs Tsit5 through the transient (where the Jacobian changes fast and
-explicit steps are cheap) and switches to the extrapolation once stiffness holds Tsit5's step;
+explicit steps are cheap) and switches to the extrapolation once stiffness holds Tsit5's step and
+the time left to the stop is worth the switch;
 `Tsit5ThenChebyshev` switches to the stabilised explicit `RungeKuttaChebyshev` instead (no linear
 algebra: the choice beyond a thousand measurements).
 Measurements against scipy, CVODE and gradient descent: benchmarks/README.md.
@@ -310,12 +311,18 @@ class LinearlyImplicitExtrapolation(AbstractFlowSolver):
     $H_J$ but stays stable and accurate only while $\Delta t\,\|H - H_J\|$ is small, and the defect
     measures $(H - H_J)$ where the solution moves: in the algebraic tails of small-init runs the small
     curvatures (W's eigenvalues of 1e-4 falling to 1e-5) drift by large factors while the state moves by
-    as little, so no threshold on the state's movement sees them, and the defect does; in a linear
+    as little, so a threshold on the state's movement sees them only when tight (1e-4, with a doubled step as a
+    second trigger), and the defect sees them directly; in a linear
     convergence tail nothing drifts and one matrix serves steps that grow a hundredfold. Two further
     triggers, off by default: the state moved by more than `refresh` (relative, in the 2-norm) since the
     linearisation, or $\Delta t$ grown by more than the factor `growth` since then. Measured
-    (benchmarks/README.md): the same steps as refresh 1e-4 with growth 2 on every setting there, with
-    fewer linearisations where the tail is linear (deep3: 0.73x the time).
+    (benchmarks/README.md, `switch_rules.py`, `implicit_attempts.py --tail`): the same steps as refresh 1e-4 with
+    growth 2 on each setting there, with fewer linearisations where the tail is linear (deep3: 0.74x the time).
+    Limits: the defect is measured along the step, mostly in the slow directions, and only after accepted steps
+    (Diffrax restores the solver state after a rejection), so a step rejected on a stale matrix is retried on the
+    same matrix at a smaller size; `growth` (e.g. 1e3) adds a backstop. Under vmap (`flows.sweep`'s batches) the
+    re-linearisation's `lax.cond` runs both branches, so batched runs pay for a linearisation at every step
+    whatever the rule.
     Dense output is cubic Hermite, far less accurate than the steps (`lands_save_times`: `flows.solve` makes the
     steps land on the save times whatever the step-size controller). Costs per step:
     columns (columns - 1) / 2 + 1 vector-field evaluations and columns (columns + 1) / 2 Gauss-Newton
@@ -525,9 +532,9 @@ class Tsit5ThenExtrapolation(AbstractTsit5Then):
     grow with the stiffness.
 
     `horizon` = 100: the shortest stiff phase measured (benchmarks/README.md, `switch_rules.py`: factored sensing,
-    n = 30, m = 180, to the stop on one linearisation) cost what about 100 of Tsit5's steps
-    cost there, and over the completion experiment's switching runs 100 was the fastest of 0, 30, 60, 100 and 150;
-    a remainder estimated shorter is left to Tsit5.
+    n = 30, m = 180, to the stop on one linearisation) cost what about 100 of Tsit5's steps cost there; a
+    remainder estimated shorter is left to Tsit5. Over the completion experiment's switching runs the horizon
+    changes little (0.97x the time of horizon 0 in all, within the runs' spread).
     """
 
     stiff_solver: LinearlyImplicitExtrapolation = LinearlyImplicitExtrapolation()
