@@ -131,11 +131,11 @@ FINAL_ONLY = [0.0]
 """Save times for the timed runs: the start, and (stop_loss) the final state, as scipy returns it."""
 
 
-def run_flows(
+def solve_flows(
     setting: Setting, solver=None, rtol: float = RTOL, atol: float = ATOL, ts=FINAL_ONLY, **kwargs
-) -> Outcome:
+) -> flows.Trajectory:
     """flows.solve until STOP_LOSS; by default saving only the final state (`ts=None`: its 200 default times)."""
-    traj = flows.solve(
+    return flows.solve(
         setting.flow,
         setting.state0,
         t1=T_MAX,
@@ -147,6 +147,13 @@ def run_flows(
         max_steps=kwargs.pop("max_steps", 3_000_000),
         **kwargs,
     )
+
+
+def run_flows(
+    setting: Setting, solver=None, rtol: float = RTOL, atol: float = ATOL, ts=FINAL_ONLY, **kwargs
+) -> Outcome:
+    """`solve_flows`, what the comparisons read of it."""
+    traj = solve_flows(setting, solver, rtol, atol, ts, **kwargs)
     return Outcome(
         t_final=float(traj.ts[-1]),
         W_final=traj.W[-1],

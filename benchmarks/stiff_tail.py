@@ -72,17 +72,7 @@ METHODS = {
 
 def counted_with(setting: H.Setting, solver) -> dict:
     """The solver's report of one untimed run."""
-    traj = flows.solve(
-        setting.flow,
-        setting.state0,
-        t1=H.T_MAX,
-        ts=H.FINAL_ONLY,
-        rtol=H.RTOL,
-        atol=H.ATOL,
-        stop_loss=H.STOP_LOSS,
-        solver=solver,
-        max_steps=3_000_000,
-    )
+    traj = H.solve_flows(setting, solver)
     return traj.stats | {"solver": traj.config["solver"]}
 
 

@@ -21,6 +21,7 @@ the largest difference of their saved W (relative to W's norm at each saved time
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -50,18 +51,15 @@ def rows() -> dict[str, diffrax.AbstractSolver]:
     }
 
 
-def run(setting: H.Setting, solver) -> flows.Trajectory:
-    return flows.solve(
-        setting.flow,
-        setting.state0,
-        t1=H.T_MAX,
-        ts=H.FINAL_ONLY,
-        rtol=H.RTOL,
-        atol=H.ATOL,
-        stop_loss=H.STOP_LOSS,
-        solver=solver,
-        max_steps=3_000_000,
-    )
+def interleaved(solves: dict, repeats: int) -> tuple[dict, dict]:
+    """Each zero-argument solve once (compiling), then `repeats` timed rounds through all of them in turn: (the first
+    trajectories, the median seconds), both by key."""
+    trajectories = {key: solve() for key, solve in solves.items()}
+    seconds: dict = {key: [] for key in solves}
+    for _ in range(repeats):
+        for key, solve in solves.items():
+            seconds[key].append(H.clock(solve)[1])
+    return trajectories, {key: float(np.median(v)) for key, v in seconds.items()}
 
 
 HORIZONS = (0.0, 30.0, 60.0, 100.0, 150.0)
@@ -86,12 +84,11 @@ def completion(repeats: int) -> None:
             )
             flow, state0 = build(config)
             options = scale.options(config)
-            trajectories = {h: flows.solve(flow, state0, solver=solver, **options) for h, solver in solvers.items()}
-            seconds: dict[float, list[float]] = {h: [] for h in solvers}
-            for _ in range(repeats):
-                for h, solver in solvers.items():
-                    seconds[h].append(H.clock(lambda: flows.solve(flow, state0, solver=solver, **options))[1])
-            wall = {h: float(np.median(v)) for h, v in seconds.items()}
+            solves = {
+                h: functools.partial(flows.solve, flow, state0, solver=solver, **options)
+                for h, solver in solvers.items()
+            }
+            trajectories, wall = interleaved(solves, repeats)
             for h in HORIZONS:
                 totals[h] += wall[h]
             a, b = trajectories[default], trajectories[0.0]
@@ -123,24 +120,20 @@ def main(argv=None) -> int:
         solvers = rows()
         if args.no_tsit5 or name == "sensing":
             solvers.pop("Tsit5")
-        trajectories = {row: run(setting, solver) for row, solver in solvers.items()}  # compiles
-        seconds: dict[str, list[float]] = {row: [] for row in solvers}
-        for _ in range(args.repeats):
-            for row, solver in solvers.items():
-                seconds[row].append(H.clock(lambda: run(setting, solver))[1])
+        solves = {row: functools.partial(H.solve_flows, setting, solver) for row, solver in solvers.items()}
+        trajectories, wall = interleaved(solves, args.repeats)
         finals = {row: float(traj.ts[-1]) for row, traj in trajectories.items()}
         ref = H.reference(setting, np.array(sorted(set(finals.values()))))
-        base = float(np.median(seconds["default"]))
+        base = wall["default"]
         print(f"\n## {name}: {setting.name}\n")
         print("| rule | ms | / default | steps | rejected | switched at | linearisations | W err |")
         print("|---|---|---|---|---|---|---|---|")
         for row, traj in trajectories.items():
             s = traj.stats
-            wall = float(np.median(seconds[row]))
             switched = f"{s['t_switch']:.4g}" if s.get("switched") else "-"
             err = H.relative_error(np.asarray(traj.W[-1]), ref[finals[row]])
             print(
-                f"| {row} | {1e3 * wall:.1f} | {wall / base:.2f} | {s['num_steps']} | {s['num_rejected_steps']} | "
+                f"| {row} | {1e3 * wall[row]:.1f} | {wall[row] / base:.2f} | {s['num_steps']} | {s['num_rejected_steps']} | "
                 f"{switched} | {s.get('linearisations', '-')} | {err:.1e} |",
                 flush=True,
             )
