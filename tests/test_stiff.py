@@ -131,27 +131,21 @@ def test_a_linear_flow_is_linearised_once_and_a_curved_one_as_its_matrix_drifts(
     problem = _sensing()
     flow = flows.Flow(problem, flows.Direct())
     options = dict(t1=1e4, ts=np.array([0.0]), stop_loss=1e-12)
-    lazy = flows.solve(
-        flow, flow.init(scale=0.3, kind="gaussian", seed=1), solver=flows.LinearlyImplicitExtrapolation(), **options
-    )
+    state0 = flow.init(scale=0.3, kind="gaussian", seed=1)
+    lazy = flows.solve(flow, state0, solver=flows.LinearlyImplicitExtrapolation(), **options)
     assert lazy.stats["linearisations"] == 1 and lazy.loss[-1] <= 1e-12, lazy.stats
     exact = flows.LinearlyImplicitExtrapolation(linear_solver=flows.KrylovJacobian())
-    jacobian = flows.solve(flow, flow.init(scale=0.3, kind="gaussian", seed=1), solver=exact, **options)
+    jacobian = flows.solve(flow, state0, solver=exact, **options)
     assert jacobian.stats["linearisations"] == 1 and jacobian.loss[-1] <= 1e-12, jacobian.stats
     doubling = flows.LinearlyImplicitExtrapolation(defect=np.inf, growth=2.0)
-    regrown = flows.solve(flow, flow.init(scale=0.3, kind="gaussian", seed=1), solver=doubling, **options)
+    regrown = flows.solve(flow, state0, solver=doubling, **options)
     assert regrown.stats["linearisations"] > 5, regrown.stats
     deep = flows.Flow(problem, flows.Deep(depth=3))
-    default = flows.solve(
-        deep, deep.init(scale=0.3, kind="gaussian", seed=1), solver=flows.LinearlyImplicitExtrapolation(), **options
-    )
+    deep0 = deep.init(scale=0.3, kind="gaussian", seed=1)
+    default = flows.solve(deep, deep0, solver=flows.LinearlyImplicitExtrapolation(), **options)
     assert 1 < default.stats["linearisations"] < default.stats["num_accepted_steps"], default.stats
     eager = flows.solve(
-        deep,
-        deep.init(scale=0.3, kind="gaussian", seed=1),
-        solver=flows.LinearlyImplicitExtrapolation(defect=1e-12),
-        t1=5.0,
-        ts=np.array([0.0]),
+        deep, deep0, solver=flows.LinearlyImplicitExtrapolation(defect=1e-12), t1=5.0, ts=np.array([0.0])
     )
     assert eager.stats["linearisations"] == eager.stats["num_accepted_steps"], eager.stats
 
