@@ -16,6 +16,11 @@ callback overhead is part of what they cost.
     python benchmarks/vs_cvode.py --rtols 1e-6 1e-8 1e-10  # work-precision: every method at each rtol
     python benchmarks/vs_cvode.py --settings tail --repeats 3
     python benchmarks/vs_cvode.py --settings large --until 200 --repeats 1   # n = 1000, m = 50,000 over [0, 200]
+    python benchmarks/vs_cvode.py --settings tail --rtols 1e-7 1e-8 1e-9 --phases  # where the default's time goes
+
+`--phases`: for a default that switches, its explicit phase timed alone (Tsit5 from the start to the switch, the
+default's own steps there) and the stiff phase as the rest; with `--rtols`, what the stiff phase may cost for the
+run to be 3x CVODE at equal accuracy.
 
 Work-precision (`--rtols`, atol = rtol / 100 each): every method at every rtol, then each CVODE family's wall time
 at the W err flows reached (interpolated in log error and log time between the family's two rtols that bracket it),
@@ -28,6 +33,7 @@ methods (A, B, C, A, B, C); wall = median of the timed repeats after a first (co
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
@@ -152,28 +158,35 @@ def methods(
     return out
 
 
-def equal_accuracy(points: dict[str, list[tuple[float, float]]], ours: list[tuple[float, float]]) -> list[str]:
-    """Each family's wall time at the accuracy flows reached, over flows' wall time at it.
+def time_at(pts: list[tuple[float, float]], err: float) -> float | None:
+    """A family's wall time at W err `err`, interpolated linearly in (log err, log time) between the two nearest of
+    its measured (W err, wall s) points that bracket it (its work-precision line); None outside its measured range."""
+    pts = sorted((e, w) for e, w in pts if np.isfinite(e) and e > 0)
+    if not pts or not pts[0][0] <= err <= pts[-1][0]:
+        return None
+    below = max((p for p in pts if p[0] <= err), key=lambda p: p[0])
+    above = min((p for p in pts if p[0] >= err), key=lambda p: p[0])
+    if below[0] == above[0]:
+        return below[1]
+    frac = np.log(err / below[0]) / np.log(above[0] / below[0])
+    return float(np.exp(np.log(below[1]) + frac * np.log(above[1] / below[1])))
 
-    `points`: family -> [(W err, wall s)] over its rtols; `ours`: flows' [(W err, wall s)]. The family's time at
-    flows' error is interpolated linearly in (log err, log time) between its two nearest measured points that
-    bracket it (its work-precision line); outside the family's measured range no ratio is given.
+
+def equal_accuracy(points: dict[str, list[tuple[float, float]]], ours: list[tuple[float, float]]) -> list[str]:
+    """Each family's wall time at the accuracy flows reached (`time_at`), over flows' wall time at it.
+
+    `points`: family -> [(W err, wall s)] over its rtols; `ours`: flows' [(W err, wall s)]. Outside the family's
+    measured range no ratio is given.
     """
     lines = []
     for family, pts in points.items():
-        pts = sorted((e, w) for e, w in pts if np.isfinite(e) and e > 0)
+        errors = sorted(e for e, _ in pts if np.isfinite(e) and e > 0)
         for err, wall in ours:
-            if not pts or not pts[0][0] <= err <= pts[-1][0]:
-                span = f"{pts[0][0]:.1e}..{pts[-1][0]:.1e}" if pts else "none"
+            at = time_at(pts, err)
+            if at is None:
+                span = f"{errors[0]:.1e}..{errors[-1]:.1e}" if errors else "none"
                 lines.append(f"  {family} at W err {err:.1e}: outside its measured errors ({span})")
                 continue
-            below = max((p for p in pts if p[0] <= err), key=lambda p: p[0])
-            above = min((p for p in pts if p[0] >= err), key=lambda p: p[0])
-            if below[0] == above[0]:
-                at = below[1]
-            else:
-                frac = np.log(err / below[0]) / np.log(above[0] / below[0])
-                at = float(np.exp(np.log(below[1]) + frac * np.log(above[1] / below[1])))
             lines.append(f"  {family} at W err {err:.1e}: {at:.3g} s, **{at / wall:.2f}x** flows' {wall:.3g} s")
     return lines
 
@@ -187,6 +200,48 @@ def _flows_window(setting: H.Setting, until: float, rtol: float = H.RTOL) -> H.O
         steps=traj.stats["num_steps"],
         rejected=traj.stats["num_rejected_steps"],
     )
+
+
+def phases(setting: H.Setting, total: float, cvode: float | None, repeats: int, goal: float = 3.0) -> None:
+    """Where the default's time goes when it switches: its explicit phase timed alone (`flows.solve` with Tsit5 from
+    the start to the switch, which takes the default's own steps there), the stiff phase as the rest of `total`
+    (the default's median), and what the stiff phase may cost for the run to be `goal` times `cvode` (CVODE's time
+    at the default's accuracy, None where not measured)."""
+    stats = H.solve_flows(setting).stats
+    if not stats.get("switched"):
+        print(
+            f"\nPhases: the default does not switch here ({type(flows.default_solver(setting.flow, H.STOP_LOSS)).__name__})"
+        )
+        return
+    t_switch = stats["t_switch"]
+
+    def explicit():
+        return flows.solve(
+            setting.flow,
+            setting.state0,
+            t1=t_switch,
+            ts=[0.0, t_switch],
+            rtol=H.RTOL,
+            atol=H.ATOL,
+            solver=diffrax.Tsit5(),
+        )
+
+    traj, _ = H.clock(explicit)
+    seconds = statistics.median(H.clock(explicit)[1] for _ in range(max(repeats, 1)))
+    stiff = total - seconds
+    work = ", ".join(f"{stats[key]} {key}" for key in ("stages", "linearisations") if key in stats)
+    print(
+        f"\nPhases of the default at rtol {H.RTOL:g}: Tsit5 to the switch at t = {t_switch:.5g}, "
+        f"{traj.stats['num_steps']} steps, {seconds:.3g} s; the stiff phase to the stop {stiff:.3g} s ({work})"
+    )
+    if cvode is not None:
+        allowed = cvode / goal - seconds
+        verdict = (
+            f"the stiff phase may take {allowed:.3g} s, {stiff / allowed:.2f}x less than now"
+            if allowed > 0
+            else "the explicit phase alone exceeds it"
+        )
+        print(f"  for {goal:g}x CVODE's {cvode:.3g} s at equal accuracy: {verdict}")
 
 
 def table(name: str, setting: H.Setting, args) -> None:
@@ -226,12 +281,19 @@ def table(name: str, setting: H.Setting, args) -> None:
             + (f" {o.note}" if o.note else ""),
             flush=True,
         )
+    best_cvode = None
     if len(args.rtols) > 1:
         ours = {family: points.pop(family) for family in list(points) if family.startswith("flows")}
         for family, ours_points in ours.items():
             print(f"\nAt equal accuracy with {family} (each family's time at its W err, from its work-precision line):")
             for line in equal_accuracy(points, ours_points):
                 print(line, flush=True)
+        # CVODE's best time at the accuracy the default reached at the harness's rtol.
+        err = H.relative_error(outcomes[base].W_final, reference[outcomes[base].t_final])
+        at = [time_at(pts, err) for family, pts in points.items() if family.startswith("CVODE")]
+        best_cvode = min((a for a in at if a is not None), default=None)
+    if args.phases and args.until is None:
+        phases(setting, timings[base].median, best_cvode, args.repeats)
 
 
 def main(argv=None) -> int:
@@ -247,6 +309,11 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--tsit5", action="store_true", help="add flows with Tsit5 throughout (no stiff switch)")
     parser.add_argument("--until", type=float, default=None, help="compare over [0, until] instead of to the stop")
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="time the default's explicit phase alone, and say what its stiff phase may cost for 3x CVODE",
+    )
     args = parser.parse_args(argv)
     print(
         f"# rtol {H.RTOL:g}, atol {H.ATOL:g}, "
