@@ -180,3 +180,27 @@ def test_tex_number_rounds_before_it_chooses_the_digits():
     for x, text in cases.items():
         assert tex_number(x) == text, (x, tex_number(x))
     assert tex_number(float("nan")) == tex_number(None) == "n/a"
+
+
+def test_performance_reads_the_default_solvers_row_not_the_fastest(tmp_path, monkeypatch):
+    """The paper says "the default solver": its row is read even where another flows row is faster, and a report
+    whose default or LSODA row missed the accuracy (ok false) is left out."""
+    import json
+
+    from experiments import performance
+
+    def report(setting, rows):
+        methods = {
+            name: {"wall": wall, "ok": ok, "speedup_vs_lsoda_jac": 2.0 / wall} for name, (wall, ok) in rows.items()
+        }
+        return {"setting": setting, "methods": methods}
+
+    results = tmp_path / "results"
+    results.mkdir()
+    faster_other = {"flows Tsit5": (0.1, True), performance.DEFAULT_ROW: (0.5, True), "scipy LSODA+jac": (2.0, True)}
+    inaccurate = {performance.DEFAULT_ROW: (0.2, False), "scipy LSODA+jac": (2.0, True)}
+    (results / "vs_scipy-a.json").write_text(json.dumps(report("a", faster_other)))
+    (results / "vs_scipy-b.json").write_text(json.dumps(report("b", inaccurate)))
+    monkeypatch.setattr(performance, "BENCHMARKS", tmp_path)
+    (row,) = performance._vs_scipy()
+    assert (row["setting"], row["wall"], row["lsoda"], row["speedup"]) == ("a", 0.5, 2.0, 4.0)
