@@ -14,6 +14,7 @@ landed steps are within a few rtol.
 import warnings
 
 import diffrax
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -154,6 +155,29 @@ def test_two_solvers_end_at_the_same_state_under_one_stop_loss():
     for name, traj in runs.items():
         assert traj.loss[-1] == pytest.approx(default.loss[-1], rel=1e-6), name
         assert np.linalg.norm(traj.W[-1] - default.W[-1]) <= 100 * 1e-8 * np.linalg.norm(default.W[-1]), name
+
+
+@pytest.mark.parametrize("shortest", [0.01, 0.05, 0.3])
+def test_an_overshooting_step_is_retried_at_the_secant_crossing_or_at_shortest(shortest):
+    # q falls from 2 q_* to 1e-3 q_* over the step [0, 1] that the inner controller accepts: the step is rejected and
+    # retried to end where the secant of log q reaches q_* e^{-window / 2}, or at the fraction `shortest` of the step
+    # where the secant asks for less; the inner controller's state is the one before the attempt.
+    landing = flows.LandOnEvent(
+        controller=diffrax.PIDController(rtol=1e-6, atol=1e-8),
+        distance=lambda t, y, args: y - 1.0,
+        window=1e-2,
+        shortest=shortest,
+    )
+    terms = diffrax.ODETerm(lambda t, y, args: -y)
+    y0, y1 = jnp.asarray(2.0), jnp.asarray(1e-3)
+    _, state = landing.init(terms, 0.0, 1.0, y0, 1.0, None, None, 5)
+    keep, next_t0, next_t1, _, (inner, log_kept), _ = landing.adapt_step_size(
+        0.0, 1.0, y0, y1, None, jnp.asarray(0.0), 5, state
+    )
+    secant = (np.log(2.0) + 0.5e-2) / (np.log(2.0) - np.log(1e-3))
+    assert not keep and next_t0 == 0.0 and float(log_kept) == pytest.approx(np.log(2.0))
+    assert float(next_t1) == pytest.approx(max(secant, shortest), rel=1e-12)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(inner), jax.tree.leaves(state[0])))
 
 
 def test_a_run_that_starts_below_stop_loss_stops_at_once():
