@@ -28,6 +28,7 @@ flow, so the same construction is measured on non-commuting problems, where it i
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import time
 
@@ -112,9 +113,7 @@ def converge(
     extrapolation where the flow answers its Gauss-Newton linearisation (`flow.linearisable`: plain
     gradient flows, and `ResidualIntegral` around one), else Kvaerno5 (a dense Jacobian: small states only).
     """
-    head_solver = flows.default_solver(flow, head_loss) if head_solver is None else head_solver
-    if tail_solver is None:
-        tail_solver = flows.LinearlyImplicitExtrapolation() if flow.linearisable else diffrax.Kvaerno5()
+    head_solver, tail_solver = solvers(flow, head_loss, head_solver, tail_solver)
     start = time.perf_counter()
     head = flows.solve(
         flow,
@@ -157,10 +156,29 @@ def converge(
     )
 
 
+def solvers(
+    flow: flows.AbstractFlow,
+    head_loss: float,
+    head_solver: diffrax.AbstractSolver | None = None,
+    tail_solver: diffrax.AbstractSolver | None = None,
+) -> tuple[diffrax.AbstractSolver, diffrax.AbstractSolver]:
+    """`converge`'s two solvers, the defaults filled in: `flows.default_solver(flow, head_loss)` for the head; for
+    the tail the linearly implicit extrapolation where the flow answers its Gauss-Newton linearisation, else
+    Kvaerno5."""
+    head = flows.default_solver(flow, head_loss) if head_solver is None else head_solver
+    if tail_solver is None:
+        tail_solver = flows.LinearlyImplicitExtrapolation() if flow.linearisable else diffrax.Kvaerno5()
+    return head, tail_solver
+
+
 def stored(store, flow: flows.AbstractFlow, state0, *, fresh: bool = False, **options) -> Converged:
     """`converge(flow, state0, **options)`, computed once and kept in the store `store` (`flows.cached`, keyed by
-    the flow, its initial state and the options), so `gradflow check` and the small-init experiment read the same
+    the flow, its initial state and the options with the default solvers filled in, so that a change of a default
+    solver's settings computes the run again), so `gradflow check` and the small-init experiment read the same
     runs. `fresh` computes it again."""
+    head_loss = options.get("head_loss", inspect.signature(converge).parameters["head_loss"].default)
+    head_solver, tail_solver = solvers(flow, head_loss, options.get("head_solver"), options.get("tail_solver"))
+    options = options | {"head_solver": head_solver, "tail_solver": tail_solver}
     inputs = {"converge": flow, "state0": state0, "options": options}
 
     def compute() -> dict[str, np.ndarray]:

@@ -3,7 +3,7 @@ computed again the same way.
 
 `fingerprint(value)` hashes a canonical encoding of `value`: Equinox modules and dataclasses by class and fields
 (static or not), arrays by dtype, shape and bytes, Python numbers exactly (floats by their hex form), strings, None,
-tuples, lists, dicts (by sorted keys), functions by their qualified name. A flow is therefore keyed by its problem's
+tuples, lists, dicts (by sorted keys), functions by their qualified name, objects without state by their class. A flow is therefore keyed by its problem's
 data, its three families' parameters and classes; a solve by its solver and step-size controller with all their
 settings, its tolerances, save times and budget. Two values with the same fingerprint compute the same thing with the
 same code; `SCHEMA` enters every key a store writes, and changes when what a stored record holds changes.
@@ -103,11 +103,22 @@ def _feed(digest, node: Any, active: set[int]) -> None:
             _feed(digest, name, active)
             _feed(digest, getattr(node, name, None), active)
         active.discard(id(node))
+    elif _stateless(node):
+        # An object without state (a library's sentinel, such as Diffrax's "use the controller's tolerances" in its
+        # implicit solvers' root finders) computes as its class does.
+        _tag(digest, b"stateless", _qualname(type(node)).encode())
     else:
         raise TypeError(
             f"cannot fingerprint a {type(node).__qualname__}: use arrays, numbers, strings, containers, "
             "dataclasses or Equinox modules"
         )
+
+
+def _stateless(node) -> bool:
+    """Whether `node` holds no state of its own: an empty instance dictionary, or no instance dictionary and no slots."""
+    if hasattr(node, "__dict__"):
+        return not vars(node)
+    return not getattr(type(node), "__slots__", True)
 
 
 def _qualname(obj) -> str:

@@ -37,3 +37,23 @@ def test_sensing_limit_on_other_draws(seed):
     )
     distances = sweep.distances["nuclear"]
     assert distances[1] <= 1e-4 and distances[1] < distances[0], distances
+
+
+def test_a_stored_limit_is_keyed_by_the_solvers_it_ran_with_defaults_included(tmp_path, monkeypatch):
+    # gradflow check and the small-init experiment share these runs through the store: a run computed with the
+    # default tail solver is reused under the same default given explicitly, and computed again when the default
+    # itself changes its settings (a key of the options as passed would hand back the old run).
+    flow = flows.Flow(flows.sensing(n=4, m=8, rank=1, seed=0), flows.Symmetric())
+    state0 = flow.init(scale=1e-2)
+    options = dict(t1=1e3, head_loss=1e-4)
+    first = small_init.stored(tmp_path, flow, state0, **options)
+    assert not first.reused
+    assert small_init.stored(tmp_path, flow, state0, **options).reused
+    explicit = small_init.stored(tmp_path, flow, state0, tail_solver=flows.LinearlyImplicitExtrapolation(), **options)
+    assert explicit.reused
+    default = flows.LinearlyImplicitExtrapolation
+    monkeypatch.setattr(flows, "LinearlyImplicitExtrapolation", lambda: default(defect=0.5))
+    changed = small_init.stored(tmp_path, flow, state0, **options)
+    assert not changed.reused
+    # The same limit to the solves' accuracy (rtol 1e-8 each: 100 rtol).
+    np.testing.assert_allclose(changed.W, first.W, rtol=0, atol=1e-6 * np.linalg.norm(first.W))

@@ -33,3 +33,27 @@ def test_momentum_flow_keys_carry_its_revision(monkeypatch):
     key = flows.fingerprint(flow)
     monkeypatch.setattr(flows.Momentum, "key_revision", 0)
     assert flows.fingerprint(flow) != key
+
+
+class _Sentinel:
+    pass
+
+
+class _AnotherSentinel:
+    pass
+
+
+def test_objects_without_state_are_keyed_by_their_class_and_objects_with_state_are_refused():
+    # Diffrax's implicit solvers hold such a sentinel in their root finders (Kvaerno5: "the controller's
+    # tolerances"); two instances compute alike, two classes may not, and an object with fields of its own is
+    # refused rather than keyed by its class.
+    import diffrax
+    import pytest
+
+    assert flows.fingerprint(_Sentinel()) == flows.fingerprint(_Sentinel())
+    assert flows.fingerprint(_Sentinel()) != flows.fingerprint(_AnotherSentinel())
+    assert flows.fingerprint(diffrax.Kvaerno5()) == flows.fingerprint(diffrax.Kvaerno5())
+    holding = _Sentinel()
+    holding.value = 1.0
+    with pytest.raises(TypeError, match="cannot fingerprint a _Sentinel"):
+        flows.fingerprint(holding)
