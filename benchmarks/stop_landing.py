@@ -10,9 +10,12 @@ the stop on the dense output of that last step. Each rejection costs a step, and
 costly. Rows, each until loss 1e-10 at rtol 1e-8, atol 1e-10, final state only, with the default solver:
 
 * `window w, shortest s`: the landing with those settings (the default: 0.01 and 0.05);
+* `default landing, no switch tests` (where the default does not switch): its solver with the stiffness threshold
+  out of reach, so it never tests whether the rest is worth switching (a Jacobian-vector product of the loss at
+  each step once Tsit5 is held by stability);
 * `no stop`: the same solver to the default row's final time, fixed, with no stop to locate (the cost of the run
   without the landing; an extrapolation switch then switches on stiffness alone, as the default did where it
-  switched, and never where it did not).
+  switched, and makes no switch tests where it did not).
 
 Timed repeats interleaved, medians, one process. W err: against Dopri8 at rtol 1e-12 at each row's own final time;
 W - default: the final W's distance from the default row's, relative; both relative to the reference's norm.
@@ -42,29 +45,36 @@ def with_landing(controller, **changes):
     """`controller` (a chain of wrappers, as `flows.solve` builds it) with its `flows.LandOnEvent` given `changes`."""
     if isinstance(controller, flows.LandOnEvent):
         return dataclasses.replace(controller, **changes)
+    if not hasattr(controller, "controller"):
+        raise ValueError(f"no flows.LandOnEvent in the controller chain (it ends at {type(controller).__name__})")
     return eqx.tree_at(lambda c: c.controller, controller, with_landing(controller.controller, **changes))
 
 
-def landed(setting: H.Setting, window: float, shortest: float) -> flows.Trajectory:
-    """`flows.solve` until the stop with the default solver, its landing given `window` and `shortest`."""
+def landed(setting: H.Setting, window: float, shortest: float, solver=None) -> flows.Trajectory:
+    """`flows.solve` until the stop with `solver` (None: the default), its landing given `window` and `shortest`."""
     plan = Plan.make(
-        H.T_MAX, H.FINAL_ONLY, rtol=H.RTOL, atol=H.ATOL, stop_loss=H.STOP_LOSS, max_steps=3_000_000
+        H.T_MAX, H.FINAL_ONLY, rtol=H.RTOL, atol=H.ATOL, stop_loss=H.STOP_LOSS, solver=solver, max_steps=3_000_000
     ).resolve(setting.flow)
     plan = dataclasses.replace(plan, controller=with_landing(plan.controller, window=window, shortest=shortest))
     raw = _integrate(setting.flow, setting.state0, *plan.arrays(), **plan.static())
     return plan.finish(setting.flow, jax.device_get(raw))
 
 
+def unswitched(setting: H.Setting, default: flows.Trajectory):
+    """Where the default did not switch, its solver without the switch's tests (never stiff enough to ask whether
+    the rest is worth switching: no time-to-stop estimates); None where it switched."""
+    solver = flows.default_solver(setting.flow, H.STOP_LOSS)
+    if default.stats.get("switched", True):
+        return None
+    return dataclasses.replace(solver, threshold=np.inf)
+
+
 def unstopped(setting: H.Setting, default: flows.Trajectory) -> functools.partial:
     """The default solver to the default run's final time with no stop: switching on stiffness alone where the
-    default switched (its `horizon` needs a stop), never where it did not."""
-    solver = flows.default_solver(setting.flow, H.STOP_LOSS)
-    if getattr(solver, "horizon", 0.0):
-        solver = (
-            dataclasses.replace(solver, horizon=0.0)
-            if default.stats["switched"]
-            else (dataclasses.replace(solver, threshold=np.inf))
-        )
+    default switched (its `horizon` needs a stop), without the switch's tests where it did not (`unswitched`)."""
+    solver = unswitched(setting, default) or flows.default_solver(setting.flow, H.STOP_LOSS)
+    if getattr(solver, "horizon", 0.0) and default.stats["switched"]:
+        solver = dataclasses.replace(solver, horizon=0.0)
     t1 = float(default.ts[-1])
     return functools.partial(
         flows.solve, setting.flow, setting.state0, t1=t1, ts=[0.0, t1], rtol=H.RTOL, atol=H.ATOL, solver=solver
@@ -75,7 +85,11 @@ def table(name: str, setting: H.Setting, repeats: int) -> None:
     label = {v: f"window {v[0]:g}, shortest {v[1]:g}" for v in VARIANTS}
     solves = {label[v]: functools.partial(landed, setting, *v) for v in VARIANTS}
     default = label[VARIANTS[0]]
-    solves["no stop"] = unstopped(setting, solves[default]())
+    first = solves[default]()
+    quiet = unswitched(setting, first)
+    if quiet is not None:
+        solves["default landing, no switch tests"] = functools.partial(landed, setting, *VARIANTS[0], quiet)
+    solves["no stop"] = unstopped(setting, first)
     trajectories, wall = interleaved(solves, repeats)
     finals = {row: float(traj.ts[-1]) for row, traj in trajectories.items()}
     ref = H.reference(setting, np.array(sorted(set(finals.values()))))

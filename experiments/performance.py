@@ -42,8 +42,10 @@ def _vs_scipy() -> list[dict]:
     for path in sorted((BENCHMARKS / "results").glob("vs_scipy-*.json")):
         report = json.loads(path.read_text())
         methods = report["methods"]
-        ours, lsoda = methods.get(DEFAULT_ROW), methods.get("scipy LSODA+jac")
-        if ours is None or lsoda is None or not (ours["ok"] and lsoda["ok"]):
+        if DEFAULT_ROW not in methods:
+            raise ValueError(f"{path.name} has no '{DEFAULT_ROW}' row (the default solver's): rows {sorted(methods)}")
+        ours, lsoda = methods[DEFAULT_ROW], methods.get("scipy LSODA+jac")
+        if lsoda is None or not (ours["ok"] and lsoda["ok"]):
             continue
         reports.append(
             {
@@ -84,8 +86,8 @@ class Performance(Experiment):
                 left.annotate(f"{_speedup(c['speedup'])}x", (xi + 0.2, c["wall"]), ha="center", va="bottom", fontsize=7)
             left.set_xticks(x, labels, fontsize=6)
             left.set_yscale("log")
-            # Log-scale bars start at the axis' bottom: a decade below the fastest, so every bar's height shows.
-            left.set_ylim(bottom=0.1 * min(c["wall"] for c in comparisons))
+            # Log-scale bars start at the axis' bottom: a decade below the shortest, so every bar's height shows.
+            left.set_ylim(bottom=0.1 * min(min(c["wall"], c["lsoda"]) for c in comparisons))
             left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3))
         left.set(ylabel="wall time to loss $< 10^{-10}$ (s)", title="against scipy (same accuracy)")
         ns = np.array([r["n"] for r in scaling])

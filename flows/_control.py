@@ -120,11 +120,11 @@ class LandOnEvent(_Wrapper):
     95 %). The inner controller's state is kept as it was before the rejected attempt.
 
     Locating the stop costs each step an evaluation of the distance here and one in the event, and each rejection
-    a step: 16-20 % of a run on the small settings of benchmarks/README.md (`stop_landing.py`, against the same
+    a step: 17-19 % of a run on the small settings of benchmarks/README.md (`stop_landing.py`, against the same
     run to its final time without a stop), where stiff steps are rejected 4 more times than without it. The
     window keeps the final root finding on a sliver of the last step's dense output: at 5 % the switching runs
-    there take 10-13 % less time and end 3e-10 instead of 1e-10 off the exact flow's W (rtol 1e-8); at 20 %, up to
-    2.4e-9.
+    there take 9-14 % less time, and every run's final W moves by 1.1e-10 to 5.6e-10 (relative, rtol 1e-8); at 20 %,
+    by up to 2.7e-9.
     """
 
     controller: diffrax.AbstractAdaptiveStepSizeController

@@ -199,8 +199,26 @@ def test_performance_reads_the_default_solvers_row_not_the_fastest(tmp_path, mon
     results.mkdir()
     faster_other = {"flows Tsit5": (0.1, True), performance.DEFAULT_ROW: (0.5, True), "scipy LSODA+jac": (2.0, True)}
     inaccurate = {performance.DEFAULT_ROW: (0.2, False), "scipy LSODA+jac": (2.0, True)}
-    (results / "vs_scipy-a.json").write_text(json.dumps(report("a", faster_other)))
-    (results / "vs_scipy-b.json").write_text(json.dumps(report("b", inaccurate)))
+    inaccurate_lsoda = {performance.DEFAULT_ROW: (0.2, True), "scipy LSODA+jac": (2.0, False)}
+    for name, rows in (("a", faster_other), ("b", inaccurate), ("c", inaccurate_lsoda)):
+        (results / f"vs_scipy-{name}.json").write_text(json.dumps(report(name, rows)))
     monkeypatch.setattr(performance, "BENCHMARKS", tmp_path)
     (row,) = performance._vs_scipy()
     assert (row["setting"], row["wall"], row["lsoda"], row["speedup"]) == ("a", 0.5, 2.0, 4.0)
+    # A report without the default's row (a renamed row) is an error, not a comparison silently left out.
+    (results / "vs_scipy-d.json").write_text(json.dumps(report("d", {"scipy LSODA+jac": (2.0, True)})))
+    with pytest.raises(ValueError, match="vs_scipy-d.json has no 'flows switching' row"):
+        performance._vs_scipy()
+
+
+def test_performance_reads_the_row_vs_scipy_writes_for_the_default(monkeypatch):
+    from experiments import performance
+
+    monkeypatch.setenv("GRADFLOW_BENCH_THREADS", "keep")  # the benchmarks' harness leaves the environment alone
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import vs_scipy
+
+    assert performance.DEFAULT_ROW == vs_scipy.FAST
+    assert vs_scipy.FLOWS_SOLVERS[vs_scipy.FAST] is type(
+        flows.default_solver(vs_scipy.H.sensing_setting(1e-3).flow, 1e-10)
+    )

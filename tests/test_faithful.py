@@ -162,8 +162,10 @@ def test_an_overshooting_step_is_retried_at_the_secant_crossing_or_at_shortest(s
     # q falls from 2 q_* to 1e-3 q_* over the step [0, 1] that the inner controller accepts: the step is rejected and
     # retried to end where the secant of log q reaches q_* e^{-window / 2}, or at the fraction `shortest` of the step
     # where the secant asks for less; the inner controller's state is the one before the attempt.
+    # A PI controller and a nonzero error estimate: the inner controller's own next state differs from its
+    # first, so keeping the first is observable.
     landing = flows.LandOnEvent(
-        controller=diffrax.PIDController(rtol=1e-6, atol=1e-8),
+        controller=diffrax.PIDController(rtol=1e-6, atol=1e-8, pcoeff=0.4, icoeff=0.3),
         distance=lambda t, y, args: y - 1.0,
         window=1e-2,
         shortest=shortest,
@@ -171,9 +173,10 @@ def test_an_overshooting_step_is_retried_at_the_secant_crossing_or_at_shortest(s
     terms = diffrax.ODETerm(lambda t, y, args: -y)
     y0, y1 = jnp.asarray(2.0), jnp.asarray(1e-3)
     _, state = landing.init(terms, 0.0, 1.0, y0, 1.0, None, None, 5)
-    keep, next_t0, next_t1, _, (inner, log_kept), _ = landing.adapt_step_size(
-        0.0, 1.0, y0, y1, None, jnp.asarray(0.0), 5, state
-    )
+    error = jnp.asarray(1e-9)
+    keep, next_t0, next_t1, _, (inner, log_kept), _ = landing.adapt_step_size(0.0, 1.0, y0, y1, None, error, 5, state)
+    *_, moved, _ = landing.controller.adapt_step_size(0.0, 1.0, y0, y1, None, error, 5, state[0])
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(state[0])))
     secant = (np.log(2.0) + 0.5e-2) / (np.log(2.0) - np.log(1e-3))
     assert not keep and next_t0 == 0.0 and float(log_kept) == pytest.approx(np.log(2.0))
     assert float(next_t1) == pytest.approx(max(secant, shortest), rel=1e-12)
