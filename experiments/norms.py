@@ -222,7 +222,11 @@ class Norms(Experiment):
 
         p = problem()
         stored = ctx.cached(
-            {"references": ("min_nuclear", "min_frobenius"), "problem": p},
+            {
+                "references": ("min_nuclear", "min_frobenius"),
+                "problem": p,
+                "options": references.CVXPY_OPTIONS["CLARABEL"],
+            },
             lambda: {"nuclear": references.min_nuclear(p).X, "frobenius": references.min_frobenius(p).X},
         )
         min_nuclear = float(np.linalg.svd(stored["nuclear"], compute_uv=False).sum())

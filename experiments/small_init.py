@@ -138,7 +138,11 @@ class SmallInit(Experiment):
                 X, objective, feasibility = reference.X, reference.objective, reference.feasibility
             else:
                 stored = ctx.cached(
-                    {"reference": "min_nuclear_psd", "problem": problem},
+                    {
+                        "reference": "min_nuclear_psd",
+                        "problem": problem,
+                        "options": references.CVXPY_OPTIONS["CLARABEL"],
+                    },
                     lambda problem=problem: _reference(references.min_nuclear_psd(problem)),
                 )
                 X, objective, feasibility = stored["X"], float(stored["objective"]), float(stored["feasibility"])
@@ -161,7 +165,7 @@ class SmallInit(Experiment):
             )
 
         lp = ctx.cached(
-            {"reference": "commuting_lp", "problem": commuting},
+            {"reference": "commuting_lp", "problem": commuting, "options": references.HIGHS_OPTIONS},
             lambda: _reference(references.commuting_lp(commuting)),
         )
         sdp_vs_lp = float(np.linalg.norm(results["commuting"]["X"] - lp["X"]) / np.linalg.norm(lp["X"]))
