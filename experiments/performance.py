@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._base import Experiment, new_figure, slope, timings
+from ._base import Experiment, new_figure, slope, tex_number, timings
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -36,8 +36,9 @@ saving the final state only, as scipy returns it."""
 
 
 def _vs_scipy() -> list[dict]:
-    """Each saved vs_scipy report with the default solver's row and LSODA+jac, both accurate: the setting, and
-    their wall times and ratio."""
+    """Each saved vs_scipy report with the default solver's row and LSODA+jac, both accurate: the setting, their
+    wall times (medians of the timed repeats) and ratio, their final W's relative errors against the report's
+    Dopri8 reference, and the number of timed repeats both have."""
     reports = []
     for path in sorted((BENCHMARKS / "results").glob("vs_scipy-*.json")):
         report = json.loads(path.read_text())
@@ -54,6 +55,9 @@ def _vs_scipy() -> list[dict]:
                 "wall": ours["wall"],
                 "lsoda": lsoda["wall"],
                 "speedup": ours["speedup_vs_lsoda_jac"],
+                "error": ours["W_error"],
+                "lsoda error": lsoda["W_error"],
+                "repeats": min(len(ours["runs"]), len(lsoda["runs"])),
             }
         )
     return reports
@@ -112,6 +116,9 @@ class Performance(Experiment):
             values |= {
                 "speedup min": f"\\ensuremath{{{_speedup(min(speedups))}}}",
                 "speedup max": f"\\ensuremath{{{_speedup(max(speedups))}}}",
+                "error max": tex_number(max(c["error"] for c in comparisons)),
+                "lsoda error max": tex_number(max(c["lsoda error"] for c in comparisons)),
+                "repeats": str(min(c["repeats"] for c in comparisons)),
             }
             ctx.table(
                 self.name,

@@ -239,25 +239,25 @@ class SmallInit(Experiment):
         ctx.table(
             self.name,
             "summary",
-            "llrrrrrl",
+            "lrrrrrrl",
             [
                 "problem",
-                "reference",
                 f"$d(\\alpha = {reported})$",
                 r"$d(\alpha_{\min})$",
                 r"$d_{W^*}(\alpha_{\min})$",
                 "rate $p$",
-                "last change",
+                r"$\Delta(\alpha_{\min})$",
+                r"$\max_\alpha \Delta$",
                 "verdict",
             ],
             [
                 [
                     _label(r["setting"]) + (" (direct)" if r["setting"]["flow"] == "direct" else ""),
-                    "min. Frobenius" if r["setting"]["flow"] == "direct" else "min. trace PSD",
                     tex_number(r["distance"][report]),
                     tex_number(r["distance"][-1]),
                     "" if r["setting"]["flow"] == "direct" else tex_number(r["truth_distance"][-1]),
                     tex_number(r["rate"]),
+                    tex_number(float(r["change"][-1])),
                     tex_number(float(r["change"].max())),
                     r["verdict"],
                 ]

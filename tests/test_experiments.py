@@ -190,8 +190,16 @@ def test_performance_reads_the_default_solvers_row_not_the_fastest(tmp_path, mon
     from experiments import performance
 
     def report(setting, rows):
+        # Each row's error and repeat count differ from every other's, so reading the wrong row shows.
         methods = {
-            name: {"wall": wall, "ok": ok, "speedup_vs_lsoda_jac": 2.0 / wall} for name, (wall, ok) in rows.items()
+            name: {
+                "wall": wall,
+                "ok": ok,
+                "speedup_vs_lsoda_jac": 2.0 / wall,
+                "W_error": wall * 1e-9,
+                "runs": [wall] * int(10 * wall),
+            }
+            for name, (wall, ok) in rows.items()
         }
         return {"setting": setting, "methods": methods}
 
@@ -205,6 +213,8 @@ def test_performance_reads_the_default_solvers_row_not_the_fastest(tmp_path, mon
     monkeypatch.setattr(performance, "BENCHMARKS", tmp_path)
     (row,) = performance._vs_scipy()
     assert (row["setting"], row["wall"], row["lsoda"], row["speedup"]) == ("a", 0.5, 2.0, 4.0)
+    # The errors are each row's own; the repeats, the fewer of the two rows'.
+    assert (row["error"], row["lsoda error"], row["repeats"]) == (0.5e-9, 2.0e-9, 5)
     # A report without the default's row (a renamed row) is an error, not a comparison silently left out.
     (results / "vs_scipy-d.json").write_text(json.dumps(report("d", {"scipy LSODA+jac": (2.0, True)})))
     with pytest.raises(ValueError, match="vs_scipy-d.json has no 'flows switching' row"):
