@@ -3,11 +3,18 @@
 flows is imported here, before any test module imports it, through jaxtyping's import hook: every function
 and class of flows is checked by beartype on each call (under `jax.jit`, once per trace), so a shape
 annotation that does not hold fails the test that exercises it. beartype follows PEP 484's numeric tower
-(an int is a float), as the static checkers do.
+(an int is a float), as the static checkers do. The suite runs with XLA's backend optimisation off (below).
 """
 
-import jaxtyping
-import pytest
+import os
+
+# XLA's backend optimisation off for the suite (and the command-line runs it starts, which inherit the environment):
+# the tests are bound by compile time, which this cuts by a sixth; the generated code computes the same operations,
+# and what the tests assert holds to tolerances far above the rounding that instruction selection can change.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+
+import jaxtyping  # noqa: E402
+import pytest  # noqa: E402
 
 TYPECHECKER = "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))"
 
