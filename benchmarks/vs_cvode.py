@@ -17,10 +17,16 @@ callback overhead is part of what they cost.
     python benchmarks/vs_cvode.py --settings tail --repeats 3
     python benchmarks/vs_cvode.py --settings large --until 200 --repeats 1   # n = 1000, m = 50,000 over [0, 200]
     python benchmarks/vs_cvode.py --settings tail --rtols 1e-7 1e-8 1e-9 --phases  # where the default's time goes
+    python benchmarks/vs_cvode.py --settings tail --rtols 1e-8 1e-9 --unit-costs   # CVODE's counts at JAX's prices
 
 `--phases`: for a default that switches, its explicit phase timed alone (Tsit5 from the start to the switch, the
 default's own steps there) and the rest (the stiff phase, with what the landing on the stop and the switch's tests add
 to the explicit steps); with `--rtols`, what the rest may cost for the run to be 3x and 5x CVODE at equal accuracy.
+
+`--unit-costs`: a field evaluation and a Jacobian-vector product at the default's switch state (the initial state
+where it does not switch), each inside one compiled loop (what a solver in JAX pays) and through CVODE's callbacks
+called from Python; then each CVODE Krylov row's counts priced in the loop: what a BDF in JAX taking CVODE's steps,
+Newton iterations and GMRES products would spend on them (its own vector operations left out).
 
 Work-precision (`--rtols`, atol = rtol / 100 each): every method at every rtol, then each CVODE family's wall time
 at the W err flows reached (interpolated in log error and log time between the family's two rtols that bracket it),
@@ -191,6 +197,46 @@ def equal_accuracy(points: dict[str, list[tuple[float, float]]], ours: list[tupl
     return lines
 
 
+def unit_costs(setting: H.Setting, repeats: int = 500) -> dict[str, float]:
+    """Seconds per field evaluation and per Jacobian-vector product at the default's switch state (the initial state
+    where it does not switch): `f` and `jvp` inside one compiled loop, `f callback` and `jvp callback` through
+    `CVODERunner.rhs` and `.jtimes` called from Python (numpy in and out, as CVODE calls them); medians of 5."""
+    stats = H.solve_flows(setting).stats
+    state = setting.state0
+    if stats.get("switched"):
+        t = float(stats["t_switch"])
+        traj = flows.solve(setting.flow, setting.state0, t1=t, ts=[0.0, t], rtol=H.RTOL, atol=H.ATOL)
+        state = jax.tree.map(lambda a: a[-1], traj.states)
+    x, unravel = ravel_pytree(state)
+    v = jax.random.normal(jax.random.key(0), x.shape, dtype=x.dtype)
+
+    def field(y):
+        return ravel_pytree(setting.flow.vector_field(0.0, unravel(y)))[0]
+
+    @jax.jit
+    def evaluations(y, k):
+        return jax.lax.fori_loop(0, k, lambda i, z: z + 1e-12 * field(z), y)
+
+    @jax.jit
+    def products(y, w, k):
+        return jax.lax.fori_loop(0, k, lambda i, u: w + 1e-3 * jax.jvp(field, (y,), (u,))[1], w)
+
+    runner = CVODERunner(setting, dense=False)
+    xn, vn = np.asarray(x), np.asarray(v)
+    out = np.empty_like(xn)
+    timed = {
+        "f": lambda k: evaluations(x, k),
+        "jvp": lambda k: products(x, v, k),
+        "f callback": lambda k: [runner.rhs(0.0, xn, out) for _ in range(k)],
+        "jvp callback": lambda k: [runner.jtimes(0.0, xn, None, vn, out) for _ in range(k)],
+    }
+    prices = {}
+    for name, fn in timed.items():
+        H.clock(lambda: fn(2))  # compile
+        prices[name] = statistics.median(H.clock(lambda: fn(repeats))[1] / repeats for _ in range(5))
+    return prices
+
+
 def _flows_window(setting: H.Setting, until: float, rtol: float = H.RTOL) -> H.Outcome:
     traj = flows.solve(setting.flow, setting.state0, t1=until, ts=[0.0, until], rtol=rtol, atol=atol_for(rtol))
     return H.Outcome(
@@ -292,6 +338,20 @@ def table(name: str, setting: H.Setting, args) -> None:
             print(f"\nAt equal accuracy with {family} (each family's time at its W err, from its work-precision line):")
             for line in equal_accuracy(points, ours_points):
                 print(line, flush=True)
+    if args.unit_costs:
+        prices = unit_costs(setting)
+        print(
+            "\nUnit costs: "
+            + ", ".join(f"{name} {seconds * 1e3:.3g} ms" for name, seconds in prices.items())
+            + "\nCVODE Krylov's counts priced in a compiled loop (a BDF in JAX with CVODE's steps; vector operations left out):"
+        )
+        for label, o in outcomes.items():
+            family, rtol, _ = runs[label]
+            if family == "CVODE Krylov" and o.evaluations is not None and o.jacobians is not None:
+                priced = o.evaluations * prices["f"] + o.jacobians * prices["jvp"]
+                print(
+                    f"  rtol {rtol:.0e}: {o.evaluations} f + {o.jacobians} JVPs = {priced:.3g} s (CVODE's wall {timings[label].median:.3g} s)"
+                )
     if args.phases and args.until is None:
         if len(args.rtols) > 1:
             # CVODE's best time at the accuracy the default reached at the harness's rtol.
@@ -318,6 +378,11 @@ def main(argv=None) -> int:
         "--phases",
         action="store_true",
         help="time the default's explicit phase alone, and say what the rest may cost for 3x and 5x CVODE",
+    )
+    parser.add_argument(
+        "--unit-costs",
+        action="store_true",
+        help="price a field evaluation and a JVP in a compiled loop and through callbacks; CVODE's counts at those prices",
     )
     args = parser.parse_args(argv)
     if args.phases and H.RTOL not in args.rtols:
