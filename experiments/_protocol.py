@@ -131,8 +131,14 @@ def choose(candidates: list[dict]) -> Choice:
         index=i,
         t=float(chosen["t"][k]),
         at_horizon=bool(chosen["t"][k] >= chosen["t1"] * (1 - 1e-9)) if "t1" in chosen else k == len(chosen["t"]) - 1,
-        oracle=float(np.nanmin([np.nanmin(c["test"]) for c in candidates])),
+        oracle=_finite_min(np.concatenate([np.ravel(c["test"]) for c in candidates])),
     )
+
+
+def _finite_min(values: np.ndarray) -> float:
+    """The smallest value that is not NaN; NaN where every value is."""
+    defined = values[~np.isnan(values)]
+    return float(defined.min()) if defined.size else float("nan")
 
 
 @dataclasses.dataclass(frozen=True)
