@@ -415,20 +415,20 @@ def flow_term(flow: flows.Flow) -> flows.LinearisableTerm:
     return flows.LinearisableTerm(lambda t, y, args: flow.vector_field(t, y), lambda t, y, args: flow.gauss_newton(y))
 
 
-def unit_costs(setting: Setting, repeats: int = 2000) -> dict[str, float]:
-    """Seconds per jitted vector-field evaluation, Gauss-Newton linearisation and Gauss-Newton solve,
-    each timed inside one compiled loop (no dispatch cost), at the initial state.
+@eqx.filter_jit
+def evaluations(flow, state, k):
+    """`k` (traced: pass an array) evaluations of the flow's field in one compiled loop from `state`, raveled:
+    x <- x + c F(x), which is also exactly a gradient-descent step (c = the step)."""
+    point, unravel = ravel_pytree(state)
+    field = lambda i, x: x + 1e-12 * ravel_pytree(flow.vector_field(0.0, unravel(x)))[0]  # noqa: E731
+    return jax.lax.fori_loop(0, k, field, point)
 
-    The evaluation loop x <- x + c F(x) is also exactly a gradient-descent step (c = the step).
-    """
+
+def unit_costs(setting: Setting, repeats: int = 2000) -> dict[str, float]:
+    """Seconds per jitted vector-field evaluation (`evaluations`), Gauss-Newton linearisation and Gauss-Newton
+    solve, each timed inside one compiled loop (no dispatch cost), at the initial state."""
     flow = setting.flow
     point, unravel = ravel_pytree(setting.state0)
-
-    @eqx.filter_jit
-    def evaluations(flow, point, k):
-        field = lambda i, x: x + 1e-12 * ravel_pytree(flow.vector_field(0.0, unravel(x)))[0]  # noqa: E731
-        return jax.lax.fori_loop(0, k, field, point)
-
     terms = flow_term(flow)
 
     @eqx.filter_jit
@@ -448,7 +448,7 @@ def unit_costs(setting: Setting, repeats: int = 2000) -> dict[str, float]:
     linear = flows.Woodbury().linearise(terms, 0.0, setting.state0, None, jnp.inf)
     out = {}
     for name, fn, args, k in (
-        ("vf", evaluations, (flow, point), repeats),
+        ("vf", evaluations, (flow, setting.state0), repeats),
         ("jacobian", linearisations, (flow, point), 3),
         ("solve", solves, (linear, point), repeats),
     ):

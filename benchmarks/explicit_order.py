@@ -22,19 +22,11 @@ import statistics
 import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
 import diffrax
 import numpy as np
-from vs_cvode import SETTINGS, atol_for, time_at
+from vs_cvode import SETTINGS, atol_for, phase_end, time_at
 
 import flows
 
 METHODS = {"Tsit5": diffrax.Tsit5, "Dopri8": diffrax.Dopri8}
-
-
-def phase_end(setting: H.Setting) -> tuple[float, str]:
-    """Where the default's explicit phase ends: its switch time, or its stop time where it does not switch."""
-    stats = (traj := H.solve_flows(setting)).stats
-    if stats.get("switched"):
-        return float(stats["t_switch"]), "switch"
-    return float(traj.ts[-1]), "stop"
 
 
 def compare(name: str, rtols: list[float], repeats: int) -> None:

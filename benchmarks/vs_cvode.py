@@ -197,14 +197,21 @@ def equal_accuracy(points: dict[str, list[tuple[float, float]]], ours: list[tupl
     return lines
 
 
+def phase_end(setting: H.Setting) -> tuple[float, str]:
+    """Where the default's explicit phase ends: its switch time, or its stop time where it does not switch."""
+    stats = (traj := H.solve_flows(setting)).stats
+    if stats.get("switched"):
+        return float(stats["t_switch"]), "switch"
+    return float(traj.ts[-1]), "stop"
+
+
 def unit_costs(setting: H.Setting, repeats: int = 500) -> dict[str, float]:
     """Seconds per field evaluation and per Jacobian-vector product at the default's switch state (the initial state
     where it does not switch): `f` and `jvp` inside one compiled loop, `f callback` and `jvp callback` through
     `CVODERunner.rhs` and `.jtimes` called from Python (numpy in and out, as CVODE calls them); medians of 5."""
-    stats = H.solve_flows(setting).stats
+    t, end = phase_end(setting)
     state = setting.state0
-    if stats.get("switched"):
-        t = float(stats["t_switch"])
+    if end == "switch":
         traj = flows.solve(setting.flow, setting.state0, t1=t, ts=[0.0, t], rtol=H.RTOL, atol=H.ATOL)
         state = jax.tree.map(lambda a: a[-1], traj.states)
     x, unravel = ravel_pytree(state)
@@ -214,10 +221,6 @@ def unit_costs(setting: H.Setting, repeats: int = 500) -> dict[str, float]:
         return ravel_pytree(setting.flow.vector_field(0.0, unravel(y)))[0]
 
     @jax.jit
-    def evaluations(y, k):
-        return jax.lax.fori_loop(0, k, lambda i, z: z + 1e-12 * field(z), y)
-
-    @jax.jit
     def products(y, w, k):
         return jax.lax.fori_loop(0, k, lambda i, u: w + 1e-3 * jax.jvp(field, (y,), (u,))[1], w)
 
@@ -225,7 +228,7 @@ def unit_costs(setting: H.Setting, repeats: int = 500) -> dict[str, float]:
     xn, vn = np.asarray(x), np.asarray(v)
     out = np.empty_like(xn)
     timed = {
-        "f": lambda k: evaluations(x, k),
+        "f": lambda k: H.evaluations(setting.flow, state, jax.numpy.asarray(k)),
         "jvp": lambda k: products(x, v, k),
         "f callback": lambda k: [runner.rhs(0.0, xn, out) for _ in range(k)],
         "jvp callback": lambda k: [runner.jtimes(0.0, xn, None, vn, out) for _ in range(k)],
