@@ -18,6 +18,7 @@ callback overhead is part of what they cost.
     python benchmarks/vs_cvode.py --settings large --until 200 --repeats 1   # n = 1000, m = 50,000 over [0, 200]
     python benchmarks/vs_cvode.py --settings tail --rtols 1e-7 1e-8 1e-9 --phases  # where the default's time goes
     python benchmarks/vs_cvode.py --settings tail --rtols 1e-8 1e-9 --unit-costs   # CVODE's counts at JAX's prices
+    python benchmarks/vs_cvode.py --settings tail --rtols 1e-7 1e-8 1e-9 --ndf    # the NDF switch beside the default
 
 `--phases`: for a default that switches, its explicit phase timed alone (Tsit5 from the start to the switch, the
 default's own steps there) and the rest (the stiff phase, with what the landing on the stop and the switch's tests add
@@ -130,10 +131,17 @@ class CVODERunner:
 
 
 def methods(
-    setting: H.Setting, dense_max: int, krylov_dim: int, until: float | None, rtols, tsit5: bool = False
+    setting: H.Setting,
+    dense_max: int,
+    krylov_dim: int,
+    until: float | None,
+    rtols,
+    tsit5: bool = False,
+    ndf: bool = False,
 ) -> dict:
     """label -> (family, rtol, run): every method at every rtol (atol = rtol / 100; LSODA at RTOL only); `tsit5`
-    adds `flows.solve` with Tsit5 throughout (no switch to a stiff solver) as a second flows family."""
+    adds `flows.solve` with Tsit5 throughout (no switch to a stiff solver) as a second flows family, `ndf` with the
+    NDF switch (`flows.Tsit5ThenNDF`)."""
     size = ravel_pytree(setting.state0)[0].size
     dense = size <= dense_max
     runner = CVODERunner(setting, dense)
@@ -153,6 +161,12 @@ def methods(
                 "flows Tsit5",
                 rtol,
                 lambda r=rtol: H.run_flows(setting, diffrax.Tsit5(), rtol=r, atol=atol_for(r)),
+            )
+        if ndf and until is None:
+            out["flows NDF" + at] = (
+                "flows NDF",
+                rtol,
+                lambda r=rtol: H.run_flows(setting, flows.Tsit5ThenNDF(), rtol=r, atol=atol_for(r)),
             )
         if dense:
             out["CVODE dense" + at] = ("CVODE dense", rtol, lambda r=rtol: runner.run("dense", krylov_dim, until, r))
@@ -304,7 +318,7 @@ def table(name: str, setting: H.Setting, args) -> None:
         f"{type(flows.default_solver(setting.flow, H.STOP_LOSS)).__name__}",
         flush=True,
     )
-    runs = methods(setting, args.dense_max, args.krylov_dim, args.until, args.rtols, args.tsit5)
+    runs = methods(setting, args.dense_max, args.krylov_dim, args.until, args.rtols, args.tsit5, args.ndf)
     timings, outcomes = {}, {}
     for label, (_, _, fn) in runs.items():
         outcomes[label], first = H.clock(fn)
@@ -376,6 +390,9 @@ def main(argv=None) -> int:
         "--rtols", nargs="+", type=float, default=[H.RTOL], help="a work-precision table: every method at each rtol"
     )
     parser.add_argument("--tsit5", action="store_true", help="add flows with Tsit5 throughout (no stiff switch)")
+    parser.add_argument(
+        "--ndf", action="store_true", help="add flows with the NDF switch (flows.Tsit5ThenNDF) as another flows family"
+    )
     parser.add_argument("--until", type=float, default=None, help="compare over [0, until] instead of to the stop")
     parser.add_argument(
         "--phases",

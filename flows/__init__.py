@@ -30,6 +30,7 @@ from ._dynamics import (  # noqa: E402
 )
 from ._flow import AbstractFlow, AbstractGaussNewton, Flow, GaussNewton, PaddedGaussNewton  # noqa: E402
 from ._keys import SCHEMA, fingerprint  # noqa: E402
+from ._ndf import NDF  # noqa: E402
 from ._parameterizations import (  # noqa: E402
     PARAMETERIZATIONS,
     AbstractParameterization,
@@ -76,6 +77,7 @@ from ._stiff import (  # noqa: E402
     LinearlyImplicitExtrapolation,
     Tsit5ThenChebyshev,
     Tsit5ThenExtrapolation,
+    Tsit5ThenNDF,
     Woodbury,
     WoodburySolve,
 )
@@ -166,6 +168,8 @@ __all__ = [
     "RungeKuttaChebyshev",
     "AbstractTsit5Then",
     "Tsit5ThenChebyshev",
+    "NDF",
+    "Tsit5ThenNDF",
     # results
     "Trajectory",
     "effective_rank",

@@ -18,8 +18,9 @@ from jaxtyping import Array, Float, Int
 from ._chebyshev import RungeKuttaChebyshev
 from ._control import ArraywiseRelative, LandOnEvent, StopOnCollapse
 from ._flow import AbstractFlow, FlowArgs, State
+from ._ndf import NDF
 from ._solver import LinearisableTerm, lands_save_times, report
-from ._stiff import LinearlyImplicitExtrapolation, Tsit5ThenChebyshev, Tsit5ThenExtrapolation
+from ._stiff import LinearlyImplicitExtrapolation, Tsit5ThenChebyshev, Tsit5ThenExtrapolation, Tsit5ThenNDF
 from ._trajectory import Trajectory
 from ._validate import check_choice, check_fits, check_positive, check_positive_int, check_times
 
@@ -50,6 +51,8 @@ SOLVERS = {
     "switching": Tsit5ThenExtrapolation,
     "chebyshev": RungeKuttaChebyshev,
     "switching-chebyshev": Tsit5ThenChebyshev,
+    "ndf": NDF,
+    "switching-ndf": Tsit5ThenNDF,
 }
 """Diffrax solvers by the names the command line accepts."""
 

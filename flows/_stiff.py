@@ -67,6 +67,7 @@ from jaxtyping import Array, Float
 
 from ._chebyshev import RungeKuttaChebyshev
 from ._flow import AbstractGaussNewton
+from ._ndf import NDF
 from ._solver import AbstractFlowSolver, LinearisableTerm, gauss_newton, report, time_to_stop
 
 
@@ -551,6 +552,18 @@ class Tsit5ThenChebyshev(AbstractTsit5Then):
     loses: benchmarks/README.md (stiff_tail.py)."""
 
     stiff_solver: RungeKuttaChebyshev = RungeKuttaChebyshev()
+    threshold: float = eqx.field(static=True, default=3.0)
+    patience: int = eqx.field(static=True, default=15)
+    horizon: ClassVar[float] = 0.0
+
+
+class Tsit5ThenNDF(AbstractTsit5Then):
+    """Tsit5, then the matrix-free implicit multistep `NDF` (orders 1 to 5, Newton with conjugate gradients on
+    forward-difference Jacobian products) once the flow is stiff: no dense linear algebra, so any number of
+    measurements, and steps held by accuracy alone. Measured on the deep completion tail (n = 100, m = 2000):
+    benchmarks/README.md (`vs_cvode.py`)."""
+
+    stiff_solver: NDF = NDF()
     threshold: float = eqx.field(static=True, default=3.0)
     patience: int = eqx.field(static=True, default=15)
     horizon: ClassVar[float] = 0.0

@@ -1,0 +1,104 @@
+"""The numerical differentiation formulas (flows.NDF): the step-change matrices against polynomial differences, the
+accuracy on a stiff linear flow against its exponential, a failed corrector, and the NDF switch on a stiff tail
+against the Chebyshev switch at the same located stop."""
+
+import math
+
+import diffrax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+import flows
+from flows._ndf import _ROWS, rescaling
+
+
+def _differences(values: np.ndarray, order: int) -> np.ndarray:
+    """D_0 = y_n, D_j = nabla^j y_n from the values y_n, y_{n-1}, ..., y_{n-order} (most recent first)."""
+    rows, table = [values[0]], values.copy()
+    for _ in range(order):
+        table = table[:-1] - table[1:]
+        rows.append(table[0])
+    return np.array(rows + [0.0] * (_ROWS - order - 1))
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 5])
+@pytest.mark.parametrize("ratio", [0.3, 1.0, 2.5])
+def test_a_step_change_gives_the_differences_of_the_same_polynomial_at_the_new_step(order, ratio):
+    # A polynomial p of degree `order` sampled at t_n - j h has backward differences D; rescaled by the step change
+    # h -> ratio h they must be p's differences at t_n - j ratio h, exactly (up to rounding). A transposed or
+    # unmultiplied matrix (R without U) fails this at every order above 1.
+    p = np.polynomial.Polynomial(np.random.default_rng(order).normal(size=order + 1))
+    h = 0.7
+    old = _differences(p(-h * np.arange(order + 1)), order)
+    new = _differences(p(-ratio * h * np.arange(order + 1)), order)
+    np.testing.assert_allclose(np.asarray(rescaling(jnp.asarray(order), jnp.asarray(ratio)) @ old), new, atol=1e-12)
+
+
+def test_a_stiff_linear_flow_matches_its_exponential_at_every_tolerance():
+    # y' = -A y, A symmetric with eigenvalues 0.1..1e4, over [0, 3]: the error against expm(-3A) y0 tracks rtol, the
+    # order climbs to 5, and the steps stay far below the explicit limit's ~3e4 / 3.5 (Tsit5 would need ~8,600).
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(60, 60)))
+    a = (q * np.geomspace(0.1, 1e4, 60)) @ q.T
+    y0 = rng.normal(size=60)
+    exact = scipy.linalg.expm(-3.0 * a) @ y0
+    for rtol in (1e-6, 1e-9):
+        solution = diffrax.diffeqsolve(
+            diffrax.ODETerm(lambda t, y, args: -jnp.asarray(a) @ y),
+            flows.NDF(),
+            0.0,
+            3.0,
+            None,
+            jnp.asarray(y0),
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=1e-3 * rtol),
+            saveat=diffrax.SaveAt(t1=True, solver_state=True),
+        )
+        error = np.linalg.norm(solution.ys[-1] - exact) / np.linalg.norm(exact)
+        assert error < 10 * rtol, (rtol, error)
+        report = flows.NDF().report(solution.solver_state)
+        assert report["highest_order"] == 5 and solution.stats["num_steps"] < 2000, (report, solution.stats)
+        assert report["krylov_products"] >= report["newton_iterations"] > 0
+
+
+def test_a_corrector_that_fails_rejects_the_step():
+    # y' = -sqrt(y) from y = 1 (exact: (1 - t/2)^2): a step of 1e6 predicts y < 0, where the field is NaN, so the
+    # corrector fails; the step returns its start and an infinite error for the controller to shrink the step by
+    # (a NaN error would poison the step-size controller).
+    solver = flows.NDF()
+    terms = diffrax.ODETerm(lambda t, y, args: -jnp.sqrt(y))
+    y0 = jnp.ones(3)
+    state = solver.init(terms, 0.0, 1e6, y0, None)
+    y1, error, _, _, _ = solver.step(terms, jnp.asarray(0.0), jnp.asarray(1e6), y0, None, state, False)
+    assert np.all(np.isinf(np.asarray(error))) and np.array_equal(np.asarray(y1), np.ones(3))
+    # A short step converges: its error is finite and its result within the local error of the exact solution.
+    y1, error, _, _, _ = solver.step(terms, jnp.asarray(0.0), jnp.asarray(1e-3), y0, None, state, False)
+    assert np.all(np.isfinite(np.asarray(error)))
+    np.testing.assert_allclose(np.asarray(y1), (1 - 5e-4) ** 2, rtol=1e-6)
+
+
+def test_the_ndf_switch_ends_where_the_chebyshev_switch_ends_under_one_stop():
+    # Deep completion from a small init into loss 1e-10, where the flow is stiff: both switching solvers switch, the
+    # NDF in under half the Chebyshev switch's stiff work (field evaluations: Newton's and its Krylov products,
+    # against the Chebyshev stages; 3011 against 8567 measured), and both stop at loss = stop_loss (the located stop) with the same W to 100 rtol.
+    flow = flows.Flow(flows.completion(n=12, m=80, rank=2, seed=0), flows.Deep(3))
+    state0 = flow.init(scale=0.1)
+    options = dict(t1=1e7, ts=np.array([0.0]), stop_loss=1e-10, rtol=1e-8)
+    ndf = flows.solve(flow, state0, solver=flows.Tsit5ThenNDF(), **options)
+    chebyshev = flows.solve(flow, state0, solver=flows.Tsit5ThenChebyshev(), **options)
+    for run in (ndf, chebyshev):
+        assert run.stats["switched"], run.stats
+        assert math.isclose(float(run.loss[-1]), 1e-10, rel_tol=1e-5), run.loss[-1]
+    stiff_work = ndf.stats["newton_iterations"] + ndf.stats["krylov_products"]
+    assert stiff_work < chebyshev.stats["stages"] / 2, (ndf.stats, chebyshev.stats)
+    assert ndf.stats["highest_order"] >= 3
+    error = np.linalg.norm(ndf.W[-1] - chebyshev.W[-1]) / np.linalg.norm(chebyshev.W[-1])
+    assert error < 100 * 1e-8, error
+
+
+def test_the_ndf_solvers_are_named_on_the_command_line():
+    assert isinstance(flows.solver_by_name("ndf"), flows.NDF)
+    assert isinstance(flows.solver_by_name("switching-ndf"), flows.Tsit5ThenNDF)
+    with pytest.raises(ValueError, match="max_order"):
+        flows.NDF(max_order=6)
