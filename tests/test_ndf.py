@@ -11,7 +11,7 @@ import pytest
 import scipy.linalg
 
 import flows
-from flows._ndf import _ROWS, rescaling
+from flows._ndf import _ROWS, conjugate_gradients, rescaling
 
 
 def _differences(values: np.ndarray, order: int) -> np.ndarray:
@@ -34,6 +34,25 @@ def test_a_step_change_gives_the_differences_of_the_same_polynomial_at_the_new_s
     old = _differences(p(-h * np.arange(order + 1)), order)
     new = _differences(p(-ratio * h * np.arange(order + 1)), order)
     np.testing.assert_allclose(np.asarray(rescaling(jnp.asarray(order), jnp.asarray(ratio)) @ old), new, atol=1e-12)
+
+
+def test_conjugate_gradients_meet_their_residual_and_refuse_an_indefinite_matrix():
+    # SPD A (eigenvalues 1..1e3): the residual ends below the tolerance, so the error is below it over the smallest
+    # eigenvalue (1); a budget of 3 iterations stops at 3. With one negative eigenvalue the iteration meets
+    # non-positive curvature (b has a component along it) and the solution is NaN, which fails the Newton iteration.
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.normal(size=(50, 50)))
+    a = (q * np.geomspace(1.0, 1e3, 50)) @ q.T
+    b = rng.normal(size=50)
+    tolerance = 1e-9 * np.linalg.norm(b)
+    x, iterations = conjugate_gradients(lambda v: jnp.asarray(a) @ v, jnp.asarray(b), tolerance, 500)
+    assert np.linalg.norm(b - a @ np.asarray(x)) <= tolerance and 0 < int(iterations) < 500
+    np.testing.assert_allclose(np.asarray(x), np.linalg.solve(a, b), rtol=0, atol=tolerance)
+    _, iterations = conjugate_gradients(lambda v: jnp.asarray(a) @ v, jnp.asarray(b), tolerance, 3)
+    assert int(iterations) == 3
+    indefinite = (q * np.append(-5.0, np.geomspace(1.0, 1e3, 49))) @ q.T
+    x, _ = conjugate_gradients(lambda v: jnp.asarray(indefinite) @ v, jnp.asarray(b), tolerance, 500)
+    assert np.all(np.isnan(np.asarray(x)))
 
 
 def test_a_stiff_linear_flow_matches_its_exponential_at_every_tolerance():
