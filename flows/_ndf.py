@@ -74,6 +74,18 @@ def rescaling(order: Int[Array, ""], ratio: Float[Array, ""]) -> Float[Array, "r
     return jnp.eye(_ROWS, dtype=change.dtype).at[1 : _MAX_ORDER + 1, 1 : _MAX_ORDER + 1].set(change)
 
 
+def update(order: Int[Array, ""]) -> Float[Array, "rows rows"]:
+    r"""The matrix B of the difference array's update after a step of order k with correction d:
+    $D' = B D + \mathbb{1}_{j \le k+2}\, d$, that is $D'_j = \sum_{l=j}^{k} D_l + d$ ($j \le k$), $D'_{k+1} = d$,
+    $D'_{k+2} = d - D_{k+1}$, the rows beyond unchanged."""
+    i = np.arange(_ROWS)[:, None]
+    j = np.arange(_ROWS)[None, :]
+    summed = (i <= order) & (j >= i) & (j <= order)
+    return jnp.where(
+        i <= order, summed, jnp.where(i == order + 2, -1.0 * (j == order + 1), jnp.where(i == order + 1, 0.0, i == j))
+    ).astype(float)
+
+
 def conjugate_gradients(
     matvec: Callable[[Float[Array, " p"]], Float[Array, " p"]], b: Float[Array, " p"], tolerance, max_steps: int
 ) -> tuple[Float[Array, " p"], Int[Array, ""]]:
@@ -229,12 +241,9 @@ class NDF(AbstractFlowSolver):
         y1 = predicted + d
         error_k = _coefficient(_ERROR, k) * d
         converged = converged & jnp.all(jnp.isfinite(y1))
-        # The differences at y_{n+1}, for an accepted step (Diffrax keeps the old state on rejection):
-        # D_{k+2} = d - D_{k+1}, D_{k+1} = d, then D_j += D_{j+1} for j = k, ..., 0.
-        D = D.at[k + 2].set(d - D[k + 1]).at[k + 1].set(d)
-        D = jnp.where(
-            (rows <= k)[:, None], jnp.cumsum(jnp.where((rows <= k + 1)[:, None], D, 0.0)[::-1], axis=0)[::-1], D
-        )
+        # The differences at y_{n+1}, for an accepted step (Diffrax keeps the old state on rejection), in one pass
+        # over D: D_j <- D_j + ... + D_k + d for j <= k, D_{k+1} <- d, D_{k+2} <- d - D_{k+1}.
+        D = update(k).astype(dtype) @ D + (rows <= k + 2).astype(dtype)[:, None] * d[None, :]
         held = held + 1
         # The order for the next step (k + 1 steps after the last change): the smallest estimate^(1 / (j + 1)).
         candidates = jnp.stack(

@@ -11,7 +11,7 @@ import pytest
 import scipy.linalg
 
 import flows
-from flows._ndf import _ROWS, conjugate_gradients, rescaling
+from flows._ndf import _ROWS, conjugate_gradients, rescaling, update
 
 
 def _differences(values: np.ndarray, order: int) -> np.ndarray:
@@ -34,6 +34,21 @@ def test_a_step_change_gives_the_differences_of_the_same_polynomial_at_the_new_s
     old = _differences(p(-h * np.arange(order + 1)), order)
     new = _differences(p(-ratio * h * np.arange(order + 1)), order)
     np.testing.assert_allclose(np.asarray(rescaling(jnp.asarray(order), jnp.asarray(ratio)) @ old), new, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", [1, 2, 4, 5])
+def test_an_accepted_step_gives_the_differences_at_its_end(order):
+    # Values y_{n+1}, y_n, ..., y_{n-k-1} (any): D holds the differences of y_n to order k + 1, the predictor is
+    # sum_{j <= k} D_j, d = y_{n+1} - predictor; the update must give the differences of y_{n+1} to order k + 2
+    # (nabla^{k+1} y_{n+1} = d is what makes the predictor exact on degree-k polynomials). Rows past k + 2 stay.
+    values = np.random.default_rng(order).normal(size=order + 3)
+    old = _differences(values[1:], order + 1)
+    old[order + 2 :] = 7.0  # rows the update must leave alone
+    d = values[0] - old[: order + 1].sum()
+    new = np.asarray(update(jnp.asarray(order)) @ old) + (np.arange(_ROWS) <= order + 2) * d
+    expected = _differences(values, order + 2)
+    np.testing.assert_allclose(new[: order + 3], expected[: order + 3], atol=1e-12)
+    np.testing.assert_array_equal(new[order + 3 :], 7.0)
 
 
 def test_conjugate_gradients_meet_their_residual_and_refuse_an_indefinite_matrix():
