@@ -493,10 +493,12 @@ class AbstractTsit5Then(AbstractFlowSolver):
             y1, error, dense, new_explicit, result = diffrax.Tsit5().step(
                 terms, t0, t1, y0, args, explicit_state, made_jump
             )
-            # The stages k_j of every leaf (each leaf's k has the stage axis first), laid side by side in the
-            # order of ravel_pytree(y): row j is stage j of the whole state.
-            k = jnp.concatenate([x.reshape(x.shape[0], -1) for x in jax.tree.leaves(dense["k"])], axis=1)
-            h_rho = jnp.linalg.norm(k[6] - k[5]) / jnp.linalg.norm(weights @ k[:6])
+            # The stages k_j of every leaf (each leaf's k has the stage axis first): the norms over the whole state
+            # summed leaf by leaf, without gathering the stages into one array.
+            stages = [x.reshape(x.shape[0], -1) for x in jax.tree.leaves(dense["k"])]
+            h_rho = jnp.sqrt(sum(jnp.sum((x[6] - x[5]) ** 2) for x in stages)) / jnp.sqrt(
+                sum(jnp.sum((weights @ x[:6]) ** 2) for x in stages)
+            )
             run = jnp.where(h_rho > self.threshold, streak + 1, 0)
             switch = run >= self.patience
             if self.horizon > 0:
@@ -507,7 +509,7 @@ class AbstractTsit5Then(AbstractFlowSolver):
 
                 switch = jax.lax.cond(switch, worth, lambda: jnp.array(False))
             # The last stage is dt f(y1): the slope the stiff solver starts from if the run switches now.
-            handed = (k[6] / (t1 - t0), *stiff_state[1:])
+            handed = (jnp.concatenate([x[6] for x in stages]) / (t1 - t0), *stiff_state[1:])
             dense = dict(y0=y0, y1=y1, k=dense["k"], stiff=jnp.array(False))
             return y1, error, dense, (switch, run, jnp.where(switch, t1, t_switch), new_explicit, handed), result
 
