@@ -18,7 +18,7 @@ callback overhead is part of what they cost.
     python benchmarks/vs_cvode.py --settings large --until 200 --repeats 1   # n = 1000, m = 50,000 over [0, 200]
     python benchmarks/vs_cvode.py --settings tail --rtols 1e-7 1e-8 1e-9 --phases  # where the default's time goes
     python benchmarks/vs_cvode.py --settings tail --rtols 1e-8 1e-9 --unit-costs   # CVODE's counts at JAX's prices
-    python benchmarks/vs_cvode.py --settings tail --rtols 1e-7 1e-8 1e-9 --ndf    # the NDF switch beside the default
+    python benchmarks/vs_cvode.py --settings tail --rtols 1e-7 1e-8 1e-9 --solvers switching-chebyshev  # another solver
 
 `--phases`: for a default that switches, its explicit phase timed alone (Tsit5 from the start to the switch, the
 default's own steps there) and the rest (the stiff phase, with what the landing on the stop and the switch's tests add
@@ -131,17 +131,10 @@ class CVODERunner:
 
 
 def methods(
-    setting: H.Setting,
-    dense_max: int,
-    krylov_dim: int,
-    until: float | None,
-    rtols,
-    tsit5: bool = False,
-    ndf: bool = False,
+    setting: H.Setting, dense_max: int, krylov_dim: int, until: float | None, rtols, solvers: tuple[str, ...] = ()
 ) -> dict:
-    """label -> (family, rtol, run): every method at every rtol (atol = rtol / 100; LSODA at RTOL only); `tsit5`
-    adds `flows.solve` with Tsit5 throughout (no switch to a stiff solver) as a second flows family, `ndf` with the
-    NDF switch (`flows.Tsit5ThenNDF`)."""
+    """label -> (family, rtol, run): every method at every rtol (atol = rtol / 100; LSODA at RTOL only); each name in
+    `solvers` (a key of `flows.SOLVERS`) adds `flows.solve` with that solver as another flows family."""
     size = ravel_pytree(setting.state0)[0].size
     dense = size <= dense_max
     runner = CVODERunner(setting, dense)
@@ -156,17 +149,11 @@ def methods(
             )
         else:
             out["flows default" + at] = ("flows default", rtol, lambda r=rtol: _flows_window(setting, until, r))
-        if tsit5 and until is None:
-            out["flows Tsit5" + at] = (
-                "flows Tsit5",
+        for name in solvers if until is None else ():
+            out[f"flows {name}" + at] = (
+                f"flows {name}",
                 rtol,
-                lambda r=rtol: H.run_flows(setting, diffrax.Tsit5(), rtol=r, atol=atol_for(r)),
-            )
-        if ndf and until is None:
-            out["flows NDF" + at] = (
-                "flows NDF",
-                rtol,
-                lambda r=rtol: H.run_flows(setting, flows.Tsit5ThenNDF(), rtol=r, atol=atol_for(r)),
+                lambda r=rtol, name=name: H.run_flows(setting, flows.solver_by_name(name), rtol=r, atol=atol_for(r)),
             )
         if dense:
             out["CVODE dense" + at] = ("CVODE dense", rtol, lambda r=rtol: runner.run("dense", krylov_dim, until, r))
@@ -318,7 +305,7 @@ def table(name: str, setting: H.Setting, args) -> None:
         f"{type(flows.default_solver(setting.flow, H.STOP_LOSS)).__name__}",
         flush=True,
     )
-    runs = methods(setting, args.dense_max, args.krylov_dim, args.until, args.rtols, args.tsit5, args.ndf)
+    runs = methods(setting, args.dense_max, args.krylov_dim, args.until, args.rtols, tuple(args.solvers))
     timings, outcomes = {}, {}
     for label, (_, _, fn) in runs.items():
         outcomes[label], first = H.clock(fn)
@@ -389,9 +376,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--rtols", nargs="+", type=float, default=[H.RTOL], help="a work-precision table: every method at each rtol"
     )
-    parser.add_argument("--tsit5", action="store_true", help="add flows with Tsit5 throughout (no stiff switch)")
     parser.add_argument(
-        "--ndf", action="store_true", help="add flows with the NDF switch (flows.Tsit5ThenNDF) as another flows family"
+        "--solvers",
+        nargs="+",
+        default=[],
+        choices=tuple(flows.SOLVERS),
+        help="add flows with these solvers (flows.SOLVERS names) as more flows families",
     )
     parser.add_argument("--until", type=float, default=None, help="compare over [0, until] instead of to the stop")
     parser.add_argument(

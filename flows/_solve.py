@@ -115,7 +115,7 @@ def solve(
         solver: any Diffrax solver; default `default_solver(flow, stop_loss)`: Tsit5 (explicit,
             5th order, adaptive), or for runs into the stiff convergence tail (stop_loss set) of
             plain gradient flows `flows.Tsit5ThenExtrapolation()` (up to a thousand measurements)
-            or `flows.Tsit5ThenChebyshev()` (beyond).
+            or `flows.Tsit5ThenNDF()` (beyond).
         stepsize_controller: default (None): the arraywise relative or PID controller above, its steps landing
             on `ts`, so every saved value is a step's (dense outputs are less accurate than the steps). A given
             adaptive controller is wrapped the same way only for solvers that ask for it
@@ -374,13 +374,13 @@ class FaithfulnessWarning(UserWarning):
 STIFF_MAX_MEASUREMENTS = 1000
 """Up to this many measurements `default_solver` switches to the linearly implicit extrapolation with
 dense Gauss-Newton solves (`flows.Woodbury`: an m x m eigendecomposition per re-linearisation), beyond
-it to Runge-Kutta-Chebyshev, which needs no linear algebra. Measured side by side
-(benchmarks/stiff_tail.py, deep completion n = 100, rank 5, depth 3, alpha 0.1, into loss < 1e-10;
-benchmarks/README.md): at m = 2000 `Tsit5ThenChebyshev` is 3.8-4.2x faster than Tsit5 and the Woodbury
-switch 0.45x; at m = 1000 the three are within 1.4x of each other; in the stiffest tails (n = 30,
-m = 180 sensing from alpha = 1e-3) the Woodbury switch is 3x faster than the Chebyshev switch and 100x
-faster than Tsit5, its cost not growing with the stiffness. The boundary depends on the stiffness, not
-on m alone; m is what is known before the solve."""
+it to the matrix-free NDF (`flows.Tsit5ThenNDF`: Newton with conjugate gradients on Jacobian products, no
+matrix of any size). Measured side by side (benchmarks/README.md; deep completion n = 100, rank 5, depth 3,
+alpha 0.1, into loss < 1e-10): at m = 2000 the NDF switch is 2.1x faster than the Runge-Kutta-Chebyshev switch
+at equal accuracy (`vs_cvode.py`), which is itself 3.8-4.2x faster than Tsit5, and the Woodbury switch 0.45x
+Tsit5 (`stiff_tail.py`); at m = 1000 the Woodbury, Chebyshev and Tsit5 runs are within 1.4x of each other; in the
+stiffest tails (n = 30, m = 180 sensing from alpha = 1e-3) the Woodbury switch is the fastest, its cost not growing
+with the stiffness. The boundary depends on the stiffness, not on m alone; m is what is known before the solve."""
 
 
 def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = False) -> diffrax.AbstractSolver:
@@ -390,8 +390,8 @@ def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = 
     flow of the data loss (`flow.linearisable`: its Gauss-Newton linearisation is then the Hessian up
     to the residual term): Tsit5 until the run turns stiff (and, for the extrapolation, until the time left to
     the stop is worth its linearisations: `Tsit5ThenExtrapolation.horizon`), then the linearly implicit extrapolation
-    with dense solves (`Tsit5ThenExtrapolation`) up to `STIFF_MAX_MEASUREMENTS` measurements and
-    Runge-Kutta-Chebyshev (`Tsit5ThenChebyshev`) beyond. Tsit5 otherwise. `batched` (runs under vmap:
+    with dense solves (`Tsit5ThenExtrapolation`) up to `STIFF_MAX_MEASUREMENTS` measurements and the
+    matrix-free NDF (`Tsit5ThenNDF`) beyond. Tsit5 otherwise. `batched` (runs under vmap:
     `sweep`'s batches of several): `LinearlyImplicitExtrapolation` instead of the first switch, since
     vmap turns its lax.cond into running both solvers at every step, and Tsit5 instead of the second
     (not measured under vmap).
@@ -409,7 +409,7 @@ def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = 
         return diffrax.Tsit5()
     if flow.problem.m <= STIFF_MAX_MEASUREMENTS:
         return LinearlyImplicitExtrapolation() if batched else Tsit5ThenExtrapolation()
-    return diffrax.Tsit5() if batched else Tsit5ThenChebyshev()
+    return diffrax.Tsit5() if batched else Tsit5ThenNDF()
 
 
 def saved_bytes(flow: AbstractFlow, state0: State, times: int) -> int:

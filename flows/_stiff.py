@@ -25,7 +25,8 @@ h M^T M) x\|$. Its iterations grow like $\sqrt{1 + h\lambda_{\max}}$, and the ex
 many solves per step: measured on deep completion (n = 100, m = 2000; benchmarks/README.md,
 `stiff_tail.py`) it takes the dense solve's steps at the dense solve's speed, both three times slower
 than Tsit5 there (30,000 CG iterations for 9 stiff steps), so `flows.default_solver` takes the
-stabilised explicit `RungeKuttaChebyshev` for large m instead.
+matrix-free NDF (`flows.Tsit5ThenNDF`: a few conjugate-gradient iterations per step of a multistep method, not
+dozens of solves per extrapolated step) for large m instead.
 
 The integrator is extrapolation of the linearly implicit Euler method
 $(I + h_j H_J)(y_{i+1} - y_i) = h_j F(y_i)$ over the harmonic sequence $h_j = \Delta t / j$,
@@ -47,7 +48,9 @@ default.
 explicit steps are cheap) and switches to the extrapolation once stiffness holds Tsit5's step and
 the time left to the stop is worth the switch;
 `Tsit5ThenChebyshev` switches to the stabilised explicit `RungeKuttaChebyshev` instead (no linear
-algebra: the choice beyond a thousand measurements).
+algebra: the choice for the diagonally preconditioned flows), and `Tsit5ThenNDF` to the matrix-free implicit
+multistep `flows.NDF` (Newton with conjugate gradients on Jacobian products: the choice beyond a thousand
+measurements).
 Measurements against scipy, CVODE and gradient descent: benchmarks/README.md.
 """
 

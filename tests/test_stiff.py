@@ -235,10 +235,9 @@ def test_default_solver_is_the_stiff_one_only_into_the_tail_of_plain_flows():
     assert isinstance(flows.default_solver(flow, stop_loss=1e-10), flows.Tsit5ThenExtrapolation)
     assert isinstance(flows.default_solver(flow, stop_loss=None), diffrax.Tsit5)
     assert isinstance(flows.default_solver(flow, stop_loss=1e-10).stiff_solver.linear_solver, flows.Woodbury)
-    # Beyond STIFF_MAX_MEASUREMENTS Runge-Kutta-Chebyshev, over the matrix-free solve (benchmarks/stiff_tail.py);
-    # Tsit5 under vmap.
+    # Beyond STIFF_MAX_MEASUREMENTS the matrix-free NDF (benchmarks/README.md, vs_cvode.py); Tsit5 under vmap.
     many = flows.Flow(flows.completion(n=40, m=flows._solve.STIFF_MAX_MEASUREMENTS + 1, rank=1), flows.Symmetric())
-    assert isinstance(flows.default_solver(many, stop_loss=1e-10), flows.Tsit5ThenChebyshev)
+    assert isinstance(flows.default_solver(many, stop_loss=1e-10), flows.Tsit5ThenNDF)
     assert isinstance(flows.default_solver(many, stop_loss=1e-10, batched=True), diffrax.Tsit5)
     traj = flows.solve(flow, flow.init(scale=1e-2), t1=1e5, stop_loss=1e-10)
     assert traj.config["solver"] == "Tsit5ThenExtrapolation" and traj.loss[-1] < 1e-10
