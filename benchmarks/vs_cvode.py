@@ -282,7 +282,11 @@ def phases(
     traj, _ = H.clock(explicit)
     seconds = statistics.median(H.clock(explicit)[1] for _ in range(max(repeats, 1)))
     rest = total - seconds
-    work = ", ".join(f"{stats[key]} {key}" for key in ("stages", "linearisations") if key in stats)
+    work = ", ".join(
+        f"{stats[key]} {key}"
+        for key in ("stages", "linearisations", "newton_iterations", "krylov_products")
+        if key in stats
+    )
     print(
         f"\nPhases of the default at rtol {H.RTOL:g}: Tsit5 to the switch at t = {t_switch:.5g}, "
         f"{traj.stats['num_steps']} steps, {seconds:.3g} s; the rest (the stiff phase to the stop) {rest:.3g} s ({work})"
