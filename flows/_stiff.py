@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PyTree
 
 from ._chebyshev import RungeKuttaChebyshev
 from ._flow import AbstractGaussNewton
@@ -413,26 +413,31 @@ class LinearlyImplicitExtrapolation(AbstractFlowSolver):
 
 
 class _SwitchingInterpolation(diffrax.AbstractLocalInterpolation):
-    """Tsit5's own interpolant for explicit steps, cubic Hermite (k[0], k[-1]) for stiff ones."""
+    """Tsit5's own interpolant for explicit steps, cubic Hermite (k[0], k[-1]) for stiff ones.
+
+    Diffrax builds the interpolant after every step, and uses it only where a save time or an event falls inside the
+    step; both interpolants are built in `evaluate`, so a step that saves nothing computes neither (the Hermite
+    interpolant's coefficients are computed where it is built)."""
 
     t0: Float[Array, ""]
     t1: Float[Array, ""]
-    explicit: diffrax.AbstractLocalInterpolation
-    hermite: diffrax.ThirdOrderHermitePolynomialInterpolation
+    y0: PyTree
+    y1: PyTree
+    k: PyTree
     stiff: Array
 
-    def __init__(self, *, t0, t1, y0, y1, k, stiff):
-        self.t0, self.t1, self.stiff = t0, t1, stiff
-        self.explicit = diffrax.Tsit5.interpolation_cls(t0=t0, t1=t1, y0=y0, y1=y1, k=k)
-        self.hermite = diffrax.ThirdOrderHermitePolynomialInterpolation(
-            t0=t0, t1=t1, y0=y0, y1=y1, k0=jax.tree.map(lambda x: x[0], k), k1=jax.tree.map(lambda x: x[-1], k)
-        )
-
     def evaluate(self, t0, t1=None, left=True):
+        explicit = diffrax.Tsit5.interpolation_cls(t0=self.t0, t1=self.t1, y0=self.y0, y1=self.y1, k=self.k)
+        hermite = diffrax.ThirdOrderHermitePolynomialInterpolation(
+            t0=self.t0,
+            t1=self.t1,
+            y0=self.y0,
+            y1=self.y1,
+            k0=jax.tree.map(lambda x: x[0], self.k),
+            k1=jax.tree.map(lambda x: x[-1], self.k),
+        )
         return jax.tree.map(
-            lambda a, b: jnp.where(self.stiff, b, a),
-            self.explicit.evaluate(t0, t1, left),
-            self.hermite.evaluate(t0, t1, left),
+            lambda a, b: jnp.where(self.stiff, b, a), explicit.evaluate(t0, t1, left), hermite.evaluate(t0, t1, left)
         )
 
 
