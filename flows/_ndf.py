@@ -14,17 +14,19 @@ by forward difference quotients $(F(y^{(0)} + \sigma v) - F(y^{(0)})) / \sigma$ 
 CVODE's Krylov solvers do; exact Jacobian-vector products cost twice as much on these flows and gave nothing
 measurable), and each linear solve is conjugate gradients (`conjugate_gradients`): for a gradient flow
 $J = -\nabla^2 L$ is symmetric and, in a convergence tail, $I - cJ \succeq I$. The local error is $(\kappa_k \gamma_k + 1/(k+1))\, d$.
-A step-size change rescales $D_1..D_k$ by their $(R U)^T$ matrices, so the step may change at every step, as
-Diffrax's step-size controllers ask.
+A step-size change rescales $D_1..D_k$ by their $(R U)^T$ matrices and the last correction $D_{k+1}$ by
+$\rho^{k+1}$ (`rescaling`), so the step may change at every step, as Diffrax's step-size controllers ask.
 
 The order starts at 1 and, after k + 1 steps at order k, moves to whichever of k - 1, k, k + 1 has the smallest
 error estimate for the step just taken ($\|C_{k-1} D_k\|$, $\|C_k d\|$, $\|C_{k+1} \nabla^{k+2} y_{n+1}\|$), each
 raised to $1/(j+1)$: the order that allows the longest next step when the step just taken was at the tolerance.
 Newton and Krylov tolerances are relative, so the solver needs no tolerance of its own: Newton stops when its
-update, times the contraction rate carried between steps, is below `newton_tolerance` of the correction d, and
-conjugate gradients when the residual is below `krylov_tolerance` of the right-hand side (2-norms over the whole
-state). A corrector that does not converge in `newton_iterations` (or diverges) rejects the step with an infinite
-error, so the controller shrinks it.
+update, times its contraction rate, is below `newton_tolerance` of the correction d, and conjugate gradients when
+the residual is below `krylov_tolerance` of the right-hand side (2-norms over the whole state). The rate is measured
+from the second iteration on; a step's first iteration is judged by the rate carried from earlier steps, which is
+measured again (a second iteration forced) every 20 steps and after an order change, as CVODE re-measures its own
+at least every 20 steps. A corrector that does not converge in `newton_iterations` (or diverges, or
+meets a non-finite value) rejects the step with an infinite error, so the controller shrinks it.
 
 The order of the error estimate the controller sees is fixed (`error_order`, 5: that of order 4, where these tails
 are crossed); the order changes from step to step inside the solver.
@@ -50,6 +52,7 @@ from ._solver import AbstractFlowSolver
 
 _MAX_ORDER = 5
 _ROWS = _MAX_ORDER + 3  # D_0 .. D_{k+2} at the highest order
+_REMEASURE = 20  # steps after which the Newton contraction rate carried between steps is measured again
 # Shampine & Reichelt's NDF constants kappa_k (k = 1..5; index 0 unused); kappa_5 = 0 (order 5 is BDF5).
 _KAPPA = np.array([0.0, -0.1850, -1.0 / 9.0, -0.0823, -0.0415, 0.0])
 _GAMMA = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, _MAX_ORDER + 1))])
@@ -60,8 +63,9 @@ _ERROR = np.append(_KAPPA * _GAMMA + 1.0 / np.arange(1, _MAX_ORDER + 2), 1.0 / (
 
 def rescaling(order: Int[Array, ""], ratio: Float[Array, ""]) -> Float[Array, "rows rows"]:
     r"""The matrix taking the differences $D_0..D_{k+2}$ at step h to those at step ratio h: $(R(\rho) U)^T$ on
-    $D_1..D_k$ with $R(\rho)_{ij} = \prod_{l=1}^{i} (l - 1 - \rho j) / l$ and $U = R(1)$ (i, j = 1..k), the identity on
-    the other rows (Shampine & Reichelt, section 2.3)."""
+    $D_1..D_k$ with $R(\rho)_{ij} = \prod_{l=1}^{i} (l - 1 - \rho j) / l$ and $U = R(1)$ (i, j = 1..k) (Shampine &
+    Reichelt, section 2.3); $\rho^{k+1}$ on $D_{k+1}$, the last correction, whose leading term is $h^{k+1} y^{(k+1)}$
+    (the order-(k+1) error estimate differences the next correction against it); the identity on the other rows."""
     i = np.arange(1, _MAX_ORDER + 1)[:, None]
     j = np.arange(1, _MAX_ORDER + 1)[None, :]
     block = (i <= order) & (j <= order)
@@ -71,7 +75,8 @@ def rescaling(order: Int[Array, ""], ratio: Float[Array, ""]) -> Float[Array, "r
 
     change = (r(ratio) @ r(jnp.ones_like(ratio))).T
     change = jnp.where(block, change, np.eye(_MAX_ORDER))
-    return jnp.eye(_ROWS, dtype=change.dtype).at[1 : _MAX_ORDER + 1, 1 : _MAX_ORDER + 1].set(change)
+    matrix = jnp.eye(_ROWS, dtype=change.dtype).at[1 : _MAX_ORDER + 1, 1 : _MAX_ORDER + 1].set(change)
+    return matrix.at[order + 1, order + 1].set(ratio ** (order + 1))
 
 
 def update(order: Int[Array, ""]) -> Float[Array, "rows rows"]:
@@ -107,7 +112,7 @@ def conjugate_gradients(
         i, x, r, p, squared, _ = carry
         ap = matvec(p)
         curvature = p @ ap
-        curved = curvature > 0
+        curved = (curvature > 0) & jnp.isfinite(curvature)
         step = squared / jnp.where(curved, curvature, 1.0)
         x = jnp.where(curved, x + step * p, jnp.nan)
         r = r - step * ap
@@ -158,7 +163,10 @@ class NDF(AbstractFlowSolver):
         zero = jnp.zeros((), y.dtype)
         # h = 0: no difference array yet; the first step builds it from y0 and f0 (order 1).
         counts = dict(newton=jnp.array(0), products=jnp.array(0), evaluations=jnp.array(0), highest=jnp.array(0))
-        return f0, jnp.zeros((_ROWS, y.size), y.dtype), zero, jnp.array(1), jnp.array(0), jnp.ones((), y.dtype), counts
+        one = jnp.ones((), y.dtype)
+        # The Newton contraction rate and the steps since it was measured: stale from the start.
+        newton = (one, jnp.array(_REMEASURE))
+        return f0, jnp.zeros((_ROWS, y.size), y.dtype), zero, jnp.array(1), jnp.array(0), newton, counts
 
     def report(self, solver_state) -> dict:
         """Counts over the accepted steps (Diffrax keeps the state of accepted steps only): Newton iterations,
@@ -173,7 +181,7 @@ class NDF(AbstractFlowSolver):
         }
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        f0, D, h_old, k, held, rate, counts = solver_state
+        f0, D, h_old, k, held, (rate, rate_age), counts = solver_state
         y0_flat, unravel = ravel_pytree(y0)
         dtype = y0_flat.dtype
         if made_jump is not False:
@@ -197,6 +205,12 @@ class NDF(AbstractFlowSolver):
         gamma = jnp.where((rows >= 1) & (rows <= k), jnp.asarray(np.append(_GAMMA, [0.0, 0.0]))[rows], 0.0)
         predicted, psi = jnp.stack([(rows <= k).astype(dtype), gamma / alpha]) @ D
         c = h / alpha
+        # The carried rate is measured again (Newton's first test then fails, so a second iteration measures it)
+        # every `_REMEASURE` steps and after an order change, as CVODE resets its rate at least every 20 steps. CVODE
+        # also resets it where c moved by 30 %; under a controller that changes the step at every step that doubled
+        # the deep completion tail's re-measurements and rejected steps and cost its stiff phase half again
+        # (benchmarks/README.md).
+        rate = jnp.where(rate_age >= _REMEASURE, 1.0, rate)
         f_predicted = vf(predicted)
         shift = jnp.sqrt(jnp.finfo(dtype).eps) * (1.0 + jnp.linalg.norm(predicted))
 
@@ -237,6 +251,7 @@ class NDF(AbstractFlowSolver):
             jnp.array(0),
         )
         iterations, d, _, rate, converged, _, products = jax.lax.while_loop(iterating, newton, initial)
+        rate_age = jnp.where(iterations > 1, 0, rate_age + 1)
 
         y1 = predicted + d
         error_k = _coefficient(_ERROR, k) * d
@@ -259,15 +274,16 @@ class NDF(AbstractFlowSolver):
         change = (held >= k + 1) & jnp.isfinite(candidates[1])
         new_k = jnp.where(change, k + jnp.argmax(factors) - 1, k)
         held = jnp.where(new_k != k, 0, held)
+        rate_age = jnp.where(new_k != k, _REMEASURE, rate_age)
         # h F(y_{n+1}) from the corrector equation: (1 - kappa) gamma_k (d + psi).
-        f1 = alpha * (d + psi) / h
+        f1 = jnp.where(h != 0, alpha * (d + psi) / jnp.where(h != 0, h, 1.0), f0)
         counts = dict(
             newton=counts["newton"] + iterations,
             products=counts["products"] + products,
             evaluations=counts["evaluations"] + iterations,
             highest=jnp.maximum(counts["highest"], k),
         )
-        new_state = (f1, D, h, new_k, held, rate, counts)
+        new_state = (f1, D, h, new_k, held, (rate, rate_age), counts)
         error = jnp.where(converged, error_k, jnp.inf)
         y1 = jnp.where(converged, y1, y0_flat)
         dense_info = dict(y0=y0, y1=unravel(y1), k0=unravel(h * f0), k1=unravel(h * f1))  # pyright: ignore[reportArgumentType]

@@ -34,6 +34,13 @@ def test_a_step_change_gives_the_differences_of_the_same_polynomial_at_the_new_s
     old = _differences(p(-h * np.arange(order + 1)), order)
     new = _differences(p(-ratio * h * np.arange(order + 1)), order)
     np.testing.assert_allclose(np.asarray(rescaling(jnp.asarray(order), jnp.asarray(ratio)) @ old), new, atol=1e-12)
+    # The last correction D_{k+1}: for a polynomial of degree k + 1 it is nabla^{k+1} p = (k + 1)! a h^{k+1}, which the
+    # step change must scale by ratio^{k+1} (unscaled, the order-(k+1) estimate is off by 1 - ratio^{-(k+1)}).
+    q = np.polynomial.Polynomial(np.random.default_rng(10 + order).normal(size=order + 2))
+    old = _differences(q(-h * np.arange(order + 2)), order + 1)
+    new = _differences(q(-ratio * h * np.arange(order + 2)), order + 1)
+    rescaled = np.asarray(rescaling(jnp.asarray(order), jnp.asarray(ratio)) @ old)
+    np.testing.assert_allclose(rescaled[order + 1], new[order + 1], rtol=1e-12)
 
 
 @pytest.mark.parametrize("order", [1, 2, 4, 5])
@@ -94,6 +101,10 @@ def test_a_stiff_linear_flow_matches_its_exponential_at_every_tolerance():
         report = flows.NDF().report(solution.solver_state)
         assert report["highest_order"] == 5 and solution.stats["num_steps"] < 2000, (report, solution.stats)
         assert report["krylov_products"] >= report["newton_iterations"] > 0
+        # The Newton rate carried between steps is measured again at least every 20 steps (a second iteration): a
+        # rate carried for good would leave one iteration a step, unchecked.
+        accepted = int(solution.stats["num_accepted_steps"])
+        assert report["newton_iterations"] >= accepted + accepted // 21, (report, accepted)
 
 
 def test_a_corrector_that_fails_rejects_the_step():
