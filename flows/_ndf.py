@@ -39,6 +39,7 @@ moves. Measured on the deep completion tail: benchmarks/README.md (`vs_cvode.py`
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import diffrax
 import equinox as eqx
@@ -146,6 +147,8 @@ class NDF(AbstractFlowSolver):
     term_structure = diffrax.ODETerm
     interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation
     lands_save_times = True
+    # Runs stored under revision 0 rescaled no D_{k+1} at a step change and carried the Newton rate for good.
+    key_revision: ClassVar[int] = 1
 
     def __check_init__(self):
         if not 1 <= self.max_order <= _MAX_ORDER:
