@@ -147,7 +147,8 @@ class NDF(AbstractFlowSolver):
     term_structure = diffrax.ODETerm
     interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation
     lands_save_times = True
-    # Runs stored under revision 0 rescaled no D_{k+1} at a step change and carried the Newton rate for good.
+    # The last correction's rescaling and the re-measured Newton rate change what its stored runs hold: their keys
+    # carry this revision (flows._keys).
     key_revision: ClassVar[int] = 1
 
     def __check_init__(self):
