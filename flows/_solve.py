@@ -376,7 +376,7 @@ STIFF_MAX_MEASUREMENTS = 1000
 dense Gauss-Newton solves (`flows.Woodbury`: an m x m eigendecomposition per re-linearisation), beyond
 it to the matrix-free NDF (`flows.Tsit5ThenNDF`: Newton with conjugate gradients on Jacobian products, no
 matrix of any size). Measured side by side (benchmarks/README.md; deep completion n = 100, rank 5, depth 3,
-alpha 0.1, into loss < 1e-10): at m = 2000 the NDF switch is 2.1x faster than the Runge-Kutta-Chebyshev switch
+alpha 0.1, into loss < 1e-10): at m = 2000 the NDF switch is 2.0x faster than the Runge-Kutta-Chebyshev switch
 at equal accuracy (`vs_cvode.py`), which is itself 3.8-4.2x faster than Tsit5, and the Woodbury switch 0.45x
 Tsit5 (`stiff_tail.py`); at m = 1000 the Woodbury, Chebyshev and Tsit5 runs are within 1.4x of each other; in the
 stiffest tails (n = 30, m = 180 sensing from alpha = 1e-3) the Woodbury switch is the fastest, its cost not growing
