@@ -166,21 +166,21 @@ class NDF(AbstractFlowSolver):
         f0 = ravel_pytree(terms.vf(t0, y0, args))[0]
         zero = jnp.zeros((), y.dtype)
         # h = 0: no difference array yet; the first step builds it from y0 and f0 (order 1).
-        counts = dict(newton=jnp.array(0), products=jnp.array(0), evaluations=jnp.array(0), highest=jnp.array(0))
+        counts = dict(newton=jnp.array(0), products=jnp.array(0), highest=jnp.array(0))
         one = jnp.ones((), y.dtype)
         # The Newton contraction rate and the steps since it was measured: stale from the start.
         newton = (one, jnp.array(_REMEASURE))
         return f0, jnp.zeros((_ROWS, y.size), y.dtype), zero, jnp.array(1), jnp.array(0), newton, counts
 
     def report(self, solver_state) -> dict:
-        """Counts over the accepted steps (Diffrax keeps the state of accepted steps only): Newton iterations,
-        Krylov (Jacobian) products, other field evaluations, and the highest order used (None before a step)."""
+        """Counts over the accepted steps (Diffrax keeps the state of accepted steps only): Newton iterations (a field
+        evaluation each, the first at the predictor), Krylov (Jacobian) products (a field evaluation each), and the
+        highest order used (None before a step)."""
         counts = solver_state[-1]
         highest = int(counts["highest"])
         return {
             "newton_iterations": int(counts["newton"]),
             "krylov_products": int(counts["products"]),
-            "implicit_evaluations": int(counts["evaluations"]),
             "highest_order": highest if highest > 0 else None,
         }
 
@@ -284,7 +284,6 @@ class NDF(AbstractFlowSolver):
         counts = dict(
             newton=counts["newton"] + iterations,
             products=counts["products"] + products,
-            evaluations=counts["evaluations"] + iterations,
             highest=jnp.maximum(counts["highest"], k),
         )
         new_state = (f1, D, h, new_k, held, (rate, rate_age), counts)
