@@ -191,6 +191,3 @@ class RungeKuttaChebyshev(AbstractFlowSolver):
         dense_info = dict(y0=y0, y1=unravel(y_end), k0=unravel(h * f0), k1=unravel(h * f1))  # pyright: ignore[reportArgumentType]
         new_state = (f1, vector, rho, spent + s, noise)
         return unravel(y_end), unravel(error), dense_info, new_state, diffrax.RESULTS.successful
-
-    def func(self, terms, t0, y0, args):
-        return terms.vf(t0, y0, args)

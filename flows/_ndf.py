@@ -291,6 +291,3 @@ class NDF(AbstractFlowSolver):
         y1 = jnp.where(converged, y1, y0_flat)
         dense_info = dict(y0=y0, y1=unravel(y1), k0=unravel(h * f0), k1=unravel(h * f1))  # pyright: ignore[reportArgumentType]
         return unravel(y1), unravel(error), dense_info, new_state, diffrax.RESULTS.successful
-
-    def func(self, terms, t0, y0, args):
-        return terms.vf(t0, y0, args)

@@ -60,6 +60,10 @@ class AbstractFlowSolver(diffrax.AbstractAdaptiveSolver):
         """What the final solver state says about the run (host-side values)."""
         return {}
 
+    def func(self, terms, t0, y0, args):
+        """The field at (t0, y0), which Diffrax's initial step-size selection evaluates."""
+        return terms.vf(t0, y0, args)
+
 
 def _linearisable(terms) -> LinearisableTerm | None:
     """The `LinearisableTerm` inside `terms` (Diffrax's wrappers looked through), or None."""

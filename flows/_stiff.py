@@ -408,9 +408,6 @@ class LinearlyImplicitExtrapolation(AbstractFlowSolver):
             diffrax.RESULTS.successful,
         )
 
-    def func(self, terms, t0, y0, args):
-        return terms.vf(t0, y0, args)
-
 
 class _SwitchingInterpolation(diffrax.AbstractLocalInterpolation):
     """Tsit5's own interpolant for explicit steps, cubic Hermite (k[0], k[-1]) for stiff ones.
@@ -531,9 +528,6 @@ class AbstractTsit5Then(AbstractFlowSolver):
             return y1, error, dense, (jnp.array(True), streak, t_switch, explicit_state, new_stiff), result
 
         return jax.lax.cond(switched, stiff, explicit)
-
-    def func(self, terms, t0, y0, args):
-        return terms.vf(t0, y0, args)
 
 
 class Tsit5ThenExtrapolation(AbstractTsit5Then):
