@@ -45,8 +45,8 @@ def test_the_paper_reads_only_keyed_values_of_the_experiments():
     assert not re.search(r"\\newcommand\{\\[A-Z][a-z]+[A-Z]", PAPER.read_text())
 
 
-# The quick runs of these take one to four minutes each on two cores (`make quick` runs them all): `slow`.
-LONG = {"completion", "completion_arora", "small_init", "depth", "span", "norms"}
+# The quick runs of these take from 40 s (steps) to four minutes each on two cores (`make quick` runs them all): `slow`.
+LONG = {"completion", "completion_arora", "small_init", "depth", "span", "norms", "steps"}
 
 
 @pytest.mark.parametrize(

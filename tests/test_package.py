@@ -2,13 +2,16 @@
 
 The wheel is built from a copy of the tree's files (tracked and untracked-but-not-ignored, as a clone with the
 working changes has them), so nothing a previous build left in build/ can hide a module missing from the package
-list. It is installed into a new virtual environment with no access to the source tree, its dependencies resolved
-from pyproject's ranges by pip (with pip's cache, so a machine that has run `make venv` downloads little). From
-there the command line runs a tiny problem, lists the paper's experiments, and every public name of flows,
-analysis, experiments and gradflow is imported.
+list. It is installed into a new virtual environment with no access to the source tree. From there the command line
+runs a tiny problem, lists the paper's experiments, and every public name of flows, analysis, experiments and
+gradflow is imported.
 
-`test_wheel_at_lower_bounds` (slow) does the same with every direct dependency pinned at pyproject's lower
-bound: the bounds are the versions this package has been run with, not guesses.
+In the default suite the wheel goes in alone and the new environment reads its dependencies from this one's
+site-packages (a path line, which runs none of that folder's own .pth files, so the editable install of the tree
+stays out), and requirements.lock is checked against pyproject's ranges. The slow tests let pip resolve the
+dependencies from pyproject's ranges (`test_wheel_resolves_its_dependencies`, about 50 s with pip's cache) and
+from their lower bounds (`test_wheel_at_lower_bounds`: the bounds are the versions this package has been run with,
+not guesses).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -129,9 +134,43 @@ def test_wheel_holds_every_module_and_data_file(wheel):
     assert any(n.endswith("/licenses/LICENSE") for n in dist_info), sorted(dist_info)
 
 
+def _lock() -> dict[str, str]:
+    """requirements.lock's pins, by normalised name."""
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version.strip()
+    return pins
+
+
+def test_the_lock_pins_every_direct_dependency_within_pyproject():
+    """Every direct dependency (and the test extra's) is pinned in requirements.lock at a version pyproject admits."""
+    pins = _lock()
+    requirements = [Requirement(r) for r in PYPROJECT["project"]["dependencies"]]
+    requirements += [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["test"]]
+    for requirement in requirements:
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert name in pins, f"{requirement.name} is not pinned in requirements.lock"
+        assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {requirement}"
+
+
 def test_wheel_installs_and_runs_outside_the_tree(wheel, tmp_path):
-    """The installed wheel (dependencies from pyproject's ranges) runs the command line and imports every public
-    name of its four packages, from a folder outside the tree with no PYTHONPATH."""
+    """The installed wheel runs the command line and imports every public name of its four packages, from a folder
+    outside the tree with no PYTHONPATH; its dependencies are this environment's (see the module docstring)."""
+    python = _install(wheel, tmp_path / "venv", "--no-deps")
+    purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
+    here = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    (Path(purelib) / "dependencies.pth").write_text("\n".join(sorted(here)) + "\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    _check_installed(python, work)
+
+
+@pytest.mark.slow
+def test_wheel_resolves_its_dependencies(wheel, tmp_path):
+    """As above, with the dependencies resolved by pip from pyproject's ranges into the new environment."""
     python = _install(wheel, tmp_path / "venv")
     work = tmp_path / "work"
     work.mkdir()
