@@ -1,6 +1,6 @@
 """The numerical differentiation formulas (flows.NDF): the step-change matrices against polynomial differences, the
 constants against Shampine & Reichelt's table, the error estimate against the local error of a step from an exact
-history, a restart after a jump, the slope the dense output takes, the accuracy on a stiff linear flow against its
+history, the order's choice, a restart after a jump, the slope the dense output takes, the accuracy on a stiff linear flow against its
 exponential, a failed corrector, and the NDF switch on a stiff tail against the Chebyshev switch at the same located
 stop."""
 
@@ -102,6 +102,23 @@ def test_the_error_estimate_is_a_fixed_multiple_of_the_local_error(order):
     y1, error, *_ = jax.jit(lambda: solver.step(terms, jnp.asarray(0.0), jnp.asarray(h), y0, None, state, False))()
     local = np.asarray(y1) - np.exp(lam * h)
     np.testing.assert_allclose(np.asarray(error) / local, _ALPHA[order] + _ERROR[order], rtol=0.03)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4, 5])
+def test_the_order_moves_toward_the_smallest_error_estimate_after_order_plus_one_steps(order):
+    # From the exact past of y' = -y at step h, the differences scale like (e^h - 1)^j: for h = 0.01 each higher order
+    # has the smaller estimate (per unit of step, the 1 / (j + 1) power), so the order rises by one (5 stays, the
+    # highest); for h = 3 each lower one has, so it falls by one (1 stays). The order changes only after k + 1 steps at
+    # order k: one step earlier it stays, whatever the estimates say.
+    lam = np.array([-1.0, -1.0])
+    solver = flows.NDF()
+    terms = diffrax.ODETerm(lambda t, y, args: jnp.asarray(lam) * y)
+    for h, expected in ((0.01, min(order + 1, 5)), (3.0, max(order - 1, 1))):
+        state, y0 = _exact_history_state(solver, lam, order, h)
+        for held, after in ((order, expected), (order - 1, order)):
+            state = (*state[:4], jnp.array(held), *state[5:])
+            *_, new_state, _ = solver.step(terms, jnp.asarray(0.0), jnp.asarray(h), y0, None, state, False)
+            assert int(new_state[3]) == after, (h, held, int(new_state[3]))
 
 
 def test_a_jump_restarts_at_order_one_from_the_field_after_it():
