@@ -33,7 +33,10 @@ are crossed); the order changes from step to step inside the solver.
 
 It suits flows whose Jacobian is symmetric with a non-positive spectrum (gradient flows of the data loss, penalised
 or not) in their stiff tails, where steps grow to hundreds of the explicit stability limit while the state barely
-moves. Measured on the deep completion tail: benchmarks/README.md (`vs_cvode.py`).
+moves. Measured on the deep completion tail: benchmarks/README.md (`vs_cvode.py`). It does not keep conserved
+quantities over very long tails where the state's norm grows without bound: on 2 x 2 completion (m = 3) from a
+balanced start at depth 3, run to t ~ 1e9, the balancedness drifts by up to 1e-3 and det W changes sign, which the
+exact flow's cannot (the faithfulness report warns; `switch_state.py`'s section of benchmarks/README.md).
 """
 
 from __future__ import annotations
