@@ -22,7 +22,11 @@ error estimate for the step just taken ($\|C_{k-1} D_k\|$, $\|C_k d\|$, $\|C_{k+
 raised to $1/(j+1)$: the order that allows the longest next step when the step just taken was at the tolerance.
 Newton and Krylov tolerances are relative, so the solver needs no tolerance of its own: Newton stops when its
 update, times its contraction rate, is below `newton_tolerance` of the correction d, and conjugate gradients when
-the residual is below `krylov_tolerance` of the right-hand side (2-norms over the whole state). The rate is measured
+the residual is below `krylov_tolerance` of the update they have built (2-norms over the whole state): since
+$I - cJ \succeq I$ the update's error is at most the residual, so each update is within that fraction of itself. A
+residual relative to the right-hand side instead bounds the error by a fraction of the right-hand side, which in
+a stiff step is far larger than the update (its stiff components are divided by $1 + c|\lambda|$): that let errors
+in the slow components through, which over a long tail moved conserved quantities (benchmarks/README.md). The rate is measured
 from the second iteration on; a step's first iteration is judged by the rate carried from earlier steps, which is
 measured again (a second iteration forced) every 20 steps and after an order change, as CVODE re-measures its own
 at least every 20 steps. A corrector that does not converge in `newton_iterations` (or diverges, or
@@ -33,10 +37,10 @@ are crossed); the order changes from step to step inside the solver.
 
 It suits flows whose Jacobian is symmetric with a non-positive spectrum (gradient flows of the data loss, penalised
 or not) in their stiff tails, where steps grow to hundreds of the explicit stability limit while the state barely
-moves. Measured on the deep completion tail: benchmarks/README.md (`vs_cvode.py`). It does not keep conserved
-quantities over very long tails where the state's norm grows without bound: on 2 x 2 completion (m = 3) from a
-balanced start at depth 3, run to t ~ 1e9, the balancedness drifts by up to 1e-3 and det W changes sign, which the
-exact flow's cannot (the faithfulness report warns; `switch_state.py`'s section of benchmarks/README.md).
+moves. Measured on the deep completion tail: benchmarks/README.md (`vs_cvode.py`). Over very long tails where the
+state's norm grows without bound (2 x 2 completion, m = 3, balanced depth 3, to t ~ 2e9 at rtol 1e-10) it keeps
+det W's sign, but its balancedness drifts by 4-7e-8, above the faithfulness report's 100 rtol (which warns), where
+the extrapolation switch keeps 5-8e-9 (benchmarks/README.md, `switch_state.py`'s section).
 """
 
 from __future__ import annotations
@@ -96,21 +100,23 @@ def update(order: Int[Array, ""]) -> Float[Array, "rows rows"]:
 
 
 def conjugate_gradients(
-    matvec: Callable[[Float[Array, " p"]], Float[Array, " p"]], b: Float[Array, " p"], tolerance, max_steps: int
+    matvec: Callable[[Float[Array, " p"]], Float[Array, " p"]], b: Float[Array, " p"], relative, max_steps: int
 ) -> tuple[Float[Array, " p"], Int[Array, ""]]:
     r"""Conjugate gradients on a symmetric positive definite $A x = b$ from x = 0, until $\|b - A x\|_2 \le$
-    `tolerance` or `max_steps` iterations; the solution and the iterations (one product each). NaN where a direction
-    of non-positive curvature shows that A is not positive definite.
+    `relative` $\|x\|_2$ (x the current iterate; b = 0 gives x = 0 at once) or `max_steps` iterations; the solution and
+    the iterations (one product each). Where $A \succeq I$ the error is at most the residual, so the solution is then
+    within `relative` of itself. NaN where a direction of non-positive curvature shows that A is not positive
+    definite.
 
     Not lineax.CG: it tests convergence on elementwise scales of both the residual and the update at every
     iteration, which doubles an iteration's cost on these vectors (0.88 against 0.44 ms for five iterations on
     30,000 entries, a tenth of the deep completion tail's run); this test reuses the residual norm the iteration
-    computes anyway.
+    computes anyway, and one dot product of the iterate.
     """
 
     def iterating(carry):
-        i, _, _, _, squared, curved = carry
-        return (i < max_steps) & (squared > tolerance**2) & curved
+        i, x, _, _, squared, curved = carry
+        return (i < max_steps) & (squared > 0) & (squared > relative**2 * (x @ x)) & curved
 
     def iteration(carry):
         i, x, r, p, squared, _ = carry
@@ -150,9 +156,9 @@ class NDF(AbstractFlowSolver):
     term_structure = diffrax.ODETerm
     interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation
     lands_save_times = True
-    # The last correction's rescaling and the re-measured Newton rate change what its stored runs hold: their keys
-    # carry this revision (flows._keys).
-    key_revision: ClassVar[int] = 1
+    # The last correction's rescaling, the re-measured Newton rate and the Krylov residual relative to the update
+    # change what its stored runs hold: their keys carry this revision (flows._keys).
+    key_revision: ClassVar[int] = 2
 
     def __check_init__(self):
         if not 1 <= self.max_order <= _MAX_ORDER:
@@ -232,7 +238,7 @@ class NDF(AbstractFlowSolver):
             b = c * f - psi - d
             residual = jnp.linalg.norm(b)
             delta, iterations = conjugate_gradients(
-                lambda v: v - c * product(v), b, self.krylov_tolerance * residual, self.max_krylov
+                lambda v: v - c * product(v), b, self.krylov_tolerance, self.max_krylov
             )
             size = jnp.linalg.norm(delta)
             # The contraction rate: measured from the second iteration on, carried from earlier steps before.

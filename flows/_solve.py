@@ -376,15 +376,15 @@ STIFF_MAX_MEASUREMENTS = 1000
 dense Gauss-Newton solves (`flows.Woodbury`: an m x m eigendecomposition per re-linearisation), beyond
 it to the matrix-free NDF (`flows.Tsit5ThenNDF`: Newton with conjugate gradients on Jacobian products, no
 matrix of any size). Measured side by side (benchmarks/README.md; deep completion n = 100, rank 5, depth 3,
-alpha 0.1, into loss < 1e-10): at m = 2000 the NDF switch is 2.0x faster than the Runge-Kutta-Chebyshev switch
+alpha 0.1, into loss < 1e-10): at m = 2000 the NDF switch is 1.7x faster than the Runge-Kutta-Chebyshev switch
 at equal accuracy (`vs_cvode.py`), which is itself 3.8-4.2x faster than Tsit5, and the Woodbury switch 0.45x
 Tsit5 (`stiff_tail.py`); at m = 1000 the Woodbury, Chebyshev and Tsit5 runs are within 1.4x of each other; in the
 stiffest tails (n = 30, m = 180 sensing from alpha = 1e-3) the Woodbury switch is the fastest, its cost not growing
 with the stiffness. The boundary depends on the stiffness, not on m alone; m is what is known before the solve.
 Below it the switch carries the kernel's m x m eigenbasis through every explicit step, which costs about 1.5 ns a
 number (`switch_state.py`: +1.7 ms on a 3.1 ms Tsit5 step at m = 1000, p = 30,000). The NDF switch was 1.7x faster
-over the experiments' stopped runs with m <= 1000 but crossed det W = 0, which the exact flow cannot, on the
-2 x 2 runs from a balanced start at depth 3, where the extrapolation keeps it (benchmarks/README.md)."""
+over the experiments' stopped runs with m <= 1000, but on the 2 x 2 runs from a balanced start at depth 3 it keeps
+the conserved balancedness to 4-7e-8 at rtol 1e-10 where the extrapolation keeps 5-8e-9 (benchmarks/README.md)."""
 
 
 def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = False) -> diffrax.AbstractSolver:
