@@ -27,9 +27,9 @@ $I - cJ \succeq I$ the update's error is at most the residual, so each update is
 residual relative to the right-hand side would bound the error only by a fraction of the right-hand side, which in a
 stiff step is far larger than the update (its stiff components are divided by $1 + c|\lambda|$): errors in the slow
 components would pass, and over a long tail they move conserved quantities (benchmarks/README.md). The rate is
-measured from the second iteration on; a step's first iteration is judged by the rate carried from earlier steps, which is
-measured again (a second iteration forced) every 20 steps and after an order change, as CVODE re-measures its own
-at least every 20 steps. A corrector that does not converge in `newton_iterations` (or diverges, or
+measured from the second iteration on; a step's first iteration is judged by the rate carried from earlier steps,
+which is measured again (a second iteration forced) every 20 steps and after an order change, as CVODE re-measures
+its own at least every 20 steps. A corrector that does not converge in `newton_iterations` (or diverges, or
 meets a non-finite value) rejects the step with an infinite error, so the controller shrinks it.
 
 The order of the error estimate the controller sees is fixed (`error_order`, 5: that of order 4, where these tails

@@ -92,8 +92,9 @@ def test_the_error_estimate_is_a_fixed_multiple_of_the_local_error(order):
     # therefore (alpha_k + C_k) e: 1.5, 1.83, 2.09, 2.29 and 2.45 for k = 1..5, the conservative estimate of MATLAB's
     # ode15s. The ratio converges like h lam (for k = 1 and lam = -1, measured 1.523 at h = 0.01 and 1.511 at 0.005);
     # h is set so that (h |lam|)^(k+1) = 1e-11, where the local error is still 1e5 times the rounding of y ~ 1 and
-    # h |lam| is at most 0.015: measured 1.8 % off at most (order 5), hence 3 %. A formula and an error constant with different kappas, a predictor of the
-    # wrong degree or a psi with the wrong gammas each move the ratio off this by far more.
+    # h |lam| is at most 0.015: measured 1.8 % off at most (order 5), hence 3 %. A formula and an error constant with
+    # different kappas, a predictor of the wrong degree or a psi with the wrong gammas each move the ratio off this
+    # by far more.
     lam = np.array([-1.0, -0.7, 0.8])
     solver = flows.NDF()
     terms = diffrax.ODETerm(lambda t, y, args: jnp.asarray(lam) * y)
