@@ -75,7 +75,7 @@ def test_the_constants_buy_shampine_and_reichelts_longer_steps():
     np.testing.assert_allclose(longer, [0.26, 0.26, 0.26, 0.12, 0.0], atol=0.005)
 
 
-def _exact_history_state(solver: flows.NDF, lam: np.ndarray, order: int, h: float):
+def _exact_history_state(lam: np.ndarray, order: int, h: float):
     """The NDF's state at t = 0 on y' = lam y (y = exp(lam t)) with the exact past at step h: y_n, its slope, and
     the differences of y(0), y(-h), ..., y(-(order + 1) h); held at the order (no order change after the step)."""
     values = np.exp(np.outer(-h * np.arange(order + 2), lam))
@@ -100,7 +100,7 @@ def test_the_error_estimate_is_a_fixed_multiple_of_the_local_error(order):
     solver = flows.NDF()
     terms = diffrax.ODETerm(lambda t, y, args: jnp.asarray(lam) * y)
     h = 1e-11 ** (1.0 / (order + 1))
-    state, y0 = _exact_history_state(solver, lam, order, h)
+    state, y0 = _exact_history_state(lam, order, h)
     y1, error, *_ = jax.jit(lambda: solver.step(terms, jnp.asarray(0.0), jnp.asarray(h), y0, None, state, False))()
     local = np.asarray(y1) - np.exp(lam * h)
     np.testing.assert_allclose(np.asarray(error) / local, _ALPHA[order] + _ERROR[order], rtol=0.03)
@@ -116,7 +116,7 @@ def test_the_order_moves_toward_the_smallest_error_estimate_after_order_plus_one
     solver = flows.NDF()
     terms = diffrax.ODETerm(lambda t, y, args: jnp.asarray(lam) * y)
     for h, expected in ((0.01, min(order + 1, 5)), (3.0, max(order - 1, 1))):
-        state, y0 = _exact_history_state(solver, lam, order, h)
+        state, y0 = _exact_history_state(lam, order, h)
         for held, after in ((order, expected), (order - 1, order)):
             state = (*state[:4], jnp.array(held), *state[5:])
             *_, new_state, _ = solver.step(terms, jnp.asarray(0.0), jnp.asarray(h), y0, None, state, False)
@@ -132,7 +132,7 @@ def test_a_jump_restarts_at_order_one_from_the_field_after_it():
     solver = flows.NDF()
     terms = diffrax.ODETerm(lambda t, y, args: jnp.asarray(lam) * y)
     h = 0.01
-    state, y0 = _exact_history_state(solver, lam, 3, h)
+    state, y0 = _exact_history_state(lam, 3, h)
     state = (jnp.zeros_like(state[0]), *state[1:])
     for jumped in (True, False):
         _, _, dense, new_state, _ = solver.step(

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -135,13 +136,13 @@ def test_wheel_holds_every_module_and_data_file(wheel):
 
 
 def _lock() -> dict[str, str]:
-    """requirements.lock's pins, by normalised name."""
+    """requirements.lock's pins, by normalised name (PEP 503)."""
     pins = {}
     for line in (ROOT / "requirements.lock").read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             name, version = line.split("==")
-            pins[re.sub(r"[-_.]+", "-", name).lower()] = version.strip()
+            pins[canonicalize_name(name)] = version.strip()
     return pins
 
 
@@ -151,7 +152,7 @@ def test_the_lock_pins_every_direct_dependency_within_pyproject():
     requirements = [Requirement(r) for r in PYPROJECT["project"]["dependencies"]]
     requirements += [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["test"]]
     for requirement in requirements:
-        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        name = canonicalize_name(requirement.name)
         assert name in pins, f"{requirement.name} is not pinned in requirements.lock"
         assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {requirement}"
 
