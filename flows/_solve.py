@@ -381,8 +381,8 @@ at equal accuracy (`vs_cvode.py`), which is itself 3.8-4.2x faster than Tsit5, a
 Tsit5 (`stiff_tail.py`); at m = 1000 the Woodbury, Chebyshev and Tsit5 runs are within 1.4x of each other; in the
 stiffest tails (n = 30, m = 180 sensing from alpha = 1e-3) the Woodbury switch is the fastest, its cost not growing
 with the stiffness. The boundary depends on the stiffness, not on m alone; m is what is known before the solve.
-Below it the switch carries the kernel's m x m eigenbasis through every explicit step, which costs about 1.5 ns a
-number (`switch_state.py`: +1.7 ms on a 3.1 ms Tsit5 step at m = 1000, p = 30,000). The NDF switch was 1.7x faster
+Below it the switch carries the kernel's m x m eigenbasis through every explicit step, which costs about 0.5-1 ns a
+number (`switch_state.py`: +1.0 ms on a 3.4 ms Tsit5 step at m = 1000, +4.3 ms at m = 2000, p = 30,000). The NDF switch was 1.7x faster
 over the experiments' stopped runs with m <= 1000, but on the 2 x 2 runs from a balanced start at depth 3 it keeps
 the conserved balancedness to 4-7e-8 at rtol 1e-10 where the extrapolation keeps 5-8e-9 (benchmarks/README.md)."""
 

@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, Bool, Float, PyTree
 
 from ._chebyshev import RungeKuttaChebyshev
 from ._flow import AbstractGaussNewton
@@ -514,7 +514,7 @@ class AbstractTsit5Then(AbstractFlowSolver):
 
                 switch = jax.lax.cond(switch, worth, lambda: jnp.array(False))
             # The last stage is dt f(y1): the slope the stiff solver starts from if the run switches now.
-            handed = (jnp.concatenate([x[6] for x in stages]) / (t1 - t0), *stiff_state[1:])
+            handed = (jnp.concatenate([x[6] for x in stages]) / (t1 - t0), *_idle(stiff_state[1:]))
             dense = dict(y0=y0, y1=y1, k=dense["k"], stiff=jnp.array(False))
             return y1, error, dense, (switch, run, jnp.where(switch, t1, t_switch), new_explicit, handed), result
 
@@ -525,9 +525,27 @@ class AbstractTsit5Then(AbstractFlowSolver):
             k = jax.tree.map(lambda a, b: jnp.stack([a, *([jnp.zeros_like(a)] * 5), b]), dense["k0"], dense["k1"])
             dense = dict(y0=y0, y1=y1, k=k, stiff=jnp.array(True))
             # The switch is for good: Tsit5's state is carried along unused.
-            return y1, error, dense, (jnp.array(True), streak, t_switch, explicit_state, new_stiff), result
+            return y1, error, dense, (jnp.array(True), streak, t_switch, _idle(explicit_state), new_stiff), result
 
-        return jax.lax.cond(switched, stiff, explicit)
+        y1, error, dense, (switch, run, t_switch, new_explicit, new_stiff), result = jax.lax.cond(
+            switched, stiff, explicit
+        )
+        # Each branch returns zeros for the state it leaves idle, put back here: the select is fused with Diffrax's own
+        # (accepted step or not) into one pass over the state, where a state passed through the conditional is
+        # copied out of it and then selected, at every step (`benchmarks/switch_state.py`).
+        new_explicit = _restore(~switched, new_explicit, explicit_state)
+        new_stiff = (new_stiff[0], *_restore(switched, new_stiff[1:], stiff_state[1:]))
+        return y1, error, dense, (switch, run, t_switch, new_explicit, new_stiff), result
+
+
+def _idle(state: PyTree) -> PyTree:
+    """Zeros in place of a state a branch of the switch does not advance (`_restore` puts it back)."""
+    return jax.tree.map(jnp.zeros_like, state)
+
+
+def _restore(advanced: Bool[Array, ""], new: PyTree, old: PyTree) -> PyTree:
+    """`new` where its branch advanced it, else `old`."""
+    return jax.tree.map(lambda a, b: jnp.where(advanced, a, b), new, old)
 
 
 class Tsit5ThenExtrapolation(AbstractTsit5Then):
