@@ -52,15 +52,18 @@ def test_preconditioned_flows_are_accurate_at_every_saved_time(dynamics, t1):
     ],
 )
 def test_extrapolation_with_the_exact_jacobian_integrates_adaptive_flows(dynamics):
-    # Penalised too (the ratio on the product): nothing here has a Gauss-Newton linearisation.
+    # Penalised too (the ratio on the product): nothing here has a Gauss-Newton linearisation. At rtol 1e-6 (a third of
+    # the steps of rtol 1e-8; Adam: 184 steps, 83 linearisations) the saved values were measured 0.015 rtol off the
+    # reference, whose own error (rtol 1e-10) is far below the bound.
+    rtol = 1e-6
     flow = flows.Flow(PROBLEM, flows.Deep(depth=2), penalty=flows.Ratio(), strength=0.1, dynamics=dynamics)
     state0 = flow.init(scale=0.1, kind="gaussian", seed=1)
     ts = flows.default_ts(1.0, 8)
-    reference = flows.solve(flow, state0, t1=1.0, ts=ts, rtol=1e-12, solver=flows.solver_by_name("dopri8"))
+    reference = flows.solve(flow, state0, t1=1.0, ts=ts, rtol=1e-10, solver=flows.solver_by_name("dopri8"))
     solver = flows.LinearlyImplicitExtrapolation(columns=6, linear_solver=flows.KrylovJacobian())
-    traj = flows.solve(flow, state0, t1=1.0, ts=ts, rtol=RTOL, solver=solver)
+    traj = flows.solve(flow, state0, t1=1.0, ts=ts, rtol=rtol, solver=solver)
     assert traj.stats["saved_times"] == "landed" and traj.stats["linearisations"] >= 1
-    assert _max_relative_error(traj, reference) <= 100 * RTOL
+    assert _max_relative_error(traj, reference) <= 100 * rtol
 
 
 def _ratio_momentum_run():
