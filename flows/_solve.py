@@ -382,7 +382,8 @@ Tsit5 (`stiff_tail.py`); at m = 1000 the Woodbury, Chebyshev and Tsit5 runs are 
 stiffest tails (n = 30, m = 180 sensing from alpha = 1e-3) the Woodbury switch is the fastest, its cost not growing
 with the stiffness. The boundary depends on the stiffness, not on m alone; m is what is known before the solve.
 Below it the switch carries the kernel's m x m eigenbasis through every explicit step, which costs about 0.5-1 ns a
-number (`switch_state.py`: +1.0 ms on a 3.4 ms Tsit5 step at m = 1000, +4.3 ms at m = 2000, p = 30,000). The NDF switch was 1.7x faster
+number at these sizes (`switch_state.py`, p = 30,000: the switch's excess over a 3.4 ms Tsit5 step is +1.0 ms at
+m = 1000 and +4.3 ms at m = 2000, of which about 0.45 ms is the switch's own at any m). The NDF switch was 1.7x faster
 over the experiments' stopped runs with m <= 1000, but on the 2 x 2 runs from a balanced start at depth 3 it keeps
 the conserved balancedness to 4-7e-8 at rtol 1e-10 where the extrapolation keeps 5-8e-9 (benchmarks/README.md)."""
 

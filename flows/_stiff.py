@@ -85,8 +85,8 @@ class AbstractShiftedSolve(eqx.Module):
 
     It holds arrays computed at that point, never the term's or the flow's own: the solves take the linearisation
     (or the field) from the `terms` and `args` they are given. A solver's state is carried through every step of
-    the integration loop, and through both branches of a switching solver's `lax.cond`: a problem's measurement
-    operator carried there (m n^2 numbers for sensing) costs each of a switching run's explicit steps 15-20 % on
+    the integration loop, the stiff solver's through a switching solver's explicit steps too: a problem's measurement
+    operator carried there (m n^2 numbers for sensing) cost each of a switching run's explicit steps 15-20 % on
     30 x 30 sensing, the stiff branch idle (benchmarks/README.md)."""
 
     point: eqx.AbstractVar[Float[Array, " p"]]
@@ -530,9 +530,9 @@ class AbstractTsit5Then(AbstractFlowSolver):
         y1, error, dense, (switch, run, t_switch, new_explicit, new_stiff), result = jax.lax.cond(
             switched, stiff, explicit
         )
-        # Each branch returns zeros for the state it leaves idle, put back here: the select is fused with Diffrax's own
-        # (accepted step or not) into one pass over the state, where a state passed through the conditional is
-        # copied out of it and then selected, at every step (`benchmarks/switch_state.py`).
+        # Each branch returns zeros for the state it leaves idle, put back here by a select that is fused with Diffrax's
+        # own (accepted step or not). A state passed through the conditional instead is copied out of it and then
+        # selected, at every step: a read and a write of it more (`benchmarks/switch_state.py`).
         new_explicit = _restore(~switched, new_explicit, explicit_state)
         new_stiff = (new_stiff[0], *_restore(switched, new_stiff[1:], stiff_state[1:]))
         return y1, error, dense, (switch, run, t_switch, new_explicit, new_stiff), result
