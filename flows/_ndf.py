@@ -99,6 +99,19 @@ def update(order: Int[Array, ""]) -> Float[Array, "rows rows"]:
     ).astype(float)
 
 
+def next_order(order: Int[Array, ""], held: Int[Array, ""], estimates: Float[Array, "3"]) -> Int[Array, ""]:
+    r"""The order of the next step: after `held` >= k + 1 steps at order k, the one of k - 1, k, k + 1 whose error
+    estimate $E_j$ for the step just taken (`estimates`, inf where an order is out of range) allows the longest next
+    step, $\max_j (E_j / E_k)^{-1/(j+1)}$: each order's step scaled so that its estimate meets what order k's did.
+    Only the ratios to $E_k$ matter, so the choice does not depend on the tolerance. Before k + 1 steps, or where
+    $E_k$ is not finite, the order stays."""
+    relative = estimates / jnp.where(estimates[1] > 0, estimates[1], 1.0)
+    exponents = 1.0 / (order + jnp.arange(3)).astype(estimates.dtype)
+    factors = jnp.where(jnp.isfinite(relative), jnp.where(relative > 0, relative, 1e-300) ** -exponents, 0.0)
+    change = (held >= order + 1) & jnp.isfinite(estimates[1])
+    return jnp.where(change, order + jnp.argmax(factors) - 1, order)
+
+
 def conjugate_gradients(
     matvec: Callable[[Float[Array, " p"]], Float[Array, " p"]], b: Float[Array, " p"], relative, max_steps: int
 ) -> tuple[Float[Array, " p"], Int[Array, ""]]:
@@ -273,7 +286,7 @@ class NDF(AbstractFlowSolver):
         # over D: D_j <- D_j + ... + D_k + d for j <= k, D_{k+1} <- d, D_{k+2} <- d - D_{k+1}.
         D = update(k).astype(dtype) @ D + (rows <= k + 2).astype(dtype)[:, None] * d[None, :]
         held = held + 1
-        # The order for the next step (k + 1 steps after the last change): the smallest estimate^(1 / (j + 1)).
+        # The order for the next step, from the estimates of orders k - 1, k and k + 1 for the step just taken.
         candidates = jnp.stack(
             [
                 jnp.where(k > 1, _coefficient(_ERROR, k - 1) * jnp.linalg.norm(D[k]), jnp.inf),
@@ -281,11 +294,7 @@ class NDF(AbstractFlowSolver):
                 jnp.where(k < self.max_order, _coefficient(_ERROR, k + 1) * jnp.linalg.norm(D[k + 2]), jnp.inf),
             ]
         )
-        relative = candidates / jnp.where(candidates[1] > 0, candidates[1], 1.0)
-        exponents = 1.0 / (k + jnp.arange(3)).astype(dtype)
-        factors = jnp.where(jnp.isfinite(relative), jnp.where(relative > 0, relative, 1e-300) ** -exponents, 0.0)
-        change = (held >= k + 1) & jnp.isfinite(candidates[1])
-        new_k = jnp.where(change, k + jnp.argmax(factors) - 1, k)
+        new_k = next_order(k, held, candidates)
         held = jnp.where(new_k != k, 0, held)
         rate_age = jnp.where(new_k != k, _REMEASURE, rate_age)
         # h F(y_{n+1}) from the corrector equation: (1 - kappa) gamma_k (d + psi).

@@ -15,7 +15,7 @@ import pytest
 import scipy.linalg
 
 import flows
-from flows._ndf import _ALPHA, _ERROR, _GAMMA, _KAPPA, _ROWS, conjugate_gradients, rescaling, update
+from flows._ndf import _ALPHA, _ERROR, _GAMMA, _KAPPA, _ROWS, conjugate_gradients, next_order, rescaling, update
 
 
 def _differences(values: np.ndarray, order: int) -> np.ndarray:
@@ -121,6 +121,25 @@ def test_the_order_moves_toward_the_smallest_error_estimate_after_order_plus_one
             state = (*state[:4], jnp.array(held), *state[5:])
             *_, new_state, _ = solver.step(terms, jnp.asarray(0.0), jnp.asarray(h), y0, None, state, False)
             assert int(new_state[3]) == after, (h, held, int(new_state[3]))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-9])
+def test_the_next_order_weighs_each_estimate_at_its_own_power(scale):
+    # At order 2 after 3 steps, with the estimates of orders 1, 2, 3 in the ratios 0.5 : 1 : 0.3, order 1 allows a step
+    # 0.5^(-1/2) = 1.41 times order 2's and order 3 one 0.3^(-1/4) = 1.35 times: order 1. One exponent for all three
+    # (1/3) would pick order 3 (1.49 against 1.26). At 0.6 : 1 : 0.3 order 3 wins (1.35 against 1.29). The choice reads
+    # only the ratios to order k's estimate, so the estimates' common scale (the tolerance's) cannot move it; powers of
+    # the raw estimates would pick order 1 in both cases at 1e-9.
+    def choose(order, held, estimates):
+        return int(next_order(jnp.array(order), jnp.array(held), scale * jnp.asarray(estimates, dtype=float)))
+
+    assert choose(2, 3, [0.5, 1.0, 0.3]) == 1
+    assert choose(2, 3, [0.6, 1.0, 0.3]) == 3
+    assert choose(2, 3, [2.0, 1.0, 3.0]) == 2
+    assert choose(2, 2, [0.5, 1.0, 0.3]) == 2  # fewer than k + 1 steps at order k: it stays
+    assert choose(1, 2, [np.inf, 1.0, 0.5]) == 2  # order 0 out of range
+    assert choose(5, 6, [0.9, 1.0, np.inf]) == 4  # 0.9^(-1/5) = 1.02: one step in 50 longer is enough
+    assert choose(3, 4, [0.5, np.inf, 0.5]) == 3  # order k's estimate not finite (a failed step): it stays
 
 
 def test_a_jump_restarts_at_order_one_from_the_field_after_it():
