@@ -86,7 +86,7 @@ class AbstractShiftedSolve(eqx.Module):
     It holds arrays computed at that point, never the term's or the flow's own: the solves take the linearisation
     (or the field) from the `terms` and `args` they are given. A solver's state is carried through every step of
     the integration loop, the stiff solver's through a switching solver's explicit steps too: a problem's measurement
-    operator carried there (m n^2 numbers for sensing) cost each of a switching run's explicit steps 15-20 % on
+    operator carried there (m n^2 numbers for sensing) would cost each of a switching run's explicit steps 15-20 % on
     30 x 30 sensing, the stiff branch idle (benchmarks/README.md)."""
 
     point: eqx.AbstractVar[Float[Array, " p"]]
