@@ -129,7 +129,7 @@ def conjugate_gradients(
 
     def iterating(carry):
         i, x, _, _, squared, curved = carry
-        return (i < max_steps) & (squared > 0) & (squared > relative**2 * (x @ x)) & curved
+        return (i < max_steps) & (squared > relative**2 * (x @ x)) & curved
 
     def iteration(carry):
         i, x, r, p, squared, _ = carry
