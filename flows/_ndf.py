@@ -13,7 +13,8 @@ $\psi = \sum_{j=1}^k \gamma_j D_j / ((1 - \kappa_k)\gamma_k)$. J is the field's 
 by forward difference quotients $(F(y^{(0)} + \sigma v) - F(y^{(0)})) / \sigma$ (one field evaluation each, as
 CVODE's Krylov solvers do; exact Jacobian-vector products cost twice as much on these flows and gave nothing
 measurable), and each linear solve is conjugate gradients (`conjugate_gradients`): for a gradient flow
-$J = -\nabla^2 L$ is symmetric and, in a convergence tail, $I - cJ \succeq I$. The local error is $(\kappa_k \gamma_k + 1/(k+1))\, d$.
+$J = -\nabla^2 L$ is symmetric and, in a convergence tail, $I - cJ \succeq I$. The local error is
+$(\kappa_k \gamma_k + 1/(k+1))\, d$.
 A step-size change rescales $D_1..D_k$ by their $(R U)^T$ matrices and the last correction $D_{k+1}$ by
 $\rho^{k+1}$ (`rescaling`), so the step may change at every step, as Diffrax's step-size controllers ask.
 

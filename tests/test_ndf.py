@@ -1,8 +1,8 @@
 """The numerical differentiation formulas (flows.NDF): the step-change matrices against polynomial differences, the
 constants against Shampine & Reichelt's table, the error estimate against the local error of a step from an exact
-history, the order's choice, a restart after a jump, the slope the dense output takes, the accuracy on a stiff linear flow against its
-exponential, a failed corrector, and the NDF switch on a stiff tail against the Chebyshev switch at the same located
-stop."""
+history, the order's choice, a restart after a jump, the slope the dense output takes, the accuracy on a stiff linear
+flow against its exponential, a failed corrector, and the NDF switch on a stiff tail against the Chebyshev switch at
+the same located stop."""
 
 import math
 import warnings
@@ -263,7 +263,8 @@ def test_a_corrector_that_fails_rejects_the_step():
 def test_the_ndf_switch_ends_where_the_chebyshev_switch_ends_under_one_stop():
     # Deep completion from a small init into loss 1e-10, where the flow is stiff: both switching solvers switch, the
     # NDF in under half the Chebyshev switch's stiff work (field evaluations: Newton's and its Krylov products,
-    # against the Chebyshev stages; 3011 against 8567 measured), and both stop at loss = stop_loss (the located stop) with the same W to 100 rtol.
+    # against the Chebyshev stages; 3011 against 8567 measured), and both stop at loss = stop_loss (the located stop)
+    # with the same W to 100 rtol.
     flow = flows.Flow(flows.completion(n=12, m=80, rank=2, seed=0), flows.Deep(3))
     state0 = flow.init(scale=0.1)
     options = dict(t1=1e7, ts=np.array([0.0]), stop_loss=1e-10, rtol=1e-8)
