@@ -7,8 +7,9 @@ A switching solver (`flows.AbstractTsit5Then`) carries its stiff solver's state 
 keeps or discards the whole solver state after each step (a select over all of it), and the switch puts the idle state
 back after its lax.cond (a second select, fused with Diffrax's). The stiff states differ in size: the
 Runge-Kutta-Chebyshev switch holds a few copies of the state (p numbers each), the NDF switch its difference array
-(8 p), the extrapolation switch its Gauss-Newton kernel's eigenbasis (m x m, with m the measurements). Each switch is run here with its stiffness threshold out of reach, so
-it never switches and takes exactly Tsit5's steps; the rows give the time per step and its excess over Tsit5's.
+(8 p), the extrapolation switch its Gauss-Newton kernel's eigenbasis (m x m, with m the measurements). Each switch
+is run here with its stiffness threshold out of reach, so it never switches and takes exactly Tsit5's steps; the rows
+give the time per step and its excess over Tsit5's.
 
 Deep completion as in `vs_cvode.py`'s tail (n = 100, rank 5, depth 3, W_j(0) = 0.1 I; p = 30,000), over [0, 200]
 (before any switch), rtol 1e-8, atol 1e-10, final state only; one process, timed repeats interleaved, medians.
