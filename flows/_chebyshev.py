@@ -38,7 +38,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
-from ._solver import AbstractFlowSolver
+from ._solver import AbstractFlowSolver, Hermite
 
 # The damping of the Chebyshev polynomial (theirs): it keeps the stability polynomial below 1 - epsilon / 3
 # in magnitude away from 0, at the price of a 2 epsilon / 15 shorter interval.
@@ -86,7 +86,7 @@ class RungeKuttaChebyshev(AbstractFlowSolver):
     initial_power_iterations: int = eqx.field(static=True, default=30)
 
     term_structure = diffrax.ODETerm
-    interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation
+    interpolation_cls = Hermite
     lands_save_times = True
 
     def order(self, terms):

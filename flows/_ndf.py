@@ -57,7 +57,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int
 
-from ._solver import AbstractFlowSolver
+from ._solver import AbstractFlowSolver, Hermite
 
 _MAX_ORDER = 5
 _ROWS = _MAX_ORDER + 3  # D_0 .. D_{k+2} at the highest order
@@ -168,7 +168,7 @@ class NDF(AbstractFlowSolver):
     max_krylov: int = eqx.field(static=True, default=50)
 
     term_structure = diffrax.ODETerm
-    interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation
+    interpolation_cls = Hermite
     lands_save_times = True
     # The last correction's rescaling, the re-measured Newton rate and the Krylov residual relative to the update
     # change what its stored runs hold: their keys carry this revision (flows._keys).

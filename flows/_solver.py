@@ -27,7 +27,7 @@ from typing import ClassVar
 import diffrax
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PyTree
 
 
 class LinearisableTerm(diffrax.ODETerm):
@@ -63,6 +63,26 @@ class AbstractFlowSolver(diffrax.AbstractAdaptiveSolver):
     def func(self, terms, t0, y0, args):
         """The field at (t0, y0), which Diffrax's initial step-size selection evaluates."""
         return terms.vf(t0, y0, args)
+
+
+class Hermite(diffrax.AbstractLocalInterpolation):
+    """The cubic Hermite interpolant through $(y_0, k_0 = h F(y_0))$ and $(y_1, k_1 = h F(y_1))$.
+
+    Diffrax builds the interpolant after every step, and uses it only where a save time or an event falls inside the
+    step; its coefficients are computed in `evaluate`, so a step that saves nothing computes none."""
+
+    t0: Float[Array, ""]
+    t1: Float[Array, ""]
+    y0: PyTree
+    y1: PyTree
+    k0: PyTree
+    k1: PyTree
+
+    def evaluate(self, t0, t1=None, left=True):
+        hermite = diffrax.ThirdOrderHermitePolynomialInterpolation(
+            t0=self.t0, t1=self.t1, y0=self.y0, y1=self.y1, k0=self.k0, k1=self.k1
+        )
+        return hermite.evaluate(t0, t1, left)
 
 
 def _linearisable(terms) -> LinearisableTerm | None:
