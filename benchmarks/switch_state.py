@@ -1,6 +1,6 @@
 """What each switching solver's explicit steps cost before it switches, against plain Tsit5, as the measurements grow.
 
-    taskset -c 1 python benchmarks/switch_state.py                     # m = 250, 500, 1000, 2000; ~2 min
+    taskset -c 1 python benchmarks/switch_state.py                     # m = 250, 500, 1000, 2000; ~4 min
     taskset -c 1 python benchmarks/switch_state.py --ms 1000 --repeats 7
 
 A switching solver (`flows.AbstractTsit5Then`) carries its stiff solver's state through every explicit step: Diffrax
