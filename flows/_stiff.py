@@ -64,6 +64,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import optax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, PyTree
 
@@ -481,9 +482,8 @@ class AbstractTsit5Then(AbstractFlowSolver):
             if made_jump is not False:
                 f0 = jax.lax.cond(made_jump, lambda: terms.vf(t0, y0, args), lambda: f0)
             y1, error, k, f1, y6 = tsit5_step(terms, t0, t1, y0, args, f0)
-            h_rho = jnp.sqrt(_squared(jax.tree.map(jnp.subtract, k[6], k[5]))) / jnp.sqrt(
-                _squared(jax.tree.map(jnp.subtract, y1, y6))
-            )
+            tree = optax.tree_utils
+            h_rho = tree.tree_norm(tree.tree_sub(k[6], k[5])) / tree.tree_norm(tree.tree_sub(y1, y6))
             run = jnp.where(h_rho > self.threshold, streak + 1, 0)
             switch = run >= self.patience
             if self.horizon > 0:
@@ -532,7 +532,6 @@ def tsit5_step(terms, t0, t1, y0: PyTree, args, f0: PyTree) -> tuple[PyTree, PyT
     control = terms.contr(t0, t1)
     h = t1 - t0
     k = [terms.prod(f0, control)]
-    fi = f0
     stage_inputs = []
     for a, c in zip(_TSIT5.a_lower, _TSIT5.c):
         yi = jax.tree.map(lambda y, *ks: y + sum(float(w) * kj for w, kj in zip(a, ks) if w != 0), y0, *k)
@@ -541,11 +540,6 @@ def tsit5_step(terms, t0, t1, y0: PyTree, args, f0: PyTree) -> tuple[PyTree, PyT
         k.append(terms.prod(fi, control))
     error = jax.tree.map(lambda *ks: sum(float(w) * kj for w, kj in zip(_TSIT5.b_error, ks) if w != 0), *k)
     return stage_inputs[-1], error, k, fi, stage_inputs[-2]
-
-
-def _squared(tree: PyTree) -> Float[Array, ""]:
-    """The squared 2-norm over every leaf."""
-    return sum((jnp.sum(x**2) for x in jax.tree.leaves(tree)), jnp.zeros(()))
 
 
 def _idle(state: PyTree) -> PyTree:
