@@ -532,6 +532,7 @@ def tsit5_step(terms, t0, t1, y0: PyTree, args, f0: PyTree) -> tuple[PyTree, PyT
     control = terms.contr(t0, t1)
     h = t1 - t0
     k = [terms.prod(f0, control)]
+    fi = f0  # the loop over the six stages always rebinds it; bound here for the static checker
     stage_inputs = []
     for a, c in zip(_TSIT5.a_lower, _TSIT5.c):
         yi = jax.tree.map(lambda y, *ks: y + sum(float(w) * kj for w, kj in zip(a, ks) if w != 0), y0, *k)
