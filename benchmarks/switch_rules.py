@@ -1,8 +1,9 @@
-"""The extrapolation switch's two rules, each against the rule it replaces, on the small settings.
+"""The switches' rules, each against the rule it replaces.
 
     python benchmarks/switch_rules.py                 # sensing (1e-3, 1e-2), factored (1e-2), deep3 (0.1)
     python benchmarks/switch_rules.py --settings deep3 --repeats 5
     python benchmarks/switch_rules.py --completion    # the completion experiment's switching runs (n = 30)
+    python benchmarks/switch_rules.py --reset --settings sensing factored deep3 tail   # the stiffness count's reset
 
 `flows.Tsit5ThenExtrapolation` decides (1) when to switch: on stiffness, and only where the time left to the stop,
 estimated from the loss's rate of decay, is more than `horizon` = 100 of Tsit5's current steps; and (2) when to
@@ -16,6 +17,12 @@ Dopri8 at rtol 1e-12 at each row's own final time.
 serves, the unpenalised U V^T and depth-3 products under gradient flow to Arora's training MSE, every seed, at
 `horizon` 0, 30, 60, 100 (the default) and 150: wall time; for the default and 0, steps, whether each switched, and
 the largest difference of their saved W (relative to W's norm at each saved time).
+
+`--reset`: every switch (`flows.AbstractTsit5Then`) counts the steps whose $h\rho$ exceeds its threshold and
+clears the count after `reset` = 6 accepted steps below it in a row; against `reset` 1 (the count cleared by every
+such step, so a step cut short by a save time or a rejection's retry clears it). Each setting's default solver (the
+m = 2000 deep completion tail, `tail`, takes the NDF switch), at `--rtols` (atol = rtol / 100), saving the final state
+only and at `flows.solve`'s 200 default save times; the same columns as the first table.
 """
 
 from __future__ import annotations
@@ -49,6 +56,36 @@ def rows() -> dict[str, diffrax.AbstractSolver]:
         "both": flows.Tsit5ThenExtrapolation(horizon=0.0, stiff_solver=by_motion),
         "Tsit5": diffrax.Tsit5(),
     }
+
+
+RESET_SETTINGS = {**SETTINGS, "tail": lambda: H.completion_setting(0.1)}
+"""--reset's settings: the small ones and the m = 2000 deep completion tail."""
+
+
+def reset(names: list[str], rtols: list[float], repeats: int) -> None:
+    print("| setting | rtol | save times | reset | ms | / reset 6 | steps | rejected | switched at | W err |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        setting = RESET_SETTINGS[name]()
+        default = flows.default_solver(setting.flow, H.STOP_LOSS)
+        for rtol in rtols:
+            for saved, ts in (("final", H.FINAL_ONLY), ("200 default", None)):
+                solves = {
+                    r: functools.partial(H.solve_flows, setting, type(default)(reset=r), rtol, rtol / 100, ts)
+                    for r in (6, 1)
+                }
+                trajectories, wall = interleaved(solves, repeats)
+                finals = {r: float(traj.ts[-1]) for r, traj in trajectories.items()}
+                ref = H.reference(setting, np.array(sorted(set(finals.values()))))
+                for r, traj in trajectories.items():
+                    s = traj.stats
+                    switched = f"{s['t_switch']:.4g}" if s.get("switched") else "-"
+                    err = H.relative_error(np.asarray(traj.W[-1]), ref[finals[r]])
+                    print(
+                        f"| {name} | {rtol:g} | {saved} | {r} | {1e3 * wall[r]:.1f} | {wall[r] / wall[6]:.2f} | "
+                        f"{s['num_steps']} | {s['num_rejected_steps']} | {switched} | {err:.1e} |",
+                        flush=True,
+                    )
 
 
 def interleaved(solves: dict, repeats: int) -> tuple[dict, dict]:
@@ -107,7 +144,9 @@ def completion(repeats: int) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", choices=tuple(RESET_SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--reset", action="store_true", help="the stiffness count's reset against clearing it")
+    parser.add_argument("--rtols", nargs="+", type=float, default=[1e-8], help="--reset's tolerances")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-tsit5", action="store_true", help="leave out Tsit5 throughout (slow on sensing 1e-3)")
     parser.add_argument("--completion", action="store_true", help="the completion experiment's switching runs")
@@ -115,6 +154,13 @@ def main(argv=None) -> int:
     if args.completion:
         completion(args.repeats)
         return 0
+    if args.reset:
+        reset(args.settings, args.rtols, args.repeats)
+        return 0
+    if set(args.settings) - set(SETTINGS):
+        parser.error(
+            f"the extrapolation switch's rules are measured on {', '.join(SETTINGS)}; the tail only with --reset"
+        )
     for name in args.settings:
         setting = SETTINGS[name]()
         solvers = rows()
