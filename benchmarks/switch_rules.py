@@ -15,8 +15,9 @@ Dopri8 at rtol 1e-12 at each row's own final time.
 
 `--completion`: the runs of the completion experiment (n = 30, `experiments.completion`) that the default switch
 serves, the unpenalised U V^T and depth-3 products under gradient flow to Arora's training MSE, every seed, at
-`horizon` 0, 30, 60, 100 (the default) and 150: wall time; for the default and 0, steps, whether each switched, and
-the largest difference of their saved W (relative to W's norm at each saved time).
+`horizon` 0, 30, 60, 100 (the default) and 150, and the default with the stiffness count cleared by every short step
+(`reset` 1, below): wall time; for the default, 0 and `reset` 1, steps and whether each switched; the largest
+difference of the default's and 0's saved W (relative to W's norm at each saved time).
 
 `--reset`: every switch (`flows.AbstractTsit5Then`) counts the steps whose $h\rho$ exceeds its threshold and
 clears the count after `reset` = 6 accepted steps below it in a row; against `reset` 1 (the count cleared by every
@@ -108,12 +109,15 @@ def completion(repeats: int) -> None:
     from experiments._completion import SCALES, build
 
     scale = SCALES["n = 30"][False]
-    solvers = {h: flows.Tsit5ThenExtrapolation(horizon=h) for h in HORIZONS}
+    solvers: dict = {h: flows.Tsit5ThenExtrapolation(horizon=h) for h in HORIZONS}
+    solvers["reset 1"] = flows.Tsit5ThenExtrapolation(reset=1)
     default = flows.Tsit5ThenExtrapolation().horizon
     heads = " | ".join(f"horizon {h:g} ms" for h in HORIZONS)
-    print(f"| run | {heads} | steps: default / 0 | switched: default / 0 | max W diff |")
-    print("|---|" + "---|" * (len(HORIZONS) + 3))
-    totals = dict.fromkeys(HORIZONS, 0.0)
+    print(
+        f"| run | {heads} | default, reset 1 ms | steps: default / 0 / reset 1 | switched: default / 0 / reset 1 | max W diff |"
+    )
+    print("|---|" + "---|" * (len(solvers) + 3))
+    totals = dict.fromkeys(solvers, 0.0)
     for parameterization in ("UV^T", "depth 3"):
         for seed in range(scale.seeds):
             config = scale.config(
@@ -126,20 +130,21 @@ def completion(repeats: int) -> None:
                 for h, solver in solvers.items()
             }
             trajectories, wall = interleaved(solves, repeats)
-            for h in HORIZONS:
-                totals[h] += wall[h]
-            a, b = trajectories[default], trajectories[0.0]
+            for key in solvers:
+                totals[key] += wall[key]
+            a, b, c = trajectories[default], trajectories[0.0], trajectories["reset 1"]
             diff = np.max(
                 np.linalg.norm(np.asarray(a.W) - np.asarray(b.W), axis=(1, 2))
                 / np.linalg.norm(np.asarray(b.W), axis=(1, 2))
             )
-            times = " | ".join(f"{1e3 * wall[h]:.0f}" for h in HORIZONS)
+            times = " | ".join(f"{1e3 * wall[key]:.0f}" for key in solvers)
             print(
-                f"| {parameterization}, seed {seed} | {times} | {a.stats['num_steps']} / {b.stats['num_steps']} | "
-                f"{a.stats['switched']} / {b.stats['switched']} | {diff:.1e} |",
+                f"| {parameterization}, seed {seed} | {times} | "
+                f"{a.stats['num_steps']} / {b.stats['num_steps']} / {c.stats['num_steps']} | "
+                f"{a.stats['switched']} / {b.stats['switched']} / {c.stats['switched']} | {diff:.1e} |",
                 flush=True,
             )
-    print("| in all (s) | " + " | ".join(f"{totals[h]:.3f}" for h in HORIZONS) + " | | | |")
+    print("| in all (s) | " + " | ".join(f"{totals[key]:.3f}" for key in solvers) + " | | | |")
 
 
 def main(argv=None) -> int:
