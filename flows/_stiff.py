@@ -414,23 +414,25 @@ class AbstractTsit5Then(AbstractFlowSolver):
 
     Stiffness is detected as in Hairer & Wanner's DOPRI5: Tsit5's sixth and seventh stages both sit
     at the step's end, so $\rho = \|f(y_7) - f(y_6)\| / \|y_7 - y_6\|$ estimates the dominant
-    eigenvalue along the step; when $h\rho$ has exceeded `threshold` (Tsit5 is stable up to 3.5 on the
-    negative axis) on `patience` accepted steps, with no `reset` accepted steps below it in a row since the count
-    began, the step size is held by stability, not accuracy, and the run switches for good. The transient, where
-    the Jacobian changes fast and explicit steps are cheap, then costs the stiff solver nothing.
+    eigenvalue along the step; when $h\rho$ exceeds `threshold` (Tsit5 is stable up to 3.5 on the negative axis)
+    on an accepted step that brings the count of such steps to `patience`, the count not cleared by `reset` accepted
+    steps below the threshold in a row since it began, the step size is held by stability, not accuracy, and the
+    run switches for good. The transient, where the Jacobian changes fast and explicit steps are cheap, then costs
+    the stiff solver nothing.
 
-    The count survives a few short steps, as in Hairer & Wanner's code (`reset` = 6): steps held by stability
-    oscillate about the limit, and a step cut short (the retry after a rejection, a step landed on a save time or
-    on the stop) has $h\rho$ below the threshold while $\rho$ is as large. Cleared by every such step, the count
-    rarely reaches `patience` where save times are dense: on 6 x 6 factored completion with a save time every 12.5
-    time units the run never switched (1024 steps against 375; tests/test_stiff.py), and the deep completion tail
-    with the default save times switched at t = 1557 instead of 981 (benchmarks/README.md).
+    The count survives a few steps below the threshold, as in Hairer & Wanner's code (`reset` = 6): steps held by
+    stability oscillate about the limit, and a step cut short (the retry after a rejection, a step landed on a save
+    time) has $h\rho$ below the threshold while $\rho$ is as large. Cleared by every such step, the count rarely
+    reaches `patience` where save times are dense: on 6 x 6 factored completion with a save time every 12.5 time
+    units the run never switched (1024 steps against 375; tests/test_stiff.py), and the deep completion tail with
+    the default save times switched at t = 1557 instead of 981 at rtol 1e-8 (benchmarks/README.md).
 
     A stiff solver that pays to start (the extrapolation's linearisations) is not worth it for a short
     remainder: the run switches only if the flow time left until its stop, as the term estimates it
     (`flows.LinearisableTerm`: the loss's current rate of decay extrapolated), is more than `horizon` of
-    Tsit5's current steps; until then the test is repeated at every step (one Jacobian-vector product of the
-    loss each). `horizon` 0, or a run without a stop, switches on stiffness alone.
+    Tsit5's current steps (the step just taken, one above the threshold, so not one cut short); until then the test
+    is repeated at every further step above the threshold while the count stands (one Jacobian-vector product of
+    the loss each). `horizon` 0, or a run without a stop, switches on stiffness alone.
 
     The step-size controller sees Tsit5's order (5) in both phases. The stiff solver's state starts
     with the slope $F(y)$ at its first step (first same as last), which the switch hands over; its dense
@@ -456,9 +458,10 @@ class AbstractTsit5Then(AbstractFlowSolver):
     interpolation_cls = Hermite
     lands_save_times = True
     # The explicit phase's steps are Tsit5's in another order of summation (`tsit5_step`), a stop located in it is
-    # found on the Hermite interpolant, and the stiffness count survives `reset` - 1 short steps: stored runs of an
-    # earlier revision switched elsewhere, so their keys carry this revision (flows._keys).
-    key_revision: ClassVar[int] = 2
+    # found on the Hermite interpolant, and the stiffness count survives `reset` - 1 steps below the threshold in a
+    # row, the switch made only on a step above it: stored runs of an earlier revision switched elsewhere, so their
+    # keys carry this revision (flows._keys).
+    key_revision: ClassVar[int] = 3
 
     @property
     def term_structure(self):
@@ -498,7 +501,7 @@ class AbstractTsit5Then(AbstractFlowSolver):
             stiff_step = h_rho > self.threshold
             calm = jnp.where(stiff_step, 0, calm + 1)
             counted = jnp.where(stiff_step, counted + 1, jnp.where(calm >= self.reset, 0, counted))
-            switch = counted >= self.patience
+            switch = stiff_step & (counted >= self.patience)
             if self.horizon > 0:
 
                 def worth() -> Array:

@@ -305,6 +305,19 @@ def test_the_stiffness_count_survives_short_steps():
     assert not cleared.stats["switched"] and cleared.stats["num_steps"] > 2 * saved.stats["num_steps"], cleared.stats
 
 
+def test_the_horizon_is_judged_on_a_step_above_the_threshold():
+    # The horizon compares the time left with `horizon` steps of the length just taken. Judged on a step cut short by
+    # a save time (below the threshold, while the count held back by the horizon stands), it passes for any estimate:
+    # with a save time every 12.5 that run switched at t = 162.5, a save time, where the run that saves nothing
+    # between switches at t = 261; judged only on steps above the threshold it switches within a few steps of that.
+    flow, state0 = _completion_flow("factored")
+    options = dict(t1=1e8, stop_loss=1e-10, rtol=1e-7, solver=flows.Tsit5ThenExtrapolation())
+    alone = flows.solve(flow, state0, ts=np.array([0.0]), **options)
+    saved = flows.solve(flow, state0, ts=np.arange(0.0, 3000.0, 12.5), **options)
+    assert alone.stats["switched"] and saved.stats["switched"], saved.stats
+    assert abs(saved.stats["t_switch"] - alone.stats["t_switch"]) < 0.1 * alone.stats["t_switch"], saved.stats
+
+
 @pytest.mark.parametrize("name", ["factored", "deep"])
 def test_the_slope_handed_over_is_the_vector_field_at_the_step_end(name):
     # After an explicit step the switching solver holds f(y1) for the extrapolation to start from; with the
