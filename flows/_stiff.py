@@ -414,11 +414,10 @@ class AbstractTsit5Then(AbstractFlowSolver):
 
     Stiffness is detected as in Hairer & Wanner's DOPRI5: Tsit5's sixth and seventh stages both sit
     at the step's end, so $\rho = \|f(y_7) - f(y_6)\| / \|y_7 - y_6\|$ estimates the dominant
-    eigenvalue along the step; when $h\rho$ exceeds `threshold` (Tsit5 is stable up to 3.5 on the negative axis)
-    on an accepted step that brings the count of such steps to `patience`, the count not cleared by `reset` accepted
-    steps below the threshold in a row since it began, the step size is held by stability, not accuracy, and the
-    run switches for good. The transient, where the Jacobian changes fast and explicit steps are cheap, then costs
-    the stiff solver nothing.
+    eigenvalue along the step. The accepted steps with $h\rho$ above `threshold` (Tsit5 is stable up to 3.5 on the
+    negative axis) are counted, and `reset` accepted steps below it in a row clear the count; on the step that brings
+    the count to `patience` the step size is held by stability, not accuracy, and the run switches for good. The
+    transient, where the Jacobian changes fast and explicit steps are cheap, then costs the stiff solver nothing.
 
     The count survives a few steps below the threshold, as in Hairer & Wanner's code (`reset` = 6): steps held by
     stability oscillate about the limit, and a step cut short (the retry after a rejection, a step landed on a save
