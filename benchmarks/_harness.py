@@ -125,6 +125,8 @@ class Outcome:
     solves: int | None = None
     saved: int | None = None
     note: str = ""
+    trajectory: tuple[np.ndarray, np.ndarray] | None = None
+    """The saved times and W at each, where the comparison reads more than the final state."""
 
 
 FINAL_ONLY = [0.0]
@@ -161,6 +163,7 @@ def run_flows(
         steps=traj.stats["num_steps"],
         rejected=traj.stats["num_rejected_steps"],
         saved=len(traj.ts),
+        trajectory=(np.asarray(traj.ts), np.asarray(traj.W)),
     )
 
 

@@ -19,10 +19,16 @@ callback overhead is part of what they cost.
     python benchmarks/vs_cvode.py --settings tail --rtols 1e-7 1e-8 1e-9 --phases  # where the default's time goes
     python benchmarks/vs_cvode.py --settings tail --rtols 1e-8 1e-9 --unit-costs   # CVODE's counts at JAX's prices
     python benchmarks/vs_cvode.py --settings tail --rtols 1e-7 1e-8 1e-9 --solvers switching-chebyshev  # another solver
+    python benchmarks/vs_cvode.py --settings tail --rtols 1e-7 1e-8 1e-9 1e-10 --saves 200  # a trajectory's values
 
 `--phases`: for a default that switches, its explicit phase timed alone (Tsit5 from the start to the switch, the
 default's own steps there) and the rest (the stiff phase, with what the landing on the stop and the switch's tests add
 to the explicit steps); with `--rtols`, what the rest may cost for the run to be 3x and 5x CVODE at equal accuracy.
+
+`--saves N`: every method saves at `flows.default_ts(t_stop, N)` (0 and N - 1 log-spaced times, as `flows.solve` saves
+by default, over the default's run to its stop at t_stop), flows on its steps, CVODE interpolating between its own; W
+err is then the largest relative error over the save times before every method's stop: the accuracy of a trajectory
+rather than of its end. LSODA is left out.
 
 `--unit-costs`: a field evaluation and a Jacobian-vector product at the default's switch state (the initial state
 where it does not switch), each inside one compiled loop (what a solver in JAX pays) and through CVODE's callbacks
@@ -100,7 +106,11 @@ class CVODERunner:
         self.jvps += 1
         Jv[:] = self._jvp(y, v)
 
-    def run(self, linsolver: str, krylov_dim: int, until: float | None, rtol: float = H.RTOL) -> H.Outcome:
+    def run(
+        self, linsolver: str, krylov_dim: int, until: float | None, rtol: float = H.RTOL, ts: np.ndarray | None = None
+    ) -> H.Outcome:
+        """CVODE to the stop (or to `until`), returning the values at `ts` (its own interpolation between its steps)
+        where given, else the final state."""
         loss = self._loss
 
         def event(t, y, events):  # a plain function: CVODE keeps its state on it
@@ -117,8 +127,11 @@ class CVODERunner:
             options |= dict(linsolver="gmres", krylov_dim=krylov_dim, jactimes=cvode.CVODEJacTimes(None, self.jtimes))
         self.jvps = 0
         end = H.T_MAX if until is None else until
-        result = cvode.CVODE(self.rhs, **options).solve([0.0, 0.5 * end, end], self.x0)
+        result = cvode.CVODE(self.rhs, **options).solve([0.0, 0.5 * end, end] if ts is None else ts, self.x0)
         x = result.y[-1]
+        trajectory = None
+        if ts is not None:
+            trajectory = (np.asarray(result.t), np.stack([np.asarray(self._product(y)) for y in result.y]))
         return H.Outcome(
             t_final=float(result.t[-1]),
             W_final=np.asarray(self._product(x)),
@@ -127,14 +140,23 @@ class CVODERunner:
             evaluations=int(result.nfev),
             jacobians=int(result.njev) if linsolver == "dense" else self.jvps,
             note="" if result.success else str(result.message),
+            trajectory=trajectory,
         )
 
 
 def methods(
-    setting: H.Setting, dense_max: int, krylov_dim: int, until: float | None, rtols, solvers: tuple[str, ...] = ()
+    setting: H.Setting,
+    dense_max: int,
+    krylov_dim: int,
+    until: float | None,
+    rtols,
+    solvers: tuple[str, ...] = (),
+    ts: np.ndarray | None = None,
 ) -> dict:
     """label -> (family, rtol, run): every method at every rtol (atol = rtol / 100; LSODA at RTOL only); each name in
-    `solvers` (a key of `flows.SOLVERS`) adds `flows.solve` with that solver as another flows family."""
+    `solvers` (a key of `flows.SOLVERS`) adds `flows.solve` with that solver as another flows family. `ts`: every
+    method saves its values there (flows on its steps, CVODE interpolating), LSODA left out."""
+    saving = dict(ts=H.FINAL_ONLY if ts is None else ts)
     size = ravel_pytree(setting.state0)[0].size
     dense = size <= dense_max
     runner = CVODERunner(setting, dense)
@@ -145,7 +167,7 @@ def methods(
             out["flows default" + at] = (
                 "flows default",
                 rtol,
-                lambda r=rtol: H.run_flows(setting, rtol=r, atol=atol_for(r)),
+                lambda r=rtol: H.run_flows(setting, rtol=r, atol=atol_for(r), **saving),
             )
         else:
             out["flows default" + at] = ("flows default", rtol, lambda r=rtol: _flows_window(setting, until, r))
@@ -153,12 +175,18 @@ def methods(
             out[f"flows {name}" + at] = (
                 f"flows {name}",
                 rtol,
-                lambda r=rtol, name=name: H.run_flows(setting, flows.solver_by_name(name), rtol=r, atol=atol_for(r)),
+                lambda r=rtol, name=name: H.run_flows(
+                    setting, flows.solver_by_name(name), rtol=r, atol=atol_for(r), **saving
+                ),
             )
         if dense:
-            out["CVODE dense" + at] = ("CVODE dense", rtol, lambda r=rtol: runner.run("dense", krylov_dim, until, r))
-        out["CVODE Krylov" + at] = ("CVODE Krylov", rtol, lambda r=rtol: runner.run("gmres", krylov_dim, until, r))
-        if dense and until is None and rtol == H.RTOL:
+            out["CVODE dense" + at] = (
+                "CVODE dense",
+                rtol,
+                lambda r=rtol: runner.run("dense", krylov_dim, until, r, ts),
+            )
+        out["CVODE Krylov" + at] = ("CVODE Krylov", rtol, lambda r=rtol: runner.run("gmres", krylov_dim, until, r, ts))
+        if dense and until is None and rtol == H.RTOL and ts is None:
             field = H.FlatField(setting)
             field.compile(jacobian=True)
             out["LSODA+jac" + at] = ("LSODA+jac", rtol, lambda: H.run_scipy(field, "LSODA", jac=True))
@@ -302,6 +330,16 @@ def phases(
         print(f"  for {goal:g}x CVODE's {cvode:.3g} s at equal accuracy: {verdict}")
 
 
+def error(o: H.Outcome, reference: dict[float, np.ndarray], common: np.ndarray | None) -> float:
+    """W err: relative, at the final state against the reference at the method's own final time, or the largest over
+    the save times `common`."""
+    if common is None:
+        return H.relative_error(o.W_final, reference[o.t_final]) if o.t_final in reference else float("nan")
+    assert o.trajectory is not None
+    at = dict(zip(o.trajectory[0].tolist(), o.trajectory[1]))
+    return max(H.relative_error(at[t], reference[t]) for t in common.tolist())
+
+
 def table(name: str, setting: H.Setting, args) -> None:
     size = ravel_pytree(setting.state0)[0].size
     print(
@@ -309,7 +347,11 @@ def table(name: str, setting: H.Setting, args) -> None:
         f"{type(flows.default_solver(setting.flow, H.STOP_LOSS)).__name__}",
         flush=True,
     )
-    runs = methods(setting, args.dense_max, args.krylov_dim, args.until, args.rtols, tuple(args.solvers))
+    save_ts = None
+    if args.saves is not None:
+        # Log-spaced over the run, as `flows.solve` saves over [0, t1] by default, with t1 the default's stop here.
+        save_ts = np.asarray(flows.default_ts(H.run_flows(setting).t_final, args.saves))
+    runs = methods(setting, args.dense_max, args.krylov_dim, args.until, args.rtols, tuple(args.solvers), save_ts)
     timings, outcomes = {}, {}
     for label, (_, _, fn) in runs.items():
         outcomes[label], first = H.clock(fn)
@@ -323,6 +365,12 @@ def table(name: str, setting: H.Setting, args) -> None:
         reference = H.reference(setting, np.array([o.t_final for o in outcomes.values() if np.isfinite(o.t_final)]))
     else:
         reference = H.reference(setting, np.array([args.until]), rtol=1e-10, atol=1e-12)
+    if save_ts is not None:
+        # The save times before every method's stop (t = 0 left out: every method starts there exactly).
+        stop = min(o.t_final for o in outcomes.values())
+        common = save_ts[(save_ts > 0) & (save_ts < stop)]
+        reference |= H.reference(setting, common)
+        print(f"\nW err: the largest over the {common.size} save times before every method's stop")
     base = "flows default" + ("" if len(args.rtols) == 1 else f" @{H.RTOL:.0e}")
     ours = timings[base].median if base in timings else timings[next(iter(timings))].median
     print("\n| method | rtol | wall s | spread | f evals | jacobians / JVPs | t final | loss | W err | this / flows |")
@@ -330,7 +378,7 @@ def table(name: str, setting: H.Setting, args) -> None:
     points: dict[str, list[tuple[float, float]]] = {}
     for label, o in outcomes.items():
         family, rtol, _ = runs[label]
-        err = H.relative_error(o.W_final, reference[o.t_final]) if o.t_final in reference else float("nan")
+        err = error(o, reference, None if save_ts is None else common)
         t = timings[label]
         points.setdefault(family, []).append((err, t.median))
         print(
@@ -389,6 +437,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--until", type=float, default=None, help="compare over [0, until] instead of to the stop")
     parser.add_argument(
+        "--saves",
+        type=int,
+        default=None,
+        help="every method saves at N log-spaced times over the run (flows.default_ts); W err is the largest over them",
+    )
+    parser.add_argument(
         "--phases",
         action="store_true",
         help="time the default's explicit phase alone, and say what the rest may cost for 3x and 5x CVODE",
@@ -401,6 +455,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.phases and H.RTOL not in args.rtols:
         parser.error(f"--phases times the default at rtol {H.RTOL:g}: include it in --rtols")
+    if args.saves is not None and (args.until is not None or args.phases or args.saves < 2):
+        parser.error("--saves (at least 2) compares runs to the stop: not with --until or --phases")
     print(
         f"# rtol {H.RTOL:g}, atol {H.ATOL:g}, "
         + (f"until loss {H.STOP_LOSS:g}" if args.until is None else f"over [0, {args.until:g}]")
