@@ -9,12 +9,28 @@ from 1e-3 I, t1 = 100), depth 3 and depth 4 on the same sensing problem from Gau
 steps landed.
 
     python benchmarks/saved_values.py
+
+`--landing`: how the steps land on the save times. `flows.LandOnTimes` (the default: a save time within 1.5
+proposed steps is reached in two equal steps) against `diffrax.ClipStepSizeController` (the step clipped to it,
+which leaves a sliver where a save time lies just beyond a step) and against dividing the whole way to each save time
+into equal steps no longer than proposed (`Divided`, here only), everything else the default solve's, on
+vs_cvode.py's settings (sensing, factored, deep3, the deep completion tail) to their stop at loss 1e-10, saving at
+`flows.default_ts(t_stop, 200)` with t_stop the default's own stop when saving the final state only (vs_cvode.py's
+`--saves 200` times, whose references it caches). Error: the largest ||W - W_ref||_F / ||W_ref||_F over the saved
+times, in units of rtol; t_switch: where the switching solver switched.
+
+    taskset -c 1 python benchmarks/saved_values.py --landing --rtols 1e-8 1e-10
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+
 import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
 import diffrax
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 import flows
@@ -67,8 +83,107 @@ def main() -> int:
     return 0
 
 
+class Divided(flows._control._Wrapper):
+    """The way to the next of `ts` divided into equal steps no longer than the inner controller proposes."""
+
+    controller: diffrax.AbstractAdaptiveStepSizeController
+    ts: jax.Array
+
+    def _land(self, t0, t1):
+        ahead = jnp.searchsorted(self.ts, t0, side="right")
+        target = self.ts[jnp.minimum(ahead, self.ts.size - 1)]
+        steps = jnp.maximum(jnp.ceil((target - t0) / (t1 - t0) * (1.0 - 1e-12)), 1.0)
+        landed = jnp.where(steps <= 1.0, target, t0 + (target - t0) / steps)
+        return jnp.where(ahead < self.ts.size, landed, t1)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        next_t1, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        return self._land(t0, next_t1), state
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        keep, next_t0, next_t1, made_jump, state, result = self.controller.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+        )
+        return keep, next_t0, self._land(next_t0, next_t1), made_jump, state, result
+
+
+def landings(plan) -> dict:
+    """`plan` (the default: `flows.LandOnTimes` outermost) and the same with each other landing in its place."""
+    default = plan.controller
+    assert isinstance(default, flows.LandOnTimes), "the default plan lands with flows.LandOnTimes outermost"
+    inner, ts = default.controller, default.ts
+    return {
+        "clipped": dataclasses.replace(plan, controller=diffrax.ClipStepSizeController(inner, step_ts=ts)),
+        "divided": dataclasses.replace(plan, controller=Divided(inner, ts)),
+        "default": plan,
+    }
+
+
+def landing(names: list[str], rtols: list[float], repeats: int, atol: float | None) -> int:
+    from vs_cvode import SETTINGS
+
+    control = "arraywise relative" if atol is None else f"atol = {atol:g} rtol"
+    print(
+        f"# 200 save times over each run to loss {H.STOP_LOSS:g}, {control}; wall: median of {repeats} after a "
+        "compiling call\n"
+    )
+    print("| setting | rtol | landing | steps (rejected) | t_switch | wall s | err / rtol | time / clipped's |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in names:
+        setting = SETTINGS[name]()
+        ts = np.asarray(flows.default_ts(H.run_flows(setting).t_final, 200))
+        reference = H.reference(setting, ts[1:])
+        for rtol in rtols:
+            tolerance = None if atol is None else atol * rtol
+            plan = flows._solve.Plan.make(
+                H.T_MAX, ts, rtol=rtol, atol=tolerance, stop_loss=H.STOP_LOSS, max_steps=3_000_000
+            )
+            plan = plan.resolve(setting.flow)
+            plans = landings(plan)
+
+            def run(plan):
+                raw = flows._solve._integrate(setting.flow, setting.state0, *plan.arrays(), **plan.static())
+                return plan.finish(setting.flow, jax.device_get(raw))
+
+            for p in plans.values():
+                run(p)
+            times = {label: [] for label in plans}
+            out = {}
+            for _ in range(repeats):
+                for label, p in plans.items():
+                    out[label], seconds = H.clock(lambda: run(p))
+                    times[label].append(seconds)
+            for label in plans:
+                traj = out[label]
+                errors = [
+                    H.relative_error(W, reference[float(t)]) for t, W in zip(traj.ts, traj.W) if float(t) in reference
+                ]
+                stats = traj.stats
+                switch = stats.get("t_switch")
+                ratio = np.median(times[label]) / np.median(times["clipped"])
+                print(
+                    f"| {name} | {rtol:g} | {label} | {stats['num_accepted_steps']} ({stats['num_rejected_steps']}) | "
+                    f"{'-' if switch is None else f'{switch:.4g}'} | {np.median(times[label]):.3g} | "
+                    f"{max(errors) / rtol:.1f} | {ratio:.2f}x |",
+                    flush=True,
+                )
+    return 0
+
+
 if __name__ == "__main__":
     import warnings
 
     warnings.simplefilter("ignore", flows.FaithfulnessWarning)
-    raise SystemExit(main())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--landing", action="store_true", help="the landings against each other (see above)")
+    parser.add_argument("--settings", nargs="+", default=["sensing", "factored", "deep3", "tail"])
+    parser.add_argument("--rtols", nargs="+", type=float, default=[1e-8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help="atol = this x rtol (vs_cvode.py's runs: 0.01); default: none, the default arraywise relative control",
+    )
+    args = parser.parse_args()
+    raise SystemExit(landing(args.settings, args.rtols, args.repeats, args.atol) if args.landing else main())

@@ -12,6 +12,7 @@ landed steps are within a few rtol.
 """
 
 import warnings
+from collections.abc import Callable
 
 import diffrax
 import jax
@@ -181,6 +182,44 @@ def test_an_overshooting_step_is_retried_at_the_secant_crossing_or_at_shortest(s
     assert not keep and next_t0 == 0.0 and float(log_kept) == pytest.approx(np.log(2.0))
     assert float(next_t1) == pytest.approx(max(secant, shortest), rel=1e-12)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(inner), jax.tree.leaves(state[0])))
+
+
+class _Proposes(diffrax.AbstractAdaptiveStepSizeController):
+    """Accepts every step and proposes a step of `h` from its end."""
+
+    h: float
+    rtol: float = 1.0
+    atol: float = 1.0
+    norm: Callable = staticmethod(lambda tree: 0.0)
+
+    def wrap(self, direction):
+        return self
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        return t0 + self.h, None
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        return True, t1, t1 + self.h, False, None, diffrax.RESULTS.successful
+
+
+def test_a_save_time_just_beyond_a_step_is_reached_in_two_equal_steps_not_a_sliver():
+    # Proposals of 0.25 toward the save time 0.8125: from 0.5 it is 0.3125 away, within 1.5 proposals, so two steps of
+    # 0.15625 (clipping: 0.25 to 0.75, then a sliver of 0.0625); from 1.5625 the save time 2.0 is 0.4375 away, beyond
+    # 1.5 proposals, so a step of 0.25 and then the remaining 0.1875 (a step of three quarters, no sliver).
+    landing = flows.LandOnTimes(_Proposes(0.25), jnp.asarray([0.0, 0.8125, 2.0]))
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, y, args: -y),
+        diffrax.Tsit5(),
+        0.0,
+        2.5,
+        None,
+        jnp.asarray(1.0),
+        saveat=diffrax.SaveAt(steps=True),
+        stepsize_controller=landing,
+    )
+    ts = np.asarray(sol.ts)[np.isfinite(np.asarray(sol.ts))]
+    expected = [0.25, 0.5, 0.65625, 0.8125, 1.0625, 1.3125, 1.5625, 1.8125, 2.0, 2.25, 2.5]
+    np.testing.assert_array_equal(ts, expected)
 
 
 def test_a_run_that_starts_below_stop_loss_stops_at_once():
