@@ -423,8 +423,8 @@ class AbstractTsit5Then(AbstractFlowSolver):
     stability oscillate about the limit, and a step cut short (the retry after a rejection, a step landed on a save
     time) has $h\rho$ below the threshold while $\rho$ is as large. Cleared by every such step, the count rarely
     reaches `patience` where save times are dense: on 6 x 6 factored completion with a save time every 12.5 time
-    units the run never switched (1024 steps against 375; tests/test_stiff.py), and the deep completion tail with
-    the default save times switched at t = 1557 instead of 981 at rtol 1e-8 (benchmarks/README.md).
+    units the run never switched (1016 steps against 387; tests/test_stiff.py), and the deep completion tail with
+    the default save times switched at t = 1224 instead of 985 at rtol 1e-8 (benchmarks/README.md).
 
     A stiff solver that pays to start (the extrapolation's linearisations) is not worth it for a short
     remainder: the run switches only if the flow time left until its stop, as the term estimates it
