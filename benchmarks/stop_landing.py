@@ -9,7 +9,7 @@ the window, at least the fraction `shortest` of the step (`flows.LandOnEvent`); 
 the stop on the dense output of that last step. Each rejection costs a step, and a stiff solver's steps are long and
 costly. Rows, each until loss 1e-10 at rtol 1e-8, atol 1e-10, final state only, with the default solver:
 
-* `window w, shortest s`: the landing with those settings (the default: 0.05 and 0.05);
+* `window w, shortest s, share f`: the landing with those settings (the default: 0.05, 0.05 and 0.05);
 * `default landing, no switch tests` (where the default does not switch): its solver with the stiffness threshold
   out of reach, so it never tests whether the rest is worth switching (a Jacobian-vector product of the loss at
   each step once Tsit5 is held by stability);
@@ -37,8 +37,9 @@ from switch_rules import SETTINGS, interleaved
 import flows
 from flows._solve import Plan, _integrate
 
-VARIANTS = ((0.05, 0.05), (0.05, 1e-3), (0.01, 0.05), (0.01, 1e-3), (0.2, 1e-3))
-"""(window, shortest) of each landing row; the first is `flows.LandOnEvent`'s default."""
+VARIANTS = ((0.05, 0.05, 0.05), (0.05, 0.05, np.inf), (0.01, 0.05, np.inf), (0.01, 1e-3, np.inf), (0.2, 0.05, 0.05))
+"""(window, shortest, share) of each landing row; the first is `flows.LandOnEvent`'s default, the third its landing
+before `share` (a 1 % window alone)."""
 
 
 def with_landing(controller, **changes):
@@ -50,12 +51,14 @@ def with_landing(controller, **changes):
     return eqx.tree_at(lambda c: c.controller, controller, with_landing(controller.controller, **changes))
 
 
-def landed(setting: H.Setting, window: float, shortest: float, solver=None) -> flows.Trajectory:
-    """`flows.solve` until the stop with `solver` (None: the default), its landing given `window` and `shortest`."""
+def landed(setting: H.Setting, window: float, shortest: float, share: float, solver=None) -> flows.Trajectory:
+    """`flows.solve` until the stop with `solver` (None: the default), its landing given `window`, `shortest` and
+    `share`."""
     plan = Plan.make(
         H.T_MAX, H.FINAL_ONLY, rtol=H.RTOL, atol=H.ATOL, stop_loss=H.STOP_LOSS, solver=solver, max_steps=3_000_000
     ).resolve(setting.flow)
-    plan = dataclasses.replace(plan, controller=with_landing(plan.controller, window=window, shortest=shortest))
+    landing = with_landing(plan.controller, window=window, shortest=shortest, share=share)
+    plan = dataclasses.replace(plan, controller=landing)
     raw = _integrate(setting.flow, setting.state0, *plan.arrays(), **plan.static())
     return plan.finish(setting.flow, jax.device_get(raw))
 
@@ -82,7 +85,7 @@ def unstopped(setting: H.Setting, default: flows.Trajectory) -> functools.partia
 
 
 def table(name: str, setting: H.Setting, repeats: int) -> None:
-    label = {v: f"window {v[0]:g}, shortest {v[1]:g}" for v in VARIANTS}
+    label = {v: f"window {v[0]:g}, shortest {v[1]:g}, share {v[2]:g}" for v in VARIANTS}
     solves = {label[v]: functools.partial(landed, setting, *v) for v in VARIANTS}
     default = label[VARIANTS[0]]
     first = solves[default]()

@@ -118,24 +118,33 @@ class LandOnEvent(_Wrapper):
     r"""Lands a step on the downward crossing of `distance(t, y, args)` through 0 (see the module docstring).
 
     `distance` is $q(y) / q_* - 1$ for a positive quantity q falling to its threshold $q_*$ (`flows.solve`: the
-    data loss and `stop_loss`). A step the inner controller accepts is rejected when it ends below
-    $q_* e^{-\text{window}}$ from above the threshold, and retried to end where the secant of $\log q$ through the
-    step's two ends reaches $q_* e^{-\text{window}/2}$ (at least the fraction `shortest` of the step, at most
-    95 %). The inner controller's state is kept as it was before the rejected attempt.
+    data loss and `stop_loss`). A step the inner controller accepts, falling from $\log q_0$ to $\log q_1$ across
+    the threshold, is rejected when it ends more than $w = \min(\text{window}, \text{share}\,(\log q_0 - \log q_1))$
+    below it in log q, and retried to end where the secant of $\log q$ through the step's two ends reaches half of
+    what the retry will be allowed (at least the fraction `shortest` of the step, at most 95 %). The inner
+    controller's state is kept as it was before the rejected attempt.
+
+    The event's root finding then places the stop on the last step's dense output, within the last `share` of the
+    step's fall and at most `window` below the threshold. Both bounds matter: a stiff solver's step falls by many
+    units of log q while its state barely moves, so `window` alone keeps its root finding accurate, and a tight
+    window there costs rejected steps (each a costly step); an explicit step falls by a fraction of a unit, so a
+    `window` of several percent could leave the root a quarter of the step from its end, where the cubic dense
+    output is least accurate, and `share` keeps it near the end.
 
     Locating the stop costs each step an evaluation of the distance here and one in the event, and each rejection
-    a step (benchmarks/README.md, `stop_landing.py`, against the same run to its final time without a stop). The
-    window keeps the final root finding on a part of the last step's dense output. At `window` = 5 % (the default)
-    the switching runs there take 0.86-0.89x the time of a 1 % window, whose retries landed just outside it and were
-    rejected again (sensing 14 rejected steps against 17, deep3 16 against 19), and the final W moves by 2.4e-10
-    and 2.6e-10 (relative, rtol 1e-8), its distance from the exact flow unchanged on deep3 and from 1.0e-10 to
-    2.6e-10 on sensing; at 20 %, by up to 2.7e-9, and no faster.
+    a step (benchmarks/README.md, `stop_landing.py`, against the same run to its final time without a stop). With
+    `window` = 5 % and no `share` the switching runs there took 0.86-0.89x the time of a 1 % window (sensing 14
+    rejected steps against 17, deep3 16 against 19), their final W within 2.6e-10 of the exact flow's at rtol
+    1e-8 as before, but factored sensing, stopped in Tsit5's phase, ended 2.0e-8 from it against 4.0e-9: its last
+    step crossed the threshold a quarter of a step from its end. `share` = 5 % keeps factored's root within the
+    last 5 % of its step and leaves the stiff steps' landing to `window`.
     """
 
     controller: diffrax.AbstractAdaptiveStepSizeController
     distance: Callable = eqx.field(static=True)
     window: float = eqx.field(static=True, default=5e-2)
     shortest: float = eqx.field(static=True, default=0.05)
+    share: float = eqx.field(static=True, default=0.05)
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         next_t1, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
@@ -148,8 +157,10 @@ class LandOnEvent(_Wrapper):
             t0, t1, y0, y1_candidate, args, y_error, error_order, inner
         )
         log1 = jnp.log1p(self.distance(t1, y1_candidate, args))
-        overshoot = keep & (log0 > 0) & (log1 < -self.window)
-        theta = jnp.clip((log0 + 0.5 * self.window) / jnp.where(overshoot, log0 - log1, 1.0), self.shortest, 0.95)
+        overshoot = keep & (log0 > 0) & (log1 < -jnp.minimum(self.window, self.share * (log0 - log1)))
+        # A retry that falls by log0 + target is allowed min(window, share (log0 + target)); the target is half of it.
+        target = jnp.minimum(0.5 * self.window, 0.5 * self.share * log0 / (1.0 - 0.5 * self.share))
+        theta = jnp.clip((log0 + target) / jnp.where(overshoot, log0 - log1, 1.0), self.shortest, 0.95)
         state = jax.tree.map(lambda old, new: jnp.where(overshoot, old, new), inner, state)
         keep = keep & ~overshoot
         return (

@@ -11,6 +11,7 @@ solver. The dense outputs of the solvers are measured up to 170 rtol off it betw
 landed steps are within a few rtol.
 """
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 
@@ -182,6 +183,33 @@ def test_an_overshooting_step_is_retried_at_the_secant_crossing_or_at_shortest(s
     assert not keep and next_t0 == 0.0 and float(log_kept) == pytest.approx(np.log(2.0))
     assert float(next_t1) == pytest.approx(max(secant, shortest), rel=1e-12)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(inner), jax.tree.leaves(state[0])))
+
+
+def test_a_shallow_step_lands_within_its_share_of_the_fall_and_the_retry_is_kept():
+    # log q falls linearly from log 1.1 to log 0.99 over [0, 1] (by 0.105): the step ends 0.01 below the threshold,
+    # inside the 5 % window but beyond 5 % of its own fall, so it is rejected; the retry ends where the secant reaches
+    # half of what the retry is allowed, and is kept. A window alone keeps the first step, its root 9.5 % of the step
+    # before its end.
+    def q(t):
+        return 1.1 * (0.99 / 1.1) ** t
+
+    landing = flows.LandOnEvent(
+        controller=diffrax.PIDController(rtol=1e-6, atol=1e-8), distance=lambda t, y, args: y - 1.0, window=0.05
+    )
+    terms = diffrax.ODETerm(lambda t, y, args: -y)
+    y0 = jnp.asarray(q(0.0))
+    _, state = landing.init(terms, 0.0, 1.0, y0, 1.0, None, None, 5)
+    error = jnp.asarray(1e-9)
+    keep, _, next_t1, _, _, _ = landing.adapt_step_size(0.0, 1.0, y0, jnp.asarray(q(1.0)), None, error, 5, state)
+    log0, fall = np.log(1.1), np.log(1.1 / 0.99)
+    target = 0.5 * 0.05 * log0 / (1 - 0.5 * 0.05)
+    assert not keep and float(next_t1) == pytest.approx((log0 + target) / fall, rel=1e-12)
+    retry = float(next_t1)
+    kept, *_ = landing.adapt_step_size(0.0, retry, y0, jnp.asarray(q(retry)), None, error, 5, state)
+    assert kept
+    alone = dataclasses.replace(landing, share=np.inf)
+    kept, *_ = alone.adapt_step_size(0.0, 1.0, y0, jnp.asarray(q(1.0)), None, error, 5, state)
+    assert kept
 
 
 class _Proposes(diffrax.AbstractAdaptiveStepSizeController):
