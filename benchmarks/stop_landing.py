@@ -37,9 +37,9 @@ from switch_rules import SETTINGS, interleaved
 import flows
 from flows._solve import Plan, _integrate
 
-VARIANTS = ((0.05, 0.05, 0.05), (0.05, 0.05, np.inf), (0.01, 0.05, np.inf), (0.01, 1e-3, np.inf), (0.2, 0.05, 0.05))
+VARIANTS = ((0.05, 0.05, 0.05), (0.05, 0.05, 1.0), (0.01, 0.05, 1.0), (0.01, 1e-3, 1.0), (0.2, 0.05, 0.05))
 """(window, shortest, share) of each landing row; the first is `flows.LandOnEvent`'s default, the third its landing
-before `share` (a 1 % window alone)."""
+before `share` (a 1 % window alone; `share` 1 is the window alone)."""
 
 
 def with_landing(controller, **changes):

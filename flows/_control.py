@@ -125,7 +125,7 @@ class LandOnEvent(_Wrapper):
     controller's state is kept as it was before the rejected attempt.
 
     The event's root finding then places the stop on the last step's dense output, within the last `share` of the
-    step's fall and at most `window` below the threshold. Both bounds matter: a stiff solver's step falls by many
+    step's fall and at most `window` below the threshold (`share` = 1: the window alone). Both bounds matter: a stiff solver's step falls by many
     units of log q while its state barely moves, so `window` alone keeps its root finding accurate, and a tight
     window there costs rejected steps (each a costly step); an explicit step falls by a fraction of a unit, so a
     `window` of several percent could leave the root a quarter of the step from its end, where the cubic dense
@@ -145,6 +145,12 @@ class LandOnEvent(_Wrapper):
     window: float = eqx.field(static=True, default=5e-2)
     shortest: float = eqx.field(static=True, default=0.05)
     share: float = eqx.field(static=True, default=0.05)
+
+    def __check_init__(self):
+        if not 0.0 < self.share <= 1.0:
+            raise ValueError(
+                f"share is a fraction of the step's fall in (0, 1] (1: the window alone); got {self.share}"
+            )
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         next_t1, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)

@@ -109,7 +109,7 @@ def solve(
             on W at every scale of initialization; a number: Diffrax's PID controller with that absolute
             tolerance.
         stop_loss: end the run where the data loss first falls to it, located by root finding (every
-            solver ends at loss = stop_loss (1 - 1e-6), on a step landed within 5 % of it). The
+            solver ends at loss = stop_loss (1 - 1e-6), on a step landed just below it, `flows.LandOnEvent`). The
             trajectory then ends there: save times past the stop are dropped and the stopping time is the
             last entry, so `traj.W[-1]` is always the final state. A run that starts at or below it stops at 0.
         solver: any Diffrax solver; default `default_solver(flow, stop_loss)`: Tsit5 (explicit,
@@ -559,7 +559,7 @@ def integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_s
 
     The flow travels in Diffrax's `args` (`FlowArgs`); the term (`LinearisableTerm`) gives the linearly implicit
     solvers its Gauss-Newton linearisation. With `stop_loss` the run ends at the first downward crossing of the
-    loss through it, located by Diffrax's event root finding on `_stop_distance` (a step lands within 5 % of it
+    loss through it, located by Diffrax's event root finding on `_stop_distance` (a step lands just below it
     first: `flows.LandOnEvent`)."""
     event = None
     if stop_loss is not None:
