@@ -125,11 +125,11 @@ class LandOnEvent(_Wrapper):
     controller's state is kept as it was before the rejected attempt.
 
     The event's root finding then places the stop on the last step's dense output, within the last `share` of the
-    step's fall and at most `window` below the threshold (`share` = 1: the window alone). Both bounds matter: a stiff solver's step falls by many
-    units of log q while its state barely moves, so `window` alone keeps its root finding accurate, and a tight
-    window there costs rejected steps (each a costly step); an explicit step falls by a fraction of a unit, so a
-    `window` of several percent could leave the root a quarter of the step from its end, where the cubic dense
-    output is least accurate, and `share` keeps it near the end.
+    step's fall and at most `window` below the threshold (`share` = 1: the window alone). Both bounds matter: a
+    stiff solver's step falls by many units of log q while its state barely moves, so `window` alone keeps its root
+    finding accurate, and a tight window there costs rejected steps (each a costly step); an explicit step falls by
+    a fraction of a unit, so a `window` of several percent could leave the root a quarter of the step from its end,
+    where the cubic dense output is least accurate, and `share` keeps it near the end.
 
     Locating the stop costs each step an evaluation of the distance here and one in the event, and each rejection
     a step (benchmarks/README.md, `stop_landing.py`, against the same run to its final time without a stop). With
@@ -193,11 +193,12 @@ class LandOnTimes(_Wrapper):
     multistep solver rescales its history to it and back. A step is never longer than proposed: stretched to reach
     $t_s$, a rejected step could be proposed again within the stretch and repeated without end.
 
-    Measured with the 200 default save times at rtol 1e-8 (benchmarks/README.md, `saved_values.py --landing`): the
-    deep completion tail's run takes 0.8x the time of clipping, its stiff multistep phase the most; the small
-    settings there 0.9-1.0x. Halving is used only for the last stretch: dividing the whole way to $t_s$ into equal
-    steps shortens every step by up to half, which hides a step held by stability from the switching solvers'
-    stiffness test ($h\rho$ on the step taken) and delayed their switch by up to a quarter of the run to it.
+    Measured with the 200 default save times (benchmarks/README.md, `saved_values.py --landing`): the deep
+    completion tail's run takes 0.85x and 0.91x the time of clipping at rtol 1e-8 and 1e-10, its stiff multistep
+    phase the most; the small settings there 0.94-1.03x. Halving is used only for the last stretch: dividing the
+    whole way to $t_s$ into equal steps shortens every step by up to half, which hides a step held by stability from
+    the switching solvers' stiffness test ($h\rho$ on the step taken) and delayed their switch by up to a quarter of
+    the run to it.
     """
 
     controller: diffrax.AbstractAdaptiveStepSizeController
