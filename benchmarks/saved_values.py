@@ -83,28 +83,18 @@ def main() -> int:
     return 0
 
 
-class Divided(flows._control._Wrapper):
+class Divided(flows._control.AbstractLandOnTimes):
     """The way to the next of `ts` divided into equal steps no longer than the inner controller proposes."""
 
     controller: diffrax.AbstractAdaptiveStepSizeController
     ts: jax.Array
 
-    def _land(self, t0, t1):
+    def _land(self, t0, t1) -> jax.Array:
         ahead = jnp.searchsorted(self.ts, t0, side="right")
         target = self.ts[jnp.minimum(ahead, self.ts.size - 1)]
         steps = jnp.maximum(jnp.ceil((target - t0) / (t1 - t0) * (1.0 - 1e-12)), 1.0)
         landed = jnp.where(steps <= 1.0, target, t0 + (target - t0) / steps)
         return jnp.where(ahead < self.ts.size, landed, t1)
-
-    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        next_t1, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return self._land(t0, next_t1), state
-
-    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
-        keep, next_t0, next_t1, made_jump, state, result = self.controller.adapt_step_size(
-            t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
-        )
-        return keep, next_t0, self._land(next_t0, next_t1), made_jump, state, result
 
 
 def landings(plan) -> dict:

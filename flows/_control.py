@@ -35,6 +35,7 @@ Three more wrappers serve `flows.solve`:
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 
 import diffrax
@@ -181,7 +182,28 @@ class LandOnEvent(_Wrapper):
         )
 
 
-class LandOnTimes(_Wrapper):
+class AbstractLandOnTimes(_Wrapper):
+    """Lands steps on the times `ts` (increasing): every step the inner controller proposes, from t0 to t1, becomes
+    the step from t0 to `_land(t0, t1)`, which ends on the next of `ts` after t0 or before it, never after t1."""
+
+    ts: eqx.AbstractVar[Float[Array, " times"]]
+
+    @abc.abstractmethod
+    def _land(self, t0, t1) -> Float[Array, ""]:
+        """The end of the step from t0 that the inner controller proposed to end at t1."""
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        next_t1, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        return self._land(t0, next_t1), state
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        keep, next_t0, next_t1, made_jump, state, result = self.controller.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+        )
+        return keep, next_t0, self._land(next_t0, next_t1), made_jump, state, result
+
+
+class LandOnTimes(AbstractLandOnTimes):
     r"""Lands steps on the times `ts` (increasing; the save times), so that every saved value is a step's, without
     slivers.
 
@@ -205,23 +227,13 @@ class LandOnTimes(_Wrapper):
     ts: Float[Array, " times"]
     sliver: float = eqx.field(static=True, default=0.5)
 
-    def _land(self, t0, t1):
+    def _land(self, t0, t1) -> Float[Array, ""]:
         ahead = jnp.searchsorted(self.ts, t0, side="right")
         target = self.ts[jnp.minimum(ahead, self.ts.size - 1)]
         distance = target - t0
         halve = distance <= (1.0 + self.sliver) * (t1 - t0)
         landed = jnp.where(distance <= t1 - t0, target, jnp.where(halve, t0 + 0.5 * distance, t1))
         return jnp.where(ahead < self.ts.size, landed, t1)
-
-    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        next_t1, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return self._land(t0, next_t1), state
-
-    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
-        keep, next_t0, next_t1, made_jump, state, result = self.controller.adapt_step_size(
-            t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
-        )
-        return keep, next_t0, self._land(next_t0, next_t1), made_jump, state, result
 
 
 class StopOnCollapse(_Wrapper):

@@ -16,7 +16,7 @@ import optimistix as optx
 from jaxtyping import Array, Float, Int
 
 from ._chebyshev import RungeKuttaChebyshev
-from ._control import ArraywiseRelative, LandOnEvent, LandOnTimes, StopOnCollapse
+from ._control import AbstractLandOnTimes, ArraywiseRelative, LandOnEvent, LandOnTimes, StopOnCollapse
 from ._flow import AbstractFlow, FlowArgs, State
 from ._ndf import NDF
 from ._solver import LinearisableTerm, lands_save_times, report
@@ -358,9 +358,10 @@ class Plan:
 
 def _lands_on(controller, times: np.ndarray) -> bool:
     """Whether `controller`, or one it wraps (`flows.LandOnEvent`, `flows.StopOnCollapse`, ...), lands its steps on
-    every one of `times`: a `flows.LandOnTimes` or a `diffrax.ClipStepSizeController` whose times include them."""
+    every one of `times`: a landing on times (`flows.LandOnTimes`, or another `AbstractLandOnTimes`) or a
+    `diffrax.ClipStepSizeController` whose times include them."""
     while controller is not None:
-        if isinstance(controller, LandOnTimes):
+        if isinstance(controller, AbstractLandOnTimes):
             return bool(np.all(np.isin(times, np.asarray(controller.ts))))
         if isinstance(controller, diffrax.ClipStepSizeController) and controller.step_ts is not None:
             return bool(np.all(np.isin(times, np.asarray(controller.step_ts))))
