@@ -89,12 +89,9 @@ class Divided(flows._control.AbstractLandOnTimes):
     controller: diffrax.AbstractAdaptiveStepSizeController
     ts: jax.Array
 
-    def _land(self, t0, t1) -> jax.Array:
-        ahead = jnp.searchsorted(self.ts, t0, side="right")
-        target = self.ts[jnp.minimum(ahead, self.ts.size - 1)]
+    def _toward(self, t0, t1, target) -> jax.Array:
         steps = jnp.maximum(jnp.ceil((target - t0) / (t1 - t0) * (1.0 - 1e-12)), 1.0)
-        landed = jnp.where(steps <= 1.0, target, t0 + (target - t0) / steps)
-        return jnp.where(ahead < self.ts.size, landed, t1)
+        return jnp.where(steps <= 1.0, target, t0 + (target - t0) / steps)
 
 
 def landings(plan) -> dict:

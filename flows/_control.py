@@ -184,13 +184,19 @@ class LandOnEvent(_Wrapper):
 
 class AbstractLandOnTimes(_Wrapper):
     """Lands steps on the times `ts` (increasing): every step the inner controller proposes, from t0 to t1, becomes
-    the step from t0 to `_land(t0, t1)`, which ends on the next of `ts` after t0 or before it, never after t1."""
+    the step from t0 to `_toward(t0, t1, target)`, which ends on `target`, the next of `ts` after t0, or before it,
+    never after t1. Past the last of `ts` the step is as proposed."""
 
     ts: eqx.AbstractVar[Float[Array, " times"]]
 
     @abc.abstractmethod
+    def _toward(self, t0, t1, target) -> Float[Array, ""]:
+        """The end of the step from t0 that the inner controller proposed to end at t1, with `target` ahead."""
+
     def _land(self, t0, t1) -> Float[Array, ""]:
-        """The end of the step from t0 that the inner controller proposed to end at t1."""
+        ahead = jnp.searchsorted(self.ts, t0, side="right")
+        target = self.ts[jnp.minimum(ahead, self.ts.size - 1)]
+        return jnp.where(ahead < self.ts.size, self._toward(t0, t1, target), t1)
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         next_t1, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
@@ -227,13 +233,10 @@ class LandOnTimes(AbstractLandOnTimes):
     ts: Float[Array, " times"]
     sliver: float = eqx.field(static=True, default=0.5)
 
-    def _land(self, t0, t1) -> Float[Array, ""]:
-        ahead = jnp.searchsorted(self.ts, t0, side="right")
-        target = self.ts[jnp.minimum(ahead, self.ts.size - 1)]
+    def _toward(self, t0, t1, target) -> Float[Array, ""]:
         distance = target - t0
         halve = distance <= (1.0 + self.sliver) * (t1 - t0)
-        landed = jnp.where(distance <= t1 - t0, target, jnp.where(halve, t0 + 0.5 * distance, t1))
-        return jnp.where(ahead < self.ts.size, landed, t1)
+        return jnp.where(distance <= t1 - t0, target, jnp.where(halve, t0 + 0.5 * distance, t1))
 
 
 class StopOnCollapse(_Wrapper):
