@@ -101,7 +101,8 @@ def landings(plan) -> dict:
     inner, ts = default.controller, default.ts
     return {
         "clipped": dataclasses.replace(plan, controller=diffrax.ClipStepSizeController(inner, step_ts=ts)),
-        "divided": dataclasses.replace(plan, controller=Divided(inner, ts)),
+        # pyright lists the inner controller's eqx.AbstractVar fields (rtol, atol, norm), met by properties, as __init__'s.
+        "divided": dataclasses.replace(plan, controller=Divided(inner, ts)),  # pyright: ignore[reportCallIssue]
         "default": plan,
     }
 
