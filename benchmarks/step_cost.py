@@ -1,0 +1,163 @@
+"""Where the small settings' time goes, a step at a time, and whether the step-size controller's gains buy fewer steps.
+
+Per step (the default): on each setting at rtol 1e-8 (atol 1e-10), the default's explicit phase (to its switch, or to
+its stop on factored, which does not switch) in Tsit5 steps alone (`flows.Tsit5ThenExtrapolation(patience=10**9)`,
+which never switches: the default's own steps there), saving the end only, once with the stop set (`stop_loss`:
+`flows.LandOnEvent` and the event, reached on factored only) and once without it. Each attempted step is then
+split into six field evaluations (Tsit5's stages, first same as last), priced at one evaluation's cost inside a
+compiled loop (`_harness.unit_costs`), the stop (the difference of the two runs), the stiff solver's idle state (the
+run without the stop against the same with the extrapolation's conjugate-gradient solves, whose idle state is two
+vectors where `flows.Woodbury`'s holds the m x m kernel's eigenvectors: the same steps), and the rest: the
+integration loop itself (the stages' sums, the error norm, the step-size controller and its landing on the save
+times, the switch's stiffness test). A step with the stop evaluates the data loss twice at its end: once where `flows.LandOnEvent` decides
+whether the step overshoots, once in the event's condition, which Diffrax evaluates itself and gives no access to the
+controller's state.
+
+Gains (`--gains`): the default to the stop at rtol 1e-7, 1e-8 and 1e-9 (atol = rtol / 100) under the PID controller's
+(pcoeff, icoeff) pairs (the default (0, 1): integral control alone); W err against Dopri8 at rtol 1e-12 at each run's
+own final time. The verdict: each pair's time at the W err the default reaches at rtol 1e-8, interpolated along that
+pair's work-precision line (as vs_cvode.py does for CVODE), over the default's time.
+
+    python benchmarks/step_cost.py                        # sensing, factored, deep3: per step, ~1 min
+    python benchmarks/step_cost.py --gains --settings factored deep3      # ~2 min
+
+Run pinned to one core (`taskset -c 1`); repeats interleave the runs; wall = median after a first (compiling) call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
+import diffrax
+import jax.numpy as jnp
+import numpy as np
+from vs_cvode import SETTINGS, atol_for, phase_end, time_at
+
+import flows
+
+STAGES = 6
+"""Field evaluations in a step of Tsit5 (seven stages, the first the last step's)."""
+
+GAINS = ((0.0, 1.0), (0.1, 0.8), (0.2, 0.7), (0.3, 0.4), (0.4, 0.3))
+"""(pcoeff, icoeff): the default's (0, 1) first, then proportional control mixed in."""
+
+
+def timed(runs: dict, repeats: int) -> dict[str, tuple[flows.Trajectory, float]]:
+    """Each run's trajectory (its first, compiling call) and median wall time over `repeats` interleaved calls."""
+    trajs = {name: H.clock(run)[0] for name, run in runs.items()}
+    walls: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            walls[name].append(H.clock(run)[1])
+    return {name: (trajs[name], statistics.median(walls[name])) for name in runs}
+
+
+def parts(name: str, repeats: int) -> None:
+    setting = SETTINGS[name]()
+    t_end, what = phase_end(setting)
+    never = flows.Tsit5ThenExtrapolation(patience=10**9)
+    small = flows.Tsit5ThenExtrapolation(
+        patience=10**9, stiff_solver=flows.LinearlyImplicitExtrapolation(linear_solver=flows.ConjugateGradient())
+    )
+
+    def explicit(stop_loss, solver=never):
+        return flows.solve(
+            setting.flow,
+            setting.state0,
+            t1=t_end,
+            ts=[0.0, t_end],
+            rtol=H.RTOL,
+            atol=H.ATOL,
+            stop_loss=stop_loss,
+            solver=solver,
+            max_steps=3_000_000,
+        )
+
+    runs = {
+        "default": lambda: H.solve_flows(setting),
+        "with the stop": lambda: explicit(H.STOP_LOSS),
+        "without": lambda: explicit(None),
+        "without, CG": lambda: explicit(None, small),
+    }
+    out = timed(runs, repeats)
+    field = H.unit_costs(setting)["vf"]
+    print(f"\n{name}: the explicit steps to the default's {what} at t = {t_end:.6g}, rtol {H.RTOL:g}")
+    for label, (traj, wall) in out.items():
+        steps = traj.stats["num_steps"]
+        print(
+            f"  {label:14s} {steps:5d} steps ({traj.stats['num_rejected_steps']:3d} rejected), {wall * 1e3:7.1f} ms, "
+            f"{wall / steps * 1e6:6.1f} us a step"
+        )
+    (with_stop, wall_stop), (without, wall_free), (small_state, wall_small) = (
+        out[k] for k in ("with the stop", "without", "without, CG")
+    )
+    steps = with_stop.stats["num_steps"]
+    per_step = wall_stop / steps
+    fields = STAGES * field
+    stop = per_step - wall_free / without.stats["num_steps"]
+    idle = (wall_free - wall_small) / without.stats["num_steps"]
+    rest = per_step - fields - stop - idle
+    shares = ", ".join(
+        f"{label} {part * 1e6:.1f} us ({part / per_step:.0%})"
+        for label, part in (
+            ("fields", fields),
+            ("the stop", stop),
+            ("the idle Woodbury state", idle),
+            ("the rest", rest),
+        )
+    )
+    print(f"  a step with the stop, {per_step * 1e6:.1f} us (one evaluation {field * 1e6:.1f} us): {shares}")
+
+
+def gains(name: str, rtols: list[float], repeats: int) -> None:
+    setting = SETTINGS[name]()
+    print(f"\n{name}: the default to its stop under (pcoeff, icoeff)")
+    points: dict[tuple[float, float], list[tuple[float, float]]] = {g: [] for g in GAINS}
+    for rtol in rtols:
+
+        def run(g, rtol=rtol):
+            controller = diffrax.PIDController(
+                rtol=jnp.asarray(rtol), atol=jnp.asarray(atol_for(rtol)), pcoeff=g[0], icoeff=g[1]
+            )
+            return H.solve_flows(setting, None, rtol, atol_for(rtol), stepsize_controller=controller)
+
+        out = timed({g: (lambda g=g: run(g)) for g in GAINS}, repeats)
+        finals = np.array(sorted({float(traj.ts[-1]) for traj, _ in out.values()}))
+        reference = H.reference(setting, finals)
+        for g, (traj, wall) in out.items():
+            err = H.relative_error(traj.W[-1], reference[float(traj.ts[-1])])
+            points[g].append((err, wall))
+            print(
+                f"  rtol {rtol:.0e}  {str(g):10s} {traj.stats['num_steps']:5d} steps "
+                f"({traj.stats['num_rejected_steps']:3d} rejected)  {wall * 1e3:7.1f} ms  W err {err:.2e}"
+            )
+    if H.RTOL not in rtols:
+        return
+    err, wall = points[GAINS[0]][rtols.index(H.RTOL)]
+    for g in GAINS[1:]:
+        at = time_at(points[g], err)
+        verdict = "outside its measured errors" if at is None else f"{at * 1e3:.1f} ms, **{at / wall:.2f}x**"
+        print(f"  {g} at the default's W err {err:.1e} (rtol {H.RTOL:g}): {verdict} the default's {wall * 1e3:.1f} ms")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--settings", nargs="+", default=["sensing", "factored", "deep3"], choices=SETTINGS)
+    parser.add_argument("--gains", action="store_true", help="the controller's gains instead of the per-step parts")
+    parser.add_argument("--rtols", nargs="+", type=float, default=[1e-7, 1e-8, 1e-9])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    if "large" in args.settings:
+        parser.error("the n = 1000 setting runs over a window, not to a stop: not measured here")
+    for name in args.settings:
+        if args.gains:
+            gains(name, args.rtols, args.repeats)
+        else:
+            parts(name, args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
