@@ -2,24 +2,30 @@
 
 Per step (the default): on each setting at rtol 1e-8 (atol 1e-10), the default's explicit phase (to its switch, or to
 its stop on factored, which does not switch) in Tsit5 steps alone (`flows.Tsit5ThenExtrapolation(patience=10**9)`,
-which never switches: the default's own steps there), saving the end only, once with the stop set (`stop_loss`:
-`flows.LandOnEvent` and the event, reached on factored only) and once without it. Each attempted step is then
-split into six field evaluations (Tsit5's stages, first same as last), priced at one evaluation's cost inside a
-compiled loop (`_harness.unit_costs`), the stop (the difference of the two runs), the stiff solver's idle state (the
-run without the stop against the same with the extrapolation's conjugate-gradient solves, whose idle state is two
-vectors where `flows.Woodbury`'s holds the m x m kernel's eigenvectors: the same steps), and the rest: the
-integration loop itself (the stages' sums, the error norm, the step-size controller and its landing on the save
-times, the switch's stiffness test). A step with the stop evaluates the data loss twice at its end: once where `flows.LandOnEvent` decides
-whether the step overshoots, once in the event's condition, which Diffrax evaluates itself and gives no access to the
-controller's state.
+which never switches: the default's own steps there), saving the end only: with the stop set (`stop_loss`:
+`flows.LandOnEvent` and the event, reached on factored only), without it, and without it under the extrapolation's
+conjugate-gradient solves (whose idle state is two vectors where `flows.Woodbury`'s holds the m x m kernel's
+eigenvectors). The three take the same steps (checked). Each attempted step is split into
+* six field evaluations (Tsit5's stages, first same as last), each priced inside a compiled loop (median of 5);
+* the stop: the difference of the runs with and without it, of which two evaluations of the data loss (priced the
+  same way) at each step's end: one where `flows.LandOnEvent` decides whether the step overshoots, one in the event's
+  condition, which Diffrax evaluates itself without access to the controller's or the solver's state;
+* the stiff solver's idle state: the run without the stop against the same under the conjugate-gradient solves;
+* the run's fixed cost (checks, dispatch, the host-side result: a solve of the same kind over a few steps) spread
+  over the steps;
+* and the rest: the integration loop itself (the stages' sums, the error norm, the step-size controller and its
+  landing on the save times, the switch's stiffness test), and the fields running slower inside it than alone.
+The default's own run (the whole of it, stiff phase included) is printed beside them; on factored it takes the same
+steps and adds the switch's horizon test (one Jacobian-vector product of the loss at each stiff step once the
+stiffness count stands) and the stop's landing.
 
 Gains (`--gains`): the default to the stop at rtol 1e-7, 1e-8 and 1e-9 (atol = rtol / 100) under the PID controller's
 (pcoeff, icoeff) pairs (the default (0, 1): integral control alone); W err against Dopri8 at rtol 1e-12 at each run's
 own final time. The verdict: each pair's time at the W err the default reaches at rtol 1e-8, interpolated along that
 pair's work-precision line (as vs_cvode.py does for CVODE), over the default's time.
 
-    python benchmarks/step_cost.py                        # sensing, factored, deep3: per step, ~1 min
-    python benchmarks/step_cost.py --gains --settings factored deep3      # ~2 min
+    taskset -c 1 python benchmarks/step_cost.py                  # sensing, factored, deep3: per step, ~1 min
+    taskset -c 1 python benchmarks/step_cost.py --gains          # the same three: the gains, ~3 min
 
 Run pinned to one core (`taskset -c 1`); repeats interleave the runs; wall = median after a first (compiling) call.
 """
@@ -31,6 +37,8 @@ import statistics
 
 import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
 import diffrax
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from vs_cvode import SETTINGS, atol_for, phase_end, time_at
@@ -54,6 +62,18 @@ def timed(runs: dict, repeats: int) -> dict[str, tuple[flows.Trajectory, float]]
     return {name: (trajs[name], statistics.median(walls[name])) for name in runs}
 
 
+@eqx.filter_jit
+def _losses(flow, state, k):
+    """`k` (traced) evaluations of the data loss in one compiled loop from `state`: x <- x + c L(x)."""
+    return jax.lax.fori_loop(0, k, lambda i, x: jax.tree.map(lambda a: a + 1e-12 * flow.loss(x), x), state)
+
+
+def priced(fn, flow, state, k: int = 2000, repeats: int = 5) -> float:
+    """Seconds per call of `fn(flow, state, k)`'s loop body: the median of `repeats` timings of k calls."""
+    jax.block_until_ready(fn(flow, state, jnp.asarray(2)))  # compile: the count is traced, not static
+    return statistics.median(H.clock(lambda: fn(flow, state, jnp.asarray(k)))[1] for _ in range(repeats)) / k
+
+
 def parts(name: str, repeats: int) -> None:
     setting = SETTINGS[name]()
     t_end, what = phase_end(setting)
@@ -62,12 +82,12 @@ def parts(name: str, repeats: int) -> None:
         patience=10**9, stiff_solver=flows.LinearlyImplicitExtrapolation(linear_solver=flows.ConjugateGradient())
     )
 
-    def explicit(stop_loss, solver=never):
+    def explicit(stop_loss, solver=never, t1=t_end):
         return flows.solve(
             setting.flow,
             setting.state0,
-            t1=t_end,
-            ts=[0.0, t_end],
+            t1=t1,
+            ts=[0.0, t1],
             rtol=H.RTOL,
             atol=H.ATOL,
             stop_loss=stop_loss,
@@ -76,39 +96,48 @@ def parts(name: str, repeats: int) -> None:
         )
 
     runs = {
-        "default": lambda: H.solve_flows(setting),
+        "default (whole run)": lambda: H.solve_flows(setting),
         "with the stop": lambda: explicit(H.STOP_LOSS),
         "without": lambda: explicit(None),
         "without, CG": lambda: explicit(None, small),
+        "a few steps": lambda: explicit(H.STOP_LOSS, t1=1e-6 * t_end),
     }
     out = timed(runs, repeats)
-    field = H.unit_costs(setting)["vf"]
+    compared = ("with the stop", "without", "without, CG")
+    counts = {
+        label: (out[label][0].stats["num_steps"], out[label][0].stats["num_rejected_steps"]) for label in compared
+    }
+    if len(set(counts.values())) != 1:
+        raise RuntimeError(f"{name}: the compared runs took different steps ({counts}): the split would not hold")
+    field = priced(H.evaluations, setting.flow, setting.state0)
+    loss = priced(_losses, setting.flow, setting.state0)
     print(f"\n{name}: the explicit steps to the default's {what} at t = {t_end:.6g}, rtol {H.RTOL:g}")
     for label, (traj, wall) in out.items():
         steps = traj.stats["num_steps"]
         print(
-            f"  {label:14s} {steps:5d} steps ({traj.stats['num_rejected_steps']:3d} rejected), {wall * 1e3:7.1f} ms, "
-            f"{wall / steps * 1e6:6.1f} us a step"
+            f"  {label:20s} {steps:5d} steps ({traj.stats['num_rejected_steps']:3d} rejected), {wall * 1e3:7.1f} ms, "
+            f"{wall / steps * 1e6:7.1f} us a step"
         )
-    (with_stop, wall_stop), (without, wall_free), (small_state, wall_small) = (
-        out[k] for k in ("with the stop", "without", "without, CG")
-    )
-    steps = with_stop.stats["num_steps"]
-    per_step = wall_stop / steps
+    steps = counts["with the stop"][0]
+    wall = {label: out[label][1] for label in runs}
+    per_step = wall["with the stop"] / steps
     fields = STAGES * field
-    stop = per_step - wall_free / without.stats["num_steps"]
-    idle = (wall_free - wall_small) / without.stats["num_steps"]
-    rest = per_step - fields - stop - idle
+    stop = (wall["with the stop"] - wall["without"]) / steps
+    idle = (wall["without"] - wall["without, CG"]) / steps
+    fixed = wall["a few steps"] / steps
+    rest = per_step - fields - stop - idle - fixed
     shares = ", ".join(
         f"{label} {part * 1e6:.1f} us ({part / per_step:.0%})"
         for label, part in (
             ("fields", fields),
             ("the stop", stop),
             ("the idle Woodbury state", idle),
+            ("the run's fixed cost", fixed),
             ("the rest", rest),
         )
     )
-    print(f"  a step with the stop, {per_step * 1e6:.1f} us (one evaluation {field * 1e6:.1f} us): {shares}")
+    print(f"  a step with the stop, {per_step * 1e6:.1f} us: {shares}")
+    print(f"  one field evaluation {field * 1e6:.1f} us, one loss evaluation {loss * 1e6:.1f} us (compiled loops)")
 
 
 def gains(name: str, rtols: list[float], repeats: int) -> None:
