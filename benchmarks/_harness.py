@@ -110,6 +110,17 @@ def clock(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
+def interleaved(solves: dict, repeats: int) -> tuple[dict, dict]:
+    """Each zero-argument solve once (compiling), then `repeats` timed rounds through all of them in turn: (the first
+    trajectories, the median seconds), both by key."""
+    trajectories = {key: solve() for key, solve in solves.items()}
+    seconds: dict = {key: [] for key in solves}
+    for _ in range(repeats):
+        for key, solve in solves.items():
+            seconds[key].append(clock(solve)[1])
+    return trajectories, {key: float(np.median(v)) for key, v in seconds.items()}
+
+
 # -- the flow's own solver -------------------------------------------------------------------------
 @dataclasses.dataclass
 class Outcome:

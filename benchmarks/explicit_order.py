@@ -17,7 +17,6 @@ Run pinned to one core (`taskset -c 1`); repeats interleave the methods; wall = 
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
 import diffrax
@@ -51,14 +50,10 @@ def compare(name: str, rtols: list[float], repeats: int) -> None:
             )
             for m, cls in METHODS.items()
         }
-        trajs = {m: H.clock(run)[0] for m, run in runs.items()}
-        walls: dict[str, list[float]] = {m: [] for m in METHODS}
-        for _ in range(repeats):
-            for m, run in runs.items():
-                walls[m].append(H.clock(run)[1])
+        trajs, walls = H.interleaved(runs, repeats)
         for m, traj in trajs.items():
             err = H.relative_error(traj.W[-1], W_ref)
-            wall = statistics.median(walls[m])
+            wall = walls[m]
             points[m].append((err, wall))
             print(
                 f"  rtol {rtol:.0e}  {m:7s} {traj.stats['num_steps']:6d} steps ({traj.stats['num_rejected_steps']:3d} "

@@ -53,16 +53,6 @@ GAINS = ((0.0, 1.0), (0.1, 0.8), (0.2, 0.7), (0.3, 0.4), (0.4, 0.3))
 """(pcoeff, icoeff): the default's (0, 1) first, then proportional control mixed in."""
 
 
-def timed(runs: dict, repeats: int) -> dict[str, tuple[flows.Trajectory, float]]:
-    """Each run's trajectory (its first, compiling call) and median wall time over `repeats` interleaved calls."""
-    trajs = {name: H.clock(run)[0] for name, run in runs.items()}
-    walls: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            walls[name].append(H.clock(run)[1])
-    return {name: (trajs[name], statistics.median(walls[name])) for name in runs}
-
-
 @eqx.filter_jit
 def _losses(flow, state, k):
     """`k` (traced) evaluations of the data loss in one compiled loop from `state`: x <- x + c L(x)."""
@@ -104,24 +94,21 @@ def parts(name: str, repeats: int) -> None:
         "without, CG": lambda: explicit(None, small),
         "a few steps": lambda: explicit(H.STOP_LOSS, t1=1e-6 * t_end),
     }
-    out = timed(runs, repeats)
+    trajs, wall = H.interleaved(runs, repeats)
     compared = ("with the stop", "without", "without, CG")
-    counts = {
-        label: (out[label][0].stats["num_steps"], out[label][0].stats["num_rejected_steps"]) for label in compared
-    }
+    counts = {label: (trajs[label].stats["num_steps"], trajs[label].stats["num_rejected_steps"]) for label in compared}
     if len(set(counts.values())) != 1:
         raise RuntimeError(f"{name}: the compared runs took different steps ({counts}): the split would not hold")
     field = priced(H.evaluations, setting.flow, setting.state0)
     loss = priced(_losses, setting.flow, setting.state0)
     print(f"\n{name}: the explicit steps to the default's {what} at t = {t_end:.6g}, rtol {H.RTOL:g}")
-    for label, (traj, wall) in out.items():
+    for label, traj in trajs.items():
         steps = traj.stats["num_steps"]
         print(
-            f"  {label:20s} {steps:5d} steps ({traj.stats['num_rejected_steps']:3d} rejected), {wall * 1e3:7.1f} ms, "
-            f"{wall / steps * 1e6:7.1f} us a step"
+            f"  {label:20s} {steps:5d} steps ({traj.stats['num_rejected_steps']:3d} rejected), {wall[label] * 1e3:7.1f} "
+            f"ms, {wall[label] / steps * 1e6:7.1f} us a step"
         )
     steps = counts["with the stop"][0]
-    wall = {label: out[label][1] for label in runs}
     per_step = wall["with the stop"] / steps
     fields = STAGES * field
     stop = (wall["with the stop"] - wall["without"]) / steps
@@ -154,10 +141,11 @@ def gains(name: str, rtols: list[float], repeats: int) -> None:
             )
             return H.solve_flows(setting, None, rtol, atol_for(rtol), stepsize_controller=controller)
 
-        out = timed({g: (lambda g=g: run(g)) for g in GAINS}, repeats)
-        finals = np.array(sorted({float(traj.ts[-1]) for traj, _ in out.values()}))
+        trajs, walls = H.interleaved({g: (lambda g=g: run(g)) for g in GAINS}, repeats)
+        finals = np.array(sorted({float(traj.ts[-1]) for traj in trajs.values()}))
         reference = H.reference(setting, finals)
-        for g, (traj, wall) in out.items():
+        for g, traj in trajs.items():
+            wall = walls[g]
             err = H.relative_error(traj.W[-1], reference[float(traj.ts[-1])])
             points[g].append((err, wall))
             print(

@@ -32,7 +32,7 @@ import _harness as H  # noqa: I001  (first: pins threads before numpy and jax lo
 import equinox as eqx
 import jax
 import numpy as np
-from switch_rules import SETTINGS, interleaved
+from switch_rules import SETTINGS
 
 import flows
 from flows._solve import Plan, _integrate
@@ -93,7 +93,7 @@ def table(name: str, setting: H.Setting, repeats: int) -> None:
     if quiet is not None:
         solves["default landing, no switch tests"] = functools.partial(landed, setting, *VARIANTS[0], quiet)
     solves["no stop"] = unstopped(setting, first)
-    trajectories, wall = interleaved(solves, repeats)
+    trajectories, wall = H.interleaved(solves, repeats)
     finals = {row: float(traj.ts[-1]) for row, traj in trajectories.items()}
     ref = H.reference(setting, np.array(sorted(set(finals.values()))))
     W_default = np.asarray(trajectories[default].W[-1])

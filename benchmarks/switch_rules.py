@@ -86,9 +86,9 @@ def reset(names: list[str], rtols: list[float], repeats: int) -> None:
 
 
 def compared(setting: H.Setting, solves: dict, repeats: int) -> tuple[dict, dict]:
-    """`interleaved`, then for each solve its statistics, where it switched ("-" if not) and its final W's error
+    """`_harness.interleaved`, then for each solve its statistics, where it switched ("-" if not) and its final W's error
     against Dopri8 at its own final time: (the median seconds, those three), both by key."""
-    trajectories, wall = interleaved(solves, repeats)
+    trajectories, wall = H.interleaved(solves, repeats)
     finals = {key: float(traj.ts[-1]) for key, traj in trajectories.items()}
     ref = H.reference(setting, np.array(sorted(set(finals.values()))))
     outcomes = {}
@@ -96,17 +96,6 @@ def compared(setting: H.Setting, solves: dict, repeats: int) -> tuple[dict, dict
         switched = f"{traj.stats['t_switch']:.4g}" if traj.stats.get("switched") else "-"
         outcomes[key] = (traj.stats, switched, H.relative_error(np.asarray(traj.W[-1]), ref[finals[key]]))
     return wall, outcomes
-
-
-def interleaved(solves: dict, repeats: int) -> tuple[dict, dict]:
-    """Each zero-argument solve once (compiling), then `repeats` timed rounds through all of them in turn: (the first
-    trajectories, the median seconds), both by key."""
-    trajectories = {key: solve() for key, solve in solves.items()}
-    seconds: dict = {key: [] for key in solves}
-    for _ in range(repeats):
-        for key, solve in solves.items():
-            seconds[key].append(H.clock(solve)[1])
-    return trajectories, {key: float(np.median(v)) for key, v in seconds.items()}
 
 
 HORIZONS = (0.0, 30.0, 60.0, 100.0, 150.0)
@@ -138,7 +127,7 @@ def completion(repeats: int) -> None:
                 h: functools.partial(flows.solve, flow, state0, solver=solver, **options)
                 for h, solver in solvers.items()
             }
-            trajectories, wall = interleaved(solves, repeats)
+            trajectories, wall = H.interleaved(solves, repeats)
             for key in solvers:
                 totals[key] += wall[key]
             a, b, c = trajectories[default], trajectories[0.0], trajectories["reset 1"]
