@@ -276,7 +276,7 @@ class Plan:
         """The Trajectory of one host-side `integrate` result, or SolverError if it failed."""
         ts_out, states, stats, result, solver_state = raw
         stopped = bool(result == diffrax.RESULTS.event_occurred)
-        if result != diffrax.RESULTS.successful and not stopped:
+        if not stopped and result != diffrax.RESULTS.successful:
             raise self.failure(flow, ts_out, states, stats, result)
         if stopped:
             # Saved times before the stop, then the stopping state itself (SaveAt's t1 entry).

@@ -83,3 +83,25 @@ def test_the_zero_init_takes_no_scale(scale):
     if not scale:
         with pytest.raises(ValueError, match="scale must be a positive"):
             direct.init(scale, kind="identity")
+
+
+def test_an_initial_state_is_checked_against_its_own_flows_shapes():
+    """The shapes of `init()` are kept per flow object (tracing init is most of a check's cost): each flow checks
+    against its own, a state of another flow's shapes is refused, and the kept shapes go with the flow."""
+    import gc
+
+    from flows._flow import _INIT_SHAPES
+
+    narrow, wide = (flows.Flow(SENSING, flows.Factored(width=w)) for w in (2, 4))
+    for _ in range(2):  # the second round reads the kept shapes
+        narrow.check_state(narrow.init(1e-2))
+        wide.check_state(wide.init(1e-2))
+        with pytest.raises(ValueError, match="state0 does not match"):
+            narrow.check_state(wide.init(1e-2))
+        with pytest.raises(ValueError, match="state0 does not match"):
+            wide.check_state(narrow.init(1e-2))
+    kept = id(narrow)
+    assert kept in _INIT_SHAPES
+    del narrow
+    gc.collect()
+    assert kept not in _INIT_SHAPES
