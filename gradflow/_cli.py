@@ -298,6 +298,25 @@ def writable_folder(path, what: str = "folder") -> Path:
     return path
 
 
+def missing_folders(path) -> list[Path]:
+    """The folders of `path` (itself, then its parents) that do not exist yet, deepest first."""
+    missing = []
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove those of `folders` that are empty, deepest first: the ones a command made for output it never wrote."""
+    for folder in sorted(folders, key=lambda folder: len(folder.absolute().parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
 def figure_path(path) -> Path:
     """A figure path whose folder takes files and whose suffix matplotlib writes, or ValueError."""
     path = Path(path)
@@ -310,12 +329,22 @@ def figure_path(path) -> Path:
 
 
 def cmd_run(args) -> int:
-    import flows
-
     registry = families()
     check_flags(args)
+    # The folders made for the output go again if the run ends (an error, Ctrl-C) before anything is written there.
+    made = missing_folders(args.out) + (missing_folders(Path(args.figure).parent) if args.figure else [])
     out = writable_folder(args.out, "output folder")
-    figure = figure_path(args.figure) if args.figure else out / "figure.png"
+    try:
+        figure = figure_path(args.figure) if args.figure else out / "figure.png"
+        return _run(args, registry, out, figure, made)
+    except BaseException:
+        remove_if_empty(made)
+        raise
+
+
+def _run(args, registry, out: Path, figure: Path, made: list[Path]) -> int:
+    import flows
+
     problem, problem_config = make_problem(args)
     parameterization, penalty, dynamics = (family.build(args) for family in registry)
     flow = flows.Flow(
@@ -371,7 +400,7 @@ def cmd_run(args) -> int:
             return f"while saving to {out} (a complete earlier run there is kept); run the same command again"
         return f"the run is saved in {out}; its figure was not drawn (gradflow plot {out} --out {figure})"
 
-    traj = interruptible(work, describe)
+    traj = interruptible(work, describe, cleanup=lambda: remove_if_empty(made))
     if traj.stats.get("failed"):
         print(
             f"gradflow run: error: {traj.stats['failure'].rstrip('.')}. The run up to t = {traj.ts[-1]:.6g} is saved in {out} "

@@ -29,26 +29,35 @@ EXIT_INTERRUPTED = 130
 """The exit status of a process ended by SIGINT, as shells report it (128 + 2)."""
 
 
-_describers: list[tuple[str, Callable[[], str]]] = []
-"""The active calls' (prefix, describe), outermost first: SIGINT reports the innermost."""
+_describers: list[tuple[str, Callable[[], str], Callable[[], None] | None]] = []
+"""The active calls' (prefix, describe, cleanup), outermost first: SIGINT reports the innermost and runs every
+cleanup, innermost first."""
 
 
-def interruptible(work: Callable[[], T], describe: Callable[[], str], *, prefix: str = "interrupted: ") -> T:
+def interruptible(
+    work: Callable[[], T],
+    describe: Callable[[], str],
+    *,
+    prefix: str = "interrupted: ",
+    cleanup: Callable[[], None] | None = None,
+) -> T:
     """`work()`, ended by Ctrl-C with one line on stderr, `prefix + describe()`, and exit status 130.
 
     `describe` is called in the main thread when SIGINT arrives, so it should read progress that the
     work records as it goes (counters, a stage) and say what is kept and how to go on, e.g.
-    "14 of 22 runs saved; run the same command to resume". Exceptions of `work` propagate as
-    they would without the thread. Calls nest: inside another call's work, `work` runs in that worker
+    "14 of 22 runs saved; run the same command to resume". `cleanup`, if given, runs after that line, in the main
+    thread, for what the work leaves that is worth nothing unfinished (an output folder it made and has not written
+    to yet); it must not wait on the work. Exceptions of `work` propagate as they would without the thread. Calls nest: inside another call's work, `work` runs in that worker
     thread and a SIGINT meanwhile reports this call's `describe`. Called outside any, from a thread other
     than the main thread (where no signal handler can be installed), `work` simply runs there.
     """
+    entry = (prefix, describe, cleanup)
     if threading.current_thread() is not threading.main_thread():
-        _describers.append((prefix, describe))
+        _describers.append(entry)
         try:
             return work()
         finally:
-            _describers.remove((prefix, describe))
+            _describers.remove(entry)
     outcome: dict = {}
     done = threading.Event()
 
@@ -62,9 +71,9 @@ def interruptible(work: Callable[[], T], describe: Callable[[], str], *, prefix:
 
     def on_sigint(signum, frame):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while describing changes nothing
-        _exit_interrupted(*_describers[-1])
+        _exit_interrupted(*_describers[-1][:2])
 
-    _describers.append((prefix, describe))
+    _describers.append(entry)
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         threading.Thread(target=run, name="gradflow-work", daemon=True).start()
@@ -73,7 +82,7 @@ def interruptible(work: Callable[[], T], describe: Callable[[], str], *, prefix:
             pass
     finally:
         signal.signal(signal.SIGINT, previous)
-        _describers.remove((prefix, describe))
+        _describers.remove(entry)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
@@ -95,6 +104,12 @@ def _exit_interrupted(prefix: str, describe: Callable[[], str]) -> None:
         os.write(sys.stderr.fileno(), f"{newline}{prefix}{text}\n".encode())
     except Exception:  # noqa: BLE001
         pass
+    for _, _, cleanup in reversed(_describers):
+        if cleanup is not None:
+            try:
+                cleanup()
+            except Exception:  # noqa: BLE001 - the process must still end
+                pass
     os._exit(EXIT_INTERRUPTED)
 
 

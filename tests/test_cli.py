@@ -76,8 +76,11 @@ def test_run_saves_a_trajectory_and_a_figure(tmp_path, capsys):
     ],
 )
 def test_bad_flags_exit_2_with_a_message(argv, message, capsys, tmp_path):
-    assert main(argv + ["--out", str(tmp_path)]) == 2
+    # The output and figure folders a refused run made are not left behind (the problem is checked once they are made).
+    out = tmp_path / "new" / "run"
+    assert main(argv + ["--out", str(out), "--figure", str(tmp_path / "figures" / "run.png")]) == 2
     assert message in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == []
 
 
 def test_help_and_unknown_choices(capsys):
@@ -456,7 +459,7 @@ def test_ctrl_c_stops_a_run_at_once_with_one_line_and_exit_130(quiet, tmp_path):
     assert lines[-1].startswith("interrupted: the solve had not finished after ") and lines[-1].endswith(
         f"nothing was saved to {out}\n"
     )
-    assert not (out / "meta.json").exists()
+    assert not out.exists(), "the output folder the run made is left behind, empty"
 
 
 @pytest.mark.parametrize("quiet", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["quiet", "progress-bar"])
