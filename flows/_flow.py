@@ -127,8 +127,9 @@ def _init_shapes(flow: AbstractFlow) -> PyTree:
 
 
 def _forget(key: int, ref: weakref.ref) -> None:
-    if key in _INIT_SHAPES and _INIT_SHAPES[key][0] is ref:
-        del _INIT_SHAPES[key]
+    kept = _INIT_SHAPES.get(key)
+    if kept is not None and kept[0] is ref:
+        _INIT_SHAPES.pop(key, None)
 
 
 class Flow(AbstractFlow):

@@ -333,10 +333,14 @@ def cmd_run(args) -> int:
     check_flags(args)
     # The folders made for the output go again if the run ends (an error, Ctrl-C) before anything is written there.
     made = missing_folders(args.out) + (missing_folders(Path(args.figure).parent) if args.figure else [])
-    out = writable_folder(args.out, "output folder")
     try:
+        out = writable_folder(args.out, "output folder")
         figure = figure_path(args.figure) if args.figure else out / "figure.png"
-        return _run(args, registry, out, figure, made)
+        return interruptible(
+            lambda: _run(args, registry, out, figure, made),
+            lambda: f"before the run started; nothing was saved to {out}",
+            cleanup=lambda: remove_if_empty(made),
+        )
     except BaseException:
         remove_if_empty(made)
         raise
@@ -390,17 +394,21 @@ def _run(args, registry, out: Path, figure: Path, made: list[Path]) -> int:
         stage["now"] = "save"
         traj.save(out)
         stage["now"] = "plot"
+        # Made again if a run beside this one, refused or interrupted, removed it while it was empty.
+        figure.parent.mkdir(parents=True, exist_ok=True)
         flows.plot_trajectory(traj, figure)
         return traj
 
     def describe():
         if stage["now"] == "compute":
-            return f"the {what} had not finished after {time.perf_counter() - stage['start']:.0f} s; nothing was saved to {out}"
+            elapsed = time.perf_counter() - stage["start"]
+            return f"the {what} had not finished after {elapsed:.0f} s; nothing was saved to {out}"
         if stage["now"] == "save":
-            return f"while saving to {out} (a complete earlier run there is kept); run the same command again"
+            kept = "" if out in made else " (a complete earlier run there is kept)"
+            return f"while saving to {out}{kept}; run the same command again"
         return f"the run is saved in {out}; its figure was not drawn (gradflow plot {out} --out {figure})"
 
-    traj = interruptible(work, describe, cleanup=lambda: remove_if_empty(made))
+    traj = interruptible(work, describe)
     if traj.stats.get("failed"):
         print(
             f"gradflow run: error: {traj.stats['failure'].rstrip('.')}. The run up to t = {traj.ts[-1]:.6g} is saved in {out} "

@@ -45,11 +45,13 @@ def interruptible(
 
     `describe` is called in the main thread when SIGINT arrives, so it should read progress that the
     work records as it goes (counters, a stage) and say what is kept and how to go on, e.g.
-    "14 of 22 runs saved; run the same command to resume". `cleanup`, if given, runs after that line, in the main
-    thread, for what the work leaves that is worth nothing unfinished (an output folder it made and has not written
-    to yet); it must not wait on the work. Exceptions of `work` propagate as they would without the thread. Calls nest: inside another call's work, `work` runs in that worker
-    thread and a SIGINT meanwhile reports this call's `describe`. Called outside any, from a thread other
-    than the main thread (where no signal handler can be installed), `work` simply runs there.
+    "14 of 22 runs saved; run the same command to resume". `cleanup`, if given, runs after that line, in the
+    main thread, for what the work leaves that is worth nothing unfinished (an output folder it made and has
+    not written to yet); it must not wait on the work. Exceptions of `work` propagate as they would without
+    the thread. Calls nest: inside another call's work, `work` runs in that worker thread and a SIGINT
+    meanwhile reports this call's `describe` and runs every active call's `cleanup`, innermost first. Called
+    outside any, from a thread other than the main thread (where no signal handler can be installed), `work`
+    simply runs there.
     """
     entry = (prefix, describe, cleanup)
     if threading.current_thread() is not threading.main_thread():

@@ -85,13 +85,20 @@ def test_the_zero_init_takes_no_scale(scale):
             direct.init(scale, kind="identity")
 
 
-def test_an_initial_state_is_checked_against_its_own_flows_shapes():
-    """The shapes of `init()` are kept per flow object (tracing init is most of a check's cost): each flow checks
-    against its own, a state of another flow's shapes is refused, and the kept shapes go with the flow."""
+def test_an_initial_state_is_checked_against_its_own_flows_shapes(monkeypatch):
+    """The shapes of `init()` are kept per flow object (tracing init is most of a check's cost): each flow traces
+    once, checks against its own shapes, refuses a state of another flow's, ignores an entry left under its id by
+    another object, and its kept shapes go with it."""
     import gc
+    import weakref
+
+    import jax
 
     from flows._flow import _INIT_SHAPES
 
+    traced = []
+    eval_shape = jax.eval_shape
+    monkeypatch.setattr(jax, "eval_shape", lambda fn, *a: traced.append(None) or eval_shape(fn, *a))
     narrow, wide = (flows.Flow(SENSING, flows.Factored(width=w)) for w in (2, 4))
     for _ in range(2):  # the second round reads the kept shapes
         narrow.check_state(narrow.init(1e-2))
@@ -100,6 +107,12 @@ def test_an_initial_state_is_checked_against_its_own_flows_shapes():
             narrow.check_state(wide.init(1e-2))
         with pytest.raises(ValueError, match="state0 does not match"):
             wide.check_state(narrow.init(1e-2))
+    assert len(traced) == 2
+    # An entry under narrow's id that holds another object's shapes (as one left by a collected object whose id
+    # was reused would) is not read.
+    _INIT_SHAPES[id(narrow)] = (weakref.ref(wide), _INIT_SHAPES[id(wide)][1])
+    narrow.check_state(narrow.init(1e-2))
+    assert len(traced) == 3
     kept = id(narrow)
     assert kept in _INIT_SHAPES
     del narrow

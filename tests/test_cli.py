@@ -76,11 +76,15 @@ def test_run_saves_a_trajectory_and_a_figure(tmp_path, capsys):
     ],
 )
 def test_bad_flags_exit_2_with_a_message(argv, message, capsys, tmp_path):
-    # The output and figure folders a refused run made are not left behind (the problem is checked once they are made).
+    # The output and figure folders a refused run made are not left behind (the problem is checked once they are
+    # made); an empty folder that was there before stays.
     out = tmp_path / "new" / "run"
     assert main(argv + ["--out", str(out), "--figure", str(tmp_path / "figures" / "run.png")]) == 2
     assert message in capsys.readouterr().err
     assert sorted(tmp_path.iterdir()) == []
+    (tmp_path / "before").mkdir()
+    assert main(argv + ["--out", str(tmp_path / "before")]) == 2
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "before"]
 
 
 def test_help_and_unknown_choices(capsys):
