@@ -116,7 +116,7 @@ _INIT_SHAPES: dict[int, tuple[weakref.ref, PyTree]] = {}
 
 def _init_shapes(flow: AbstractFlow) -> PyTree:
     """`jax.eval_shape(flow.init)`, kept while `flow` lives: a flow is immutable, and tracing its init is most of what
-    checking an initial state costs (about 0.6 ms, a quarter of a small solve's fixed cost)."""
+    checking an initial state costs (0.7-0.9 ms, near a third of a small solve's fixed cost: benchmarks/README.md)."""
     key = id(flow)
     kept = _INIT_SHAPES.get(key)
     if kept is not None and kept[0]() is flow:
