@@ -23,7 +23,14 @@ def numbers(pattern: str, text: str) -> list[float]:
 
 
 def test_every_example_is_tested():
-    tested = {"five_flows.py", "test_closed_form.py", "small_init_limit.py", "depth_table.py", "gd_vs_flow.py"}
+    tested = {
+        "five_flows.py",
+        "test_closed_form.py",
+        "small_init_limit.py",
+        "depth_table.py",
+        "gd_vs_flow.py",
+        "perturbed_rerun.py",
+    }
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested | {"dask_sweep.py"}
 
 
@@ -78,3 +85,11 @@ def test_examples_explain_themselves(name):
     """Each example opens with what it shows and how to run it."""
     text = (EXAMPLES / name).read_text()
     assert text.startswith('"""') and ("python examples/" in text or "pytest examples/" in text)
+
+
+def test_perturbed_rerun(monkeypatch, capsys):
+    # A 1e-12 perturbation of the identity init moves W through the transitions by far more than itself (measured
+    # at the quick size: 1.2e-1); of a Gaussian init by about itself (1.4e-11).
+    out = run_example("perturbed_rerun.py", monkeypatch, capsys)
+    largest = dict(re.findall(r"^(identity|gaussian)\s+(\S+)", out, flags=re.M))
+    assert float(largest["identity"]) > 1e-6 and float(largest["gaussian"]) < 1e-9, out
