@@ -121,6 +121,24 @@ def interleaved(solves: dict, repeats: int) -> tuple[dict, dict]:
     return trajectories, {key: float(np.median(v)) for key, v in seconds.items()}
 
 
+def switched_at(stats: dict) -> str:
+    """Where a switching solver's run switched, from its statistics ("-" where it did not)."""
+    return f"{stats['t_switch']:.4g}" if stats.get("switched") else "-"
+
+
+def compared(setting: "Setting", solves: dict, repeats: int) -> tuple[dict, dict]:
+    """`interleaved`, then for each solve its statistics, where it switched (`switched_at`) and its final W's error
+    against Dopri8 at its own final time (`reference`): (the median seconds, those three), both by key."""
+    trajectories, wall = interleaved(solves, repeats)
+    finals = {key: float(traj.ts[-1]) for key, traj in trajectories.items()}
+    ref = reference(setting, np.array(sorted(set(finals.values()))))
+    outcomes = {
+        key: (traj.stats, switched_at(traj.stats), relative_error(np.asarray(traj.W[-1]), ref[finals[key]]))
+        for key, traj in trajectories.items()
+    }
+    return wall, outcomes
+
+
 # -- the flow's own solver -------------------------------------------------------------------------
 @dataclasses.dataclass
 class Outcome:

@@ -20,7 +20,6 @@ import argparse
 
 import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
 import diffrax
-import numpy as np
 from vs_cvode import SETTINGS, atol_for, phase_end, time_at
 
 import flows
@@ -31,7 +30,6 @@ METHODS = {"Tsit5": diffrax.Tsit5, "Dopri8": diffrax.Dopri8}
 def compare(name: str, rtols: list[float], repeats: int) -> None:
     setting = SETTINGS[name]()
     t_end, what = phase_end(setting)
-    W_ref = H.reference(setting, np.array([t_end]))[t_end]
     print(f"\n{name}: [0, {t_end:.6g}] (to the default's {what})")
     points: dict[str, list[tuple[float, float]]] = {m: [] for m in METHODS}
     for rtol in rtols:
@@ -50,13 +48,12 @@ def compare(name: str, rtols: list[float], repeats: int) -> None:
             )
             for m, cls in METHODS.items()
         }
-        trajs, walls = H.interleaved(runs, repeats)
-        for m, traj in trajs.items():
-            err = H.relative_error(traj.W[-1], W_ref)
+        walls, outcomes = H.compared(setting, runs, repeats)
+        for m, (stats, _, err) in outcomes.items():
             wall = walls[m]
             points[m].append((err, wall))
             print(
-                f"  rtol {rtol:.0e}  {m:7s} {traj.stats['num_steps']:6d} steps ({traj.stats['num_rejected_steps']:3d} "
+                f"  rtol {rtol:.0e}  {m:7s} {stats['num_steps']:6d} steps ({stats['num_rejected_steps']:3d} "
                 f"rejected)  {wall * 1e3:9.1f} ms  W err {err:.2e}"
             )
     if H.RTOL not in rtols:

@@ -41,7 +41,6 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from vs_cvode import SETTINGS, atol_for, phase_end, time_at
 
 import flows
@@ -141,16 +140,13 @@ def gains(name: str, rtols: list[float], repeats: int) -> None:
             )
             return H.solve_flows(setting, None, rtol, atol_for(rtol), stepsize_controller=controller)
 
-        trajs, walls = H.interleaved({g: (lambda g=g: run(g)) for g in GAINS}, repeats)
-        finals = np.array(sorted({float(traj.ts[-1]) for traj in trajs.values()}))
-        reference = H.reference(setting, finals)
-        for g, traj in trajs.items():
+        walls, outcomes = H.compared(setting, {g: (lambda g=g: run(g)) for g in GAINS}, repeats)
+        for g, (stats, _, err) in outcomes.items():
             wall = walls[g]
-            err = H.relative_error(traj.W[-1], reference[float(traj.ts[-1])])
             points[g].append((err, wall))
             print(
-                f"  rtol {rtol:.0e}  {str(g):10s} {traj.stats['num_steps']:5d} steps "
-                f"({traj.stats['num_rejected_steps']:3d} rejected)  {wall * 1e3:7.1f} ms  W err {err:.2e}"
+                f"  rtol {rtol:.0e}  {str(g):10s} {stats['num_steps']:5d} steps "
+                f"({stats['num_rejected_steps']:3d} rejected)  {wall * 1e3:7.1f} ms  W err {err:.2e}"
             )
     if H.RTOL not in rtols:
         return

@@ -76,26 +76,13 @@ def reset(names: list[str], rtols: list[float], repeats: int) -> None:
                     r: functools.partial(H.solve_flows, setting, type(default)(reset=r), rtol, rtol / 100, ts)
                     for r in (6, 1)
                 }
-                wall, outcomes = compared(setting, solves, repeats)
+                wall, outcomes = H.compared(setting, solves, repeats)
                 for r, (s, switched, err) in outcomes.items():
                     print(
                         f"| {name} | {rtol:g} | {saved} | {r} | {1e3 * wall[r]:.1f} | {wall[r] / wall[6]:.2f} | "
                         f"{s['num_steps']} | {s['num_rejected_steps']} | {switched} | {err:.1e} |",
                         flush=True,
                     )
-
-
-def compared(setting: H.Setting, solves: dict, repeats: int) -> tuple[dict, dict]:
-    """`_harness.interleaved`, then for each solve its statistics, where it switched ("-" if not) and its final W's error
-    against Dopri8 at its own final time: (the median seconds, those three), both by key."""
-    trajectories, wall = H.interleaved(solves, repeats)
-    finals = {key: float(traj.ts[-1]) for key, traj in trajectories.items()}
-    ref = H.reference(setting, np.array(sorted(set(finals.values()))))
-    outcomes = {}
-    for key, traj in trajectories.items():
-        switched = f"{traj.stats['t_switch']:.4g}" if traj.stats.get("switched") else "-"
-        outcomes[key] = (traj.stats, switched, H.relative_error(np.asarray(traj.W[-1]), ref[finals[key]]))
-    return wall, outcomes
 
 
 HORIZONS = (0.0, 30.0, 60.0, 100.0, 150.0)
@@ -170,7 +157,7 @@ def main(argv=None) -> int:
         if args.no_tsit5 or name == "sensing":
             solvers.pop("Tsit5")
         solves = {row: functools.partial(H.solve_flows, setting, solver) for row, solver in solvers.items()}
-        wall, outcomes = compared(setting, solves, args.repeats)
+        wall, outcomes = H.compared(setting, solves, args.repeats)
         base = wall["default"]
         print(f"\n## {name}: {setting.name}\n")
         print("| rule | ms | / default | steps | rejected | switched at | linearisations | W err |")

@@ -77,13 +77,9 @@ RTOLS = (1e-7, 1e-8, 1e-9)
 SOLVERS = {"default": None, "NDF switch": flows.Tsit5ThenNDF()}
 
 
-def drift(traj: flows.Trajectory) -> float:
-    """The largest drift of the trajectory's conserved quantities (0 where it has none)."""
-    return max(traj.stats["conserved_drift"].values(), default=0.0)
-
-
-def switched(traj: flows.Trajectory) -> str:
-    return f"{traj.stats['t_switch']:.3g}" if traj.stats.get("switched") else "-"
+def drift(stats: dict) -> float:
+    """The largest drift of a run's conserved quantities, from its statistics (0 where it has none)."""
+    return max(stats["conserved_drift"].values(), default=0.0)
 
 
 def work_precision(names: list[str], repeats: int) -> None:
@@ -99,18 +95,16 @@ def work_precision(names: list[str], repeats: int) -> None:
             for solver in SOLVERS
             for rtol in RTOLS
         }
-        trajectories, wall = H.interleaved(solves, repeats)
-        finals = {key: float(traj.ts[-1]) for key, traj in trajectories.items()}
-        ref = H.reference(setting, np.array(sorted(set(finals.values()))))
-        err = {key: H.relative_error(np.asarray(t.W[-1]), ref[finals[key]]) for key, t in trajectories.items()}
+        wall, outcomes = H.compared(setting, solves, repeats)
+        err = {key: e for key, (_, _, e) in outcomes.items()}
         base = ("default", 1e-8)
         at = time_at([(err["NDF switch", r], wall["NDF switch", r]) for r in RTOLS], err[base])
         verdict = "outside" if at is None else f"**{at / wall[base]:.2f}x**"
         ndf = " / ".join(f"{1e3 * wall['NDF switch', r]:.1f}, {err['NDF switch', r]:.1e}" for r in RTOLS)
-        drifts = ", ".join(f"{drift(trajectories[s, 1e-8]) / 1e-8:.2g}" for s in SOLVERS)
+        drifts = ", ".join(f"{drift(outcomes[s, 1e-8][0]) / 1e-8:.2g}" for s in SOLVERS)
         print(
-            f"| {name} | {1e3 * wall[base]:.1f}, {err[base]:.1e}, {switched(trajectories[base])} | {ndf} | "
-            f"{switched(trajectories['NDF switch', 1e-8])} | {drifts} | {verdict} |",
+            f"| {name} | {1e3 * wall[base]:.1f}, {err[base]:.1e}, {outcomes[base][1]} | {ndf} | "
+            f"{outcomes['NDF switch', 1e-8][1]} | {drifts} | {verdict} |",
             flush=True,
         )
 
@@ -154,7 +148,10 @@ def completion(repeats: int) -> None:
         both = np.intersect1d(a.ts, b.ts)
         Wa, Wb = a.W[np.searchsorted(a.ts, both)], b.W[np.searchsorted(b.ts, both)]
         gap = np.max(np.linalg.norm(Wa - Wb, axis=(1, 2)) / np.linalg.norm(Wb, axis=(1, 2)))
-        return f"{switched(a)} / {switched(b)} | {gap / rtol:.2g} | {drift(a) / rtol:.2g} / {drift(b) / rtol:.2g}"
+        return (
+            f"{H.switched_at(a.stats)} / {H.switched_at(b.stats)} | {gap / rtol:.2g} | "
+            f"{drift(a.stats) / rtol:.2g} / {drift(b.stats) / rtol:.2g}"
+        )
 
     print(
         "| run | default ms | NDF switch ms | NDF / default | switched: default / NDF | largest W gap / rtol | "
@@ -187,7 +184,7 @@ def norms(repeats: int) -> None:
             traj = trajectories[s]
             j = N.crossing(traj)
             sign = "-" if j is None else f"{traj.ts[j]:.3g}"
-            cells.append(f"{drift(traj) / options['rtol']:.2g}, {sign}, {abs(traj.W[-1][0, 0]):.6g}")
+            cells.append(f"{drift(traj.stats) / options['rtol']:.2g}, {sign}, {abs(traj.W[-1][0, 0]):.6g}")
         return " | ".join(cells)
 
     print(
