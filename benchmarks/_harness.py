@@ -159,7 +159,8 @@ class Outcome:
 
 
 FINAL_ONLY = [0.0]
-"""Save times for the timed runs: the start, and (stop_loss) the final state, as scipy returns it."""
+"""Save times for the timed runs: the start, and then the final state (the stop, or the state at t1), as scipy
+returns it."""
 
 
 def solve_flows(

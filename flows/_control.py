@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from typing import ClassVar
 
 import diffrax
 import equinox as eqx
@@ -46,8 +47,10 @@ from jaxtyping import Array, Float
 
 
 def _magnitude(y0, y1):
-    """max(|y0|, |y1|) entry by entry; y0 where y1 is NaN (a step into a region where the field is undefined)."""
-    return jax.tree.map(lambda a, b: jnp.maximum(jnp.abs(a), jnp.abs(jnp.where(jnp.isnan(b), a, b))), y0, y1)
+    """max(|y0|, |y1|) entry by entry; y0 where y1 is not finite (a trial step that overflowed, or went where the
+    field is undefined): a size of inf would make the scaled error inf / inf = NaN, and the next step size NaN, where
+    the step should shrink."""
+    return jax.tree.map(lambda a, b: jnp.maximum(jnp.abs(a), jnp.abs(jnp.where(jnp.isfinite(b), b, a))), y0, y1)
 
 
 class _Wrapper(diffrax.AbstractAdaptiveStepSizeController):
@@ -120,10 +123,11 @@ class LandOnEvent(_Wrapper):
 
     `distance` is $q(y) / q_* - 1$ for a positive quantity q falling to its threshold $q_*$ (`flows.solve`: the
     data loss and `stop_loss`). A step the inner controller accepts, falling from $\log q_0$ to $\log q_1$ across
-    the threshold, is rejected when it ends more than $w = \min(\text{window}, \text{share}\,(\log q_0 - \log q_1))$
-    below it in log q, and retried to end where the secant of $\log q$ through the step's two ends reaches half of
-    what the retry will be allowed (at least the fraction `shortest` of the step, at most 95 %). The inner
-    controller's state is kept as it was before the rejected attempt.
+    the threshold, is rejected when it ends more than
+    $w = \max(\min(\text{window}, \text{share}\,(\log q_0 - \log q_1)), \text{floor})$ below it in log q, and retried
+    to end where the secant of $\log q$ through the step's two ends reaches half of what the retry will be allowed
+    (at least the fraction `shortest` of the step, at most 95 %). The inner controller's state is kept as it was
+    before the rejected attempt.
 
     The event's root finding then places the stop on the last step's dense output, within the last `share` of the
     step's fall and at most `window` below the threshold (`share` = 1: the window alone). Both bounds matter: a
@@ -131,6 +135,12 @@ class LandOnEvent(_Wrapper):
     finding accurate, and a tight window there costs rejected steps (each a costly step); an explicit step falls by
     a fraction of a unit, so a `window` of several percent could leave the root a quarter of the step from its end,
     where the cubic dense output is least accurate, and `share` keeps it near the end.
+
+    `floor` (1e-8 in log q) is what the loss can resolve: computed from its residuals, a loss of 1e-14 carries a
+    rounding error of about 1e-9 of itself. Without it, a step that ends just above the threshold (log0 within a few
+    ulps, or within that rounding) would leave the next step a band of share / (1 - share) log0 to end in: every
+    retry would overshoot, and the step would shrink until `StopOnCollapse` ended the run as failed instead of
+    stopped. It changes no decision where a crossing step falls by more than floor / share (2e-7 in log q).
 
     Locating the stop costs each step an evaluation of the distance here and one in the event, and each rejection
     a step (benchmarks/README.md, `stop_landing.py`, against the same run to its final time without a stop). With
@@ -148,6 +158,7 @@ class LandOnEvent(_Wrapper):
     window: float = eqx.field(static=True, default=5e-2)
     shortest: float = eqx.field(static=True, default=0.05)
     share: float = eqx.field(static=True, default=0.05)
+    floor: ClassVar[float] = 1e-8
 
     def __check_init__(self):
         if not 0.0 < self.share <= 1.0:
@@ -166,9 +177,13 @@ class LandOnEvent(_Wrapper):
             t0, t1, y0, y1_candidate, args, y_error, error_order, inner
         )
         log1 = jnp.log1p(self.distance(t1, y1_candidate, args))
-        overshoot = keep & (log0 > 0) & (log1 < -jnp.minimum(self.window, self.share * (log0 - log1)))
-        # A retry that falls by log0 + target is allowed min(window, share (log0 + target)); the target is half of it.
-        target = jnp.minimum(0.5 * self.window, 0.5 * self.share * log0 / (1.0 - 0.5 * self.share))
+        allowed = jnp.maximum(jnp.minimum(self.window, self.share * (log0 - log1)), self.floor)
+        overshoot = keep & (log0 > 0) & (log1 < -allowed)
+        # A retry that falls by log0 + target is allowed max(min(window, share (log0 + target)), floor); the target is
+        # half of it.
+        target = jnp.maximum(
+            jnp.minimum(0.5 * self.window, 0.5 * self.share * log0 / (1.0 - 0.5 * self.share)), 0.5 * self.floor
+        )
         theta = jnp.clip((log0 + target) / jnp.where(overshoot, log0 - log1, 1.0), self.shortest, 0.95)
         state = jax.tree.map(lambda old, new: jnp.where(overshoot, old, new), inner, state)
         keep = keep & ~overshoot
@@ -241,8 +256,12 @@ class LandOnTimes(AbstractLandOnTimes):
 
 class StopOnCollapse(_Wrapper):
     """Ends the solve with `diffrax.RESULTS.dt_min_reached` once the next step size has been below `ulps` units in
-    the last place of t for `patience` attempts in a row (near t = 0, of 1e-12 of the solve's span: a solve may
-    legitimately start with steps of 1e-18, as the adaptive flows' bias corrections ask)."""
+    the last place of t, or not a number, for `patience` attempts in a row.
+
+    Near t = 0, where t has no last place to speak of, the reference is the smaller of 1e-12 of the solve's span and
+    its first step: a solve may legitimately start with steps of 1e-18 (the adaptive flows' bias corrections ask for
+    them), and a span alone would make the floor grow with t1 (at t1 = 1e25, 0.57 time units: ordinary first steps
+    would count as collapsed)."""
 
     controller: diffrax.AbstractAdaptiveStepSizeController
     ulps: float = eqx.field(static=True, default=256.0)
@@ -250,8 +269,8 @@ class StopOnCollapse(_Wrapper):
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         next_t1, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        span = jnp.asarray(1e-12 * jnp.maximum(jnp.abs(t0), jnp.abs(t1)), jnp.result_type(t0))
-        return next_t1, (state, span, jnp.array(0))
+        span = jnp.minimum(1e-12 * jnp.maximum(jnp.abs(t0), jnp.abs(t1)), jnp.abs(next_t1 - t0))
+        return next_t1, (state, jnp.asarray(span, jnp.result_type(t0)), jnp.array(0))
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
         inner, span, streak = controller_state
@@ -259,6 +278,7 @@ class StopOnCollapse(_Wrapper):
             t0, t1, y0, y1_candidate, args, y_error, error_order, inner
         )
         floor = self.ulps * jnp.finfo(jnp.result_type(t0)).eps * jnp.maximum(jnp.abs(next_t0), span)
-        streak = jnp.where(next_t1 - next_t0 < floor, streak + 1, 0)
+        # Written so that a step size of NaN counts as collapsed: it never recovers.
+        streak = jnp.where(next_t1 - next_t0 >= floor, 0, streak + 1)
         result = diffrax.RESULTS.where(streak >= self.patience, diffrax.RESULTS.dt_min_reached, result)
         return keep, next_t0, next_t1, made_jump, (inner, span, streak), result

@@ -79,9 +79,15 @@ def evaluations_per_step(solver: diffrax.AbstractSolver) -> int | None:
 
 
 def default_ts(t1: float, num: int = 200, t0: float = 0.0) -> np.ndarray:
-    """t0 followed by `num - 1` log-spaced times up to t1: the dynamics of these flows span decades."""
+    """t0 followed by `num - 1` log-spaced times from 1e-6 of the span up to t1 (the last is t1 itself): the dynamics
+    of these flows span decades. `num` >= 2."""
+    check_positive_int("num", num)
+    if num < 2:
+        raise ValueError(f"default_ts needs num >= 2 times (t0 and t1); got {num}")
+    check_fits(f"{num} save times", 8 * num, "fewer save times")
     span = t1 - t0
-    return np.concatenate([[t0], t0 + np.geomspace(span * 1e-6, span, num - 1)])
+    later = np.geomspace(span * 1e-6, span, num - 1) if num > 2 else np.array([span])
+    return np.concatenate([[t0], t0 + later])
 
 
 def solve(
@@ -102,7 +108,9 @@ def solve(
     r"""Integrate `flow` from `state0` at t = 0 to `t1`, saving at `ts`.
 
     Args:
-        ts: increasing save times in [0, t1]; default `default_ts(t1)` (0, then log-spaced).
+        ts: increasing save times in [0, t1]; default `default_ts(t1)` (0, then log-spaced). The trajectory holds
+            the values at the save times the run reached, then its final state where that is not one of them: the
+            stop (below), or the state at t1.
         rtol, atol: the step-size controller's tolerances, passed as arrays (changing them does not
             recompile). atol None (the default): the error of each state array is measured relative to
             that array's running size (`flows.ArraywiseRelative`), which delivers ~rtol relative accuracy
@@ -186,7 +194,7 @@ class Plan:
         rtol = check_positive("rtol", rtol)
         if atol is not None:
             atol = check_positive("atol", atol)
-        check_positive_int("max_steps", max_steps)
+        max_steps = check_positive_int("max_steps", max_steps)
         if stop_loss is not None:
             stop_loss = check_positive("stop_loss", stop_loss)
         ts = check_times(default_ts(t1) if ts is None else ts, t1)
@@ -240,6 +248,12 @@ class Plan:
             )
         return dataclasses.replace(self, solver=solver, controller=controller)
 
+    @property
+    def ends_past_saves(self) -> bool:
+        """Whether t1 lies past the last save time: a run that reaches it then ends with one more entry, its state at
+        t1 (`finish`), which stored records keep apart (`flows.sweep`'s keys)."""
+        return bool(self.ts[-1] < self.t1)
+
     def on_step_grid(self, controller) -> bool:
         """Whether fixed steps of dt0 from t = 0 pass through every save time."""
         if not isinstance(controller, diffrax.ConstantStepSize) or self.dt0 is None:
@@ -284,7 +298,8 @@ class Plan:
             if len(keep) >= 2 and ts_out[keep[-2]] == ts_out[keep[-1]]:
                 keep = np.delete(keep, -2)
         else:
-            keep = np.arange(len(self.ts))
+            # The save times, then the state at t1 (SaveAt's t1 entry) where it is not one of them.
+            keep = np.arange(len(self.ts) + int(self.ends_past_saves))
         states = jax.tree.map(lambda x: x[keep], states)
         stats: dict[str, Any] = {k: int(v) for k, v in stats.items()}
         assert self.solver is not None, "finish a resolved Plan (Plan.resolve)"
@@ -437,7 +452,7 @@ def check_flow(flow) -> None:
 def _failure_message(result, t_reached, t1, stats, max_steps, rtol) -> str:
     steps = int(stats["num_steps"])
     rejected = int(stats["num_rejected_steps"])
-    if result == diffrax.RESULTS.max_steps_reached and rejected < steps // 2:
+    if result == diffrax.RESULTS.max_steps_reached and 2 * rejected <= steps:
         return (
             f"the solver reached max_steps = {max_steps} at t = {t_reached:.8g} of t1 = {t1:.6g} "
             f"({steps} steps). Raise max_steps, shorten t1, set stop_loss, or use a stiff solver "

@@ -62,8 +62,8 @@ def atomic_write(target: Path, payload: bytes) -> None:
     """Write `payload` to `target` through a temporary file in the same folder and an atomic rename."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{TEMPORARY}{target.name}.")
     try:
-        os.fchmod(fd, _MODE)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _MODE)
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
@@ -71,6 +71,18 @@ def atomic_write(target: Path, payload: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # The rename survives a crash once the folder's entry is on disk; a file system that cannot sync a folder still
+    # renamed atomically.
+    try:
+        folder = os.open(target.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
 
 
 def write_json(target: Path, value: Any) -> None:

@@ -15,7 +15,8 @@ run is reused exactly when it would be computed the same way: a changed flow or 
 configuration is computed again, and two sweeps (or two configurations) that build the same run share it.
 `build` is therefore called for every configuration, finished or not. A killed sweep loses only the batch in
 flight; a partial or corrupt save fails its checksum and is recomputed (`Run.note` says so). A run whose solve
-fails is recorded (`out/<key>/failed.json`) without touching the others of its batch.
+fails is recorded (`out/<key>/failed.json`) without touching the others of its batch, and reused as failed unless it
+was recorded under another `FAILURE_REVISION` (then it is retried).
 
 With `executor=` the pending runs are farmed out instead, one task per run, to a Dask cluster or any
 `concurrent.futures` executor:
@@ -57,6 +58,11 @@ from ._trajectory import Trajectory
 from ._validate import check_positive_int
 
 FAILED = "failed.json"
+
+FAILURE_REVISION = 2
+"""What a failure record was recorded under: how a solve handles a trial step that overflows (the step shrinks) and
+when it counts the step size as collapsed (`flows.StopOnCollapse`, `flows.LandOnEvent`'s floor). A run that failed under
+another revision may finish now, so its record is retried, not reused; a finished run's result does not depend on it."""
 
 
 def grid(**axes) -> list[dict[str, Any]]:
@@ -247,7 +253,11 @@ def check_config(config) -> str:
 def run_key(flow: AbstractFlow, state0, plan: Plan) -> str:
     """The folder name of a run: a content hash of the built flow, its initial state and the resolved solve (solver
     and controller with their settings, tolerances, save times, budget) under the store's `SCHEMA`."""
-    return fingerprint({"schema": SCHEMA, "flow": flow, "state0": state0, "solve": plan})
+    key = {"schema": SCHEMA, "flow": flow, "state0": state0, "solve": plan}
+    if plan.ends_past_saves:
+        # Its record holds one entry more where the run reaches t1 (its state there): a layout of its own.
+        key["final"] = "t1"
+    return fingerprint(key)
 
 
 def _finished(config: dict, key: str, path: Path, verify: bool = False) -> tuple[Run | None, str]:
@@ -260,9 +270,11 @@ def _finished(config: dict, key: str, path: Path, verify: bool = False) -> tuple
             record = json.loads(failed.read_text())
         except (OSError, json.JSONDecodeError):
             return None, f"replaced an unreadable failure record ({failed})"
-        if record.get("key") == key:
-            return Run(config, key, path, "failed", record.get("message", "")), ""
-        return None, f"replaced a failure record of another key ({failed})"
+        if record.get("key") != key:
+            return None, f"replaced a failure record of another key ({failed})"
+        if record.get("revision", 1) != FAILURE_REVISION:
+            return None, f"retried a failure recorded under another failure revision ({failed})"
+        return Run(config, key, path, "failed", record.get("message", "")), ""
     try:
         meta = read_record(path)[1] if verify else peek_record(path)
     except FileNotFoundError:
@@ -349,7 +361,13 @@ def _record(config, key, path: Path, flow, plan: Plan, raw) -> Run:
         traj = plan.finish(flow, raw)
     except SolverError as err:
         path.mkdir(parents=True, exist_ok=True)
-        record = {"key": key, "config": config, "message": str(err), "t_reached": err.t_reached}
+        record = {
+            "key": key,
+            "config": config,
+            "message": str(err),
+            "t_reached": err.t_reached,
+            "revision": FAILURE_REVISION,
+        }
         write_json(path / FAILED, record)
         return Run(config, key, path, "failed", str(err))
     (path / FAILED).unlink(missing_ok=True)

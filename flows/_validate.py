@@ -13,9 +13,12 @@ def check_finite(name: str, value) -> None:
         raise ValueError(f"{name} has non-finite entries (NaN or inf)")
 
 
-def check_positive_int(name: str, value) -> None:
+def check_positive_int(name: str, value) -> int:
+    """`value` as a Python int (NumPy's integers too, so that keys do not depend on the type); ValueError unless it is
+    a positive integer."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
 
 
 def check_positive(name: str, value) -> float:

@@ -404,8 +404,8 @@ def _run(args, registry, out: Path, figure: Path, made: list[Path]) -> int:
             elapsed = time.perf_counter() - stage["start"]
             return f"the {what} had not finished after {elapsed:.0f} s; nothing was saved to {out}"
         if stage["now"] == "save":
-            kept = "" if out in made else " (a complete earlier run there is kept)"
-            return f"while saving to {out}{kept}; run the same command again"
+            replaced = "" if out in made else " (a run saved there before may be incomplete now)"
+            return f"while saving to {out}{replaced}; run the same command again"
         return f"the run is saved in {out}; its figure was not drawn (gradflow plot {out} --out {figure})"
 
     traj = interruptible(work, describe)

@@ -73,6 +73,7 @@ def test_run_saves_a_trajectory_and_a_figure(tmp_path, capsys):
         (["run", "--solver", "rk4000", "--quiet"], "unknown solver"),
         (["run", "--parameterization", "symmetric", "--init", "balanced", "--quiet"], "does not apply"),
         (["run", "--penalty", "ratio", "--strength", "-1", "--quiet"], "strength"),
+        (["run", "--points", "100000000000", "--quiet"], "save times"),
     ],
 )
 def test_bad_flags_exit_2_with_a_message(argv, message, capsys, tmp_path):

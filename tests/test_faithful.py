@@ -23,6 +23,7 @@ import pytest
 from scipy import integrate, optimize
 
 import flows
+from flows._solve import STOP_MARGIN
 
 Y = np.array([1.0, 0.5, 0.25])
 S0 = np.array([1.0, 0.8, 0.6])
@@ -288,3 +289,61 @@ def test_a_collapsed_step_size_ends_the_solve_early():
     with pytest.raises(flows.SolverError, match="step size collapsed") as caught:
         flows.solve(flow, flow.init(scale=1e200), t1=1.0)
     assert caught.value.t_reached == 0.0 and caught.value.stats["num_steps"] < 1000
+
+
+def test_an_overflowing_trial_step_is_shrunk_not_taken_for_a_collapse():
+    # A trial step that overflows holds inf (and NaN) entries, and its error is inf (Diffrax's loop turns NaN errors
+    # into inf). The array's size must stay that of the step's start (an inf size would make the scaled error
+    # inf / inf = NaN and the next step NaN), so the controller shrinks the step by its smallest factor.
+    control = flows.ArraywiseRelative.make(1e-8)
+    terms = diffrax.ODETerm(lambda t, y, args: -y)
+    y0 = jnp.asarray([1.0, 2.0])
+    y1 = jnp.asarray([jnp.inf, jnp.nan])
+    _, state = control.init(terms, 0.0, 1.0, y0, 0.1, None, None, 5)
+    error = jnp.asarray([jnp.inf, jnp.inf])
+    keep, next_t0, next_t1, *_ = control.adapt_step_size(0.0, 0.1, y0, y1, None, error, 5, state)
+    assert not keep and next_t0 == 0.0 and 0.0 < float(next_t1) < 0.1
+    # A whole solve through such steps: 4 x 4 sensing from 13 I, whose first trial steps overflow, finishes and
+    # agrees with the plain PID controller's run (an absolute tolerance, so sizes play no part) at the save times.
+    flow = flows.Flow(flows.sensing(n=4, m=6, rank=1, seed=0), flows.Symmetric())
+    ts = np.array([0.0, 1.0, 10.0])
+    ours = flows.solve(flow, flow.init(13.0), t1=10.0, ts=ts, max_steps=20_000)
+    assert ours.stats["num_rejected_steps"] > 0
+    plain = flows.solve(flow, flow.init(13.0), t1=10.0, ts=ts, rtol=1e-12, atol=1e-12, max_steps=200_000)
+    np.testing.assert_allclose(ours.W, plain.W, rtol=0, atol=100 * 1e-8 * np.abs(plain.W).max())
+
+
+def test_the_collapse_floor_does_not_grow_with_t1():
+    # "Run until the stop" with a huge t1: near t = 0 the floor is the smaller of 1e-12 t1 and the first step, so the
+    # run stops where it stops with t1 = 1e4 (at t1 = 1e25, 1e-12 t1 alone made ordinary first steps "collapsed").
+    flow = flows.Flow(flows.sensing(n=4, m=6, rank=1, seed=0), flows.Symmetric())
+    runs = [flows.solve(flow, flow.init(1e-3), t1=t1, ts=[0.0], stop_loss=1e-10) for t1 in (1e4, 1e25)]
+    assert all(run.stats["stopped_by_loss"] for run in runs)
+    assert runs[0].ts[-1] == pytest.approx(runs[1].ts[-1], rel=1e-12)
+    assert runs[0].stats["num_steps"] == runs[1].stats["num_steps"]
+
+
+def test_a_step_size_that_is_not_a_number_counts_as_collapsed():
+    guard = flows.StopOnCollapse(_Proposes(float("nan")), patience=3)
+    terms = diffrax.ODETerm(lambda t, y, args: -y)
+    y = jnp.asarray(1.0)
+    _, state = guard.init(terms, 0.0, 1.0, y, None, None, None, 5)
+    results = []
+    for _ in range(3):
+        *_, state, result = guard.adapt_step_size(0.0, 0.5, y, y, None, y, 5, state)
+        results.append(result == diffrax.RESULTS.dt_min_reached)
+    assert [bool(r) for r in results] == [False, False, True]
+
+
+@pytest.mark.parametrize("ulps", [1, 2, 64])
+def test_a_step_ending_within_rounding_above_the_stop_still_stops(ulps):
+    # stop_loss set so that the step landed on a save time ends `ulps` above the threshold: the next step must end at
+    # most `floor` below it, not within share / (1 - share) of those few ulps, which no retry can meet.
+    flow = flows.Flow(flows.sensing(n=4, m=6, rank=1, seed=0), flows.Symmetric())
+    state0 = flow.init(0.1)
+    ts = flows.default_ts(50.0, 60)
+    reference = flows.solve(flow, state0, t1=50.0, ts=ts, solver=diffrax.Tsit5())
+    loss = float(reference.loss[40])
+    stop = loss * (1 - ulps * 2.2e-16) / (1 - STOP_MARGIN)
+    traj = flows.solve(flow, state0, t1=50.0, ts=ts, stop_loss=stop, solver=diffrax.Tsit5(), max_steps=20_000)
+    assert traj.stats["stopped_by_loss"] and traj.ts[-1] == pytest.approx(ts[40], rel=1e-9)

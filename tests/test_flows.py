@@ -10,7 +10,7 @@ import pytest
 
 import analysis
 import flows
-from flows._solve import Plan, integrate
+from flows._solve import Plan, _failure_message, integrate
 
 RTOL, ATOL = 1e-8, 1e-12
 
@@ -215,6 +215,7 @@ BAD_SOLVES = [
     (lambda f, s: flows.solve(f, s.at[0, 0].set(jnp.nan), t1=1.0), "non-finite"),
     (lambda f, s: flows.solve(f, (s, s), t1=1.0), "state0"),
     (lambda f, s: flows.solve(f, s, t1=1.0, max_steps=0), "max_steps"),
+    (lambda f, s: flows.default_ts(1.0, 1), "num >= 2"),
     (lambda f, s: f.init(scale=0.0), "scale"),
     (lambda f, s: f.init(scale=-1e-3), "scale"),
     (lambda f, s: f.init(scale=float("nan")), "scale"),
@@ -315,3 +316,36 @@ def test_store_round_trips_module_states(tmp_path):
     np.testing.assert_array_equal(loaded.states.U, states.U)
     assert isinstance(loaded.states.moments, tuple) and set(loaded.states.moments[1]) == {"v"}
     assert jax.tree.structure(loaded.states) == jax.tree.structure(states)
+
+
+def test_default_save_times_end_at_t1_for_every_count():
+    for num in (2, 3, 200):
+        ts = flows.default_ts(100.0, num)
+        assert len(ts) == num and ts[0] == 0.0 and ts[-1] == 100.0 and np.all(np.diff(ts) > 0)
+
+
+def test_a_run_that_reaches_t1_past_its_last_save_time_ends_with_its_state_there(sensing):
+    # With or without a stop it has not reached, the trajectory ends where the run ended: the save times, then t1.
+    flow = flows.Flow(sensing, flows.Symmetric())
+    full = flows.solve(flow, flow.init(1e-2), t1=2.0, ts=[0.0, 1.0, 2.0])
+    for stop_loss in (None, 1e-30):
+        traj = flows.solve(flow, flow.init(1e-2), t1=2.0, ts=[0.0, 1.0], stop_loss=stop_loss)
+        assert not traj.stats["stopped_by_loss"] and list(traj.ts) == [0.0, 1.0, 2.0] and traj.stats["t_final"] == 2.0
+        np.testing.assert_allclose(traj.W, full.W, rtol=0, atol=1e-6 * np.abs(full.W).max())
+    # sweep keeps such records apart from the layout without the last entry.
+    plan = Plan.make(2.0, [0.0, 1.0]).resolve(flow)
+    plain = {"schema": flows.SCHEMA, "flow": flow, "state0": flow.init(1e-2), "solve": plan}
+    assert flows._sweep.run_key(flow, flow.init(1e-2), plan) != flows.fingerprint(plain)
+    plan = Plan.make(2.0, [0.0, 2.0]).resolve(flow)
+    plain["solve"] = plan
+    assert flows._sweep.run_key(flow, flow.init(1e-2), plan) == flows.fingerprint(plain)
+
+
+def test_a_budget_spent_on_mostly_accepted_steps_reads_as_the_budget():
+    # Two rejected of five steps is not a collapse: the message names max_steps.
+    stats = {"num_steps": 5, "num_rejected_steps": 2}
+    message = _failure_message(diffrax.RESULTS.max_steps_reached, 0.1, 1e300, stats, 5, 1e-8)
+    assert "reached max_steps = 5" in message
+    stats = {"num_steps": 5, "num_rejected_steps": 3}
+    message = _failure_message(diffrax.RESULTS.max_steps_reached, 0.1, 1e300, stats, 5, 1e-8)
+    assert "collapsed" in message

@@ -57,3 +57,13 @@ def test_objects_without_state_are_keyed_by_their_class_and_objects_with_state_a
     holding.value = 1.0
     with pytest.raises(TypeError, match="cannot fingerprint a _Sentinel"):
         flows.fingerprint(holding)
+
+
+def test_a_budget_given_as_a_numpy_integer_keys_as_the_int():
+    import numpy as np
+
+    from flows._solve import Plan
+
+    plans = [Plan.make(1.0, max_steps=steps) for steps in (1000, np.int64(1000), np.int32(1000))]
+    assert all(type(plan.max_steps) is int for plan in plans)
+    assert len({flows.fingerprint(plan) for plan in plans}) == 1

@@ -123,6 +123,11 @@ def test_a_failed_run_does_not_sink_its_batch(tmp_path):
     assert_matches_solve(runs[2], max_steps=3000)
     again = flows.sweep(build, configs, tmp_path, t1=T1, max_steps=3000, progress=False)
     assert [r.status for r in again] == ["cached", "failed", "cached"]
+    # A failure recorded under another revision of how solves fail is retried, not reused.
+    (runs[1].path / "failed.json").write_text(json.dumps(record | {"revision": 1}))
+    retried = flows.sweep(build, configs, tmp_path, t1=T1, max_steps=3000, progress=False)
+    assert [r.status for r in retried] == ["cached", "failed", "cached"] and "retried" in retried[1].note
+    assert json.loads((runs[1].path / "failed.json").read_text())["revision"] == flows._sweep.FAILURE_REVISION
 
 
 def test_bad_input(tmp_path):
