@@ -296,9 +296,13 @@ def _built(build, config: dict) -> tuple[AbstractFlow, Any]:
 
 
 def _signature(flow, state0):
-    """Runs batch together when their flows and states agree in structure, shapes and static fields."""
+    """Runs batch together when their flows and states agree in structure, shapes and static fields, and in the values
+    of the leaves that are not arrays (a Python float field, say): a batch is stacked from its arrays, and takes
+    everything else from its first run (`_stack`)."""
     leaves, treedef = jax.tree.flatten((flow, state0))
-    return treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves)
+    return treedef, tuple(
+        (jnp.shape(x), jnp.result_type(x)) if eqx.is_array(x) else ("value", fingerprint(x)) for x in leaves
+    )
 
 
 def _solve_batch(plan: Plan, batch, width: int, mesh: Mesh) -> list:

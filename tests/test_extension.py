@@ -177,3 +177,23 @@ def test_sweep_saves_and_reloads_the_new_parameterization(tmp_path):
         np.testing.assert_allclose(traj.W, alone.W, rtol=1e-9, atol=1e-12)
     again = flows.sweep(build, configs, tmp_path, t1=1.0, ts=np.linspace(0, 1.0, 3), progress=False)
     assert [r.status for r in again] == ["cached"] * len(configs)
+
+
+def test_a_batch_never_mixes_runs_whose_fields_differ_outside_their_arrays(tmp_path):
+    # SmoothedL1's eps is a Python float, not an array: a batch is stacked from its runs' arrays and takes the rest
+    # from its first run, so runs that differ in eps must not batch together (each would get the first's eps).
+    problem = flows.completion(n=4, m=8, rank=1, seed=0, symmetric=False)
+
+    def smoothed(config):
+        flow = flows.Flow(problem, flows.Factored(), penalty=SmoothedL1(eps=config["eps"]), strength=0.5)
+        return flow, flow.init(scale=0.3, kind="gaussian", seed=0)
+
+    ts = np.linspace(0, 5.0, 3)
+    runs = flows.sweep(smoothed, flows.grid(eps=[1e-2, 10.0]), tmp_path, t1=5.0, ts=ts, batch_size=2, progress=False)
+    finals = []
+    for run in runs:
+        flow, state0 = smoothed(run.config)
+        alone = flows.solve(flow, state0, t1=5.0, ts=ts)
+        np.testing.assert_allclose(run.load().W, alone.W, rtol=1e-9, atol=1e-12)
+        finals.append(alone.W[-1])
+    assert not np.allclose(finals[0], finals[1])
