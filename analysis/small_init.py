@@ -179,7 +179,9 @@ def stored(store, flow: flows.AbstractFlow, state0, *, fresh: bool = False, **op
     head_loss = options.get("head_loss", inspect.signature(converge).parameters["head_loss"].default)
     head_solver, tail_solver = solvers(flow, head_loss, options.get("head_solver"), options.get("tail_solver"))
     options = options | {"head_solver": head_solver, "tail_solver": tail_solver}
-    inputs = {"converge": flow, "state0": state0, "options": options}
+    # The code that computes the run joins the key: changing it computes the run again.
+    code = [inspect.getsource(function) for function in (converge, solvers)]
+    inputs = {"converge": flow, "state0": state0, "options": options, "code": code}
 
     def compute() -> dict[str, np.ndarray]:
         run = converge(flow, state0, **options)
@@ -273,6 +275,7 @@ def sweep(
     kind: str = "identity",
     certificate_exponent: float | None = None,
     store=None,
+    fresh: bool = False,
     **converge_options,
 ) -> Sweep:
     r"""Run `flow` from `flow.init(scale=alpha, kind=kind)` to convergence for each alpha.
@@ -281,13 +284,13 @@ def sweep(
     `certificate_exponent` set (4 for the symmetric flow), the flow carries $s = \int r$ (`ResidualIntegral`)
     and the certificate of `certificate` is built at each alpha. That makes the tail's implicit solves
     larger (state + m); for commuting problems `commuting_certificates` gets s far more cheaply. With `store`,
-    each run is kept there (`stored`).
+    each run is kept there (`stored`); `fresh` computes each again.
     """
     alphas = _check_alphas(alphas)
     carried = flow if certificate_exponent is None else ResidualIntegral(flow)
     runs, certificates = [], []
     for alpha in alphas:
-        run = _converge(store, carried, carried.init(scale=float(alpha), kind=kind), converge_options)
+        run = _converge(store, carried, carried.init(scale=float(alpha), kind=kind), converge_options, fresh)
         runs.append(run)
         if certificate_exponent is not None:
             certificates.append(certificate(flow.problem, run.W, run.state[1], float(alpha), certificate_exponent))
@@ -299,26 +302,29 @@ def commuting_certificates(
     alphas,
     references: dict[str, Reference] | None = None,
     store=None,
+    fresh: bool = False,
     **converge_options,
 ) -> Sweep:
     r"""The symmetric flow from $\alpha^2 I$ on commuting measurements through its reduced ODE.
 
     `closed_form.CommutingReduced` integrates $s = \int_0^t r$ itself (m numbers), so $s(\infty)$ and the
     certificate come with the run at the cost of an m-dimensional solve; its $W_\infty = E W_0 E$ can be
-    compared with the full flow's.
+    compared with the full flow's. With `store`, each run is kept there (`stored`); `fresh` computes each again.
     """
     alphas = _check_alphas(alphas)
     runs, certificates = [], []
     for alpha in alphas:
         reduced = CommutingReduced(problem, float(alpha) ** 2 * np.eye(problem.shape[0]))
-        run = _converge(store, reduced, reduced.init(), converge_options)
+        run = _converge(store, reduced, reduced.init(), converge_options, fresh)
         runs.append(run)
         certificates.append(certificate(problem, run.W, run.state, float(alpha), 4.0))
     return _measure(alphas, runs, certificates, references or {})
 
 
-def _converge(store, flow, state0, options) -> Converged:
-    return converge(flow, state0, **options) if store is None else stored(store, flow, state0, **options)
+def _converge(store, flow, state0, options, fresh: bool = False) -> Converged:
+    if store is None:
+        return converge(flow, state0, **options)
+    return stored(store, flow, state0, fresh=fresh, **options)
 
 
 def _check_alphas(alphas) -> np.ndarray:

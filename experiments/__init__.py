@@ -17,6 +17,8 @@ from pathlib import Path
 
 import matplotlib.style
 
+import flows
+
 from . import completion
 from ._base import STYLE, Context, Experiment, Tally, record_timing, timings
 from ._report import write_report
@@ -97,7 +99,10 @@ def reproduce(
         for i, name in enumerate(names, 1):
             ctx.experiment, ctx.position = name, f"{i}/{len(names)}"
             reused, began = ctx.tally.reused, time.perf_counter()
-            EXPERIMENTS[name].run(ctx)
+            try:
+                EXPERIMENTS[name].run(ctx)
+            except (ValueError, OSError, flows.SolverError) as err:
+                raise ValueError(f"experiment {name}: {err}") from err
             if canonical and ctx.tally.reused == reused:  # nothing reused: a cold measurement of its cost
                 record_timing(name, quick, time.perf_counter() - began)
     seconds = time.perf_counter() - start

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+import analysis
 import flows
 
 # fontTools warns about the embedded fonts' zero timestamps while subsetting them into PDFs: not ours to fix.
@@ -144,9 +145,15 @@ class Context:
             **group.options,
         )
 
-    def cached(self, inputs: Any, compute: Callable[[], dict[str, Any]]) -> dict[str, np.ndarray]:
+    def cached(
+        self, inputs: Any, compute: Callable[[], dict[str, Any]], code: tuple[Callable, ...] = ()
+    ) -> dict[str, np.ndarray]:
         """Arrays computed once for `inputs` (anything `flows.fingerprint` keys: problems, flows, settings) and
-        stored in the store's `results` folder: reference solutions, discrete runs."""
+        stored in the store's `results` folder: reference solutions, discrete runs. The source of the functions in
+        `code` (those of the experiment that compute or reduce the arrays) joins the key, so that changing them
+        computes the arrays again."""
+        if code:
+            inputs = {"inputs": inputs, "code": [inspect.getsource(function) for function in code]}
         key = flows.fingerprint({"schema": flows.SCHEMA, "inputs": inputs})
         arrays, reused = flows.cached(self.store / "results", inputs, compute, fresh=not self.reusable(key))
         self.computed.add(key)
@@ -174,7 +181,7 @@ class Context:
         # No creation dates: the same numbers make the same files.
         for suffix, metadata in ((".pdf", {"CreationDate": None, "ModDate": None}), (".png", {"Software": None})):
             path = self.figures / (name + suffix)
-            fig.savefig(path, metadata=metadata)
+            flows.write_figure(fig, path, metadata=metadata)
             self.tally.figures.append(path)
             self.tally.figure_owners.append((self.experiment, path))
 
@@ -277,11 +284,14 @@ class Experiment(abc.ABC):
 
 
 def measuring_code(cls: type) -> str:
-    """The source the measurements of an experiment class depend on: its module and the shared private modules
-    (`experiments/_*.py`). Any change to them measures again (cheap), so no stored measurement is stale."""
+    """The source the measurements of an experiment class depend on: its module, the shared private modules
+    (`experiments/_*.py`), and the `analysis` and `flows` packages its measurements call (closed forms, flatness,
+    a trajectory's singular values). Any change to them measures again (cheap), so no stored measurement is stale."""
     package = Path(__file__).parent
     texts = [inspect.getsource(sys.modules[cls.__module__])]
     texts += [path.read_text() for path in sorted(package.glob("_*.py")) if path.name != "__init__.py"]
+    for library in (analysis, flows):
+        texts += [path.read_text() for path in sorted(Path(library.__file__).parent.glob("*.py"))]
     return flows.fingerprint(texts)
 
 
@@ -384,6 +394,6 @@ def record_timing(name: str, quick: bool, seconds: float) -> None:
     table = timings()
     table.setdefault(name, {})["quick" if quick else "full"] = round(seconds, 1)
     try:
-        TIMINGS.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        flows.atomic_write(TIMINGS, (json.dumps(table, indent=1, sort_keys=True) + "\n").encode())
     except OSError:  # an installed, read-only package: the timing is not kept
         pass

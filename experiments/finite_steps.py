@@ -72,6 +72,7 @@ class FiniteSteps(Experiment):
             return ctx.cached(
                 {"descend": flow, "state0": state0, "step": float(eta), "t1": T1, "ts": TS},
                 lambda: {"params": _params(flows.descend(flow, state0, step=float(eta), t1=T1, ts=TS).states)},
+                code=(_params,),
             )["params"]
 
         gaps = {"gd-flow": [], "gd-modified": [], "adam": []}

@@ -266,7 +266,9 @@ class Flatness(Experiment):
                 "d_flat_nuc": c.distance_flattest_nuclear,
             }
 
-        c = ctx.cached({"compare_flattest": problem, "factors": (U, V)}, compare)
+        c = ctx.cached(
+            {"compare_flattest": problem, "factors": (U, V)}, compare, code=(compare, flatness.compare_flattest)
+        )
         D1, D2 = flatness.weights(problem)
         spectrum = np.concatenate([np.linalg.eigvalsh(D1), np.linalg.eigvalsh(D2)])
         kappa = float(spectrum.max() / spectrum.min())

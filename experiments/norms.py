@@ -352,7 +352,9 @@ class Norms(Experiment):
                 }
 
             d = ctx.cached(
-                {"descend": flow, "state0": state0, "step": step, "t1": t1, "saves": DISCRETE_SAVES}, compute
+                {"descend": flow, "state0": state0, "step": step, "t1": t1, "saves": DISCRETE_SAVES},
+                compute,
+                code=(compute, determinant, bound),
             )
             at = np.flatnonzero(d["loss"] <= stop)
             if not at.size:

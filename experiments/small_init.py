@@ -126,9 +126,10 @@ class SmallInit(Experiment):
         by_case = {}
         for case, setting in settings.items():
             options = DIRECT_OPTIONS if setting["flow"] == "direct" else {}
-            by_case[case] = counted(small_init.sweep(_flow(setting), alphas, {}, store=store, **options)).runs
+            sweep = small_init.sweep(_flow(setting), alphas, {}, store=store, fresh=ctx.fresh, **options)
+            by_case[case] = counted(sweep).runs
         commuting = _problem(_problem_config(settings["commuting"]))
-        reduced_sweep = counted(small_init.commuting_certificates(commuting, alphas, store=store))
+        reduced_sweep = counted(small_init.commuting_certificates(commuting, alphas, store=store, fresh=ctx.fresh))
 
         results = {}
         for case, setting in settings.items():

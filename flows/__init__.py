@@ -84,11 +84,13 @@ from ._stiff import (  # noqa: E402
 from ._store import (  # noqa: E402
     CorruptRecordError,
     StoreSchemaError,
+    atomic_write,
     cached,
     decode_tree,
     encode_tree,
     open_store,
     read_record,
+    write_figure,
     write_json,
     write_record,
 )
@@ -186,5 +188,7 @@ __all__ = [
     "read_record",
     "write_record",
     "write_json",
+    "write_figure",
+    "atomic_write",
     "plot_trajectory",
 ]

@@ -77,8 +77,11 @@ def _feed(digest, node: Any, active: set[int]) -> None:
         _feed(digest, (node.func, node.args, node.keywords), active)
     elif isinstance(node, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, np.ufunc)):
         _tag(digest, b"function", _qualname(node).encode())
-        if isinstance(node, types.MethodType):
-            _feed(digest, node.__self__, active)
+        # A bound method computes with its object: a Python method's, or a builtin's bound to one (`[1].append`,
+        # `x.sum`; a plain builtin's __self__ is its module).
+        owner = getattr(node, "__self__", None)
+        if isinstance(node, types.MethodType) or not (owner is None or isinstance(owner, types.ModuleType)):
+            _feed(digest, owner, active)
     elif isinstance(node, dict):
         keys = sorted(node, key=repr)
         _tag(digest, b"dict", str(len(keys)).encode())
@@ -115,10 +118,21 @@ def _feed(digest, node: Any, active: set[int]) -> None:
 
 
 def _stateless(node) -> bool:
-    """Whether `node` holds no state of its own: an empty instance dictionary, or no instance dictionary and no slots."""
-    if hasattr(node, "__dict__"):
-        return not vars(node)
-    return not getattr(type(node), "__slots__", True)
+    """Whether `node` holds no state of its own: an empty instance dictionary, and no slots in its class or any class
+    it derives from (or no instance dictionary and no such slots)."""
+    if hasattr(node, "__dict__") and vars(node):
+        return False
+    for cls in type(node).__mro__:
+        if cls is object:
+            continue
+        slots = cls.__dict__.get("__slots__", () if hasattr(node, "__dict__") else None)
+        if slots is None:  # a class without __slots__ gives its instances a dictionary, which this one lacks
+            return False
+        if isinstance(slots, str):
+            slots = (slots,)
+        if any(name not in ("__dict__", "__weakref__") for name in slots):
+            return False
+    return True
 
 
 def _qualname(obj) -> str:

@@ -21,6 +21,7 @@ from ._dynamics import DYNAMICS, GradientFlow
 from ._flow import _member
 from ._parameterizations import PARAMETERIZATIONS
 from ._penalties import PENALTIES
+from ._store import write_figure
 from ._trajectory import Trajectory
 
 TINY = np.finfo(float).tiny
@@ -139,7 +140,7 @@ def plot_trajectory(
     if title:
         fig.suptitle(title, fontsize=10)
     if path is not None:
-        fig.savefig(path, dpi=130)
+        write_figure(fig, path, dpi=130)
     return fig
 
 

@@ -26,10 +26,12 @@ import json
 import os
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import equinox as eqx
+import jax
 import numpy as np
 
 from ._keys import SCHEMA, fingerprint
@@ -90,19 +92,38 @@ def write_json(target: Path, value: Any) -> None:
     atomic_write(target, json.dumps(value, indent=2, default=_json_default).encode())
 
 
+def write_figure(figure, target: str | os.PathLike, **options) -> None:
+    """`figure.savefig(target, **options)` (a Matplotlib figure), written atomically in the format of the target's
+    suffix: a figure interrupted while it renders leaves no partial file, and an earlier one there stays whole."""
+    target = Path(target)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=target.suffix[1:] or None, **options)
+    atomic_write(target, buffer.getvalue())
+
+
 def write_record(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
     """Write `path/arrays.npz`, then `path/meta.json` (= `meta` plus the arrays' sha256 and size), each atomically.
 
     A previous record's metadata is removed first, so a write interrupted before its metadata leaves no
-    metadata at all (never an old one beside new arrays)."""
+    metadata at all (never an old one beside new arrays). Both files' contents are made before either is touched:
+    arrays that would need pickling (dtype object: `read_record` would refuse them) and metadata that JSON cannot
+    hold are refused (ValueError) with a previous record left whole."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    objects = [name for name, array in arrays.items() if np.asarray(array).dtype == object]
+    if objects:
+        raise ValueError(f"a record holds numeric or string arrays, not Python objects: {', '.join(objects)}")
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # pyright: ignore[reportArgumentType]  (numpy's stubs match **arrays to allow_pickle)
     payload = buffer.getvalue()
+    meta = {**meta, "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+    try:
+        text = json.dumps(meta, indent=2, default=_json_default).encode()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"a record's metadata must be JSON: {err}") from err
+    path.mkdir(parents=True, exist_ok=True)
     (path / META).unlink(missing_ok=True)
     atomic_write(path / ARRAYS, payload)
-    write_json(path / META, {**meta, "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)})
+    atomic_write(path / META, text)
     return path
 
 
@@ -136,10 +157,15 @@ def read_record(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
         payload = (path / ARRAYS).read_bytes()
     except (OSError, json.JSONDecodeError) as err:
         raise CorruptRecordError(f"no complete record at {path}: {err}") from err
+    if not isinstance(meta, dict):
+        raise CorruptRecordError(f"{path / META} does not hold a record's metadata")
     if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
         raise CorruptRecordError(f"{path / ARRAYS} does not match the checksum in {META}")
-    with np.load(io.BytesIO(payload)) as data:
-        return dict(data), meta
+    try:
+        with np.load(io.BytesIO(payload)) as data:
+            return dict(data), meta
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise CorruptRecordError(f"{path / ARRAYS} cannot be read as arrays: {err}") from err
 
 
 STALE_TEMPORARY = 600.0
@@ -315,6 +341,6 @@ def _from_static(value):
 def _json_default(value):
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
+    if isinstance(value, (np.ndarray, jax.Array)):
+        return np.asarray(value).tolist()
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

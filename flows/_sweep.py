@@ -425,8 +425,13 @@ def _farm_out(executor, build, plan: Plan, work: list[tuple[int, dict, str]], ou
                 i, config, key = job = futures.pop(future)
                 run = dataclasses.replace(future.result(), path=out / key)
                 if _finished(config, key, run.path, verify=True)[0] is None:
+                    if not run.path.exists():
+                        raise ValueError(
+                            f"run {key} ({config}) was saved by a worker but {run.path} does not exist here: the store "
+                            f"must be on a file system that the workers and this process share"
+                        )
                     if attempts[i] == ATTEMPTS:
-                        raise RuntimeError(
+                        raise ValueError(
                             f"run {key} ({config}) was saved {ATTEMPTS} times and its files at "
                             f"{run.path} failed their checksum every time"
                         )
@@ -445,7 +450,7 @@ def _run_task(build, config: dict, key: str, path: Path, plan: Plan) -> Run:
     flow, state0 = _built(build, config)
     resolved = plan.resolve(flow)
     if run_key(flow, state0, resolved) != key:
-        raise RuntimeError(
+        raise ValueError(
             f"build({config}) made another run on this worker than on the driver (key {run_key(flow, state0, resolved)} "
             f"against {key}): build must be deterministic, and the workers must run the driver's code"
         )

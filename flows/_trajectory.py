@@ -143,20 +143,24 @@ class Trajectory:
         structure = meta.get("state_structure")
         if structure is None:
             raise CorruptTrajectoryError(f"{path} holds no state structure (format {meta.get('format')}, not 2)")
-        leaves = [arrays[f"state_{i}"] for i in range(sum(k.startswith("state_") for k in arrays))]
-        conserved = {
-            name: (arrays[f"conserved_{i}_P"], arrays[f"conserved_{i}_Q"]) for i, name in enumerate(meta["conserved"])
-        }
-        return cls(
-            ts=arrays["ts"],
-            states=decode_tree(structure, leaves),
-            W=arrays["W"],
-            loss=arrays["loss"],
-            truth=arrays.get("truth"),
-            conserved=conserved,
-            stats=meta["stats"],
-            config=meta["config"],
-        )
+        try:
+            leaves = [arrays[f"state_{i}"] for i in range(sum(k.startswith("state_") for k in arrays))]
+            conserved = {
+                name: (arrays[f"conserved_{i}_P"], arrays[f"conserved_{i}_Q"])
+                for i, name in enumerate(meta["conserved"])
+            }
+            return cls(
+                ts=arrays["ts"],
+                states=decode_tree(structure, leaves),
+                W=arrays["W"],
+                loss=arrays["loss"],
+                truth=arrays.get("truth"),
+                conserved=conserved,
+                stats=meta["stats"],
+                config=meta["config"],
+            )
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise CorruptTrajectoryError(f"{path} does not hold a trajectory: {type(err).__name__}: {err}") from err
 
 
 def effective_rank(singular_values) -> np.ndarray:

@@ -317,6 +317,16 @@ def remove_if_empty(folders: list[Path]) -> None:
             pass
 
 
+def unwritten(figure: Path, made: list[Path]) -> None:
+    """What a figure interrupted while it was written leaves: its temporary file (`flows.write_figure` renames it into
+    place only when whole), and the folders made for it, if empty."""
+    from flows._store import TEMPORARY
+
+    for partial in figure.parent.glob(f"{TEMPORARY}{figure.name}.*"):
+        partial.unlink(missing_ok=True)
+    remove_if_empty(made)
+
+
 def figure_path(path) -> Path:
     """A figure path whose folder takes files and whose suffix matplotlib writes, or ValueError."""
     path = Path(path)
@@ -463,21 +473,28 @@ def _finite(value):
 def cmd_plot(args) -> int:
     import flows
 
-    out = figure_path(args.out)
     if args.labels is not None and len(args.labels) != len(args.runs):
         raise ValueError(f"--labels gives {len(args.labels)} entries for {len(args.runs)} runs")
-    runs = []
-    for folder in args.runs:
-        if not Path(folder).is_dir():
-            raise ValueError(f"{folder} is not a saved run (no such folder)")
-        try:
-            runs.append(flows.Trajectory.load(folder))
-        except flows.CorruptRecordError as err:
-            raise ValueError(f"{folder} is not a readable saved run: {err}") from None
-    interruptible(
-        lambda: flows.plot_trajectory(runs, out, labels=args.labels, title=args.title),
-        lambda: f"the figure {out} was not written",
-    )
+    # The figure's folders made here go again if the figure is not written (refused runs, an error, Ctrl-C).
+    made = missing_folders(Path(args.out).parent)
+    try:
+        out = figure_path(args.out)
+        runs = []
+        for folder in args.runs:
+            if not Path(folder).is_dir():
+                raise ValueError(f"{folder} is not a saved run (no such folder)")
+            try:
+                runs.append(flows.Trajectory.load(folder))
+            except flows.CorruptRecordError as err:
+                raise ValueError(f"{folder} is not a readable saved run: {err}") from None
+        interruptible(
+            lambda: flows.plot_trajectory(runs, out, labels=args.labels, title=args.title),
+            lambda: f"the figure {out} was not written",
+            cleanup=lambda: unwritten(out, made),
+        )
+    except BaseException:
+        remove_if_empty(made)
+        raise
     print(f"saved {out}")
     return 0
 
@@ -486,13 +503,17 @@ def cmd_plot(args) -> int:
 
 
 def cmd_check(args) -> int:
+    import flows
     from analysis import checks
 
     groups = list(checks.GROUPS) if args.only is None else args.only
     unknown = [g for g in groups if g not in checks.GROUPS]
     if unknown:
         raise ValueError(f"unknown check group {unknown[0]!r}; choose from {', '.join(checks.GROUPS)}")
-    store = None if args.store is None else writable_folder(args.store, "store") / "results"
+    store = None
+    if args.store is not None and "small_init" in groups:
+        # Opened (its schema checked) before any group runs, not when the group that uses it comes.
+        store = flows.open_store(writable_folder(args.store, "store") / "results")
     start = time.perf_counter()
     rows: list = []
     details: dict = {}
@@ -508,7 +529,8 @@ def cmd_check(args) -> int:
             seconds[name] = round(time.perf_counter() - group_start, 1)
             done.append(name)
 
-    interruptible(work, lambda: f"{len(done)} of {len(groups)} check groups had run; check saves nothing")
+    kept = f"; the small-init runs it finished are kept in {args.store}" if store is not None else ""
+    interruptible(work, lambda: f"{len(done)} of {len(groups)} check groups had run{kept}")
     details["seconds per group"] = seconds
     if args.json:
         print(json.dumps([r.as_json() for r in rows], indent=1))
@@ -524,9 +546,23 @@ def cmd_check(args) -> int:
 def cmd_reproduce(args) -> int:
     import experiments
 
+    unknown = [name for name in args.only or [] if name not in experiments.EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"unknown experiment {unknown[0]!r}; choose from {', '.join(experiments.EXPERIMENTS)}")
     if args.list:
-        print(list_experiments(experiments.EXPERIMENTS, experiments.timings()))
+        chosen = {name: e for name, e in experiments.EXPERIMENTS.items() if args.only is None or name in args.only}
+        print(list_experiments(chosen, experiments.timings()))
         return 0
+    # The folders made here go again if the reproduction ends (an error, Ctrl-C) before writing into them.
+    made = [folder for path in (args.store, args.out) if path is not None for folder in missing_folders(path)]
+    try:
+        return _reproduce(args, experiments, made)
+    except BaseException:
+        remove_if_empty(made)
+        raise
+
+
+def _reproduce(args, experiments, made: list[Path]) -> int:
     store = None if args.store is None else writable_folder(args.store, "store")
     out = None if args.out is None else writable_folder(args.out, "output folder")
     tally = experiments.Tally()
@@ -550,6 +586,7 @@ def cmd_reproduce(args) -> int:
             tally=tally,
         ),
         progress,
+        cleanup=lambda: remove_if_empty(made),
     )
     for note in tally.notes:
         print(f"resumed: {note}")

@@ -35,3 +35,12 @@ def test_unknown_group_is_refused(capsys):
     assert main(["check", "--only", "nonsense"]) == 2
     err = capsys.readouterr().err
     assert "unknown check group 'nonsense'" in err and err.count("\n") == 1
+
+
+def test_a_store_of_another_kind_is_refused_before_any_group_runs(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(checks.GROUPS, "eigenbasis", lambda: (_ for _ in ()).throw(AssertionError("a group ran")))
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "notes.txt").write_text("not a store")
+    assert main(["check", "--only", "eigenbasis", "small_init", "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a gradflow store" in err and err.count("\n") == 1

@@ -57,3 +57,27 @@ def test_a_stored_limit_is_keyed_by_the_solvers_it_ran_with_defaults_included(tm
     assert not changed.reused
     # The same limit to the solves' accuracy (rtol 1e-8 each: 100 rtol).
     np.testing.assert_allclose(changed.W, first.W, rtol=0, atol=1e-6 * np.linalg.norm(first.W))
+
+
+def test_a_stored_limit_is_computed_again_when_fresh_or_when_its_code_changes(tmp_path, monkeypatch):
+    flow = flows.Flow(flows.sensing(n=4, m=8, rank=1, seed=0), flows.Symmetric())
+    options = dict(t1=1e3, head_loss=1e-4)
+    runs = [
+        small_init.sweep(flow, [1e-1, 1e-2], {}, store=tmp_path, fresh=fresh, **options).runs[1]
+        for fresh in (False, False, True)
+    ]
+    assert [run.reused for run in runs] == [False, True, False]
+    reduced = flows.commuting(n=3, m=3, rank=1, seed=0)
+    runs = [
+        small_init.commuting_certificates(reduced, [1e-1, 1e-2], store=tmp_path, fresh=f).runs[1] for f in (False, True)
+    ]
+    assert [run.reused for run in runs] == [False, False]
+    # The key holds `converge`'s source: another version of it computes again.
+    source = small_init.inspect.getsource
+
+    def edited(function):
+        return source(function) + ("# edited\n" if function is small_init.converge else "")
+
+    monkeypatch.setattr(small_init.inspect, "getsource", edited)
+    again = small_init.stored(tmp_path, flow, flow.init(scale=1e-2, kind="identity"), **options)
+    assert not again.reused

@@ -523,3 +523,16 @@ def test_reproduce_list_gives_each_experiment_its_measured_times(capsys, monkeyp
     # The columns line up: every row's quick time ends where the header's "quick" ends.
     end = header.index("quick") + len("quick")
     assert all(line[end - 1] != " " for line in lines[1:-1])
+
+
+def test_a_refused_plot_leaves_no_folder_behind(tmp_path, capsys):
+    figure = tmp_path / "new" / "deep" / "fig.png"
+    assert main(["plot", str(tmp_path / "missing"), "--out", str(figure)]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    run = tmp_path / "run"
+    argv = ["run", "--n", "4", "--m", "6", "--rank", "1", "--t1", "1", "--points", "5", "--quiet", "--out", str(run)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["plot", str(run), "--out", str(tmp_path / "new" / "deep" / "fig.xyz")]) == 2
+    assert "needs one of the suffixes" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -143,13 +143,67 @@ def test_two_experiments_share_a_run_by_what_it_computes_and_a_changed_constant_
     assert {r.status for r in changed} == {"done"} and {r.key for r in changed}.isdisjoint(r.key for r in first)
 
 
-def test_reproduce_lists_and_refuses_unknown_names(capsys):
+def test_reproduce_lists_and_refuses_unknown_names(capsys, tmp_path):
     assert main(["reproduce", "--list"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in experiments.EXPERIMENTS)
-    assert main(["reproduce", "--only", "nonsense", "--quick"]) == 2
+    assert main(["reproduce", "--only", "depth", "norms", "--list"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:-1]
+    assert [row.split()[0] for row in rows] == ["norms", "depth"]  # in the reproduction's order
+    # Refused before anything is made: the store and output folders it would have made are not left behind.
+    store, out = tmp_path / "a" / "store", tmp_path / "b" / "out"
+    for argv in (["--quick"], ["--list"], ["--store", str(store), "--out", str(out)]):
+        assert main(["reproduce", "--only", "nonsense", *argv]) == 2
+        err = capsys.readouterr().err
+        assert "unknown experiment 'nonsense'" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_experiment_is_named_in_the_error(tmp_path, monkeypatch, capsys):
+    class Fails(Experiment):
+        name = "fails"
+        title = "raises in its report"
+
+        def groups(self, quick):
+            return []
+
+        def report(self, ctx, results):
+            raise ValueError("no convergence")
+
+    monkeypatch.setitem(experiments.EXPERIMENTS, "fails", Fails())
+    argv = ["reproduce", "--only", "fails", "--quick", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "unknown experiment 'nonsense'" in err and err.count("\n") == 1
+    assert "experiment fails: no convergence" in err and err.count("\n") == 1
+
+
+def test_cached_arrays_are_computed_again_when_the_code_that_computes_them_changes(tmp_path):
+    ctx = Context(quick=True, store=tmp_path, figures=tmp_path / "f", generated=tmp_path / "g", progress=False)
+
+    def double(x):
+        return 2 * x
+
+    def triple(x):
+        return 3 * x
+
+    for code, expected in ((double, 2.0), (double, 2.0), (triple, 3.0)):
+        got = ctx.cached({"what": "scaled"}, lambda code=code: {"y": code(np.ones(1))}, code=(code,))
+        assert float(got["y"][0]) == expected
+    assert (ctx.tally.done, ctx.tally.reused) == (2, 1)
+
+
+def test_measurements_are_keyed_by_the_analysis_and_flows_code_they_call(monkeypatch):
+    from experiments import _base
+
+    before = _base.measuring_code(type(experiments.EXPERIMENTS["closed_forms"]))
+    read = Path.read_text
+
+    def edited(path, *args, **kwargs):
+        text = read(path, *args, **kwargs)
+        return text + "# edited\n" if path.name in ("closed_form.py", "_trajectory.py") else text
+
+    monkeypatch.setattr(Path, "read_text", edited)
+    assert _base.measuring_code(type(experiments.EXPERIMENTS["closed_forms"])) != before
 
 
 def test_no_experiment_imports_another():

@@ -67,3 +67,32 @@ def test_a_budget_given_as_a_numpy_integer_keys_as_the_int():
     plans = [Plan.make(1.0, max_steps=steps) for steps in (1000, np.int64(1000), np.int32(1000))]
     assert all(type(plan.max_steps) is int for plan in plans)
     assert len({flows.fingerprint(plan) for plan in plans}) == 1
+
+
+class _Slotted:
+    __slots__ = ("x",)
+
+    def __init__(self, x):
+        self.x = x
+
+
+class _SlottedChild(_Slotted):
+    __slots__ = ()
+
+
+class _DictChild(_Slotted):
+    pass
+
+
+def test_state_in_inherited_slots_is_refused_and_bound_builtins_are_keyed_by_their_object():
+    import numpy as np
+    import pytest
+
+    # The state of these lives in a base class's slot: keying them by their class would give x = 1 and x = 2 one key.
+    for cls in (_SlottedChild, _DictChild):
+        with pytest.raises(TypeError, match="cannot fingerprint"):
+            flows.fingerprint(cls(1))
+    # A builtin method bound to an object computes with it.
+    assert flows.fingerprint([1].append) != flows.fingerprint([2].append)
+    assert flows.fingerprint(np.zeros(2).sum) != flows.fingerprint(np.ones(2).sum)
+    assert flows.fingerprint(len) == flows.fingerprint(len)

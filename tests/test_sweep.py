@@ -267,7 +267,7 @@ def test_executor_sweep_accepts_only_checked_files(tmp_path):
     for run, ref in zip(runs[::2], local[::2]):
         np.testing.assert_array_equal(run.load().W, ref.load().W)
     assert runs[1].message == local[1].message
-    with CorruptingSaves(times=3) as pool, pytest.raises(RuntimeError, match="checksum"):
+    with CorruptingSaves(times=3) as pool, pytest.raises(ValueError, match="checksum"):
         flows.sweep(build, configs[:1], tmp_path / "spoiled", t1=T1, max_steps=3000, executor=pool, progress=False)
 
 
@@ -336,3 +336,52 @@ def test_sharded_over_four_devices_matches_one(tmp_path):
     )
     assert child.returncode == 0, child.stderr
     assert "ok 6" in child.stdout
+
+
+def test_a_record_that_cannot_be_written_whole_leaves_the_previous_one_whole(tmp_path):
+    from flows._store import write_record
+
+    write_record(tmp_path / "r", {"x": np.arange(3.0)}, {"what": "first"})
+    with pytest.raises(ValueError, match="must be JSON"):
+        write_record(tmp_path / "r", {"x": np.arange(4.0)}, {"what": {1, 2}})
+    with pytest.raises(ValueError, match="not Python objects"):
+        write_record(tmp_path / "r", {"x": np.array([None, 1.0])}, {"what": "objects"})
+    arrays, meta = flows.read_record(tmp_path / "r")
+    assert meta["what"] == "first" and list(arrays["x"]) == [0.0, 1.0, 2.0]
+    # Metadata that passes the checksum but is no record's, or arrays that do not decode, are a corrupt record.
+    (tmp_path / "r" / "meta.json").write_text("[1, 2]")
+    with pytest.raises(flows.CorruptRecordError):
+        flows.read_record(tmp_path / "r")
+
+
+def test_a_saved_run_missing_its_parts_is_a_corrupt_trajectory(tmp_path):
+    flow, state0 = build({"alpha": 0.1})
+    traj = flows.solve(flow, state0, t1=1.0)
+    traj.save(tmp_path / "t")
+    arrays, meta = flows.read_record(tmp_path / "t")
+    del arrays["W"]
+    flows.write_record(tmp_path / "t", arrays, meta)
+    with pytest.raises(flows.CorruptTrajectoryError, match="KeyError"):
+        flows.Trajectory.load(tmp_path / "t")
+
+
+def test_a_figure_is_written_whole_or_not_at_all(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    target = tmp_path / "f.png"
+    flows.write_figure(fig, target)
+    before = target.read_bytes()
+
+    class Breaks:
+        def savefig(self, buffer, **options):
+            buffer.write(b"half a figure")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        flows.write_figure(Breaks(), target)
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["f.png"]
+    plt.close(fig)
