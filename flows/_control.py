@@ -136,8 +136,8 @@ class LandOnEvent(_Wrapper):
     a fraction of a unit, so a `window` of several percent could leave the root a quarter of the step from its end,
     where the cubic dense output is least accurate, and `share` keeps it near the end.
 
-    `floor` (1e-8 in log q) is what the loss can resolve: computed from its residuals, a loss of 1e-14 carries a
-    rounding error of about 1e-9 of itself. Without it, a step that ends just above the threshold (log0 within a few
+    `floor` (1e-8 in log q) is about what the loss can resolve: on 4 x 4 sensing a loss of 1e-14 moves by 1.4e-9 of
+    itself when the state moves by one ulp (its residuals cancel). Without it, a step that ends just above the threshold (log0 within a few
     ulps, or within that rounding) would leave the next step a band of share / (1 - share) log0 to end in: every
     retry would overshoot, and the step would shrink until `StopOnCollapse` ended the run as failed instead of
     stopped. It changes no decision where a crossing step falls by more than floor / share (2e-7 in log q).
