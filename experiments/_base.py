@@ -146,12 +146,12 @@ class Context:
         )
 
     def cached(
-        self, inputs: Any, compute: Callable[[], dict[str, Any]], code: tuple[Callable, ...] = ()
+        self, inputs: Any, compute: Callable[[], dict[str, Any]], code: tuple[Any, ...] = ()
     ) -> dict[str, np.ndarray]:
         """Arrays computed once for `inputs` (anything `flows.fingerprint` keys: problems, flows, settings) and
-        stored in the store's `results` folder: reference solutions, discrete runs. The source of the functions in
-        `code` (those of the experiment that compute or reduce the arrays) joins the key, so that changing them
-        computes the arrays again."""
+        stored in the store's `results` folder: reference solutions, discrete runs. The source of the functions or
+        modules in `code` (what computes or reduces the arrays) joins the key, so that changing them computes the
+        arrays again."""
         if code:
             inputs = {"inputs": inputs, "code": [inspect.getsource(function) for function in code]}
         key = flows.fingerprint({"schema": flows.SCHEMA, "inputs": inputs})

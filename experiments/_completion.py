@@ -145,7 +145,8 @@ def nuclear_minimiser(ctx: Context, p: flows.AbstractProblem, solver: str = "SCS
         }
 
     options = references.CVXPY_OPTIONS[solver]
-    return ctx.cached({"reference": "min_nuclear", "problem": p, "solver": solver, "options": options}, solve)
+    inputs = {"reference": "min_nuclear", "problem": p, "solver": solver, "options": options}
+    return ctx.cached(inputs, solve, code=(solve, references))
 
 
 INIT = 1e-3

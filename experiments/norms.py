@@ -228,6 +228,7 @@ class Norms(Experiment):
                 "options": references.CVXPY_OPTIONS["CLARABEL"],
             },
             lambda: {"nuclear": references.min_nuclear(p).X, "frobenius": references.min_frobenius(p).X},
+            code=(references,),
         )
         min_nuclear = float(np.linalg.svd(stored["nuclear"], compute_uv=False).sum())
         min_frobenius = float(np.linalg.norm(stored["frobenius"]))

@@ -145,6 +145,7 @@ class SmallInit(Experiment):
                         "options": references.CVXPY_OPTIONS["CLARABEL"],
                     },
                     lambda problem=problem: _reference(references.min_nuclear_psd(problem)),
+                    code=(_reference, references),
                 )
                 X, objective, feasibility = stored["X"], float(stored["objective"]), float(stored["feasibility"])
             W = np.array([run.W for run in by_case[case]])
@@ -168,6 +169,7 @@ class SmallInit(Experiment):
         lp = ctx.cached(
             {"reference": "commuting_lp", "problem": commuting, "options": references.HIGHS_OPTIONS},
             lambda: _reference(references.commuting_lp(commuting)),
+            code=(_reference, references),
         )
         sdp_vs_lp = float(np.linalg.norm(results["commuting"]["X"] - lp["X"]) / np.linalg.norm(lp["X"]))
         certificates = reduced_sweep.certificates
