@@ -169,6 +169,7 @@ def eigenbasis_checks() -> CheckResult:
             Row("eigenbasis.commuting.fit (loss(T)/loss(0))", fits["commuting"], "<", 1e-4),
             Row("eigenbasis.commuting.commutator", reports["commuting"].max_commutator, "<=", 1e-10),
             Row("eigenbasis.commuting.misalignment", reports["commuting"].max_misalignment, "<=", 1e-10),
+            # The setting, not the claim: from alpha^2 I the run starts commuting whatever the flow does later.
             Row("eigenbasis.gaussian.commutator_at_0", float(gaussian.commutator[0]), "<=", 1e-12),
             Row("eigenbasis.gaussian.commutator (claim fails)", float(gaussian.commutator[-1]), ">=", 1e-2),
             Row("eigenbasis.gaussian.misalignment (claim fails)", float(gaussian.misalignment[-1]), ">=", 1e-2),
@@ -265,6 +266,10 @@ def small_init_checks(store=None) -> CheckResult:
             ),
             # The 1/log(1/alpha) law of small_init's docstring: complementarity * log(1/alpha^2) about constant.
             Row("small_init.commuting.certificate_1/log_law (max/min)", float(scaled.max() / scaled.min()), "<", 2.0),
+            # 0 in this setting, not in general: on W's range sum_i nu_i A_i has eigenvalues 1 + log(lambda_k) /
+            # log(1/alpha^2), at most 1 because lambda_max(W_inf) <= 1 here (truth norm 1); with larger eigenvalues
+            # the violation decays like 1/log(1/alpha^2) (truth norm 10: 7.9e-2, 4.8e-2, 3.4e-2 at alpha = 1e-3,
+            # 1e-5, 1e-7), as complementarity does. A wrongly scaled nu breaks it here.
             Row("small_init.commuting.certificate_dual_violation", max(c.dual for c in certs), "<=", 1e-12),
             Row("small_init.commuting.certificate_feasibility", max(c.feasibility for c in certs), "<", 1e-10),
             Row("small_init.sensing.distance_nuclear@1e-6", s_sweep.distances["nuclear"][i6], "<=", 1e-4),
@@ -405,11 +410,12 @@ def flatness_checks() -> CheckResult:
                 "<=",
                 1e-8,
             ),
+            # Two-sided: the flattest interpolant minimises str, so a ratio well below 1 is a broken reference.
             Row(
-                f"flatness.{label}.str_flow/str_flattest (flow lands near-flattest)",
-                comparison.str_flow / comparison.str_flattest,
+                f"flatness.{label}.|str_flow/str_flattest - 1| (flow lands near-flattest)",
+                abs(comparison.str_flow / comparison.str_flattest - 1.0),
                 "<=",
-                1.1,
+                0.1,
             ),
         ]
         details[f"completion n=10 m=45 {label}, UV^T from balanced 1e-3, to loss 1e-14"] = {

@@ -113,6 +113,12 @@ def converge(
     extrapolation where the flow answers its Gauss-Newton linearisation (`flow.linearisable`: plain
     gradient flows, and `ResidualIntegral` around one), else Kvaerno5 (a dense Jacobian: small states only).
     """
+    dynamics = getattr(flow, "dynamics", None)
+    if dynamics is not None and not dynamics.restarts:
+        raise ValueError(
+            f"converge restarts the clock between its two legs, which {type(dynamics).__name__}'s state does not "
+            "allow (its moments start at zero and its bias corrections read the time): run it with flows.solve"
+        )
     head_solver, tail_solver = solvers(flow, head_loss, head_solver, tail_solver)
     start = time.perf_counter()
     head = flows.solve(

@@ -36,7 +36,9 @@ def descend(
         t1: the final time; the run makes round(t1 / step) steps at most (stopping at the last save).
         ts: save times in [0, t1], default `default_ts(t1)`. Each is rounded to the nearest
             multiple of `step` (the time of an actual iterate); times that round to the same step
-            are saved once, and `traj.ts` holds the rounded times k * step.
+            are saved once, and `traj.ts` holds the rounded times k * step (a save time within half a step of a
+            t1 that is not a multiple of `step` rounds to the step past it: `traj.ts[-1]` may exceed t1 by less
+            than half a step).
         chunk: at most this many steps per compiled call (a `lax.fori_loop`); between calls the
             state is checked to be finite and the progress bar advances.
         progress: show a tqdm progress bar over steps.
@@ -56,6 +58,9 @@ def descend(
     flow.dynamics.check_step(step)
     save_steps = _save_steps(ts, step, t1)
     flow.check_state(state0)  # also: an adaptive flow's moments start at zero, as the optimizer's do
+    # float64 whatever state0 came as: optax casts every update back to the parameters' dtype, so integer parameters
+    # would be truncated at each step and float32 ones rounded.
+    state0 = jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype=jnp.float64), state0)
 
     step_ = jnp.asarray(step)
     params = flow.params(state0)

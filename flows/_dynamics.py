@@ -57,6 +57,9 @@ class AbstractDynamics(eqx.Module):
     controller_gains: ClassVar[tuple[float, float]] = (0, 1)
     """(pcoeff, icoeff) of the default step-size controller (`diffrax.PIDController`): an I controller, Diffrax's
     default, for fields whose explicit steps are held by accuracy; a PI controller where they are held by stability."""
+    restarts: ClassVar[bool] = True
+    """Whether a state reached mid-run may start a new run with the clock at 0 and continue the same trajectory: the
+    field depends on the state alone, and no part of the state must start at a fixed value."""
 
     def init(self, params: Params) -> Any:
         """The state at t = 0 from the initial parameters."""
@@ -211,6 +214,7 @@ class AbstractAdaptive(AbstractDynamics):
     moment_names: ClassVar[tuple[str, ...]]
     rate_names: ClassVar[tuple[str, ...]]
     constant_names: ClassVar[tuple[str, ...]]
+    restarts = False  # the moments start at zero, and the bias corrections read the time since
     # The max norm, not the RMS: a per-coordinate preconditioner moves each coordinate at its own O(1)
     # speed, so one coordinate's error counts in full, not sqrt(N) times diluted among N entries. Measured
     # (Adam, UU^T sensing from 1e-6, rtol 1e-8): a coordinate sliding along g_i = 0 leaves that ridge with

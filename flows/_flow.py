@@ -282,6 +282,8 @@ class Flow(AbstractFlow):
     def check_state(self, state0):
         super().check_state(state0)
         self.dynamics.check_state(state0)
+        if self.penalty is not None:
+            self.penalty.check_start(self.parameterization, self.params(state0))
 
     def describe(self):
         return {

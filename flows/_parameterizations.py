@@ -129,17 +129,20 @@ def balanced_factors(rng: np.random.Generator, dims: tuple[int, ...], scale: flo
     return [scale * (left[j + 1] * root) @ left[j].T for j in range(N)]
 
 
+def _count(value: int) -> int:
+    """A NumPy integer as the Python int it equals (a static field's value enters keys and descriptions)."""
+    return int(value) if isinstance(value, np.integer) else value
+
+
 def _width(width) -> int | None:
-    if width is not None:
-        check_positive_int("width", width)
-    return width
+    return None if width is None else check_positive_int("width", width)
 
 
 def _widths(width):
     """One width or a sequence of them (kept as a tuple, so the field is hashable)."""
     if isinstance(width, (list, tuple, np.ndarray)):
         return tuple(int(w) if isinstance(w, np.integer) else w for w in width)
-    return width
+    return int(width) if isinstance(width, np.integer) else width
 
 
 class Direct(AbstractParameterization):
@@ -268,7 +271,7 @@ class Deep(AbstractParameterization):
         width: the hidden width, or depth - 1 hidden widths (default min(n1, n2)).
     """
 
-    depth: int = eqx.field(static=True, default=3)
+    depth: int = eqx.field(static=True, default=3, converter=_count)
     width: int | tuple[int, ...] | None = eqx.field(static=True, default=None, converter=_widths)
     init_kinds = ("identity", "orthogonal", "gaussian", "balanced")
 

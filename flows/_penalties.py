@@ -58,6 +58,10 @@ class AbstractPenalty(eqx.Module):
         """A JSON-able description (saved with trajectories)."""
         return {"name": type(self).__name__}
 
+    def check_start(self, parameterization, theta) -> None:
+        """ValueError where the penalty's gradient is undefined at the initial parameters (host-side, before anything
+        compiles); most penalties are defined everywhere."""
+
 
 class AbstractMatrixPenalty(AbstractPenalty):
     """A penalty R(W) on the end-to-end matrix: `penalty(W)` is its value, `penalty.grad(W)` its gradient."""
@@ -193,6 +197,13 @@ class Ratio(AbstractMatrixPenalty):
     def describe(self):
         return {"name": "Ratio", "eps": float(self.eps), "delta": float(self.delta)}
 
+    def check_start(self, parameterization, theta):
+        if float(self.delta) == 0.0 and not np.any(np.asarray(parameterization.product(theta))):
+            raise ValueError(
+                "the ratio ||W||_* / ||W||_F with delta = 0 is undefined at W = 0, where this run starts: start from a "
+                "nonzero W, or smooth it with delta > 0"
+            )
+
 
 class HoyerSquare(AbstractMatrixPenalty):
     r"""The squared ratio $R(W)^2$, $R$ = `Ratio` (DeepHoyer's Hoyer-square, on singular values): $\nabla R^2 = 2 R \nabla R$.
@@ -218,6 +229,9 @@ class HoyerSquare(AbstractMatrixPenalty):
 
     def describe(self):
         return {"name": "HoyerSquare", "eps": float(self.ratio.eps), "delta": float(self.ratio.delta)}
+
+    def check_start(self, parameterization, theta):
+        self.ratio.check_start(parameterization, theta)
 
 
 PENALTIES = {

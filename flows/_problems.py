@@ -17,7 +17,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int
 
 from ._random import orthonormal_columns
-from ._validate import check_finite, check_fits, check_nonnegative, check_positive_int
+from ._validate import check_finite, check_fits, check_nonnegative, check_positive, check_positive_int, check_seed
 
 FLOAT = 8
 """Bytes per float64 entry, for the memory estimates the constructors check before allocating."""
@@ -99,12 +99,16 @@ class AbstractProblem(eqx.Module):
                 np.prod(shape, dtype=np.int64) * (copy + 1),
                 DENSE_ALTERNATIVE,
             )
+        if np.iscomplexobj(A) or np.iscomplexobj(y):
+            raise ValueError("A and y must be real: the flows are real, and a complex part would be dropped")
         A = np.asarray(A, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         if A.ndim != 3:
             raise ValueError(f"A must have shape (m, n1, n2); got shape {A.shape}")
         if A.shape[0] == 0:
             raise ValueError("A has m = 0 measurements; at least one is needed")
+        if A.shape[1] == 0 or A.shape[2] == 0:
+            raise ValueError(f"the measured matrix must have n1, n2 >= 1; A has shape {A.shape}")
         if y.shape != (A.shape[0],):
             raise ValueError(f"y must have shape (m,) = ({A.shape[0]},) to match A; got {y.shape}")
         check_finite("A", A)
@@ -221,8 +225,10 @@ class EntryProblem(AbstractProblem):
         return theta
 
     def gram(self):
-        # Distinct entries are orthonormal: G = I without forming the m x n1 x n2 stack.
-        return jnp.eye(self.m)
+        # <E_ab, E_cd> = 1 exactly where the entries coincide: I for distinct entries (as the public constructors
+        # ensure), without forming the m x n1 x n2 stack.
+        same = (self.rows[:, None] == self.rows[None, :]) & (self.cols[:, None] == self.cols[None, :])
+        return same.astype(jnp.float64)
 
 
 class RankOneProblem(AbstractProblem):
@@ -280,12 +286,10 @@ Problem = AbstractProblem
 
 def _check_shape(shape) -> tuple[int, int]:
     try:
-        n1, n2 = (int(s) for s in shape)
+        n1, n2 = shape
     except (TypeError, ValueError):
         raise ValueError(f"shape must be a pair (n1, n2); got {shape!r}") from None
-    check_positive_int("shape[0]", n1)
-    check_positive_int("shape[1]", n2)
-    return n1, n2
+    return check_positive_int("shape[0]", n1), check_positive_int("shape[1]", n2)
 
 
 def _symmetric_stack(A: np.ndarray) -> bool:
@@ -308,17 +312,15 @@ def check_sizes(
     kind: str, n: int, m: int, rank: int, n2: int | None = None, symmetric: bool = True, truth_norm: float = 1.0
 ) -> tuple[int, int]:
     """The shared checks of the random problem constructors; returns the shape (n1, n2)."""
-    check_positive_int("n", n)
-    n2 = n if n2 is None else n2
-    check_positive_int("n2", n2)
+    n = check_positive_int("n", n)
+    n2 = check_positive_int("n2", n if n2 is None else n2)
     check_positive_int("m", m)
     check_positive_int("rank", rank)
     if rank > min(n, n2):
         raise ValueError(f"rank = {rank} exceeds min(n1, n2) = {min(n, n2)}")
     if symmetric and n2 != n:
         raise ValueError(f"symmetric {kind} needs a square matrix (n2 = n)")
-    if not (np.isfinite(truth_norm) and truth_norm > 0):
-        raise ValueError(f"truth_norm must be a positive finite number; got {truth_norm}")
+    check_positive("truth_norm", truth_norm)
     return n, n2
 
 
@@ -370,7 +372,7 @@ def sensing(
         FLOAT * m * n1 * n2 + _truth_bytes(n1, n2),
         DENSE_ALTERNATIVE,
     )
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     truth = low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
     A = rng.standard_normal((m, n1, n2))
     if symmetric:
@@ -400,7 +402,7 @@ def completion(
         _truth_bytes(n1, n2) + FLOAT * (n1 * n2 + 6 * m),
         "use a smaller n (the truth is a dense n1 x n2 matrix)",
     )
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     truth = low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
     flat = np.sort(rng.choice(n1 * n2, size=m, replace=False))
     rows, cols = np.divmod(flat, n2)
@@ -427,7 +429,7 @@ def commuting(n: int, m: int, rank: int, seed: int = 0, truth_norm: float = 1.0)
         FLOAT * (m * n + 6 * n * n + 2 * m),
         "use a smaller n or m",
     )
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     Q = orthonormal_columns(rng, n, n)
     spectra = rng.standard_normal((m, n))
     eig = np.zeros(n)
@@ -472,7 +474,7 @@ def rank_one_sensing(
         FLOAT * (vectors + m * n2 + 2 * m) + _truth_bytes(n1, n2),
         "use a smaller m or n",
     )
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     truth = low_rank_truth(rng, n1, n2, rank, symmetric, truth_norm)
     left = rng.standard_normal((m, n1))
     right = None if symmetric else rng.standard_normal((m, n2))

@@ -21,6 +21,13 @@ def check_positive_int(name: str, value) -> int:
     return int(value)
 
 
+def check_seed(seed) -> int:
+    """`seed` as a Python int; ValueError unless it is a nonnegative integer (NumPy's generators take nothing else)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a nonnegative integer; got {seed!r}")
+    return int(seed)
+
+
 def check_positive(name: str, value) -> float:
     try:
         value = float(value)

@@ -81,3 +81,9 @@ def test_a_stored_limit_is_computed_again_when_fresh_or_when_its_code_changes(tm
     monkeypatch.setattr(small_init.inspect, "getsource", edited)
     again = small_init.stored(tmp_path, flow, flow.init(scale=1e-2, kind="identity"), **options)
     assert not again.reused
+
+
+def test_converge_refuses_a_flow_whose_clock_cannot_restart():
+    flow = flows.Flow(flows.sensing(n=4, m=8, rank=1, seed=0), flows.Symmetric(), dynamics=flows.Adam())
+    with pytest.raises(ValueError, match="restarts the clock"):
+        small_init.converge(flow, flow.init(scale=1e-2), t1=1e3, head_loss=1e-4)

@@ -139,3 +139,14 @@ def test_divergence_carries_the_run_up_to_the_last_finite_iterate(tmp_path):
     np.testing.assert_array_equal(again.W[-1], partial.W[-1])
     assert np.isfinite(partial.W).all()
     assert flows.Trajectory.load(partial.save(tmp_path / "failed")).stats["failed"]
+
+
+def test_a_single_precision_start_descends_in_float64():
+    # optax casts each update to the parameters' dtype: a float32 start would descend in float32 (an integer one,
+    # which the annotations refuse under the tests' type checks, would be truncated at every step).
+    flow = flows.Flow(flows.sensing(n=3, m=4, rank=1, seed=0), flows.Direct())
+    start = 0.25 * np.eye(3) + 0.125  # exact in float32
+    reference = flows.descend(flow, start, step=0.01, t1=1.0)
+    traj = flows.descend(flow, start.astype(np.float32), step=0.01, t1=1.0)
+    assert traj.W.dtype == np.float64
+    np.testing.assert_array_equal(traj.W, reference.W)

@@ -174,3 +174,20 @@ def test_pure_ratio_penalty_direct_flow_conserves_the_frobenius_norm():
     assert np.max(np.abs(norms / norms[0] - 1)) <= 1e-8
     R = np.array([float(flow.penalty(W)) for W in traj.W])
     assert np.all(np.diff(R) < 0) and R[-1] < 0.99 * R[0]
+
+
+def test_the_unsmoothed_ratio_is_refused_where_it_starts_undefined():
+    problem = flows.sensing(n=3, m=4, rank=1, seed=0)
+    flow = flows.Flow(problem, flows.Direct(), penalty=flows.Ratio(delta=0.0), strength=1.0)
+    for run in (
+        lambda: flows.solve(flow, flow.init(kind="zero"), t1=1.0),
+        lambda: flows.descend(flow, flow.init(kind="zero"), step=0.1, t1=1.0),
+    ):
+        with pytest.raises(ValueError, match="undefined at W = 0"):
+            run()
+    hoyer = flows.Flow(problem, flows.Direct(), penalty=flows.HoyerSquare(delta=0.0), strength=1.0)
+    with pytest.raises(ValueError, match="undefined at W = 0"):
+        hoyer.check_state(hoyer.init(kind="zero"))
+    flow.check_state(flow.init(scale=0.1))  # defined away from 0
+    smoothed = flows.Flow(problem, flows.Direct(), penalty=flows.Ratio(delta=1e-3), strength=1.0)
+    smoothed.check_state(smoothed.init(kind="zero"))

@@ -245,3 +245,39 @@ BAD_PROBLEMS = [
 def test_bad_problem_input(make, message, unchecked_types):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_sizes_and_seeds_are_checked_and_numpy_integers_key_as_ints():
+    # Values of the wrong type are ValueErrors (the tests' type checks would stop them at the annotations first).
+    for check, value in [
+        (lambda v: flows._validate.check_positive("truth_norm", v), "a"),
+        (lambda v: flows._validate.check_positive("truth_norm", v), None),
+        (flows._validate.check_seed, 1.5),
+        (flows._validate.check_seed, "a"),
+    ]:
+        with pytest.raises(ValueError):
+            check(value)
+    with pytest.raises(ValueError, match="seed"):
+        flows.sensing(n=3, m=4, rank=1, seed=-1)
+    with pytest.raises(ValueError, match="shape"):
+        flows.Problem.from_entries((3.9, 2.2), [0], [1], [1.0])
+    with pytest.raises(ValueError, match="n1, n2 >= 1"):
+        flows.Problem.from_matrices(np.zeros((2, 0, 3)), [0.0, 0.0])
+    with pytest.raises(ValueError, match="real"):
+        flows.Problem.from_matrices(np.ones((2, 2, 2)) * (1 + 1j), [0.0, 0.0])
+    # The same problem and parameterization whether their sizes come as Python or NumPy integers: one key.
+    entries = flows.Problem.from_entries((np.int64(3), np.int64(2)), [0], [1], [1.0])
+    assert entries.shape == (3, 2) and all(type(n) is int for n in entries.shape)
+    assert flows.fingerprint(entries) == flows.fingerprint(flows.Problem.from_entries((3, 2), [0], [1], [1.0]))
+    assert flows.fingerprint(flows.Deep(depth=np.int64(3), width=np.int64(4))) == flows.fingerprint(
+        flows.Deep(depth=3, width=4)
+    )
+
+
+def test_the_gram_matrix_of_completion_counts_repeated_entries():
+    # The public constructors refuse repeats; built directly, G_ij = <A_i, A_j> is 1 where entries coincide.
+    problem = flows.EntryProblem(
+        y=jnp.zeros(3), truth=None, shape=(2, 2), symmetric=False, rows=jnp.array([0, 0, 1]), cols=jnp.array([1, 1, 0])
+    )
+    dense = problem.matrices().reshape(3, -1)
+    np.testing.assert_array_equal(problem.gram(), dense @ dense.T)
