@@ -269,9 +269,7 @@ def test_sizes_and_seeds_are_checked_and_numpy_integers_key_as_ints():
     entries = flows.Problem.from_entries((np.int64(3), np.int64(2)), [0], [1], [1.0])
     assert entries.shape == (3, 2) and all(type(n) is int for n in entries.shape)
     assert flows.fingerprint(entries) == flows.fingerprint(flows.Problem.from_entries((3, 2), [0], [1], [1.0]))
-    assert flows.fingerprint(flows.Deep(depth=np.int64(3), width=np.int64(4))) == flows.fingerprint(
-        flows.Deep(depth=3, width=4)
-    )
+    assert flows.fingerprint(flows.Deep(depth=3, width=np.int64(4))) == flows.fingerprint(flows.Deep(depth=3, width=4))
 
 
 def test_the_gram_matrix_of_completion_counts_repeated_entries():
