@@ -3,9 +3,10 @@
     python examples/five_flows.py            # n = 30, 300 observed entries of a rank-2 PSD matrix
     python examples/five_flows.py --quick    # n = 10, 50 entries, a tenth of the time (seconds)
 
-One flow is a parameterization x an objective x dynamics. From a small initialization the plain flows
-reach zero loss at a low-rank W close to the truth; the ratio penalty ||W||_* / ||W||_F pushes further
-towards low rank, and the Adam flow integrates Adam's small-step limit of the same objective.
+One flow is a parameterization x an objective x dynamics. From a small initialization the plain factored flows
+reach zero loss at a low-rank W close to the truth (the direct flow, W itself, changes only the observed entries
+and fills in nothing); the ratio penalty ||W||_* / ||W||_F pushes further towards low rank, and the Adam flow
+integrates Adam's small-step limit of the same objective.
 """
 
 import argparse

@@ -9,6 +9,7 @@ rank, and the error to the truth. The title is the configuration the runs share,
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -135,8 +136,13 @@ def plot_trajectory(
         ax.grid(True, which="major", alpha=0.3)
 
     if overlay and labels is not None:  # labels are set above whenever runs overlay
-        handles = [Line2D([], [], color=c, lw=lw, label=label) for c, lw, label in zip(colours, widths, labels)]
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(runs), 3), frameon=False)
+        # Long labels (runs that differ in several ways) one per row, wrapped to the figure's width, not clipped.
+        long = max(len(label) for label in labels) > 40
+        handles = [
+            Line2D([], [], color=c, lw=lw, label=textwrap.fill(label, 110) if long else label)
+            for c, lw, label in zip(colours, widths, labels)
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncols=1 if long else min(len(runs), 3), frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     if path is not None:

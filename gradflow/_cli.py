@@ -647,6 +647,9 @@ def _dispatch(argv: list[str]) -> int:
     except (ValueError, OSError) as err:
         print(f"gradflow {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except MemoryError as err:
+        print(f"gradflow {args.command}: error: out of memory ({err or 'an allocation failed'})", file=sys.stderr)
+        return 2
     except RuntimeError as err:
         import flows
 

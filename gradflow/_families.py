@@ -66,10 +66,12 @@ class Family:
             docs = argument_docs(cls)
             types_ = _argument_types(cls)
             for name, parameter in inspect.signature(cls).parameters.items():
+                kind = _flag_type(types_[name])
                 argument = by_name.setdefault(
-                    name,
-                    Argument(name, f"--{self.prefix}{name.replace('_', '-')}", _flag_type(types_[name]), {}, {}),
+                    name, Argument(name, f"--{self.prefix}{name.replace('_', '-')}", kind, {}, {})
                 )
+                if kind is _widths:  # one member's list of ints ("3,2"); it also reads the others' single int
+                    argument = by_name[name] = dataclasses.replace(argument, type=kind)
                 argument.defaults[key] = parameter.default
                 argument.help[key] = docs.get(name, "")
         return list(by_name.values())
@@ -186,11 +188,12 @@ def _argument_types(cls) -> dict[str, Any]:
     """Each constructor argument's annotation: the __init__'s where it annotates the argument (what the user passes),
     else the field's (dataclass-style members)."""
     hints = {}
-    for source in (cls, cls.__init__):  # later sources win
+    for source in (cls, cls.__init__):  # later sources win, but not with Any (a converter's unannotated argument)
         try:
-            hints |= typing.get_type_hints(source)
+            found = typing.get_type_hints(source)
         except Exception:  # noqa: BLE001 - an unresolvable annotation leaves the argument a string
-            pass
+            continue
+        hints |= {name: hint for name, hint in found.items() if hint is not Any or name not in hints}
     return {name: hints.get(name, str) for name in inspect.signature(cls).parameters}
 
 

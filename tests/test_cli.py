@@ -536,3 +536,21 @@ def test_a_refused_plot_leaves_no_folder_behind(tmp_path, capsys):
     assert main(["plot", str(run), "--out", str(tmp_path / "new" / "deep" / "fig.xyz")]) == 2
     assert "needs one of the suffixes" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_width_flags_reach_the_parameterization(tmp_path, capsys):
+    # --width is one flag for every member that takes a width: Symmetric's int, Deep's int or list ("3,2").
+    for argv, width in (
+        (["--width", "3"], 3),
+        (["--parameterization", "factored", "--width", "3"], 3),
+        (["--parameterization", "deep", "--width", "3,2"], [3, 2]),
+    ):
+        out = tmp_path / "_".join(argv).replace(",", "-")
+        assert (
+            main(["run", "--n", "4", "--m", "8", "--rank", "1", "--t1", "1", "--quiet", *argv, "--out", str(out)]) == 0
+        )
+        assert flows.Trajectory.load(out).config["flow"]["parameterization"]["width"] == width
+    capsys.readouterr()
+    assert main(["run", "--n", "4", "--m", "8", "--width", "3,2", "--quiet", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "width must be a positive integer" in err and err.count("\n") == 1
