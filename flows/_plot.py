@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from ._dynamics import DYNAMICS, GradientFlow
 from ._flow import _member
@@ -134,6 +135,7 @@ def plot_trajectory(
         error_ax.set(xlabel="time t", ylabel=r"$\|W - W^*\|_F / \|W^*\|_F$", title="error to the truth")
     for ax in (loss_ax, sv_ax, rank_ax, error_ax):
         ax.grid(True, which="major", alpha=0.3)
+    _readable_within_a_decade(fig.axes)
 
     if overlay and labels is not None:  # labels are set above whenever runs overlay
         # Long labels (runs that differ in several ways) one per row, wrapped to the figure's width, not clipped.
@@ -148,6 +150,20 @@ def plot_trajectory(
     if path is not None:
         write_figure(fig, path, dpi=130)
     return fig
+
+
+def _readable_within_a_decade(axes) -> None:
+    """Log axes that span a decade or two at most (a run that failed early, a loss that barely moved) label their
+    minor ticks, which run into each other on the time axis and repeat one value on the others: the time axis keeps
+    its decade labels only, and a value axis within a decade turns linear with an offset, so that its labels
+    differ."""
+    for ax in axes:
+        if ax.get_xscale() == "log" and np.divide(*ax.get_xlim()[::-1]) < 100:
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        low, high = ax.get_ylim()
+        if ax.get_yscale() == "log" and low > 0 and high / low < 10:
+            ax.set_yscale("linear")
+            ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=True))
 
 
 def describe_run(traj: Trajectory) -> dict[str, str]:

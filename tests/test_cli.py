@@ -554,3 +554,20 @@ def test_width_flags_reach_the_parameterization(tmp_path, capsys):
     assert main(["run", "--n", "4", "--m", "8", "--width", "3,2", "--quiet", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "width must be a positive integer" in err and err.count("\n") == 1
+
+
+def test_a_run_within_a_decade_is_plotted_with_labels_that_differ():
+    # A run over [1e-5, 1e-4] whose loss barely moves: log axes would label their minor ticks, overlapping in time and
+    # repeating one value in the loss. The loss axis turns linear (distinct labels), the time axis keeps its decades.
+    from matplotlib.ticker import NullFormatter
+
+    problem = flows.sensing(n=4, m=8, rank=1, seed=0)
+    flow = flows.Flow(problem, flows.Symmetric())
+    traj = flows.solve(flow, flow.init(1e-3), t1=1e-4, ts=np.geomspace(1e-5, 1e-4, 8))
+    fig = flows.plot_trajectory(traj)
+    loss_ax = fig.axes[0]
+    assert loss_ax.get_yscale() == "linear"
+    fig.canvas.draw()
+    labels = [t.get_text() for t in loss_ax.get_yticklabels() if t.get_text()]
+    assert len(labels) == len(set(labels)) > 2
+    assert isinstance(loss_ax.xaxis.get_minor_formatter(), NullFormatter)
