@@ -10,6 +10,7 @@ on stderr and exits with status 2; Ctrl-C prints one line and exits with status 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import inspect
 import json
@@ -18,6 +19,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ._families import families
@@ -317,6 +319,18 @@ def remove_if_empty(folders: list[Path]) -> None:
             pass
 
 
+@contextlib.contextmanager
+def made_for_output(*paths) -> Iterator[list[Path]]:
+    """The folders of `paths` (None skipped) that do not exist yet, removed again, if still empty, when the command
+    ends with an error before writing there (a Ctrl-C is `interruptible`'s, through its `cleanup`)."""
+    made = [folder for path in paths if path is not None for folder in missing_folders(path)]
+    try:
+        yield made
+    except BaseException:
+        remove_if_empty(made)
+        raise
+
+
 def unwritten(figure: Path, made: list[Path]) -> None:
     """What a figure interrupted while it was written leaves: its temporary file (`flows.write_figure` renames it into
     place only when whole), and the folders made for it, if empty."""
@@ -341,9 +355,7 @@ def figure_path(path) -> Path:
 def cmd_run(args) -> int:
     registry = families()
     check_flags(args)
-    # The folders made for the output go again if the run ends (an error, Ctrl-C) before anything is written there.
-    made = missing_folders(args.out) + (missing_folders(Path(args.figure).parent) if args.figure else [])
-    try:
+    with made_for_output(args.out, Path(args.figure).parent if args.figure else None) as made:
         out = writable_folder(args.out, "output folder")
         figure = figure_path(args.figure) if args.figure else out / "figure.png"
         return interruptible(
@@ -351,9 +363,6 @@ def cmd_run(args) -> int:
             lambda: f"before the run started; nothing was saved to {out}",
             cleanup=lambda: remove_if_empty(made),
         )
-    except BaseException:
-        remove_if_empty(made)
-        raise
 
 
 def _run(args, registry, out: Path, figure: Path, made: list[Path]) -> int:
@@ -475,9 +484,7 @@ def cmd_plot(args) -> int:
 
     if args.labels is not None and len(args.labels) != len(args.runs):
         raise ValueError(f"--labels gives {len(args.labels)} entries for {len(args.runs)} runs")
-    # The figure's folders made here go again if the figure is not written (refused runs, an error, Ctrl-C).
-    made = missing_folders(Path(args.out).parent)
-    try:
+    with made_for_output(Path(args.out).parent) as made:
         out = figure_path(args.out)
         runs = []
         for folder in args.runs:
@@ -492,9 +499,6 @@ def cmd_plot(args) -> int:
             lambda: f"the figure {out} was not written",
             cleanup=lambda: unwritten(out, made),
         )
-    except BaseException:
-        remove_if_empty(made)
-        raise
     print(f"saved {out}")
     return 0
 
@@ -553,13 +557,8 @@ def cmd_reproduce(args) -> int:
         chosen = {name: e for name, e in experiments.EXPERIMENTS.items() if args.only is None or name in args.only}
         print(list_experiments(chosen, experiments.timings()))
         return 0
-    # The folders made here go again if the reproduction ends (an error, Ctrl-C) before writing into them.
-    made = [folder for path in (args.store, args.out) if path is not None for folder in missing_folders(path)]
-    try:
+    with made_for_output(args.store, args.out) as made:
         return _reproduce(args, experiments, made)
-    except BaseException:
-        remove_if_empty(made)
-        raise
 
 
 def _reproduce(args, experiments, made: list[Path]) -> int:
