@@ -29,7 +29,7 @@ import numpy as np
 from jaxtyping import Array, Float, PyTree
 
 from ._random import orthonormal_columns
-from ._validate import check_positive, check_positive_int
+from ._validate import check_positive, check_positive_int, check_seed
 
 Params = PyTree[Float[Array, "..."]]
 Sandwich = tuple[Float[Array, "n1 n1"], Float[Array, "n2 n2"], bool]
@@ -88,8 +88,7 @@ class AbstractParameterization(eqx.Module):
                 f"init kind {kind!r} does not apply to {name}" if kind in INIT_KINDS else f"unknown init kind {kind!r}"
             )
             raise ValueError(f"{problem}; {name} takes {', '.join(map(repr, self.init_kinds))}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an integer; got {seed!r}")
+        seed = check_seed(seed)
         scale = None if kind == "zero" else check_positive("scale", scale)
         params = self.params(np.random.default_rng(seed), shape, scale, kind)
         return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.float64), params)
