@@ -193,6 +193,7 @@ class SmallInit(Experiment):
             "alpha min": tex_number(alphas[-1]),
             "alpha report": tex_number(alphas[report]),
             "t1": tex_number(T1),
+            "direct t1": tex_number(DIRECT_OPTIONS["t1"]),
             "rtol": tex_number(RTOL),
             "holds below": tex_number(HOLDS_BELOW),
             "stall ratio": tex_number(STALL_RATIO),
