@@ -60,9 +60,21 @@ class StoreSchemaError(ValueError):
     """A folder given as a store holds records of another schema (or is not a store)."""
 
 
+_IN_FLIGHT: set[str] = set()
+"""The temporary files of this process's writes not yet renamed into place."""
+
+
+def discard_temporaries() -> None:
+    """Delete the temporary files of this process's writes in flight: what a write leaves when the process ends in
+    the middle of it without unwinding (`os._exit`, as a Ctrl-C of the command line does)."""
+    for tmp in list(_IN_FLIGHT):
+        Path(tmp).unlink(missing_ok=True)
+
+
 def atomic_write(target: Path, payload: bytes) -> None:
     """Write `payload` to `target` through a temporary file in the same folder and an atomic rename."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{TEMPORARY}{target.name}.")
+    _IN_FLIGHT.add(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), _MODE)
@@ -73,6 +85,8 @@ def atomic_write(target: Path, payload: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        _IN_FLIGHT.discard(tmp)
     # The rename survives a crash once the folder's entry is on disk; a file system that cannot sync a folder still
     # renamed atomically.
     try:

@@ -331,13 +331,12 @@ def made_for_output(*paths) -> Iterator[list[Path]]:
         raise
 
 
-def unwritten(figure: Path, made: list[Path]) -> None:
-    """What a figure interrupted while it was written leaves: its temporary file (`flows.write_figure` renames it into
-    place only when whole), and the folders made for it, if empty."""
-    from flows._store import TEMPORARY
-
-    for partial in figure.parent.glob(f"{TEMPORARY}{figure.name}.*"):
-        partial.unlink(missing_ok=True)
+def abandon(made: list[Path]) -> None:
+    """What a command interrupted by Ctrl-C leaves behind, removed: the temporary files of its writes in flight
+    (records, figures and tables are renamed into place only when whole) and the folders made for it, if empty."""
+    store = sys.modules.get("flows._store")  # not loaded: nothing was written
+    if store is not None:
+        store.discard_temporaries()
     remove_if_empty(made)
 
 
@@ -361,7 +360,7 @@ def cmd_run(args) -> int:
         return interruptible(
             lambda: _run(args, registry, out, figure, made),
             lambda: f"before the run started; nothing was saved to {out}",
-            cleanup=lambda: remove_if_empty(made),
+            cleanup=lambda: abandon(made),
         )
 
 
@@ -497,7 +496,7 @@ def cmd_plot(args) -> int:
         interruptible(
             lambda: flows.plot_trajectory(runs, out, labels=args.labels, title=args.title),
             lambda: f"the figure {out} was not written",
-            cleanup=lambda: unwritten(out, made),
+            cleanup=lambda: abandon(made),
         )
     print(f"saved {out}")
     return 0
@@ -585,7 +584,7 @@ def _reproduce(args, experiments, made: list[Path]) -> int:
             tally=tally,
         ),
         progress,
-        cleanup=lambda: remove_if_empty(made),
+        cleanup=lambda: abandon(made),
     )
     for note in tally.notes:
         print(f"resumed: {note}")
@@ -636,7 +635,7 @@ def format_findings(findings: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # Ctrl-C while the libraries load and the flags are checked: nothing has started.
-    return interruptible(lambda: _dispatch(argv), lambda: "before anything was computed")
+    return interruptible(lambda: _dispatch(argv), lambda: "before anything was computed", cleanup=lambda: abandon([]))
 
 
 def _dispatch(argv: list[str]) -> int:

@@ -8,8 +8,8 @@ once whatever the worker is doing (compiling, inside an XLA call, with or withou
 it ends the process there with `os._exit`, which needs no cooperation from the worker.
 
 Ending the process mid-computation loses only what was in flight: results are written atomically
-(a temporary file renamed into place), so what a store holds is complete, and an interrupted write
-leaves at most a temporary file. What `os._exit` skips: `finally` blocks and atexit handlers of the
+(a temporary file renamed into place), so what a store holds is complete, and the command line's cleanup
+removes the temporary files of writes in flight (`flows._store.discard_temporaries`). What `os._exit` skips: `finally` blocks and atexit handlers of the
 process (a Dask LocalCluster's worker processes are left to time out; a client of a remote scheduler
 just disconnects).
 """

@@ -467,6 +467,47 @@ def test_ctrl_c_stops_a_run_at_once_with_one_line_and_exit_130(quiet, tmp_path):
     assert not out.exists(), "the output folder the run made is left behind, empty"
 
 
+# A figure's write that blocks after its temporary file is made (its sync never returns), under the command line's
+# interruptible call with its cleanup, in a folder the command made.
+BLOCKED_WRITE = """
+import os, sys, time
+from pathlib import Path
+from flows._store import atomic_write
+from gradflow._cli import abandon
+from gradflow._interrupt import interruptible
+
+folder = Path(sys.argv[1])
+folder.mkdir()
+
+def blocked(fd):
+    print("writing", flush=True)
+    time.sleep(600)
+
+os.fsync = blocked
+interruptible(lambda: atomic_write(folder / "figure.png", b"png"), lambda: "the figure was not written",
+              cleanup=lambda: abandon([folder]))
+"""
+
+
+def test_ctrl_c_in_the_middle_of_a_write_leaves_no_temporary_file(tmp_path):
+    """`os._exit` skips the write's own clean-up: the command's cleanup removes its temporary file, and then the
+    folder made for it, now empty."""
+    folder = tmp_path / "figures"
+    process = subprocess.Popen(
+        [sys.executable, "-c", BLOCKED_WRITE, str(folder)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline() == "writing\n", process.communicate(timeout=30)[1][-500:]
+    assert [p.name[: len(".tmp-figure.png.")] for p in folder.iterdir()] == [".tmp-figure.png."]
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and err == "interrupted: the figure was not written\n", err[-500:]
+    assert not folder.exists()
+
+
 @pytest.mark.parametrize("quiet", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["quiet", "progress-bar"])
 def test_ctrl_c_stops_a_reproduction_with_its_count_and_a_second_run_resumes(quiet, tmp_path):
     """`gradflow reproduce`: a real SIGINT once some runs are saved ends it at once with one line naming what is kept,
