@@ -67,7 +67,8 @@ def reproduce(
     runs/quick/figures, runs/quick/generated and runs/quick/report.html, or OUT/figures, OUT/generated and
     OUT/report.html with `out`. The report is one self-contained page of every figure, table and verdict written.
     `fresh` computes every run, reference and measurement again (each once). `tally` is filled as runs settle (pass
-    one to watch a reproduction's progress from another thread).
+    one to watch a reproduction's progress from another thread). An experiment that fails (a ValueError or a
+    `flows.SolverError`) leaves the others to run; the reproduction then ends with a ValueError naming each that failed.
     """
     names = list(EXPERIMENTS) if names is None else names
     unknown = [n for n in names if n not in EXPERIMENTS]
@@ -95,20 +96,30 @@ def reproduce(
         tally=Tally() if tally is None else tally,
     )
     start = time.perf_counter()
+    broken = []  # an experiment that fails leaves the others to finish; the error names every one that failed
     with matplotlib.style.context(STYLE):
         for i, name in enumerate(names, 1):
             ctx.experiment, ctx.position = name, f"{i}/{len(names)}"
             reused, began = ctx.tally.reused, time.perf_counter()
             try:
                 EXPERIMENTS[name].run(ctx)
-            except (ValueError, OSError, flows.SolverError) as err:
+            except OSError as err:  # the store or an output folder: every later experiment would fail alike
                 raise ValueError(f"experiment {name}: {err}") from err
+            except (ValueError, flows.SolverError) as err:
+                broken.append(f"experiment {name}: {err}")
+                continue
             if canonical and ctx.tally.reused == reused:  # nothing reused: a cold measurement of its cost
                 record_timing(name, quick, time.perf_counter() - began)
     seconds = time.perf_counter() - start
     scale = "quick" if quick else "full-scale"
     write_report(ctx.tally, report, title=f"gradflow: a {scale} reproduction ({', '.join(names)})", seconds=seconds)
     ctx.tally.report = report
+    if broken:
+        finished = len(names) - len(broken)
+        raise ValueError(
+            "; ".join(broken)
+            + f" ({finished} of {len(names)} experiments finished and wrote their outputs; the report: {report})"
+        )
     return ctx.tally, seconds
 
 

@@ -170,11 +170,27 @@ def test_a_failing_experiment_is_named_in_the_error(tmp_path, monkeypatch, capsy
         def report(self, ctx, results):
             raise ValueError("no convergence")
 
+    class Finishes(Experiment):
+        name = "finishes"
+        title = "writes one value"
+
+        def groups(self, quick):
+            return []
+
+        def report(self, ctx, results):
+            ctx.values("finishes", {"answer": "42"})
+
     monkeypatch.setitem(experiments.EXPERIMENTS, "fails", Fails())
-    argv = ["reproduce", "--only", "fails", "--quick", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "o")]
+    monkeypatch.setitem(experiments.EXPERIMENTS, "finishes", Finishes())
+    out = tmp_path / "o"
+    argv = ["reproduce", "--only", "fails", "finishes", "--quick", "--store", str(tmp_path / "s"), "--out", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "experiment fails: no convergence" in err and err.count("\n") == 1
+    assert err.count("\n") == 1
+    assert "error: experiment fails: no convergence (1 of 2 experiments finished and wrote" in err, err
+    # The experiment after the failing one still ran: its value and the report are written.
+    assert "42" in "".join(p.read_text() for p in (out / "generated").iterdir())
+    assert (out / "report.html").exists()
 
 
 def test_cached_arrays_are_computed_again_when_the_code_that_computes_them_changes(tmp_path):
