@@ -28,8 +28,8 @@ fitted rate $d \sim \alpha^p$ (`analysis.small_init.fitted_rate`, over the whole
 
 Verdict per problem, from its distances: *holds* when d decreases at every step of the sweep and both d
 and the last-decade change at the smallest alpha are at most `HOLDS_BELOW`; *fails* when d at the smallest
-alpha exceeds `HOLDS_BELOW`, its last step in alpha cut it by less than the factor `STALL_RATIO` and the
-end point sits at its limit (last-decade change under a tenth of d); *depends* otherwise.
+alpha exceeds `HOLDS_BELOW`, its last step in alpha left it above `STALL_RATIO` times its value one step before and
+the end point sits at its limit (last-decade change under a tenth of d); *depends* otherwise.
 
 The KKT certificate (commuting case, `analysis.closed_form.CommutingReduced`, whose state is
 $s = \int_0^t r$, by `analysis.small_init.commuting_certificates`): $\nu = -4 s(\infty) / \log(1/\alpha^2)$ gives $M = \sum_i \nu_i A_i$ the eigenvalues
