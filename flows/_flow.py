@@ -336,11 +336,13 @@ def _member(family: str, table: dict[str, type], description):
 
 
 class FlowArgs(eqx.Module):
-    """What `flows.solve` passes as Diffrax's `args`: the flow and the `stop_loss` threshold its event watches (None:
-    no event). Only `flows.solve`'s own functions (its term, event and error measure) read it."""
+    """What `flows.solve` passes as Diffrax's `args`: the flow, the `stop_loss` threshold its event watches (None:
+    no event) and the run's final time `t1` (None: not known). Only `flows.solve`'s own functions (its term, event and
+    error measure) read it."""
 
     flow: AbstractFlow
     stop_loss: Float[Array, ""] | None
+    t1: Float[Array, ""] | None = None
 
 
 class AbstractGaussNewton(eqx.Module):

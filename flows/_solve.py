@@ -120,10 +120,10 @@ def solve(
             solver ends at loss = stop_loss (1 - 1e-6), on a step landed just below it, `flows.LandOnEvent`). The
             trajectory then ends there: save times past the stop are dropped and the stopping time is the
             last entry, so `traj.W[-1]` is always the final state. A run that starts at or below it stops at 0.
-        solver: any Diffrax solver; default `default_solver(flow, stop_loss)`: Tsit5 (explicit,
-            5th order, adaptive), or for runs into the stiff convergence tail (stop_loss set) of
-            plain gradient flows `flows.Tsit5ThenExtrapolation()` (up to a thousand measurements)
-            or `flows.Tsit5ThenNDF()` (beyond).
+        solver: any Diffrax solver; default `default_solver(flow, stop_loss)`: for plain gradient flows, whose
+            convergence tails are stiff, Tsit5 switching once stiff to `flows.Tsit5ThenExtrapolation()`'s
+            extrapolation (up to a thousand measurements) or `flows.Tsit5ThenNDF()`'s NDF (beyond); Tsit5
+            (explicit, 5th order, adaptive) for the others but the sign and RMSProp flows.
         stepsize_controller: default (None): the arraywise relative or PID controller above, its steps landing
             on `ts`, so every saved value is a step's (dense outputs are less accurate than the steps). A given
             adaptive controller is wrapped the same way only for solvers that ask for it
@@ -409,15 +409,19 @@ the conserved balancedness to 4-7e-8 at rtol 1e-10 where the extrapolation keeps
 def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = False) -> diffrax.AbstractSolver:
     """The solver `solve` (and `sweep`) uses when given none.
 
-    For a run into the convergence tail (`stop_loss` set, where these flows turn stiff) of a gradient
-    flow of the data loss (`flow.linearisable`: its Gauss-Newton linearisation is then the Hessian up
-    to the residual term): Tsit5 until the run turns stiff (and, for the extrapolation, until the time left to
-    the stop is worth its linearisations: `Tsit5ThenExtrapolation.horizon`), then the linearly implicit extrapolation
-    with dense solves (`Tsit5ThenExtrapolation`) up to `STIFF_MAX_MEASUREMENTS` measurements and the
-    matrix-free NDF (`Tsit5ThenNDF`) beyond. Tsit5 otherwise. `batched` (runs under vmap:
-    `sweep`'s batches of several): `LinearlyImplicitExtrapolation` instead of the first switch, since
-    vmap turns its lax.cond into running both solvers at every step, and Tsit5 instead of the second
-    (not measured under vmap).
+    For a gradient flow of the data loss (`flow.linearisable`: its Gauss-Newton linearisation is then the Hessian up
+    to the residual term), which turns stiff in its convergence tail, with or without a stop: Tsit5 until the run
+    turns stiff (and, for the extrapolation, until the time left to the stop or to t1 is worth its linearisations:
+    `Tsit5ThenExtrapolation.horizon`), then the linearly implicit extrapolation with dense solves
+    (`Tsit5ThenExtrapolation`) up to `STIFF_MAX_MEASUREMENTS` measurements and the matrix-free NDF (`Tsit5ThenNDF`)
+    beyond. A run that never turns stiff takes Tsit5's steps in the switch (measured from 6 % slower to 1.22x faster
+    than Tsit5 alone); one into the tail to a fixed t1 gains what a stopped one does, 4-140x on the measured
+    settings (benchmarks/README.md, `no_stop.py`). Tsit5 for every
+    other flow but the preconditioned ones (below). `batched` (runs under vmap: `sweep`'s batches of several), with
+    a stop: `LinearlyImplicitExtrapolation` instead of the first switch, since vmap turns its lax.cond into running
+    both solvers at every step, and Tsit5 instead of the second (not measured under vmap); without a stop Tsit5: a
+    run to a fixed t1 may never turn stiff, and the batch would pay the extrapolation's dense solves from its first
+    step.
 
     A flow preconditioned by a diagonal (`flow.preconditioned`: the sign and RMSProp flows) is stiff wherever a
     gradient entry is small, whatever the stop, with real stiff eigenvalues: Tsit5, then Runge-Kutta-Chebyshev
@@ -428,7 +432,7 @@ def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = 
     """
     if flow.preconditioned:
         return diffrax.Tsit5() if batched else Tsit5ThenChebyshev()
-    if stop_loss is None or not flow.linearisable:
+    if not flow.linearisable or (batched and stop_loss is None):
         return diffrax.Tsit5()
     if flow.problem.m <= STIFF_MAX_MEASUREMENTS:
         return LinearlyImplicitExtrapolation() if batched else Tsit5ThenExtrapolation()
@@ -489,16 +493,19 @@ def _stop_distance(t, y, args: FlowArgs, **kwargs):
 
 
 def _time_to_stop(t, y, f, args: FlowArgs):
-    r"""The flow time until the loss reaches stop_loss if its current relative rate of decay held:
-    $\log(L / L_{stop}) / (-\dot L / L)$ with $\dot L = \langle \nabla L, f \rangle$ (one Jacobian-vector product of
-    the loss). In a linear convergence tail dominated by one mode, where the loss decays like $e^{-2\lambda t}$, it
-    is the time left; where the decay slows ahead (while faster modes die out, entering a plateau, in an algebraic
-    tail) it underestimates, and on a plateau it overestimates. 0 at or below the stop, inf without a stop or where
-    the loss is not decreasing."""
+    r"""The flow time left until the run ends: at its final time t1, or earlier where the loss reaches stop_loss,
+    estimated as if its current relative rate of decay held: $\log(L / L_{stop}) / (-\dot L / L)$ with
+    $\dot L = \langle \nabla L, f \rangle$ (one Jacobian-vector product of the loss). In a linear convergence tail
+    dominated by one mode, where the loss decays like $e^{-2\lambda t}$, that estimate is the time left; where the
+    decay slows ahead (while faster modes die out, entering a plateau, in an algebraic tail) it underestimates, and on
+    a plateau it overestimates. 0 at or below the stop; without a stop, or where the loss is not decreasing, the time
+    to t1 (inf where t1 is not known)."""
+    left = jnp.inf if args.t1 is None else args.t1 - t
     if args.stop_loss is None:
-        return jnp.inf
+        return jnp.asarray(left)
     loss, rate = jax.jvp(args.flow.loss, (y,), (f,))
-    return jnp.where(rate < 0, jnp.maximum(jnp.log(loss / args.stop_loss), 0.0) * loss / -rate, jnp.inf)
+    estimate = jnp.where(rate < 0, jnp.maximum(jnp.log(loss / args.stop_loss), 0.0) * loss / -rate, jnp.inf)
+    return jnp.minimum(estimate, left)
 
 
 def _below_at_start(t, y, args: FlowArgs, t0, **kwargs):
@@ -589,7 +596,7 @@ def integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_s
         t1=t1,
         dt0=dt0,
         y0=state0,
-        args=FlowArgs(flow, stop_loss),
+        args=FlowArgs(flow, stop_loss, t1),
         saveat=diffrax.SaveAt(ts=ts, t1=True, solver_state=True),
         stepsize_controller=controller,
         event=event,

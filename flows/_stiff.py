@@ -427,11 +427,12 @@ class AbstractTsit5Then(AbstractFlowSolver):
     the default save times switched at t = 1224 instead of 985 at rtol 1e-8 (benchmarks/README.md).
 
     A stiff solver that pays to start (the extrapolation's linearisations) is not worth it for a short
-    remainder: the run switches only if the flow time left until its stop, as the term estimates it
-    (`flows.LinearisableTerm`: the loss's current rate of decay extrapolated), is more than `horizon` of
+    remainder: the run switches only if the flow time left until it ends, as the term estimates it
+    (`flows.LinearisableTerm`: the time to t1, or less where the loss's current rate of decay, extrapolated,
+    reaches the stop sooner), is more than `horizon` of
     Tsit5's current steps (the step just taken, one above the threshold, so not one cut short); until then the test
     is repeated at every further step above the threshold while the count stands (one Jacobian-vector product of
-    the loss each). `horizon` 0, or a run without a stop, switches on stiffness alone.
+    the loss each, with a stop). `horizon` 0 switches on stiffness alone.
 
     The step-size controller sees Tsit5's order (5) in both phases. The stiff solver's state starts
     with the slope $F(y)$ at its first step (first same as last), which the switch hands over; its dense
@@ -586,6 +587,9 @@ class Tsit5ThenExtrapolation(AbstractTsit5Then):
     patience: int = eqx.field(static=True, default=15)
     reset: int = eqx.field(static=True, default=6)
     horizon: float = eqx.field(static=True, default=100.0)
+    # The horizon counts the time left to t1 as well as to the stop: stored runs of revision 3, which counted the
+    # time to the stop alone, may have switched where this one does not (flows._keys).
+    key_revision: ClassVar[int] = 4
 
 
 class Tsit5ThenChebyshev(AbstractTsit5Then):

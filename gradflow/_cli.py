@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--solver",
         default=None,
         metavar="SOLVER",
-        help="'default' (flows.default_solver: the stiff switch into a --stop-loss tail) or one of flows.SOLVERS: "
-        + ", ".join(flows.SOLVERS),
+        help="'default' (flows.default_solver: for gradient flows the switch into a stiff solver once the tail turns "
+        "stiff) or one of flows.SOLVERS: " + ", ".join(flows.SOLVERS),
     )
     g = run.add_argument_group("discrete steps")
     g.add_argument(

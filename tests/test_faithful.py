@@ -258,11 +258,18 @@ def test_a_run_that_starts_below_stop_loss_stops_at_once():
 
 
 def test_interpolated_saves_are_reported_and_warned():
+    # Diffrax's own solver under a given controller interpolates; the switches land their steps whatever the
+    # controller (`AbstractFlowSolver.lands_save_times`).
     flow, state0, _ = balanced_case("deep3", 1e-2)
     controller = diffrax.PIDController(rtol=1e-8, atol=1e-10)
+    options = dict(t1=10.0, ts=flows.default_ts(10.0, 10), stepsize_controller=controller)
     with pytest.warns(flows.FaithfulnessWarning, match="dense output, which is not promised"):
-        traj = flows.solve(flow, state0, t1=10.0, ts=flows.default_ts(10.0, 10), stepsize_controller=controller)
+        traj = flows.solve(flow, state0, solver=diffrax.Tsit5(), **options)
     assert traj.stats["saved_times"] == "interpolated"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", flows.FaithfulnessWarning)
+        traj = flows.solve(flow, state0, **options)
+    assert traj.config["solver"] == "Tsit5ThenExtrapolation" and traj.stats["saved_times"] == "landed"
 
 
 def test_a_given_controller_that_clips_to_the_save_times_lands_and_is_reported_so():
@@ -274,11 +281,11 @@ def test_a_given_controller_that_clips_to_the_save_times_lands_and_is_reported_s
     with warnings.catch_warnings():
         warnings.simplefilter("error", flows.FaithfulnessWarning)
         clipped = diffrax.ClipStepSizeController(pid, step_ts=jnp.asarray(ts))
-        traj = flows.solve(flow, state0, t1=10.0, ts=ts, stepsize_controller=clipped)
+        traj = flows.solve(flow, state0, t1=10.0, ts=ts, solver=diffrax.Tsit5(), stepsize_controller=clipped)
     assert traj.stats["saved_times"] == "landed"
     with pytest.warns(flows.FaithfulnessWarning, match="dense output, which is not promised"):
         partly = diffrax.ClipStepSizeController(pid, step_ts=jnp.asarray(ts[::2]))
-        traj = flows.solve(flow, state0, t1=10.0, ts=ts, stepsize_controller=partly)
+        traj = flows.solve(flow, state0, t1=10.0, ts=ts, solver=diffrax.Tsit5(), stepsize_controller=partly)
     assert traj.stats["saved_times"] == "interpolated"
 
 

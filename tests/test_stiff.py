@@ -230,15 +230,19 @@ def test_rejects_a_flow_it_cannot_linearise(flow):
     assert isinstance(flows.default_solver(flow, stop_loss=1e-10), diffrax.Tsit5)
 
 
-def test_default_solver_is_the_stiff_one_only_into_the_tail_of_plain_flows():
+def test_default_solver_is_the_stiff_switch_for_plain_flows_with_or_without_a_stop():
     flow = flows.Flow(_sensing(), flows.Symmetric())
-    assert isinstance(flows.default_solver(flow, stop_loss=1e-10), flows.Tsit5ThenExtrapolation)
-    assert isinstance(flows.default_solver(flow, stop_loss=None), diffrax.Tsit5)
+    for stop_loss in (1e-10, None):
+        assert isinstance(flows.default_solver(flow, stop_loss=stop_loss), flows.Tsit5ThenExtrapolation)
     assert isinstance(flows.default_solver(flow, stop_loss=1e-10).stiff_solver.linear_solver, flows.Woodbury)
+    # Under vmap the extrapolation throughout into a stopped tail; Tsit5 to a fixed t1, which may never turn stiff.
+    assert isinstance(flows.default_solver(flow, stop_loss=1e-10, batched=True), flows.LinearlyImplicitExtrapolation)
+    assert isinstance(flows.default_solver(flow, stop_loss=None, batched=True), diffrax.Tsit5)
     # Beyond STIFF_MAX_MEASUREMENTS the matrix-free NDF (benchmarks/README.md, vs_cvode.py); Tsit5 under vmap.
     many = flows.Flow(flows.completion(n=40, m=flows._solve.STIFF_MAX_MEASUREMENTS + 1, rank=1), flows.Symmetric())
-    assert isinstance(flows.default_solver(many, stop_loss=1e-10), flows.Tsit5ThenNDF)
-    assert isinstance(flows.default_solver(many, stop_loss=1e-10, batched=True), diffrax.Tsit5)
+    for stop_loss in (1e-10, None):
+        assert isinstance(flows.default_solver(many, stop_loss=stop_loss), flows.Tsit5ThenNDF)
+        assert isinstance(flows.default_solver(many, stop_loss=stop_loss, batched=True), diffrax.Tsit5)
     traj = flows.solve(flow, flow.init(scale=1e-2), t1=1e5, stop_loss=1e-10)
     assert traj.config["solver"] == "Tsit5ThenExtrapolation" and traj.loss[-1] < 1e-10
 
@@ -282,6 +286,38 @@ def test_the_default_solver_switches_for_every_state_layout(name):
     assert default.stats["linearisations"] >= 1
     explicit = flows.solve(flow, state0, solver=diffrax.Tsit5(), **options)
     assert default.stats["num_steps"] < explicit.stats["num_steps"] / 3, (default.stats, explicit.stats)
+
+
+def test_a_run_to_a_fixed_time_in_the_tail_switches_and_ends_where_the_flow_does():
+    # No stop: the default still switches once stiff, in a sixth of Tsit5's steps here (measured 242 against 1415),
+    # and ends within 100 rtol of a tight Dopri8 solve at t1.
+    flow, state0 = _completion_flow("factored")
+    options = dict(t1=3000.0, ts=np.array([0.0]))
+    default = flows.solve(flow, state0, **options)
+    assert default.config["solver"] == "Tsit5ThenExtrapolation" and default.stats["switched"], default.stats
+    explicit = flows.solve(flow, state0, solver=diffrax.Tsit5(), **options)
+    assert default.stats["num_steps"] < explicit.stats["num_steps"] / 3, (default.stats, explicit.stats)
+    exact = flows.solve(flow, state0, solver=diffrax.Dopri8(), rtol=1e-13, atol=1e-15, max_steps=10**6, **options)
+    assert default.ts[-1] == explicit.ts[-1] == exact.ts[-1] == 3000.0
+    scale = np.linalg.norm(exact.W[-1])
+    assert np.linalg.norm(default.W[-1] - exact.W[-1]) / scale < 100 * 1e-8
+
+
+def test_the_horizon_counts_the_time_left_to_t1():
+    # Without a stop the time left is t1 - t: a run that turns stiff (at t = 244 here, horizon 0) with fewer than
+    # `horizon` of Tsit5's steps left before t1 stays with Tsit5, one with more switches where horizon 0 does; both
+    # end at the same W.
+    flow, state0 = _completion_flow("factored")
+    at = flows.solve(flow, state0, t1=1e4, ts=np.array([0.0]), solver=flows.Tsit5ThenExtrapolation(horizon=0.0))
+    t_switch = at.stats["t_switch"]
+    for factor, switches in ((1.3, False), (4.0, True)):
+        options = dict(t1=factor * t_switch, ts=np.array([0.0]))
+        eager = flows.solve(flow, state0, solver=flows.Tsit5ThenExtrapolation(horizon=0.0), **options)
+        default = flows.solve(flow, state0, solver=flows.Tsit5ThenExtrapolation(), **options)
+        assert eager.stats["switched"] and eager.stats["t_switch"] == t_switch
+        assert default.stats["switched"] == switches, (factor, default.stats)
+        scale = np.linalg.norm(eager.W[-1])
+        assert np.linalg.norm(default.W[-1] - eager.W[-1]) / scale < 100 * 1e-8
 
 
 def test_the_stiffness_count_survives_short_steps():
@@ -450,7 +486,15 @@ def test_time_to_stop_is_exact_where_the_loss_decays_exponentially():
     assert estimate == pytest.approx(exact, rel=1e-12)
     traj = flows.solve(flow, state0, t1=10 * exact, ts=np.array([0.0]), stop_loss=stop, rtol=1e-10, atol=1e-12)
     assert traj.ts[-1] == pytest.approx(exact, rel=1e-6)
-    assert float(_time_to_stop(0.0, state0, flow.vector_field(0.0, state0), FlowArgs(flow, None))) == np.inf
+    field = flow.vector_field(0.0, state0)
+    assert float(_time_to_stop(0.0, state0, field, FlowArgs(flow, None))) == np.inf
+    # The run's end comes first where t1 is nearer: the time left is t1 - t, with a stop or without.
+    assert float(_time_to_stop(2.0, state0, field, FlowArgs(flow, None, jnp.asarray(7.0)))) == 5.0
+    half = jnp.asarray(exact / 2)
+    assert float(_time_to_stop(0.0, state0, field, FlowArgs(flow, jnp.asarray(stop), half))) == exact / 2
+    assert float(_time_to_stop(0.0, state0, field, FlowArgs(flow, jnp.asarray(stop), 2 * half))) == pytest.approx(
+        exact, rel=1e-12
+    )
 
 
 def test_the_switch_waits_for_a_remainder_worth_its_linearisations():
