@@ -175,6 +175,7 @@ class Steps(Experiment):
             "beta1": f"{BETA1:g}",
             "beta2": f"{BETA2:g}",
             "stability seeds": str(STABILITY_SEEDS),
+            **{f"grid/{method}": ", ".join(f"{step:g}" for step in steps) for method, steps in STEP_SIZES.items()},
         }
         for setting in SETTINGS[ctx.quick]:
             key = setting.scale.label
@@ -237,6 +238,9 @@ class Steps(Experiment):
             for label in ("budget", "tenth"):
                 e = budgets.get((method, label))
                 values[f"{key}/{method}/{label}/median"] = "n/a" if e is None else tex_number(float(np.nanmedian(e)))
+        # A method stable at its grid's largest step might be stable at a larger one: the grid, not the method, set it.
+        capped = [method for method in setting.methods if stable[method] == STEP_SIZES[method][0]]
+        values[f"{key}/capped by the grid"] = " and ".join(capped) if capped else "none"
         rows = []
         for claim, (a, b), rule in ((2, ("gradient descent", "Adam"), "two"), (3, ("momentum", "RMSProp"), "three")):
             for label in ("budget", "tenth"):
