@@ -6,6 +6,7 @@ annotation that does not hold fails the test that exercises it. beartype follows
 (an int is a float), as the static checkers do. The suite runs with XLA's backend optimisation off (below).
 """
 
+import gc
 import os
 
 # XLA's backend optimisation off for the suite (and the command-line runs it starts, which inherit the environment):
@@ -13,6 +14,7 @@ import os
 # and what the tests assert holds to tolerances far above the rounding that instruction selection can change.
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
+import jax  # noqa: E402
 import jaxtyping  # noqa: E402
 import pytest  # noqa: E402
 
@@ -30,3 +32,14 @@ def unchecked_types():
         yield
     finally:
         jaxtyping.config.update("jaxtyping_disable", False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compiled_programs_released_per_module():
+    """Every compiled program released after each test module. XLA's CPU code lives in three memory mappings per
+    compiled kernel (a switching solve compiles about 140), and a process may hold at most vm.max_map_count (65530
+    by default) mappings: one worker of `pytest -n 2` keeping every program of the suite reached 62,000, and the
+    suite in one process crashed at its 240th test, in XLA's compiler. A module's tests still share their programs."""
+    yield
+    jax.clear_caches()
+    gc.collect()

@@ -354,3 +354,15 @@ def test_a_step_ending_within_rounding_above_the_stop_still_stops(ulps):
     stop = loss * (1 - ulps * 2.2e-16) / (1 - STOP_MARGIN)
     traj = flows.solve(flow, state0, t1=50.0, ts=ts, stop_loss=stop, solver=diffrax.Tsit5(), max_steps=20_000)
     assert traj.stats["stopped_by_loss"] and traj.ts[-1] == pytest.approx(ts[40], rel=1e-9)
+
+
+def test_the_faithfulness_report_gives_each_conserved_quantitys_largest_drift():
+    # U^T U - V^T V moved at the middle save time and back at the end: the report holds the largest drift over the
+    # trajectory (the middle one), not the last (zero), nor the first.
+    flow = flows.Flow(flows.sensing(n=4, m=8, rank=1, seed=0, symmetric=False), flows.Factored())
+    U, V = flow.init(scale=0.5, kind="gaussian", seed=1)
+    states = (jnp.stack([U, 1.1 * U, U]), jnp.stack([V, V, V]))
+    traj = flows.Trajectory.from_states(flow, np.array([0.0, 1.0, 2.0]), states)
+    ((name, drift),) = traj.conserved_drift().items()
+    assert drift[0] == drift[2] == 0.0 and drift[1] > 0.01
+    assert traj.faithfulness()["conserved_drift"] == {name: float(drift[1])}

@@ -69,20 +69,23 @@ def test_kernel_and_solve_match_dense_gauss_newton(name):
 def test_matrix_free_solve_matches_dense_gauss_newton(name, tolerance):
     # CG stops once its residual is below tolerance ||b||; since I + h M^T M >= I, an error is at most its
     # residual, so ||x_cg - x_dense|| <= ||r_cg|| + ||r_dense||: within tolerance ||b|| plus the dense solve's
-    # round-off. The residuals are recomputed here from the dense M (lineax updates its own by recurrence).
+    # round-off. The residuals are recomputed here from the dense M (lineax updates its own by recurrence). The
+    # bound is relative to b at every scale of b (an absolute tolerance would be loose for a small b and out of
+    # reach for a large one).
     flow = FLOWS[name]()
     state = flow.init(scale=0.7, kind="gaussian", seed=3)
     M, point, unravel = _dense_M(flow, state)
     terms = _term(flow)
     dense = flows.Woodbury().linearise(terms, 0.0, state, None, 1.0)
     free = flows.ConjugateGradient(tolerance=tolerance).linearise(terms, 0.0, state, None, 1.0)
-    b = jnp.sin(jnp.arange(point.size, dtype=jnp.float64))
-    solve = eqx.filter_jit(lambda linear, h: linear.solve(h, b, unravel, terms, None))
-    for h in (1e-3, 0.4, 1e4):
-        x, x_dense = solve(free, h), solve(dense, h)
-        residual, residual_dense = (jnp.linalg.norm(y + h * M.T @ (M @ y) - b) for y in (x, x_dense))
-        assert residual <= 1.01 * tolerance * jnp.linalg.norm(b), (h, residual)
-        assert jnp.linalg.norm(x - x_dense) <= residual + residual_dense, h
+    solve = eqx.filter_jit(lambda linear, h, b: linear.solve(h, b, unravel, terms, None))
+    for scale in (1e-6, 1.0, 1e6):
+        b = scale * jnp.sin(jnp.arange(point.size, dtype=jnp.float64))
+        for h in (1e-3, 0.4, 1e4):
+            x, x_dense = solve(free, h, b), solve(dense, h, b)
+            residual, residual_dense = (jnp.linalg.norm(y + h * M.T @ (M @ y) - b) for y in (x, x_dense))
+            assert residual <= 1.01 * tolerance * jnp.linalg.norm(b), (scale, h, residual)
+            assert jnp.linalg.norm(x - x_dense) <= residual + residual_dense, (scale, h)
 
 
 def test_matrix_free_solve_past_its_iteration_budget_is_nan():
@@ -318,6 +321,20 @@ def test_the_horizon_counts_the_time_left_to_t1():
         assert default.stats["switched"] == switches, (factor, default.stats)
         scale = np.linalg.norm(eager.W[-1])
         assert np.linalg.norm(default.W[-1] - eager.W[-1]) / scale < 100 * 1e-8
+
+
+@pytest.mark.parametrize("patience", [1, 2])
+def test_the_switch_is_made_on_the_step_that_brings_the_count_to_patience(patience):
+    # Threshold 0: every step counts as stiff. From a first step dt0 = 1e-6 (accepted on this smooth start) the
+    # switch with patience 1 switches at its end, t = 1e-6; with patience 2 at the end of a later step.
+    flow, state0 = _completion_flow("factored")
+    solver = flows.Tsit5ThenExtrapolation(threshold=0.0, patience=patience, horizon=0.0)
+    traj = flows.solve(flow, state0, t1=1.0, ts=np.array([0.0]), solver=solver, dt0=1e-6)
+    assert traj.stats["switched"]
+    if patience == 1:
+        assert traj.stats["t_switch"] == 1e-6
+    else:
+        assert traj.stats["t_switch"] > 1e-6
 
 
 def test_the_stiffness_count_survives_short_steps():
