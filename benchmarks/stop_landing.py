@@ -74,7 +74,8 @@ def unswitched(setting: H.Setting, default: flows.Trajectory):
 
 def unstopped(setting: H.Setting, default: flows.Trajectory) -> functools.partial:
     """The default solver to the default run's final time with no stop: switching on stiffness alone where the
-    default switched (its `horizon` needs a stop), without the switch's tests where it did not (`unswitched`)."""
+    default switched (horizon 0: without the stop its horizon would weigh the time left to this t1 instead), without
+    the switch's tests where it did not (`unswitched`)."""
     solver = unswitched(setting, default) or flows.default_solver(setting.flow, H.STOP_LOSS)
     if getattr(solver, "horizon", 0.0) and default.stats["switched"]:
         solver = dataclasses.replace(solver, horizon=0.0)
