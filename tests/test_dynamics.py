@@ -309,3 +309,39 @@ def test_cli_runs_a_penalized_adam_flow(tmp_path, capsys):
     assert set(traj.states) == {"params", "m", "v"}
     assert traj.config["flow"]["dynamics"]["name"] == "Adam" and traj.config["flow"]["penalty"]["name"] == "Nuclear"
     assert traj.loss[-1] < traj.loss[0]
+
+
+def test_adam_measures_its_moments_by_what_they_move_in_its_field():
+    # Adam.error_sizes: v against D^2, D = sqrt(v) + eps sqrt(c_b) = sqrt(c_b) (sqrt(vhat) + eps); m against
+    # c_a (sqrt(vhat) + eps) (||F||_inf + a s_theta), where F = -mhat / (sqrt(vhat) + eps) is the field's own
+    # parameter component (read here from `field`). Early (c_a, c_b far from 1) and with sqrt(vhat) ~ eps, where
+    # a wrong power of c_b in either would show.
+    dynamics = flows.Adam(a=10.0, b=1.0, eps=1e-3)
+    t = 0.01
+    c_a, c_b = 1 - np.exp(-10.0 * t), 1 - np.exp(-1.0 * t)
+    theta = jnp.array([0.5, -2.0, 1.0])
+    m = jnp.array([3e-4, -1e-4, 2e-5])
+    v = c_b * jnp.array([1e-6, 4e-6, 1e-8])  # vhat = v / c_b, sqrt(vhat) 1e-3, 2e-3, 1e-4
+    state = {"params": (theta,), "m": (m,), "v": (v,)}
+    F = dynamics.field(t, state, (jnp.zeros(3),))["params"][0]
+    magnitude = jax.tree.map(jnp.abs, state)
+    sizes = jax.tree.map(lambda x: jnp.max(jnp.abs(x)), state)
+    got = dynamics.error_sizes(t, magnitude, sizes)
+    denominator = np.sqrt(np.asarray(v) / c_b) + 1e-3
+    expected_m = c_a * denominator * (np.max(np.abs(F)) + 10.0 * 2.0)
+    np.testing.assert_allclose(got["m"][0], expected_m, rtol=1e-12)
+    np.testing.assert_allclose(got["v"][0], c_b * denominator**2, rtol=1e-12)
+    np.testing.assert_array_equal(got["params"][0], sizes["params"][0])
+
+
+def test_momentum_measures_its_moment_by_the_parameters_it_moves():
+    # An error dm relaxes at rate a while it moves theta' = -m / c_a: it displaces theta by dm / (a c_a), so m is
+    # measured against s_m + a c_a s_theta (Momentum.error_sizes). Early, c_a = 1 - exp(-a t) is far below 1.
+    dynamics = flows.Momentum(a=10.0)
+    t = 0.01
+    c_a = 1 - np.exp(-10.0 * t)
+    state = {"params": (jnp.array([0.5, -2.0]),), "m": (jnp.array([3e-4, -1e-4]),)}
+    sizes = jax.tree.map(lambda x: jnp.max(jnp.abs(x)), state)
+    got = dynamics.error_sizes(t, jax.tree.map(jnp.abs, state), sizes)
+    np.testing.assert_allclose(got["m"][0], 3e-4 + 10.0 * c_a * 2.0, rtol=1e-12)
+    np.testing.assert_array_equal(got["params"][0], sizes["params"][0])
