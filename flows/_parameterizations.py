@@ -128,8 +128,9 @@ def balanced_factors(rng: np.random.Generator, dims: tuple[int, ...], scale: flo
     return [scale * (left[j + 1] * root) @ left[j].T for j in range(N)]
 
 
-def _count(value: int) -> int:
-    """A NumPy integer as the Python int it equals (a static field's value enters keys and descriptions)."""
+def _count(value):
+    """A NumPy integer as the Python int it equals (a static field's value enters keys and descriptions); anything
+    else as it is (the parameterization's own checks judge it)."""
     return int(value) if isinstance(value, np.integer) else value
 
 
@@ -140,8 +141,8 @@ def _width(width) -> int | None:
 def _widths(width):
     """One width or a sequence of them (kept as a tuple, so the field is hashable)."""
     if isinstance(width, (list, tuple, np.ndarray)):
-        return tuple(int(w) if isinstance(w, np.integer) else w for w in width)
-    return int(width) if isinstance(width, np.integer) else width
+        return tuple(_count(w) for w in width)
+    return _count(width)
 
 
 class Direct(AbstractParameterization):
