@@ -9,9 +9,9 @@ it ends the process there with `os._exit`, which needs no cooperation from the w
 
 Ending the process mid-computation loses only what was in flight: results are written atomically
 (a temporary file renamed into place), so what a store holds is complete, and the command line's cleanup
-removes the temporary files of writes in flight (`flows._store.discard_temporaries`). What `os._exit` skips: `finally` blocks and atexit handlers of the
-process (a Dask LocalCluster's worker processes are left to time out; a client of a remote scheduler
-just disconnects).
+removes the temporary files of writes in flight (`flows._store.discard_temporaries`). What `os._exit`
+skips: `finally` blocks and atexit handlers of the process (a Dask LocalCluster's worker processes are
+left to time out; a client of a remote scheduler just disconnects).
 """
 
 from __future__ import annotations
