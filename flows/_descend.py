@@ -10,9 +10,9 @@ import optax
 from tqdm.auto import tqdm
 
 from ._flow import Flow, State
-from ._solve import SolverError, default_ts
+from ._solve import SolverError, default_ts, saved_bytes
 from ._trajectory import Trajectory
-from ._validate import check_positive, check_positive_int, check_times
+from ._validate import check_fits, check_positive, check_positive_int, check_times
 
 
 def descend(
@@ -35,10 +35,10 @@ def descend(
         step: the step size eta, at most t1; for the adaptive family rate * step < 1 for each rate (a, b).
         t1: the final time; the run makes round(t1 / step) steps at most (stopping at the last save).
         ts: save times in [0, t1], default `default_ts(t1)`. Each is rounded to the nearest
-            multiple of `step` (the time of an actual iterate); times that round to the same step
-            are saved once, and `traj.ts` holds the rounded times k * step (a save time within half a step of a
-            t1 that is not a multiple of `step` rounds to the step past it: `traj.ts[-1]` may exceed t1 by less
-            than half a step).
+            multiple of `step` (the time of an actual iterate; a time halfway between two rounds to the even
+            multiple, as `np.rint` does); times that round to the same step are saved once, and `traj.ts` holds the
+            rounded times k * step. So where t1 is not a multiple of `step`, the last saved time is the multiple
+            nearest it, which may lie past t1 by up to half a step.
         chunk: at most this many steps per compiled call (a `lax.fori_loop`); between calls the
             state is checked to be finite and the progress bar advances.
         progress: show a tqdm progress bar over steps.
@@ -58,6 +58,11 @@ def descend(
     flow.dynamics.check_step(step)
     save_steps = _save_steps(ts, step, t1)
     flow.check_state(state0)  # also: an adaptive flow's moments start at zero, as the optimizer's do
+    check_fits(
+        f"saving {len(save_steps)} states",
+        saved_bytes(flow, state0, len(save_steps)),
+        "save fewer times (ts), or a smaller problem",
+    )
     # float64 whatever state0 came as: optax casts every update back to the parameters' dtype, so integer parameters
     # would be truncated at each step and float32 ones rounded.
     state0 = jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype=jnp.float64), state0)

@@ -135,6 +135,11 @@ def _count(value):
 
 
 def _width(width) -> int | None:
+    if isinstance(width, (list, tuple, np.ndarray)):
+        raise ValueError(
+            f"width is one positive integer here (the factors' inner dimension); got {width!r}: a list of widths is "
+            "Deep's, one per hidden layer"
+        )
     return None if width is None else check_positive_int("width", width)
 
 

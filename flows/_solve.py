@@ -129,7 +129,10 @@ def solve(
             adaptive controller is wrapped the same way only for solvers that ask for it
             (`AbstractFlowSolver.lands_save_times`); otherwise saved values are interpolated and a
             `FaithfulnessWarning` says so. `traj.stats["saved_times"]` says which.
-        max_steps: the step budget. Memory does not grow with it: only the states at `ts` are kept.
+        max_steps: the step budget (at most 2^63 - 1). Memory does not grow with it: only the states at `ts` are
+            kept.
+        dt0: the first step, in (0, t1]; default (None) the controller's choice. With `diffrax.ConstantStepSize`
+            every step.
         progress: show a tqdm progress bar over t.
 
     Raises:
@@ -192,9 +195,23 @@ class Plan:
         """Check every argument (ValueError naming it) and fill in the defaults of `solve`."""
         t1 = check_positive("t1", t1)
         rtol = check_positive("rtol", rtol)
+        if rtol >= 1.0:
+            raise ValueError(f"rtol is a relative tolerance below 1; got {rtol!r}")
+        if solver is not None and not isinstance(solver, diffrax.AbstractSolver):
+            raise ValueError(
+                f"solver must be a Diffrax solver (e.g. diffrax.Tsit5()); got {solver!r}: for one by its name, "
+                "flows.solver_by_name"
+            )
+        if stepsize_controller is not None and not isinstance(stepsize_controller, diffrax.AbstractStepSizeController):
+            raise ValueError(f"stepsize_controller must be a Diffrax step-size controller; got {stepsize_controller!r}")
         if atol is not None:
             atol = check_positive("atol", atol)
-        max_steps = check_positive_int("max_steps", max_steps)
+        # The compiled loop counts steps in 64-bit integers.
+        max_steps = check_positive_int("max_steps", max_steps, most=np.iinfo(np.int64).max)
+        if dt0 is not None:
+            dt0 = check_positive("dt0", dt0)
+            if dt0 > t1:
+                raise ValueError(f"dt0 = {dt0:g} is larger than t1 = {t1:g}: the first step would pass t1")
         if stop_loss is not None:
             stop_loss = check_positive("stop_loss", stop_loss)
         ts = check_times(default_ts(t1) if ts is None else ts, t1)

@@ -45,8 +45,8 @@ class LinearisableTerm(diffrax.ODETerm):
             raise ValueError(
                 "the linearly implicit solvers linearise a gradient flow of the data loss (its Gauss-Newton "
                 "matrix): use a flow whose `gauss_newton` answers, e.g. a Flow with GradientFlow() dynamics and no "
-                "penalty; for other flows use flows.RosenbrockKrylov (exact Jacobian-vector products) or "
-                "flows.RungeKuttaChebyshev"
+                "penalty; for other flows use flows.LinearlyImplicitExtrapolation(linear_solver=flows.KrylovJacobian()) "
+                "(exact Jacobian-vector products) or flows.RungeKuttaChebyshev (on the command line: --solver chebyshev)"
             )
         return linear
 

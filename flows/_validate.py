@@ -13,11 +13,13 @@ def check_finite(name: str, value) -> None:
         raise ValueError(f"{name} has non-finite entries (NaN or inf)")
 
 
-def check_positive_int(name: str, value) -> int:
+def check_positive_int(name: str, value, most: int | None = None) -> int:
     """`value` as a Python int (NumPy's integers too, so that keys do not depend on the type); ValueError unless it is
-    a positive integer."""
+    a positive integer, and at most `most` where given."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    if most is not None and int(value) > most:
+        raise ValueError(f"{name} must be at most {most}; got {value!r}")
     return int(value)
 
 

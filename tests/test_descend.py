@@ -104,6 +104,21 @@ def test_save_times_round_to_the_nearest_step_once_each():
     np.testing.assert_array_equal(traj.states[0], U0)
     by_chunks = flows.descend(SYMMETRIC, U0, step=0.01, t1=0.2, ts=ts, chunk=3)
     np.testing.assert_array_equal(by_chunks.states, traj.states)
+    # A t1 halfway between two multiples of the step rounds to the even one (np.rint; binary fractions, so the
+    # quotients are exact): 0.625 / 0.25 = 2.5 -> 2, 0.875 / 0.25 = 3.5 -> 4, past t1 by half a step.
+    assert flows.descend(SYMMETRIC, U0, step=0.25, t1=0.625, ts=[0.0, 0.625]).stats["num_steps"] == 2
+    past = flows.descend(SYMMETRIC, U0, step=0.25, t1=0.875, ts=[0.0, 0.875])
+    assert past.stats["num_steps"] == 4 and past.ts[-1] == 1.0
+
+
+def test_saving_more_states_than_fit_is_refused_before_a_step(monkeypatch):
+    # Each saved state of the 5 x 5 flow takes 8 (2 * 25 + 2 * 25 + 2 * 25) = 1200 bytes (`flows._solve.saved_bytes`).
+    monkeypatch.setattr(flows._validate, "available_memory", lambda: 100 * 1200)
+    monkeypatch.setattr(flows._descend, "_advance", lambda *args: pytest.fail("stepped before the memory check"))
+    with pytest.raises(ValueError, match="saving 101 states needs"):
+        flows.descend(SYMMETRIC, U0, step=0.01, t1=1.0, ts=np.linspace(0.0, 1.0, 101))
+    with pytest.raises(ValueError, match="saving 101 states needs"):
+        flows.solve(SYMMETRIC, U0, t1=1.0, ts=np.linspace(0.0, 1.0, 101))
 
 
 def test_bad_input_and_divergence():

@@ -215,6 +215,12 @@ BAD_SOLVES = [
     (lambda f, s: flows.solve(f, s.at[0, 0].set(jnp.nan), t1=1.0), "non-finite"),
     (lambda f, s: flows.solve(f, (s, s), t1=1.0), "state0"),
     (lambda f, s: flows.solve(f, s, t1=1.0, max_steps=0), "max_steps"),
+    (lambda f, s: flows.solve(f, s, t1=1.0, max_steps=2**63), "max_steps must be at most"),  # past int64
+    (lambda f, s: flows.solve(f, s, t1=1.0, rtol=2.0), "below 1"),
+    (lambda f, s: flows.solve(f, s, t1=1.0, dt0=-0.1), "dt0"),
+    (lambda f, s: flows.solve(f, s, t1=1.0, dt0=0.0), "dt0"),
+    (lambda f, s: flows.solve(f, s, t1=1.0, dt0=float("nan")), "dt0"),
+    (lambda f, s: flows.solve(f, s, t1=1.0, dt0=2.0), "larger than t1"),
     (lambda f, s: flows.default_ts(1.0, 1), "num >= 2"),
     (lambda f, s: f.init(scale=0.0), "scale"),
     (lambda f, s: f.init(scale=-1e-3), "scale"),
@@ -225,6 +231,7 @@ BAD_SOLVES = [
     (lambda f, s: flows.Flow(f.problem, flows.Deep(depth=0)), "depth"),
     (lambda f, s: flows.Flow(f.problem, flows.Deep(depth=3, width=(2,))), "hidden widths"),
     (lambda f, s: flows.Flow(f.problem, flows.Symmetric(width=0)), "width"),
+    (lambda f, s: flows.Flow(f.problem, flows.Symmetric(width=(3, 4))), "a list of widths is Deep.s"),
     (lambda f, s: flows.Flow(flows.sensing(n=3, m=2, rank=1, symmetric=False, n2=4), flows.Symmetric()), "square"),
 ]
 
@@ -235,6 +242,19 @@ def test_bad_input_is_refused_before_compiling(monkeypatch, sensing, call, messa
     flow = flows.Flow(sensing, flows.Symmetric())
     with pytest.raises(ValueError, match=message):
         call(flow, flow.init(1e-2))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda f, s: flows.solve(f, s, t1=1.0, solver="tsit5"), "flows.solver_by_name"),
+        (lambda f, s: flows.solve(f, s, t1=1.0, stepsize_controller=1e-3), "step-size controller"),
+    ],
+)
+def test_a_solver_or_controller_of_another_type_is_refused_before_compiling(
+    monkeypatch, sensing, call, message, unchecked_types
+):
+    test_bad_input_is_refused_before_compiling(monkeypatch, sensing, call, message)
 
 
 def test_other_solvers_agree(sensing):
