@@ -158,10 +158,11 @@ def _readable_within_a_decade(axes) -> None:
     its decade labels only, and a value axis within a decade turns linear with an offset, so that its labels
     differ."""
     for ax in axes:
-        if ax.get_xscale() == "log" and np.divide(*ax.get_xlim()[::-1]) < 100:
+        left, right = ax.get_xlim()
+        if ax.get_xscale() == "log" and right < 100 * left:
             ax.xaxis.set_minor_formatter(NullFormatter())
         low, high = ax.get_ylim()
-        if ax.get_yscale() == "log" and low > 0 and high / low < 10:
+        if ax.get_yscale() == "log" and 0 < low and high < 10 * low:  # no quotient: low may be subnormal
             ax.set_yscale("linear")
             ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=True))
 

@@ -60,8 +60,12 @@ class Trajectory:
     # -- metrics ------------------------------------------------------------------------------
     @functools.cached_property
     def singular_values(self) -> np.ndarray:
-        """(T, min(n1, n2)) singular values of W, descending."""
-        return np.linalg.svd(self.W, compute_uv=False)
+        """(T, min(n1, n2)) singular values of W, descending; NaN where W has a non-finite entry (a failed run's last
+        iterate can overflow in W while its factors are finite)."""
+        finite = np.all(np.isfinite(self.W), axis=(-2, -1))
+        values = np.full((*self.W.shape[:-2], min(self.W.shape[-2:])), np.nan)
+        values[finite] = np.linalg.svd(self.W[finite], compute_uv=False)
+        return values
 
     @functools.cached_property
     def nuclear_norm(self) -> np.ndarray:
@@ -78,7 +82,8 @@ class Trajectory:
         """||W - W*||_F / ||W*||_F over time."""
         if self.truth is None:
             raise ValueError("this trajectory's problem has no ground truth")
-        diff = np.linalg.norm(self.W - self.truth, axis=(-2, -1))
+        with np.errstate(over="ignore", invalid="ignore"):  # inf where W overflowed
+            diff = np.linalg.norm(self.W - self.truth, axis=(-2, -1))
         return diff / np.linalg.norm(self.truth)
 
     def conserved_drift(self) -> dict[str, np.ndarray]:
@@ -182,8 +187,10 @@ def _record(flow, states):
 
 
 def _norms(X: np.ndarray) -> np.ndarray:
-    """The Frobenius (or, for vectors, Euclidean) norm of each saved time's entry, along the leading time axis."""
-    return np.sqrt(np.sum(X**2, axis=tuple(range(1, X.ndim))))
+    """The Frobenius (or, for vectors, Euclidean) norm of each saved time's entry, along the leading time axis (inf
+    where it overflows)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.sqrt(np.sum(X**2, axis=tuple(range(1, X.ndim))))
 
 
 def _versions() -> dict[str, str]:

@@ -1,6 +1,8 @@
 """The API's refusals and failure reports: a failed solve keeps its run, flows that cannot fit are refused,
 init kinds are checked against the parameterization."""
 
+import warnings
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -118,3 +120,22 @@ def test_an_initial_state_is_checked_against_its_own_flows_shapes(monkeypatch):
     del narrow
     gc.collect()
     assert kept not in _INIT_SHAPES
+
+
+def test_a_run_whose_product_overflows_reports_nan_metrics_without_lapack_noise(capfd):
+    # Gradient descent past its stable step: the last iterate checked is finite but U U^T overflows. Its singular
+    # values are undefined (NaN) and no LAPACK routine sees the inf (LAPACK prints to the process's stdout).
+    flow = flows.Flow(flows.sensing(n=30, m=180, rank=2, seed=0), flows.Symmetric())
+    with pytest.raises(flows.SolverError, match="non-finite") as err:
+        flows.descend(flow, flow.init(scale=0.1), step=0.01, t1=1.0, ts=np.linspace(0.0, 1.0, 101), chunk=1)
+    partial = err.value.trajectory
+    overflowed = ~np.isfinite(partial.W).all(axis=(1, 2))
+    assert overflowed[-1] and not overflowed[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values, error = partial.singular_values, partial.relative_error
+        partial.conserved_drift()
+    assert np.isnan(values[overflowed]).all() and np.isinf(error[overflowed]).all()
+    finite = ~overflowed
+    np.testing.assert_allclose(values[finite], np.linalg.svd(partial.W[finite], compute_uv=False), rtol=1e-14)
+    assert "DLASCL" not in capfd.readouterr().out
