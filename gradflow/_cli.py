@@ -4,7 +4,8 @@
 families' registries (`gradflow._families`). `plot` overlays saved runs. `check` runs the analysis checks,
 `reproduce` the paper's experiments. Everything a command is given is checked before anything is computed;
 a user error (a bad value, flags that do not fit together, an unusable path) or a failed solve prints one line
-on stderr and exits with status 2; Ctrl-C prints one line and exits with status 130 (`gradflow._interrupt`).
+on stderr and exits with status 2; Ctrl-C prints one line and exits with status 130, SIGTERM likewise with 143
+(`gradflow._interrupt`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ examples:
   gradflow run --problem completion --n 30 --m 180 --parameterization symmetric --penalty ratio --strength 1e-3 \\
       --dynamics adam --a 10 --b 1 --t1 100
   gradflow run --n 30 --m 180 --rank 2 --scale 0.1 --t1 50 --out runs/flow
-  gradflow run --n 30 --m 180 --rank 2 --scale 0.1 --t1 50 --step 0.01 --out runs/gd   # gradient descent
+  gradflow run --n 30 --m 180 --rank 2 --scale 0.1 --t1 50 --step 0.002 --out runs/gd   # gradient descent
   gradflow plot runs/flow runs/gd --out overlay.png
 
 Writes OUT/arrays.npz + OUT/meta.json (the trajectory and its full configuration; load it with
@@ -53,6 +54,13 @@ time). A solve that fails saves its run up to the failure, marked failed, draws 
 
 # The integration flags of a flow run (refused with --step), with the defaults of flows.solve where it has one.
 INTEGRATION = ("rtol", "atol", "stop_loss", "max_steps", "solver")
+
+
+def path(text: str) -> str:
+    """A path flag's value, refused when empty: an unset shell variable would otherwise name the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset variable?); name a file or folder")
+    return text
 
 
 class Parser(argparse.ArgumentParser):
@@ -156,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
         "this step size to t1, instead of integrating the flow; meta.json records the step",
     )
     g = run.add_argument_group("output")
-    g.add_argument("--out", default="runs/latest", help="output folder (default: runs/latest)")
-    g.add_argument("--figure", default=None, help="figure path, .png/.pdf/.svg (default: OUT/figure.png)")
+    g.add_argument("--out", type=path, default="runs/latest", help="output folder (default: runs/latest)")
+    g.add_argument(
+        "--figure", type=path, default=None, help=f"figure path, {'/'.join(FIGURE_FORMATS)} (default: OUT/figure.png)"
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=cmd_run)
 
@@ -168,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         "axes: loss, singular values, effective rank, error to the truth. The title is what the runs share, "
         "each legend entry what sets a run apart (e.g. the flow and its discrete steps).",
     )
-    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="saved runs")
-    plot.add_argument("--out", required=True, help="figure path, .png/.pdf/.svg")
+    plot.add_argument("runs", type=path, nargs="+", metavar="RUN_DIR", help="saved runs")
+    plot.add_argument("--out", type=path, required=True, help=f"figure path, {'/'.join(FIGURE_FORMATS)}")
     plot.add_argument("--labels", nargs="+", default=None, help="one legend entry per run (default: from configs)")
     plot.add_argument("--title", default=None, help="default: the configuration the runs share")
     plot.set_defaults(handler=cmd_plot)
@@ -193,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--store",
+        type=path,
         default=None,
         help="keep the small-initialization runs in this store and reuse them (gradflow reproduce's runs/ holds the "
         "small_init experiment's: the same runs)",
@@ -221,9 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument(
         "--list", action="store_true", help="list the experiments with their measured quick and full times, and exit"
     )
-    reproduce.add_argument("--store", default=None, help="the run store (default: runs/, or runs/quick with --quick)")
+    reproduce.add_argument(
+        "--store", type=path, default=None, help="the run store (default: runs/, or runs/quick with --quick)"
+    )
     reproduce.add_argument(
         "--out",
+        type=path,
         default=None,
         help="write OUT/figures and OUT/generated (default: figures/ and paper/generated/, "
         "or runs/quick/... with --quick)",
@@ -411,6 +425,8 @@ def _run(args, registry, out: Path, figure: Path, made: list[Path]) -> int:
         traj.config.update(extra)
         stage["now"] = "save"
         traj.save(out)
+        for drawn_before in {out / "figure.png", figure}:  # the replaced run's figure, if one was drawn there
+            drawn_before.unlink(missing_ok=True)
         stage["now"] = "plot"
         # Made again if a run beside this one, refused or interrupted, removed it while it was empty.
         figure.parent.mkdir(parents=True, exist_ok=True)

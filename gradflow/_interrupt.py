@@ -1,5 +1,8 @@
 """Ctrl-C for long commands: stop at once, keep what is finished, say so in one line, exit 130.
 
+SIGTERM (`kill`, `timeout`, a batch system's time limit) ends a command the same way, its line beginning
+"terminated: " and its exit status 143 (128 + 15, as shells report a process it ended).
+
 JAX runs a whole solve as one XLA call, during which Python's signal handlers do not run; a
 KeyboardInterrupt raised inside a host callback (a progress bar's) surfaces as a JaxRuntimeError, and
 one raised inside a garbage-collection callback can be swallowed. So `interruptible` runs the work in a
@@ -28,6 +31,9 @@ T = TypeVar("T")
 EXIT_INTERRUPTED = 130
 """The exit status of a process ended by SIGINT, as shells report it (128 + 2)."""
 
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+"""The signals that end an `interruptible` call: each exits with 128 + its number."""
+
 
 _describers: list[tuple[str, Callable[[], str], Callable[[], None] | None]] = []
 """The active calls' (prefix, describe, cleanup), outermost first: SIGINT reports the innermost and runs every
@@ -41,7 +47,8 @@ def interruptible(
     prefix: str = "interrupted: ",
     cleanup: Callable[[], None] | None = None,
 ) -> T:
-    """`work()`, ended by Ctrl-C with one line on stderr, `prefix + describe()`, and exit status 130.
+    """`work()`, ended by Ctrl-C with one line on stderr, `prefix + describe()`, and exit status 130 (by SIGTERM with
+    "terminated: " + describe() and 143).
 
     `describe` is called in the main thread when SIGINT arrives, so it should read progress that the
     work records as it goes (counters, a stage) and say what is kept and how to go on, e.g.
@@ -71,26 +78,29 @@ def interruptible(
         finally:
             done.set()
 
-    def on_sigint(signum, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while describing changes nothing
-        _exit_interrupted(*_describers[-1][:2])
+    def on_signal(signum, frame):
+        for handled in HANDLED:  # a second Ctrl-C (or SIGTERM) while describing changes nothing
+            signal.signal(handled, signal.SIG_IGN)
+        prefix, describe = _describers[-1][:2]
+        _exit_interrupted(prefix if signum == signal.SIGINT else "terminated: ", describe, 128 + signum)
 
     _describers.append(entry)
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {handled: signal.signal(handled, on_signal) for handled in HANDLED}
     try:
         threading.Thread(target=run, name="gradflow-work", daemon=True).start()
         # A wait with a timeout returns to the interpreter regularly, so the handler runs within 0.1 s.
         while not done.wait(0.1):
             pass
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for handled, handler in previous.items():
+            signal.signal(handled, handler)
         _describers.remove(entry)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
 
 
-def _exit_interrupted(prefix: str, describe: Callable[[], str]) -> None:
+def _exit_interrupted(prefix: str, describe: Callable[[], str], status: int = EXIT_INTERRUPTED) -> None:
     try:
         text = describe()
     except Exception as err:  # noqa: BLE001 - the line must still be printed
@@ -112,7 +122,7 @@ def _exit_interrupted(prefix: str, describe: Callable[[], str]) -> None:
                 cleanup()
             except Exception:  # noqa: BLE001 - the process must still end
                 pass
-    os._exit(EXIT_INTERRUPTED)
+    os._exit(status)
 
 
 def _progress_bars_open() -> bool:

@@ -75,6 +75,8 @@ def test_run_saves_a_trajectory_and_a_figure(tmp_path, capsys):
         (["run", "--parameterization", "symmetric", "--init", "balanced", "--quiet"], "does not apply"),
         (["run", "--penalty", "ratio", "--strength", "-1", "--quiet"], "strength"),
         (["run", "--points", "100000000000", "--quiet"], "save times"),
+        (["run", "--max-steps", str(2**63), "--quiet"], "max_steps must be at most"),
+        (["run", "--rtol", "2", "--quiet"], "below 1"),
     ],
 )
 def test_bad_flags_exit_2_with_a_message(argv, message, capsys, tmp_path):
@@ -288,7 +290,14 @@ def test_paths_are_checked_before_computing(tmp_path, capsys, monkeypatch):
     _no_compute(monkeypatch)
     occupied = tmp_path / "file"
     occupied.write_text("")
+    monkeypatch.chdir(tmp_path)  # an empty path would name it
     cases = [
+        (["run", "--out", ""], "argument --out: an empty path"),
+        (["run", "--figure", " "], "argument --figure: an empty path"),
+        (["plot", "", "--out", "o.png"], "an empty path"),
+        (["plot", str(tmp_path), "--out", ""], "argument --out: an empty path"),
+        (["check", "--store", ""], "argument --store: an empty path"),
+        (["reproduce", "--out", ""], "argument --out: an empty path"),
         (["run", "--out", str(occupied)], "exists and is not a folder"),
         (["run", "--out", "/proc/gradflow-run"], "cannot write to the output folder /proc/gradflow-run"),
         (["run", "--out", str(tmp_path / "a"), "--figure", "/proc/x.png"], "cannot write to the figure's folder /proc"),
@@ -299,9 +308,14 @@ def test_paths_are_checked_before_computing(tmp_path, capsys, monkeypatch):
         (["plot", str(tmp_path), "--out", str(tmp_path / "o.png")], "is not a readable saved run"),
     ]
     for argv, message in cases:
-        assert main(argv) == 2, argv
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse's own refusal of a flag's value
+            code = exit_.code
+        assert code == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (argv, err)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]
 
 
 @pytest.mark.parametrize("store", ["file", "/proc/gradflow-store"])
@@ -326,6 +340,19 @@ def test_a_failed_solve_is_saved_marked_failed_and_drawn(tmp_path, capsys):
     assert partial.stats["failed"] and 0 < partial.ts[-1] < 1e4 and partial.stats["num_steps"] == 30
     assert f"t = {partial.ts[-1]:.6g}" in err
     assert (out / "figure.png").stat().st_size > 10_000
+
+
+def test_a_run_saved_over_another_leaves_none_of_the_other_runs_figure(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(["run", *SMALL, "--t1", "1", "--out", str(out), "--quiet"]) == 0
+    assert (out / "figure.png").exists()
+    drawn = []
+    monkeypatch.setattr(flows, "plot_trajectory", lambda traj, path: drawn.append((traj, path)))
+    elsewhere = tmp_path / "elsewhere.png"
+    assert main(["run", *SMALL, "--t1", "1", "--seed", "1", "--out", str(out), "--figure", str(elsewhere)]) == 0
+    # The figure in the folder was drawn from the seed-0 run, which the seed-1 run replaced.
+    assert not (out / "figure.png").exists() and drawn[0][1] == elsewhere
+    assert flows.Trajectory.load(out).config["init"]["seed"] == 1
 
 
 def test_step_runs_the_discrete_counterpart_and_saves_it_like_a_flow(tmp_path, capsys):
@@ -433,8 +460,13 @@ def _start(argv):
     return process, lines, reader
 
 
-@pytest.mark.parametrize("quiet", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["quiet", "progress-bar"])
-def test_ctrl_c_stops_a_run_at_once_with_one_line_and_exit_130(quiet, tmp_path):
+@pytest.mark.parametrize(
+    "quiet, sent_signal",
+    [(True, signal.SIGINT), pytest.param(False, signal.SIGINT, marks=pytest.mark.slow), (True, signal.SIGTERM)],
+    ids=["quiet", "progress-bar", "sigterm"],
+)
+def test_ctrl_c_stops_a_run_at_once_with_one_line_and_exit_130(quiet, sent_signal, tmp_path):
+    # SIGTERM (a batch system's time limit, `kill`) the same way, with its own word and 128 + 15.
     # A solve that would take far longer than this test: tight tolerance to t = 1e6.
     out = tmp_path / "long"
     argv = ["--n", "10", "--m", "40", "--t1", "1e6", "--rtol", "1e-12", "--solver", "tsit5", "--max-steps", "10**9"]
@@ -451,7 +483,7 @@ def test_ctrl_c_stops_a_run_at_once_with_one_line_and_exit_130(quiet, tmp_path):
             time.sleep(0.2)
     assert process.poll() is None, "the run ended before it was interrupted"
     sent = time.monotonic()
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sent_signal)
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
@@ -460,9 +492,10 @@ def test_ctrl_c_stops_a_run_at_once_with_one_line_and_exit_130(quiet, tmp_path):
     waited = time.monotonic() - sent
     reader.join(timeout=5)
     text = "".join(lines)
-    assert process.returncode == 130 and waited < 5, (process.returncode, waited, text[-500:])
+    assert process.returncode == 128 + sent_signal and waited < 5, (process.returncode, waited, text[-500:])
     assert "Traceback" not in text
-    assert lines[-1].startswith("interrupted: the solve had not finished after ") and lines[-1].endswith(
+    word = "interrupted" if sent_signal == signal.SIGINT else "terminated"
+    assert lines[-1].startswith(f"{word}: the solve had not finished after ") and lines[-1].endswith(
         f"nothing was saved to {out}\n"
     )
     assert not out.exists(), "the output folder the run made is left behind, empty"
@@ -595,7 +628,7 @@ def test_width_flags_reach_the_parameterization(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--n", "4", "--m", "8", "--width", "3,2", "--quiet", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "width must be a positive integer" in err and err.count("\n") == 1
+    assert "width is one positive integer here" in err and "Deep's" in err and err.count("\n") == 1
 
 
 def test_a_run_within_a_decade_is_plotted_with_labels_that_differ():
