@@ -89,7 +89,9 @@ def test_examples_explain_themselves(name):
 
 def test_perturbed_rerun(monkeypatch, capsys):
     # A 1e-12 perturbation of the identity init moves W through the transitions by far more than itself (measured
-    # at the quick size: 1.2e-1); of a Gaussian init by about itself (1.4e-11).
+    # at the quick size: 1.0, a share of W); of a Gaussian init by at most the integration's error at the default
+    # rtol 1e-8: about itself where the solver's steps stay as they were (8.6e-12 under the suite's XLA flags), twice
+    # rtol where the perturbation changes them (8.4e-9 without those flags).
     out = run_example("perturbed_rerun.py", monkeypatch, capsys)
     largest = dict(re.findall(r"^(identity|gaussian)\s+(\S+)", out, flags=re.M))
-    assert float(largest["identity"]) > 1e-6 and float(largest["gaussian"]) < 1e-9, out
+    assert float(largest["identity"]) > 1e-2 and float(largest["gaussian"]) < 1e-7, out
