@@ -67,6 +67,11 @@ def plot_trajectory(
     widths = np.linspace(2.8, 1.0, len(runs)) if overlay else [1.4]
 
     truth = next((r.truth for r in runs if r.truth is not None), None)
+    # Runs of one truth share its dashed lines (grey); runs of different truths each get their own, in their colour.
+    shared_truth = all(r.truth is None or np.array_equal(r.truth, truth) for r in runs)
+    references = [(r.truth, "0.45" if shared_truth else c) for r, c in zip(runs, colours) if r.truth is not None]
+    references = references[:1] if shared_truth else references
+    dashed = "" if truth is None else " (dashed: truth)" if shared_truth else " (dashed: each run's truth)"
     fig = Figure(figsize=(11, 7.6 if overlay else 7.2), layout="constrained")
     (loss_ax, sv_ax), (rank_ax, error_ax) = fig.subplots(2, 2, sharex=True)
 
@@ -101,28 +106,21 @@ def plot_trajectory(
                 lw=0.6 * lw if overlay else lw,
                 label=None if overlay else rf"$\sigma_{{{j + 1}}}$",
             )
-    if truth is not None:
-        for s in np.linalg.svd(truth, compute_uv=False)[:k]:
-            if s > 1e-12 * np.abs(truth).max():
-                sv_ax.axhline(s, color="0.45", lw=0.8, ls="--")
-    sv_ax.set(
-        ylabel="singular values of W",
-        title=f"leading {k} singular values" + (" (dashed: truth)" if truth is not None else ""),
-    )
+    for reference, colour in references:
+        for s in np.linalg.svd(reference, compute_uv=False)[:k]:
+            if s > 1e-12 * np.abs(reference).max():
+                sv_ax.axhline(s, color=colour, lw=0.8, ls="--")
+    sv_ax.set(ylabel="singular values of W", title=f"leading {k} singular values{dashed}")
     if not overlay:
         sv_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, ncols=1 + (k > 10))
 
     for run, colour, lw in zip(runs, colours, widths):
         t, keep = _times(run)
         rank_ax.semilogx(t, run.effective_rank[keep], color=colour if overlay else "C0", lw=lw)
-    if truth is not None:
-        reference = Trajectory(ts=np.zeros(1), states=None, W=truth[None], loss=np.zeros(1)).effective_rank[0]
-        rank_ax.axhline(reference, color="0.45", lw=0.8, ls="--")
-    rank_ax.set(
-        xlabel="time t",
-        ylabel="effective rank",
-        title="effective rank" + (" (dashed: truth)" if truth is not None else ""),
-    )
+    for reference, colour in references:
+        rank = Trajectory(ts=np.zeros(1), states=None, W=reference[None], loss=np.zeros(1)).effective_rank[0]
+        rank_ax.axhline(rank, color=colour, lw=0.8, ls="--")
+    rank_ax.set(xlabel="time t", ylabel="effective rank", title=f"effective rank{dashed}")
 
     if truth is None:
         error_ax.text(0.5, 0.5, "no ground truth", ha="center", va="center", transform=error_ax.transAxes)

@@ -391,6 +391,27 @@ def test_plot_overlays_a_flow_and_its_discrete_steps(tmp_path, capsys):
     assert len(loss_ax.get_lines()) == 3
 
 
+def test_overlaid_runs_of_different_truths_each_draw_their_own(tmp_path):
+    def run(seed, scale=0.3):
+        flow = flows.Flow(flows.sensing(n=6, m=20, rank=1, seed=seed), flows.Symmetric())
+        return flows.solve(flow, flow.init(scale=scale), t1=1.0, ts=flows.default_ts(1.0, 5))
+
+    def dashed(ax):
+        return [(line.get_ydata()[0], line.get_color()) for line in ax.get_lines() if line.get_linestyle() == "--"]
+
+    # One truth (two inits): its singular value and effective rank once, grey. Two truths: each run's, its colour.
+    for runs, expected in (
+        ([run(0), run(0, scale=0.1)], ["0.45"]),
+        ([run(0), run(1)], ["C0", "C1"]),
+    ):
+        fig = flows.plot_trajectory(runs)
+        sv_ax, rank_ax = fig.axes[1], fig.axes[2]
+        assert [colour for _, colour in dashed(sv_ax)] == expected == [colour for _, colour in dashed(rank_ax)]
+        truths = [np.linalg.svd(r.truth, compute_uv=False)[0] for r in runs[: len(expected)]]
+        np.testing.assert_allclose([value for value, _ in dashed(sv_ax)], truths, rtol=1e-12)
+        assert ("each run's truth" in sv_ax.get_title()) == (len(expected) == 2)
+
+
 def test_the_figure_of_a_penalised_run_draws_the_penalty_and_the_objective(tmp_path, capsys):
     out = tmp_path / "ratio"
     argv = ["--parameterization", "deep", "--depth", "2", "--penalty", "ratio", "--strength", "0.01", "--points", "6"]
