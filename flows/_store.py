@@ -18,6 +18,7 @@ without pickling.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -228,6 +229,17 @@ def open_store(root: str | os.PathLike) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     write_json(marker, {"schema": SCHEMA, "what": "gradflow store: one folder per record, named by its content key"})
     return root
+
+
+def discard_empty_store(root: Path, folder_too: bool) -> None:
+    """Remove the store `root` if it holds nothing but its marker (one made for work that failed before writing a
+    record), and its folder too if `folder_too` (the folder was made with it)."""
+    if any(p.name != MARKER for p in root.iterdir()):
+        return
+    (root / MARKER).unlink(missing_ok=True)
+    if folder_too:
+        with contextlib.suppress(OSError):
+            root.rmdir()
 
 
 def cached(root: str | os.PathLike, inputs: Any, compute, *, fresh: bool = False) -> tuple[dict[str, np.ndarray], bool]:

@@ -385,3 +385,22 @@ def test_a_figure_is_written_whole_or_not_at_all(tmp_path):
         flows.write_figure(Breaks(), target)
     assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["f.png"]
     plt.close(fig)
+
+
+def test_a_sweep_that_cannot_build_its_runs_leaves_no_store_behind(tmp_path):
+    def broken(config):
+        if config["seed"] == 1:
+            raise ValueError("no such problem")
+        return build(config)
+
+    configs = flows.grid(alpha=[1e-2], seed=[0, 1])
+    with pytest.raises(ValueError, match="no such problem"):
+        flows.sweep(broken, configs, tmp_path / "new" / "store", t1=1.0, progress=False)
+    assert (tmp_path / "new").exists() and not (tmp_path / "new" / "store").exists()  # the store alone was made
+    # An existing store, and an empty folder that was there before, stay.
+    flows.sweep(build, configs[:1], tmp_path / "kept", t1=1.0, progress=False)
+    (tmp_path / "empty").mkdir()
+    for store in ("kept", "empty"):
+        with pytest.raises(ValueError, match="no such problem"):
+            flows.sweep(broken, configs, tmp_path / store, t1=1.0, progress=False)
+    assert len(list((tmp_path / "kept").iterdir())) == 2 and list((tmp_path / "empty").iterdir()) == []
