@@ -66,9 +66,10 @@ def plot_trajectory(
     # Overlaid runs that agree would hide each other: each is drawn thinner than the one before, on top of it.
     widths = np.linspace(2.8, 1.0, len(runs)) if overlay else [1.4]
 
-    truth = next((r.truth for r in runs if r.truth is not None), None)
+    truths = [r.truth for r in runs if r.truth is not None]
+    truth = truths[0] if truths else None
     # Runs of one truth share its dashed lines (grey); runs of different truths each get their own, in their colour.
-    shared_truth = all(r.truth is None or np.array_equal(r.truth, truth) for r in runs)
+    shared_truth = all(np.array_equal(other, truths[0]) for other in truths)
     references = [(r.truth, "0.45" if shared_truth else c) for r, c in zip(runs, colours) if r.truth is not None]
     references = references[:1] if shared_truth else references
     dashed = "" if truth is None else " (dashed: truth)" if shared_truth else " (dashed: each run's truth)"
