@@ -37,8 +37,8 @@ def descend(
         ts: save times in [0, t1], default `default_ts(t1)`. Each is rounded to the nearest
             multiple of `step` (the time of an actual iterate; a time halfway between two rounds to the even
             multiple, as `np.rint` does); times that round to the same step are saved once, and `traj.ts` holds the
-            rounded times k * step. So where t1 is not a multiple of `step`, the last saved time is the multiple
-            nearest it, which may lie past t1 by up to half a step.
+            rounded times k * step. So where the save times end at a t1 that is not a multiple of `step`, the
+            last saved time is the multiple nearest t1, which may lie past it by up to half a step.
         chunk: at most this many steps per compiled call (a `lax.fori_loop`); between calls the
             state is checked to be finite and the progress bar advances.
         progress: show a tqdm progress bar over steps.

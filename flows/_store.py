@@ -18,7 +18,6 @@ without pickling.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -203,9 +202,9 @@ def remove_temporaries(path: Path, age: float = STALE_TEMPORARY) -> list[Path]:
     return left
 
 
-def open_store(root: str | os.PathLike) -> Path:
-    """The store folder `root`, created with its schema marker if new; StoreSchemaError if it is a folder of
-    another schema's records (or not a store at all), with what to do."""
+def open_store(root: str | os.PathLike, create: bool = True) -> Path:
+    """The store folder `root`, created with its schema marker if new (unless `create` is False: then only checked);
+    StoreSchemaError if it is a folder of another schema's records (or not a store at all), with what to do."""
     root = Path(root)
     marker = root / MARKER
     if root.exists() and not root.is_dir():
@@ -226,20 +225,11 @@ def open_store(root: str | os.PathLike) -> Path:
             f"{root} is not empty and has no {MARKER}: it is not a gradflow store, or one written before stores had "
             f"schemas (keyed differently, never reused). Move it away or delete it, or choose another store"
         )
+    if not create:
+        return root
     root.mkdir(parents=True, exist_ok=True)
     write_json(marker, {"schema": SCHEMA, "what": "gradflow store: one folder per record, named by its content key"})
     return root
-
-
-def discard_empty_store(root: Path, folder_too: bool) -> None:
-    """Remove the store `root` if it holds nothing but its marker (one made for work that failed before writing a
-    record), and its folder too if `folder_too` (the folder was made with it)."""
-    if any(p.name != MARKER for p in root.iterdir()):
-        return
-    (root / MARKER).unlink(missing_ok=True)
-    if folder_too:
-        with contextlib.suppress(OSError):
-            root.rmdir()
 
 
 def cached(root: str | os.PathLike, inputs: Any, compute, *, fresh: bool = False) -> tuple[dict[str, np.ndarray], bool]:

@@ -53,16 +53,7 @@ from jax.sharding import Mesh, PartitionSpec
 from ._flow import AbstractFlow
 from ._keys import SCHEMA, fingerprint
 from ._solve import Plan, SolverError, _integrate, integrate
-from ._store import (
-    MARKER,
-    CorruptRecordError,
-    discard_empty_store,
-    open_store,
-    peek_record,
-    read_record,
-    remove_temporaries,
-    write_json,
-)
+from ._store import CorruptRecordError, open_store, peek_record, read_record, remove_temporaries, write_json
 from ._trajectory import Trajectory
 from ._validate import check_positive_int
 
@@ -182,8 +173,8 @@ def sweep(
     texts = [check_config(config) for config in configs]
     if len(set(texts)) != len(texts):
         raise ValueError("configs holds the same configuration twice")
-    existed, fresh = Path(out).exists(), not (Path(out) / MARKER).exists()
-    out = open_store(out)
+    # Checked now, made once every configuration is built: one that cannot be built leaves no store behind.
+    out = open_store(out, create=False)
     # batch_size is set above whenever there is no executor
     batched = executor is None and batch_size > 1  # pyright: ignore[reportOptionalOperand]
     reused = reuse if callable(reuse) else (lambda key: bool(reuse))
@@ -196,38 +187,32 @@ def sweep(
     keys: list[str] = []
     pending: dict[Any, list[tuple[int, AbstractFlow, Any, Plan, str]]] = {}
     farmed: list[tuple[int, dict, str]] = []
-    try:
-        for i, config in enumerate(configs):
-            flow, state0 = _built(build, config)
-            resolved = plan.resolve(flow, batched=batched)
-            key = run_key(flow, state0, resolved)
-            keys.append(key)
-            sharing.setdefault(key, []).append(i)
-            if key in first:
-                continue
-            first[key] = i
-            finished, note = _finished(config, key, out / key) if reused(key) else (None, "")
-            if finished is not None:
-                runs[i] = finished
+    for i, config in enumerate(configs):
+        flow, state0 = _built(build, config)
+        resolved = plan.resolve(flow, batched=batched)
+        key = run_key(flow, state0, resolved)
+        keys.append(key)
+        sharing.setdefault(key, []).append(i)
+        if key in first:
+            continue
+        first[key] = i
+        finished, note = _finished(config, key, out / key) if reused(key) else (None, "")
+        if finished is not None:
+            runs[i] = finished
+        else:
+            left = remove_temporaries(out / key)
+            if left:
+                note = (note + "; " if note else "") + f"removed {len(left)} temporary file(s) of an interrupted write"
+            if executor is not None:
+                farmed.append((i, config, key))
             else:
-                left = remove_temporaries(out / key)
-                if left:
-                    note = (
-                        note + "; " if note else ""
-                    ) + f"removed {len(left)} temporary file(s) of an interrupted write"
-                if executor is not None:
-                    farmed.append((i, config, key))
-                else:
-                    pending.setdefault(_signature(flow, state0), []).append((i, flow, state0, resolved, key))
-            if note:
-                runs[i] = (
-                    dataclasses.replace(runs[i], note=note) if i in runs else Run(config, key, out / key, "", "", note)
-                )
-    except BaseException:
-        if fresh:  # a store made for this sweep, left with its marker alone: nothing to keep
-            discard_empty_store(out, folder_too=not existed)
-        raise
+                pending.setdefault(_signature(flow, state0), []).append((i, flow, state0, resolved, key))
+        if note:
+            runs[i] = (
+                dataclasses.replace(runs[i], note=note) if i in runs else Run(config, key, out / key, "", "", note)
+            )
 
+    open_store(out)
     from tqdm.auto import tqdm
 
     def done(i: int, run: Run) -> None:

@@ -409,6 +409,7 @@ def _run(args, registry, out: Path, figure: Path, made: list[Path]) -> int:
         def compute():
             return flows.solve(flow, state0, t1=args.t1, ts=ts, progress=not args.quiet, **solve)
 
+    replacing = (out / "meta.json").exists()  # a run saved in this folder before
     extra = {
         "problem": {"kind": args.problem, **problem_config},
         "init": {"scale": scale, "kind": args.init, "seed": args.seed},
@@ -425,8 +426,8 @@ def _run(args, registry, out: Path, figure: Path, made: list[Path]) -> int:
         traj.config.update(extra)
         stage["now"] = "save"
         traj.save(out)
-        for drawn_before in {out / "figure.png", figure}:  # the replaced run's figure, if one was drawn there
-            drawn_before.unlink(missing_ok=True)
+        if replacing:  # the replaced run's figure, drawn beside it, is not this run's
+            (out / "figure.png").unlink(missing_ok=True)
         stage["now"] = "plot"
         # Made again if a run beside this one, refused or interrupted, removed it while it was empty.
         figure.parent.mkdir(parents=True, exist_ok=True)

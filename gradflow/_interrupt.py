@@ -36,8 +36,8 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
 _describers: list[tuple[str, Callable[[], str], Callable[[], None] | None]] = []
-"""The active calls' (prefix, describe, cleanup), outermost first: SIGINT reports the innermost and runs every
-cleanup, innermost first."""
+"""The active calls' (prefix, describe, cleanup), outermost first: SIGINT or SIGTERM reports the innermost and runs
+every cleanup, innermost first."""
 
 
 def interruptible(
@@ -92,8 +92,8 @@ def interruptible(
         while not done.wait(0.1):
             pass
     finally:
-        for handled, handler in previous.items():
-            signal.signal(handled, handler)
+        for handled, handler in previous.items():  # None: a handler installed outside Python, not restorable
+            signal.signal(handled, signal.SIG_DFL if handler is None else handler)
         _describers.remove(entry)
     if "error" in outcome:
         raise outcome["error"]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -353,6 +354,12 @@ def test_a_run_saved_over_another_leaves_none_of_the_other_runs_figure(tmp_path,
     # The figure in the folder was drawn from the seed-0 run, which the seed-1 run replaced.
     assert not (out / "figure.png").exists() and drawn[0][1] == elsewhere
     assert flows.Trajectory.load(out).config["init"]["seed"] == 1
+    # A folder that held no run keeps a figure.png of its own.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "figure.png").write_text("mine")
+    assert main(["run", *SMALL, "--t1", "1", "--out", str(mine), "--figure", str(elsewhere)]) == 0
+    assert (mine / "figure.png").read_text() == "mine"
 
 
 def test_step_runs_the_discrete_counterpart_and_saves_it_like_a_flow(tmp_path, capsys):
@@ -486,7 +493,7 @@ def _start(argv):
     [(True, signal.SIGINT), pytest.param(False, signal.SIGINT, marks=pytest.mark.slow), (True, signal.SIGTERM)],
     ids=["quiet", "progress-bar", "sigterm"],
 )
-def test_ctrl_c_stops_a_run_at_once_with_one_line_and_exit_130(quiet, sent_signal, tmp_path):
+def test_ctrl_c_or_sigterm_stops_a_run_at_once_with_one_line_and_128_plus_its_number(quiet, sent_signal, tmp_path):
     # SIGTERM (a batch system's time limit, `kill`) the same way, with its own word and 128 + 15.
     # A solve that would take far longer than this test: tight tolerance to t = 1e6.
     out = tmp_path / "long"
@@ -667,3 +674,17 @@ def test_a_run_within_a_decade_is_plotted_with_labels_that_differ():
     labels = [t.get_text() for t in loss_ax.get_yticklabels() if t.get_text()]
     assert len(labels) == len(set(labels)) > 2
     assert isinstance(loss_ax.xaxis.get_minor_formatter(), NullFormatter)
+
+
+def test_a_log_axis_down_to_a_subnormal_limit_is_judged_without_overflow():
+    # The within-a-decade test on a value axis from 5e-324 (a zero loss drawn at the smallest positive float) to 1:
+    # far more than a decade, so it stays logarithmic; a quotient high / low overflowed there.
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    ax.loglog([1.0, 10.0], [5e-324, 1.0])
+    ax.set_ylim(5e-324, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flows._plot._readable_within_a_decade([ax])
+    assert ax.get_yscale() == "log"

@@ -90,7 +90,7 @@ def test_examples_explain_themselves(name):
 def test_perturbed_rerun(monkeypatch, capsys):
     # A 1e-12 perturbation of the identity init moves W through the transitions by far more than itself (measured
     # at the quick size: 1.0, a share of W); of a Gaussian init by at most the integration's error at the default
-    # rtol 1e-8: about itself where the solver's steps stay as they were (8.6e-12 under the suite's XLA flags), twice
+    # rtol 1e-8: about itself where the solver's steps stay as they were (8.6e-12 under the suite's XLA flags), about
     # rtol where the perturbation changes them (8.4e-9 without those flags).
     out = run_example("perturbed_rerun.py", monkeypatch, capsys)
     largest = dict(re.findall(r"^(identity|gaussian)\s+(\S+)", out, flags=re.M))
