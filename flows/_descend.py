@@ -10,9 +10,9 @@ import optax
 from tqdm.auto import tqdm
 
 from ._flow import Flow, State
-from ._solve import SolverError, default_ts, saved_bytes
+from ._solve import SolverError, check_saves_fit, default_ts
 from ._trajectory import Trajectory
-from ._validate import check_fits, check_positive, check_positive_int, check_times
+from ._validate import check_positive, check_positive_int, check_times
 
 
 def descend(
@@ -58,11 +58,7 @@ def descend(
     flow.dynamics.check_step(step)
     save_steps = _save_steps(ts, step, t1)
     flow.check_state(state0)  # also: an adaptive flow's moments start at zero, as the optimizer's do
-    check_fits(
-        f"saving {len(save_steps)} states",
-        saved_bytes(flow, state0, len(save_steps)),
-        "save fewer times (ts), or a smaller problem",
-    )
+    check_saves_fit(flow, state0, len(save_steps))
     # float64 whatever state0 came as: optax casts every update back to the parameters' dtype, so integer parameters
     # would be truncated at each step and float32 ones rounded.
     state0 = jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype=jnp.float64), state0)

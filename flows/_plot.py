@@ -66,13 +66,11 @@ def plot_trajectory(
     # Overlaid runs that agree would hide each other: each is drawn thinner than the one before, on top of it.
     widths = np.linspace(2.8, 1.0, len(runs)) if overlay else [1.4]
 
-    truths = [r.truth for r in runs if r.truth is not None]
-    truth = truths[0] if truths else None
     # Runs of one truth share its dashed lines (grey); runs of different truths each get their own, in their colour.
-    shared_truth = all(np.array_equal(other, truths[0]) for other in truths)
-    references = [(r.truth, "0.45" if shared_truth else c) for r, c in zip(runs, colours) if r.truth is not None]
-    references = references[:1] if shared_truth else references
-    dashed = "" if truth is None else " (dashed: truth)" if shared_truth else " (dashed: each run's truth)"
+    references = [(r.truth, c) for r, c in zip(runs, colours) if r.truth is not None]
+    shared_truth = all(np.array_equal(other, references[0][0]) for other, _ in references)
+    references = [(references[0][0], "0.45")] if references and shared_truth else references
+    dashed = "" if not references else " (dashed: truth)" if shared_truth else " (dashed: each run's truth)"
     fig = Figure(figsize=(11, 7.6 if overlay else 7.2), layout="constrained")
     (loss_ax, sv_ax), (rank_ax, error_ax) = fig.subplots(2, 2, sharex=True)
 
@@ -123,7 +121,7 @@ def plot_trajectory(
         rank_ax.axhline(rank, color=colour, lw=0.8, ls="--")
     rank_ax.set(xlabel="time t", ylabel="effective rank", title=f"effective rank{dashed}")
 
-    if truth is None:
+    if not references:
         error_ax.text(0.5, 0.5, "no ground truth", ha="center", va="center", transform=error_ax.transAxes)
         error_ax.set(xlabel="time t", title="error to the truth")
     else:

@@ -153,11 +153,7 @@ def solve(
         dt0=dt0,
     ).resolve(flow)
     flow.check_state(state0)
-    check_fits(
-        f"saving {len(plan.ts)} states",
-        saved_bytes(flow, state0, len(plan.ts)),
-        "save fewer times (ts), or a smaller problem",
-    )
+    check_saves_fit(flow, state0, len(plan.ts))
     return plan.finish(flow, jax.device_get(_integrate(flow, state0, *plan.arrays(), **plan.static(progress))))
 
 
@@ -462,6 +458,14 @@ def saved_bytes(flow: AbstractFlow, state0: State, times: int) -> int:
     n1, n2 = flow.problem.shape
     state = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(state0))
     return 8 * times * (2 * state + 2 * n1 * n2 + 2 * len(jax.tree.leaves(state0)) * max(n1, n2) ** 2)
+
+
+def check_saves_fit(flow: AbstractFlow, state0: State, times: int) -> None:
+    """ValueError, before anything is computed, if a trajectory of `times` saved states (`saved_bytes`) does not fit
+    in the available memory (`solve`'s and `descend`'s saves alike)."""
+    check_fits(
+        f"saving {times} states", saved_bytes(flow, state0, times), "save fewer times (ts), or a smaller problem"
+    )
 
 
 def check_flow(flow) -> None:

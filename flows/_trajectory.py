@@ -82,9 +82,7 @@ class Trajectory:
         """||W - W*||_F / ||W*||_F over time."""
         if self.truth is None:
             raise ValueError("this trajectory's problem has no ground truth")
-        with np.errstate(over="ignore", invalid="ignore"):  # inf where W overflowed
-            diff = np.linalg.norm(self.W - self.truth, axis=(-2, -1))
-        return diff / np.linalg.norm(self.truth)
+        return _norms(self.W - self.truth) / np.linalg.norm(self.truth)
 
     def conserved_drift(self) -> dict[str, np.ndarray]:
         r"""For each conserved P - Q: $\|C(t) - C(0)\|_F / (\|P(t)\|_F + \|Q(t)\|_F)$ over time."""
