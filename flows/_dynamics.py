@@ -452,11 +452,15 @@ class Sign(AbstractAdaptive):
     r"""The sign flow $\theta' = -g / (|g| + \epsilon)$, elementwise: Adam's a, b -> infinity limit.
 
     eps > 0 is required: at eps = 0 the field is discontinuous where a coordinate of g changes sign.
-    The finite-step counterpart is the Euler step of this field (smoothed sign descent). The state
-    is {"params": theta}, with no moments, to match the rest of the family.
+    Near such a coordinate the field is $-g / \epsilon$, so the flow is stiff there with rates of order
+    $\|\nabla^2 L\| / \epsilon$, and a run's cost grows as eps shrinks (10 x 10 sensing to t = 10 on one
+    core: 5 s at 1e-3, 23 s at 1e-5, more than 5 minutes at 1e-8). The default is the completion
+    experiment's 1e-3, not Adam's 1e-8. The finite-step counterpart is the Euler step of this field
+    (smoothed sign descent). The state is {"params": theta}, with no moments, to match the rest of the
+    family.
 
     Args:
-        eps: smoothing of the sign, g / (|g| + eps) (> 0).
+        eps: smoothing of the sign, g / (|g| + eps) (> 0); the smaller, the stiffer the flow.
     """
 
     eps: Float[Array, ""]
@@ -465,7 +469,7 @@ class Sign(AbstractAdaptive):
     rate_names = ()
     constant_names = ("eps",)
 
-    def __init__(self, eps: float = 1e-8):
+    def __init__(self, eps: float = 1e-3):
         self.eps = _scalar(check_positive("eps", eps))
 
     def field(self, t, state, g):

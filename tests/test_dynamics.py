@@ -221,6 +221,15 @@ def test_sign_flow_is_the_large_rate_limit_of_adam():
     assert -1.15 <= _slope(rates, errors) <= -0.85, errors
 
 
+def test_the_default_sign_flow_reaches_its_minimiser_within_a_modest_budget():
+    # Its stiffness where a gradient entry crosses zero grows like 1/eps: at the default eps a small run to
+    # t = 10 takes about 8,000 steps (Tsit5, then Runge-Kutta-Chebyshev); at 1e-8 it exhausts this budget.
+    problem = flows.sensing(n=10, m=40, rank=2, seed=0)
+    flow = flows.Flow(problem, flows.Symmetric(), dynamics=flows.Sign())
+    traj = flows.solve(flow, flow.init(scale=1e-3), t1=10.0, ts=np.array([0.0, 10.0]), max_steps=30_000)
+    assert traj.relative_error[-1] < float(flow.dynamics.eps)  # 0.4 eps: W settles within about eps of the truth
+
+
 def test_rmsprop_is_the_large_momentum_rate_limit_of_adam():
     # a -> infinity: mhat follows g at once; the gap closes like 1/a (slope -1).
     ts = np.linspace(0, 1.0, 5)
