@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ._families import families
-from ._interrupt import interruptible
+from ._interrupt import end_quietly_once_finished, interruptible
 
 PROBLEMS = {
     "sensing": "sensing",
@@ -42,7 +42,7 @@ examples:
   gradflow run --problem completion --n 30 --m 180 --rank 2 --parameterization deep --depth 3 --init balanced \\
       --scale 0.3 --t1 1e4 --stop-loss 1e-10 --out runs/deep3
   gradflow run --problem completion --n 30 --m 180 --parameterization symmetric --penalty ratio --strength 1e-3 \\
-      --dynamics adam --a 10 --b 1 --t1 100
+      --dynamics adam --a 10 --b 1 --scale 0.1 --t1 3
   gradflow run --n 30 --m 180 --rank 2 --scale 0.1 --t1 50 --out runs/flow
   gradflow run --n 30 --m 180 --rank 2 --scale 0.1 --t1 50 --step 0.002 --out runs/gd   # gradient descent
   gradflow plot runs/flow runs/gd --out overlay.png
@@ -365,12 +365,38 @@ def figure_path(path) -> Path:
     return path
 
 
+def holds_a_run(folder: Path) -> bool:
+    """Whether `folder` holds a saved run: a `meta.json` that is a JSON object with a record's format and
+    configuration (`flows.Trajectory.save`)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and {"format", "config"} <= meta.keys()
+
+
+def check_overwrites(out: Path, figure: Path) -> None:
+    """ValueError if saving a run into `out`, its figure at the default `out/figure.png`, would overwrite files that
+    are not a run's: `out` may be new, hold a run (which the new one replaces, figure included) or hold other files,
+    but not an `arrays.npz`, `meta.json` or `figure.png` of its own."""
+    if holds_a_run(out):
+        return
+    written = ["arrays.npz", "meta.json"] + (["figure.png"] if figure == out / "figure.png" else [])
+    for name in written:
+        if (out / name).exists():
+            raise ValueError(
+                f"the output folder {out} holds a {name} that is not a saved run's (no run's meta.json beside it), "
+                "which the run would overwrite: choose another --out"
+            )
+
+
 def cmd_run(args) -> int:
     registry = families()
     check_flags(args)
     with made_for_output(args.out, Path(args.figure).parent if args.figure else None) as made:
         out = writable_folder(args.out, "output folder")
         figure = figure_path(args.figure) if args.figure else out / "figure.png"
+        check_overwrites(out, figure)
         return interruptible(
             lambda: _run(args, registry, out, figure, made),
             lambda: f"before the run started; nothing was saved to {out}",
@@ -409,7 +435,7 @@ def _run(args, registry, out: Path, figure: Path, made: list[Path]) -> int:
         def compute():
             return flows.solve(flow, state0, t1=args.t1, ts=ts, progress=not args.quiet, **solve)
 
-    replacing = (out / "meta.json").exists()  # a run saved in this folder before
+    replacing = holds_a_run(out)  # a run saved in this folder before
     extra = {
         "problem": {"kind": args.problem, **problem_config},
         "init": {"scale": scale, "kind": args.init, "seed": args.seed},
@@ -647,6 +673,15 @@ def format_findings(findings: list[dict]) -> str:
             for f in findings
         ]
     )
+
+
+def program() -> int:
+    """The `gradflow` program (its console script and `python -m gradflow`): `main` on the process's arguments; a
+    Ctrl-C or SIGTERM after the command has finished, while the process exits, ends it with one line and 130 (143)."""
+    try:
+        return main()
+    finally:
+        end_quietly_once_finished()
 
 
 def main(argv: list[str] | None = None) -> int:

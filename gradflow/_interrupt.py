@@ -100,6 +100,29 @@ def interruptible(
     return outcome["value"]
 
 
+def end_quietly_once_finished() -> None:
+    """From now until the process exits, SIGINT or SIGTERM ends it at once with one line saying that the command had
+    finished (what it printed and saved is complete) and 128 + the signal's number.
+
+    For the program's last moments: after its command, the interpreter's shutdown runs the libraries' exit handlers
+    (JAX's among them), where Python's own KeyboardInterrupt would print a traceback from inside one of them. Only
+    the main thread installs signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_signal(signum, frame):
+        for handled in HANDLED:
+            signal.signal(handled, signal.SIG_IGN)
+        prefix = "interrupted: " if signum == signal.SIGINT else "terminated: "
+        _exit_interrupted(
+            prefix, lambda: "the command had finished; what it printed and saved is complete", 128 + signum
+        )
+
+    for handled in HANDLED:
+        signal.signal(handled, on_signal)
+
+
 def _exit_interrupted(prefix: str, describe: Callable[[], str], status: int = EXIT_INTERRUPTED) -> None:
     try:
         text = describe()

@@ -362,6 +362,26 @@ def test_a_run_saved_over_another_leaves_none_of_the_other_runs_figure(tmp_path,
     assert (mine / "figure.png").read_text() == "mine"
 
 
+def test_a_folder_whose_files_a_run_would_overwrite_is_refused_before_computing(tmp_path, capsys, monkeypatch):
+    _no_compute(monkeypatch)
+    for name, text in [("figure.png", "mine"), ("arrays.npz", "mine"), ("meta.json", '{"title": "mine"}')]:
+        folder = tmp_path / name.replace(".", "-")
+        folder.mkdir()
+        (folder / name).write_text(text)
+        assert main(["run", *SMALL, "--out", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert f"holds a {name} that is not a saved run's" in err and err.count("\n") == 1, err
+        assert (folder / name).read_text() == text
+    # A figure drawn elsewhere leaves the folder's figure.png alone; other files are no obstacle.
+    from gradflow._cli import check_overwrites
+
+    folder = tmp_path / "figure-png"
+    check_overwrites(folder, tmp_path / "elsewhere.png")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")
+    check_overwrites(tmp_path / "notes", tmp_path / "notes" / "figure.png")
+
+
 def test_step_runs_the_discrete_counterpart_and_saves_it_like_a_flow(tmp_path, capsys):
     out = tmp_path / "adam-steps"
     argv = ["--dynamics", "adam", "--a", "10", "--step", "0.01", "--out", str(out)]
@@ -527,6 +547,61 @@ def test_ctrl_c_or_sigterm_stops_a_run_at_once_with_one_line_and_128_plus_its_nu
         f"nothing was saved to {out}\n"
     )
     assert not out.exists(), "the output folder the run made is left behind, empty"
+
+
+# The program's last moments: a signal that arrives in an exit handler, after the command has finished.
+AT_EXIT = """
+import atexit, os, signal, sys, time
+from gradflow._cli import program
+
+sent = getattr(signal, sys.argv[1])
+atexit.register(lambda: (os.kill(os.getpid(), sent), time.sleep(30)))
+sys.argv = ["gradflow", "reproduce", "--list"]
+sys.exit(program())
+"""
+
+
+@pytest.mark.parametrize("sent_signal", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_after_the_command_has_finished_ends_it_with_one_line_saying_so(sent_signal):
+    done = subprocess.run(
+        [sys.executable, "-c", AT_EXIT, sent_signal.name], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    word = "interrupted" if sent_signal == signal.SIGINT else "terminated"
+    assert done.returncode == 128 + sent_signal, (done.returncode, done.stderr[-2000:])
+    assert done.stderr == f"{word}: the command had finished; what it printed and saved is complete\n", done.stderr
+    assert "completion" in done.stdout  # the command's own output came out whole before the line
+
+
+def _documented_runs() -> list[str]:
+    """Every `gradflow run` command of the README, the docs and `gradflow run --help`, continuation lines joined."""
+    from gradflow._cli import RUN_EPILOG
+
+    texts = [(ROOT / "README.md").read_text(), RUN_EPILOG] + [
+        p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))
+    ]
+    joined = "\n".join(re.sub(r"\\\n\s*", " ", text) for text in texts)
+    commands = [
+        " ".join(line.strip().removeprefix("gradflow run ").split("#")[0].split()) for line in joined.splitlines()
+    ]
+    return sorted(
+        {c for c, line in zip(commands, joined.splitlines()) if line.strip().startswith("gradflow run --")} - {"--help"}
+    )
+
+
+@pytest.mark.parametrize("command", _documented_runs())
+def test_every_documented_run_passes_its_checks(command, tmp_path, monkeypatch, capsys):
+    _no_compute(monkeypatch)  # reaching the solve means every flag was accepted and the flow and its init built
+    with pytest.raises(AssertionError, match="computed before the flags were checked"):
+        main(["run", *command.split(), "--out", str(tmp_path / "run"), "--quiet"])
+
+
+@pytest.mark.slow
+def test_the_documented_penalised_adam_run_learns(tmp_path, capsys):
+    # docs/cli.md's example: from --scale 0.1 the ratio-penalised Adam flow reaches a relative error of 0.03 by t = 3
+    # (from the default 1e-3 it stays at 0.9999998: the penalty's gradient outweighs the data's near W = 0).
+    argv = "--problem completion --n 30 --m 180 --penalty ratio --strength 1e-3 --dynamics adam --a 10 --scale 0.1"
+    assert main(["run", *argv.split(), "--t1", "3", "--out", str(tmp_path / "adam"), "--quiet"]) == 0
+    assert flows.Trajectory.load(tmp_path / "adam").relative_error[-1] < 0.1
 
 
 # A figure's write that blocks after its temporary file is made (its sync never returns), under the command line's
