@@ -366,27 +366,37 @@ def figure_path(path) -> Path:
 
 
 def holds_a_run(folder: Path) -> bool:
-    """Whether `folder` holds a saved run: a `meta.json` that is a JSON object with a record's format and
-    configuration (`flows.Trajectory.save`)."""
+    """Whether `folder` holds a saved run (`flows.Trajectory.save`): a `meta.json` that is a JSON object with a
+    record's format and configuration, or, where a save was interrupted before its `meta.json`, an `arrays.npz`
+    holding a trajectory's times, W and loss (only the archive's directory is read)."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
+        if isinstance(meta, dict) and {"format", "config"} <= meta.keys():
+            return True
+    except (OSError, ValueError):
+        pass
+    try:
+        import numpy as np
+
+        with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
+            return {"ts", "W", "loss"} <= set(arrays.files)
     except (OSError, ValueError):
         return False
-    return isinstance(meta, dict) and {"format", "config"} <= meta.keys()
 
 
-def check_overwrites(out: Path, figure: Path) -> None:
-    """ValueError if saving a run into `out`, its figure at the default `out/figure.png`, would overwrite files that
-    are not a run's: `out` may be new, hold a run (which the new one replaces, figure included) or hold other files,
-    but not an `arrays.npz`, `meta.json` or `figure.png` of its own."""
+def check_overwrites(out: Path, default_figure: bool) -> None:
+    """ValueError if saving a run into `out` would overwrite files that are not a run's: `out` may be new, hold a run
+    (which the new one replaces, its figure included) or hold other files, but not an `arrays.npz`, a `meta.json`
+    or, where the figure is drawn at its default `out/figure.png`, a `figure.png` of its own. A figure named with
+    `--figure` is the user's choice of file."""
     if holds_a_run(out):
         return
-    written = ["arrays.npz", "meta.json"] + (["figure.png"] if figure == out / "figure.png" else [])
+    written = ["arrays.npz", "meta.json"] + (["figure.png"] if default_figure else [])
     for name in written:
         if (out / name).exists():
             raise ValueError(
-                f"the output folder {out} holds a {name} that is not a saved run's (no run's meta.json beside it), "
-                "which the run would overwrite: choose another --out"
+                f"the output folder {out} holds {name}, which is not a saved run's and which the run would "
+                "overwrite: choose another --out"
             )
 
 
@@ -396,7 +406,7 @@ def cmd_run(args) -> int:
     with made_for_output(args.out, Path(args.figure).parent if args.figure else None) as made:
         out = writable_folder(args.out, "output folder")
         figure = figure_path(args.figure) if args.figure else out / "figure.png"
-        check_overwrites(out, figure)
+        check_overwrites(out, default_figure=args.figure is None)
         return interruptible(
             lambda: _run(args, registry, out, figure, made),
             lambda: f"before the run started; nothing was saved to {out}",
@@ -676,12 +686,12 @@ def format_findings(findings: list[dict]) -> str:
 
 
 def program() -> int:
-    """The `gradflow` program (its console script and `python -m gradflow`): `main` on the process's arguments; a
-    Ctrl-C or SIGTERM after the command has finished, while the process exits, ends it with one line and 130 (143)."""
-    try:
-        return main()
-    finally:
-        end_quietly_once_finished()
+    """The `gradflow` program (its console script and `python -m gradflow`): `main` on the process's arguments. A
+    Ctrl-C or SIGTERM after the command has finished, while the process exits, ends it with one line, and 130 (143)
+    where the command succeeded, the command's own status where it failed."""
+    status = main()
+    end_quietly_once_finished(status)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -710,4 +720,4 @@ def _dispatch(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(program())

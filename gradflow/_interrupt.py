@@ -100,9 +100,10 @@ def interruptible(
     return outcome["value"]
 
 
-def end_quietly_once_finished() -> None:
+def end_quietly_once_finished(status: int) -> None:
     """From now until the process exits, SIGINT or SIGTERM ends it at once with one line saying that the command had
-    finished (what it printed and saved is complete) and 128 + the signal's number.
+    finished with exit `status` (what it printed and saved is complete), and that status where it is not 0 (the
+    command's failure stands), 128 + the signal's number where it is.
 
     For the program's last moments: after its command, the interpreter's shutdown runs the libraries' exit handlers
     (JAX's among them), where Python's own KeyboardInterrupt would print a traceback from inside one of them. Only
@@ -115,9 +116,8 @@ def end_quietly_once_finished() -> None:
         for handled in HANDLED:
             signal.signal(handled, signal.SIG_IGN)
         prefix = "interrupted: " if signum == signal.SIGINT else "terminated: "
-        _exit_interrupted(
-            prefix, lambda: "the command had finished; what it printed and saved is complete", 128 + signum
-        )
+        text = f"the command had finished with exit status {status}; what it printed and saved is complete"
+        _exit_interrupted(prefix, lambda: text, status or 128 + signum)
 
     for handled in HANDLED:
         signal.signal(handled, on_signal)

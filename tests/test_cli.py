@@ -370,16 +370,25 @@ def test_a_folder_whose_files_a_run_would_overwrite_is_refused_before_computing(
         (folder / name).write_text(text)
         assert main(["run", *SMALL, "--out", str(folder)]) == 2
         err = capsys.readouterr().err
-        assert f"holds a {name} that is not a saved run's" in err and err.count("\n") == 1, err
+        assert f"holds {name}, which is not a saved run's" in err and err.count("\n") == 1, err
         assert (folder / name).read_text() == text
-    # A figure drawn elsewhere leaves the folder's figure.png alone; other files are no obstacle.
+    # A figure named with --figure is the user's choice, even in the folder; other files are no obstacle.
     from gradflow._cli import check_overwrites
 
-    folder = tmp_path / "figure-png"
-    check_overwrites(folder, tmp_path / "elsewhere.png")
+    check_overwrites(tmp_path / "figure-png", default_figure=False)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "notes.txt").write_text("mine")
-    check_overwrites(tmp_path / "notes", tmp_path / "notes" / "figure.png")
+    check_overwrites(tmp_path / "notes", default_figure=True)
+
+
+def test_a_save_interrupted_before_its_meta_json_can_be_run_again(tmp_path, capsys):
+    # A save writes arrays.npz, then meta.json: a Ctrl-C (or a full disk) between them leaves a run's arrays and the
+    # previous run's figure, and the line says "run the same command again".
+    out = tmp_path / "run"
+    assert main(["run", *SMALL, "--t1", "1", "--out", str(out)]) == 0
+    (out / "meta.json").unlink()
+    assert main(["run", *SMALL, "--t1", "1", "--seed", "1", "--out", str(out)]) == 0
+    assert flows.Trajectory.load(out).config["init"]["seed"] == 1 and (out / "figure.png").exists()
 
 
 def test_step_runs_the_discrete_counterpart_and_saves_it_like_a_flow(tmp_path, capsys):
@@ -556,20 +565,35 @@ from gradflow._cli import program
 
 sent = getattr(signal, sys.argv[1])
 atexit.register(lambda: (os.kill(os.getpid(), sent), time.sleep(30)))
-sys.argv = ["gradflow", "reproduce", "--list"]
+sys.argv = ["gradflow", *sys.argv[2:]]
 sys.exit(program())
 """
 
 
-@pytest.mark.parametrize("sent_signal", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
-def test_a_signal_after_the_command_has_finished_ends_it_with_one_line_saying_so(sent_signal):
+@pytest.mark.parametrize(
+    "sent_signal, command, status",
+    [
+        (signal.SIGINT, "reproduce --list", 0),
+        (signal.SIGTERM, "reproduce --list", 0),
+        (signal.SIGINT, "run --t1 -1", 2),
+    ],
+    ids=["sigint", "sigterm", "after-a-failure"],
+)
+def test_a_signal_after_the_command_has_finished_ends_it_with_one_line_saying_so(sent_signal, command, status):
     done = subprocess.run(
-        [sys.executable, "-c", AT_EXIT, sent_signal.name], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", AT_EXIT, sent_signal.name, *command.split()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     word = "interrupted" if sent_signal == signal.SIGINT else "terminated"
-    assert done.returncode == 128 + sent_signal, (done.returncode, done.stderr[-2000:])
-    assert done.stderr == f"{word}: the command had finished; what it printed and saved is complete\n", done.stderr
-    assert "completion" in done.stdout  # the command's own output came out whole before the line
+    line = f"{word}: the command had finished with exit status {status}; what it printed and saved is complete\n"
+    # A failure's status stands; a success ends as the signal's.
+    assert done.returncode == (status or 128 + sent_signal), (done.returncode, done.stderr[-2000:])
+    assert done.stderr.endswith(line) and done.stderr.count("\n") == (1 if status == 0 else 2), done.stderr
+    if status == 0:
+        assert "completion" in done.stdout  # the command's own output came out whole before the line
 
 
 def _documented_runs() -> list[str]:

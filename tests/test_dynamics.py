@@ -223,11 +223,11 @@ def test_sign_flow_is_the_large_rate_limit_of_adam():
 
 def test_the_default_sign_flow_reaches_its_minimiser_within_a_modest_budget():
     # Its stiffness where a gradient entry crosses zero grows like 1/eps: at the default eps a small run to
-    # t = 10 takes about 8,000 steps (Tsit5, then Runge-Kutta-Chebyshev); at 1e-8 it exhausts this budget.
+    # t = 10 takes 7,900 steps (Tsit5, then Runge-Kutta-Chebyshev); at 1e-8 100,000 steps reach t = 0.38.
     problem = flows.sensing(n=10, m=40, rank=2, seed=0)
     flow = flows.Flow(problem, flows.Symmetric(), dynamics=flows.Sign())
     traj = flows.solve(flow, flow.init(scale=1e-3), t1=10.0, ts=np.array([0.0, 10.0]), max_steps=30_000)
-    assert traj.relative_error[-1] < float(flow.dynamics.eps)  # 0.4 eps: W settles within about eps of the truth
+    assert traj.relative_error[-1] < 1e-3  # 3.9e-4 (0.4 eps; at eps = 1e-2, 2.9e-3)
 
 
 def test_rmsprop_is_the_large_momentum_rate_limit_of_adam():
