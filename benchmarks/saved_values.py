@@ -2,13 +2,20 @@
 landed on `ts`) against the same solver and controller interpolating at `ts` (the controller passed explicitly, which
 `solve` does not clip for Diffrax's solvers), side by side in one process.
 
-Flows (the default 200 log-spaced save times over [0, t1], rtol 1e-8, Tsit5): U U^T sensing (n = 30, m = 180,
-from 1e-3 I, t1 = 100), depth 3 and depth 4 on the same sensing problem from Gaussian factors of scale 0.3
-(t1 = 300), and the Adam flow (a = 10, b = 1, eps = 1e-8) of U U^T from 1e-3 I (t1 = 10). Error: the largest
-||W - W_ref||_F / ||W_ref||_F over the saved times in units of rtol, W_ref from Dopri8 at rtol 1e-12 with its
-steps landed.
+Flows (the default 200 log-spaced save times over [0, t1], Tsit5, each flow's default controller gains): U U^T
+sensing (n = 30, m = 180, from 1e-3 I, t1 = 100), depth 3 and depth 4 on the same sensing problem from Gaussian
+factors of scale 0.3 (t1 = 300), and the Adam flow (a = 10, b = 1, eps = 1e-8) of U U^T from 1e-3 I (t1 = 10): whole
+runs, their tails included, where Tsit5's steps are held by stability. Error: the largest ||W - W_ref||_F /
+||W_ref||_F over the saved times in units of rtol, W_ref from Dopri8 at rtol 1e-12 with its steps landed.
 
-    python benchmarks/saved_values.py
+    python benchmarks/saved_values.py --rtols 1e-8
+
+`--explicit`: runs that stop at loss 1e-8 before their tails turn stiff, where every step is held by accuracy (the
+default solver's explicit phase; its stiff phase lands on the save times whatever the controller): U V^T completion
+(n = 30, m = 180, from 1e-3) and depths 2, 3 and 4 on the same problem from balanced factors of scale 0.3, t1 = 1e4;
+the save times past either run's stop are left out of the error.
+
+    taskset -c 1 python benchmarks/saved_values.py --explicit --rtols 1e-8 1e-10 --repeats 5
 
 `--landing`: how the steps land on the save times. `flows.LandOnTimes` (the default: a save time within 1.5
 proposed steps is reached in two equal steps) against `diffrax.ClipStepSizeController` (the step clipped to it,
@@ -35,53 +42,72 @@ import numpy as np
 
 import flows
 
-RTOL = 1e-8
+STOP = 1e-8
+"""`--explicit`'s stopping loss: the runs end before their stiff tails, in the default's explicit phase."""
 
 
-def cases():
+def whole_runs():
+    """(name, flow, state0, t1, stop_loss): runs to a fixed t1, tails included (Tsit5's steps there are held by
+    stability, not accuracy)."""
     problem = flows.sensing(n=30, m=180, rank=2, seed=0)
     sym = flows.Flow(problem, flows.Symmetric())
-    yield "U U^T, 1e-3", sym, sym.init(scale=1e-3), 100.0
+    yield "U U^T, 1e-3", sym, sym.init(scale=1e-3), 100.0, None
     for depth in (3, 4):
         deep = flows.Flow(problem, flows.Deep(depth=depth))
-        yield f"depth {depth}, 0.3", deep, deep.init(scale=0.3, kind="gaussian", seed=1), 300.0
+        yield f"depth {depth}, 0.3", deep, deep.init(scale=0.3, kind="gaussian", seed=1), 300.0, None
     adam = flows.Flow(problem, flows.Symmetric(), dynamics=flows.Adam(a=10.0, b=1.0, eps=1e-8))
-    yield "Adam U U^T, 1e-3", adam, adam.init(scale=1e-3), 10.0
+    yield "Adam U U^T, 1e-3", adam, adam.init(scale=1e-3), 10.0, None
 
 
-def main() -> int:
-    print(f"# rtol {RTOL:g}, Tsit5, 200 log-spaced save times; wall: median of 3 after a compiling call\n")
+def explicit_runs():
+    """Runs that end at loss `STOP` before their tails turn stiff: every step is held by accuracy, as in the default's
+    explicit phase, where the landing's extra steps are paid."""
+    problem = flows.completion(n=30, m=180, rank=2, seed=0)
+    factored = flows.Flow(problem, flows.Factored())
+    yield "U V^T, 1e-3", factored, factored.init(scale=1e-3), 1e4, STOP
+    for depth in (2, 3, 4):
+        deep = flows.Flow(problem, flows.Deep(depth=depth))
+        yield f"depth {depth}, balanced 0.3", deep, deep.init(scale=0.3, kind="balanced"), 1e4, STOP
+
+
+def main(explicit: bool, rtols: list[float], repeats: int) -> int:
+    runs = explicit_runs() if explicit else whole_runs()
+    ends = f"to loss {STOP:g}" if explicit else "to t1"
+    print(f"# Tsit5, 200 log-spaced save times, {ends}; wall: median of {repeats} after a compiling call\n")
     print(
-        "| flow | landed: steps | wall s | err / rtol | interpolated: steps | wall s | err / rtol | steps ratio | wall ratio |"
+        "| flow | rtol | landed: steps | wall s | err / rtol | interpolated: steps | wall s | err / rtol | "
+        "steps ratio | wall ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, flow, state0, t1 in cases():
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, flow, state0, t1, stop in runs:
         ts = flows.default_ts(t1)
-        reference = flows.solve(flow, state0, t1=t1, ts=ts, rtol=1e-12, solver=diffrax.Dopri8(), max_steps=10_000_000)
-        controller = flows.ArraywiseRelative.make(RTOL, error_control=flows._solve._error_control)
-        runs = {
-            "landed": lambda: flows.solve(flow, state0, t1=t1, ts=ts, rtol=RTOL, solver=diffrax.Tsit5()),
-            "interpolated": lambda: flows.solve(
-                flow, state0, t1=t1, ts=ts, rtol=RTOL, solver=diffrax.Tsit5(), stepsize_controller=controller
-            ),
-        }
-        out = {}
-        for fn in runs.values():
-            fn()
-        times = {label: [] for label in runs}
-        for _ in range(3):
-            for label, fn in runs.items():
-                traj, seconds = H.clock(fn)
-                times[label].append(seconds)
-                out[label] = traj
-        cells = []
-        for label in runs:
-            traj = out[label]
-            err = np.max(np.linalg.norm(traj.W - reference.W, axis=(1, 2)) / np.linalg.norm(reference.W, axis=(1, 2)))
-            cells.append(f"{traj.stats['num_steps']} | {np.median(times[label]):.3g} | {err / RTOL:.1f}")
-        steps = out["landed"].stats["num_steps"] / out["interpolated"].stats["num_steps"]
-        wall = np.median(times["landed"]) / np.median(times["interpolated"])
-        print(f"| {name} | " + " | ".join(cells) + f" | {steps:.2f} | {wall:.2f} |", flush=True)
+        reference = flows.solve(
+            flow, state0, t1=t1, ts=ts, rtol=1e-12, stop_loss=stop, solver=diffrax.Dopri8(), max_steps=10_000_000
+        )
+        for rtol in rtols:
+            controller = flows.ArraywiseRelative.make(
+                rtol, error_control=flows._solve._error_control, gains=flow.controller_gains
+            )
+            common = dict(t1=t1, ts=ts, rtol=rtol, stop_loss=stop, solver=diffrax.Tsit5())
+            solves = {
+                "landed": lambda: flows.solve(flow, state0, **common),
+                "interpolated": lambda: flows.solve(flow, state0, **common, stepsize_controller=controller),
+            }
+            out, seconds = H.interleaved(solves, repeats)
+            cells = []
+            for label in solves:
+                traj = out[label]
+                # The save times both runs reached, without a stopped run's last entry (its own stopping time).
+                k = min(len(traj.ts), len(reference.ts)) - (0 if stop is None else 1)
+                assert np.array_equal(traj.ts[:k], reference.ts[:k])
+                err = np.max(
+                    np.linalg.norm(traj.W[:k] - reference.W[:k], axis=(1, 2))
+                    / np.linalg.norm(reference.W[:k], axis=(1, 2))
+                )
+                cells.append(f"{traj.stats['num_steps']} | {seconds[label]:.3g} | {err / rtol:.1f}")
+            steps = out["landed"].stats["num_steps"] / out["interpolated"].stats["num_steps"]
+            wall = seconds["landed"] / seconds["interpolated"]
+            print(f"| {name} | {rtol:g} | " + " | ".join(cells) + f" | {steps:.2f} | {wall:.2f} |", flush=True)
     return 0
 
 
@@ -166,6 +192,7 @@ if __name__ == "__main__":
     warnings.simplefilter("ignore", flows.FaithfulnessWarning)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--landing", action="store_true", help="the landings against each other (see above)")
+    parser.add_argument("--explicit", action="store_true", help="runs that stop before their tails (see above)")
     parser.add_argument("--settings", nargs="+", default=["sensing", "factored", "deep3", "tail"])
     parser.add_argument("--rtols", nargs="+", type=float, default=[1e-8])
     parser.add_argument("--repeats", type=int, default=3)
@@ -176,4 +203,6 @@ if __name__ == "__main__":
         help="atol = this x rtol (vs_cvode.py's runs: 0.01); default: none, the default arraywise relative control",
     )
     args = parser.parse_args()
-    raise SystemExit(landing(args.settings, args.rtols, args.repeats, args.atol) if args.landing else main())
+    if args.landing:
+        raise SystemExit(landing(args.settings, args.rtols, args.repeats, args.atol))
+    raise SystemExit(main(args.explicit, args.rtols, args.repeats))
