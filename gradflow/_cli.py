@@ -20,6 +20,7 @@ import re
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -380,7 +381,7 @@ def holds_a_run(folder: Path) -> bool:
 
         with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
             return {"ts", "W", "loss"} <= set(arrays.files)
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # none, not NumPy's, empty, a broken archive
         return False
 
 

@@ -364,8 +364,15 @@ def test_a_run_saved_over_another_leaves_none_of_the_other_runs_figure(tmp_path,
 
 def test_a_folder_whose_files_a_run_would_overwrite_is_refused_before_computing(tmp_path, capsys, monkeypatch):
     _no_compute(monkeypatch)
-    for name, text in [("figure.png", "mine"), ("arrays.npz", "mine"), ("meta.json", '{"title": "mine"}')]:
-        folder = tmp_path / name.replace(".", "-")
+    cases = [
+        ("figure.png", "mine"),
+        ("arrays.npz", "mine"),
+        ("arrays.npz", ""),  # empty: np.load raises EOFError
+        ("arrays.npz", "PK\x03\x04 not a whole archive"),  # zipfile.BadZipFile
+        ("meta.json", '{"title": "mine"}'),
+    ]
+    for i, (name, text) in enumerate(cases):
+        folder = tmp_path / f"{i}-{name}"
         folder.mkdir()
         (folder / name).write_text(text)
         assert main(["run", *SMALL, "--out", str(folder)]) == 2
@@ -375,7 +382,7 @@ def test_a_folder_whose_files_a_run_would_overwrite_is_refused_before_computing(
     # A figure named with --figure is the user's choice, even in the folder; other files are no obstacle.
     from gradflow._cli import check_overwrites
 
-    check_overwrites(tmp_path / "figure-png", default_figure=False)
+    check_overwrites(tmp_path / "0-figure.png", default_figure=False)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "notes.txt").write_text("mine")
     check_overwrites(tmp_path / "notes", default_figure=True)
