@@ -79,10 +79,8 @@ def interruptible(
             done.set()
 
     def on_signal(signum, frame):
-        for handled in HANDLED:  # a second Ctrl-C (or SIGTERM) while describing changes nothing
-            signal.signal(handled, signal.SIG_IGN)
         prefix, describe = _describers[-1][:2]
-        _exit_interrupted(prefix if signum == signal.SIGINT else "terminated: ", describe, 128 + signum)
+        _end_by_signal(signum, prefix, describe, 128 + signum)
 
     _describers.append(entry)
     previous = {handled: signal.signal(handled, on_signal) for handled in HANDLED}
@@ -113,14 +111,19 @@ def end_quietly_once_finished(status: int) -> None:
         return
 
     def on_signal(signum, frame):
-        for handled in HANDLED:
-            signal.signal(handled, signal.SIG_IGN)
-        prefix = "interrupted: " if signum == signal.SIGINT else "terminated: "
         text = f"the command had finished with exit status {status}; what it printed and saved is complete"
-        _exit_interrupted(prefix, lambda: text, status or 128 + signum)
+        _end_by_signal(signum, "interrupted: ", lambda: text, status or 128 + signum)
 
     for handled in HANDLED:
         signal.signal(handled, on_signal)
+
+
+def _end_by_signal(signum: int, prefix: str, describe: Callable[[], str], status: int) -> None:
+    """A handled signal ends the process: further signals are ignored (a second Ctrl-C while describing changes
+    nothing), and the line begins with `prefix` for SIGINT, "terminated: " for SIGTERM."""
+    for handled in HANDLED:
+        signal.signal(handled, signal.SIG_IGN)
+    _exit_interrupted(prefix if signum == signal.SIGINT else "terminated: ", describe, status)
 
 
 def _exit_interrupted(prefix: str, describe: Callable[[], str], status: int = EXIT_INTERRUPTED) -> None:
