@@ -385,13 +385,13 @@ def holds_a_run(folder: Path) -> bool:
         return False
 
 
-def check_overwrites(out: Path, default_figure: bool) -> None:
-    """ValueError if saving a run into `out` would overwrite files that are not a run's: `out` may be new, hold a run
-    (which the new one replaces, its figure included) or hold other files, but not an `arrays.npz`, a `meta.json`
-    or, where the figure is drawn at its default `out/figure.png`, a `figure.png` of its own. A figure named with
-    `--figure` is the user's choice of file."""
+def check_overwrites(out: Path, default_figure: bool) -> bool:
+    """Whether `out` holds a run, which the new one replaces, its figure included; ValueError if saving a run into
+    `out` would overwrite files that are not a run's: `out` may be new, hold a run or hold other files, but not an
+    `arrays.npz`, a `meta.json` or, where the figure is drawn at its default `out/figure.png`, a `figure.png` of its
+    own. A figure named with `--figure` is the user's choice of file."""
     if holds_a_run(out):
-        return
+        return True
     written = ["arrays.npz", "meta.json"] + (["figure.png"] if default_figure else [])
     for name in written:
         if (out / name).exists():
@@ -399,6 +399,7 @@ def check_overwrites(out: Path, default_figure: bool) -> None:
                 f"the output folder {out} holds {name}, which is not a saved run's and which the run would "
                 "overwrite: choose another --out"
             )
+    return False
 
 
 def cmd_run(args) -> int:
@@ -407,15 +408,15 @@ def cmd_run(args) -> int:
     with made_for_output(args.out, Path(args.figure).parent if args.figure else None) as made:
         out = writable_folder(args.out, "output folder")
         figure = figure_path(args.figure) if args.figure else out / "figure.png"
-        check_overwrites(out, default_figure=args.figure is None)
+        replacing = check_overwrites(out, default_figure=args.figure is None)
         return interruptible(
-            lambda: _run(args, registry, out, figure, made),
+            lambda: _run(args, registry, out, figure, made, replacing),
             lambda: f"before the run started; nothing was saved to {out}",
             cleanup=lambda: abandon(made),
         )
 
 
-def _run(args, registry, out: Path, figure: Path, made: list[Path]) -> int:
+def _run(args, registry, out: Path, figure: Path, made: list[Path], replacing: bool) -> int:
     import flows
 
     problem, problem_config = make_problem(args)
@@ -446,7 +447,6 @@ def _run(args, registry, out: Path, figure: Path, made: list[Path]) -> int:
         def compute():
             return flows.solve(flow, state0, t1=args.t1, ts=ts, progress=not args.quiet, **solve)
 
-    replacing = holds_a_run(out)  # a run saved in this folder before
     extra = {
         "problem": {"kind": args.problem, **problem_config},
         "init": {"scale": scale, "kind": args.init, "seed": args.seed},
