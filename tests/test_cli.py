@@ -610,13 +610,13 @@ def _documented_runs() -> list[str]:
     texts = [(ROOT / "README.md").read_text(), RUN_EPILOG] + [
         p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))
     ]
-    joined = "\n".join(re.sub(r"\\\n\s*", " ", text) for text in texts)
-    commands = [
-        " ".join(line.strip().removeprefix("gradflow run ").split("#")[0].split()) for line in joined.splitlines()
-    ]
-    return sorted(
-        {c for c, line in zip(commands, joined.splitlines()) if line.strip().startswith("gradflow run --")} - {"--help"}
-    )
+    lines = [line.strip() for text in texts for line in re.sub(r"\\\n\s*", " ", text).splitlines()]
+    commands = {
+        " ".join(line.removeprefix("gradflow run ").split("#")[0].split())
+        for line in lines
+        if line.startswith("gradflow run --")
+    }
+    return sorted(commands - {"--help"})
 
 
 @pytest.mark.parametrize("command", _documented_runs())
