@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 
 import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
 import diffrax
@@ -100,10 +101,7 @@ def main(explicit: bool, rtols: list[float], repeats: int) -> int:
                 # The save times both runs reached, without a stopped run's last entry (its own stopping time).
                 k = min(len(traj.ts), len(reference.ts)) - (0 if stop is None else 1)
                 assert np.array_equal(traj.ts[:k], reference.ts[:k])
-                err = np.max(
-                    np.linalg.norm(traj.W[:k] - reference.W[:k], axis=(1, 2))
-                    / np.linalg.norm(reference.W[:k], axis=(1, 2))
-                )
+                err = max(H.relative_error(W, W_ref) for W, W_ref in zip(traj.W[:k], reference.W[:k]))
                 cells.append(f"{traj.stats['num_steps']} | {seconds[label]:.3g} | {err / rtol:.1f}")
             steps = out["landed"].stats["num_steps"] / out["interpolated"].stats["num_steps"]
             wall = seconds["landed"] / seconds["interpolated"]
@@ -161,14 +159,7 @@ def landing(names: list[str], rtols: list[float], repeats: int, atol: float | No
                 raw = flows._solve._integrate(setting.flow, setting.state0, *plan.arrays(), **plan.static())
                 return plan.finish(setting.flow, jax.device_get(raw))
 
-            for p in plans.values():
-                run(p)
-            times = {label: [] for label in plans}
-            out = {}
-            for _ in range(repeats):
-                for label, p in plans.items():
-                    out[label], seconds = H.clock(lambda: run(p))
-                    times[label].append(seconds)
+            out, seconds = H.interleaved({label: functools.partial(run, p) for label, p in plans.items()}, repeats)
             for label in plans:
                 traj = out[label]
                 errors = [
@@ -176,10 +167,10 @@ def landing(names: list[str], rtols: list[float], repeats: int, atol: float | No
                 ]
                 stats = traj.stats
                 switch = stats.get("t_switch")
-                ratio = np.median(times[label]) / np.median(times["clipped"])
+                ratio = seconds[label] / seconds["clipped"]
                 print(
                     f"| {name} | {rtol:g} | {label} | {stats['num_accepted_steps']} ({stats['num_rejected_steps']}) | "
-                    f"{'-' if switch is None else f'{switch:.4g}'} | {np.median(times[label]):.3g} | "
+                    f"{'-' if switch is None else f'{switch:.4g}'} | {seconds[label]:.3g} | "
                     f"{max(errors) / rtol:.1f} | {ratio:.2f}x |",
                     flush=True,
                 )
