@@ -320,6 +320,25 @@ def test_an_overflowing_trial_step_is_shrunk_not_taken_for_a_collapse():
     np.testing.assert_allclose(ours.W, plain.W, rtol=0, atol=100 * 1e-8 * np.abs(plain.W).max())
 
 
+@pytest.mark.parametrize("growing", [True, False])
+def test_an_arrays_size_is_its_larger_end_of_the_step(growing):
+    # Errors are relative to each array's size, max |y| over the array and over both ends of the step, with a floor
+    # of 1e-2 rtol of that size for entries near 0 (`ArraywiseRelative`). An array growing tenfold in a step (a
+    # saddle's escape from a small start) or shrinking tenfold has size 10 either way, so an error of 1e-7 in an
+    # entry that stays 0 reads 1e-7 / (1e-2 rtol 10) = 1 at rtol 1e-6, 0.71 in the root mean square over the two
+    # entries: kept. Sized by the smaller end (or, growing, by the step's start) it would read 7.1: rejected.
+    rtol = 1e-6
+    control = flows.ArraywiseRelative.make(rtol)
+    terms = diffrax.ODETerm(lambda t, y, args: y)
+    small, large = jnp.asarray([1.0, 0.0]), jnp.asarray([10.0, 0.0])
+    y0, y1 = (small, large) if growing else (large, small)
+    _, state = control.init(terms, 0.0, 1.0, y0, 0.1, None, None, 5)
+    keep, *_ = control.adapt_step_size(0.0, 0.1, y0, y1, None, jnp.asarray([0.0, 1e-7]), 5, state)
+    assert keep
+    keep, *_ = control.adapt_step_size(0.0, 0.1, y0, y1, None, jnp.asarray([0.0, 2e-7]), 5, state)
+    assert not keep  # 1.41: the floor is 1e-2 rtol of the size, not more
+
+
 def test_the_collapse_floor_does_not_grow_with_t1():
     # "Run until the stop" with a huge t1: near t = 0 the floor is the smaller of 1e-12 t1 and the first step, so the
     # run stops where it stops with t1 = 1e4 (at t1 = 1e25, 1e-12 t1 alone made ordinary first steps "collapsed").
