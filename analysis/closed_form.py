@@ -4,15 +4,20 @@ r"""Exact solutions of flows, to check the integrator against.
 * `CommutingReduced` / `commuting_flow`: the symmetric flow $U' = -(S + S^T) U$ on commuting measurements,
   collapsed to an m-dimensional ODE.
 * `riccati`: the symmetric flow on a fully observed symmetric target H, in closed form.
+* `balanced_singular_value` / `aligned_balanced_flow`: a depth-N product from a balanced start aligned with a fully
+  observed target, each singular value by one quadrature.
 * `trajectory_difference`: how far a flow's trajectory is from one of these, over all saved times.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
+from scipy import integrate, optimize
 
 import flows
 
@@ -144,6 +149,41 @@ def riccati(H: Float[Array, "n n"], U0: Float[Array, "n n"], ts) -> Float[Array,
         return V @ W_hat @ V.T
 
     return jax.vmap(at)(jnp.asarray(np.asarray(ts, dtype=np.float64)))
+
+
+def balanced_singular_value(t: float, s0: float, y: float, depth: int, speed: float = 1.0) -> float:
+    r"""$\sigma(t)$ of $\sigma' = -c N \sigma^{2 - 2/N} (\sigma - y)$, $\sigma(0) = s_0 \in (0, y)$: a singular value of
+    the depth-N product on $L = \tfrac12 \|W - Y\|_F^2$ from a balanced start aligned with Y (Arora, Cohen, Hu and
+    Luo 2019), c = `speed` (1; 2 for $W = U U^T$, whose field is twice as fast; N = 1: the direct flow).
+
+    In the logit $x = \log(\sigma / (y - \sigma))$, $dt = \sigma^{2/N - 1} / (c N y)\, dx$: t(x) is one quadrature
+    (to 2e-14 relative) and x(t) its inverse (Brent, to 1e-15), independent of every ODE solver."""
+    if not 0 < s0 < y:
+        raise ValueError(f"the start must lie in (0, y); got s0 = {s0}, y = {y}")
+    x0 = np.log(s0 / (y - s0))
+
+    def time_to(x):
+        def rate(z):
+            return (y / (1.0 + np.exp(-z))) ** (2.0 / depth - 1.0) / (speed * depth * y)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", integrate.IntegrationWarning)
+            return integrate.quad(rate, x0, x, epsabs=0.0, epsrel=2e-14, limit=500)[0]
+
+    if t == 0:
+        return s0
+    hi = x0 + 1.0
+    while time_to(hi) < t:
+        hi = x0 + 2.0 * (hi - x0)
+    x = optimize.brentq(lambda x: time_to(x) - t, x0, hi, xtol=1e-15, rtol=1e-15, maxiter=500)
+    return y / (1.0 + np.exp(-x))
+
+
+def aligned_balanced_flow(U, y, V, s0, depth: int, ts, speed: float = 1.0) -> np.ndarray:
+    r"""$W(t) = U \operatorname{diag}(\sigma(t)) V^T$ at `ts` for the target $Y = U \operatorname{diag}(y) V^T$ and
+    the aligned balanced start of singular values `s0` (`balanced_singular_value` for each)."""
+    U, V, y, s0 = (np.asarray(a, dtype=np.float64) for a in (U, V, y, s0))
+    return np.stack([(U * [balanced_singular_value(t, s, yk, depth, speed) for s, yk in zip(s0, y)]) @ V.T for t in ts])
 
 
 def trajectory_difference(W: Float[Array, "T n1 n2"], reference: Float[Array, "T n1 n2"]) -> float:

@@ -16,3 +16,21 @@ def test_bad_input():
         closed_form.riccati(np.eye(4), np.ones((4, 2)), [0.0, 1.0])
     with pytest.raises(ValueError, match="symmetric"):
         closed_form.fully_observed(np.arange(4.0).reshape(2, 2))
+
+
+def test_bad_balanced_start():
+    with pytest.raises(ValueError, match=r"\(0, y\)"):
+        closed_form.balanced_singular_value(1.0, s0=1.0, y=0.5, depth=3)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_a_balanced_singular_value_solves_its_ode(depth):
+    # sigma' = -N sigma^(2 - 2/N) (sigma - y) by a central difference of the closed form (step 1e-4: truncation
+    # ~1e-8 relative, the quadrature's 1e-14 / 1e-4 ~ 1e-10), from 0.01 to y = 0.5: at t = 0.5, 2 and 5 the rates
+    # are 2e-3 .. 0.3 (the plateau of depth 4, the rise of depth 2, the approach of depth 1).
+    y, s0 = 0.5, 0.01
+    for t in (0.5, 2.0, 5.0):
+        step = 1e-4
+        left, mid, right = (closed_form.balanced_singular_value(t + d, s0, y, depth) for d in (-step, 0.0, step))
+        rate = -depth * mid ** (2.0 - 2.0 / depth) * (mid - y)
+        assert (right - left) / (2 * step) == pytest.approx(rate, rel=1e-6)
