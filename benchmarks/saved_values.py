@@ -27,6 +27,17 @@ vs_cvode.py's settings (sensing, factored, deep3, the deep completion tail) to t
 times, in units of rtol; t_switch: where the switching solver switched.
 
     taskset -c 1 python benchmarks/saved_values.py --landing --rtols 1e-8 1e-10
+
+`--defect`: what the dense output's error is, and whether the defect finds it. Tsit5 interpolating on `--explicit`'s
+runs and on depth 4 from balanced factors of scale 1e-2 with every entry seen (n = 30, m = 900, t1 = 1e5: a long
+plateau and a fast rise), each to the reference's stop time. Between steps the dense output u has the defect
+delta(t) = u'(t) - f(u(t)); from the step's start t_k, where u is the step's own value, u - z for z the flow through
+u(t_k) obeys e' = J e + delta, e(t_k) = 0, so e(s) is the integral of delta over [t_k, s] up to terms of order h J e.
+Per save time s inside a step: that integral by 3-point Gauss-Legendre quadrature (three field evaluations), the
+dense output's error against the reference, and the error of u(s) minus the integral (the corrected value). Landing's
+price beside it: 6 field evaluations per extra step of the landed run.
+
+    taskset -c 1 python benchmarks/saved_values.py --defect --rtols 1e-8 1e-10 1e-12
 """
 
 from __future__ import annotations
@@ -34,14 +45,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+from typing import ClassVar
 
 import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import flows
+from analysis import closed_form
 
 STOP = 1e-8
 """`--explicit`'s stopping loss: the runs end before their stiff tails, in the default's explicit phase."""
@@ -106,6 +120,166 @@ def main(explicit: bool, rtols: list[float], repeats: int) -> int:
             steps = out["landed"].stats["num_steps"] / out["interpolated"].stats["num_steps"]
             wall = seconds["landed"] / seconds["interpolated"]
             print(f"| {name} | {rtol:g} | " + " | ".join(cells) + f" | {steps:.2f} | {wall:.2f} |", flush=True)
+    return 0
+
+
+GAUSS = np.polynomial.legendre.leggauss(3)
+"""The defect's quadrature over [t_k, s]: Gauss-Legendre nodes and weights on [-1, 1]."""
+
+
+def defect_integral(interpolation, field, start, end):
+    """The integral over [start, end] of the defect u' - f(u) of the dense output u = `interpolation`, by `GAUSS`."""
+
+    def defect(x):
+        t = 0.5 * (end - start) * x + 0.5 * (start + end)
+        return jax.tree.map(jnp.subtract, interpolation.derivative(t), field(t, interpolation.evaluate(t)))
+
+    parts = [jax.tree.map(lambda d, w=w: 0.5 * (end - start) * w * d, defect(x)) for x, w in zip(*GAUSS)]
+    return jax.tree.map(lambda *d: sum(d), *parts)
+
+
+class _Corrected(diffrax.AbstractPath):
+    """Tsit5's dense output over a step minus its defect's integral from the step's start: u(s) - int delta."""
+
+    t0: float
+    t1: float
+    tsit5: diffrax.AbstractPath
+    args: flows._solve.FlowArgs
+
+    def __init__(self, *, t0, t1, y0, y1, k, args):
+        self.t0, self.t1, self.args = t0, t1, args
+        self.tsit5 = diffrax.Tsit5.interpolation_cls(t0=t0, t1=t1, y0=y0, y1=y1, k=k)
+
+    def evaluate(self, t0, t1=None, left=True):
+        if t1 is not None:
+            return jax.tree.map(jnp.subtract, self.evaluate(t1), self.evaluate(t0))
+        integral = defect_integral(self.tsit5, self.args.flow.vector_field, self.t0, t0)
+        return jax.tree.map(jnp.subtract, self.tsit5.evaluate(t0), integral)
+
+
+class CorrectedTsit5(diffrax.AbstractAdaptiveSolver):
+    """Diffrax's Tsit5 whose dense output (the save times between steps, the stop's root) is `_Corrected`: three
+    field evaluations per value, the step's own values unchanged."""
+
+    tsit5: diffrax.Tsit5 = diffrax.Tsit5()
+    term_structure: ClassVar = diffrax.AbstractTerm
+    interpolation_cls: ClassVar = _Corrected
+
+    def order(self, terms):
+        return self.tsit5.order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return self.tsit5.init(terms, t0, t1, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        y1, error, dense_info, solver_state, result = self.tsit5.step(terms, t0, t1, y0, args, solver_state, made_jump)
+        return y1, error, dict(dense_info, args=args), solver_state, result
+
+    def func(self, terms, t0, y0, args):
+        return self.tsit5.func(terms, t0, y0, args)
+
+
+@eqx.filter_jit
+def _corrections(flow, sol, starts, saves):
+    """Per save time s (vmapped) in a step from t_k = `starts`: the dense output u(s) and its defect's integral."""
+    return jax.vmap(lambda a, b: (sol.evaluate(b), defect_integral(sol, flow.vector_field, a, b)))(starts, saves)
+
+
+def aligned_deep4():
+    """(flow, state0, exact W(ts)): depth 4 on every entry of a 3 x 3 target Y = U diag(1, 0.5, 0.25) V^T from the
+    balanced start aligned with it, singular values 1e-2 (1, 0.8, 0.6) (`analysis.closed_form.aligned_balanced_flow`)."""
+    y, s0, depth = np.array([1.0, 0.5, 0.25]), 1e-2 * np.array([1.0, 0.8, 0.6]), 4
+    Q = [np.linalg.qr(np.random.default_rng(seed).standard_normal((3, 3)))[0] for seed in range(depth + 1)]
+    U, V = Q[-1], Q[0]
+    rows, cols = np.divmod(np.arange(9), 3)
+    problem = flows.Problem.from_entries((3, 3), rows, cols, ((U * y) @ V.T)[rows, cols])
+    state0 = tuple(jnp.asarray((Q[j + 1] * s0 ** (1.0 / depth)) @ Q[j].T) for j in range(depth))
+    return (
+        flows.Flow(problem, flows.Deep(depth=depth)),
+        state0,
+        lambda ts: closed_form.aligned_balanced_flow(U, y, V, s0, depth, ts),
+    )
+
+
+def defect_runs():
+    """`explicit_runs` with Dopri8 references, then the aligned depth-4 flow to t1 = 3000 against its closed form."""
+    for name, flow, state0, t1, stop in explicit_runs():
+        yield name, flow, state0, t1, stop, None
+    flow, state0, exact = aligned_deep4()
+    yield "depth 4, aligned balanced 1e-2, to t = 3000", flow, state0, 3000.0, None, exact
+
+
+def defect(rtols: list[float], repeats: int) -> int:
+    print(
+        f"# Tsit5 interpolating, 200 log-spaced save times, to loss {STOP:g} (the aligned flow to t = 3000); errors "
+        f"in rtol; wall: median of {repeats} after a compiling call\n"
+    )
+    print(
+        "| flow | rtol | steps | dense output: largest err | integral / err where err > 1 rtol: median (range) "
+        "| corrected: largest err | landed: steps, err | wall s: interpolated, corrected, landed | corrected / landed |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, flow, state0, t1, stop, exact in defect_runs():
+        ts = flows.default_ts(t1)
+        if exact is None:
+            reference = flows.solve(
+                flow, state0, t1=t1, ts=ts, rtol=1e-12, stop_loss=stop, solver=diffrax.Dopri8(), max_steps=10_000_000
+            )
+            ref_ts, ref_W = reference.ts, reference.W
+        else:
+            ref_ts, ref_W = np.asarray(ts), exact(ts)
+        for rtol in rtols:
+            controller = flows.ArraywiseRelative.make(
+                rtol, error_control=flows._solve._error_control, gains=flow.controller_gains
+            )
+            common = dict(t1=t1, ts=ts, rtol=rtol, stop_loss=stop)
+            solves = {
+                "interpolated": lambda: flows.solve(
+                    flow, state0, **common, solver=diffrax.Tsit5(), stepsize_controller=controller
+                ),
+                "corrected": lambda: flows.solve(
+                    flow, state0, **common, solver=CorrectedTsit5(), stepsize_controller=controller
+                ),
+                "landed": lambda: flows.solve(flow, state0, **common, solver=diffrax.Tsit5()),
+            }
+            out, seconds = H.interleaved(solves, repeats)
+            errors = {}
+            for label, traj in out.items():
+                # The save times the runs reached before their stop, 0 excluded.
+                k = min(len(traj.ts), len(ref_ts)) - 1
+                assert np.array_equal(traj.ts[:k], ref_ts[:k])
+                errors[label] = np.array([H.relative_error(*pair) for pair in zip(traj.W[1:k], ref_W[1:k])])
+            # The defect's integral at the interpolated run's save times, from each one's step start.
+            sol = diffrax.diffeqsolve(
+                diffrax.ODETerm(lambda t, y, args: flow.vector_field(t, y)),
+                diffrax.Tsit5(),
+                0.0,
+                float(ref_ts[-1]),
+                None,
+                state0,
+                args=flows._solve.FlowArgs(flow, None, jnp.asarray(t1)),
+                stepsize_controller=controller,
+                saveat=diffrax.SaveAt(steps=True, dense=True),
+                max_steps=out["landed"].stats["num_steps"],  # the dense output of every step is kept
+            )
+            steps = int(sol.stats["num_accepted_steps"])
+            ends = np.concatenate([[0.0], np.asarray(sol.ts)[:steps]])
+            saves = ref_ts[1 : 1 + len(errors["interpolated"])]
+            u, integral = _corrections(flow, sol, jnp.asarray(ends[np.searchsorted(ends, saves) - 1]), saves)
+            W, dW = jax.vmap(lambda a, b: jax.jvp(flow.product, (a,), (b,)))(u, integral)
+            W_ref = ref_W[1 : 1 + len(saves)]
+            assert np.allclose(W, out["interpolated"].W[1 : 1 + len(saves)], rtol=0, atol=1e-3 * rtol)
+            estimate = np.linalg.norm(np.asarray(dW), axis=(1, 2)) / np.linalg.norm(W_ref, axis=(1, 2))
+            err = errors["interpolated"]
+            ratio = estimate[err > rtol] / err[err > rtol]
+            ratios = f"{np.median(ratio):.2f} ({ratio.min():.2g} .. {ratio.max():.2g})" if ratio.size else "-"
+            walls = ", ".join(f"{seconds[label]:.3g}" for label in solves)
+            print(
+                f"| {name} | {rtol:g} | {out['interpolated'].stats['num_steps']} | {err.max() / rtol:.3g} | {ratios} | "
+                f"{errors['corrected'].max() / rtol:.3g} | {out['landed'].stats['num_steps']}, "
+                f"{errors['landed'].max() / rtol:.3g} | {walls} | {seconds['corrected'] / seconds['landed']:.2f} |",
+                flush=True,
+            )
     return 0
 
 
@@ -184,6 +358,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--landing", action="store_true", help="the landings against each other (see above)")
     parser.add_argument("--explicit", action="store_true", help="runs that stop before their tails (see above)")
+    parser.add_argument("--defect", action="store_true", help="the dense output's error and its defect (see above)")
     parser.add_argument("--settings", nargs="+", default=["sensing", "factored", "deep3", "tail"])
     parser.add_argument("--rtols", nargs="+", type=float, default=[1e-8])
     parser.add_argument("--repeats", type=int, default=3)
@@ -196,4 +371,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.landing:
         raise SystemExit(landing(args.settings, args.rtols, args.repeats, args.atol))
+    if args.defect:
+        raise SystemExit(defect(args.rtols, args.repeats))
     raise SystemExit(main(args.explicit, args.rtols, args.repeats))
