@@ -160,6 +160,12 @@ def balanced_singular_value(t: float, s0: float, y: float, depth: int, speed: fl
     (to 2e-14 relative) and x(t) its inverse (Brent, to 1e-15), independent of every ODE solver."""
     if not 0 < s0 < y:
         raise ValueError(f"the start must lie in (0, y); got s0 = {s0}, y = {y}")
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise ValueError(f"depth must be a positive integer; got {depth!r}")
+    if not speed > 0:
+        raise ValueError(f"speed must be positive; got {speed}")
+    if not t >= 0:
+        raise ValueError(f"t must be >= 0; got {t}")
     x0 = np.log(s0 / (y - s0))
 
     def time_to(x):
@@ -183,6 +189,11 @@ def aligned_balanced_flow(U, y, V, s0, depth: int, ts, speed: float = 1.0) -> np
     r"""$W(t) = U \operatorname{diag}(\sigma(t)) V^T$ at `ts` for the target $Y = U \operatorname{diag}(y) V^T$ and
     the aligned balanced start of singular values `s0` (`balanced_singular_value` for each)."""
     U, V, y, s0 = (np.asarray(a, dtype=np.float64) for a in (U, V, y, s0))
+    if y.ndim != 1 or s0.shape != y.shape or U.shape[1:] != y.shape or V.shape[1:] != y.shape:
+        raise ValueError(
+            f"y and s0 must be vectors of one length r, U and V have r columns; got y {y.shape}, s0 {s0.shape}, "
+            f"U {U.shape}, V {V.shape}"
+        )
     return np.stack([(U * [balanced_singular_value(t, s, yk, depth, speed) for s, yk in zip(s0, y)]) @ V.T for t in ts])
 
 

@@ -21,16 +21,25 @@ def test_bad_input():
 def test_bad_balanced_start():
     with pytest.raises(ValueError, match=r"\(0, y\)"):
         closed_form.balanced_singular_value(1.0, s0=1.0, y=0.5, depth=3)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="depth"):
+            closed_form.balanced_singular_value(1.0, s0=0.1, y=0.5, depth=bad)
+    with pytest.raises(ValueError, match="speed"):
+        closed_form.balanced_singular_value(1.0, s0=0.1, y=0.5, depth=2, speed=-1.0)
+    with pytest.raises(ValueError, match="t must"):
+        closed_form.balanced_singular_value(-1.0, s0=0.1, y=0.5, depth=2)
+    with pytest.raises(ValueError, match="one length"):
+        closed_form.aligned_balanced_flow(np.eye(3), [1.0, 0.5], np.eye(3), [0.1, 0.1, 0.1], 2, [0.0])
 
 
-@pytest.mark.parametrize("depth", [1, 2, 4])
-def test_a_balanced_singular_value_solves_its_ode(depth):
-    # sigma' = -N sigma^(2 - 2/N) (sigma - y) by a central difference of the closed form (step 1e-4: truncation
+@pytest.mark.parametrize("depth, speed", [(1, 1.0), (2, 1.0), (4, 1.0), (2, 2.0)])
+def test_a_balanced_singular_value_solves_its_ode(depth, speed):
+    # sigma' = -c N sigma^(2 - 2/N) (sigma - y) by a central difference of the closed form (step 1e-4: truncation
     # ~1e-8 relative, the quadrature's 1e-14 / 1e-4 ~ 1e-10), from 0.01 to y = 0.5: at t = 0.5, 2 and 5 the rates
-    # are 2e-3 .. 0.3 (the plateau of depth 4, the rise of depth 2, the approach of depth 1).
+    # are 2e-3 .. 0.3 (the plateau of depth 4, the rise of depth 2, the approach of depth 1); c = 2 as for U U^T.
     y, s0 = 0.5, 0.01
     for t in (0.5, 2.0, 5.0):
         step = 1e-4
-        left, mid, right = (closed_form.balanced_singular_value(t + d, s0, y, depth) for d in (-step, 0.0, step))
-        rate = -depth * mid ** (2.0 - 2.0 / depth) * (mid - y)
+        left, mid, right = (closed_form.balanced_singular_value(t + d, s0, y, depth, speed) for d in (-step, 0.0, step))
+        rate = -speed * depth * mid ** (2.0 - 2.0 / depth) * (mid - y)
         assert (right - left) / (2 * step) == pytest.approx(rate, rel=1e-6)
