@@ -4,8 +4,8 @@ r"""Exact solutions of flows, to check the integrator against.
 * `CommutingReduced` / `commuting_flow`: the symmetric flow $U' = -(S + S^T) U$ on commuting measurements,
   collapsed to an m-dimensional ODE.
 * `riccati`: the symmetric flow on a fully observed symmetric target H, in closed form.
-* `balanced_singular_value` / `aligned_balanced_flow`: a depth-N product from a balanced start aligned with a fully
-  observed target, each singular value by one quadrature.
+* `aligned_balanced_factors`, `balanced_singular_value` / `aligned_balanced_flow`: a depth-N product from a balanced
+  start aligned with a fully observed target, each singular value by one quadrature.
 * `trajectory_difference`: how far a flow's trajectory is from one of these, over all saved times.
 """
 
@@ -149,6 +149,20 @@ def riccati(H: Float[Array, "n n"], U0: Float[Array, "n n"], ts) -> Float[Array,
         return V @ W_hat @ V.T
 
     return jax.vmap(at)(jnp.asarray(np.asarray(ts, dtype=np.float64)))
+
+
+def aligned_balanced_factors(U, V, s0, depth: int, rng: np.random.Generator) -> tuple[Float[Array, "n n"], ...]:
+    r"""$W_j(0) = Q_j \operatorname{diag}(s_0^{1/N}) Q_{j-1}^T$, j = 1..N, with $Q_0 = V$, $Q_N = U$ and $Q_1 .. Q_{N-1}$
+    random orthogonal (from `rng`): balanced ($W_{j+1}^T W_{j+1} = W_j W_j^T$), with product
+    $U \operatorname{diag}(s_0) V^T$, aligned with a target $U \operatorname{diag}(y) V^T$ (square n x n factors)."""
+    U, V, s0 = (np.asarray(a, dtype=np.float64) for a in (U, V, s0))
+    n = U.shape[0]
+    if U.shape != (n, n) or V.shape != (n, n) or s0.shape != (n,) or np.any(s0 <= 0):
+        raise ValueError(f"U and V must be n x n and s0 n positive values; got {U.shape}, {V.shape}, {s0.shape}")
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise ValueError(f"depth must be a positive integer; got {depth!r}")
+    Q = [V] + [np.linalg.qr(rng.standard_normal((n, n)))[0] for _ in range(depth - 1)] + [U]
+    return tuple(jnp.asarray((Q[j + 1] * s0 ** (1.0 / depth)) @ Q[j].T) for j in range(depth))
 
 
 def balanced_singular_value(t: float, s0: float, y: float, depth: int, speed: float = 1.0) -> float:

@@ -51,9 +51,7 @@ def balanced_case(name: str, scale: float):
         state0 = (jnp.asarray(U * np.sqrt(s0)), jnp.asarray(V * np.sqrt(s0)))
     else:
         N, c = int(name.removeprefix("deep")), 1.0
-        Q = [V] + [_orthogonal(rng, n) for _ in range(N - 1)] + [U]
-        flow = flows.Flow(problem, flows.Deep(depth=N))
-        state0 = tuple(jnp.asarray((Q[j + 1] * s0 ** (1.0 / N)) @ Q[j].T) for j in range(N))
+        flow, state0 = flows.Flow(problem, flows.Deep(depth=N)), closed_form.aligned_balanced_factors(U, V, s0, N, rng)
 
     def exact(ts):
         return closed_form.aligned_balanced_flow(U, Y, V, s0, N, ts, speed=c)
