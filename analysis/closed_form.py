@@ -4,8 +4,8 @@ r"""Exact solutions of flows, to check the integrator against.
 * `CommutingReduced` / `commuting_flow`: the symmetric flow $U' = -(S + S^T) U$ on commuting measurements,
   collapsed to an m-dimensional ODE.
 * `riccati`: the symmetric flow on a fully observed symmetric target H, in closed form.
-* `aligned_balanced_factors`, `balanced_singular_value` / `aligned_balanced_flow`: a depth-N product from a balanced
-  start aligned with a fully observed target, each singular value by one quadrature.
+* `aligned_target`, `aligned_balanced_factors`, `balanced_singular_value` / `aligned_balanced_flow`: a depth-N
+  product from a balanced start aligned with a fully observed target, each singular value by one quadrature.
 * `trajectory_difference`: how far a flow's trajectory is from one of these, over all saved times.
 """
 
@@ -20,6 +20,7 @@ from jaxtyping import Array, Float
 from scipy import integrate, optimize
 
 import flows
+from flows._validate import check_nonnegative, check_positive, check_positive_int
 
 from ._bases import AbstractFromMatrix, checked_matrix
 
@@ -151,16 +152,31 @@ def riccati(H: Float[Array, "n n"], U0: Float[Array, "n n"], ts) -> Float[Array,
     return jax.vmap(at)(jnp.asarray(np.asarray(ts, dtype=np.float64)))
 
 
+def aligned_target(y, rng: np.random.Generator, symmetric: bool = False):
+    r"""(problem, U, V): every entry of $Y = U \operatorname{diag}(y) V^T$ observed, U and V random orthogonal from
+    `rng` (two draws; V = U where `symmetric`, the second draw made all the same)."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim != 1 or y.size == 0 or not np.all(np.isfinite(y) & (y > 0)):
+        raise ValueError(f"y must be a vector of positive singular values; got {y!r}")
+    n = y.size
+    U, V = (np.linalg.qr(rng.standard_normal((n, n)))[0] for _ in range(2))
+    V = U if symmetric else V
+    rows, cols = np.divmod(np.arange(n * n), n)
+    return flows.Problem.from_entries((n, n), rows, cols, ((U * y) @ V.T)[rows, cols]), U, V
+
+
 def aligned_balanced_factors(U, V, s0, depth: int, rng: np.random.Generator) -> tuple[Float[Array, "n n"], ...]:
-    r"""$W_j(0) = Q_j \operatorname{diag}(s_0^{1/N}) Q_{j-1}^T$, j = 1..N, with $Q_0 = V$, $Q_N = U$ and $Q_1 .. Q_{N-1}$
-    random orthogonal (from `rng`): balanced ($W_{j+1}^T W_{j+1} = W_j W_j^T$), with product
-    $U \operatorname{diag}(s_0) V^T$, aligned with a target $U \operatorname{diag}(y) V^T$ (square n x n factors)."""
+    r"""$W_j(0) = Q_j \operatorname{diag}(s_0^{1/N}) Q_{j-1}^T$, j = 1..N, with $Q_0 = V$, $Q_N = U$ (orthogonal n x n)
+    and $Q_1 .. Q_{N-1}$ random orthogonal (from `rng`): balanced ($W_{j+1}^T W_{j+1} = W_j W_j^T$), with product
+    $U \operatorname{diag}(s_0) V^T$, aligned with a target $U \operatorname{diag}(y) V^T$."""
+    depth = check_positive_int("depth", depth)
     U, V, s0 = (np.asarray(a, dtype=np.float64) for a in (U, V, s0))
-    n = U.shape[0]
-    if U.shape != (n, n) or V.shape != (n, n) or s0.shape != (n,) or np.any(s0 <= 0):
-        raise ValueError(f"U and V must be n x n and s0 n positive values; got {U.shape}, {V.shape}, {s0.shape}")
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth must be a positive integer; got {depth!r}")
+    n = s0.size
+    if s0.shape != (n,) or not np.all(np.isfinite(s0) & (s0 > 0)):
+        raise ValueError(f"s0 must be a vector of positive singular values; got {s0!r}")
+    for name, Q in (("U", U), ("V", V)):
+        if Q.shape != (n, n) or not np.allclose(Q.T @ Q, np.eye(n), rtol=0.0, atol=1e-10):
+            raise ValueError(f"{name} must be an orthogonal {n} x {n} matrix (s0 has {n} values); got shape {Q.shape}")
     Q = [V] + [np.linalg.qr(rng.standard_normal((n, n)))[0] for _ in range(depth - 1)] + [U]
     return tuple(jnp.asarray((Q[j + 1] * s0 ** (1.0 / depth)) @ Q[j].T) for j in range(depth))
 
@@ -172,14 +188,9 @@ def balanced_singular_value(t: float, s0: float, y: float, depth: int, speed: fl
 
     In the logit $x = \log(\sigma / (y - \sigma))$, $dt = \sigma^{2/N - 1} / (c N y)\, dx$: t(x) is one quadrature
     (to 2e-14 relative) and x(t) its inverse (Brent, to 1e-15), independent of every ODE solver."""
-    if not 0 < s0 < y:
-        raise ValueError(f"the start must lie in (0, y); got s0 = {s0}, y = {y}")
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth must be a positive integer; got {depth!r}")
-    if not speed > 0:
-        raise ValueError(f"speed must be positive; got {speed}")
-    if not t >= 0:
-        raise ValueError(f"t must be >= 0; got {t}")
+    if not 0 < s0 < y < np.inf:
+        raise ValueError(f"the start must lie in (0, y), y finite; got s0 = {s0}, y = {y}")
+    depth, speed, t = check_positive_int("depth", depth), check_positive("speed", speed), check_nonnegative("t", t)
     x0 = np.log(s0 / (y - s0))
 
     def time_to(x):

@@ -219,7 +219,7 @@ def spectrum(flow, state0, times) -> None:
             scale = np.diag(reduced)
             jacobi = gmres_iterations(reduced, r, M=spla.LinearOperator((p, p), matvec=lambda x, s=scale: x / s))
             values, vectors = np.linalg.eig(reduced)
-            # The eigenvalues above 10 deflated with the exact eigenvectors Z (and left ones W, W^T Z = I): right
+            # The eigenvalues above 10 deflated with the exact eigenvectors Z (and left ones W, W^T Z = I):
             # preconditioning by I + Z (1 / lambda - 1) W^T maps them to 1 and leaves the rest of the spectrum.
             top = np.abs(values) > 10
             Z, W = vectors[:, top], np.linalg.inv(vectors)[top]

@@ -187,9 +187,7 @@ def aligned_deep4():
     balanced start aligned with it, singular values 1e-2 (1, 0.8, 0.6) (`analysis.closed_form.aligned_balanced_flow`)."""
     y, s0, depth = np.array([1.0, 0.5, 0.25]), 1e-2 * np.array([1.0, 0.8, 0.6]), 4
     rng = np.random.default_rng(0)
-    U, V = (np.linalg.qr(rng.standard_normal((3, 3)))[0] for _ in range(2))
-    rows, cols = np.divmod(np.arange(9), 3)
-    problem = flows.Problem.from_entries((3, 3), rows, cols, ((U * y) @ V.T)[rows, cols])
+    problem, U, V = closed_form.aligned_target(y, rng)
     state0 = closed_form.aligned_balanced_factors(U, V, s0, depth, rng)
     return (
         flows.Flow(problem, flows.Deep(depth=depth)),
@@ -231,7 +229,7 @@ def defect(tails: bool, rtols: list[float], repeats: int) -> int:
             controller = flows.ArraywiseRelative.make(
                 rtol, error_control=flows._solve._error_control, gains=flow.controller_gains
             )
-            common = dict(t1=t1, ts=ts, rtol=rtol, stop_loss=stop, max_steps=1_000_000)
+            common = dict(t1=t1, ts=ts, rtol=rtol, stop_loss=stop)
             solves = {
                 "interpolated": lambda: flows.solve(
                     flow, state0, **common, solver=diffrax.Tsit5(), stepsize_controller=controller

@@ -228,7 +228,7 @@ class Plan:
 
         * saved values: an adaptive controller's steps land on the save times (`flows.LandOnTimes`)
           when the controller is the default (every solver's dense output is less accurate than its steps:
-          measured up to 170 rtol for Tsit5's and 50 for Dopri8's, against 1-3 rtol landed) or when the solver
+          measured up to 212 rtol for Tsit5's and 50 for Dopri8's, against 1-3 rtol landed) or when the solver
           asks for it (`AbstractFlowSolver.lands_save_times`); otherwise they are interpolated, and `finish`
           says so and warns. Fixed steps must then pass through every save time.
         * `stop_loss`: an adaptive controller's steps land on the stopping loss (`flows.LandOnEvent`).
