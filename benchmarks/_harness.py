@@ -449,12 +449,30 @@ def flow_term(flow: flows.Flow) -> flows.LinearisableTerm:
 
 
 @eqx.filter_jit
-def evaluations(flow, state, k):
-    """`k` (traced: pass an array) evaluations of the flow's field in one compiled loop from `state`, raveled:
-    x <- x + c F(x), which is also exactly a gradient-descent step (c = the step)."""
+def evaluations(flow, state, k, t: float = 0.0):
+    """`k` (traced: pass an array) evaluations of the flow's field at time t in one compiled loop from `state`,
+    raveled: x <- x + c F(x), which is also exactly a gradient-descent step (c = the step)."""
     point, unravel = ravel_pytree(state)
-    field = lambda i, x: x + 1e-12 * ravel_pytree(flow.vector_field(0.0, unravel(x)))[0]  # noqa: E731
+    field = lambda i, x: x + 1e-12 * ravel_pytree(flow.vector_field(t, unravel(x)))[0]  # noqa: E731
     return jax.lax.fori_loop(0, k, field, point)
+
+
+@eqx.filter_jit
+def products(flow, state, k, t: float = 0.0):
+    """`k` (traced) products of the field's Jacobian at the fixed point `state` (time t) in one compiled loop, raveled:
+    v <- v + c J v, a Krylov iteration's unit of work."""
+    point, unravel = ravel_pytree(state)
+
+    def field(y):
+        return ravel_pytree(flow.vector_field(t, unravel(y)))[0]
+
+    return jax.lax.fori_loop(0, k, lambda i, v: v + 1e-12 * jax.jvp(field, (point,), (v,))[1], point)
+
+
+def priced(fn, flow, state, k: int = 2000, repeats: int = 5) -> float:
+    """Seconds per call of `fn(flow, state, k)`'s loop body: the median of `repeats` timings of k calls."""
+    jax.block_until_ready(fn(flow, state, jnp.asarray(2)))  # compile: the count is traced, not static
+    return statistics.median(clock(lambda: fn(flow, state, jnp.asarray(k)))[1] for _ in range(repeats)) / k
 
 
 def unit_costs(setting: Setting, repeats: int = 2000) -> dict[str, float]:

@@ -49,10 +49,10 @@ could reach at best), and the reduced operator's spectrum from dense eigenvalues
 from __future__ import annotations
 
 import argparse
+import functools
 
 import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
 import diffrax
-import equinox as eqx
 import jax
 import numpy as np
 import scipy.sparse.linalg as spla
@@ -158,17 +158,6 @@ def gmres_iterations(A, b, M=None) -> str:
     return str(count[0]) if info == 0 else f"> {count[0]}"
 
 
-@eqx.filter_jit
-def _repeated(flow, t, state, k, product: bool):
-    """k (traced) field evaluations, or Jacobian-vector products at `state`, in one compiled loop."""
-
-    def body(i, x):
-        step = jax.jvp(lambda y: flow.vector_field(t, y), (state,), (x,))[1] if product else flow.vector_field(t, x)
-        return jax.tree.map(lambda a, b: a + 1e-12 * b, x, step)
-
-    return jax.lax.fori_loop(0, k, body, state)
-
-
 def spectrum(flow, state0, times) -> None:
     """The Adam flow's shifted systems, full and reduced to the parameters, at `times` along Tsit5's run; and what a
     Jacobian-vector product at a fixed point costs against a field evaluation (the unit of a Krylov iteration)."""
@@ -178,21 +167,9 @@ def spectrum(flow, state0, times) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
-    unit = ""
     for t in times:
         traj = flows.solve(flow, state0, t1=t, ts=[0.0, t], rtol=1e-6, atol=1e-10, max_steps=400_000)
         state = jax.tree.map(lambda a: a[-1], traj.states)
-        if t == times[-1]:
-            costs = {}
-            for product in (False, True):
-                jax.block_until_ready(_repeated(flow, t, state, 2, product))
-                costs[product] = np.median(
-                    [H.clock(lambda: _repeated(flow, t, state, 2000, product))[1] for _ in range(5)]
-                )
-            unit = (
-                f"\nAt t = {t:g}: a field evaluation {costs[False] / 2 * 1e3:.1f} us, a Jacobian-vector product at a "
-                f"fixed point {costs[True] / 2 * 1e3:.1f} us ({costs[True] / costs[False]:.2f} of a field)"
-            )
         flat, unravel = ravel_pytree(state)
         J = np.asarray(jax.jacfwd(lambda v: ravel_pytree(flow.vector_field(t, unravel(v)))[0])(flat))
         omega = np.abs(np.linalg.eigvals(J).imag).max()
@@ -232,7 +209,12 @@ def spectrum(flow, state0, times) -> None:
                 f"{np.abs(values).min():.3g} .. {np.abs(values).max():.3g} | {top.sum()} of {p} |",
                 flush=True,
             )
-    print(unit)
+    field = H.priced(functools.partial(H.evaluations, t=t), flow, state)
+    product = H.priced(functools.partial(H.products, t=t), flow, state)
+    print(
+        f"\nAt t = {t:g}: a field evaluation {field * 1e6:.1f} us, a Jacobian-vector product at a fixed point "
+        f"{product * 1e6:.1f} us ({product / field:.2f} of a field)"
+    )
 
 
 def preconditioned(dynamics: str) -> None:

@@ -34,7 +34,6 @@ Run pinned to one core (`taskset -c 1`); repeats interleave the runs; wall = med
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
 import diffrax
@@ -56,12 +55,6 @@ GAINS = ((0.0, 1.0), (0.1, 0.8), (0.2, 0.7), (0.3, 0.4), (0.4, 0.3))
 def _losses(flow, state, k):
     """`k` (traced) evaluations of the data loss in one compiled loop from `state`: x <- x + c L(x)."""
     return jax.lax.fori_loop(0, k, lambda i, x: jax.tree.map(lambda a: a + 1e-12 * flow.loss(x), x), state)
-
-
-def priced(fn, flow, state, k: int = 2000, repeats: int = 5) -> float:
-    """Seconds per call of `fn(flow, state, k)`'s loop body: the median of `repeats` timings of k calls."""
-    jax.block_until_ready(fn(flow, state, jnp.asarray(2)))  # compile: the count is traced, not static
-    return statistics.median(H.clock(lambda: fn(flow, state, jnp.asarray(k)))[1] for _ in range(repeats)) / k
 
 
 def parts(name: str, repeats: int) -> None:
@@ -98,8 +91,8 @@ def parts(name: str, repeats: int) -> None:
     counts = {label: (trajs[label].stats["num_steps"], trajs[label].stats["num_rejected_steps"]) for label in compared}
     if len(set(counts.values())) != 1:
         raise RuntimeError(f"{name}: the compared runs took different steps ({counts}): the split would not hold")
-    field = priced(H.evaluations, setting.flow, setting.state0)
-    loss = priced(_losses, setting.flow, setting.state0)
+    field = H.priced(H.evaluations, setting.flow, setting.state0)
+    loss = H.priced(_losses, setting.flow, setting.state0)
     print(f"\n{name}: the explicit steps to the default's {what} at t = {t_end:.6g}, rtol {H.RTOL:g}")
     for label, traj in trajs.items():
         steps = traj.stats["num_steps"]
