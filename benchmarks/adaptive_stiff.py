@@ -44,15 +44,29 @@ Jacobi one, and with its eigenvalues above 10 deflated by their exact eigenvecto
 could reach at best), and the reduced operator's spectrum from dense eigenvalues.
 
     python benchmarks/adaptive_stiff.py --spectrum                # ~1 min
+
+`--merson` measures `flows.Merson` (Merson's 4(3) pair, stable and damping on the imaginary axis up to h omega =
+2 sqrt(3), where Tsit5's stability region does not reach) against Tsit5, the Adam flow's default, and against Tsit5
+switching to it on Hairer's stiffness test (`flows.AbstractTsit5Then` at threshold h rho = 1: at the other switches' 3
+it did not fire on n = 30 with the nuclear penalty, the costliest run here), on this script's first configuration (to t = 8, 5 save times) and on the completion
+experiment's Adam runs (`experiments._completion`, full grid, with its 60 save times and horizons: n = 30, seed 4,
+depth 1 with the nuclear penalty and the ratio at lambda = 10, a = 10 and 100; the unpenalised depth 3 and U V^T to
+Arora's stop; n = 100, seed 3, the nuclear penalty at lambda = 30, its costliest), at rtol 1e-6 (the experiments')
+and 1e-8 (flows' default; n = 100 at 1e-6 only); one timed run after a compiling one each. Error: the largest
+relative ||W - W_ref||_F over the saved times against Tsit5 at rtol 1e-10 (1e-8 at n = 100).
+
+    python benchmarks/adaptive_stiff.py --merson                  # one core (taskset -c 1), ~45 min
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+from typing import ClassVar
 
 import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
 import diffrax
+import equinox as eqx
 import jax
 import numpy as np
 import scipy.sparse.linalg as spla
@@ -90,7 +104,11 @@ def main(argv=None) -> int:
     parser.add_argument("--preconditioned", action="store_true", help="the sign and RMSProp flows (see the docstring)")
     parser.add_argument("--controllers", action="store_true", help="the Adam flow's PI controller against I")
     parser.add_argument("--spectrum", action="store_true", help="the shifted systems' Krylov iterations (see above)")
+    parser.add_argument("--merson", action="store_true", help="Merson's pair on the Adam flow (see above)")
     args = parser.parse_args(argv)
+    if args.merson:
+        merson(build(args.n, args.m, args.strength, args.placement))
+        return 0
     if args.controllers:
         controllers()
         return 0
@@ -260,6 +278,90 @@ def preconditioned(dynamics: str) -> None:
             f"{err(traj.W):.1e} | {tsit5 / t.median:.2f} |",
             flush=True,
         )
+
+
+class Tsit5ThenMerson(flows.AbstractTsit5Then):
+    """Tsit5, then Merson's pair once Hairer's stiffness test (`flows.AbstractTsit5Then`) has seen `patience` steps
+    with h rho above `threshold`: the switch the other stiff phases use, measured against Merson throughout. Its
+    threshold is 1, not their 3: h rho estimates the dominant eigenvalue along the difference of Tsit5's last two
+    stages, where the barely excited oscillations hardly show, and stays below 2 where stability holds the steps."""
+
+    stiff_solver: flows.Merson = flows.Merson()
+    threshold: float = eqx.field(static=True, default=1.0)
+    patience: int = eqx.field(static=True, default=15)
+    reset: int = eqx.field(static=True, default=6)
+    horizon: ClassVar[float] = 0.0
+
+
+def merson(first_configuration) -> None:
+    """Tsit5, Merson's pair and a switch between them on the Adam flow's runs, at rtol 1e-6 and 1e-8."""
+    from experiments import _completion
+
+    def completion_run(size: str, seed: int, parameterization: str, penalty: str, strength: float, dynamics: str):
+        scale = _completion.SCALES[size][False]
+        config = scale.config(
+            seed, parameterization=parameterization, penalty=penalty, strength=strength, dynamics=dynamics
+        )
+        # The experiments' options without their solver and rtol (the rows' own).
+        options = {key: value for key, value in scale.options(config).items() if key not in ("solver", "rtol")}
+        return (*_completion.build(config), options)
+
+    flow, state0 = first_configuration
+    # (flow, initial state, options, the rtols measured): n = 100 at the experiments' rtol only (a run takes minutes).
+    runs = {
+        "n = 15, depth 3, ratio (the first configuration)": (
+            flow,
+            state0,
+            dict(t1=8.0, ts=np.linspace(0.0, 8.0, 5), max_steps=400_000),
+            (1e-6, 1e-8),
+        ),
+        "n = 30, nuclear, lambda = 10": (
+            *completion_run("n = 30", 4, "depth 1", "nuclear", 10.0, "Adam"),
+            (1e-6, 1e-8),
+        ),
+        "n = 30, ratio, lambda = 10": (*completion_run("n = 30", 4, "depth 1", "ratio", 10.0, "Adam"), (1e-6, 1e-8)),
+        "n = 30, ratio, lambda = 10, a = 100": (
+            *completion_run("n = 30", 4, "depth 1", "ratio", 10.0, "Adam a=100"),
+            (1e-6, 1e-8),
+        ),
+        "n = 30, depth 3, to the stop": (*completion_run("n = 30", 4, "depth 3", "none", 0.0, "Adam"), (1e-6, 1e-8)),
+        "n = 30, U V^T, to the stop": (*completion_run("n = 30", 4, "UV^T", "none", 0.0, "Adam"), (1e-6, 1e-8)),
+        "n = 100, nuclear, lambda = 30": (*completion_run("n = 100", 3, "depth 1", "nuclear", 30.0, "Adam"), (1e-6,)),
+    }
+    solvers = {
+        "Tsit5 (default)": diffrax.Tsit5,
+        "Merson": flows.Merson,
+        "Tsit5, then Merson (threshold 1)": Tsit5ThenMerson,
+    }
+    print("| run | rtol | solver | wall s | compile s | steps | rejected | switch at t | W err | Tsit5 / this |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, (flow, state0, options, rtols) in runs.items():
+        reference_rtol = 1e-8 if flow.problem.shape[0] >= 100 else 1e-10
+        reference = flows.solve(
+            flow, state0, **(options | {"rtol": reference_rtol, "max_steps": 10_000_000}), solver=diffrax.Tsit5()
+        ).W
+        for rtol in rtols:
+            timings, trajs = {}, {}
+            for name, make in solvers.items():
+                timings[name] = H.Timing(
+                    first=H.clock(lambda: flows.solve(flow, state0, **options, rtol=rtol, solver=make()))[1], runs=[]
+                )
+                trajs[name], seconds = H.clock(lambda: flows.solve(flow, state0, **options, rtol=rtol, solver=make()))
+                timings[name].runs.append(seconds)
+            tsit5 = timings["Tsit5 (default)"].median
+            for name, traj in trajs.items():
+                # A stopped run's trajectory ends at its own stop: compared over the save times both reached.
+                k = min(len(traj.W), len(reference)) - (0 if "stop_loss" not in options else 1)
+                err = np.max(
+                    np.linalg.norm(traj.W[:k] - reference[:k], axis=(1, 2)) / np.linalg.norm(reference[:k], axis=(1, 2))
+                )
+                switch = traj.stats.get("t_switch")
+                print(
+                    f"| {label} | {rtol:g} | {name} | {timings[name].median:.2f} | {timings[name].compile:.1f} | "
+                    f"{traj.stats['num_steps']} | {traj.stats['num_rejected_steps']} | "
+                    f"{'-' if switch is None else f'{switch:.3g}'} | {err:.1e} | {tsit5 / timings[name].median:.2f} |",
+                    flush=True,
+                )
 
 
 def controllers() -> None:

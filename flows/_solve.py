@@ -18,8 +18,9 @@ from jaxtyping import Array, Float, Int
 from ._chebyshev import RungeKuttaChebyshev
 from ._control import AbstractLandOnTimes, ArraywiseRelative, LandOnEvent, LandOnTimes, StopOnCollapse
 from ._flow import AbstractFlow, FlowArgs, State
+from ._merson import Merson
 from ._ndf import NDF
-from ._solver import LinearisableTerm, lands_save_times, report
+from ._solver import AbstractFlowSolver, LinearisableTerm, lands_save_times, report
 from ._stiff import LinearlyImplicitExtrapolation, Tsit5ThenChebyshev, Tsit5ThenExtrapolation, Tsit5ThenNDF
 from ._trajectory import Trajectory
 from ._validate import check_choice, check_fits, check_positive, check_positive_int, check_times
@@ -53,6 +54,7 @@ SOLVERS = {
     "switching-chebyshev": Tsit5ThenChebyshev,
     "ndf": NDF,
     "switching-ndf": Tsit5ThenNDF,
+    "merson": Merson,
 }
 """Diffrax solvers by the names the command line accepts."""
 
@@ -64,12 +66,15 @@ def solver_by_name(name: str) -> diffrax.AbstractSolver:
 
 
 def evaluations_per_step(solver: diffrax.AbstractSolver) -> int | None:
-    """Vector-field evaluations per attempted step of an explicit Runge-Kutta solver, else None.
+    """Vector-field evaluations per attempted step of an explicit Runge-Kutta solver (Diffrax's, or a flows solver's
+    `evaluations_per_step`), else None.
 
     A first-same-as-last tableau reuses its last stage as the next step's first, also after a
     rejected step (same start point). Start-up (initial step selection, the first stage) adds at
     most 3 more per solve, which `vf_evaluations` in the run statistics leaves out.
     """
+    if isinstance(solver, AbstractFlowSolver):
+        return solver.evaluations_per_step
     if not isinstance(solver, diffrax.AbstractERK):
         return None
     # An explicit Runge-Kutta solver's tableau is one ButcherTableau (Diffrax's AbstractERK); pyright sees the
@@ -442,6 +447,10 @@ def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = 
     (benchmarks/README.md, `adaptive_stiff.py --preconditioned`): 6.8x (sign) and 11x (RMSProp) faster than Tsit5,
     0.55 and 3.2 rtol off a tight reference where Tsit5, whose steps stability holds far below what accuracy needs, is
     0.18 and 0.02 rtol off.
+
+    The Adam flow keeps Tsit5: `Merson`, stable on the imaginary axis near which its oscillatory stiff eigenvalues lie,
+    is faster only on runs whose Tsit5 steps stability holds, slower where accuracy does (benchmarks/README.md,
+    `adaptive_stiff.py --merson`).
     """
     if flow.preconditioned:
         return diffrax.Tsit5() if batched else Tsit5ThenChebyshev()

@@ -55,6 +55,8 @@ class AbstractFlowSolver(diffrax.AbstractAdaptiveSolver):
     """A solver of this project: it says whether its steps must land on the save times, and reports its state."""
 
     lands_save_times: ClassVar[bool]
+    evaluations_per_step: ClassVar[int | None] = None
+    """Field evaluations per attempted step where that is fixed (the run's `vf_evaluations`); None where it varies."""
 
     def report(self, solver_state) -> dict:
         """What the final solver state says about the run (host-side values)."""

@@ -294,7 +294,7 @@ class _Counted(flows.GradientFlow):
         return super().vector_field(t, U, gradient)
 
 
-@pytest.mark.parametrize("name", ["tsit5", "dopri8", "heun"])
+@pytest.mark.parametrize("name", ["tsit5", "dopri8", "heun", "merson"])
 def test_vf_evaluation_count_matches_an_exact_count(sensing, name):
     _Counted.calls[0] = 0
     flow = flows.Flow(sensing, flows.Symmetric(), dynamics=_Counted())
