@@ -55,7 +55,7 @@ Arora's stop; n = 100, seed 3, the nuclear penalty at lambda = 30, its costliest
 and 1e-8 (flows' default; n = 100 at 1e-6 only); one timed run after a compiling one each. Error: the largest
 relative ||W - W_ref||_F over the saved times against Tsit5 at rtol 1e-10 (1e-8 at n = 100).
 
-    python benchmarks/adaptive_stiff.py --merson                  # one core (taskset -c 1), ~45 min
+    python benchmarks/adaptive_stiff.py --merson                  # one core (taskset -c 1), ~25 min
 """
 
 from __future__ import annotations
