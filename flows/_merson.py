@@ -1,22 +1,22 @@
 r"""An explicit solver for oscillatory flows: Merson's 4(3) Runge-Kutta pair.
 
 A flow with a momentum (the Adam flow) couples its moment's relaxation at rate $a$ with the Hessian, and its
-linearisation has the stiff eigenvalues $-a/2 \pm i\omega$: close to the imaginary axis once $\omega \gg a$. An
-explicit step of size h is stable on such a mode when its stability polynomial satisfies $|R(ih\omega)| \le 1$.
-Tsit5's does nowhere on the imaginary axis ($|R(iy)| = 1.0001$ at $y = 1$, 1.026 at 2, 1.56 at 3.4): every
-oscillatory mode grows a little at every step, and its steps are held where the error estimate catches the growth
-(near $h\omega = 3.4$ on the Adam flow, 6 evaluations a step). Merson's pair (5 stages, order 4; Hairer, Norsett &
-Wanner, *Solving ODEs I*, II.4) has
+linearisation has the stiff eigenvalues $\mu = -a/2 \pm i\omega$: lightly damped oscillations, with damping ratio
+$\zeta = (a/2)/|\mu|$ of 0.0065 and 0.0009 on the stiffest mode of a measured run at t = 3 and 8 (n = 15, a = 10;
+benchmarks/README.md). An explicit step of size h is stable on such a mode when its stability polynomial satisfies
+$|R(h\mu)| \le 1$. Tsit5's reaches only $h|\mu| = 1.71$ along the ray of $\zeta = 0.005$ (1.92 at 0.01, 2.50 at
+0.05; on the imaginary axis itself $|R(iy)| > 1$ from $y = 0.48$ on: 1.026 at 2, 1.56 at 3.4), and there its steps
+are held ($h|\mu| = 1.27$ on average at t = 8 on that run, where Merson's reach 3.38). Merson's pair (5 stages, order 4; Hairer, Norsett & Wanner, *Solving ODEs I*, II.4) has
 
 $$R(z) = 1 + z + \tfrac{z^2}{2} + \tfrac{z^3}{6} + \tfrac{z^4}{24} + \tfrac{z^5}{144},\qquad
 |R(iy)|^2 = 1 - \frac{y^8\,(12 - y^2)}{20736},$$
 
-so it is stable on the whole segment $|y| \le 2\sqrt{3} \approx 3.46$ of the imaginary axis and damps the
-oscillation inside it ($|R(3i)| = 0.23$): a stiff, lightly damped mode is held down instead of being held back,
-at 5 evaluations a step. It has order 4 against Tsit5's 5, so where accuracy holds the steps Tsit5 takes fewer
-evaluations. Measured on the completion experiment's Adam runs (benchmarks/README.md, `adaptive_stiff.py --merson`):
-1.35-2.4x Tsit5's speed where stability holds Tsit5's steps (rtol 1e-6), 0.74-0.92x where accuracy does; so it is
-a choice for long stiff runs, not the default.
+so it is stable on the whole segment $|y| \le 2\sqrt{3} \approx 3.46$ of the imaginary axis (3.44 along $\zeta =
+0.05$) and damps the oscillation inside it ($|R(3i)| = 0.23$), at 5 evaluations a step against Tsit5's 6. (From
+$\zeta \approx 0.25$ on, Tsit5's interval is the longer.) It has order 4 against Tsit5's 5, so where accuracy holds the
+steps Tsit5 takes fewer evaluations. Measured on the completion experiment's Adam runs (benchmarks/README.md,
+`adaptive_stiff.py --merson`): 1.35-2.4x Tsit5's speed where stability holds Tsit5's steps (rtol 1e-6), 0.74-0.92x
+where accuracy does; so it is a choice for long stiff runs, not the default.
 """
 
 from __future__ import annotations

@@ -14,9 +14,12 @@ integrated forward in time, where that wrapping leaves the field and its lineari
   the tolerance (the stiff solvers' cubic Hermite interpolant): `solve` then clips the steps to `ts` whatever
   step-size controller it was given;
 * `report(solver_state)`: what its final state says about the run (switch time, linearisations, stages), merged
-  into the trajectory's statistics.
+  into the trajectory's statistics;
+* `evaluations_per_step`: the field evaluations an attempted step costs where that is fixed (`Merson`'s 5), which
+  the statistics' `vf_evaluations` counts; None where it varies.
 
-Diffrax's own solvers are read as `lands_save_times = False` and report nothing.
+Diffrax's own solvers are read as `lands_save_times = False` and report nothing; their evaluations per step come from
+their Butcher tableau.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Merson's 4(3) pair (`flows.Merson`), a solver for the Adam flow's stiff runs.
 
-The pair's stability polynomial on the imaginary axis, read off single steps of a rotation, against its closed form
-|R(iy)|^2 = 1 - y^8 (12 - y^2) / 20736 (and Tsit5's growth there, which the module docstring quotes); its order on a
-nonlinear problem with a closed-form solution; and an Adam-flow run whose Tsit5 steps stability holds, against Dopri8
-at rtol 1e-12: every saved value within 100 rtol at rtol 1e-6 and 1e-8, in fewer evaluations than Tsit5's at 1e-6.
+The pair's stability polynomial, read off single steps of a linear oscillation, against its closed form on the
+imaginary axis |R(iy)|^2 = 1 - y^8 (12 - y^2) / 20736 and against Tsit5's along lightly damped rays (the figures the
+module docstring quotes); its tableau; its order and its error estimate's on a nonlinear problem with a closed-form
+solution; and an Adam-flow run whose Tsit5 steps stability holds, against Dopri8 at rtol 1e-12: every saved value
+within 100 rtol at rtol 1e-6 and 1e-8 (and as close as measured), in fewer evaluations than Tsit5's at 1e-6.
 """
 
 import diffrax
@@ -15,31 +16,44 @@ import flows
 from experiments import _completion
 
 
-def _rotation_amplification(solver, y: float) -> float:
-    """|y_1| / |y_0| after one step of size h = y / omega on u' = omega (-u_2, u_1), a pure oscillation."""
-    omega = 1000.0
-    term = diffrax.ODETerm(lambda t, u, args: omega * jnp.stack([-u[1], u[0]]))
+def _amplification(solver, z: complex) -> float:
+    """|u_1| / |u_0| after one step of size h on u' = (Re mu u_1 - Im mu u_2, Im mu u_1 + Re mu u_2), the real form
+    of u' = mu u, with h mu = z: |R(z)| (the matrix is a scaled rotation, so every u_0 grows by the same factor)."""
+    mu = 1000.0 * z / abs(z)
+    term = diffrax.ODETerm(
+        lambda t, u, args: jnp.stack([mu.real * u[0] - mu.imag * u[1], mu.imag * u[0] + mu.real * u[1]])
+    )
     u0 = jnp.array([1.0, 0.0])
-    h = y / omega
+    h = abs(z) / 1000.0
     state = solver.init(term, 0.0, h, u0, None)
     u1 = solver.step(term, 0.0, h, u0, None, state, False)[0]
     return float(jnp.linalg.norm(u1))
 
 
+def _ray(size: float, zeta: float) -> complex:
+    """h mu of modulus `size` on the ray of damping ratio zeta = -Re mu / |mu|."""
+    return size * complex(-zeta, np.sqrt(1.0 - zeta**2))
+
+
 @pytest.mark.parametrize("y", [0.5, 1.0, 2.0, 3.0, 2 * np.sqrt(3.0), 3.6])
 def test_mersons_step_on_an_oscillation_is_its_stability_polynomial(y):
-    # Exact in exact arithmetic: the step on a linear field is R(h lambda) applied to u0, with lambda = +- i omega.
+    # Exact in exact arithmetic: the step on a linear field is R(h mu) applied to u0, here with mu = +- i omega.
     expected = np.sqrt(1.0 - y**8 * (12.0 - y**2) / 20736.0)
-    assert _rotation_amplification(flows.Merson(), y) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert _amplification(flows.Merson(), 1j * y) == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
-def test_merson_damps_the_oscillations_tsit5_amplifies():
-    # Merson: |R(iy)| < 1 on (0, 2 sqrt 3), 0.23 at y = 3; Tsit5: above 1 along the axis (1.0001, 1.026, 1.56).
-    for y in (1.0, 2.0, 3.0, 3.4):
-        assert _rotation_amplification(flows.Merson(), y) < 1.0
-    tsit5 = [_rotation_amplification(diffrax.Tsit5(), y) for y in (1.0, 2.0, 3.4)]
-    assert tsit5 == pytest.approx([1.0001, 1.026, 1.56], abs=1e-3)
-    assert _rotation_amplification(flows.Merson(), 3.0) == pytest.approx(0.2253, abs=1e-4)
+def test_merson_damps_the_lightly_damped_oscillations_tsit5_amplifies():
+    # Merson: |R| < 1 on the axis up to 2 sqrt 3 (0.2253 at 3i) and along the ray of damping ratio 0.05 up to 3.44.
+    # Tsit5: above 1 on the axis (1.000128, 1.02554, 1.5598 at 1, 2, 3.4) and along the ray of damping ratio 0.005
+    # beyond 1.71; along 0.05 stable to 2.50.
+    for z in (1j, 2j, 3j, 3.4j, _ray(3.4, 0.05), _ray(2.0, 0.005)):
+        assert _amplification(flows.Merson(), z) < 1.0
+    assert _amplification(flows.Merson(), 3j) == pytest.approx(0.2253, abs=1e-4)
+    assert _amplification(flows.Merson(), _ray(3.5, 0.05)) > 1.0
+    tsit5 = [_amplification(diffrax.Tsit5(), 1j * y) for y in (1.0, 2.0, 3.4)]
+    assert tsit5 == pytest.approx([1.000128, 1.02554, 1.5598], rel=1e-5)
+    assert _amplification(diffrax.Tsit5(), _ray(1.65, 0.005)) < 1.0 < _amplification(diffrax.Tsit5(), _ray(1.8, 0.005))
+    assert _amplification(diffrax.Tsit5(), _ray(2.45, 0.05)) < 1.0 < _amplification(diffrax.Tsit5(), _ray(2.55, 0.05))
 
 
 def test_mersons_step_is_its_published_tableau():
@@ -76,8 +90,9 @@ def test_mersons_step_is_its_published_tableau():
 
 def test_merson_has_order_four_and_an_order_four_estimate_on_a_nonlinear_problem():
     # u' = u^2, u(0) = 1: u(t) = 1 / (1 - t). Global error at t = 0.5 in n constant steps falls like n^-4; the error
-    # estimate of one step (the order-4 and order-3 solutions' difference) like h^4. (A linear test problem would not
-    # do: there the pair has order 5.)
+    # estimate of one step (the order-4 and order-3 solutions' difference) like h^4, the order the solver declares to
+    # the step-size controller. (On a linear problem the embedded solution has order 5, and the estimate falls like
+    # h^5: the estimate's order shows on a nonlinear one.)
     term = diffrax.ODETerm(lambda t, u, args: u**2)
     solver = flows.Merson()
 
@@ -97,13 +112,15 @@ def test_merson_has_order_four_and_an_order_four_estimate_on_a_nonlinear_problem
         state = solver.init(term, 0.0, h, u, None)
         return abs(float(solver.step(term, 0.0, h, u, None, state, False)[1][0]))
 
-    assert np.log2(estimate(0.02) / estimate(0.01)) == pytest.approx(4.0, abs=0.2)
+    measured = np.log2(estimate(0.02) / estimate(0.01))
+    assert measured == pytest.approx(4.0, abs=0.2)
+    assert solver.error_order(term) == round(measured)
 
 
 @pytest.fixture(scope="module")
 def adam_run():
-    # The completion experiment's quick grid, seed 0, the nuclear penalty at lambda = 1, the Adam flow to t = 8, whose
-    # Tsit5 steps are held by stability from t ~ 3.5 on.
+    # The completion experiment's quick grid, seed 0, the nuclear penalty at lambda = 1, the Adam flow to t = 8: a run on
+    # which Merson takes fewer evaluations than Tsit5 at rtol 1e-6 and more at 1e-8.
     scale = _completion.SCALES["n = 30"][True]
     config = scale.config(0, parameterization="depth 1", penalty="nuclear", strength=1.0, dynamics="Adam")
     flow, state0 = _completion.build(config)
@@ -118,10 +135,13 @@ def test_merson_on_the_adam_flow_is_accurate_at_every_saved_time(adam_run, rtol)
     traj = flows.solve(flow, state0, **options | {"rtol": rtol}, solver=flows.Merson())
     error = np.linalg.norm(traj.W - reference.W, axis=(1, 2)) / np.linalg.norm(reference.W, axis=(1, 2))
     assert error.max() <= 100 * rtol
+    # As close as measured (0.018 and 0.038 rtol at rtol 1e-6 and 1e-8): a solver whose error estimate were 30 times
+    # too small ends 0.34 and 0.63 rtol off.
+    assert error.max() <= 0.25 * rtol
     if rtol == 1e-6:
-        # Where stability holds Tsit5's steps, Merson's are longer per evaluation (measured: 8445 evaluations against
-        # Tsit5's 10,146); at rtol 1e-8 accuracy holds more of them, and its order 4 loses to Tsit5's 5 (18,540
-        # against 17,556; benchmarks/README.md). `vf_evaluations`: 5 and 6 per attempted step.
+        # Where stability holds Tsit5's steps, Merson's are longer per evaluation (measured: 8,445-8,530 evaluations
+        # against Tsit5's 10,146-10,212, by XLA's optimisation level); at rtol 1e-8 accuracy holds more of them, and its
+        # order 4 loses to Tsit5's 5 (about 18,500 against 17,500; benchmarks/README.md). tests/test_flows.py checks the
+        # count against a host one.
         tsit5 = flows.solve(flow, state0, **options | {"rtol": rtol}, solver=diffrax.Tsit5())
-        assert traj.stats["vf_evaluations"] == 5 * traj.stats["num_steps"]
         assert traj.stats["vf_evaluations"] < 0.9 * tsit5.stats["vf_evaluations"]
