@@ -442,6 +442,11 @@ def relative_error(W: np.ndarray, W_ref: np.ndarray) -> float:
     return float(np.linalg.norm(W - W_ref) / np.linalg.norm(W_ref))
 
 
+def largest_relative_error(Ws, W_refs) -> float:
+    """The largest `relative_error` over paired saved values (a trajectory's against its reference's)."""
+    return max(relative_error(W, W_ref) for W, W_ref in zip(Ws, W_refs, strict=True))
+
+
 # -- unit costs ------------------------------------------------------------------------------------
 def flow_term(flow: flows.Flow) -> flows.LinearisableTerm:
     """The flow's field and Gauss-Newton linearisation as the term a solver steps (args: None)."""

@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     for name, (traj, seconds) in results.items():
         err = "-"
         if reference is not None:
-            err = f"{np.max(np.linalg.norm(traj.W - reference, axis=(1, 2)) / np.linalg.norm(reference, axis=(1, 2))):.1e}"
+            err = f"{H.largest_relative_error(traj.W, reference):.1e}"
         print(
             f"| {name} | {seconds:.1f} | {traj.stats['num_steps']} | {traj.stats['num_rejected_steps']} | "
             f"{traj.stats.get('linearisations', '-')} | {err} | {tsit5 / seconds:.2f} |",
@@ -237,22 +237,29 @@ def spectrum(flow, state0, times) -> None:
     )
 
 
-def preconditioned(dynamics: str) -> None:
-    """Tsit5 against the Chebyshev switch on the completion experiment's costliest run of `dynamics`."""
+def completion_run(size: str, seed: int, parameterization: str, penalty: str, strength: float, dynamics: str):
+    """(flow, initial state, `flows.solve` options) of one of the completion experiment's runs (`experiments._completion`,
+    full grid): its problem, init, horizon, save times, rtol and budget."""
     from experiments import _completion
 
-    scale = _completion.SCALES["n = 30"][False]
-    config = scale.config(4, parameterization="depth 1", penalty="ratio", strength=10.0, dynamics=dynamics)
-    flow, state0 = _completion.build(config)
-    t1 = scale.horizon(dynamics)
-    ts = flows.default_ts(t1, _completion.SAVES)
+    scale = _completion.SCALES[size][False]
+    config = scale.config(
+        seed, parameterization=parameterization, penalty=penalty, strength=strength, dynamics=dynamics
+    )
+    return (*_completion.build(config), scale.options(config))
 
-    def run(solver, rtol=_completion.RTOL):
+
+def preconditioned(dynamics: str) -> None:
+    """Tsit5 against the Chebyshev switch on the completion experiment's costliest run of `dynamics`."""
+    flow, state0, options = completion_run("n = 30", 4, "depth 1", "ratio", 10.0, dynamics)
+    t1, ts = options["t1"], options["ts"]
+
+    def run(solver, rtol=options["rtol"]):
         return flows.solve(flow, state0, t1=t1, ts=ts, rtol=rtol, solver=solver, max_steps=3_000_000)
 
     print(
         f"\n# {dynamics} flow, completion n = 30, seed 4, depth 1, ratio lambda = 10, to t = {t1:g}, "
-        f"rtol {_completion.RTOL:g}",
+        f"rtol {options['rtol']:g}",
         flush=True,
     )
     solvers = {"Tsit5": diffrax.Tsit5, "Tsit5ThenChebyshev (default)": flows.Tsit5ThenChebyshev}
@@ -265,7 +272,7 @@ def preconditioned(dynamics: str) -> None:
     check = run(diffrax.Tsit5(), rtol=1e-9).W
 
     def err(W):
-        return float(np.max(np.linalg.norm(W - reference, axis=(1, 2)) / np.linalg.norm(reference, axis=(1, 2))))
+        return H.largest_relative_error(W, reference)
 
     print(f"reference: the switch at rtol 1e-9; Tsit5 at rtol 1e-9 is {err(check):.1e} off it")
     print("| solver | wall s | compile s | steps | rejected | switch at t | RKC stages | W err | Tsit5 / this |")
@@ -298,16 +305,11 @@ class Tsit5ThenMerson(flows.AbstractTsit5Then):
 
 def merson(first_configuration) -> None:
     """Tsit5, Merson's pair and a switch between them on the Adam flow's runs, at rtol 1e-6 and 1e-8."""
-    from experiments import _completion
 
-    def completion_run(size: str, seed: int, parameterization: str, penalty: str, strength: float, dynamics: str):
-        scale = _completion.SCALES[size][False]
-        config = scale.config(
-            seed, parameterization=parameterization, penalty=penalty, strength=strength, dynamics=dynamics
-        )
+    def cell(*run):
         # The experiments' options without their solver and rtol (the rows' own).
-        options = {key: value for key, value in scale.options(config).items() if key not in ("solver", "rtol")}
-        return (*_completion.build(config), options)
+        flow, state0, options = completion_run(*run)
+        return flow, state0, {key: value for key, value in options.items() if key not in ("solver", "rtol")}
 
     flow, state0 = first_configuration
     # (flow, initial state, options, the rtols measured): n = 100 at the experiments' rtol only (a run takes minutes).
@@ -319,17 +321,17 @@ def merson(first_configuration) -> None:
             (1e-6, 1e-8),
         ),
         "n = 30, nuclear, lambda = 10": (
-            *completion_run("n = 30", 4, "depth 1", "nuclear", 10.0, "Adam"),
+            *cell("n = 30", 4, "depth 1", "nuclear", 10.0, "Adam"),
             (1e-6, 1e-8),
         ),
-        "n = 30, ratio, lambda = 10": (*completion_run("n = 30", 4, "depth 1", "ratio", 10.0, "Adam"), (1e-6, 1e-8)),
+        "n = 30, ratio, lambda = 10": (*cell("n = 30", 4, "depth 1", "ratio", 10.0, "Adam"), (1e-6, 1e-8)),
         "n = 30, ratio, lambda = 10, a = 100": (
-            *completion_run("n = 30", 4, "depth 1", "ratio", 10.0, "Adam a=100"),
+            *cell("n = 30", 4, "depth 1", "ratio", 10.0, "Adam a=100"),
             (1e-6, 1e-8),
         ),
-        "n = 30, depth 3, to the stop": (*completion_run("n = 30", 4, "depth 3", "none", 0.0, "Adam"), (1e-6, 1e-8)),
-        "n = 30, U V^T, to the stop": (*completion_run("n = 30", 4, "UV^T", "none", 0.0, "Adam"), (1e-6, 1e-8)),
-        "n = 100, nuclear, lambda = 30": (*completion_run("n = 100", 3, "depth 1", "nuclear", 30.0, "Adam"), (1e-6,)),
+        "n = 30, depth 3, to the stop": (*cell("n = 30", 4, "depth 3", "none", 0.0, "Adam"), (1e-6, 1e-8)),
+        "n = 30, U V^T, to the stop": (*cell("n = 30", 4, "UV^T", "none", 0.0, "Adam"), (1e-6, 1e-8)),
+        "n = 100, nuclear, lambda = 30": (*cell("n = 100", 3, "depth 1", "nuclear", 30.0, "Adam"), (1e-6,)),
     }
     solvers = {
         "Tsit5 (default)": diffrax.Tsit5,
@@ -356,10 +358,7 @@ def merson(first_configuration) -> None:
                 # A stopped run's trajectory ends at its own stop: compared over the save times both reached.
                 stopped = traj.stats["stopped_by_loss"] or reference.stats["stopped_by_loss"]
                 k = min(len(traj.W), len(reference.W)) - int(stopped)
-                err = np.max(
-                    np.linalg.norm(traj.W[:k] - reference.W[:k], axis=(1, 2))
-                    / np.linalg.norm(reference.W[:k], axis=(1, 2))
-                )
+                err = H.largest_relative_error(traj.W[:k], reference.W[:k])
                 switch = traj.stats.get("t_switch")
                 print(
                     f"| {label} | {rtol:g} | {name} | {timings[name].median:.2f} | {timings[name].compile:.1f} | "
@@ -373,16 +372,12 @@ def controllers() -> None:
     """The Adam flow's default (PI) step-size controller against an I controller on three completion runs."""
     import jax.numpy as jnp
 
-    from experiments import _completion
     from flows._solve import _error_control
 
-    scale = _completion.SCALES["n = 30"][False]
     print("| run | controller | wall s | compile s | steps | rejected | W err | I / PI steps |")
     print("|---|---|---|---|---|---|---|---|")
     for penalty, dynamics in (("nuclear", "Adam"), ("ratio", "Adam"), ("ratio", "Adam a=100")):
-        config = scale.config(4, parameterization="depth 1", penalty=penalty, strength=10.0, dynamics=dynamics)
-        flow, state0 = _completion.build(config)
-        options = scale.options(config)
+        flow, state0, options = completion_run("n = 30", 4, "depth 1", penalty, 10.0, dynamics)
         i_controller = diffrax.ClipStepSizeController(
             flows.ArraywiseRelative.make(options["rtol"], _error_control, gains=(0, 1)),
             step_ts=jnp.asarray(options["ts"]),
@@ -396,7 +391,7 @@ def controllers() -> None:
         reference = flows.solve(flow, state0, **(options | {"rtol": 1e-9})).W
         steps = {name: traj.stats["num_steps"] for name, traj in trajs.items()}
         for name, traj in trajs.items():
-            err = np.max(np.linalg.norm(traj.W - reference, axis=(1, 2)) / np.linalg.norm(reference, axis=(1, 2)))
+            err = H.largest_relative_error(traj.W, reference)
             print(
                 f"| {penalty}, {dynamics} | {name} | {timings[name].median:.1f} | {timings[name].compile:.1f} | "
                 f"{steps[name]} | {traj.stats['num_rejected_steps']} | {err:.1e} | "

@@ -117,7 +117,7 @@ def main(explicit: bool, rtols: list[float], repeats: int) -> int:
                 # The save times both runs reached, without a stopped run's last entry (its own stopping time).
                 k = min(len(traj.ts), len(reference.ts)) - (0 if stop is None else 1)
                 assert np.array_equal(traj.ts[:k], reference.ts[:k])
-                err = max(H.relative_error(W, W_ref) for W, W_ref in zip(traj.W[:k], reference.W[:k]))
+                err = H.largest_relative_error(traj.W[:k], reference.W[:k])
                 cells.append(f"{traj.stats['num_steps']} | {seconds[label]:.3g} | {err / rtol:.1f}")
             steps = out["landed"].stats["num_steps"] / out["interpolated"].stats["num_steps"]
             wall = seconds["landed"] / seconds["interpolated"]

@@ -6,7 +6,8 @@ $\zeta = (a/2)/|\mu|$ of 0.0065 and 0.0009 on the stiffest mode of a measured ru
 benchmarks/README.md). An explicit step of size h is stable on such a mode when its stability polynomial satisfies
 $|R(h\mu)| \le 1$. Tsit5's reaches only $h|\mu| = 1.71$ along the ray of $\zeta = 0.005$ (1.92 at 0.01, 2.50 at
 0.05; on the imaginary axis itself $|R(iy)| > 1$ from $y = 0.48$ on: 1.026 at 2, 1.56 at 3.4), and there its steps
-are held ($h|\mu| = 1.27$ on average at t = 8 on that run, where Merson's reach 3.38). Merson's pair (5 stages, order 4; Hairer, Norsett & Wanner, *Solving ODEs I*, II.4) has
+are held ($h|\mu| = 1.27$ on average at t = 8 on that run, where Merson's reach 3.38). Merson's pair (5 stages,
+order 4; Hairer, Norsett & Wanner, *Solving ODEs I*, II.4) has
 
 $$R(z) = 1 + z + \tfrac{z^2}{2} + \tfrac{z^3}{6} + \tfrac{z^4}{24} + \tfrac{z^5}{144},\qquad
 |R(iy)|^2 = 1 - \frac{y^8\,(12 - y^2)}{20736},$$
