@@ -47,17 +47,31 @@ could reach at best), and the reduced operator's spectrum from dense eigenvalues
 
 `--merson` measures `flows.Merson` (Merson's 4(3) pair, stable and damping on the imaginary axis up to h omega =
 2 sqrt(3), where Tsit5's stability polynomial stays below 1 only to h |mu| = 1.7-2.5 at damping ratios 0.005-0.05)
-against Tsit5, the Adam flow's default, and against Tsit5 switching to it on Hairer's stiffness test
+against Tsit5, the Adam flow's default, and against two switches from Tsit5 to it: on Hairer's stiffness test
 (`flows.AbstractTsit5Then` at threshold h rho = 1: at the other switches' 3 it did not fire on n = 30 with the nuclear
-penalty, the costliest run here), on this script's first configuration's problem (with the default error control,
-not the first table's atol; to t = 8, 5 save times; n and m from the command line) and on the completion
-experiment's Adam runs (`experiments._completion`, full grid, with its 60 save times and horizons: n = 30, seed 4,
-depth 1 with the nuclear penalty and the ratio at lambda = 10, a = 10 and 100; the unpenalised depth 3 and U V^T to
-Arora's stop; n = 100, seed 3, the nuclear penalty at lambda = 30, its costliest), at rtol 1e-6 (the experiments')
-and 1e-8 (flows' default; n = 100 at 1e-6 only); one timed run after a compiling one each. Error: the largest
-relative ||W - W_ref||_F over the saved times against Tsit5 at rtol 1e-10 (1e-8 at n = 100).
+penalty, the costliest run here) and on a power iteration's h |mu| (`flows.Tsit5ThenMerson`), on this script's first
+configuration's problem (with the default error control, not the first table's atol; to t = 8, 5 save times; n and
+m from the command line) and on the completion experiment's Adam runs (`experiments._completion`, full grid, with its
+60 save times and horizons: n = 30, seed 4, depth 1 with the nuclear penalty and the ratio at lambda = 10, a = 10 and
+100; the unpenalised depth 3 and U V^T to Arora's stop; n = 100, seed 3, the nuclear penalty at lambda = 30, its
+costliest), at rtol 1e-6 (the experiments') and 1e-8 (flows' default; n = 100 at 1e-6 only); one timed run after a
+compiling one each. Error: the largest relative ||W - W_ref||_F over the saved times against Tsit5 at rtol 1e-10
+(1e-8 at n = 100).
 
-    python benchmarks/adaptive_stiff.py --merson                  # one core (taskset -c 1), ~25 min
+    python benchmarks/adaptive_stiff.py --merson                  # one core (taskset -c 1), ~30 min
+
+`--stiffness` reads, along Tsit5's steps on the same runs (but n = 100), h |mu| by `flows.Tsit5ThenMerson`'s power
+iteration (one Jacobian-vector product at every accepted step here), cos(v, J v) (minus the damping ratio of a normal
+dominant pair) and Hairer's h rho: their quantiles and medians over tenths of the attempts.
+
+    python benchmarks/adaptive_stiff.py --stiffness               # ~5 min
+
+`--conditioning` measures the ratio on each factor (the first configuration's problem, `--placement "each factor"`,
+to t = 8), where Tsit5 and Merson at rtol 1e-6 end 6.7e-4 and 2.7e-3 off Dopri8 at rtol 1e-10: their error at each save
+time against Dopri8 at rtol 1e-12, at rtol 1e-6 to 1e-10, beside ||W|| and the flow's own amplification of a relative
+perturbation of 1e-10 of the initial state.
+
+    python benchmarks/adaptive_stiff.py --conditioning            # ~12 min
 """
 
 from __future__ import annotations
@@ -70,7 +84,9 @@ import _harness as H  # noqa: I001  (first: pins threads before numpy and jax lo
 import diffrax
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import scipy.sparse.linalg as spla
 from jax.flatten_util import ravel_pytree
 
@@ -107,9 +123,17 @@ def main(argv=None) -> int:
     parser.add_argument("--controllers", action="store_true", help="the Adam flow's PI controller against I")
     parser.add_argument("--spectrum", action="store_true", help="the shifted systems' Krylov iterations (see above)")
     parser.add_argument("--merson", action="store_true", help="Merson's pair on the Adam flow (see above)")
+    parser.add_argument("--stiffness", action="store_true", help="h |mu| along Tsit5's steps (see above)")
+    parser.add_argument("--conditioning", action="store_true", help="error against the flow's sensitivity (above)")
     args = parser.parse_args(argv)
     if args.merson:
         merson(build(args.n, args.m, args.strength, args.placement))
+        return 0
+    if args.stiffness:
+        stiffness(build(args.n, args.m, args.strength, args.placement))
+        return 0
+    if args.conditioning:
+        conditioning(*build(args.n, args.m, args.strength, "each factor"), t1=args.t1)
         return 0
     if args.controllers:
         controllers()
@@ -289,7 +313,7 @@ def preconditioned(dynamics: str) -> None:
         )
 
 
-class Tsit5ThenMerson(flows.AbstractTsit5Then):
+class HairerThenMerson(flows.AbstractTsit5Then):
     """Tsit5, then Merson's pair once Hairer's stiffness test (`flows.AbstractTsit5Then`) has seen `patience` steps
     with h rho above `threshold`: the switch the other stiff phases use, measured against Merson throughout. Its
     threshold is 1, not their 3: h rho estimates the dominant eigenvalue along the difference of Tsit5's last two
@@ -303,8 +327,8 @@ class Tsit5ThenMerson(flows.AbstractTsit5Then):
     horizon: ClassVar[float] = 0.0
 
 
-def merson(first_configuration) -> None:
-    """Tsit5, Merson's pair and a switch between them on the Adam flow's runs, at rtol 1e-6 and 1e-8."""
+def adam_runs(first_configuration) -> dict:
+    """The Adam flow's runs: label -> (flow, initial state, options without solver and rtol, the rtols measured)."""
 
     def cell(*run):
         # The experiments' options without their solver and rtol (the rows' own).
@@ -313,7 +337,7 @@ def merson(first_configuration) -> None:
 
     flow, state0 = first_configuration
     # (flow, initial state, options, the rtols measured): n = 100 at the experiments' rtol only (a run takes minutes).
-    runs = {
+    return {
         "n = 15, depth 3, ratio (the first configuration's run)": (
             flow,
             state0,
@@ -333,10 +357,16 @@ def merson(first_configuration) -> None:
         "n = 30, U V^T, to the stop": (*cell("n = 30", 4, "UV^T", "none", 0.0, "Adam"), (1e-6, 1e-8)),
         "n = 100, nuclear, lambda = 30": (*cell("n = 100", 3, "depth 1", "nuclear", 30.0, "Adam"), (1e-6,)),
     }
+
+
+def merson(first_configuration) -> None:
+    """Tsit5, Merson's pair and two switches between them on the Adam flow's runs, at rtol 1e-6 and 1e-8."""
+    runs = adam_runs(first_configuration)
     solvers = {
         "Tsit5 (default)": diffrax.Tsit5,
         "Merson": flows.Merson,
-        "Tsit5, then Merson (threshold 1)": Tsit5ThenMerson,
+        "Tsit5, then Merson (Hairer's test, h rho = 1)": HairerThenMerson,
+        "Tsit5, then Merson (power iteration; flows.Tsit5ThenMerson)": flows.Tsit5ThenMerson,
     }
     print("| run | rtol | solver | wall s | compile s | steps | rejected | switch at t | W err | Tsit5 / this |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -366,6 +396,105 @@ def merson(first_configuration) -> None:
                     f"{'-' if switch is None else f'{switch:.3g}'} | {err:.1e} | {tsit5 / timings[name].median:.2f} |",
                     flush=True,
                 )
+
+
+def conditioning(flow, state0, t1: float) -> None:
+    """The ratio on each factor: Tsit5's and Merson's relative W error at each save time against Dopri8 at rtol 1e-12,
+    beside ||W|| and the flow's own amplification of a relative perturbation of 1e-10 of the initial state."""
+    ts = np.linspace(0.0, t1, 5)
+
+    def run(solver, rtol, state=state0):
+        traj, seconds = H.clock(
+            lambda: flows.solve(flow, state, t1=t1, ts=ts, rtol=rtol, solver=solver, max_steps=5_000_000)
+        )
+        return traj, seconds
+
+    reference, _ = run(diffrax.Dopri8(), 1e-12)
+    leaves, treedef = jax.tree.flatten(state0)
+    rng = np.random.default_rng(0)
+    perturbed = jax.tree.unflatten(
+        treedef, [leaf * (1.0 + 1e-10 * rng.standard_normal(np.shape(leaf))) for leaf in leaves]
+    )
+    rows = {"||W|| (Dopri8, rtol 1e-12)": np.linalg.norm(reference.W, axis=(1, 2))}
+    rows["the same from a start perturbed by 1e-10 (relative)"] = [
+        H.relative_error(W, W_ref) for W, W_ref in zip(run(diffrax.Dopri8(), 1e-12, perturbed)[0].W, reference.W)
+    ]
+    for solver, rtol in [
+        (diffrax.Dopri8(), 1e-10),
+        (diffrax.Tsit5(), 1e-6),
+        (diffrax.Tsit5(), 1e-8),
+        (diffrax.Tsit5(), 1e-10),
+        (flows.Merson(), 1e-6),
+        (flows.Merson(), 1e-8),
+    ]:
+        traj, seconds = run(solver, rtol)
+        name = f"{type(solver).__name__} at rtol {rtol:g} ({traj.stats['num_steps']} steps, {seconds:.0f} s)"
+        rows[name] = [H.relative_error(W, W_ref) for W, W_ref in zip(traj.W, reference.W)]
+    print("| | " + " | ".join(f"t = {t:g}" for t in ts) + " |")
+    print("|---|" + "---|" * len(ts))
+    for name, values in rows.items():
+        print(f"| {name} | " + " | ".join(f"{v:.1e}" for v in values) + " |", flush=True)
+
+
+READINGS: list[list[float]] = []
+
+
+class StiffnessReader(flows.AbstractFlowSolver):
+    """Tsit5 (its stages written out, `flows._stiff.tsit5_step`) reading, at every attempted step, h |mu| by
+    `flows.Tsit5ThenMerson`'s power iteration (advanced on every accepted step), cos(v, J v) (minus the damping
+    ratio on a normal dominant pair) and Hairer's h rho (`flows.AbstractTsit5Then`), appended to `READINGS` on the
+    host."""
+
+    term_structure = diffrax.ODETerm
+    interpolation_cls = flows._solver.Hermite
+    lands_save_times = True
+
+    def order(self, terms):
+        return 5
+
+    def init(self, terms, t0, t1, y0, args):
+        f0 = terms.vf(t0, y0, args)
+        v = jax.random.normal(jax.random.key(0), ravel_pytree(y0)[0].shape)
+        w = flows._merson._product(terms, t0, y0, args, v / jnp.linalg.norm(v))
+        return f0, w / jnp.linalg.norm(w), jnp.linalg.norm(w)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        f0, v, last = solver_state
+        y1, error, k, f1, y6 = flows._stiff.tsit5_step(terms, t0, t1, y0, args, f0)
+        h_rho = optax.tree_utils.tree_norm(optax.tree_utils.tree_sub(k[6], k[5])) / optax.tree_utils.tree_norm(
+            optax.tree_utils.tree_sub(y1, y6)
+        )
+        w = flows._merson._product(terms, t1, y1, args, v)
+        norm = jnp.linalg.norm(w)
+        jax.debug.callback(
+            lambda *x: READINGS.append([float(a) for a in x]),
+            t0,
+            (t1 - t0) * jnp.sqrt(norm * last),
+            jnp.vdot(v, w) / norm,
+            h_rho,
+        )
+        dense = dict(y0=y0, y1=y1, k0=k[0], k1=k[6])
+        return y1, error, dense, (f1, w / norm, norm), diffrax.RESULTS.successful
+
+
+def stiffness(first_configuration) -> None:
+    """h |mu| (the power iteration's), cos(v, J v) and Hairer's h rho along Tsit5's steps on the Adam flow's runs."""
+    print("| run | rtol | attempts | h abs(mu): 10 / 50 / 90 % | by tenths of the attempts: h abs(mu), cos, h rho |")
+    print("|---|---|---|---|---|")
+    for label, (flow, state0, options, rtols) in adam_runs(first_configuration).items():
+        if flow.problem.shape[0] >= 100:
+            continue  # minutes a run with the host callback
+        for rtol in rtols:
+            READINGS.clear()
+            flows.solve(flow, state0, **options, rtol=rtol, solver=StiffnessReader())
+            t, h_mu, cos, h_rho = np.array(READINGS).T
+            tenths = np.array_split(np.arange(len(t)), 10)
+            profile = "; ".join(
+                f"t = {t[i[0]]:.3g}: {np.median(h_mu[i]):.2f}, {np.median(cos[i]):+.3f}, {np.median(h_rho[i]):.2f}"
+                for i in tenths
+            )
+            quantiles = " / ".join(f"{q:.2f}" for q in np.quantile(h_mu[10:], [0.1, 0.5, 0.9]))
+            print(f"| {label} | {rtol:g} | {len(t)} | {quantiles} | {profile} |", flush=True)
 
 
 def controllers() -> None:

@@ -30,7 +30,7 @@ from ._dynamics import (  # noqa: E402
 )
 from ._flow import AbstractFlow, AbstractGaussNewton, Flow, GaussNewton, PaddedGaussNewton  # noqa: E402
 from ._keys import SCHEMA, fingerprint  # noqa: E402
-from ._merson import Merson  # noqa: E402
+from ._merson import Merson, Tsit5ThenMerson  # noqa: E402
 from ._ndf import NDF  # noqa: E402
 from ._parameterizations import (  # noqa: E402
     PARAMETERIZATIONS,
@@ -175,6 +175,7 @@ __all__ = [
     "NDF",
     "Tsit5ThenNDF",
     "Merson",
+    "Tsit5ThenMerson",
     # results
     "Trajectory",
     "effective_rank",

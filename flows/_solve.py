@@ -18,7 +18,7 @@ from jaxtyping import Array, Float, Int
 from ._chebyshev import RungeKuttaChebyshev
 from ._control import AbstractLandOnTimes, ArraywiseRelative, LandOnEvent, LandOnTimes, StopOnCollapse
 from ._flow import AbstractFlow, FlowArgs, State
-from ._merson import Merson
+from ._merson import Merson, Tsit5ThenMerson
 from ._ndf import NDF
 from ._solver import AbstractFlowSolver, LinearisableTerm, lands_save_times, report
 from ._stiff import LinearlyImplicitExtrapolation, Tsit5ThenChebyshev, Tsit5ThenExtrapolation, Tsit5ThenNDF
@@ -55,6 +55,7 @@ SOLVERS = {
     "ndf": NDF,
     "switching-ndf": Tsit5ThenNDF,
     "merson": Merson,
+    "switching-merson": Tsit5ThenMerson,
 }
 """Diffrax solvers by the names the command line accepts."""
 

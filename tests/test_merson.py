@@ -145,3 +145,74 @@ def test_merson_on_the_adam_flow_is_accurate_at_every_saved_time(adam_run, rtol)
         # count against a host one.
         tsit5 = flows.solve(flow, state0, **options | {"rtol": rtol}, solver=diffrax.Tsit5())
         assert traj.stats["vf_evaluations"] < 0.9 * tsit5.stats["vf_evaluations"]
+
+
+def _oscillator(mu: complex, slow: float = -1.0):
+    """u' = A u on R^3: the real form of mu (a rotation scaled by |mu|) on (u_1, u_2) and `slow` on u_3; its exact
+    solution at time t."""
+    A = jnp.array([[mu.real, -mu.imag, 0.0], [mu.imag, mu.real, 0.0], [0.0, 0.0, slow]])
+    term = diffrax.ODETerm(lambda t, u, args: A @ u)
+
+    def exact(t, u0):
+        rotation = np.array([[np.cos(mu.imag * t), -np.sin(mu.imag * t)], [np.sin(mu.imag * t), np.cos(mu.imag * t)]])
+        return np.concatenate([np.exp(mu.real * t) * rotation @ u0[:2], [np.exp(slow * t) * u0[2]]])
+
+    return term, exact
+
+
+def _solve(term, solver, t1, u0, rtol=1e-6):
+    ts = jnp.linspace(0.0, t1, 11)
+    controller = diffrax.PIDController(rtol=rtol, atol=1e-12)
+    solution = diffrax.diffeqsolve(
+        term,
+        solver,
+        0.0,
+        t1,
+        None,
+        u0,
+        saveat=diffrax.SaveAt(ts=ts, solver_state=True),
+        stepsize_controller=controller,
+        max_steps=100_000,
+    )
+    return np.asarray(ts), np.asarray(solution.ys), solution
+
+
+def test_the_switch_takes_merson_where_a_barely_excited_oscillation_holds_tsit5s_steps():
+    # A fast oscillation of damping ratio 0.005 (|mu| = 1000), excited at 1e-9 of the slow mode: Tsit5 can follow the
+    # slow mode in steps of ~0.1 but is held near h|mu| = 1.7, where Merson is stable up to 3.46. The power iteration
+    # sees the oscillation from the start, so the switch fires within a few hundred steps and the run ends in about
+    # Merson's steps (measured: 1,020 against Merson's 989 and Tsit5's 1,236), as accurate against the exact solution.
+    mu = 1000.0 * complex(-0.005, np.sqrt(1.0 - 0.005**2))
+    term, exact = _oscillator(mu)
+    u0 = jnp.array([1e-9, 0.0, 1.0])
+    ts, tsit5, tsit5_solution = _solve(term, diffrax.Tsit5(), 2.0, u0)
+    ts, switch, solution = _solve(term, flows.Tsit5ThenMerson(), 2.0, u0)
+    report = flows.Tsit5ThenMerson().report(solution.solver_state)
+    assert report["switched"] and report["t_switch"] < 0.5
+    assert int(solution.stats["num_steps"]) < 0.9 * int(tsit5_solution.stats["num_steps"])
+    reference = np.stack([exact(t, np.asarray(u0)) for t in ts])
+    assert np.abs(switch - reference).max() <= 100 * 1e-6 * np.abs(reference).max()
+
+
+def test_the_switch_stays_with_tsit5_where_accuracy_holds_its_steps():
+    # A slow oscillation (mu = -0.5 + 2i, |mu| = 2.06, above the threshold 1.2 itself) at rtol 1e-10: accuracy holds
+    # the steps far below any stability limit (h|mu| ~ 0.05), so
+    # the switch never fires and takes Tsit5's steps (its stages written out: the same steps to rounding; the values
+    # between steps are the switch's cubic Hermite interpolant's, so the end state is compared).
+    term, exact = _oscillator(complex(-0.5, 2.0))
+    u0 = jnp.array([1.0, 0.0, 1.0])
+    _, tsit5, tsit5_solution = _solve(term, diffrax.Tsit5(), 10.0, u0, rtol=1e-10)
+    _, switch, solution = _solve(term, flows.Tsit5ThenMerson(), 10.0, u0, rtol=1e-10)
+    # Enough steps for the switch's patience (15 measurements, one every 8 steps) more than twice over.
+    assert int(solution.stats["num_steps"]) > 2 * 15 * 8
+    assert not flows.Tsit5ThenMerson().report(solution.solver_state)["switched"]
+    assert int(solution.stats["num_steps"]) == int(tsit5_solution.stats["num_steps"])
+    assert np.abs(switch[-1] - tsit5[-1]).max() <= 1e-12
+
+
+@pytest.mark.parametrize("rtol", [1e-6, 1e-8])
+def test_the_switch_on_the_adam_flow_is_accurate_at_every_saved_time(adam_run, rtol):
+    flow, state0, options, reference = adam_run
+    traj = flows.solve(flow, state0, **options | {"rtol": rtol}, solver=flows.Tsit5ThenMerson())
+    error = np.linalg.norm(traj.W - reference.W, axis=(1, 2)) / np.linalg.norm(reference.W, axis=(1, 2))
+    assert error.max() <= 100 * rtol
