@@ -454,9 +454,10 @@ class StiffnessReader(flows.AbstractFlowSolver):
 
     def init(self, terms, t0, t1, y0, args):
         f0 = terms.vf(t0, y0, args)
-        v = jax.random.normal(jax.random.key(0), ravel_pytree(y0)[0].shape)
-        w = flows._merson._product(terms, t0, y0, args, v / jnp.linalg.norm(v))
-        return f0, w / jnp.linalg.norm(w), jnp.linalg.norm(w)
+        flat, unravel = ravel_pytree(y0)
+        v = jax.random.normal(jax.random.key(0), flat.shape)
+        w = flows._merson._product(terms, t0, y0, args, unravel(v / jnp.linalg.norm(v)))
+        return f0, flows._merson._unit(w, w), optax.tree_utils.tree_norm(w)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         f0, v, last = solver_state
@@ -465,16 +466,16 @@ class StiffnessReader(flows.AbstractFlowSolver):
             optax.tree_utils.tree_sub(y1, y6)
         )
         w = flows._merson._product(terms, t1, y1, args, v)
-        norm = jnp.linalg.norm(w)
+        norm = optax.tree_utils.tree_norm(w)
         jax.debug.callback(
             lambda *x: READINGS.append([float(a) for a in x]),
             t0,
             (t1 - t0) * jnp.sqrt(norm * last),
-            jnp.vdot(v, w) / norm,
+            optax.tree_utils.tree_vdot(v, w) / norm,
             h_rho,
         )
         dense = dict(y0=y0, y1=y1, k0=k[0], k1=k[6])
-        return y1, error, dense, (f1, w / norm, norm), diffrax.RESULTS.successful
+        return y1, error, dense, (f1, flows._merson._unit(w, v), norm), diffrax.RESULTS.successful
 
 
 def stiffness(first_configuration) -> None:

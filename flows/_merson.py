@@ -17,7 +17,8 @@ so it is stable on the whole segment $|y| \le 2\sqrt{3} \approx 3.46$ of the ima
 $\zeta \approx 0.25$ on, Tsit5's interval is the longer.) It has order 4 against Tsit5's 5, so where accuracy holds the
 steps Tsit5 takes fewer evaluations. Measured on the completion experiment's Adam runs (benchmarks/README.md,
 `adaptive_stiff.py --merson`): 1.35-2.4x Tsit5's speed where stability holds Tsit5's steps (rtol 1e-6), 0.74-0.92x
-where accuracy does; so it is a choice for long stiff runs, not the default.
+where accuracy does; so it is a choice for long stiff runs, not the default. `Tsit5ThenMerson` takes Tsit5 until a
+power iteration on Jacobian-vector products sees the oscillation hold Tsit5's steps, then Merson.
 """
 
 from __future__ import annotations

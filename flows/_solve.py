@@ -450,7 +450,9 @@ def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = 
     0.18 and 0.02 rtol off.
 
     The Adam flow keeps Tsit5: `Merson`, stable on the imaginary axis near which its oscillatory stiff eigenvalues lie,
-    is faster only on runs whose Tsit5 steps stability holds, slower where accuracy does (benchmarks/README.md,
+    is faster only on runs whose Tsit5 steps stability holds, slower where accuracy does; `Tsit5ThenMerson`, which
+    switches to it where a power iteration sees the oscillation hold Tsit5's steps, takes more attempts than Tsit5
+    where accuracy then holds Merson's (the ratio penalty's runs at rtol 1e-8; benchmarks/README.md,
     `adaptive_stiff.py --merson`).
     """
     if flow.preconditioned:
