@@ -84,7 +84,6 @@ import _harness as H  # noqa: I001  (first: pins threads before numpy and jax lo
 import diffrax
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import scipy.sparse.linalg as spla
@@ -453,29 +452,21 @@ class StiffnessReader(flows.AbstractFlowSolver):
         return 5
 
     def init(self, terms, t0, t1, y0, args):
-        f0 = terms.vf(t0, y0, args)
-        flat, unravel = ravel_pytree(y0)
-        v = jax.random.normal(jax.random.key(0), flat.shape)
-        w = flows._merson._product(terms, t0, y0, args, unravel(v / jnp.linalg.norm(v)))
-        return f0, flows._merson._unit(w, w), optax.tree_utils.tree_norm(w)
+        return terms.vf(t0, y0, args), *flows._merson.power_start(terms, t0, y0, args)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         f0, v, last = solver_state
         y1, error, k, f1, y6 = flows._stiff.tsit5_step(terms, t0, t1, y0, args, f0)
-        h_rho = optax.tree_utils.tree_norm(optax.tree_utils.tree_sub(k[6], k[5])) / optax.tree_utils.tree_norm(
-            optax.tree_utils.tree_sub(y1, y6)
-        )
-        w = flows._merson._product(terms, t1, y1, args, v)
-        norm = optax.tree_utils.tree_norm(w)
+        new_v, norm, modulus = flows._merson.power_step(terms, t1, y1, args, v, last)
         jax.debug.callback(
             lambda *x: READINGS.append([float(a) for a in x]),
             t0,
-            (t1 - t0) * jnp.sqrt(norm * last),
-            optax.tree_utils.tree_vdot(v, w) / norm,
-            h_rho,
+            (t1 - t0) * modulus,
+            optax.tree_utils.tree_vdot(v, new_v),
+            flows._stiff.stiffness_estimate(k, y1, y6),
         )
         dense = dict(y0=y0, y1=y1, k0=k[0], k1=k[6])
-        return y1, error, dense, (f1, flows._merson._unit(w, v), norm), diffrax.RESULTS.successful
+        return y1, error, dense, (f1, new_v, norm), diffrax.RESULTS.successful
 
 
 def stiffness(first_configuration) -> None:

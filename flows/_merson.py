@@ -130,13 +130,10 @@ class Tsit5ThenMerson(AbstractFlowSolver):
 
     def init(self, terms, t0, t1, y0, args):
         f0 = terms.vf(t0, y0, args)
-        # A fixed start for the power iteration, so that a run is reproducible; one product sets it on its way.
-        flat, unravel = ravel_pytree(y0)
-        v = unravel(jax.random.normal(jax.random.key(0), flat.shape, flat.dtype))
-        w = _product(terms, t0, y0, args, _unit(v, v))
+        v, norm = power_start(terms, t0, y0, args)
         # (slope, iterate, |J v| at the last product, accepted steps, count, switched, time of the switch)
         never = jnp.asarray(jnp.inf, dtype=jnp.result_type(t0))
-        return f0, _unit(w, v), optax.tree_utils.tree_norm(w), jnp.array(0), jnp.array(0), jnp.array(False), never
+        return f0, v, norm, jnp.array(0), jnp.array(0), jnp.array(False), never
 
     def report(self, solver_state) -> dict:
         """Whether and when the run switched to Merson's pair (host-side)."""
@@ -154,25 +151,45 @@ class Tsit5ThenMerson(AbstractFlowSolver):
             return y1, error, f1
 
         def merson():
-            unravel = ravel_pytree(y0)[1]
-            y1, error, f1, _ = merson_step(terms, t0, t1, y0, args, ravel_pytree(f0)[0])
+            y1, error, f1, unravel = merson_step(terms, t0, t1, y0, args, ravel_pytree(f0)[0])
             # The stages are JAX arrays; numpy's stubs type their sums with the scalar-like h as possibly ndarrays.
             return unravel(y1), unravel(error), unravel(f1)  # pyright: ignore[reportArgumentType]
 
         y1, error, f1 = jax.lax.cond(switched, merson, tsit5)
 
         def measure():
-            w = _product(terms, t1, y1, args, v)
-            norm = optax.tree_utils.tree_norm(w)
-            above = h * jnp.sqrt(norm * last) > self.threshold
-            return _unit(w, v), norm, jnp.where(above, count + 1, jnp.maximum(count - 1, 0))
+            new_v, norm, modulus = power_step(terms, t1, y1, args, v, last)
+            above = h * modulus > self.threshold
+            return new_v, norm, jnp.where(above, count + 1, jnp.maximum(count - 1, 0))
 
         # In the Tsit5 phase, on every `every`-th accepted step (the Jacobian changes slowly between them).
         new_v, norm, count = jax.lax.cond(~switched & (steps % self.every == 0), measure, lambda: (v, last, count))
         switch = ~switched & (count >= self.patience)
         state = (f1, new_v, norm, steps + 1, count, switched | switch, jnp.where(switch, t1, t_switch))
-        dense_info = dict(y0=y0, y1=y1, k0=_scaled(h, f0), k1=_scaled(h, f1))
+        control = terms.contr(t0, t1)
+        dense_info = dict(y0=y0, y1=y1, k0=terms.prod(f0, control), k1=terms.prod(f1, control))
         return y1, error, dense_info, state, diffrax.RESULTS.successful
+
+
+def power_start(terms, t0, y0: PyTree, args) -> tuple[PyTree, Float[Array, ""]]:
+    r"""The power iteration's first iterate $v = J u / \|J u\|$ from a fixed random unit $u$ (a run is reproducible),
+    and $\|J u\|$ (`Tsit5ThenMerson`)."""
+    flat, unravel = ravel_pytree(y0)
+    u = unravel(jax.random.normal(jax.random.key(0), flat.shape, flat.dtype))
+    u = _unit(u, u)
+    w = _product(terms, t0, y0, args, u)
+    return _unit(w, u), optax.tree_utils.tree_norm(w)
+
+
+def power_step(
+    terms, t, y: PyTree, args, v: PyTree, last: Float[Array, ""]
+) -> tuple[PyTree, Float[Array, ""], Float[Array, ""]]:
+    r"""One step of the power iteration at (t, y): $w = J v$; returns $w / \|w\|$ ($v$ where $w$ vanishes), $\|w\|$,
+    and the dominant modulus $|\mu| \approx (\|w\|\,$`last`$)^{1/2}$ from the previous step's norm
+    (`Tsit5ThenMerson`)."""
+    w = _product(terms, t, y, args, v)
+    norm = optax.tree_utils.tree_norm(w)
+    return _unit(w, v), norm, jnp.sqrt(norm * last)
 
 
 def _product(terms, t, y: PyTree, args, v: PyTree) -> PyTree:
@@ -184,7 +201,3 @@ def _unit(w: PyTree, fallback: PyTree) -> PyTree:
     """w / |w|, or `fallback` where w vanishes (a field at rest along it)."""
     norm = optax.tree_utils.tree_norm(w)
     return jax.tree.map(lambda a, b: jnp.where(norm > 0, a / jnp.where(norm > 0, norm, 1.0), b), w, fallback)
-
-
-def _scaled(h, tree: PyTree) -> PyTree:
-    return jax.tree.map(lambda a: h * a, tree)

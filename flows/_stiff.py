@@ -495,8 +495,7 @@ class AbstractTsit5Then(AbstractFlowSolver):
             if made_jump is not False:
                 f0 = jax.lax.cond(made_jump, lambda: terms.vf(t0, y0, args), lambda: f0)
             y1, error, k, f1, y6 = tsit5_step(terms, t0, t1, y0, args, f0)
-            tree = optax.tree_utils
-            h_rho = tree.tree_norm(tree.tree_sub(k[6], k[5])) / tree.tree_norm(tree.tree_sub(y1, y6))
+            h_rho = stiffness_estimate(k, y1, y6)
             # (stiff steps counted, accepted steps below the threshold in a row since the last stiff one)
             counted, calm = streak
             stiff_step = h_rho > self.threshold
@@ -535,6 +534,14 @@ class AbstractTsit5Then(AbstractFlowSolver):
 
 
 _TSIT5 = diffrax.Tsit5.tableau
+
+
+def stiffness_estimate(k: list[PyTree], y1: PyTree, y6: PyTree) -> Float[Array, ""]:
+    r"""Hairer's $h\rho = \|k_7 - k_6\| / \|y_7 - y_6\|$ from a Tsit5 step (`tsit5_step`'s stages and its last two
+    stage inputs, both at the step's end): h times the dominant eigenvalue along their difference
+    (`AbstractTsit5Then`)."""
+    tree = optax.tree_utils
+    return tree.tree_norm(tree.tree_sub(k[6], k[5])) / tree.tree_norm(tree.tree_sub(y1, y6))
 
 
 def tsit5_step(terms, t0, t1, y0: PyTree, args, f0: PyTree) -> tuple[PyTree, PyTree, list[PyTree], PyTree, PyTree]:

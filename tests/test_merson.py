@@ -129,11 +129,16 @@ def adam_run():
     return flow, state0, options, reference
 
 
+def _adam_error(adam_run, rtol: float, solver):
+    """The Adam run at `rtol` under `solver`, and its relative W error at each saved time against the reference."""
+    flow, state0, options, reference = adam_run
+    traj = flows.solve(flow, state0, **options | {"rtol": rtol}, solver=solver)
+    return traj, np.linalg.norm(traj.W - reference.W, axis=(1, 2)) / np.linalg.norm(reference.W, axis=(1, 2))
+
+
 @pytest.mark.parametrize("rtol", [1e-6, 1e-8])
 def test_merson_on_the_adam_flow_is_accurate_at_every_saved_time(adam_run, rtol):
-    flow, state0, options, reference = adam_run
-    traj = flows.solve(flow, state0, **options | {"rtol": rtol}, solver=flows.Merson())
-    error = np.linalg.norm(traj.W - reference.W, axis=(1, 2)) / np.linalg.norm(reference.W, axis=(1, 2))
+    traj, error = _adam_error(adam_run, rtol, flows.Merson())
     assert error.max() <= 100 * rtol
     # As close as measured (0.018 and 0.038 rtol at rtol 1e-6 and 1e-8): a solver whose error estimate were 30 times
     # too small ends 0.34 and 0.63 rtol off.
@@ -143,6 +148,7 @@ def test_merson_on_the_adam_flow_is_accurate_at_every_saved_time(adam_run, rtol)
         # against Tsit5's 10,146-10,212, by XLA's optimisation level); at rtol 1e-8 accuracy holds more of them, and its
         # order 4 loses to Tsit5's 5 (about 18,500 against 17,500; benchmarks/README.md). tests/test_flows.py checks the
         # count against a host one.
+        flow, state0, options, _ = adam_run
         tsit5 = flows.solve(flow, state0, **options | {"rtol": rtol}, solver=diffrax.Tsit5())
         assert traj.stats["vf_evaluations"] < 0.9 * tsit5.stats["vf_evaluations"]
 
@@ -212,7 +218,5 @@ def test_the_switch_stays_with_tsit5_where_accuracy_holds_its_steps():
 
 @pytest.mark.parametrize("rtol", [1e-6, 1e-8])
 def test_the_switch_on_the_adam_flow_is_accurate_at_every_saved_time(adam_run, rtol):
-    flow, state0, options, reference = adam_run
-    traj = flows.solve(flow, state0, **options | {"rtol": rtol}, solver=flows.Tsit5ThenMerson())
-    error = np.linalg.norm(traj.W - reference.W, axis=(1, 2)) / np.linalg.norm(reference.W, axis=(1, 2))
+    _, error = _adam_error(adam_run, rtol, flows.Tsit5ThenMerson())
     assert error.max() <= 100 * rtol
