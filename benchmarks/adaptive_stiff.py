@@ -124,7 +124,11 @@ def main(argv=None) -> int:
     parser.add_argument("--merson", action="store_true", help="Merson's pair on the Adam flow (see above)")
     parser.add_argument("--stiffness", action="store_true", help="h |mu| along Tsit5's steps (see above)")
     parser.add_argument("--conditioning", action="store_true", help="error against the flow's sensitivity (above)")
+    parser.add_argument("--trial", action="store_true", help="the switch with and without its trial step (above)")
     args = parser.parse_args(argv)
+    if args.trial:
+        trial(build(args.n, args.m, args.strength, args.placement))
+        return 0
     if args.merson:
         merson(build(args.n, args.m, args.strength, args.placement))
         return 0
@@ -365,7 +369,9 @@ def merson(first_configuration) -> None:
         "Tsit5 (default)": diffrax.Tsit5,
         "Merson": flows.Merson,
         "Tsit5, then Merson (Hairer's test, h rho = 1)": HairerThenMerson,
-        "Tsit5, then Merson (power iteration; flows.Tsit5ThenMerson)": flows.Tsit5ThenMerson,
+        "Tsit5, then Merson (power iteration; flows.Tsit5ThenMerson(trial=None))": functools.partial(
+            flows.Tsit5ThenMerson, trial=None
+        ),
     }
     print("| run | rtol | solver | wall s | compile s | steps | rejected | switch at t | W err | Tsit5 / this |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -395,6 +401,47 @@ def merson(first_configuration) -> None:
                     f"{'-' if switch is None else f'{switch:.3g}'} | {err:.1e} | {tsit5 / timings[name].median:.2f} |",
                     flush=True,
                 )
+
+
+def trial(first_configuration) -> None:
+    """Tsit5 against `flows.Tsit5ThenMerson` without and with its trial step on the Adam flow's runs (`--merson`'s),
+    in attempts and field evaluations (exact but for the split of the switch's rejected attempts between its phases,
+    taken in proportion to their accepted steps), one run each."""
+    print(
+        "| run | rtol | Tsit5: attempts | switch without the trial: attempts, at t, Tsit5's evaluations / its | with the "
+        "trial: attempts, trials, at t, Tsit5's evaluations / its |"
+    )
+    print("|---|---|---|---|---|")
+    for label, (flow, state0, options, rtols) in adam_runs(first_configuration).items():
+        for rtol in rtols:
+            tsit5, untried, tried = (
+                flows.solve(flow, state0, **options, rtol=rtol, solver=solver).stats
+                for solver in (diffrax.Tsit5(), flows.Tsit5ThenMerson(trial=None), flows.Tsit5ThenMerson())
+            )
+            untried_evals, tried_evals = (
+                switch_evaluations(stats, flows.Tsit5ThenMerson.every) for stats in (untried, tried)
+            )
+            base = 6 * tsit5["num_steps"]
+
+            def at(stats):
+                return "-" if stats["t_switch"] is None else f"{stats['t_switch']:.3g}"
+
+            print(
+                f"| {label} | {rtol:g} | {tsit5['num_steps']} | {untried['num_steps']}, {at(untried)}, "
+                f"**{base / untried_evals:.2f}x** | {tried['num_steps']}, {tried['trials']}, {at(tried)}, "
+                f"**{base / tried_evals:.2f}x** |",
+                flush=True,
+            )
+
+
+def switch_evaluations(stats: dict, every: int) -> float:
+    """A `flows.Tsit5ThenMerson` run's field evaluations: 6 an attempt in Tsit5's phase, 5 in Merson's (its rejected
+    attempts split in proportion to the phases' accepted steps), a Jacobian-vector product (0.9 of an evaluation,
+    `--spectrum`) every `every` accepted Tsit5 steps, 4 a trial step."""
+    attempts, accepted = stats["num_steps"], stats["num_steps"] - stats["num_rejected_steps"]
+    merson = stats["merson_steps"] * attempts / max(accepted, 1)
+    products = (accepted - stats["merson_steps"]) / every
+    return 6 * (attempts - merson) + 5 * merson + 0.9 * products + 4 * stats["trials"]
 
 
 def conditioning(flow, state0, t1: float) -> None:

@@ -15,7 +15,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 from ._chebyshev import RungeKuttaChebyshev  # noqa: E402
-from ._control import ArraywiseRelative, LandOnEvent, LandOnTimes, StopOnCollapse  # noqa: E402
+from ._control import ArraywiseRelative, LandOnEvent, LandOnTimes, StopOnCollapse, scaled_error  # noqa: E402
 from ._descend import descend  # noqa: E402
 from ._dynamics import (  # noqa: E402
     DYNAMICS,
@@ -153,6 +153,7 @@ __all__ = [
     "LandOnEvent",
     "LandOnTimes",
     "StopOnCollapse",
+    "scaled_error",
     "AbstractGaussNewton",
     "GaussNewton",
     "PaddedGaussNewton",

@@ -73,6 +73,25 @@ class _Wrapper(diffrax.AbstractAdaptiveStepSizeController):
     def wrap(self, direction):
         return eqx.tree_at(lambda c: c.controller, self, self.controller.wrap(direction))
 
+    def scaled_error(self, t1, y0, y1_candidate, args, y_error) -> Float[Array, ""]:
+        """The inner controller's `scaled_error`: the wrappers change where steps end, not how errors are measured."""
+        return scaled_error(self.controller, t1, y0, y1_candidate, args, y_error)
+
+
+def scaled_error(
+    controller: diffrax.AbstractAdaptiveStepSizeController, t1, y0, y1_candidate, args, y_error
+) -> Float[Array, ""]:
+    r"""The norm of a step's error estimate by which `controller` accepts the step (below 1), for a solver that
+    weighs a step it has not taken (`flows.Tsit5ThenMerson`'s trial step). For a `diffrax.PIDController` its own
+    measure, $\|e / (	ext{atol} + 	ext{rtol} \max(|y_0|, |y_1|))\|$ in its norm; this module's wrappers measure
+    as the controller they wrap, `ArraywiseRelative` on the rescaled step."""
+    if isinstance(controller, _Wrapper):
+        return controller.scaled_error(t1, y0, y1_candidate, args, y_error)
+    if not isinstance(controller, diffrax.PIDController):
+        raise TypeError(f"no error measure for {type(controller).__name__}")
+    scale = lambda a, b, e: e / (controller.atol + controller.rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)))  # noqa: E731
+    return jnp.asarray(controller.norm(jax.tree.map(scale, y0, y1_candidate, y_error)))
+
 
 class ArraywiseRelative(_Wrapper):
     """Error control relative to each state array's running size (see the module docstring).
@@ -103,6 +122,16 @@ class ArraywiseRelative(_Wrapper):
         return self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        controller, (y0, y1_candidate, y_error) = self._rescaled(t1, y0, y1_candidate, args, y_error)
+        return controller.adapt_step_size(t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state)
+
+    def scaled_error(self, t1, y0, y1_candidate, args, y_error):
+        controller, (y0, y1_candidate, y_error) = self._rescaled(t1, y0, y1_candidate, args, y_error)
+        return scaled_error(controller, t1, y0, y1_candidate, args, y_error)
+
+    def _rescaled(self, t1, y0, y1_candidate, args, y_error):
+        """The PID controller (with the flow's norm, if it has one) and (y0, y1_candidate, y_error) divided entry by
+        entry by their sizes."""
         magnitude = _magnitude(y0, y1_candidate)
         sizes = jax.tree.map(lambda x: jnp.max(x, initial=0.0), magnitude)
         controller = self.controller
@@ -113,9 +142,7 @@ class ArraywiseRelative(_Wrapper):
         # A size 0: the entry is 0 at both ends of the step, and so is its error.
         sizes = jax.tree.map(lambda s: jnp.where(s > 0, s, 1.0), sizes)
         scaled = lambda tree: jax.tree.map(lambda x, s: x / s, tree, sizes)  # noqa: E731
-        return controller.adapt_step_size(
-            t0, t1, scaled(y0), scaled(y1_candidate), args, scaled(y_error), error_order, controller_state
-        )
+        return controller, (scaled(y0), scaled(y1_candidate), scaled(y_error))
 
 
 class LandOnEvent(_Wrapper):

@@ -18,7 +18,8 @@ $\zeta \approx 0.25$ on, Tsit5's interval is the longer.) It has order 4 against
 steps Tsit5 takes fewer evaluations. Measured on the completion experiment's Adam runs (benchmarks/README.md,
 `adaptive_stiff.py --merson`): 1.35-2.4x Tsit5's speed where stability holds Tsit5's steps (rtol 1e-6), 0.74-0.92x
 where accuracy does; so it is a choice for long stiff runs, not the default. `Tsit5ThenMerson` takes Tsit5 until a
-power iteration on Jacobian-vector products sees the oscillation hold Tsit5's steps, then Merson.
+power iteration on Jacobian-vector products sees the oscillation hold Tsit5's steps and a trial step says Merson's
+would be longer, then Merson.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
+from ._control import scaled_error
 from ._solver import AbstractFlowSolver, Hermite
 from ._stiff import tsit5_step
 
@@ -111,15 +113,28 @@ class Tsit5ThenMerson(AbstractFlowSolver):
     holds, $h|\mu|$ stays below 1.
 
     A measurement with $h|\mu|$ above `threshold` counts for the switch, one below it against (the count does not
-    fall below 0); at `patience` the run switches to Merson's pair for good, and measures no more. Both solvers start
-    a step from the slope at its start (first same as last), so the switch hands it over and costs nothing more; the
-    step-size controller sees order 5 in both phases. Tsit5 held there does not promise that Merson is faster: where
-    accuracy holds Merson's order-4 steps below Tsit5's (the Adam flow's runs at rtol 1e-8) it is not. The dense
-    output is the cubic Hermite interpolant through the step's ends and slopes; the steps land on the save times."""
+    fall below 0). At `patience` the switch is tried: Tsit5 held there does not promise that Merson is faster, since
+    where accuracy holds Merson's order-4 steps below Tsit5's (the Adam flow's ratio-penalty runs at rtol 1e-8) it
+    is not. So a trial step of Merson's pair over `trial` times the current step (1.2: Merson's 5 evaluations a step
+    against Tsit5's 6 break even at 5/6 of Tsit5's steps) is judged by the run's own error measure
+    (`flows.scaled_error` of `controller`, which `flows.solve` supplies through `measured_by`), on its error off the
+    dominant pair's plane (span of the last two iterates): the oscillation Merson will damp is left out, since under
+    Tsit5, held at its stability boundary, it stays excited, and its error alone fails the trial on a run where
+    Merson takes 0.8x Tsit5's evaluations (tests/test_merson.py). If the trial passes, the run switches to Merson's pair for good and measures no more;
+    if not, the count starts again. With `trial` None, or no adaptive controller, it switches at `patience`. Both
+    solvers start a step from the slope at its start (first same as last), so the switch hands it over and costs
+    nothing more; the step-size controller sees order 5 in both phases. The dense output is the cubic Hermite
+    interpolant through the step's ends and slopes; the steps land on the save times.
+
+    Measured on the Adam flow's runs (benchmarks/README.md, `adaptive_stiff.py --trial`): 0.98-2.4x fewer
+    evaluations than Tsit5, the 2 % lost on the runs that never switch (a product every 8 steps); without the trial
+    4 % more than Tsit5 on the ratio penalty's runs at rtol 1e-8."""
 
     threshold: float = eqx.field(static=True, default=1.2)
     patience: int = eqx.field(static=True, default=15)
     every: int = eqx.field(static=True, default=8)
+    trial: float | None = eqx.field(static=True, default=1.2)
+    controller: diffrax.AbstractAdaptiveStepSizeController | None = None
 
     term_structure = diffrax.ODETerm
     interpolation_cls = Hermite
@@ -128,20 +143,36 @@ class Tsit5ThenMerson(AbstractFlowSolver):
     def order(self, terms):
         return 5
 
+    def measured_by(self, controller):
+        """With `controller` as the trial step's judge, unless it has one, takes no trial, or the run's steps are
+        not adaptive (their size is then the caller's, and stability alone decides)."""
+        adaptive = isinstance(controller, diffrax.AbstractAdaptiveStepSizeController)
+        if self.controller is not None or self.trial is None or not adaptive:
+            return self
+        return eqx.tree_at(lambda solver: solver.controller, self, controller, is_leaf=lambda x: x is None)
+
     def init(self, terms, t0, t1, y0, args):
         f0 = terms.vf(t0, y0, args)
         v, norm = power_start(terms, t0, y0, args)
-        # (slope, iterate, |J v| at the last product, accepted steps, count, switched, time of the switch)
+        # (slope, iterate, |J v| at the last product, accepted steps, count, switched, time of the switch, trial
+        # steps, Merson's accepted steps)
         never = jnp.asarray(jnp.inf, dtype=jnp.result_type(t0))
-        return f0, v, norm, jnp.array(0), jnp.array(0), jnp.array(False), never
+        zero = jnp.array(0)
+        return f0, v, norm, zero, zero, jnp.array(False), never, zero, zero
 
     def report(self, solver_state) -> dict:
-        """Whether and when the run switched to Merson's pair (host-side)."""
-        *_, switched, t_switch = solver_state
-        return {"switched": bool(switched), "t_switch": float(t_switch) if bool(switched) else None}
+        """Whether and when the run switched to Merson's pair, the trial steps taken and the steps accepted in
+        Merson's phase (host-side)."""
+        *_, switched, t_switch, trials, merson_steps = solver_state
+        return {
+            "switched": bool(switched),
+            "t_switch": float(t_switch) if bool(switched) else None,
+            "trials": int(trials),
+            "merson_steps": int(merson_steps),
+        }
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        f0, v, last, steps, count, switched, t_switch = solver_state
+        f0, v, last, steps, count, switched, t_switch, trials, merson_steps = solver_state
         if made_jump is not False:
             f0 = jax.lax.cond(made_jump, lambda: terms.vf(t0, y0, args), lambda: f0)
         h = t1 - t0
@@ -164,8 +195,36 @@ class Tsit5ThenMerson(AbstractFlowSolver):
 
         # In the Tsit5 phase, on every `every`-th accepted step (the Jacobian changes slowly between them).
         new_v, norm, count = jax.lax.cond(~switched & (steps % self.every == 0), measure, lambda: (v, last, count))
-        switch = ~switched & (count >= self.patience)
-        state = (f1, new_v, norm, steps + 1, count, switched | switch, jnp.where(switch, t1, t_switch))
+        ready = ~switched & (count >= self.patience)
+        if self.trial is None or self.controller is None:
+            switch, tried = ready, jnp.array(False)
+        else:
+            controller, stretch = self.controller, self.trial
+
+            def merson_passes():
+                # Merson's pair over `trial` times this step, from its start, judged by the run's own error measure
+                # on its error off the dominant pair's plane (spanned by the last two iterates), which Merson damps.
+                end = t0 + stretch * h
+                y, error_, _, unravel = merson_step(terms, t0, end, y0, args, ravel_pytree(f0)[0])
+                # The stages are JAX arrays; numpy's stubs type their sums with the scalar-like h as possibly ndarrays.
+                error_ = _off_plane(error_, ravel_pytree(v)[0], ravel_pytree(new_v)[0])  # pyright: ignore[reportArgumentType]
+                return scaled_error(controller, end, y0, unravel(y), args, unravel(error_)) < 1.0  # pyright: ignore[reportArgumentType]
+
+            passes = jax.lax.cond(ready, merson_passes, lambda: jnp.array(False))
+            switch, tried = ready & passes, ready
+            # Declined: the count starts again, so the next trial comes `patience` measurements later at the soonest.
+            count = jnp.where(ready & ~passes, 0, count)
+        state = (
+            f1,
+            new_v,
+            norm,
+            steps + 1,
+            count,
+            switched | switch,
+            jnp.where(switch, t1, t_switch),
+            trials + tried,
+            merson_steps + switched,
+        )
         control = terms.contr(t0, t1)
         dense_info = dict(y0=y0, y1=y1, k0=terms.prod(f0, control), k1=terms.prod(f1, control))
         return y1, error, dense_info, state, diffrax.RESULTS.successful
@@ -201,3 +260,12 @@ def _unit(w: PyTree, fallback: PyTree) -> PyTree:
     """w / |w|, or `fallback` where w vanishes (a field at rest along it)."""
     norm = optax.tree_utils.tree_norm(w)
     return jax.tree.map(lambda a, b: jnp.where(norm > 0, a / jnp.where(norm > 0, norm, 1.0), b), w, fallback)
+
+
+def _off_plane(x: Float[Array, " n"], a: Float[Array, " n"], b: Float[Array, " n"]) -> Float[Array, " n"]:
+    """x less its orthogonal projection on span(a, b) (a a unit vector; b where it is independent of a)."""
+    x = x - jnp.dot(a, x) * a
+    b = b - jnp.dot(a, b) * a
+    size = jnp.linalg.norm(b)
+    q = b / jnp.where(size > 1e-8, size, jnp.inf)
+    return x - jnp.dot(q, x) * q

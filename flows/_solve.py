@@ -20,7 +20,7 @@ from ._control import AbstractLandOnTimes, ArraywiseRelative, LandOnEvent, LandO
 from ._flow import AbstractFlow, FlowArgs, State
 from ._merson import Merson, Tsit5ThenMerson
 from ._ndf import NDF
-from ._solver import AbstractFlowSolver, LinearisableTerm, lands_save_times, report
+from ._solver import AbstractFlowSolver, LinearisableTerm, lands_save_times, measured_by, report
 from ._stiff import LinearlyImplicitExtrapolation, Tsit5ThenChebyshev, Tsit5ThenExtrapolation, Tsit5ThenNDF
 from ._trajectory import Trajectory
 from ._validate import check_choice, check_fits, check_positive, check_positive_int, check_times
@@ -265,7 +265,7 @@ class Plan:
                 f"save times: use an adaptive step-size controller, or fixed steps dt0 of which every "
                 f"save time is a multiple (got {type(controller).__name__}, dt0 = {self.dt0})"
             )
-        return dataclasses.replace(self, solver=solver, controller=controller)
+        return dataclasses.replace(self, solver=measured_by(solver, controller), controller=controller)
 
     @property
     def ends_past_saves(self) -> bool:
@@ -451,9 +451,9 @@ def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = 
 
     The Adam flow keeps Tsit5: `Merson`, stable on the imaginary axis near which its oscillatory stiff eigenvalues lie,
     is faster only on runs whose Tsit5 steps stability holds, slower where accuracy does; `Tsit5ThenMerson`, which
-    switches to it where a power iteration sees the oscillation hold Tsit5's steps, takes more attempts than Tsit5
-    where accuracy then holds Merson's (the ratio penalty's runs at rtol 1e-8; benchmarks/README.md,
-    `adaptive_stiff.py --merson`).
+    switches to it where a power iteration sees the oscillation hold Tsit5's steps and a trial step says Merson's
+    would be longer, saves up to 2.4x Tsit5's evaluations on the runs that switch but spends 2 % more on those that
+    do not (its Jacobian-vector products; benchmarks/README.md, `adaptive_stiff.py --trial`).
     """
     if flow.preconditioned:
         return diffrax.Tsit5() if batched else Tsit5ThenChebyshev()

@@ -15,6 +15,8 @@ integrated forward in time, where that wrapping leaves the field and its lineari
   step-size controller it was given;
 * `report(solver_state)`: what its final state says about the run (switch time, linearisations, stages), merged
   into the trajectory's statistics;
+* `measured_by(controller)`: the solver for a run under that step-size controller (`Tsit5ThenMerson` judges a trial
+  step by the run's error measure; the others are themselves);
 * `evaluations_per_step`: the field evaluations an attempted step costs where that is fixed (`Merson`'s 5), which
   the statistics' `vf_evaluations` counts; None where it varies.
 
@@ -69,6 +71,11 @@ class AbstractFlowSolver(diffrax.AbstractAdaptiveSolver):
         """The field at (t0, y0), which Diffrax's initial step-size selection evaluates."""
         return terms.vf(t0, y0, args)
 
+    def measured_by(self, controller: diffrax.AbstractStepSizeController) -> "AbstractFlowSolver":
+        """This solver for a run whose steps `controller` accepts or rejects (`flows.solve` passes the run's own):
+        itself, unless it weighs steps it has not taken by the run's error measure (`Tsit5ThenMerson`)."""
+        return self
+
 
 class Hermite(diffrax.AbstractLocalInterpolation):
     """The cubic Hermite interpolant through $(y_0, k_0 = h F(y_0))$ and $(y_1, k_1 = h F(y_1))$.
@@ -117,6 +124,13 @@ def time_to_stop(terms, t, y, f, args) -> Float[Array, ""]:
 def lands_save_times(solver: diffrax.AbstractSolver) -> bool:
     """Whether `solver` asks for its steps to land on the save times (see the module docstring)."""
     return isinstance(solver, AbstractFlowSolver) and solver.lands_save_times
+
+
+def measured_by(
+    solver: diffrax.AbstractSolver, controller: diffrax.AbstractStepSizeController
+) -> diffrax.AbstractSolver:
+    """`solver` for a run under `controller` (Diffrax's solvers as they are; see the module docstring)."""
+    return solver.measured_by(controller) if isinstance(solver, AbstractFlowSolver) else solver
 
 
 def report(solver: diffrax.AbstractSolver, solver_state) -> dict:
