@@ -66,6 +66,12 @@ dominant pair) and Hairer's h rho: their quantiles and medians over tenths of th
 
     python benchmarks/adaptive_stiff.py --stiffness               # ~5 min
 
+`--trial` counts, on `--merson`'s runs, Tsit5's attempts against `flows.Tsit5ThenMerson`'s without and with its trial
+step (`trial=1.2`): attempts, trials, the switch's time and Tsit5's field evaluations over each switch's (its rejected
+attempts split between its phases in proportion to their accepted steps), one run each.
+
+    python benchmarks/adaptive_stiff.py --trial                   # one core (taskset -c 1), ~20 min
+
 `--conditioning` measures the ratio on each factor (the first configuration's problem, `--placement "each factor"`,
 to t = 8), where Tsit5 and Merson at rtol 1e-6 end 6.7e-4 and 2.7e-3 off Dopri8 at rtol 1e-10: their error at each save
 time against Dopri8 at rtol 1e-12, at rtol 1e-6 to 1e-10, beside ||W|| and the flow's own amplification of a relative
@@ -369,9 +375,7 @@ def merson(first_configuration) -> None:
         "Tsit5 (default)": diffrax.Tsit5,
         "Merson": flows.Merson,
         "Tsit5, then Merson (Hairer's test, h rho = 1)": HairerThenMerson,
-        "Tsit5, then Merson (power iteration; flows.Tsit5ThenMerson(trial=None))": functools.partial(
-            flows.Tsit5ThenMerson, trial=None
-        ),
+        "Tsit5, then Merson (power iteration; flows.Tsit5ThenMerson)": flows.Tsit5ThenMerson,
     }
     print("| run | rtol | solver | wall s | compile s | steps | rejected | switch at t | W err | Tsit5 / this |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -404,7 +408,7 @@ def merson(first_configuration) -> None:
 
 
 def trial(first_configuration) -> None:
-    """Tsit5 against `flows.Tsit5ThenMerson` without and with its trial step on the Adam flow's runs (`--merson`'s),
+    """Tsit5 against `flows.Tsit5ThenMerson` without and with its trial step (`trial=1.2`) on the Adam flow's runs (`--merson`'s),
     in attempts and field evaluations (exact but for the split of the switch's rejected attempts between its phases,
     taken in proportion to their accepted steps), one run each."""
     print(
@@ -416,7 +420,7 @@ def trial(first_configuration) -> None:
         for rtol in rtols:
             tsit5, untried, tried = (
                 flows.solve(flow, state0, **options, rtol=rtol, solver=solver).stats
-                for solver in (diffrax.Tsit5(), flows.Tsit5ThenMerson(trial=None), flows.Tsit5ThenMerson())
+                for solver in (diffrax.Tsit5(), flows.Tsit5ThenMerson(), flows.Tsit5ThenMerson(trial=1.2))
             )
             untried_evals, tried_evals = (
                 switch_evaluations(stats, flows.Tsit5ThenMerson.every) for stats in (untried, tried)

@@ -451,9 +451,11 @@ def default_solver(flow: AbstractFlow, stop_loss: float | None, batched: bool = 
 
     The Adam flow keeps Tsit5: `Merson`, stable on the imaginary axis near which its oscillatory stiff eigenvalues lie,
     is faster only on runs whose Tsit5 steps stability holds, slower where accuracy does; `Tsit5ThenMerson`, which
-    switches to it where a power iteration sees the oscillation hold Tsit5's steps and a trial step says Merson's
-    would be longer, saves up to 2.4x Tsit5's evaluations on the runs that switch but spends 2 % more on those that
-    do not (its Jacobian-vector products; benchmarks/README.md, `adaptive_stiff.py --trial`).
+    switches to it where a power iteration sees the oscillation hold Tsit5's steps, saves up to 2.4x Tsit5's
+    evaluations on the runs that switch, but spends 4 % more where accuracy then holds Merson's steps (the ratio
+    penalty's runs at rtol 1e-8) and 2 % more on the runs that never switch (its Jacobian-vector products); a trial
+    step before the switch (its `trial`) avoids the first and loses elsewhere (benchmarks/README.md,
+    `adaptive_stiff.py --merson` and `--trial`).
     """
     if flow.preconditioned:
         return diffrax.Tsit5() if batched else Tsit5ThenChebyshev()

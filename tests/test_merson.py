@@ -228,6 +228,14 @@ def test_the_switch_on_the_adam_flow_is_accurate_at_every_saved_time(adam_run, r
     assert error.max() <= 100 * rtol
 
 
+def test_flows_solve_hands_the_switch_its_controller_for_the_trial(adam_run):
+    # Through `flows.solve` the trial step is judged by the run's controller (`measured_by`): trials are taken (a
+    # switch given no controller takes none and switches on the count alone), and the run stays within 100 rtol.
+    traj, error = _adam_error(adam_run, 1e-6, flows.Tsit5ThenMerson(trial=1.2))
+    assert traj.stats["trials"] >= 1
+    assert error.max() <= 100 * 1e-6
+
+
 def _pendulum_beside_an_oscillation(k: float):
     """A pendulum u_3'' = -k^2 sin u_3 (from rest at 2 rad: nonlinear, so Merson's error estimate is O(h^4)) beside the
     fast oscillation of the switch's first test (|mu| = 1000, damping ratio 0.005), excited at 1e-9."""
@@ -256,13 +264,13 @@ def test_the_switch_declines_where_mersons_steps_would_be_shorter(k, rtol):
     # evaluations (measured: 9,028 and 9,988).
     term, u0 = _pendulum_beside_an_oscillation(k)
     _, tsit5, tsit5_solution = _solve(term, diffrax.Tsit5(), 1.0, u0, rtol=rtol)
-    solver = flows.Tsit5ThenMerson()
+    solver = flows.Tsit5ThenMerson(trial=1.2)
     _, switch, solution = _solve(term, solver, 1.0, u0, rtol=rtol)
     report = solver.report(solution.solver_state)
     assert report["trials"] >= 1 and not report["switched"]
     assert int(solution.stats["num_steps"]) == int(tsit5_solution.stats["num_steps"])
     assert np.abs(switch[-1] - tsit5[-1]).max() <= 100 * rtol * np.abs(tsit5[-1]).max()
-    untried = flows.Tsit5ThenMerson(trial=None)
+    untried = flows.Tsit5ThenMerson()
     _, _, untried_solution = _solve(term, untried, 1.0, u0, rtol=rtol)
     assert untried.report(untried_solution.solver_state)["switched"]
     assert _evaluations(untried_solution, untried) > 1.5 * _evaluations(tsit5_solution, diffrax.Tsit5())
@@ -275,7 +283,7 @@ def test_the_switch_passes_the_trial_where_mersons_steps_are_longer():
     term, u0 = _pendulum_beside_an_oscillation(3.0)
     rtol = 1e-10
     _, _, tsit5_solution = _solve(term, diffrax.Tsit5(), 1.0, u0, rtol=rtol)
-    solver = flows.Tsit5ThenMerson()
+    solver = flows.Tsit5ThenMerson(trial=1.2)
     _, switch, solution = _solve(term, solver, 1.0, u0, rtol=rtol)
     report = solver.report(solution.solver_state)
     assert report["switched"] and report["trials"] == 1
