@@ -408,12 +408,11 @@ def merson(first_configuration) -> None:
 
 
 def trial(first_configuration) -> None:
-    """Tsit5 against `flows.Tsit5ThenMerson` without and with its trial step (`trial=1.2`) on the Adam flow's runs (`--merson`'s),
-    in attempts and field evaluations (exact but for the split of the switch's rejected attempts between its phases,
-    taken in proportion to their accepted steps), one run each."""
+    """Tsit5 against `flows.Tsit5ThenMerson` without and with its trial step (`trial=1.2`) on the Adam flow's runs
+    (`--merson`'s), in attempts and field evaluations (`switch_evaluations`), one run each."""
     print(
-        "| run | rtol | Tsit5: attempts | switch without the trial: attempts, at t, Tsit5's evaluations / its | with the "
-        "trial: attempts, trials, at t, Tsit5's evaluations / its |"
+        "| run | rtol | Tsit5: attempts | the switch (`flows.Tsit5ThenMerson()`): attempts, at t, Tsit5's evaluations "
+        "/ its | with `trial=1.2`: attempts, trials, at t, Tsit5's evaluations / its |"
     )
     print("|---|---|---|---|---|")
     for label, (flow, state0, options, rtols) in adam_runs(first_configuration).items():
@@ -441,7 +440,8 @@ def trial(first_configuration) -> None:
 def switch_evaluations(stats: dict, every: int) -> float:
     """A `flows.Tsit5ThenMerson` run's field evaluations: 6 an attempt in Tsit5's phase, 5 in Merson's (its rejected
     attempts split in proportion to the phases' accepted steps), a Jacobian-vector product (0.9 of an evaluation,
-    `--spectrum`) every `every` accepted Tsit5 steps, 4 a trial step."""
+    `--spectrum`) every `every` accepted Tsit5 steps, 4 a trial step (those of the rejected attempts at the step that
+    tries, which the solver's state does not keep, are not counted)."""
     attempts, accepted = stats["num_steps"], stats["num_steps"] - stats["num_rejected_steps"]
     merson = stats["merson_steps"] * attempts / max(accepted, 1)
     products = (accepted - stats["merson_steps"]) / every

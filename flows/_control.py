@@ -78,18 +78,34 @@ class _Wrapper(diffrax.AbstractAdaptiveStepSizeController):
         return scaled_error(self.controller, t1, y0, y1_candidate, args, y_error)
 
 
+def measures(controller) -> bool:
+    """Whether `scaled_error` can measure steps under `controller`: Diffrax's `PIDController` (also inside its
+    `ClipStepSizeController`) and this module's controllers around one."""
+    while isinstance(controller, (_Wrapper, diffrax.ClipStepSizeController)):
+        controller = controller.controller
+    return isinstance(controller, diffrax.PIDController)
+
+
 def scaled_error(
     controller: diffrax.AbstractAdaptiveStepSizeController, t1, y0, y1_candidate, args, y_error
 ) -> Float[Array, ""]:
     r"""The norm of a step's error estimate by which `controller` accepts the step (below 1), for a solver that
     weighs a step it has not taken (`flows.Tsit5ThenMerson`'s trial step). For a `diffrax.PIDController` its own
-    measure, $\|e / (	ext{atol} + 	ext{rtol} \max(|y_0|, |y_1|))\|$ in its norm; this module's wrappers measure
-    as the controller they wrap, `ArraywiseRelative` on the rescaled step."""
+    measure, $\|e / (\text{atol} + \text{rtol} \max(|y_0|, |y_1|))\|$ in its norm, with $y_0$ for a candidate that
+    is not a number, as Diffrax's (a step at the PID's `dtmin`, which it keeps whatever its error, is not special
+    here); this module's wrappers and Diffrax's `ClipStepSizeController` measure as the controller they wrap,
+    `ArraywiseRelative` on the rescaled step. TypeError for a controller `measures` rejects."""
     if isinstance(controller, _Wrapper):
         return controller.scaled_error(t1, y0, y1_candidate, args, y_error)
+    if isinstance(controller, diffrax.ClipStepSizeController):
+        return scaled_error(controller.controller, t1, y0, y1_candidate, args, y_error)
     if not isinstance(controller, diffrax.PIDController):
         raise TypeError(f"no error measure for {type(controller).__name__}")
-    scale = lambda a, b, e: e / (controller.atol + controller.rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)))  # noqa: E731
+
+    def scale(a, b, e):
+        b = jnp.where(jnp.isnan(b).any(), a, b)
+        return e / (controller.atol + controller.rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)))
+
     return jnp.asarray(controller.norm(jax.tree.map(scale, y0, y1_candidate, y_error)))
 
 

@@ -23,6 +23,8 @@ power iteration on Jacobian-vector products sees the oscillation hold Tsit5's st
 
 from __future__ import annotations
 
+import dataclasses
+
 import diffrax
 import equinox as eqx
 import jax
@@ -31,7 +33,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
-from ._control import scaled_error
+from ._control import measures, scaled_error
 from ._solver import AbstractFlowSolver, Hermite
 from ._stiff import tsit5_step
 
@@ -121,14 +123,18 @@ class Tsit5ThenMerson(AbstractFlowSolver):
     is not (the Adam flow's ratio-penalty runs at rtol 1e-8: 4 % more evaluations than Tsit5). With `trial` set, the
     switch is tried first: one step of Merson's pair over `trial` times the current step, from its start, judged by
     the run's own error measure (`flows.scaled_error` of `controller`, which `flows.solve` supplies through
-    `measured_by`) on its error off the dominant pair's plane (the span of the last two iterates: under Tsit5, held
-    at its stability boundary, that oscillation stays excited, and its error alone fails the trial where Merson takes
-    0.67x Tsit5's evaluations, tests/test_merson.py); failed, the count starts again. Measured on the Adam flow's runs
-    (benchmarks/README.md, `adaptive_stiff.py --trial`) with `trial=1.2` (Merson's 5 evaluations a step against
-    Tsit5's 6 break even at 5/6 of Tsit5's steps): it declines on those ratio-penalty runs (at most 2 % more than
-    Tsit5, the Jacobian-vector products), but its trials also fail where several stiff modes are excited and Merson
-    would win (n = 100 at rtol 1e-6: 1.24x fewer evaluations than Tsit5 against 1.84x without it; at `trial=1.0`
-    they pass on the ratio-penalty runs too). So it is off by default (None)."""
+    `measured_by`; without one, the trial is not taken) on its error off the dominant pair's plane (the span of the
+    last two iterates, a Euclidean projection on the flat state: under Tsit5, held at its stability boundary, that
+    oscillation stays excited, and its error alone fails the trial where Merson takes 0.67x Tsit5's evaluations,
+    tests/test_merson.py); failed, the count starts again. Merson's 5 evaluations a step against Tsit5's 6 break
+    even at 5/6 of Tsit5's step; `trial=1.2` passed below an error of 1, where the controller settles near 0.6, asks
+    Merson's steps to be about 1.05 times Tsit5's, a margin of about 1.26. The step it stretches is the attempted one,
+    which landing on a save time or the stop may have shortened; under vmap (a batched sweep) the trial's branch
+    runs on every step. Measured on the Adam flow's runs (benchmarks/README.md, `adaptive_stiff.py --trial`) with
+    `trial=1.2`: it declines on those ratio-penalty runs (at most 2 % more than Tsit5, the Jacobian-vector
+    products), but its trials also fail where Merson would win (n = 100 at rtol 1e-6: 1.24x fewer evaluations than
+    Tsit5 against 1.84x without it; at `trial=1.0` they pass on the ratio-penalty runs too). So it is off by default
+    (None)."""
 
     threshold: float = eqx.field(static=True, default=1.2)
     patience: int = eqx.field(static=True, default=15)
@@ -145,11 +151,18 @@ class Tsit5ThenMerson(AbstractFlowSolver):
 
     def measured_by(self, controller):
         """With `controller` as the trial step's judge, unless it has one, takes no trial, or the run's steps are
-        not adaptive (their size is then the caller's, and stability alone decides)."""
+        not adaptive (their size is then the caller's, and stability alone decides). ValueError for an adaptive
+        controller whose error measure `flows.scaled_error` does not know."""
         adaptive = isinstance(controller, diffrax.AbstractAdaptiveStepSizeController)
         if self.controller is not None or self.trial is None or not adaptive:
             return self
-        return eqx.tree_at(lambda solver: solver.controller, self, controller, is_leaf=lambda x: x is None)
+        if not measures(controller):
+            raise ValueError(
+                f"Tsit5ThenMerson's trial step is judged by the run's error measure, which flows.scaled_error does "
+                f"not know for {type(controller).__name__}: use a diffrax.PIDController (or flows' default), or "
+                f"trial=None"
+            )
+        return dataclasses.replace(self, controller=controller)
 
     def init(self, terms, t0, t1, y0, args):
         f0 = terms.vf(t0, y0, args)

@@ -204,6 +204,13 @@ def test_the_switch_takes_merson_where_a_barely_excited_oscillation_holds_tsit5s
     assert int(solution.stats["num_steps"]) < 0.9 * int(tsit5_solution.stats["num_steps"])
     reference = np.stack([exact(t, np.asarray(u0)) for t in ts])
     assert np.abs(switch - reference).max() <= 100 * 1e-6 * np.abs(reference).max()
+    # With the trial step: it passes at once, on the error off the oscillation's plane (judged on its whole error,
+    # which the oscillation Tsit5 keeps excited dominates, it failed ten times and the run kept Tsit5's steps).
+    tried = flows.Tsit5ThenMerson(trial=1.2)
+    _, _, tried_solution = _solve(term, tried, 2.0, u0)
+    report = tried.report(tried_solution.solver_state)
+    assert report["switched"] and report["trials"] == 1
+    assert int(tried_solution.stats["num_steps"]) < 0.9 * int(tsit5_solution.stats["num_steps"])
 
 
 def test_the_switch_stays_with_tsit5_where_accuracy_holds_its_steps():
@@ -269,7 +276,8 @@ def test_the_switch_declines_where_mersons_steps_would_be_shorter(k, rtol):
     report = solver.report(solution.solver_state)
     assert report["trials"] >= 1 and not report["switched"]
     assert int(solution.stats["num_steps"]) == int(tsit5_solution.stats["num_steps"])
-    assert np.abs(switch[-1] - tsit5[-1]).max() <= 100 * rtol * np.abs(tsit5[-1]).max()
+    # Tsit5's steps through the switch's written-out stages: the same end state to rounding.
+    assert np.abs(switch[-1] - tsit5[-1]).max() <= 1e-12 * np.abs(tsit5[-1]).max()
     untried = flows.Tsit5ThenMerson()
     _, _, untried_solution = _solve(term, untried, 1.0, u0, rtol=rtol)
     assert untried.report(untried_solution.solver_state)["switched"]
@@ -287,6 +295,7 @@ def test_the_switch_passes_the_trial_where_mersons_steps_are_longer():
     _, switch, solution = _solve(term, solver, 1.0, u0, rtol=rtol)
     report = solver.report(solution.solver_state)
     assert report["switched"] and report["trials"] == 1
+    # 0.74x measured; 0.8 leaves 8 % for rounding in the step sequence, and fails where the trial declines (1.0x).
     assert _evaluations(solution, solver) < 0.8 * _evaluations(tsit5_solution, diffrax.Tsit5())
     _, reference, _ = _solve(term, diffrax.Dopri8(), 1.0, u0, rtol=1e-13)
     assert np.abs(switch[:, 2:] - reference[:, 2:]).max() <= 100 * rtol * np.abs(reference[:, 2:]).max()
@@ -327,6 +336,11 @@ def test_scaled_error_is_the_measure_the_controller_accepts_a_step_by(adam_run, 
     error = jax.tree.map(lambda x: 1e-9 * x, _random_like(y0, 4))
     measured = flows.scaled_error(controller, t1, y0, y1, args, error)
     assert np.isfinite(measured) and measured > 0
+    # A candidate that is not a number is measured from y0 alone, as Diffrax's PID measures it.
+    nan = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), y1)
+    assert flows.scaled_error(controller, t1, y0, nan, args, error) == flows.scaled_error(
+        controller, t1, y0, y0, args, error
+    )
     pid = _innermost(controller)
     _, state = pid.init(None, t0, t1, y0, t1 - t0, args, None, 5)
     for factor, accepted in ((0.99, True), (1.01, False)):
