@@ -31,6 +31,9 @@ Three more wrappers serve `flows.solve`:
 * `StopOnCollapse` ends a solve whose step size has collapsed (below a few hundred ulps of t for a hundred
   attempts in a row: a state that overflowed, or a field that is not finite) with `diffrax.RESULTS.dt_min_reached`,
   instead of spending the step budget on steps that cannot advance t.
+
+`scaled_error` gives the norm by which one of these controllers (or Diffrax's PID) accepts a step, for a solver that
+weighs a step it has not taken (`flows.Tsit5ThenMerson`'s trial).
 """
 
 from __future__ import annotations
