@@ -181,6 +181,15 @@ def solve_flows(
     )
 
 
+def without_floor(setting: Setting) -> Setting:
+    """The setting on a copy of its problem that offers no `flows.LossFloor`: the stop evaluates the loss at every
+    step, as it does on problems without one."""
+    problem = setting.flow.problem
+    plain = type(type(problem).__name__, (type(problem),), {"loss_floor": lambda self: None})
+    copy = plain(**{field.name: getattr(problem, field.name) for field in dataclasses.fields(problem)})
+    return dataclasses.replace(setting, flow=dataclasses.replace(setting.flow, problem=copy))
+
+
 def run_flows(
     setting: Setting, solver=None, rtol: float = RTOL, atol: float = ATOL, ts=FINAL_ONLY, **kwargs
 ) -> Outcome:

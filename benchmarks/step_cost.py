@@ -8,9 +8,11 @@ switch with conjugate-gradient solves, whose stiff state is two vectors (where `
 kernel's eigenvectors and the NDF's its difference array). The three take the same steps (checked). Each attempted
 step is split into
 * six field evaluations (Tsit5's stages, first same as last), each priced inside a compiled loop (median of 5);
-* the stop: the difference of the runs with and without it, of which two evaluations of the data loss (priced the
-  same way) at each step's end: one where `flows.LandOnEvent` decides whether the step overshoots, one in the event's
-  condition, which Diffrax evaluates itself without access to the controller's or the solver's state;
+* the stop: the difference of the runs with and without it: at each step's end one evaluation of its distance
+  where `flows.LandOnEvent` decides whether the step overshoots, one in the event's condition, which Diffrax
+  evaluates itself without access to the controller's or the solver's state; each is the problem's `LossFloor`
+  where that is far above the stop, else the data loss (priced the same way). Beside it, the same run on the problem
+  without its floor (`_harness.without_floor`: the loss at every step), and the default's whole run both ways;
 * the idle stiff state: the run without the stop against the same with the two-vector stiff state;
 * the run's fixed cost (checks, dispatch, the host-side result: a solve of the same kind over a few steps) spread
   over the steps;
@@ -66,9 +68,11 @@ def parts(name: str, repeats: int) -> None:
         patience=10**9, stiff_solver=flows.LinearlyImplicitExtrapolation(linear_solver=flows.ConjugateGradient())
     )
 
-    def explicit(stop_loss, solver=never, t1=t_end):
+    alone = H.without_floor(setting)
+
+    def explicit(stop_loss, solver=never, t1=t_end, flow=setting.flow):
         return flows.solve(
-            setting.flow,
+            flow,
             setting.state0,
             t1=t1,
             ts=[0.0, t1],
@@ -81,13 +85,15 @@ def parts(name: str, repeats: int) -> None:
 
     runs = {
         "default (whole run)": lambda: H.solve_flows(setting),
+        "default, loss alone": lambda: H.solve_flows(alone),
         "with the stop": lambda: explicit(H.STOP_LOSS),
+        "stop, loss alone": lambda: explicit(H.STOP_LOSS, flow=alone.flow),
         "without": lambda: explicit(None),
         "without, CG": lambda: explicit(None, small),
         "a few steps": lambda: explicit(H.STOP_LOSS, t1=1e-6 * t_end),
     }
     trajs, wall = H.interleaved(runs, repeats)
-    compared = ("with the stop", "without", "without, CG")
+    compared = ("with the stop", "stop, loss alone", "without", "without, CG")
     counts = {label: (trajs[label].stats["num_steps"], trajs[label].stats["num_rejected_steps"]) for label in compared}
     if len(set(counts.values())) != 1:
         raise RuntimeError(f"{name}: the compared runs took different steps ({counts}): the split would not hold")
@@ -119,6 +125,13 @@ def parts(name: str, repeats: int) -> None:
     )
     print(f"  a step with the stop, {per_step * 1e6:.1f} us: {shares}")
     print(f"  one field evaluation {field * 1e6:.1f} us, one loss evaluation {loss * 1e6:.1f} us (compiled loops)")
+    floor = wall["stop, loss alone"] / steps - per_step
+    whole = wall["default (whole run)"] / wall["default, loss alone"]
+    print(
+        f"  the stop reading the loss alone (no floor): {(stop + floor) * 1e6:.1f} us a step "
+        f"({(stop + floor) / (per_step + floor):.0%} of its step); the default's whole run with the floor over the same "
+        f"reading the loss alone: {whole:.3f}x"
+    )
 
 
 def gains(name: str, rtols: list[float], repeats: int) -> None:

@@ -182,15 +182,20 @@ class LandOnEvent(_Wrapper):
     a fraction of a unit, so a `window` of several percent could leave the root a quarter of the step from its end,
     where the cubic dense output is least accurate, and `share` keeps it near the end.
 
+    `distance` may return +inf where it can tell cheaply that q is far above its threshold, and must return the
+    exact value when called with `exact=True`: an end of the step at +inf cannot overshoot, and a start at +inf is
+    evaluated exactly where the step's end is known (`flows.solve`'s distance, through the problem's `LossFloor`).
+
     `floor` (1e-8 in log q) is about what the loss can resolve: on 4 x 4 sensing a loss of 1e-14 moves by 1.4e-9 of
     itself when the state moves by one ulp (its residuals cancel). Without it, a step that ends just above the threshold (log0 within a few
     ulps, or within that rounding) would leave the next step a band of share / (1 - share) log0 to end in: every
     retry would overshoot, and the step would shrink until `StopOnCollapse` ended the run as failed instead of
     stopped. It changes no decision where a crossing step falls by more than floor / share (2e-7 in log q).
 
-    Locating the stop costs each step an evaluation of the distance here and one in the event, and each rejection
-    a step (benchmarks/README.md, `stop_landing.py`, against the same run to its final time without a stop). With
-    `window` = 5 % and no `share` the switching runs there took 0.86-0.89x the time of a 1 % window (sensing 14
+    Locating the stop costs each step an evaluation of the distance here and one in the event (of the loss's floor,
+    where that is far above the stop), and each rejection a step (benchmarks/README.md, `stop_landing.py`, against
+    the same run to its final time without a stop). With `window` = 5 % and no `share` the switching runs there took
+    0.86-0.89x the time of a 1 % window (sensing 14
     rejected steps against 17, deep3 16 against 19), their final W within 2.6e-10 of the exact flow's at rtol
     1e-8 as before, but factored sensing, stopped in Tsit5's phase, ended 2.0e-8 from it against 4.0e-9: its last
     step crossed the threshold a quarter of a step from its end. `share` = 5 % keeps factored's root within the
@@ -223,6 +228,13 @@ class LandOnEvent(_Wrapper):
             t0, t1, y0, y1_candidate, args, y_error, error_order, inner
         )
         log1 = jnp.log1p(self.distance(t1, y1_candidate, args))
+        # The decisions below read the start's value wherever the end's is known: a start certified far above the
+        # threshold (inf) is evaluated then, once as a run leaves the certified region.
+        log0 = jax.lax.cond(
+            jnp.isposinf(log0) & ~jnp.isposinf(log1),
+            lambda: jnp.log1p(self.distance(t0, y0, args, exact=True)),
+            lambda: log0,
+        )
         allowed = jnp.maximum(jnp.minimum(self.window, self.share * (log0 - log1)), self.floor)
         overshoot = keep & (log0 > 0) & (log1 < -allowed)
         # A retry that falls by log0 + target is allowed max(min(window, share (log0 + target)), floor); the target is

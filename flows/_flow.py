@@ -33,7 +33,7 @@ from jaxtyping import Array, Float, PyTree
 from ._dynamics import DYNAMICS, AbstractDynamics, GradientFlow
 from ._parameterizations import PARAMETERIZATIONS, AbstractParameterization
 from ._penalties import PENALTIES, AbstractPenalty
-from ._problems import AbstractProblem
+from ._problems import AbstractProblem, LossFloor
 from ._validate import check_finite, check_nonnegative
 
 # JAX arrays, or NumPy ones (a saved trajectory's states): every method accepts both.
@@ -337,12 +337,13 @@ def _member(family: str, table: dict[str, type], description):
 
 class FlowArgs(eqx.Module):
     """What `flows.solve` passes as Diffrax's `args`: the flow, the `stop_loss` threshold its event watches (None:
-    no event) and the run's final time `t1` (None: not known). Only `flows.solve`'s own functions (its term, event and
-    error measure) read it."""
+    no event), the run's final time `t1` (None: not known) and the problem's `LossFloor` the event reads first (None:
+    the loss alone). Only `flows.solve`'s own functions (its term, event and error measure) read it."""
 
     flow: AbstractFlow
     stop_loss: Float[Array, ""] | None
     t1: Float[Array, ""] | None = None
+    floor: LossFloor | None = None
 
 
 class AbstractGaussNewton(eqx.Module):

@@ -17,11 +17,12 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 import pytest
 
 import flows
 from analysis import closed_form
-from flows._solve import STOP_MARGIN
+from flows._solve import FAR, STOP_MARGIN, STOP_ROOT_FINDER
 
 Y = np.array([1.0, 0.5, 0.25])
 S0 = np.array([1.0, 0.8, 0.6])
@@ -134,7 +135,7 @@ def test_an_overshooting_step_is_retried_at_the_secant_crossing_or_at_shortest(s
     # first, so keeping the first is observable.
     landing = flows.LandOnEvent(
         controller=diffrax.PIDController(rtol=1e-6, atol=1e-8, pcoeff=0.4, icoeff=0.3),
-        distance=lambda t, y, args: y - 1.0,
+        distance=lambda t, y, args, **kwargs: y - 1.0,
         window=1e-2,
         shortest=shortest,
     )
@@ -160,7 +161,9 @@ def test_a_shallow_step_lands_within_its_share_of_the_fall_and_the_retry_is_kept
         return 1.1 * (0.99 / 1.1) ** t
 
     landing = flows.LandOnEvent(
-        controller=diffrax.PIDController(rtol=1e-6, atol=1e-8), distance=lambda t, y, args: y - 1.0, window=0.05
+        controller=diffrax.PIDController(rtol=1e-6, atol=1e-8),
+        distance=lambda t, y, args, **kwargs: y - 1.0,
+        window=0.05,
     )
     terms = diffrax.ODETerm(lambda t, y, args: -y)
     y0 = jnp.asarray(q(0.0))
@@ -220,6 +223,77 @@ def test_a_run_that_starts_below_stop_loss_stops_at_once():
     flow = flows.Flow(flows.sensing(n=4, m=8, rank=1, seed=0), flows.Symmetric())
     traj = flows.solve(flow, flow.init(scale=0.1), t1=10.0, stop_loss=1e6)
     assert traj.stats["stopped_by_loss"] and list(traj.ts) == [0.0]
+
+
+def _without_floor(flow: flows.Flow) -> flows.Flow:
+    """The same flow on a copy of its dense problem that offers no `LossFloor` (the stop reads the loss alone)."""
+
+    class NoFloor(flows.DenseProblem):
+        def loss_floor(self):
+            return None
+
+    p = flow.problem
+    plain = NoFloor(y=p.y, truth=p.truth, shape=p.shape, symmetric=p.symmetric, A=p.A)
+    return dataclasses.replace(flow, problem=plain)
+
+
+@pytest.mark.parametrize("solver", [None, diffrax.Tsit5()], ids=["default", "tsit5"])
+def test_the_loss_floor_leaves_every_stop_where_the_loss_alone_puts_it(solver):
+    # 6 x 6 factored sensing from 1e-2 I to 1e-10: the floor is far above the stop at the start (the stop's distance
+    # is +inf there), and the run takes the same steps to the same final time and state, to the last bit.
+    flow = flows.Flow(flows.sensing(n=6, m=20, rank=1, seed=0, symmetric=False), flows.Factored())
+    state0 = flow.init(scale=1e-2)
+    floor = flow.problem.loss_floor()
+    assert floor is not None and float(floor(flow.product(state0))) > FAR * 1e-10
+    with_floor, alone = (
+        flows.solve(f, state0, t1=1e3, ts=[0.0], stop_loss=1e-10, solver=solver) for f in (flow, _without_floor(flow))
+    )
+    assert with_floor.stats["stopped_by_loss"] and with_floor.stats["num_steps"] == alone.stats["num_steps"]
+    assert with_floor.ts[-1] == alone.ts[-1]
+    for a, b in zip(jax.tree.leaves(with_floor.states), jax.tree.leaves(alone.states)):
+        np.testing.assert_array_equal(a, b)
+
+
+def _certified(t, y, args, exact=False, **kwargs):
+    """q / q_* - 1 for q = y, q_* = 1, but +inf where q > 10 unless `exact` (as `flows.solve`'s stop distance)."""
+    return y - 1.0 if exact else jnp.where(y > 10.0, jnp.inf, y - 1.0)
+
+
+@pytest.mark.parametrize("y1", [1e-3, 0.99, 0.5, 500.0], ids=["overshoot", "within", "share", "far"])
+def test_a_landing_from_a_start_far_above_the_stop_decides_as_from_its_exact_value(y1):
+    # q falls from 2000 q_* (a start certified far above: +inf) to y1 over one accepted step: the landing asks for the
+    # start's exact value and rejects, retries or keeps exactly as with the exact distance; a step that ends far
+    # above (500) keeps the certificate.
+    landings = [
+        flows.LandOnEvent(controller=diffrax.PIDController(rtol=1e-6, atol=1e-8), distance=d)
+        for d in (_certified, lambda t, y, args, **kwargs: y - 1.0)
+    ]
+    terms = diffrax.ODETerm(lambda t, y, args: -y)
+    y0, error = jnp.asarray(2000.0), jnp.asarray(1e-9)
+    outputs = []
+    for landing in landings:
+        _, state = landing.init(terms, 0.0, 1.0, y0, 1.0, None, None, 5)
+        outputs.append(landing.adapt_step_size(0.0, 1.0, y0, jnp.asarray(y1), None, error, 5, state))
+    (keep, t0, t1, jump, (inner, log), result), exact = outputs
+    assert bool(keep) == bool(exact[0]) and np.isfinite(t1)
+    for a, b in zip(
+        jax.tree.leaves((keep, t0, t1, jump, inner, result)), jax.tree.leaves(exact[:4] + exact[4][:1] + exact[5:])
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert np.isposinf(log) if y1 > 10 else float(log) == float(exact[4][1])
+
+
+def test_the_stops_root_finding_bisects_a_value_known_only_to_be_positive():
+    # exp(-10 t) - 1/2 on [0, 1], +inf where it is above 0.2 (t < 0.036, the bracket's lower end among them): the
+    # root log(2) / 10 to the finder's tolerance, as from the exact values (a search that ended at a non-finite value
+    # would return the bracket's upper end, 1).
+    def certified(t, args):
+        value = jnp.exp(-10.0 * t) - 0.5
+        return jnp.where(value > 0.2, jnp.inf, value)
+
+    for fn in (certified, lambda t, args: jnp.exp(-10.0 * t) - 0.5):
+        root = optx.root_find(fn, STOP_ROOT_FINDER, jnp.asarray(1.0), options=dict(lower=0.0, upper=1.0), throw=False)
+        assert float(root.value) == pytest.approx(np.log(2.0) / 10.0, rel=1e-12)
 
 
 def test_interpolated_saves_are_reported_and_warned():

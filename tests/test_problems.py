@@ -62,6 +62,31 @@ def test_adjoint_identity(kind, n, m, seed):
     assert abs(lhs - rhs) <= 1e-12 * scale
 
 
+@pytest.mark.parametrize("kind", [k for k in KINDS if k not in ("completion", "entries")])
+@SETTINGS
+@given(n=st.integers(1, 6), m=st.integers(1, 12), seed=st.integers(0, 2**31 - 1), scale=st.floats(1e-3, 1e3))
+def test_the_loss_floor_is_below_the_loss_and_equals_it_where_the_residual_is_along_y(kind, n, m, seed, scale):
+    """LossFloor(W) = (<A*(u), W> - |y|)^2 / 2 <= L(W) for random W of any scale (Cauchy-Schwarz; round-off of the
+    loss's size allowed); at W = 0 the residual is -y, and the floor is the loss. A floor of |<A*(u), W>| or without
+    the square's half fails it."""
+    problem = _problem(kind, n, m, seed)
+    floor = problem.loss_floor()
+    assert floor is not None
+    W = jnp.asarray(scale * np.random.default_rng(seed + 1).standard_normal(problem.shape))
+    loss = problem.loss(W)
+    assert floor(W) <= loss * (1 + 1e-12) + 1e-300
+    zero = jnp.zeros(problem.shape)
+    assert float(floor(zero)) == pytest.approx(float(problem.loss(zero)), rel=1e-12)
+
+
+def test_the_loss_floor_is_zero_for_zero_data_and_absent_where_measuring_is_a_gather():
+    problem = flows.sensing(n=3, m=5, rank=1, seed=0)
+    zero = eqx.tree_at(lambda p: p.y, problem, jnp.zeros(5))
+    floor = zero.loss_floor()
+    assert floor is not None and float(floor(jnp.ones((3, 3)))) == 0.0
+    assert flows.completion(n=4, m=6, rank=1, seed=0).loss_floor() is None
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_operator_matches_dense_matrices(kind):
     """measure / adjoint / gram agree with the dense stack of A_i, whatever the storage."""
