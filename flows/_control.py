@@ -44,6 +44,7 @@ from typing import ClassVar
 
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -182,9 +183,10 @@ class LandOnEvent(_Wrapper):
     a fraction of a unit, so a `window` of several percent could leave the root a quarter of the step from its end,
     where the cubic dense output is least accurate, and `share` keeps it near the end.
 
-    `distance` may return +inf where it can tell cheaply that q is far above its threshold, and must return the
-    exact value when called with `exact=True`: an end of the step at +inf cannot overshoot, and a start at +inf is
-    evaluated exactly where the step's end is known (`flows.solve`'s distance, through the problem's `LossFloor`).
+    `distance(t, y, args, **kwargs)` may return +inf where it can tell cheaply that q is far above its threshold,
+    and must return the exact value when called with `exact=True`: an end of the step at +inf cannot overshoot, and a
+    start at +inf is evaluated exactly where the step could overshoot (`flows.solve`'s distance, through the flow's
+    `LossFloor`).
 
     `floor` (1e-8 in log q) is about what the loss can resolve: on 4 x 4 sensing a loss of 1e-14 moves by 1.4e-9 of
     itself when the state moves by one ulp (its residuals cancel). Without it, a step that ends just above the threshold (log0 within a few
@@ -228,11 +230,13 @@ class LandOnEvent(_Wrapper):
             t0, t1, y0, y1_candidate, args, y_error, error_order, inner
         )
         log1 = jnp.log1p(self.distance(t1, y1_candidate, args))
-        # The decisions below read the start's value wherever the end's is known: a start certified far above the
-        # threshold (inf) is evaluated then, once as a run leaves the certified region.
+        # Only a kept step that ends below the threshold by more than `floor` can overshoot, and only then do the
+        # decisions below read the start's value: a start certified far above the threshold (inf) is evaluated there.
+        # Under vmap the predicate is the batch's, and each run keeps its own value where it needs none.
+        needed = jnp.isposinf(log0) & keep & (log1 < -self.floor)
         log0 = jax.lax.cond(
-            jnp.isposinf(log0) & ~jnp.isposinf(log1),
-            lambda: jnp.log1p(self.distance(t0, y0, args, exact=True)),
+            eqxi.unvmap_any(needed),
+            lambda: jnp.where(needed, jnp.log1p(self.distance(t0, y0, args, exact=True)), log0),
             lambda: log0,
         )
         allowed = jnp.maximum(jnp.minimum(self.window, self.share * (log0 - log1)), self.floor)

@@ -61,6 +61,11 @@ class AbstractFlow(eqx.Module):
         """The data loss L(W) of the state (what trajectories record and `stop_loss` watches)."""
         return self.problem.loss(self.product(state))
 
+    def loss_floor(self) -> LossFloor | None:
+        """A lower bound of `loss` cheaper than it, as a function of W = `product(state)` (`LossFloor`; None: none),
+        which the stop reads first: the problem's. A flow that overrides `loss` overrides this too."""
+        return self.problem.loss_floor()
+
     def conserved(self, state: State) -> dict[str, tuple[Array, Array]]:
         """Conserved quantities as pairs (P, Q): P - Q is constant along the exact flow."""
         return {}

@@ -73,8 +73,9 @@ class AbstractProblem(eqx.Module):
         return self.adjoint(self.residual(W))
 
     def loss_floor(self) -> "LossFloor | None":
-        """A lower bound of the loss cheaper than the loss (`LossFloor`), or None where measuring W costs no more
-        than the bound does."""
+        r"""A lower bound of the loss cheaper than the loss (`LossFloor`), or None where measuring W costs no more
+        than the bound does. It assumes the loss above ($\tfrac12 \|r\|^2$ with `measure` linear and `adjoint` its
+        adjoint): a problem that changes the loss returns None or its own bound."""
         return LossFloor.of(self)
 
     def kernel(self, pullback, terms) -> Float[Array, "m m"]:
@@ -182,6 +183,13 @@ class LossFloor(eqx.Module):
     r"""$\mathcal{A}^*(u)$."""
     offset: Float[Array, ""]
     r"""$\|y\|$."""
+
+    @property
+    def resolution(self) -> Float[Array, ""]:
+        r"""$(n_1 n_2 \, \epsilon \, \|y\|)^2$: generously, what the floor and the loss are known to near an
+        interpolating W, where both are round-off ($\langle \mathcal{A}^*(u), W \rangle$ and
+        $\mathcal{A}(W)$ cancel against y); below it the floor tells nothing (inf where $\|y\|$ overflows)."""
+        return (self.direction.size * jnp.finfo(self.direction.dtype).eps * self.offset) ** 2
 
     @classmethod
     def of(cls, problem: "AbstractProblem") -> "LossFloor":

@@ -9,6 +9,7 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -522,30 +523,33 @@ however it is recomputed (the loss of a nearly interpolating W is known to ~eps 
 
 
 FAR = 10.0
-"""The loss is not computed where its floor (`FlowArgs.floor`) is more than FAR times the stop's level: the step
-that crosses the stop starts below that unless it falls by a factor of FAR or more (`_stop_distance`)."""
+"""The loss is not computed where its floor (`FlowArgs.floor`) is more than FAR times the stop's level (and above
+its `resolution`): the step that crosses the stop starts where the floor is below that unless the loss falls by a
+factor of FAR or more in one step (`_stop_distance`)."""
 
 
 def _stop_distance(t, y, args: FlowArgs, exact: bool = False, **kwargs):
     """loss / (stop_loss (1 - STOP_MARGIN)) - 1: positive before the stop, crossing 0 downward at it.
 
-    Where the problem's `LossFloor` of W exceeds FAR times that level, +inf instead (unless `exact`): the distance is
-    then certainly positive, and its value is needed neither by the event's sign test nor by `flows.LandOnEvent`,
-    which asks for the exact value where it needs one, nor by the root finding (`BracketedSecant` bisects an end at
-    +inf). Every step's decisions are those of the loss alone (the same runs to the last bit: tests/test_faithful.py);
-    only a step that crosses the stop from a certified start (a fall by FAR or more in one step) has its root found
-    along another path, to the same tolerance. The floor costs W and one inner product instead of m: 0.22-0.38 of the
-    loss on the benchmarks' dense sensing (n = 30, m = 180), where runs take 0.89-0.94x the time of reading the loss
-    at every step (benchmarks/README.md, `step_cost.py`). Under vmap both branches are evaluated, and the floor costs
-    its price more. FAR leaves room for rounding: the floor's inner product cancels to about eps |y|, far below the
-    square root of any stop the loss can resolve."""
+    Where the flow's `LossFloor` of W exceeds FAR times that level and its resolution, +inf instead (unless `exact`):
+    the distance is then certainly positive, and its value is needed neither by the event's sign test nor by
+    `flows.LandOnEvent`, which asks for the exact value where it needs one. Every step's decisions are those of the
+    loss alone (the same runs to the last bit: tests/test_faithful.py). The root finding on the step that crosses the
+    stop bisects where it meets +inf (`BracketedSecant`), and so follows another path to the same root, to its
+    tolerance, where the floor is above FAR times the stop somewhere on that step (a loss falling tenfold within it).
+    The floor costs W and one inner product instead of m: 0.22-0.38 of the loss on the benchmarks' dense sensing
+    (n = 30, m = 180), where the default's runs take about 0.95x (factored), 0.97x (deep3) and 0.98x (U U^T) the time
+    of reading the loss at every step (benchmarks/README.md, `step_cost.py`). Under vmap the loss is skipped where
+    every run of the batch is far from its stop."""
     assert args.stop_loss is not None, "the stop's event is only built with a stop_loss"
     level = args.stop_loss * (1.0 - STOP_MARGIN)
-    W = args.flow.product(y)
-    distance = lambda: args.flow.problem.loss(W) / level - 1.0  # noqa: E731
+    distance = lambda: args.flow.loss(y) / level - 1.0  # noqa: E731
     if exact or args.floor is None:
         return distance()
-    return jax.lax.cond(args.floor(W) > FAR * level, lambda: jnp.asarray(jnp.inf, W.dtype), distance)
+    far = args.floor(args.flow.product(y)) > FAR * jnp.maximum(level, args.floor.resolution)
+    infinite = jnp.full((), jnp.inf, jnp.result_type(level, float))
+    # Under vmap the predicate is the whole batch's, so the loss is skipped only where every run is far.
+    return jax.lax.cond(eqxi.unvmap_all(far), lambda: infinite, lambda: jnp.where(far, infinite, distance()))
 
 
 def _time_to_stop(t, y, f, args: FlowArgs):
@@ -653,7 +657,7 @@ def integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_s
         t1=t1,
         dt0=dt0,
         y0=state0,
-        args=FlowArgs(flow, stop_loss, t1, None if stop_loss is None else flow.problem.loss_floor()),
+        args=FlowArgs(flow, stop_loss, t1, None if stop_loss is None else flow.loss_floor()),
         saveat=diffrax.SaveAt(ts=ts, t1=True, solver_state=True),
         stepsize_controller=controller,
         event=event,

@@ -22,7 +22,8 @@ import pytest
 
 import flows
 from analysis import closed_form
-from flows._solve import FAR, STOP_MARGIN, STOP_ROOT_FINDER
+from flows._flow import FlowArgs
+from flows._solve import FAR, STOP_MARGIN, STOP_ROOT_FINDER, _stop_distance
 
 Y = np.array([1.0, 0.5, 0.25])
 S0 = np.array([1.0, 0.8, 0.6])
@@ -243,8 +244,9 @@ def test_the_loss_floor_leaves_every_stop_where_the_loss_alone_puts_it(solver):
     # is +inf there), and the run takes the same steps to the same final time and state, to the last bit.
     flow = flows.Flow(flows.sensing(n=6, m=20, rank=1, seed=0, symmetric=False), flows.Factored())
     state0 = flow.init(scale=1e-2)
-    floor = flow.problem.loss_floor()
+    floor = flow.loss_floor()
     assert floor is not None and float(floor(flow.product(state0))) > FAR * 1e-10
+    assert np.isposinf(_stop_distance(0.0, state0, FlowArgs(flow, jnp.asarray(1e-10), None, floor)))
     with_floor, alone = (
         flows.solve(f, state0, t1=1e3, ts=[0.0], stop_loss=1e-10, solver=solver) for f in (flow, _without_floor(flow))
     )
@@ -252,6 +254,22 @@ def test_the_loss_floor_leaves_every_stop_where_the_loss_alone_puts_it(solver):
     assert with_floor.ts[-1] == alone.ts[-1]
     for a, b in zip(jax.tree.leaves(with_floor.states), jax.tree.leaves(alone.states)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_stop_reads_the_flows_floor():
+    # A floor that is always far above the stop (a bogus one: the floor of a zero direction with offset 1000): the
+    # run passes the stop's loss without stopping and ends at t1, so `flows.solve` hands its stop the flow's floor
+    # and believes it.
+    class Bogus(flows.DenseProblem):
+        def loss_floor(self):
+            return flows.LossFloor(jnp.zeros(self.shape), jnp.asarray(1e3))
+
+    flow = flows.Flow(flows.sensing(n=4, m=8, rank=1, seed=0), flows.Symmetric())
+    p = flow.problem
+    bogus = dataclasses.replace(flow, problem=Bogus(y=p.y, truth=p.truth, shape=p.shape, symmetric=p.symmetric, A=p.A))
+    stopped, passed = (flows.solve(f, f.init(scale=0.1), t1=50.0, ts=[0.0], stop_loss=1e-8) for f in (flow, bogus))
+    assert stopped.stats["stopped_by_loss"] and stopped.loss[-1] == pytest.approx(1e-8, rel=1e-5)
+    assert not passed.stats["stopped_by_loss"] and passed.ts[-1] == 50.0 and passed.loss[-1] < 0.1 * 1e-8
 
 
 def _certified(t, y, args, exact=False, **kwargs):

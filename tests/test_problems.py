@@ -79,6 +79,17 @@ def test_the_loss_floor_is_below_the_loss_and_equals_it_where_the_residual_is_al
     assert float(floor(zero)) == pytest.approx(float(problem.loss(zero)), rel=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["sensing", "sensing-asymmetric", "commuting", "rank-one", "rank-one-asymmetric"])
+def test_at_an_interpolating_w_the_floor_and_the_loss_are_within_the_floors_resolution(kind):
+    """At the truth both are round-off: the floor's resolution bounds them, so a stop below it is never judged far."""
+    problem = _problem(kind, 6, 20, seed=0)
+    floor = problem.loss_floor()
+    assert floor is not None and problem.truth is not None
+    assert float(floor(problem.truth)) <= float(floor.resolution)
+    assert float(problem.loss(problem.truth)) <= float(floor.resolution)
+    assert float(floor.resolution) < 1e-20 * float(problem.loss(jnp.zeros(problem.shape)))
+
+
 def test_the_loss_floor_is_zero_for_zero_data_and_absent_where_measuring_is_a_gather():
     problem = flows.sensing(n=3, m=5, rank=1, seed=0)
     zero = eqx.tree_at(lambda p: p.y, problem, jnp.zeros(5))
