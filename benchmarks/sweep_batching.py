@@ -6,7 +6,14 @@ Four runs of symmetric sensing (n = 30, m = 180, rank 2) from U_0 = alpha I, alp
 --repeats times into a fresh folder, alternating batch sizes, after one untimed pass each (compile);
 median wall times and their ratio. The result set sweep's default batch size on CPUs to one run.
 
+`--floor`: whether a batch's stop should read the flows' `LossFloor` (a batch skips the loss only where every run
+is far from its stop). Batches of four (U U^T sensing from the alphas above, factored U V^T and deep3 from ten
+times them, n = 30, m = 180, each until loss < 1e-10 under the batched default) through `jax.vmap` of flows'
+`integrate`, as `sweep` solves a batch, with `loss_floor` True and False, the repeats interleaved: median times,
+their ratio, and how far apart the two put each run's stop.
+
     python benchmarks/sweep_batching.py
+    python benchmarks/sweep_batching.py --floor      # ~2 min
 """
 
 from __future__ import annotations
@@ -17,9 +24,14 @@ import tempfile
 import time
 
 import _harness as H  # noqa: F401, I001  (first: pins threads before numpy and jax load)
+import equinox as eqx
+import jax
 import numpy as np
+from vs_scipy import deep_setting, factored_setting
 
 import flows
+from flows._solve import Plan, integrate
+from flows._sweep import _stack
 
 ALPHAS = (5e-3, 1e-2, 2e-2, 3e-2)
 
@@ -43,7 +55,10 @@ def timed_sweep(batch_size: int, options: dict) -> tuple[float, list]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--floor", action="store_true", help="a batch's stop with and without the loss floor")
     args = parser.parse_args(argv)
+    if args.floor:
+        return floor_in_batches(args.repeats)
     settings = {
         "Tsit5, t in [0, 20]": dict(t1=20.0, solver=flows.solver_by_name("tsit5")),
         "default solver, until loss < 1e-10": dict(t1=1e6, stop_loss=1e-10),
@@ -64,6 +79,41 @@ def main(argv=None) -> int:
         print(
             f"{name}: one at a time {one:.2f} s, batched x{len(ALPHAS)} {batched:.2f} s, "
             f"batched / one {batched / one:.2f}",
+            flush=True,
+        )
+    return 0
+
+
+def floor_in_batches(repeats: int) -> int:
+    settings = {
+        "U U^T": [H.sensing_setting(a) for a in ALPHAS],
+        "factored": [factored_setting(10 * a) for a in ALPHAS],
+        "deep3": [deep_setting(10 * a) for a in ALPHAS],
+    }
+    for name, runs in settings.items():
+        plan = Plan.make(1e6, [0.0], stop_loss=1e-10).resolve(runs[0].flow, batched=True)
+        flows_, states = _stack([r.flow for r in runs]), _stack([r.state0 for r in runs])
+        solves = {
+            floor: eqx.filter_jit(
+                eqx.filter_vmap(
+                    lambda f, y, floor=floor: integrate(f, y, *plan.arrays(), **plan.static(), loss_floor=floor)
+                )
+            )
+            for floor in (True, False)
+        }
+        stops = {floor: np.asarray(solve(flows_, states)[0][:, -1]) for floor, solve in solves.items()}
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(repeats):
+            for floor, solve in solves.items():
+                start = time.perf_counter()
+                jax.block_until_ready(solve(flows_, states))
+                times[floor].append(time.perf_counter() - start)
+        read, alone = (float(np.median(times[floor])) for floor in (True, False))
+        apart = float(np.max(np.abs(stops[True] - stops[False]) / stops[False]))
+        print(
+            f"{name}, a batch of {len(runs)} ({type(plan.solver).__name__}, stops at t = "
+            f"{', '.join(f'{t:.4g}' for t in stops[False])}): the floor read {read:.3f} s, the loss alone "
+            f"{alone:.3f} s, ratio {read / alone:.3f}; stops apart by {apart:.1e} (relative)",
             flush=True,
         )
     return 0

@@ -540,7 +540,7 @@ def _stop_distance(t, y, args: FlowArgs, exact: bool = False, **kwargs):
     The floor costs W and one inner product instead of m: 0.22-0.38 of the loss on the benchmarks' dense sensing
     (n = 30, m = 180), where the default's runs take about 0.95x (factored), 0.97x (deep3) and 0.98x (U U^T) the time
     of reading the loss at every step (benchmarks/README.md, `step_cost.py`). Under vmap the loss is skipped where
-    every run of the batch is far from its stop."""
+    every run of the batch is far from its stop (`sweep`'s batches integrate without the floor: `integrate`)."""
     assert args.stop_loss is not None, "the stop's event is only built with a stop_loss"
     level = args.stop_loss * (1.0 - STOP_MARGIN)
     distance = lambda: args.flow.loss(y) / level - 1.0  # noqa: E731
@@ -637,14 +637,19 @@ STOP_ROOT_FINDER = BracketedSecant(rtol=1e-13, atol=0.0)
 """The stop's root finding on the dense output over the last step (see `BracketedSecant`)."""
 
 
-def integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_steps, progress):
+def integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_steps, progress, loss_floor=True):
     """diffrax.diffeqsolve of one flow: (saved times, saved states, statistics, result code, final solver state);
     traceable, so `sweep` can vmap it.
 
     The flow travels in Diffrax's `args` (`FlowArgs`); the term (`LinearisableTerm`) gives the linearly implicit
     solvers its Gauss-Newton linearisation. With `stop_loss` the run ends at the first downward crossing of the
     loss through it, located by Diffrax's event root finding on `_stop_distance` (a step lands just below it
-    first: `flows.LandOnEvent`)."""
+    first: `flows.LandOnEvent`), which skips the loss where the flow's `LossFloor` shows the stop far unless
+    `loss_floor` is False. `sweep`'s vmapped batches pass False: a batch skips the loss only where all its runs are
+    far, which spares little (0.95-1.00x the time on batches of four of the benchmarks' dense sensing:
+    benchmarks/sweep_batching.py --floor), and the batched program with the floor's conditionals rounds differently
+    (stops up to 2.5e-12 apart), where without them a batch gives its runs to the last bit as it did before the floor
+    existed."""
     event = None
     if stop_loss is not None:
         event = diffrax.Event(
@@ -657,7 +662,7 @@ def integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_s
         t1=t1,
         dt0=dt0,
         y0=state0,
-        args=FlowArgs(flow, stop_loss, t1, None if stop_loss is None else flow.loss_floor()),
+        args=FlowArgs(flow, stop_loss, t1, flow.loss_floor() if stop_loss is not None and loss_floor else None),
         saveat=diffrax.SaveAt(ts=ts, t1=True, solver_state=True),
         stepsize_controller=controller,
         event=event,

@@ -340,7 +340,8 @@ def _stack(trees):
 
 @eqx.filter_jit
 def _batched(flows_, states, arrays, options, *, mesh):
-    """vmap of `integrate` over the leading axis of (flows_, states), that axis split over the mesh."""
+    """vmap of `integrate` over the leading axis of (flows_, states), that axis split over the mesh; the stop reads
+    the loss at every step, not the flows' `LossFloor` (see `integrate`)."""
     batched, batched_static = eqx.partition((flows_, states), eqx.is_array)
     shared, shared_static = eqx.partition((arrays, options), eqx.is_array)
 
@@ -349,7 +350,7 @@ def _batched(flows_, states, arrays, options, *, mesh):
 
         def one(batched):
             flow, state0 = eqx.combine(batched, batched_static)
-            return integrate(flow, state0, *arrays, **options)
+            return integrate(flow, state0, *arrays, **options, loss_floor=False)
 
         return jax.vmap(one)(batched)
 

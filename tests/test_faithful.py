@@ -272,6 +272,30 @@ def test_the_stop_reads_the_flows_floor():
     assert not passed.stats["stopped_by_loss"] and passed.ts[-1] == 50.0 and passed.loss[-1] < 0.1 * 1e-8
 
 
+def test_a_batched_sweep_reads_the_loss_alone(tmp_path):
+    # The same bogus floor in a vmapped batch of two: the batch's stop reads the loss at every step and stops both runs
+    # at their stop (in a batch the floor spares little and changes the round-off: `flows._solve.integrate`).
+    class Bogus(flows.DenseProblem):
+        def loss_floor(self):
+            return flows.LossFloor(jnp.zeros(self.shape), jnp.asarray(1e3))
+
+    p = flows.sensing(n=4, m=8, rank=1, seed=0)
+    flow = flows.Flow(Bogus(y=p.y, truth=p.truth, shape=p.shape, symmetric=p.symmetric, A=p.A), flows.Symmetric())
+    runs = flows.sweep(
+        lambda config: (flow, flow.init(scale=config["alpha"])),
+        flows.grid(alpha=[0.1, 0.2]),
+        tmp_path,
+        t1=50.0,
+        ts=[0.0],
+        stop_loss=1e-8,
+        batch_size=2,
+        progress=False,
+    )
+    for run in runs:
+        traj = run.load()
+        assert traj.stats["stopped_by_loss"] and traj.loss[-1] == pytest.approx(1e-8, rel=1e-5)
+
+
 def _certified(t, y, args, exact=False, **kwargs):
     """q / q_* - 1 for q = y, q_* = 1, but +inf where q > 10 unless `exact` (as `flows.solve`'s stop distance)."""
     return y - 1.0 if exact else jnp.where(y > 10.0, jnp.inf, y - 1.0)
