@@ -256,17 +256,23 @@ def test_the_loss_floor_leaves_every_stop_where_the_loss_alone_puts_it(solver):
         np.testing.assert_array_equal(a, b)
 
 
+class _AlwaysFar(flows.DenseProblem):
+    """A dense problem with a bogus floor, always far above any stop: the floor of a zero direction, offset 1000."""
+
+    def loss_floor(self):
+        return flows.LossFloor(jnp.zeros(self.shape), jnp.asarray(1e3))
+
+
+def _always_far(p: flows.DenseProblem) -> _AlwaysFar:
+    return _AlwaysFar(y=p.y, truth=p.truth, shape=p.shape, symmetric=p.symmetric, A=p.A)
+
+
 def test_the_stop_reads_the_flows_floor():
     # A floor that is always far above the stop (a bogus one: the floor of a zero direction with offset 1000): the
     # run passes the stop's loss without stopping and ends at t1, so `flows.solve` hands its stop the flow's floor
     # and believes it.
-    class Bogus(flows.DenseProblem):
-        def loss_floor(self):
-            return flows.LossFloor(jnp.zeros(self.shape), jnp.asarray(1e3))
-
     flow = flows.Flow(flows.sensing(n=4, m=8, rank=1, seed=0), flows.Symmetric())
-    p = flow.problem
-    bogus = dataclasses.replace(flow, problem=Bogus(y=p.y, truth=p.truth, shape=p.shape, symmetric=p.symmetric, A=p.A))
+    bogus = dataclasses.replace(flow, problem=_always_far(flow.problem))
     stopped, passed = (flows.solve(f, f.init(scale=0.1), t1=50.0, ts=[0.0], stop_loss=1e-8) for f in (flow, bogus))
     assert stopped.stats["stopped_by_loss"] and stopped.loss[-1] == pytest.approx(1e-8, rel=1e-5)
     assert not passed.stats["stopped_by_loss"] and passed.ts[-1] == 50.0 and passed.loss[-1] < 0.1 * 1e-8
@@ -275,12 +281,7 @@ def test_the_stop_reads_the_flows_floor():
 def test_a_batched_sweep_reads_the_loss_alone(tmp_path):
     # The same bogus floor in a vmapped batch of two: the batch's stop reads the loss at every step and stops both runs
     # at their stop (in a batch the floor spares little and changes the round-off: `flows._solve.integrate`).
-    class Bogus(flows.DenseProblem):
-        def loss_floor(self):
-            return flows.LossFloor(jnp.zeros(self.shape), jnp.asarray(1e3))
-
-    p = flows.sensing(n=4, m=8, rank=1, seed=0)
-    flow = flows.Flow(Bogus(y=p.y, truth=p.truth, shape=p.shape, symmetric=p.symmetric, A=p.A), flows.Symmetric())
+    flow = flows.Flow(_always_far(flows.sensing(n=4, m=8, rank=1, seed=0)), flows.Symmetric())
     runs = flows.sweep(
         lambda config: (flow, flow.init(scale=config["alpha"])),
         flows.grid(alpha=[0.1, 0.2]),
