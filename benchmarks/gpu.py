@@ -5,23 +5,35 @@ has (it says which). On a CPU it measures the same things there.
     python benchmarks/gpu.py --batches 1 4 8 16 32 --seeds 32
     python benchmarks/gpu.py --large                # also n = 1000, m = 50,000 to loss 1e-10, and n = 4000,
                                                     # m = 800,000 to loss 1e-8 (accelerators: minutes)
+    python benchmarks/gpu.py --floor                # instead: the stop's loss floor against the loss alone
 
 Settings: deep completion (`flows.completion`, rank 5, ||W*||_F = 1, W = W_3 W_2 W_1 from W_j(0) = 0.1 I), rtol 1e-8,
 the default solver and controller, until the loss falls to `--stop` (1e-10), saving the final state. The sweep
 runs 16 problem seeds through `flows.sweep` into a fresh temporary folder per batch size (its first batch compiles:
 the per-run time reported excludes the first batch's compile by timing a second, identical sweep into another
 fresh folder). Run it with XLA_PYTHON_CLIENT_PREALLOCATE=false when other processes share the device.
+
+`--floor`: the benchmarks' dense sensing (U U^T from 1e-3, U V^T from 1e-2, depth 3 from 0.1; n = 30, m = 180) to
+loss 1e-10, one run at a time, with the stop's `flows.LossFloor` and reading the loss alone
+(`_harness.without_floor`), 7 interleaved repeats: the medians, their ratio, and whether the two runs end at the same
+steps, time and W to the last bit (the floor is measured on CPUs in `step_cost.py`; on accelerators not yet).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import tempfile
 import time
 
-import jax
+os.environ.setdefault("GRADFLOW_BENCH_THREADS", "keep")  # the device's host as it is: `_harness` pins nothing
+import _harness as H  # noqa: E402, I001
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from vs_scipy import deep_setting, factored_setting  # noqa: E402
 
-import flows
+import flows  # noqa: E402
 
 
 def build(config):
@@ -62,17 +74,41 @@ def sweep(n: int, m: int, stop: float, seeds: int, batches: list[int]) -> None:
         )
 
 
+def floor(repeats: int) -> None:
+    for setting in (H.sensing_setting(1e-3), factored_setting(1e-2), deep_setting(0.1)):
+        pair = {"the floor": setting, "the loss alone": H.without_floor(setting)}
+        outcomes = {label: H.run_flows(s) for label, s in pair.items()}  # compiles
+        times: dict[str, list[float]] = {label: [] for label in pair}
+        for _ in range(repeats):
+            for label, s in pair.items():
+                start = time.perf_counter()
+                H.run_flows(s)
+                times[label].append(time.perf_counter() - start)
+        read, alone = (statistics.median(times[label]) for label in pair)
+        a, b = outcomes.values()
+        same = a.steps == b.steps and a.t_final == b.t_final and np.array_equal(a.W_final, b.W_final)
+        print(
+            f"{setting.name}: the floor {read * 1e3:.1f} ms, the loss alone {alone * 1e3:.1f} ms, ratio "
+            f"{read / alone:.3f}; {a.steps} and {b.steps} steps, the same to the last bit: {same}",
+            flush=True,
+        )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stop", type=float, default=1e-10)
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16])
     parser.add_argument("--large", action="store_true")
+    parser.add_argument("--floor", action="store_true", help="the stop's loss floor against the loss alone")
     args = parser.parse_args(argv)
     devices = jax.devices()
     print(
         f"JAX {jax.__version__} on {len(devices)} {devices[0].platform} device(s): {devices[0].device_kind}", flush=True
     )
+    if args.floor:
+        floor(repeats=7)
+        return 0
     one_run(100, 2000, args.stop)
     sweep(100, 2000, args.stop, args.seeds, args.batches)
     if args.large:
