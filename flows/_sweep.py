@@ -129,7 +129,9 @@ def sweep(
             up to a multiple of the number of devices. Default: one run per device on CPUs, where
             vmap made the solves slower, not faster (benchmarks/sweep_batching.py); 8 per device on
             accelerators. Batches of more than one run resolve the default solver for batching
-            (`flows.default_solver(..., batched=True)`), which is part of their keys.
+            (`flows.default_solver(..., batched=True)`), which is part of their keys, and their stop
+            reads the loss at every step, not the flows' `LossFloor` (which changes no run alone, but
+            would change a batch's round-off).
         devices: the JAX devices to shard over (default all of `jax.devices()`).
         executor: farm the runs out, one task each, instead of solving them here: a
             `dask.distributed.Client` (the way to a cluster), a Dask scheduler's address (a client is
