@@ -34,28 +34,12 @@ def unchecked_types():
         jaxtyping.config.update("jaxtyping_disable", False)
 
 
-MAPPINGS_KEPT = 25_000
-"""The compiled programs are kept across test modules while the process holds fewer memory mappings than this."""
-
-
-def _mappings() -> int | None:
-    """The number of memory mappings this process holds (None where /proc does not tell)."""
-    try:
-        with open("/proc/self/maps") as maps:
-            return sum(1 for _ in maps)
-    except OSError:
-        return None
-
-
 @pytest.fixture(autouse=True, scope="module")
-def _compiled_programs_released_when_many():
-    """Every compiled program released after a test module once the process holds MAPPINGS_KEPT memory mappings (and
-    after every module where that cannot be read). XLA's CPU code lives in three memory mappings per compiled kernel
-    (a switching solve compiles about 140), and a process may hold at most vm.max_map_count (65530 by default)
-    mappings: one worker of `pytest -n 2` keeping every program of the suite reached 62,000, and the suite in one
-    process crashed at its 240th test, in XLA's compiler. Below the threshold, modules share their programs."""
+def _compiled_programs_released_per_module():
+    """Every compiled program released after each test module. XLA's CPU code lives in three memory mappings per
+    compiled kernel (a switching solve compiles about 140), and a process may hold at most vm.max_map_count (65530
+    by default) mappings: one worker of `pytest -n 2` keeping every program of the suite reached 62,000, and the
+    suite in one process crashed at its 240th test, in XLA's compiler. A module's tests still share their programs."""
     yield
-    count = _mappings()
-    if count is None or count > MAPPINGS_KEPT:
-        jax.clear_caches()
-        gc.collect()
+    jax.clear_caches()
+    gc.collect()
