@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 
@@ -77,14 +76,8 @@ def sweep(n: int, m: int, stop: float, seeds: int, batches: list[int]) -> None:
 def floor(repeats: int) -> None:
     for setting in (H.sensing_setting(1e-3), factored_setting(1e-2), deep_setting(0.1)):
         pair = {"the floor": setting, "the loss alone": H.without_floor(setting)}
-        outcomes = {label: H.run_flows(s) for label, s in pair.items()}  # compiles
-        times: dict[str, list[float]] = {label: [] for label in pair}
-        for _ in range(repeats):
-            for label, s in pair.items():
-                start = time.perf_counter()
-                H.run_flows(s)
-                times[label].append(time.perf_counter() - start)
-        read, alone = (statistics.median(times[label]) for label in pair)
+        outcomes, wall = H.interleaved({label: lambda s=s: H.run_flows(s) for label, s in pair.items()}, repeats)
+        read, alone = (wall[label] for label in pair)
         a, b = outcomes.values()
         same = a.steps == b.steps and a.t_final == b.t_final and np.array_equal(a.W_final, b.W_final)
         print(

@@ -23,9 +23,8 @@ import sys
 import tempfile
 import time
 
-import _harness as H  # noqa: F401, I001  (first: pins threads before numpy and jax load)
+import _harness as H  # noqa: I001  (first: pins threads before numpy and jax load)
 import equinox as eqx
-import jax
 import numpy as np
 from vs_scipy import deep_setting, factored_setting
 
@@ -101,14 +100,11 @@ def floor_in_batches(repeats: int) -> int:
             )
             for floor in (True, False)
         }
-        stops = {floor: np.asarray(solve(flows_, states)[0][:, -1]) for floor, solve in solves.items()}
-        times: dict[bool, list[float]] = {True: [], False: []}
-        for _ in range(repeats):
-            for floor, solve in solves.items():
-                start = time.perf_counter()
-                jax.block_until_ready(solve(flows_, states))
-                times[floor].append(time.perf_counter() - start)
-        read, alone = (float(np.median(times[floor])) for floor in (True, False))
+        outputs, wall = H.interleaved(
+            {floor: lambda s=solve: s(flows_, states) for floor, solve in solves.items()}, repeats
+        )
+        stops = {floor: np.asarray(out[0][:, -1]) for floor, out in outputs.items()}
+        read, alone = wall[True], wall[False]
         apart = float(np.max(np.abs(stops[True] - stops[False]) / stops[False]))
         print(
             f"{name}, a batch of {len(runs)} ({type(plan.solver).__name__}, stops at t = "

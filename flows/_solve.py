@@ -646,7 +646,7 @@ def integrate(flow, state0, t1, ts, dt0, stop_loss, *, solver, controller, max_s
     loss through it, located by Diffrax's event root finding on `_stop_distance` (a step lands just below it
     first: `flows.LandOnEvent`), which skips the loss where the flow's `LossFloor` shows the stop far unless
     `loss_floor` is False. `sweep`'s vmapped batches pass False: a batch skips the loss only where all its runs are
-    far, which spares no more than the timing noise (0.95-1.03x the time on batches of four of the benchmarks' dense
+    far, which spares no more than the timing noise (0.95-1.07x the time on batches of four of the benchmarks' dense
     sensing: benchmarks/sweep_batching.py --floor), and the batched program with the floor's conditionals rounds
     differently (stops 1e-16 to 1e-9 apart, relative), where alone a run reads the floor and the loss to the same
     steps and bits."""
